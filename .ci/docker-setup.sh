@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Make a Docker engine and the blockkit base image available on this machine.
+#
+# Idempotent; runs as root. Nothing is pulled (there is no image registry):
+# the base image is bootstrapped from the Debian mirror this machine's apt
+# already uses, read at run time so no host name is written down anywhere.
+#
+#   bash .ci/docker-setup.sh            # engine + blockkit-base:bookworm
+#   BLOCKKIT_BASE_IMAGE=name:tag bash .ci/docker-setup.sh
+set -euo pipefail
+
+BASE_IMAGE="${BLOCKKIT_BASE_IMAGE:-blockkit-base:bookworm}"
+SUITE="${BLOCKKIT_BASE_SUITE:-bookworm}"
+DOCKERD_LOG="${BLOCKKIT_DOCKERD_LOG:-/var/log/blockkit-dockerd.log}"
+DOCKERD_WAIT_S="${BLOCKKIT_DOCKERD_WAIT_S:-90}"
+
+say() { echo "[docker-setup] $*"; }
+die() { echo "[docker-setup] ERROR: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts dockerd)"
+
+export DEBIAN_FRONTEND=noninteractive
+
+# --- 1. packages -----------------------------------------------------------
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    say "installing ${need_pkgs[*]} (apt)"
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq "${need_pkgs[@]}" >/dev/null || die "apt-get install ${need_pkgs[*]} failed"
+else
+    say "dockerd and debootstrap already installed"
+fi
+
+# --- 2. the engine ---------------------------------------------------------
+if docker info >/dev/null 2>&1; then
+    say "docker daemon already answers"
+else
+    say "starting dockerd (log: $DOCKERD_LOG)"
+    mkdir -p "$(dirname "$DOCKERD_LOG")"
+    # No iptables: this machine's kernel/network setup does not allow it, and
+    # block containers run with network_mode=none anyway.
+    nohup dockerd --iptables=false >>"$DOCKERD_LOG" 2>&1 &
+    waited=0
+    until docker info >/dev/null 2>&1; do
+        if [ "$waited" -ge "$DOCKERD_WAIT_S" ]; then
+            tail -n 20 "$DOCKERD_LOG" >&2 || true
+            die "dockerd did not answer within ${DOCKERD_WAIT_S}s (see $DOCKERD_LOG)"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    say "docker daemon answers after ${waited}s"
+fi
+
+# --- 3. the base image -----------------------------------------------------
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    say "base image $BASE_IMAGE already exists"
+    exit 0
+fi
+
+# The mirror comes from apt's own configuration (deb822 first, then the
+# one-line format); the security archive is skipped, debootstrap needs the main one.
+mirror=""
+if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    mirror="$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' \
+        /etc/apt/sources.list.d/debian.sources)"
+fi
+if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
+    mirror="$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($i !~ /security/) { print $i; exit } else break } }' \
+        /etc/apt/sources.list)"
+fi
+[ -n "$mirror" ] || die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+
+rootfs="$(mktemp -d /var/tmp/blockkit-rootfs.XXXXXX)"
+trap 'rm -rf "$rootfs"' EXIT
+
+say "bootstrapping $SUITE (minbase + python3) into $rootfs; this takes a few minutes"
+if ! debootstrap --variant=minbase --include=python3,python3-venv \
+        "$SUITE" "$rootfs" "$mirror" >"$rootfs.debootstrap.log" 2>&1; then
+    tail -n 20 "$rootfs.debootstrap.log" >&2 || true
+    die "debootstrap failed (full log: $rootfs.debootstrap.log)"
+fi
+rm -f "$rootfs.debootstrap.log"
+
+# Keep the image small: downloaded .debs and apt lists are not needed inside.
+rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+
+say "importing $rootfs as $BASE_IMAGE"
+tar -C "$rootfs" -c . | docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["/bin/bash"]' \
+    - "$BASE_IMAGE" >/dev/null || die "docker import of $BASE_IMAGE failed"
+
+docker run --rm --network none "$BASE_IMAGE" python3 -c 'import venv, ensurepip' \
+    || die "$BASE_IMAGE was imported but python3/venv do not work inside it"
+say "base image $BASE_IMAGE ready ($(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" | cut -c1-19))"
