@@ -1,0 +1,107 @@
+"""Storage errors: keystore, artifacts, stage-in and stage-out, each with an exit code and one actionable line."""
+
+from __future__ import annotations
+
+from blockkit.contract.errors import (
+    ApiConnectionError,
+    BlockkitError,
+    ExitCode,
+    NoOutputError,
+    WrongInputError,
+)
+
+__all__ = [
+    "AccessDenied",
+    "ApiConnectionError",
+    "ArtifactsError",
+    "ExpiryOutOfRange",
+    "InsecureKeyFile",
+    "KeyNotFound",
+    "KeystoreError",
+    "NoOutputError",
+    "NoProviderConfigured",
+    "SourceNotFound",
+    "StorageError",
+    "TamperedEntry",
+    "TransferFailed",
+    "UnsafePath",
+    "UnsupportedKeyType",
+    "UnsupportedURI",
+    "UploadFailed",
+    "WrongKeyType",
+    "WrongPassphrase",
+]
+
+
+class KeystoreError(BlockkitError):
+    """The keystore cannot give out a key (missing, locked, tampered, wrong type)."""
+
+    exit_code = ExitCode.WRONG_INPUT_ERROR
+
+
+class KeyNotFound(KeystoreError):
+    """No key of that name in the keystore."""
+
+
+class WrongKeyType(KeystoreError):
+    """The key exists but is of another type than the caller needs."""
+
+
+class WrongPassphrase(KeystoreError):
+    """The keystore's private key could not be unlocked with the given passphrase."""
+
+
+class InsecureKeyFile(KeystoreError):
+    """The unencrypted private key file is readable by others."""
+
+
+class TamperedEntry(KeystoreError):
+    """An entry failed authentication: it was modified, swapped or belongs to another keystore."""
+
+
+class ArtifactsError(BlockkitError):
+    """Root of artifact (upload + presigned URL) errors."""
+
+    exit_code = ExitCode.INPUT_PARAMETERS_ERROR
+
+
+class NoProviderConfigured(ArtifactsError):
+    """No keystore key names an object store to put artifacts in."""
+
+
+class UnsupportedKeyType(ArtifactsError):
+    """The key is not an S3 key, so it cannot hold artifacts."""
+
+
+class UploadFailed(ArtifactsError):
+    """The object store refused or lost the upload."""
+
+    exit_code = ExitCode.API_CONNECTION_ERROR
+
+
+class ExpiryOutOfRange(ArtifactsError):
+    """A presigned URL expiry outside 1 s .. 7 days."""
+
+
+class StorageError(WrongInputError):
+    """A stage-in/out request that cannot be served as given."""
+
+
+class UnsupportedURI(StorageError):
+    """Unknown scheme or malformed URI."""
+
+
+class UnsafePath(StorageError):
+    """A key or asset href would write outside the target folder."""
+
+
+class SourceNotFound(StorageError):
+    """The source answered 404 or the path does not exist."""
+
+
+class AccessDenied(StorageError):
+    """The source or target answered 401/403: wrong or missing credentials."""
+
+
+class TransferFailed(ApiConnectionError):
+    """A transfer failed after retries, or the bytes did not match size/checksum."""

@@ -1,0 +1,208 @@
+"""Keystore: hybrid encryption at rest, tamper detection, file modes, sharing, redaction."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from blockkit.contract.errors import BlockkitError
+from blockkit.storage.errors import (
+    InsecureKeyFile,
+    KeyNotFound,
+    KeystoreError,
+    TamperedEntry,
+    WrongKeyType,
+    WrongPassphrase,
+)
+from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
+from blockkit.storage.redact import Redactor, redact
+
+SECRET = "s3cr3t/Value+with=chars"
+S3 = S3KeyConfig(access_key="AKIDEXAMPLE", secret_key=SECRET, endpoint="http://127.0.0.1:9000", region="eu-1")
+DAV = WebDavKeyConfig(endpoint="https://dav.example/remote.php", username="ann", password="p@ss w0rd")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Keystore:
+    return Keystore(tmp_path / "ks", passphrase="correct horse")
+
+
+def test_roundtrip_and_types(store: Keystore) -> None:
+    store.add("prod", S3)
+    store.add("drive", DAV)
+    assert store.get("prod").config == S3
+    assert store.get("drive", "webdav").config == DAV
+    with pytest.raises(WrongKeyType, match="is a webdav key; a s3 key is needed"):
+        store.get("drive", "s3")
+
+
+def test_nothing_secret_on_disk_or_in_list(store: Keystore) -> None:
+    store.add("prod", S3)
+    store.add("drive", DAV)
+    blob = b"".join(p.read_bytes() for p in store.path.rglob("*") if p.is_file())
+    for s in (SECRET, "AKIDEXAMPLE", "p@ss w0rd", "ann"):
+        assert s.encode() not in blob
+    listed = [i.to_dict() for i in store.list()]
+    assert listed == [
+        {"name": "drive", "type": "webdav", "endpoint": "https://dav.example/remote.php"},
+        {"name": "prod", "type": "s3", "endpoint": "http://127.0.0.1:9000"},
+    ]
+    assert SECRET not in repr(store.get("prod"))
+
+
+def test_missing_key_message(store: Keystore) -> None:
+    with pytest.raises(KeyNotFound) as info:
+        store.get("nope")
+    assert info.value.headline() == "[WRONG_INPUT_ERROR] no key named 'nope'; see `blockkit keys list`"
+    assert isinstance(info.value, BlockkitError)
+
+
+def test_wrong_passphrase(store: Keystore) -> None:
+    store.add("prod", S3)
+    with pytest.raises(WrongPassphrase, match="wrong passphrase"):
+        Keystore(store.path, passphrase="wrong").get("prod")
+    with pytest.raises(WrongPassphrase, match="BLOCKKIT_KEYSTORE_PASSPHRASE"):
+        Keystore(store.path).get("prod")
+
+
+def test_private_key_encrypted_with_passphrase(store: Keystore) -> None:
+    store.add("prod", S3)
+    pem = (store.path / "private_key.pem").read_bytes()
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert stat.S_IMODE((store.path / "private_key.pem").stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o700
+    assert stat.S_IMODE((store.path / "entries" / "prod.json").stat().st_mode) == 0o600
+
+
+def test_unencrypted_private_key_needs_mode_0600(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks")
+    ks.add("prod", S3)
+    pem = ks.path / "private_key.pem"
+    assert pem.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    os.chmod(pem, 0o644)
+    with pytest.raises(InsecureKeyFile) as info:
+        Keystore(ks.path).get("prod")
+    assert "chmod 600" in info.value.message and "\n" not in info.value.message
+    os.chmod(pem, 0o600)
+    assert Keystore(ks.path).get("prod").config == S3
+
+
+def _mutate(path: Path, field: str) -> None:
+    record = json.loads(path.read_text())
+    raw = bytearray(base64.b64decode(record[field]))
+    raw[len(raw) // 2] ^= 0x01
+    record[field] = base64.b64encode(bytes(raw)).decode()
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("field", ["ciphertext", "nonce", "wrapped_key"])
+def test_tampered_entry_rejected(store: Keystore, field: str) -> None:
+    store.add("prod", S3)
+    _mutate(store.path / "entries" / "prod.json", field)
+    with pytest.raises(TamperedEntry):
+        Keystore(store.path, passphrase="correct horse").get("prod")
+
+
+def test_edited_header_rejected(store: Keystore) -> None:
+    store.add("prod", S3)
+    p = store.path / "entries" / "prod.json"
+    record = json.loads(p.read_text())
+    record["type"] = "webdav"
+    p.write_text(json.dumps(record))
+    with pytest.raises(TamperedEntry, match="authentication failed"):
+        store.get("prod")
+    record["type"], record["endpoint"] = "s3", "http://evil.example"
+    p.write_text(json.dumps(record))
+    with pytest.raises(TamperedEntry):
+        store.get("prod")
+
+
+def test_swapped_entries_rejected(store: Keystore) -> None:
+    store.add("a", S3)
+    store.add("b", S3KeyConfig("other", "othersecret"))
+    a, b = store.path / "entries" / "a.json", store.path / "entries" / "b.json"
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    a.write_text(json.dumps(rb))
+    with pytest.raises(TamperedEntry, match="swapped"):
+        store.get("a")
+    # even with the visible name rewritten, GCM's associated data catches it
+    rb["name"] = "a"
+    a.write_text(json.dumps(rb))
+    with pytest.raises(TamperedEntry, match="authentication failed"):
+        store.get("a")
+    assert ra != rb
+
+
+def test_big_config_beyond_rsa_block_size(store: Keystore) -> None:
+    big = S3KeyConfig("AK", "x" * 20_000, endpoint="http://127.0.0.1:1")
+    store.add("big", big)
+    assert store.get("big").config.secret_key == "x" * 20_000
+
+
+def test_duplicate_remove_and_names(store: Keystore) -> None:
+    store.add("prod", S3)
+    with pytest.raises(KeystoreError, match="exists"):
+        store.add("prod", S3)
+    store.add("prod", DAV, overwrite=True)
+    assert store.get("prod").type == "webdav"
+    store.remove("prod")
+    assert store.list() == []
+    with pytest.raises(KeyNotFound):
+        store.remove("prod")
+    with pytest.raises(KeystoreError, match="invalid key name"):
+        store.add("../evil", S3)
+
+
+def test_share_and_import(tmp_path: Path) -> None:
+    alice = Keystore(tmp_path / "alice", passphrase="a")
+    bob = Keystore(tmp_path / "bob")
+    alice.add("prod", S3)
+    bundle = alice.share("prod", bob.public_key_pem())
+    assert SECRET.encode() not in bundle
+    key = bob.import_shared(bundle, name="from-alice")
+    assert key.config == S3
+    assert Keystore(tmp_path / "bob").get("from-alice").config == S3
+    # a third party cannot open it, and a modified bundle is refused
+    carol = Keystore(tmp_path / "carol")
+    with pytest.raises(TamperedEntry, match="for someone else"):
+        carol.import_shared(bundle)
+    record = json.loads(bundle)
+    record["name"] = "renamed"
+    with pytest.raises(TamperedEntry):
+        bob.import_shared(json.dumps(record).encode())
+    # an entry file is not a shared bundle
+    with pytest.raises(TamperedEntry, match="format"):
+        bob.import_shared((tmp_path / "bob" / "entries" / "from-alice.json").read_bytes())
+
+
+def test_from_env(tmp_path: Path) -> None:
+    ks = Keystore.from_env({"BLOCKKIT_KEYSTORE": str(tmp_path / "k"), "BLOCKKIT_KEYSTORE_PASSPHRASE": "pp"})
+    assert ks.path == tmp_path / "k" and ks.passphrase == "pp"
+
+
+def test_redactor() -> None:
+    r = Redactor([SECRET, "short"])
+    text = f"url=?sig={SECRET.replace('/', '%2F').replace('+', '%2B').replace('=', '%3D')} raw {SECRET} json {json.dumps(SECRET)}"
+    out = r.redact(text)
+    assert SECRET not in out and "%2F" not in out and out.count("***") == 3
+    assert redact("user short pw", ["short"]) == "user *** pw"
+    assert r.redact_obj({"a": [SECRET, 1]}) == {"a": ["***", 1]}
+    dav_secrets = DAV.secrets()
+    basic = base64.b64encode(b"ann:p@ss w0rd").decode()
+    assert basic in dav_secrets
+    assert redact(f"Authorization: Basic {basic}", dav_secrets) == "Authorization: Basic ***"
+
+
+def test_redactor_logging_filter(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    log = logging.getLogger("blockkit.test.redact")
+    log.addFilter(Redactor([SECRET]).logging_filter())
+    with caplog.at_level(logging.INFO, logger="blockkit.test.redact"):
+        log.info("using %s", SECRET)
+    assert SECRET not in caplog.text and "using ***" in caplog.text
