@@ -1,0 +1,322 @@
+"""data.json: load, validate and write GeoJSON FeatureCollections that link files via `up42.data_path`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from blockkit.contract.errors import NoInputError, Problem, WrongInputError
+
+DATA_JSON = "data.json"
+DATA_PATH = "up42.data_path"
+# Properties never inherited by derived features (SPEC §2, propagation).
+RESERVED_PREFIXES = ("up42.", "custom.")
+# A data.json this large is refused before parsing: it is surely not metadata.
+MAX_DATA_JSON_BYTES = 1 << 30
+_MAX_PROBLEMS = 50
+
+
+@dataclass
+class FeatureCollection:
+    """A GeoJSON FeatureCollection; features are plain GeoJSON dicts."""
+
+    features: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # foreign members (bbox, ...), kept on round trip
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.features[index]
+
+    def append(self, feature: dict[str, Any]) -> None:
+        """Add one feature."""
+        self.features.append(feature)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The GeoJSON dict of this collection."""
+        return {"type": "FeatureCollection", **self.extra, "features": self.features}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureCollection:
+        """Wrap a (validated) GeoJSON FeatureCollection dict."""
+        extra = {k: v for k, v in data.items() if k not in ("type", "features")}
+        return cls(list(data.get("features") or []), extra)
+
+    @classmethod
+    def coerce(cls, value: FeatureCollection | dict[str, Any] | Iterable[dict[str, Any]] | None) -> FeatureCollection:
+        """Accept a FeatureCollection, a GeoJSON dict or a list of features."""
+        if value is None:
+            return cls()
+        if isinstance(value, FeatureCollection):
+            return value
+        if isinstance(value, dict):
+            if value.get("type") == "Feature":
+                return cls([value])
+            return cls.from_dict(value)
+        return cls(list(value))
+
+
+def data_path_of(feature: dict[str, Any]) -> str | None:
+    """The feature's `up42.data_path`, or None."""
+    props = feature.get("properties") or {}
+    return props.get(DATA_PATH)
+
+
+def feature_label(index: int, feature: Any) -> str:
+    """How a feature is named in messages: its index and id when it has one."""
+    fid = feature.get("id") if isinstance(feature, dict) else None
+    return f"feature {index}" + (f" (id {fid!r})" if fid is not None else "")
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+def schema_path(name: str) -> Path:
+    """Path of a JSON Schema shipped with blockkit."""
+    return Path(__file__).resolve().parent.parent / "schemas" / name
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    """A shipped JSON Schema as a dict."""
+    return json.loads(schema_path(name).read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
+def _feature_validator() -> Callable[[Any], Any]:
+    import fastjsonschema
+
+    schema = load_schema("data.schema.json")
+    feature_schema = {"definitions": schema["definitions"], **schema["definitions"]["feature"]}
+    return fastjsonschema.compile(feature_schema)
+
+
+def _schema_problems(where: str, instance: Any, definition: str) -> list[Problem]:
+    """Every schema error of one instance, for the slow path after the fast check failed."""
+    import jsonschema
+
+    schema = load_schema("data.schema.json")
+    sub = {"definitions": schema["definitions"], **schema["definitions"][definition]}
+    validator = jsonschema.Draft7Validator(sub)
+    problems = []
+    for err in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
+        loc = "/".join(str(p) for p in err.absolute_path)
+        problems.append(Problem(where, f"{loc + ': ' if loc else ''}{_short(err)}"))
+    return problems or [Problem(where, "does not match the GeoJSON Feature schema")]
+
+
+def _short(err: Any) -> str:
+    if err.validator == "oneOf" and err.context:
+        # Name the most specific reason instead of "is not valid under any of the given schemas".
+        best = max(err.context, key=lambda e: len(e.absolute_path))
+        return _short(best)
+    msg = err.message
+    return msg if len(msg) < 200 else msg[:197] + "..."
+
+
+# --- geometry rules the schema cannot express -----------------------------------------------
+
+def _ring_problems(rings: Any) -> str | None:
+    for ring in rings:
+        if ring[0] != ring[-1]:
+            return "a polygon ring is not closed (first and last positions differ)"
+    return None
+
+
+def _geometry_problem(geom: dict[str, Any]) -> str | None:
+    kind = geom["type"]
+    if kind == "Polygon":
+        return _ring_problems(geom["coordinates"])
+    if kind == "MultiPolygon":
+        for poly in geom["coordinates"]:
+            problem = _ring_problems(poly)
+            if problem:
+                return problem
+    elif kind == "GeometryCollection":
+        for sub in geom["geometries"]:
+            problem = _geometry_problem(sub)
+            if problem:
+                return problem
+    return None
+
+
+# --- data_path rules --------------------------------------------------------------------------
+
+def check_data_path(value: Any, base_dir: Path | None, *, must_exist: bool = True) -> str | None:
+    """Why a data_path is unsafe or dangling, or None when it is fine."""
+    if not isinstance(value, str) or not value:
+        return f"up42.data_path {value!r} must be a non-empty string"
+    if "\x00" in value or "\\" in value:
+        return f"up42.data_path {value!r} must be a POSIX path (no NUL or backslash)"
+    if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+        return f"up42.data_path {value!r} is absolute; it must be relative to the folder holding data.json"
+    parts = value.split("/")
+    if ".." in parts:
+        return f"up42.data_path {value!r} leaves the input directory"
+    if base_dir is None:
+        return None
+    target = base_dir / posixpath.normpath(value)
+    # Resolve symlinks only when one is on the way: a plain stat is much cheaper.
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        if not must_exist:
+            return None
+        return f"up42.data_path {value!r} does not exist"
+    except OSError as exc:
+        return f"up42.data_path {value!r} cannot be read: {exc.strerror}"
+    if _has_symlink(base_dir, parts, st):
+        real = target.resolve()
+        root = base_dir.resolve()
+        if real != root and root not in real.parents:
+            return f"up42.data_path {value!r} is a symlink that leaves the directory"
+        if must_exist and not real.exists():
+            return f"up42.data_path {value!r} is a dangling symlink"
+    return None
+
+
+def _has_symlink(base_dir: Path, parts: list[str], leaf: os.stat_result) -> bool:
+    import stat
+
+    if stat.S_ISLNK(leaf.st_mode):
+        return True
+    current = base_dir
+    for part in parts[:-1]:
+        if part in ("", "."):
+            continue
+        current = current / part
+        if current.is_symlink():
+            return True
+    return False
+
+
+# --- validation -----------------------------------------------------------------------------
+
+def validate_feature_collection(
+    data: Any, base_dir: Path | None = None, *, check_files: bool = True
+) -> list[Problem]:
+    """Every problem of a parsed data.json (schema, geometry, data_path), up to a bound."""
+    if not isinstance(data, dict):
+        return [Problem("data.json", f"must be a JSON object (a FeatureCollection), not {type(data).__name__}")]
+    if data.get("type") != "FeatureCollection":
+        return [Problem("data.json", f"'type' must be 'FeatureCollection', not {data.get('type')!r}")]
+    features = data.get("features")
+    if not isinstance(features, list):
+        return [Problem("data.json", "'features' must be a list")]
+    validate = _feature_validator()
+    problems: list[Problem] = []
+    seen_ids: dict[Any, int] = {}
+    for index, feature in enumerate(features):
+        if len(problems) >= _MAX_PROBLEMS:
+            problems.append(Problem("data.json", f"more problems not listed (stopped after {_MAX_PROBLEMS})"))
+            break
+        try:
+            validate(feature)
+        except Exception:  # noqa: BLE001 - fastjsonschema raises JsonSchemaValueException
+            problems.extend(_schema_problems(feature_label(index, feature), feature, "feature"))
+            continue
+        label = None
+        geom = feature["geometry"]
+        if geom is not None:
+            geom_problem = _geometry_problem(geom)
+            if geom_problem:
+                label = feature_label(index, feature)
+                problems.append(Problem(label, f"geometry: {geom_problem}"))
+        fid = feature.get("id")
+        if fid is not None:
+            if fid in seen_ids:
+                problems.append(Problem(feature_label(index, feature), f"duplicate id (also feature {seen_ids[fid]})"))
+            seen_ids[fid] = index
+        props = feature["properties"]
+        if props and DATA_PATH in props:
+            path_problem = check_data_path(props[DATA_PATH], base_dir if check_files else None)
+            if path_problem:
+                problems.append(Problem(label or feature_label(index, feature), path_problem))
+    return problems
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_data_json(raw: bytes, where: str = "data.json") -> Any:
+    """Parse data.json bytes strictly (UTF-8, no NaN/Infinity), raising WrongInputError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WrongInputError(f"{where} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise WrongInputError(f"{where} is not valid JSON: {exc}") from None
+
+
+def load_data_json(
+    directory: Path, *, required: bool = True, check_files: bool = True
+) -> FeatureCollection:
+    """Read and validate `<directory>/data.json`; raise NoInputError/WrongInputError with every problem."""
+    path = Path(directory) / DATA_JSON
+    if path.is_symlink():
+        raise WrongInputError(f"{path} is a symlink; data.json must be a regular file")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if required:
+            raise NoInputError(f"no input: {path} does not exist") from None
+        return FeatureCollection()
+    if size > MAX_DATA_JSON_BYTES:
+        raise WrongInputError(f"{path} is {size} bytes; data.json is limited to {MAX_DATA_JSON_BYTES} bytes")
+    data = parse_data_json(path.read_bytes(), str(path))
+    problems = validate_feature_collection(data, Path(directory), check_files=check_files)
+    if problems:
+        raise WrongInputError.from_problems(f"invalid {path}", problems)
+    fc = FeatureCollection.from_dict(data)
+    if required and not fc.features:
+        raise NoInputError(f"no input: {path} has no features")
+    return fc
+
+
+def dumps(fc: FeatureCollection | dict[str, Any]) -> str:
+    """Serialise a FeatureCollection to JSON text (finite numbers only)."""
+    data = fc.to_dict() if isinstance(fc, FeatureCollection) else fc
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:
+        raise WrongInputError(f"cannot write data.json: {exc}") from None
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write text to path atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_data_json(directory: Path, fc: FeatureCollection | dict[str, Any]) -> Path:
+    """Write `<directory>/data.json` atomically; a failure never leaves a partial file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return write_atomic(directory / DATA_JSON, dumps(fc))
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for an int or a finite float (not bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
