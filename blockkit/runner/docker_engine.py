@@ -1,0 +1,369 @@
+"""The Docker engine: each step runs as a locked-down container of its block image.
+
+Exit codes in `StepResult` (beyond the block's own 0..6):
+  * 124 -- the step ran past `StepSpec.timeout_s` and was killed (`timed_out=True`),
+    like GNU `timeout`;
+  * 137 -- the container was killed by the kernel's OOM killer (`oom_killed=True`),
+    i.e. OUT_OF_MEMORY; a block that catches MemoryError exits 137 by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from blockkit.contract.errors import BlockkitError, ExitCode
+from blockkit.runner.engine import LogSink, StepResult, StepSpec
+
+if TYPE_CHECKING:  # the docker SDK is an optional dependency
+    import docker
+
+#: Exit code reported for a step killed because it exceeded its timeout.
+TIMEOUT_EXIT_CODE = 124
+
+CONTAINER_LABEL = "blockkit"
+INPUT_DIR = "/tmp/input"
+OUTPUT_DIR = "/tmp/output"
+QUICKLOOK_DIR = "/tmp/quicklooks"
+DEFAULT_USER = "1000:1000"
+
+
+class DockerError(BlockkitError):
+    """The Docker engine itself failed (not the block)."""
+
+    exit_code = ExitCode.UNEXPECTED_ERROR
+
+
+class DockerUnavailableError(DockerError):
+    """No Docker daemon answers (or the docker SDK is not installed)."""
+
+
+class ImageMissingError(DockerError):
+    """A step's image does not exist locally (and nothing can be pulled)."""
+
+
+def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
+    """Return a client connected to a live daemon, or raise DockerUnavailableError."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise DockerUnavailableError(
+            "the docker SDK is not installed: pip install 'blockkit[docker]'"
+        ) from exc
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure here means no usable daemon
+        raise DockerUnavailableError(
+            f"no Docker daemon answers ({_first_line(exc)}); start one "
+            "(as root: bash .ci/docker-setup.sh) or use --engine process"
+        ) from exc
+    return client
+
+
+def docker_available(timeout: float = 2.0) -> bool:
+    """Tell quickly whether a Docker daemon answers."""
+    host = os.environ.get("DOCKER_HOST", "")
+    # Without DOCKER_HOST the SDK talks to the default socket: no socket, no daemon.
+    if not host and not Path("/var/run/docker.sock").exists():
+        return False
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _container_user() -> tuple[str, bool]:
+    """The uid:gid the block runs as, and whether output dirs must be handed to it."""
+    uid = os.getuid()
+    if uid != 0:
+        # The host user itself: output files end up owned by whoever ran blockkit.
+        return f"{uid}:{os.getgid()}", False
+    return DEFAULT_USER, True
+
+
+class _LineSplitter:
+    """Turns a stream of byte chunks into complete, decoded lines."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._emit = emit
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            self._emit(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+    def close(self) -> None:
+        if self._pending:
+            self._emit(self._pending.decode("utf-8", errors="replace"))
+            self._pending = b""
+
+
+class DockerEngine:
+    """Runs each step as a container: read-only input, no network, limits, always removed."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: "docker.DockerClient | None" = None,
+        *,
+        base_image: str = "blockkit-base:bookworm",
+        wheelhouse: Path | None = None,
+    ) -> None:
+        self._client = client
+        # Used only when a step names a block folder but no image: it is built first.
+        self.base_image = base_image
+        self.wheelhouse = wheelhouse
+
+    @property
+    def client(self) -> "docker.DockerClient":
+        """The docker SDK client (connected on first use)."""
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def image_for(self, spec: StepSpec) -> str:
+        """The image a step runs: its own, or one built from its block folder."""
+        if spec.image:
+            return spec.image
+        if spec.block_dir is None:
+            raise DockerError(f"step {spec.name!r} names neither an image nor a block folder")
+        from blockkit.runner.build import build_block_image
+
+        built = build_block_image(
+            spec.block_dir, base_image=self.base_image, wheelhouse=self.wheelhouse, client=self.client
+        )
+        return built.tag
+
+    def run_step(self, spec: StepSpec, on_log_line: LogSink | None = None) -> StepResult:
+        """Run the step in a container to completion (or timeout) and return how it ended."""
+        import docker
+
+        client = self.client
+        image_ref = self.image_for(spec)
+        try:
+            image = client.images.get(image_ref)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissingError(
+                f"step {spec.name!r}: image {image_ref} does not exist locally; "
+                "build it with `blockkit build BLOCK_DIR`"
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise DockerError(f"step {spec.name!r}: cannot inspect image {image_ref}: {_first_line(exc)}") from exc
+
+        user, hand_over = _container_user()
+        for folder in (spec.output_dir, spec.quicklook_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            if hand_over:
+                # Root on the host, uid 1000 in the container: let the block write its outputs.
+                os.chown(folder, 1000, 1000)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        name = f"blockkit-{_safe_name(spec.name)}-{secrets.token_hex(4)}"
+        kwargs = self._container_kwargs(spec, user)
+        started = time.time()
+        container = None
+        try:
+            try:
+                container = client.containers.create(image.id, name=name, **kwargs)
+            except docker.errors.APIError as exc:
+                raise DockerError(f"step {spec.name!r}: cannot create container: {_first_line(exc)}") from exc
+            return self._run(container, spec, image.id, started, on_log_line)
+        finally:
+            if container is not None:
+                _remove(container)
+
+    def _container_kwargs(self, spec: StepSpec, user: str) -> dict[str, Any]:
+        from docker.types import Mount
+
+        mounts = [Mount(INPUT_DIR, str(spec.input_dir.resolve()), type="bind", read_only=True)]
+        for upstream, folder in sorted(spec.upstream_dirs.items()):
+            # The mountpoint must exist inside the (read-only) input; create it on the host.
+            (spec.input_dir / upstream).mkdir(parents=True, exist_ok=True)
+            mounts.append(
+                Mount(f"{INPUT_DIR}/{upstream}", str(Path(folder).resolve()), type="bind", read_only=True)
+            )
+        mounts.append(Mount(OUTPUT_DIR, str(spec.output_dir.resolve()), type="bind", read_only=False))
+        mounts.append(Mount(QUICKLOOK_DIR, str(spec.quicklook_dir.resolve()), type="bind", read_only=False))
+
+        environment = {
+            "UP42_TASK_PARAMETERS": json.dumps(dict(spec.params)),
+            "UP42_JOB_MODE": spec.mode,
+            "BLOCKKIT_INPUT_DIR": INPUT_DIR,
+            "BLOCKKIT_OUTPUT_DIR": OUTPUT_DIR,
+            "BLOCKKIT_QUICKLOOK_DIR": QUICKLOOK_DIR,
+            "BLOCKKIT_STEP": spec.name,
+            # The host uid may have no passwd entry in the image, so no usable home.
+            "HOME": "/tmp",
+        }
+        environment.update(spec.env)
+
+        kwargs: dict[str, Any] = {
+            "command": list(spec.command) if spec.command else None,
+            "environment": environment,
+            "mounts": mounts,
+            "user": user,
+            "labels": {CONTAINER_LABEL: "1", "blockkit.step": spec.name},
+            "network_mode": "bridge" if spec.network else "none",
+            "detach": True,
+        }
+        if spec.resources is not None:
+            kwargs["nano_cpus"] = int(spec.resources.cpus * 1e9)
+            memory = f"{int(spec.resources.memory_mb)}m"
+            # Same value for memory and memory+swap: no swapping past the limit.
+            kwargs["mem_limit"] = memory
+            kwargs["memswap_limit"] = memory
+        return kwargs
+
+    def _run(
+        self,
+        container: Any,
+        spec: StepSpec,
+        image_id: str,
+        started: float,
+        on_log_line: LogSink | None,
+    ) -> StepResult:
+        import docker
+
+        with spec.log_path.open("a", encoding="utf-8") as log:
+            lock = threading.Lock()
+
+            def emit(line: str) -> None:
+                with lock:
+                    log.write(line + "\n")
+                    log.flush()
+                if on_log_line is not None:
+                    on_log_line(spec.name, line)
+
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                raise DockerError(f"step {spec.name!r}: cannot start container: {_first_line(exc)}") from exc
+
+            reader = threading.Thread(
+                target=_pump_logs, args=(container, _LineSplitter(emit)), name=f"logs-{spec.name}", daemon=True
+            )
+            reader.start()
+            timed_out = not _wait(container, spec.timeout_s)
+            if timed_out:
+                _kill(container)
+                _wait(container, 30.0)
+            # The log stream ends with the container; wait briefly for its tail.
+            reader.join(timeout=10.0)
+
+            container.reload()
+            state = container.attrs.get("State", {})
+            ended = time.time()
+            exit_code = int(state.get("ExitCode", -1))
+            oom_killed = bool(state.get("OOMKilled", False))
+            detail = ""
+            if timed_out:
+                exit_code = TIMEOUT_EXIT_CODE
+                oom_killed = False
+                detail = f"timed out after {spec.timeout_s:g}s and was killed (exit {TIMEOUT_EXIT_CODE})"
+            elif oom_killed:
+                exit_code = int(ExitCode.OUT_OF_MEMORY)
+                limit = f" of {spec.resources.memory_mb} MB" if spec.resources else ""
+                detail = f"OUT_OF_MEMORY: the container exceeded its memory limit{limit} and was killed"
+            elif exit_code != 0:
+                detail = f"{ExitCode.describe(exit_code)} (exit {exit_code})"
+            if detail:
+                emit(f"[blockkit] {detail}")
+            return StepResult(
+                exit_code=exit_code,
+                started=started,
+                ended=ended,
+                image_id=image_id,
+                oom_killed=oom_killed,
+                timed_out=timed_out,
+                detail=detail,
+            )
+
+
+def _safe_name(step: str) -> str:
+    """A container-name-safe version of a step name."""
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in step).strip("-.")
+    return (cleaned or "step")[:40]
+
+
+def _pump_logs(container: Any, splitter: _LineSplitter) -> None:
+    """Copy the container's combined stdout/stderr into the splitter until it exits."""
+    try:
+        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            splitter.feed(chunk)
+    except Exception as exc:  # noqa: BLE001 - a broken log stream must not hide the exit code
+        splitter.feed(f"\n[blockkit] log stream interrupted: {_first_line(exc)}\n".encode())
+    finally:
+        splitter.close()
+
+
+def _wait(container: Any, timeout_s: float | None) -> bool:
+    """Wait until the container stops; False when `timeout_s` passed first."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        # Short polls keep Ctrl-C responsive and bound each HTTP call.
+        step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        try:
+            container.wait(timeout=max(step, 0.05))
+            return True
+        except Exception as exc:  # noqa: BLE001 - requests raises ReadTimeout/ConnectionError on timeout
+            if not _is_timeout(exc):
+                raise
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import requests
+
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    # Over the unix socket a read timeout can surface as a ConnectionError.
+    return isinstance(exc, requests.exceptions.ConnectionError) and "timed out" in str(exc).lower()
+
+
+def _kill(container: Any) -> None:
+    import docker
+
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass  # already stopped: nothing to kill
+
+
+def _remove(container: Any) -> None:
+    """Remove the container whatever state it is in (retrying briefly if the daemon is busy)."""
+    import docker
+
+    for attempt in range(5):
+        try:
+            container.remove(force=True, v=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            # 409 "removal already in progress" means it is going away.
+            if getattr(exc, "status_code", None) == 409 and "in progress" in str(exc):
+                return
+            time.sleep(0.2 * (attempt + 1))
+        except Exception:  # noqa: BLE001 - e.g. a connection hiccup during shutdown
+            time.sleep(0.2 * (attempt + 1))
