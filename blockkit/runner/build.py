@@ -109,22 +109,23 @@ def build_block_image(
 
 
 def read_manifest(block_dir: Path) -> dict[str, Any]:
-    """Read `UP42Manifest.json` of a block folder (validated when the validator is available)."""
+    """Read and validate `UP42Manifest.json` of a block folder; return it as a dict."""
     path = block_dir / "UP42Manifest.json"
     if not block_dir.is_dir():
         raise ManifestError(f"{block_dir}: not a block folder (it does not exist)")
     if not path.is_file():
         raise ManifestError(f"{block_dir}: no UP42Manifest.json, so it is not a block folder")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: not readable JSON ({exc})") from exc
-    try:
-        from blockkit.contract.manifest import load_manifest  # type: ignore[attr-defined]
-    except ImportError:
+        from blockkit.contract.manifest import load_manifest
+    except ImportError:  # the validator is optional for building: fall back to plain JSON
         load_manifest = None
     if load_manifest is not None:
-        load_manifest(path)  # raises ManifestError with every problem listed
+        manifest = dict(load_manifest(path).raw)  # raises ManifestError listing every problem
+    else:
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ManifestError(f"{path}: not readable JSON ({exc})") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("name"), str) or not manifest["name"]:
         raise ManifestError(f"{path}: the manifest needs a non-empty string 'name'")
     return manifest

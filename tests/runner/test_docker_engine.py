@@ -1,0 +1,288 @@
+"""The Docker engine runs a real block image: isolation, limits, exit codes, cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from blockkit.runner.docker_engine import (
+    TIMEOUT_EXIT_CODE,
+    DockerEngine,
+    DockerUnavailableError,
+    ImageMissingError,
+    docker_available,
+    docker_client,
+)
+from blockkit.runner.engine import Resources, StepResult, StepSpec
+
+# A UP42-style block in plain Python: it reports what it sees, then behaves as its parameters say.
+PROBE_RUN_PY = r'''
+import json, os, sys, time
+
+params = json.loads(os.environ.get("UP42_TASK_PARAMETERS") or "{}")
+inp = os.environ.get("BLOCKKIT_INPUT_DIR", "/tmp/input")
+out = os.environ.get("BLOCKKIT_OUTPUT_DIR", "/tmp/output")
+
+
+def first_readable(*paths):
+    for path in paths:
+        try:
+            return open(path).read().strip()
+        except OSError:
+            pass
+    return None
+
+
+report = {
+    "uid": os.getuid(),
+    "params": params,
+    "mode": os.environ.get("UP42_JOB_MODE"),
+    "extra": os.environ.get("EXTRA_VAR"),
+    "input_files": sorted(os.listdir(inp)),
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "memory_limit": first_readable("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+}
+for target in [inp] + [os.path.join(inp, name) for name in params.get("upstreams", [])]:
+    try:
+        with open(os.path.join(target, "intruder.txt"), "w") as handle:
+            handle.write("x")
+        report.setdefault("writable", []).append(target)
+    except OSError as exc:
+        report.setdefault("write_errors", []).append(f"{target}: {exc.strerror}")
+
+print("probe: stdout line")
+print("probe: stderr line", file=sys.stderr)
+sys.stdout.flush()
+if params.get("alloc_mb"):
+    blob = b"x" * (params["alloc_mb"] << 20)
+if params.get("sleep"):
+    time.sleep(params["sleep"])
+with open(os.path.join(out, "data.json"), "w") as handle:
+    json.dump({"type": "FeatureCollection", "features": [], "report": report}, handle)
+sys.exit(int(params.get("exit", 0)))
+'''
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def probe_image(docker_client, base_image, tmp_path_factory) -> str:
+    """The probe block, built once for this module."""
+    from blockkit.runner.build import build_block_image
+
+    block = tmp_path_factory.mktemp("probe-block")
+    (block / "src").mkdir()
+    (block / "src" / "run.py").write_text(PROBE_RUN_PY)
+    manifest = {
+        "_up42_specification_version": 2,
+        "name": "probe",
+        "type": "processing",
+        "tags": ["test"],
+        "display_name": "Probe",
+        "description": "Reports what the container sees.",
+        "parameters": {},
+        "machine": {"type": "small"},
+        "input_capabilities": {},
+        "output_capabilities": {},
+    }
+    (block / "UP42Manifest.json").write_text(json.dumps(manifest))
+    return build_block_image(block, base_image=base_image, client=docker_client).tag
+
+
+@pytest.fixture
+def engine(docker_client) -> DockerEngine:
+    return DockerEngine(docker_client)
+
+
+def make_spec(tmp_path: Path, image: str | None, **overrides) -> StepSpec:
+    """A step with fresh folders and a unique step name (to find its containers)."""
+    input_dir = tmp_path / "input"
+    input_dir.mkdir(parents=True, exist_ok=True)
+    (input_dir / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    values = dict(
+        name=f"probe-{uuid.uuid4().hex[:8]}",
+        block_dir=None,
+        image=image,
+        input_dir=input_dir,
+        output_dir=tmp_path / "output",
+        quicklook_dir=tmp_path / "quicklooks",
+        log_path=tmp_path / "logs" / "step.log",
+    )
+    values.update(overrides)
+    return StepSpec(**values)
+
+
+def report_of(spec: StepSpec) -> dict:
+    return json.loads((spec.output_dir / "data.json").read_text())["report"]
+
+
+def leftover_containers(client, spec: StepSpec) -> list:
+    return client.containers.list(all=True, filters={"label": [f"blockkit.step={spec.name}"]})
+
+
+def run(engine: DockerEngine, spec: StepSpec, client) -> StepResult:
+    """Run a step and check the invariant of every case: no container is left behind."""
+    lines: list[tuple[str, str]] = []
+    result = engine.run_step(spec, on_log_line=lambda step, line: lines.append((step, line)))
+    assert leftover_containers(client, spec) == []
+    run.lines = lines  # type: ignore[attr-defined]
+    return result
+
+
+def test_block_runs_as_non_root_with_parameters_and_env(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, params={"answer": 42}, env={"EXTRA_VAR": "yes"}, mode="DRY_RUN")
+    result = run(engine, spec, docker_client)
+
+    assert result.exit_code == 0, spec.log_path.read_text()
+    assert not result.oom_killed and not result.timed_out
+    assert result.image_id == docker_client.images.get(probe_image).id
+    report = report_of(spec)
+    assert report["uid"] != 0
+    assert report["params"] == {"answer": 42}
+    assert report["mode"] == "DRY_RUN"
+    assert report["extra"] == "yes"
+    assert report["input_files"] == ["data.json"]
+
+
+def test_command_override_shows_non_root_id(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, command=["sh", "-c", "id -u"])
+    result = run(engine, spec, docker_client)
+
+    assert result.exit_code == 0
+    uid = spec.log_path.read_text().strip().splitlines()[0]
+    assert uid.isdigit() and int(uid) != 0
+
+
+def test_input_is_read_only_including_fan_in_mounts(engine, probe_image, docker_client, tmp_path):
+    upstream = tmp_path / "upstream-a"
+    upstream.mkdir()
+    (upstream / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    spec = make_spec(tmp_path, probe_image, params={"upstreams": ["a"]}, upstream_dirs={"a": upstream})
+    result = run(engine, spec, docker_client)
+
+    assert result.exit_code == 0, spec.log_path.read_text()
+    report = report_of(spec)
+    assert "writable" not in report
+    assert len(report["write_errors"]) == 2
+    assert all("Read-only file system" in error for error in report["write_errors"])
+    assert "a" in report["input_files"]
+    assert not (spec.input_dir / "intruder.txt").exists()
+    assert not (upstream / "intruder.txt").exists()
+
+
+def test_no_network_by_default_and_network_when_asked(engine, probe_image, docker_client, tmp_path):
+    isolated = make_spec(tmp_path / "isolated", probe_image)
+    assert run(engine, isolated, docker_client).exit_code == 0
+    assert report_of(isolated)["interfaces"] == ["lo"]
+
+    networked = make_spec(tmp_path / "networked", probe_image, network=True)
+    assert run(engine, networked, docker_client).exit_code == 0
+    # There is no outside network here: the visible difference is a real interface besides lo.
+    assert len(report_of(networked)["interfaces"]) > 1
+
+
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4, 5, 6])
+def test_exit_codes_pass_through(engine, probe_image, docker_client, tmp_path, code):
+    spec = make_spec(tmp_path, probe_image, params={"exit": code})
+    result = run(engine, spec, docker_client)
+
+    assert result.exit_code == code
+    assert not result.oom_killed and not result.timed_out
+    if code:
+        assert result.detail
+
+
+def test_out_of_memory_is_reported_as_137(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, params={"alloc_mb": 300}, resources=Resources(cpus=1, memory_mb=64))
+    result = run(engine, spec, docker_client)
+
+    assert result.exit_code == 137
+    assert result.oom_killed
+    assert not result.timed_out
+    assert "OUT_OF_MEMORY" in result.detail
+    assert "OUT_OF_MEMORY" in spec.log_path.read_text()
+
+
+def test_memory_limit_is_applied(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, resources=Resources(cpus=0.5, memory_mb=256))
+    assert run(engine, spec, docker_client).exit_code == 0
+    assert report_of(spec)["memory_limit"] == str(256 * 1024 * 1024)
+
+
+def test_timeout_kills_and_is_reported(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, params={"sleep": 120}, timeout_s=2)
+    start = time.monotonic()
+    result = run(engine, spec, docker_client)
+
+    assert time.monotonic() - start < 30
+    assert result.timed_out
+    assert result.exit_code == TIMEOUT_EXIT_CODE
+    assert "timed out" in result.detail
+    assert not (spec.output_dir / "data.json").exists()
+
+
+def test_logs_are_captured_in_file_and_sink(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, params={"exit": 3})
+    result = run(engine, spec, docker_client)
+
+    assert result.exit_code == 3
+    log = spec.log_path.read_text()
+    assert "probe: stdout line" in log
+    assert "probe: stderr line" in log
+    assert "NO_INPUT_ERROR" in log
+    assert (spec.name, "probe: stdout line") in run.lines  # type: ignore[attr-defined]
+
+
+def test_ctrl_c_removes_the_container(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, params={"sleep": 120})
+    # Deliver a real SIGINT to this process while the step is running.
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.run_step(spec)
+    finally:
+        timer.cancel()
+    assert leftover_containers(docker_client, spec) == []
+
+
+def test_missing_image_is_an_engine_error(engine, docker_client, tmp_path):
+    spec = make_spec(tmp_path, "blockkit/does-not-exist:000000000000")
+    with pytest.raises(ImageMissingError, match="does not exist"):
+        engine.run_step(spec)
+
+
+def test_step_with_block_dir_and_no_image_is_built_first(docker_client, base_image, probe_image, tmp_path):
+    block = tmp_path / "block"
+    (block / "src").mkdir(parents=True)
+    (block / "src" / "run.py").write_text("print('built on demand')\n")
+    (block / "UP42Manifest.json").write_text(
+        json.dumps({
+            "_up42_specification_version": 2, "name": "on-demand", "type": "processing",
+            "tags": [], "display_name": "On demand", "description": "x", "parameters": {},
+            "machine": {"type": "small"}, "input_capabilities": {}, "output_capabilities": {},
+        })
+    )
+    engine = DockerEngine(docker_client, base_image=base_image)
+    spec = make_spec(tmp_path, None, block_dir=block)
+    result = run(engine, spec, docker_client)
+    assert result.exit_code == 0
+    assert "built on demand" in spec.log_path.read_text()
+
+
+def test_docker_available_is_true_with_a_daemon(docker_client):
+    assert docker_available()
+
+
+def test_no_daemon_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    assert docker_available(timeout=1) is False
+    with pytest.raises(DockerUnavailableError, match="no Docker daemon answers"):
+        docker_client(timeout=1)
