@@ -1,0 +1,67 @@
+"""`python -m blockkit.gateway`: serve folders over S3 and print the endpoint once listening."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from blockkit.contract.errors import BlockkitError
+from blockkit.gateway.errors import GatewayConfigError
+from blockkit.gateway.server import Gateway
+from blockkit.gateway.sigv4 import Credentials
+
+
+def parse_inputs(values: list[str]) -> dict[str, Path]:
+    """Turn `NAME=DIR` arguments into a bucket → folder map."""
+    inputs: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise GatewayConfigError(f"--input {value!r}: expected NAME=DIR")
+        if name in inputs:
+            raise GatewayConfigError(f"--input {name!r} is given twice")
+        inputs[name] = Path(folder)
+    return inputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m blockkit.gateway", description=__doc__)
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--access-log", type=Path)
+    parser.add_argument("--region", default="us-east-1")
+    args = parser.parse_args(argv)
+    access = os.environ.get("BLOCKKIT_GATEWAY_ACCESS_KEY")
+    secret = os.environ.get("BLOCKKIT_GATEWAY_SECRET_KEY")
+    try:
+        gateway = Gateway(
+            parse_inputs(args.input),
+            args.output,
+            host=args.host,
+            port=args.port,
+            credentials=Credentials(access, secret) if access and secret else None,
+            access_log=args.access_log,
+            region=args.region,
+        )
+        endpoint = gateway.start()
+    except BlockkitError as err:
+        print(err.headline(), file=sys.stderr)
+        return int(err.exit_code) or 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(endpoint, flush=True)
+    stop.wait()
+    gateway.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Multipart uploads: parts staged inside the output folder, assembled and renamed on completion."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blockkit.gateway.buckets import STAGING_DIR, Bucket
+from blockkit.gateway.errors import S3Error, invalid_argument
+from blockkit.gateway.etags import multipart_etag
+from blockkit.gateway.writes import AtomicFile, copy_range, prepare_target
+
+MAX_PARTS = 10_000
+
+
+@dataclass
+class Part:
+    """One uploaded part: where its bytes are and their MD5."""
+
+    number: int
+    md5: bytes
+    size: int
+    in_slot: bool  # True: bytes live in the assembly file at (number - 1) * slot_size
+    last_modified: float
+
+    @property
+    def etag(self) -> str:
+        return self.md5.hex()
+
+
+@dataclass
+class Upload:
+    """An in-progress multipart upload of one key."""
+
+    upload_id: str
+    bucket: str
+    key: str
+    folder: Path
+    created: float
+    slot_size: int | None = None
+    parts: dict[int, Part] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def assembly(self) -> Path:
+        return self.folder / "assembly"
+
+    def part_path(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}"
+
+
+def no_such_upload(upload_id: str) -> S3Error:
+    """404 NoSuchUpload."""
+    return S3Error(
+        404,
+        "NoSuchUpload",
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+        UploadId=upload_id,
+    )
+
+
+class PartWriter:
+    """Where the bytes of one part go: a slot of the assembly file, or a part file of its own."""
+
+    def __init__(self, upload: Upload, number: int, declared_size: int | None) -> None:
+        self.upload = upload
+        self.number = number
+        with upload.lock:
+            if upload.slot_size is None and declared_size:
+                # Clients upload equal parts (the last one smaller), so the first part's size is the
+                # slot size; parts then land at their final offset and completion is a rename.
+                upload.slot_size = declared_size
+            slot = upload.slot_size
+            self.in_slot = bool(slot and declared_size is not None and declared_size <= slot)
+            upload.parts.pop(number, None)  # a re-upload replaces; a failed one leaves nothing
+        if self.in_slot:
+            assert slot is not None
+            self.fd = os.open(upload.assembly, os.O_WRONLY | os.O_CREAT, 0o644)
+            self.offset = (number - 1) * slot
+            self.limit = slot
+            self.tmp: Path | None = None
+        else:
+            self.tmp = upload.folder / f"tmp-{number:05d}-{secrets.token_hex(4)}"
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.offset = 0
+            self.limit = None
+        self.size = 0
+
+    def write(self, data: memoryview) -> None:
+        """Write the next piece of the part."""
+        if self.limit is not None and self.size + len(data) > self.limit:
+            raise S3Error(400, "IncompleteBody", "part is larger than its declared length")
+        while data:
+            n = os.pwrite(self.fd, data, self.offset + self.size)
+            data = data[n:]
+            self.size += n
+
+    def commit(self, md5: bytes) -> Part:
+        """Record the part as uploaded."""
+        os.close(self.fd)
+        if self.tmp is not None:
+            os.replace(self.tmp, self.upload.part_path(self.number))
+        part = Part(self.number, md5, self.size, self.in_slot, time.time())
+        with self.upload.lock:
+            self.upload.parts[self.number] = part
+        return part
+
+    def abort(self) -> None:
+        """Forget a part whose upload failed."""
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+class MultipartStore:
+    """All in-progress uploads of one writable bucket."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+        self.staging = bucket.root / STAGING_DIR / "uploads"
+        self._uploads: dict[str, Upload] = {}
+        self._lock = threading.Lock()
+
+    def create(self, key: str) -> Upload:
+        """Start an upload of key."""
+        self.bucket.path_for(key)  # refuse bad keys before anything is staged
+        upload_id = secrets.token_urlsafe(24)
+        folder = self.staging / upload_id
+        upload = Upload(upload_id, self.bucket.name, key, folder, time.time())
+        with self._lock:
+            folder.mkdir(parents=True)
+            self._uploads[upload_id] = upload
+        return upload
+
+    def get(self, key: str, upload_id: str) -> Upload:
+        """The upload with this id for this key, or NoSuchUpload."""
+        with self._lock:
+            upload = self._uploads.get(upload_id)
+        if upload is None or upload.key != key:
+            raise no_such_upload(upload_id)
+        return upload
+
+    def uploads(self) -> list[Upload]:
+        """Every in-progress upload, by key then start time."""
+        with self._lock:
+            return sorted(self._uploads.values(), key=lambda u: (u.key, u.created))
+
+    def part_writer(self, upload: Upload, number: int, declared_size: int | None) -> PartWriter:
+        """A writer for part `number` (1..10000)."""
+        if not 1 <= number <= MAX_PARTS:
+            raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive")
+        return PartWriter(upload, number, declared_size)
+
+    def abort(self, upload: Upload) -> None:
+        """Drop an upload and its staged bytes."""
+        self._forget(upload)
+
+    def complete(self, upload: Upload, listed: list[tuple[int, str]]) -> tuple[Path, str, os.stat_result]:
+        """Assemble the listed parts into the object; returns its path, multipart ETag and stat."""
+        numbers = [n for n, _ in listed]
+        if any(b <= a for a, b in zip(numbers, numbers[1:])):
+            raise S3Error(400, "InvalidPartOrder", "The list of parts was not in ascending order. The parts list must be specified in order by part number.")
+        with upload.lock:
+            chosen = []
+            for number, etag in listed:
+                part = upload.parts.get(number)
+                if part is None or part.etag != etag.lower().strip('"'):
+                    raise S3Error(
+                        400,
+                        "InvalidPart",
+                        "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not have matched the part's entity tag.",
+                        PartNumber=str(number),
+                        ETag=etag,
+                    )
+                chosen.append(part)
+            slot = upload.slot_size
+        target = prepare_target(self.bucket, upload.key)
+        total = sum(p.size for p in chosen)
+        in_place = (
+            slot is not None
+            and numbers == list(range(1, len(chosen) + 1))
+            and all(p.in_slot for p in chosen)
+            and all(p.size == slot for p in chosen[:-1])
+        )
+        if in_place:
+            os.truncate(upload.assembly, total)
+            try:
+                os.replace(upload.assembly, target)
+            except OSError:
+                in_place = False  # e.g. the target folder is another filesystem: copy instead
+        if not in_place:
+            self._concatenate(upload, chosen, slot, target)
+        self._forget(upload)
+        etag = multipart_etag([p.md5 for p in chosen])
+        return target, etag, target.stat()
+
+    def _forget(self, upload: Upload) -> None:
+        # The staging folder is visible in the output folder: keep it only while uploads run.
+        with self._lock:
+            self._uploads.pop(upload.upload_id, None)
+            shutil.rmtree(upload.folder, ignore_errors=True)
+            if not self._uploads:
+                for folder in (self.staging, self.staging.parent):
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
+
+    def _concatenate(self, upload: Upload, parts: list[Part], slot: int | None, target: Path) -> None:
+        with AtomicFile(target) as out:
+            assembly_fd = os.open(upload.assembly, os.O_RDONLY) if upload.assembly.exists() else -1
+            try:
+                for part in parts:
+                    if part.in_slot:
+                        assert slot is not None
+                        copy_range(assembly_fd, out.fd, (part.number - 1) * slot, part.size, None)
+                    else:
+                        fd = os.open(upload.part_path(part.number), os.O_RDONLY)
+                        try:
+                            copy_range(fd, out.fd, 0, part.size, None)
+                        finally:
+                            os.close(fd)
+            finally:
+                if assembly_fd >= 0:
+                    os.close(assembly_fd)
+            out.commit()
+
+    def close(self) -> None:
+        """Abort every upload and remove the staging folder."""
+        with self._lock:
+            self._uploads.clear()
+        shutil.rmtree(self.bucket.root / STAGING_DIR, ignore_errors=True)
