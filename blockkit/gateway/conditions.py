@@ -80,11 +80,13 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
                 raise invalid_range(size)
             return max(0, size - suffix), size - 1
         first = int(first_s)
-        last = int(last_s) if last_s.strip() else size - 1
+        last = int(last_s) if last_s.strip() else None
     except ValueError:
         return None
-    if first < 0 or last < first:
-        return None
+    if first < 0 or (last is not None and last < first):
+        return None  # syntactically invalid: ignored, like S3
+    if last is None:
+        last = size - 1
     if first >= size:
         raise invalid_range(size)
     return first, min(last, size - 1)

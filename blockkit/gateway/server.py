@@ -24,6 +24,15 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     state: GatewayState
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients hanging up mid-request are routine; report anything else."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
 
 class Gateway:
     """An S3 endpoint over folders: each input read-only, `out` the writable output folder."""
