@@ -43,6 +43,10 @@ def _weed_binary() -> str:
     return found
 
 
+class ServerExited(RuntimeError):
+    """The server process died while starting (often a port taken between probe and bind)."""
+
+
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
     import urllib.error
     import urllib.request
@@ -51,7 +55,7 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log else ""
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}\n{tail}")
+            raise ServerExited(f"server exited with {proc.returncode} before answering {url}\n{tail}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -85,8 +89,17 @@ class SeaweedS3:
         """The S3 endpoint URL."""
         return f"http://{LOOPBACK}:{self.port}"
 
-    def start(self, timeout: float = 60) -> "SeaweedS3":
-        """Start `weed server -s3` and wait until S3 answers."""
+    def start(self, timeout: float = 60, attempts: int = 3) -> "SeaweedS3":
+        """Start `weed server -s3` and wait until S3 answers (new ports if a start dies early)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout, attempt)
+            except ServerExited:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float, attempt: int) -> "SeaweedS3":
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="blockkit-seaweed-"))
             self._owns_dir = True
@@ -121,7 +134,7 @@ class SeaweedS3:
         ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
         grpc = {name: free_port() for name in ports}
         self.port = ports["s3"]
-        data = self.data_dir / "data"
+        data = self.data_dir / f"data{attempt}"
         data.mkdir(exist_ok=True)
         args = [
             _weed_binary(),
@@ -153,7 +166,7 @@ class SeaweedS3:
             _wait_http(self.endpoint + "/", timeout, self._proc, self._log)
             self._wait_writable(timeout)
         except BaseException:
-            self.stop()
+            self._kill()
             raise
         return self
 
@@ -205,16 +218,20 @@ class SeaweedS3:
 
     def stop(self) -> None:
         """Stop the server and remove its data when it made the folder."""
+        self._kill()
+        if self._owns_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            # weed drains for a long time on SIGTERM; test data need no graceful shutdown
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=15)
+                self._proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
-        if self._owns_dir and self.data_dir is not None:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> "SeaweedS3":
         return self.start()

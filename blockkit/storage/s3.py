@@ -1,0 +1,126 @@
+"""S3 locations (`s3://bucket/key`, access-point ARNs as the bucket) and boto3 clients from keystore keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from blockkit.storage.errors import AccessDenied, SourceNotFound, TransferFailed, UnsupportedURI
+from blockkit.storage.keystore import Key, S3KeyConfig
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_AP_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{1,48}[a-z0-9]$")
+_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket (name or access-point ARN) and a key or prefix."""
+
+    bucket: str
+    key: str = ""
+    region: str | None = None  # from an access-point ARN; it decides where requests go
+
+    @property
+    def is_access_point(self) -> bool:
+        """True when the bucket is an access-point ARN."""
+        return self.bucket.startswith("arn:")
+
+    @property
+    def uri(self) -> str:
+        """The `s3://` URI."""
+        return f"s3://{self.bucket}/{self.key}"
+
+    def child(self, name: str) -> "S3Location":
+        """The location of `name` under this prefix."""
+        prefix = self.key if not self.key or self.key.endswith("/") else self.key + "/"
+        return S3Location(self.bucket, prefix + name.lstrip("/"), self.region)
+
+
+def parse_s3_uri(uri: str) -> S3Location:
+    """Parse `s3://bucket/key` or `s3://arn:<partition>:s3:<region>:<account>:accesspoint/<name>/key`."""
+    if not uri.startswith("s3://"):
+        raise UnsupportedURI(f"not an s3:// URI: {uri!r}")
+    rest = uri[len("s3://"):]
+    if rest.startswith("arn:"):
+        return _parse_access_point(uri, rest)
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise UnsupportedURI(f"{uri!r} names no bucket; use s3://<bucket>/<key or prefix>")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise UnsupportedURI(
+            f"{uri!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"
+        )
+    return S3Location(bucket, key)
+
+
+def _parse_access_point(uri: str, rest: str) -> S3Location:
+    # arn:partition:service:region:account:resource -- the resource keeps its '/'s,
+    # so split on ':' at most 5 times, then split the resource on '/'.
+    parts = rest.split(":", 5)
+    hint = "expected s3://arn:aws:s3:<region>:<account-id>:accesspoint/<name>/<key>"
+    if len(parts) != 6:
+        raise UnsupportedURI(f"{uri!r}: malformed access-point ARN; {hint}")
+    _, partition, service, region, account, resource = parts
+    if partition not in _PARTITIONS or service != "s3":
+        raise UnsupportedURI(f"{uri!r}: ARN partition/service {partition}:{service} is not an S3 access point; {hint}")
+    if not _REGION.match(region):
+        raise UnsupportedURI(f"{uri!r}: {region!r} is not a region; {hint}")
+    if not _ACCOUNT.match(account):
+        raise UnsupportedURI(f"{uri!r}: account {account!r} must be 12 digits; {hint}")
+    kind, _, tail = resource.partition("/")
+    name, _, key = tail.partition("/")
+    if kind != "accesspoint" or not _AP_NAME.match(name):
+        raise UnsupportedURI(f"{uri!r}: resource must be accesspoint/<name>; {hint}")
+    arn = f"arn:{partition}:s3:{region}:{account}:accesspoint/{name}"
+    return S3Location(arn, key, region)
+
+
+def s3_client(key: Key | None = None, *, region: str | None = None, max_pool: int = 16) -> Any:
+    """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    kwargs: dict[str, Any] = {}
+    cfg: dict[str, Any] = {"max_pool_connections": max_pool, "retries": {"max_attempts": 4, "mode": "standard"}}
+    if key is None:
+        cfg["signature_version"] = UNSIGNED
+        region = region or "us-east-1"
+    else:
+        conf = key.config
+        if not isinstance(conf, S3KeyConfig):
+            from blockkit.storage.errors import WrongKeyType
+
+            raise WrongKeyType(f"key {key.name!r} is a {key.type} key; an s3 key is needed here")
+        kwargs.update(aws_access_key_id=conf.access_key, aws_secret_access_key=conf.secret_key)
+        if conf.endpoint:
+            kwargs["endpoint_url"] = conf.endpoint
+            # custom endpoints (SeaweedFS, MinIO, Ceph...) rarely have wildcard DNS
+            cfg["s3"] = {"addressing_style": "path"}
+        region = region or conf.region or "us-east-1"
+    session = boto3.session.Session()
+    return session.client("s3", region_name=region, config=Config(**cfg), **kwargs)
+
+
+def s3_error(exc: Exception, what: str) -> Exception:
+    """Map a botocore exception to a blockkit error with one line a person can act on."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket", "NoSuchKey", "404", "NotFound") or status == 404:
+            return SourceNotFound(f"{what}: not found ({code or status}); check the bucket and key")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return AccessDenied(f"{what}: the store refused the credentials ({code}); check the key's access/secret key")
+        if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or status == 403:
+            return AccessDenied(
+                f"{what}: access denied; give a keystore key with read access (--key NAME) or check the bucket policy"
+            )
+        return TransferFailed(f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": "))
+    return TransferFailed(f"{what}: {type(exc).__name__}: {exc}")
