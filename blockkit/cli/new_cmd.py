@@ -1,0 +1,58 @@
+"""`blockkit new NAME`: a working block from templates/."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import typer
+
+from blockkit.contract.errors import ValidationError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-_]{1,62}$")
+
+
+def template_dir() -> Path:
+    """The block template shipped beside the package (a source checkout or editable install)."""
+    import blockkit
+
+    return Path(blockkit.__file__).resolve().parent.parent / "templates" / "block"
+
+
+def create_block(name: str, parent: Path) -> Path:
+    """Copy the template to `<parent>/<name>` with the name filled in."""
+    if not _NAME.match(name):
+        raise ValidationError(f"block name {name!r} must be 2-63 lowercase letters, digits, '-' or '_'")
+    source = template_dir()
+    if not source.is_dir():
+        raise ValidationError(f"block template not found at {source}")
+    target = parent / name
+    if target.exists():
+        raise ValidationError(f"{target} already exists; choose another name or remove it")
+    display = name.replace("-", " ").replace("_", " ").title()
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    for path in target.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace("{{name}}", name).replace("{{display_name}}", display), encoding="utf-8")
+    return target
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `new` command."""
+
+    @app.command()
+    def new(
+        name: str = typer.Argument(..., help="block name (lowercase, digits, - or _)"),
+        directory: Path = typer.Option(Path("."), "--dir", help="where to create the block folder"),
+    ) -> None:
+        """Create a new block (manifest, code, Dockerfile, tests) from the template."""
+        from blockkit.cli.main import fail
+
+        try:
+            target = create_block(name, directory)
+        except ValidationError as err:
+            fail(err)
+        typer.echo(f"created block {name!r} in {target}")
+        typer.echo(f"next: blockkit validate {target} && python -m pytest {target}/tests")

@@ -1,0 +1,175 @@
+"""One `blockkit run`: load, plan, pick the engine, stage in, run, stage out, summarise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from blockkit.contract.errors import WorkflowError
+from blockkit.contract.manifest import MANIFEST_FILE
+from blockkit.runner.engines import select_engine
+from blockkit.runner.plan import Plan, PlannedStep, plan_workflow
+from blockkit.runner.run import RUN_FILE, RunOptions, WorkflowRun, default_runs_dir, find_run
+from blockkit.runner.workflow import Workflow, load_workflow, single_block_workflow
+from blockkit.runtime.propagation import link_tree
+
+
+@dataclass
+class RunRequest:
+    """What the user asked `blockkit run` to do."""
+
+    target: Path | None
+    engine: str = "auto"
+    input: str | None = None
+    output: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    runs_dir: Path | None = None
+    use_cache: bool = True
+    resume: str | None = None
+    on_event: Callable[[str, str, dict[str, Any]], None] | None = None
+    on_log_line: Callable[[str, str], None] | None = None
+    on_message: Callable[[str], None] | None = None
+    step_env: Callable[[PlannedStep], Mapping[str, str]] | None = None
+
+
+def is_uri(value: str) -> bool:
+    """True for `scheme://...` references (stage-in/out), False for local paths."""
+    return "://" in value
+
+
+def load_target(request: RunRequest, runs_dir: Path) -> Workflow:
+    """The workflow to run: a workflow file, a block folder, or the workflow of a resumed run."""
+    target = request.target
+    if target is None:
+        folder = find_run(runs_dir, request.resume or "")
+        path = folder.read_json(RUN_FILE).get("workflow_path")
+        if not path:
+            raise WorkflowError(f"run {folder.run_id} was not made from a workflow file; give the target again")
+        target = Path(path)
+    if target.is_dir():
+        if not (target / MANIFEST_FILE).is_file():
+            raise WorkflowError(f"{target} is a folder without {MANIFEST_FILE}: not a block")
+        workflow = single_block_workflow(target, request.params, None)
+    else:
+        if request.params:
+            raise WorkflowError("--params applies to a block folder; put workflow parameters in the workflow file")
+        workflow = load_workflow(target)
+    if request.input is not None:
+        workflow.input = request.input
+    if request.output is not None:
+        workflow.output = request.output
+    return workflow
+
+
+def _resolve_local(value: str, workflow: Workflow) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and workflow.path is not None and not path.exists():
+        path = workflow.base_dir / path
+    return path.resolve()
+
+
+def _docker_images(plan: Plan, engine: Any, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]] | None:
+    """Build (or reuse) an image per block step up front, so build errors come before any step runs."""
+    if engine.name != "docker":
+        return None
+    from blockkit.runner.build import build_block_image
+    from blockkit.runner.plan import docker_image_manifest  # noqa: F401 - same client config
+
+    images: dict[str, tuple[str, str]] = {}
+    for step in plan.steps:
+        if step.block_dir is not None:
+            built = build_block_image(step.block_dir)
+            say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
+            images[step.name] = (built.tag, built.image_id)
+        elif step.image:
+            import docker
+
+            client = docker.from_env(timeout=30)
+            try:
+                images[step.name] = (step.image, client.images.get(step.image).id)
+            finally:
+                client.close()
+    return lambda step: images[step.name]
+
+
+def run_request(request: RunRequest) -> dict[str, Any]:
+    """Run what was asked and return a summary (raises RunFailed / BlockkitError)."""
+    say = request.on_message or (lambda text: None)
+    runs_dir = (request.runs_dir or default_runs_dir()).resolve()
+    workflow = load_target(request, runs_dir)
+    plan = plan_workflow(workflow)
+    engine, why = select_engine(request.engine)
+    say(f"engine: {why}")
+    input_dir = None
+    if workflow.input:
+        if is_uri(workflow.input):
+            input_dir = stage_in_for_run(workflow, runs_dir, say)
+        else:
+            input_dir = _resolve_local(workflow.input, workflow)
+            if not input_dir.is_dir():
+                raise WorkflowError(f"workflow input {workflow.input!r} is not a folder ({input_dir})")
+    options = RunOptions(
+        engine=engine,
+        runs_dir=runs_dir,
+        use_cache=request.use_cache,
+        resume=request.resume,
+        on_event=request.on_event,
+        on_log_line=request.on_log_line,
+        env_for_step=request.step_env,
+        image_for_step=_docker_images(plan, engine, say),
+        input_dir=input_dir,
+    )
+    run = WorkflowRun(plan, options)
+    say(f"run {run.folder.run_id} in {run.folder.path}")
+    folder = run.execute()
+    outputs = []
+    if workflow.output:
+        outputs = stage_out_for_run(plan, run, workflow.output, workflow, say)
+    return {
+        "run_id": folder.run_id,
+        "run_dir": str(folder.path),
+        "status": "ok",
+        "engine": engine.name,
+        "outputs": outputs,
+        "steps": {
+            name: {
+                "status": rec.status,
+                "exit_code": rec.exit_code,
+                "features_out": rec.features_out,
+                "output_dir": str(folder.output_dir(name)),
+                "seconds": (rec.ended - rec.started) if rec.ended and rec.started else None,
+            }
+            for name, rec in run.records.items()
+        },
+    }
+
+
+def final_steps(plan: Plan) -> list[str]:
+    """Steps whose output no other step reads (the workflow's results)."""
+    return [s.name for s in plan.steps if not plan.downstream_of(s.name)]
+
+
+def stage_in_for_run(workflow: Workflow, runs_dir: Path, say: Callable[[str], None]) -> Path:
+    """Stage the workflow's input URI into a folder under the runs dir."""
+    from blockkit.runner.staging import stage_in_input
+
+    return stage_in_input(workflow, runs_dir, say)
+
+
+def stage_out_for_run(plan: Plan, run: WorkflowRun, target: str, workflow: Workflow, say: Callable[[str], None]) -> list[str]:
+    """Copy (hard-link) or upload the final steps' outputs to the workflow's output."""
+    finals = final_steps(plan)
+    if is_uri(target):
+        from blockkit.runner.staging import stage_out_outputs
+
+        return stage_out_outputs(run, finals, target, workflow, say)
+    dest = _resolve_local(target, workflow)
+    results = []
+    for name in finals:
+        where = dest if len(finals) == 1 else dest / name
+        if where.exists() and any(where.iterdir()):
+            raise WorkflowError(f"output folder {where} is not empty; choose an empty or new folder")
+        link_tree(run.folder.output_dir(name), where)
+        results.append(str(where))
+    return results

@@ -1,0 +1,53 @@
+"""Tests for {{name}}: run the block for real on a small GeoTIFF."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+BLOCK = Path(__file__).resolve().parents[1]
+
+
+def _run(input_dir: Path, output_dir: Path, params: dict) -> subprocess.CompletedProcess:
+    env = dict(os.environ, BLOCKKIT_INPUT_DIR=str(input_dir), BLOCKKIT_OUTPUT_DIR=str(output_dir),
+               BLOCKKIT_QUICKLOOK_DIR=str(output_dir.parent / "quicklooks"),
+               UP42_TASK_PARAMETERS=json.dumps(params))
+    return subprocess.run([sys.executable, str(BLOCK / "src" / "run.py")], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _input(tmp_path: Path) -> Path:
+    folder = tmp_path / "input"
+    folder.mkdir()
+    profile = dict(driver="GTiff", width=64, height=64, count=1, dtype="uint16", crs="EPSG:4326",
+                   transform=from_origin(13.0, 52.0, 0.001, 0.001))
+    with rasterio.open(folder / "scene.tif", "w", **profile) as dst:
+        dst.write(np.full((1, 64, 64), 10, dtype="uint16"))
+    feature = {"type": "Feature", "id": "scene", "properties": {"up42.data_path": "scene.tif", "sensor": "demo"},
+               "geometry": {"type": "Polygon", "coordinates": [[[13.0, 51.936], [13.064, 51.936], [13.064, 52.0], [13.0, 52.0], [13.0, 51.936]]]}}
+    (folder / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return folder
+
+
+def test_scales_the_raster(tmp_path: Path) -> None:
+    result = _run(_input(tmp_path), tmp_path / "output", {"factor": 2.5})
+    assert result.returncode == 0, result.stderr
+    fc = json.loads((tmp_path / "output" / "data.json").read_text())
+    feature = fc["features"][0]
+    assert feature["properties"]["sensor"] == "demo"  # metadata propagated
+    with rasterio.open(tmp_path / "output" / feature["properties"]["up42.data_path"]) as src:
+        assert float(src.read(1).mean()) == 25.0
+
+
+def test_bad_parameter_exits_2(tmp_path: Path) -> None:
+    result = _run(_input(tmp_path), tmp_path / "output", {"factor": -1})
+    assert result.returncode == 2
+    assert "[INPUT_PARAMETERS_ERROR]" in result.stderr and "factor" in result.stderr
+    assert not (tmp_path / "output" / "data.json").exists()
