@@ -1,0 +1,218 @@
+"""`build_block_image` and `blockkit build`: content-hashed, cached, offline images of real blocks."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from blockkit.runner.build import (
+    HASH_LABEL,
+    MANIFEST_LABEL,
+    BaseImageMissingError,
+    BuildError,
+    block_content_hash,
+    build_block_image,
+)
+
+RUN_PY = """\
+import json, os
+params = json.loads(os.environ.get("UP42_TASK_PARAMETERS") or "{}")
+out = os.environ.get("BLOCKKIT_OUTPUT_DIR", "/tmp/output")
+with open(os.path.join(out, "data.json"), "w") as handle:
+    json.dump({"type": "FeatureCollection", "features": [], "params": params}, handle)
+"""
+
+
+@pytest.fixture(autouse=True)
+def frozen_blockkit_source(monkeypatch):
+    """Hash blockkit's sources once per test: edits elsewhere in the tree must not move tags mid-test."""
+    from blockkit.runner import build
+
+    real = build._blockkit_source_hash
+    memo: dict[object, str] = {}
+    monkeypatch.setattr(build, "_blockkit_source_hash", lambda root: memo.setdefault(root, real(root)))
+
+
+def make_block(root: Path, name: str = "tiny-block") -> Path:
+    """A UP42-style block; a nonce file makes its content (and tag) unique to this test."""
+    block = root / name
+    (block / "src").mkdir(parents=True)
+    (block / "src" / "run.py").write_text(RUN_PY)
+    (block / "src" / "nonce.txt").write_text(uuid.uuid4().hex)
+    manifest = {
+        "_up42_specification_version": 2,
+        "name": name,
+        "type": "processing",
+        "tags": ["test"],
+        "display_name": "Tiny block",
+        "description": "Writes an empty FeatureCollection.",
+        "parameters": {"size": {"type": "integer", "default": 3}},
+        "machine": {"type": "small"},
+        "input_capabilities": {},
+        "output_capabilities": {},
+    }
+    (block / "UP42Manifest.json").write_text(json.dumps(manifest))
+    return block
+
+
+def manifest_of(block: Path) -> dict:
+    return json.loads((block / "UP42Manifest.json").read_text())
+
+
+@pytest.mark.docker
+def test_build_is_cached_and_a_change_gives_a_new_tag(docker_client, base_image, tmp_path):
+    block = make_block(tmp_path)
+    first = build_block_image(block, base_image=base_image, client=docker_client)
+    assert first.rebuilt
+    assert first.tag == f"blockkit/tiny-block:{first.content_hash[:12]}"
+    assert docker_client.images.get(first.tag).id == first.image_id
+
+    second = build_block_image(block, base_image=base_image, client=docker_client)
+    assert not second.rebuilt
+    assert (second.tag, second.image_id) == (first.tag, first.image_id)
+
+    # Caches and bytecode do not count as content.
+    (block / "src" / "__pycache__").mkdir()
+    (block / "src" / "__pycache__" / "run.cpython-311.pyc").write_bytes(b"\0junk")
+    (block / ".pytest_cache").mkdir()
+    assert build_block_image(block, base_image=base_image, client=docker_client).tag == first.tag
+
+    (block / "src" / "run.py").write_text(RUN_PY + "print('changed')\n")
+    third = build_block_image(block, base_image=base_image, client=docker_client)
+    assert third.rebuilt
+    assert third.tag != first.tag
+    assert third.image_id != first.image_id
+
+
+@pytest.mark.docker
+def test_image_labels_hold_the_manifest_and_hash(docker_client, base_image, tmp_path):
+    block = make_block(tmp_path)
+    built = build_block_image(block, base_image=base_image, client=docker_client)
+    labels = docker_client.images.get(built.tag).labels
+
+    assert json.loads(labels[MANIFEST_LABEL]) == manifest_of(block)
+    assert labels[HASH_LABEL] == built.content_hash
+
+
+@pytest.mark.docker
+def test_built_image_runs_the_block_as_non_root_offline(docker_client, base_image, tmp_path):
+    block = make_block(tmp_path)
+    built = build_block_image(block, base_image=base_image, client=docker_client)
+    out = docker_client.containers.run(
+        built.tag,
+        ["sh", "-c", "id -u; echo $BLOCKKIT_INPUT_DIR; python -c 'import blockkit, sys; print(sys.prefix)'; pwd"],
+        remove=True,
+        network_mode="none",
+    ).decode().split()
+    uid, input_dir, prefix, workdir = out
+    assert int(uid) != 0
+    assert input_dir == "/tmp/input"
+    assert prefix == "/opt/venv"
+    assert workdir == "/block"
+    assert "python" in " ".join(docker_client.images.get(built.tag).attrs["Config"]["Cmd"])
+
+
+@pytest.mark.docker
+def test_second_build_works_without_a_package_index(docker_client, base_image, tmp_path, monkeypatch):
+    block = make_block(tmp_path)
+    (block / "requirements.txt").write_text("affine\n")  # already a blockkit dependency: in the wheelhouse
+    build_block_image(block, base_image=base_image, client=docker_client)
+
+    # A dead index: anything not already in the wheelhouse would fail to resolve.
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    (block / "src" / "run.py").write_text(RUN_PY + "# offline change\n")
+    rebuilt = build_block_image(block, base_image=base_image, client=docker_client)
+    assert rebuilt.rebuilt
+
+
+@pytest.mark.docker
+def test_missing_base_image_says_how_to_make_it(docker_client, tmp_path):
+    block = make_block(tmp_path)
+    with pytest.raises(BaseImageMissingError, match=r"docker-setup\.sh"):
+        build_block_image(block, base_image="blockkit-base:no-such-tag", client=docker_client)
+
+
+@pytest.fixture
+def broken_base(docker_client, base_image):
+    """A base image whose Python lacks the venv module, so the Dockerfile's first RUN fails."""
+    container = docker_client.containers.run(
+        base_image,
+        ["python3", "-c", "import os, shutil, venv; shutil.rmtree(os.path.dirname(venv.__file__))"],
+        detach=True,
+        network_mode="none",
+    )
+    try:
+        container.wait(timeout=60)
+        tag = f"blockkit-test/broken-base:{uuid.uuid4().hex[:8]}"
+        repository, version = tag.split(":")
+        container.commit(repository=repository, tag=version)
+    finally:
+        container.remove(force=True)
+    yield tag
+    docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.docker
+def test_build_failure_reports_the_end_of_the_build_log(docker_client, broken_base, tmp_path):
+    block = make_block(tmp_path)
+    with pytest.raises(BuildError) as info:
+        build_block_image(block, base_image=broken_base, client=docker_client)
+    error = info.value
+    assert "\n" not in error.headline()
+    assert "failed" in error.headline()
+    assert "venv" in error.details()
+
+
+def test_content_hash_depends_on_block_base_and_ignores_caches(tmp_path):
+    block = make_block(tmp_path)
+    dockerfile = Path(__file__).resolve().parents[2] / "Dockerfile.base"
+    kwargs = dict(dockerfile=dockerfile, source_root=None)
+    # source_root=None hashes the installed version of blockkit: stable within the test.
+    one = block_content_hash(block, base_image_id="sha256:a", **kwargs)
+    assert one == block_content_hash(block, base_image_id="sha256:a", **kwargs)
+    assert one != block_content_hash(block, base_image_id="sha256:b", **kwargs)
+
+    (block / "src" / "__pycache__").mkdir()
+    (block / "src" / "__pycache__" / "x.pyc").write_bytes(b"0")
+    assert one == block_content_hash(block, base_image_id="sha256:a", **kwargs)
+
+    (block / "requirements.txt").write_text("affine\n")
+    assert one != block_content_hash(block, base_image_id="sha256:a", **kwargs)
+
+
+def _cli() -> typer.Typer:
+    from blockkit.cli.build_cmd import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def main() -> None:
+        """Keep `build` a subcommand even when it is the only one."""
+
+    return app
+
+
+@pytest.mark.docker
+def test_cli_build_prints_tag_and_cache_state(docker_client, base_image, tmp_path):
+    block = make_block(tmp_path)
+    runner = CliRunner()
+    first = runner.invoke(_cli(), ["build", str(block), "--base-image", base_image])
+    assert first.exit_code == 0, first.output
+    assert "blockkit/tiny-block:" in first.output and "built" in first.output
+
+    second = runner.invoke(_cli(), ["build", str(block), "--base-image", base_image])
+    assert second.exit_code == 0
+    assert "cached" in second.output
+
+
+def test_cli_errors_are_one_line_and_non_zero(tmp_path):
+    result = CliRunner().invoke(_cli(), ["build", str(tmp_path / "nowhere")])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[0].startswith("[")
+    assert "Traceback" not in result.output
