@@ -347,12 +347,21 @@ def _blockkit_wheel(wheel_dir: Path, source_root: Path | None) -> Path:
     """The blockkit wheel for the current sources, built into the wheelhouse when they changed."""
     existing = sorted(wheel_dir.glob("blockkit-*.whl"))
     if source_root is None:
-        if existing:
-            return existing[-1]
-        raise BuildError(
-            f"no blockkit source tree to build a wheel from and no blockkit-*.whl in {wheel_dir}; "
-            "put a blockkit wheel there or set BLOCKKIT_WHEELHOUSE"
-        )
+        # An installed blockkit: the wheel of the same version, from the wheelhouse or the index.
+        from importlib.metadata import version
+
+        wanted = f"blockkit-{version('blockkit')}-"
+        matching = [w for w in existing if w.name.startswith(wanted)]
+        if not matching:
+            _pip(
+                ["--quiet", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheel_dir),
+                 f"blockkit=={version('blockkit')}"],
+                f"fetching the blockkit wheel into {wheel_dir} (or put one there)",
+            )
+            matching = sorted(wheel_dir.glob(f"{wanted}*.whl"))
+        if matching:
+            return matching[-1]
+        raise BuildError(f"no {wanted}*.whl in {wheel_dir}: put the blockkit wheel there")
     marker = wheel_dir / ".blockkit-source-hash"
     source_hash = _blockkit_source_hash(source_root)
     if existing and marker.is_file() and marker.read_text().strip() == source_hash:
