@@ -126,7 +126,7 @@ class Gateway:
         endpoint = self.bind()
         if self._thread is None:
             assert self._server is not None
-            self._thread = threading.Thread(target=self._server.serve_forever, name="blockkit-gateway", daemon=True)
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="blockkit-gateway", daemon=True)
             self._thread.start()
         return endpoint
 

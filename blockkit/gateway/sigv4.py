@@ -120,7 +120,9 @@ class Verifier:
         if "X-Amz-Signature" in query_names:
             return self._verify_presigned(method, raw_path, raw_query, headers, now)
         if "Signature" in query_names or "AWSAccessKeyId" in query_names:
-            raise access_denied("only AWS Signature Version 4 is accepted")
+            raise access_denied(
+                "only AWS Signature Version 4 is accepted (boto3 presigned URLs: Config(signature_version='s3v4'))"
+            )
         raise access_denied("anonymous requests are refused: this gateway requires credentials")
 
     def _check_scope(self, credential: str) -> tuple[str, str, str, str]:

@@ -199,7 +199,13 @@ def test_virtual_host_style_addressing(served: Served) -> None:
 
 def test_access_log_records_requests(s3, served: Served) -> None:
     import json
+    import time
 
     s3.get_object(Bucket="input", Key="data.json")
-    records = [json.loads(line) for line in served.access_log.read_text().splitlines()]
-    assert any(r["method"] == "GET" and r["path"] == "/input/data.json" and r["status"] == 200 for r in records)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the line is written just after the response
+        records = [json.loads(line) for line in served.access_log.read_text().splitlines()]
+        if any(r["method"] == "GET" and r["path"] == "/input/data.json" and r["status"] == 200 for r in records):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for the GET: {served.access_log.read_text()}")
