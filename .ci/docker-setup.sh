@@ -41,7 +41,12 @@ else
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     # No iptables: this machine's kernel/network setup does not allow it, and
     # block containers run with network_mode=none anyway.
-    nohup dockerd --iptables=false >>"$DOCKERD_LOG" 2>&1 &
+    # A pid file left by a daemon that died (e.g. a killed CI job) stops dockerd from starting.
+    if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+        rm -f /var/run/docker.pid
+    fi
+    # setsid + nohup: the daemon must outlive this script and the CI step that ran it.
+    setsid nohup dockerd --iptables=false >>"$DOCKERD_LOG" 2>&1 < /dev/null &
     waited=0
     until docker info >/dev/null 2>&1; do
         if [ "$waited" -ge "$DOCKERD_WAIT_S" ]; then

@@ -252,7 +252,10 @@ class DockerEngine:
                     log.write(line + "\n")
                     log.flush()
                 if on_log_line is not None:
-                    on_log_line(spec.name, line)
+                    try:
+                        on_log_line(spec.name, line)
+                    except Exception:  # noqa: BLE001 - a faulty display must not stop log capture
+                        pass
 
             try:
                 container.start()
