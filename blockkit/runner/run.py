@@ -25,7 +25,7 @@ from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
 from blockkit.runner.hashing import HashCache, digest_of, source_hash
 from blockkit.runner.plan import Plan, PlannedStep
-from blockkit.runtime.propagation import forward_feature, link_tree
+from blockkit.runtime.propagation import forward_all, link_tree
 
 RUN_FILE = "run.json"
 PROVENANCE_FILE = "provenance.json"
@@ -300,7 +300,7 @@ class WorkflowRun:
             try:
                 fc = load_data_json(output_dir, required=False)
                 if step.definition.propagate:
-                    fc.features.extend(forward_feature(f, input_dir, output_dir) for f in load_data_json(input_dir, required=False))
+                    fc.features.extend(forward_all(load_data_json(input_dir, required=False).features, fc.features, input_dir, output_dir))
                     write_data_json(output_dir, fc)
             except BlockkitError as err:
                 record.exit_code, record.exit_name = int(ExitCode.NO_OUTPUT_ERROR), "NO_OUTPUT_ERROR"

@@ -109,6 +109,10 @@ def run_request(request: RunRequest) -> dict[str, Any]:
             input_dir = _resolve_local(workflow.input, workflow)
             if not input_dir.is_dir():
                 raise WorkflowError(f"workflow input {workflow.input!r} is not a folder ({input_dir})")
+    if workflow.output and not is_uri(workflow.output):
+        dest = _resolve_local(workflow.output, workflow)
+        if dest.is_dir() and any(dest.iterdir()):
+            raise WorkflowError(f"output folder {dest} is not empty; choose an empty or new folder")
     options = RunOptions(
         engine=engine,
         runs_dir=runs_dir,
@@ -168,8 +172,6 @@ def stage_out_for_run(plan: Plan, run: WorkflowRun, target: str, workflow: Workf
     results = []
     for name in finals:
         where = dest if len(finals) == 1 else dest / name
-        if where.exists() and any(where.iterdir()):
-            raise WorkflowError(f"output folder {where} is not empty; choose an empty or new folder")
         link_tree(run.folder.output_dir(name), where)
         results.append(str(where))
     return results

@@ -21,6 +21,7 @@ from blockkit.contract.errors import BlockkitError, ExitCode, NoInputError, NoOu
 from blockkit.contract.manifest import MANIFEST_FILE, Manifest, load_manifest
 from blockkit.contract.parameters import parse_parameters_text, resolve_parameters
 from blockkit.runtime.context import BlockContext, get_logger
+from blockkit.runtime.propagation import forward_all
 from blockkit.runtime.query import Query
 
 ProcessFn = Callable[[FeatureCollection, BlockContext], Any]
@@ -98,7 +99,7 @@ class BlockRunner:
             result = self.fn(input_fc, ctx)
         fc = self._collect(result, ctx)
         if ctx.manifest is not None and ctx.manifest.propagate:
-            fc.features.extend(ctx.forward(f) for f in input_fc)
+            fc.features.extend(forward_all(input_fc.features, fc.features, ctx.input_dir, ctx.output_dir))
         problems = validate_feature_collection(fc.to_dict(), ctx.output_dir)
         if problems:
             raise NoOutputError.from_problems("the block's output is invalid", problems)

@@ -95,3 +95,18 @@ def forward_feature(
     link_tree(input_dir / value, target)
     out.setdefault("properties", {})[DATA_PATH] = new_path
     return out
+
+
+def forward_all(
+    features: list[dict[str, Any]], existing: list[dict[str, Any]], input_dir: Path, output_dir: Path
+) -> list[dict[str, Any]]:
+    """Forward input features next to existing output ones; a clashing id gets an `-input` suffix."""
+    taken = {f.get("id") for f in existing}
+    forwarded = []
+    for feature in features:
+        out = forward_feature(feature, input_dir, output_dir)
+        if out.get("id") is not None and out["id"] in taken:
+            out["id"] = f"{out['id']}-input"
+        taken.add(out.get("id"))
+        forwarded.append(out)
+    return forwarded

@@ -1,0 +1,171 @@
+"""Running workflows on the process engine: data passing, provenance, cache, resume, faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from blockkit.runner.run import RunFailed
+from blockkit.runner.session import RunRequest, run_request
+
+from .blocks import make_blocks
+
+
+@pytest.fixture()
+def blocks(tmp_path: Path) -> dict[str, Path]:
+    return make_blocks(tmp_path / "blocks")
+
+
+def _workflow(tmp_path: Path, body: str, name: str = "wf.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def _run(tmp_path: Path, target: Path, **kw) -> dict:
+    events: list[tuple[str, str]] = []
+    kw.setdefault("engine", "process")
+    summary = run_request(RunRequest(target=target, runs_dir=tmp_path / "runs",
+                                     on_event=lambda kind, step, info: events.append((kind, step)), **kw))
+    summary["events"] = events
+    return summary
+
+
+def _linear(tmp_path: Path, blocks: dict[str, Path], behaviour: str = "ok") -> Path:
+    return _workflow(tmp_path, (
+        "name: linear\nsteps:\n"
+        f"  make: {{block: {blocks['source']}, params: {{count: 3}}}}\n"
+        f"  up: {{block: {blocks['upper']}, params: {{behaviour: {behaviour}}}}}\n"
+    ))
+
+
+def test_linear_run_passes_data_and_records_provenance(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    summary = _run(tmp_path, _linear(tmp_path, blocks))
+    run_dir = Path(summary["run_dir"])
+    out = run_dir / "steps" / "up" / "output"
+    fc = json.loads((out / "data.json").read_text())
+    assert [f["properties"]["up42.data_path"] for f in fc["features"]] == [f"item{i}.txt.upper" for i in range(3)]
+    assert (out / "item1.txt.upper").read_text() == "HELLO 1\n"
+    assert fc["features"][0]["properties"]["i"] == 0  # metadata propagated through the step
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["status"] == "ok"
+    up = prov["steps"][1]
+    assert up["name"] == "up" and up["exit_code"] == 0 and up["engine"] == "process"
+    assert set(up["inputs"]) == {"data.json", "item0.txt", "item1.txt", "item2.txt"}
+    assert set(up["outputs"]) >= {"data.json", "item0.txt.upper"}
+    assert all(len(h) == 64 for h in up["outputs"].values())
+    assert up["block"]["source_sha256"] and up["started"] <= up["ended"]
+    assert (run_dir / "logs" / "up.log").read_text().count("running processing block") == 1
+
+
+def test_second_run_is_served_from_cache_and_no_cache_forces(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _linear(tmp_path, blocks)
+    first = _run(tmp_path, wf)
+    second = _run(tmp_path, wf)
+    assert ("cached", "make") in second["events"] and ("cached", "up") in second["events"]
+    a = Path(first["run_dir"]) / "steps/up/output/item0.txt.upper"
+    b = Path(second["run_dir"]) / "steps/up/output/item0.txt.upper"
+    assert a.stat().st_ino == b.stat().st_ino  # reused by hard link, not copied
+    third = _run(tmp_path, wf, use_cache=False)
+    assert ("started", "up") in third["events"]
+    # A changed parameter re-runs that step.
+    wf.write_text(wf.read_text().replace("count: 3", "count: 4"))
+    fourth = _run(tmp_path, wf)
+    assert ("started", "make") in fourth["events"] and ("started", "up") in fourth["events"]
+
+
+@pytest.mark.parametrize("behaviour, code, words", [
+    ("crash", 1, "UNEXPECTED_ERROR"),
+    ("bad-output", 6, "NO_OUTPUT_ERROR"),
+])
+def test_failing_step_stops_the_run_and_keeps_earlier_outputs(
+    tmp_path: Path, blocks: dict[str, Path], behaviour: str, code: int, words: str
+) -> None:
+    with pytest.raises(RunFailed) as info:
+        _run(tmp_path, _linear(tmp_path, blocks, behaviour))
+    err = info.value
+    assert err.step == "up" and err.step_exit == code
+    assert words in err.message and "step 'up' failed" in err.message
+    assert (err.run_dir / "steps/make/output/data.json").is_file()
+    assert not (err.run_dir / "steps/up/output/data.json").exists()
+    prov = json.loads((err.run_dir / "provenance.json").read_text())
+    assert prov["status"] == "failed" and prov["steps"][1]["status"] == "failed"
+
+
+@pytest.mark.parametrize("code, name", [(2, "INPUT_PARAMETERS_ERROR"), (3, "NO_INPUT_ERROR"), (5, "API_CONNECTION_ERROR")])
+def test_exit_codes_are_named(tmp_path: Path, blocks: dict[str, Path], code: int, name: str) -> None:
+    wf = _workflow(tmp_path, (
+        "name: codes\nsteps:\n"
+        f"  make: {{block: {blocks['source']}}}\n"
+        f"  up: {{block: {blocks['upper']}, params: {{behaviour: exit, code: {code}}}}}\n"
+    ))
+    with pytest.raises(RunFailed) as info:
+        _run(tmp_path, wf)
+    assert info.value.step_exit == code and name in info.value.message
+
+
+def test_timeout_kills_the_step(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _workflow(tmp_path, (
+        "name: slow\nsteps:\n"
+        f"  make: {{block: {blocks['source']}}}\n"
+        f"  up: {{block: {blocks['upper']}, params: {{behaviour: sleep}}, timeout: 2}}\n"
+    ))
+    with pytest.raises(RunFailed) as info:
+        _run(tmp_path, wf)
+    assert "TIMEOUT" in info.value.message and "timeout" in info.value.message
+
+
+def test_resume_finishes_a_failed_run_once_fixed(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _linear(tmp_path, blocks, "crash")
+    with pytest.raises(RunFailed) as info:
+        _run(tmp_path, wf)
+    run_id = info.value.run_dir.name
+    make_log = (info.value.run_dir / "logs/make.log").read_text()
+    wf.write_text(wf.read_text().replace("behaviour: crash", "behaviour: ok"))
+    summary = _run(tmp_path, None, resume=run_id)
+    assert summary["run_id"] == run_id
+    assert ("skipped", "make") in summary["events"] and ("started", "up") in summary["events"]
+    assert (info.value.run_dir / "logs/make.log").read_text() == make_log  # not re-run
+    assert (info.value.run_dir / "steps/up/output/item0.txt.upper").read_text() == "HELLO 0\n"
+
+
+def test_fan_in_merges_upstream_features_with_prefixed_paths(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _workflow(tmp_path, (
+        "name: fanin\nsteps:\n"
+        f"  a: {{block: {blocks['source']}, params: {{count: 1, text: aaa}}}}\n"
+        f"  b: {{block: {blocks['source']}, params: {{count: 2, text: bbb}}, after: []}}\n"
+        f"  up: {{block: {blocks['upper']}, after: [a, b]}}\n"
+    ))
+    summary = _run(tmp_path, wf)
+    run_dir = Path(summary["run_dir"])
+    merged = json.loads((run_dir / "steps/up/input/data.json").read_text())
+    assert [f["properties"]["up42.data_path"] for f in merged["features"]] == ["a/item0.txt", "b/item0.txt", "b/item1.txt"]
+    assert [f["id"] for f in merged["features"]] == ["a:item0", "b:item0", "b:item1"]
+    # The process engine links upstream files into the input folder instead of copying them.
+    assert (run_dir / "steps/up/input/b/item1.txt").stat().st_ino == (run_dir / "steps/b/output/item1.txt").stat().st_ino
+    out = json.loads((run_dir / "steps/up/output/data.json").read_text())
+    assert len(out["features"]) == 3
+    assert (run_dir / "steps/up/output/b_item1.txt.upper").read_text() == "BBB 1\n"
+
+
+def test_single_block_run_with_local_input_and_output(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    first = _run(tmp_path, blocks["source"], params={"count": 1}, output=str(tmp_path / "made"))
+    assert first["outputs"] == [str(tmp_path / "made")]
+    summary = _run(tmp_path, blocks["upper"], input=str(tmp_path / "made"), output=str(tmp_path / "result"))
+    assert (tmp_path / "result" / "item0.txt.upper").read_text() == "HELLO 0\n"
+    assert summary["steps"]["upper"]["features_out"] == 1
+
+
+def test_workflow_level_propagate_forwards_input(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _workflow(tmp_path, (
+        "name: fwd\nsteps:\n"
+        f"  make: {{block: {blocks['source']}, params: {{count: 1}}}}\n"
+        f"  up: {{block: {blocks['upper']}, propagate: true}}\n"
+    ))
+    run_dir = Path(_run(tmp_path, wf)["run_dir"])
+    out = json.loads((run_dir / "steps/up/output/data.json").read_text())
+    paths = sorted(f["properties"]["up42.data_path"] for f in out["features"])
+    assert paths == ["item0.txt", "item0.txt.upper"]
+    assert (run_dir / "steps/up/output/item0.txt").stat().st_ino == (run_dir / "steps/make/output/item0.txt").stat().st_ino
