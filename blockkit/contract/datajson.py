@@ -117,7 +117,9 @@ def _schema_problems(where: str, instance: Any, definition: str) -> list[Problem
 def _short(err: Any) -> str:
     if err.validator == "oneOf" and err.context:
         # Name the most specific reason instead of "is not valid under any of the given schemas".
-        best = max(err.context, key=lambda e: len(e.absolute_path))
+        # Deepest in the instance first, then deepest in the schema: a geometry missing its
+        # coordinates must not be reported as "is not of type 'null'".
+        best = max(err.context, key=lambda e: (len(e.absolute_path), len(e.relative_schema_path)))
         return _short(best)
     msg = err.message
     return msg if len(msg) < 200 else msg[:197] + "..."
