@@ -275,9 +275,15 @@ def load_data_json(
         if required:
             raise NoInputError(f"no input: {path} does not exist") from None
         return FeatureCollection()
+    if not path.is_file():
+        raise WrongInputError(f"{path} is not a regular file")
     if size > MAX_DATA_JSON_BYTES:
         raise WrongInputError(f"{path} is {size} bytes; data.json is limited to {MAX_DATA_JSON_BYTES} bytes")
-    data = parse_data_json(path.read_bytes(), str(path))
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise WrongInputError(f"{path} cannot be read: {exc.strerror}") from None
+    data = parse_data_json(raw, str(path))
     problems = validate_feature_collection(data, Path(directory), check_files=check_files)
     if problems:
         raise WrongInputError.from_problems(f"invalid {path}", problems)
