@@ -62,7 +62,12 @@ class FeatureCollection:
         if isinstance(value, dict):
             if value.get("type") == "Feature":
                 return cls([value])
-            return cls.from_dict(value)
+            if value.get("type") == "FeatureCollection":
+                return cls.from_dict(value)
+            # Any other dict would silently become an empty collection.
+            raise TypeError(f"a dict with type {value.get('type')!r} is not a FeatureCollection or a Feature")
+        if isinstance(value, (str, bytes)):
+            raise TypeError("text is not a FeatureCollection")
         return cls(list(value))
 
 
