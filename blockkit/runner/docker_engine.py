@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -141,6 +142,23 @@ class DockerEngine:
             self._client = docker_client()
         return self._client
 
+    def remove_orphans(self) -> list[str]:
+        """Remove containers left by blockkit runners on this host that no longer exist."""
+        import docker
+
+        removed = []
+        host = socket.gethostname()
+        for container in self.client.containers.list(all=True, filters={"label": [f"{CONTAINER_LABEL}=1"]}):
+            labels = container.labels or {}
+            if labels.get("blockkit.host") != host or _pid_alive(labels.get("blockkit.pid", "")):
+                continue
+            try:
+                container.remove(force=True, v=True)
+                removed.append(container.name)
+            except docker.errors.APIError:
+                pass  # removed meanwhile by someone else
+        return removed
+
     def image_for(self, spec: StepSpec) -> str:
         """The image a step runs: its own, or one built from its block folder."""
         if spec.image:
@@ -222,7 +240,13 @@ class DockerEngine:
             "environment": environment,
             "mounts": mounts,
             "user": user,
-            "labels": {CONTAINER_LABEL: "1", "blockkit.step": spec.name},
+            # Owner labels let `remove_orphans` find containers of a runner that was killed.
+            "labels": {
+                CONTAINER_LABEL: "1",
+                "blockkit.step": spec.name,
+                "blockkit.host": socket.gethostname(),
+                "blockkit.pid": str(os.getpid()),
+            },
             "network_mode": "bridge" if spec.network else "none",
             "detach": True,
         }
@@ -300,6 +324,19 @@ class DockerEngine:
                 timed_out=timed_out,
                 detail=detail,
             )
+
+
+def _pid_alive(pid: str) -> bool:
+    """Whether a process with this id runs on this host (unknown ids count as alive: hands off)."""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
 
 
 def _safe_name(step: str) -> str:

@@ -253,6 +253,33 @@ def test_ctrl_c_removes_the_container(engine, probe_image, docker_client, tmp_pa
     assert leftover_containers(docker_client, spec) == []
 
 
+def test_orphans_of_a_dead_runner_are_removed(engine, probe_image, docker_client, tmp_path):
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner = {"blockkit": "1", "blockkit.host": socket.gethostname()}
+    orphan = docker_client.containers.create(
+        probe_image, ["sleep", "60"], labels={**owner, "blockkit.pid": str(dead.pid)}, network_mode="none"
+    )
+    alive = docker_client.containers.create(
+        probe_image, ["sleep", "60"], labels={**owner, "blockkit.pid": str(os.getpid())}, network_mode="none"
+    )
+    try:
+        removed = engine.remove_orphans()
+        assert orphan.name in removed
+        assert alive.name not in removed
+        names = [c.name for c in docker_client.containers.list(all=True)]
+        assert orphan.name not in names and alive.name in names
+    finally:
+        for container in (orphan, alive):
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
 def test_missing_image_is_an_engine_error(engine, docker_client, tmp_path):
     spec = make_spec(tmp_path, "blockkit/does-not-exist:000000000000")
     with pytest.raises(ImageMissingError, match="does not exist"):
