@@ -231,11 +231,19 @@ def read_json_file(path: Path, what: str, limit: int = MAX_MANIFEST_BYTES) -> An
     if size > limit:
         raise ManifestError(f"{what} {path} is {size} bytes; the limit is {limit}")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise ManifestError(f"{what} {path} is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise ManifestError(f"{what} {path} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and NaN/Infinity which JSON does not have
         raise ManifestError(f"{what} {path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ManifestError(f"{what} {path} cannot be read: {exc.strerror}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def manifest_path(path: Path) -> Path:
