@@ -78,8 +78,8 @@ class Manifest:
 
     @property
     def network(self) -> bool:
-        """Whether the block may use the network (data blocks fetch, so they may by default)."""
-        return bool(self.options.get("network", self.is_data_block))
+        """Whether the block may use the network (only when its manifest asks: `blockkit.network`)."""
+        return bool(self.options.get("network", False))
 
     @property
     def s3_gateway(self) -> bool:
