@@ -165,6 +165,8 @@ def resolve_parameters(manifest: Manifest, given: Mapping[str, Any]) -> dict[str
             continue
         problem = _value_problem(spec, value)
         if problem:
+            if spec.secret:
+                problem = _without_value(problem, value)
             problems.append(Problem(f"parameter {name!r}", problem))
             continue
         if spec.type == "integer" and isinstance(value, float):
@@ -173,6 +175,14 @@ def resolve_parameters(manifest: Manifest, given: Mapping[str, Any]) -> dict[str
     if problems:
         raise InputParametersError.from_problems("invalid parameters", problems)
     return resolved
+
+
+def _without_value(message: str, value: Any) -> str:
+    """A problem message with a secret value replaced by '***' (errors are logged and printed)."""
+    for shown in (repr(value), str(value)):
+        if shown:
+            message = message.replace(shown, REDACTED)
+    return message
 
 
 def redact_parameters(manifest: Manifest | None, params: Mapping[str, Any]) -> dict[str, Any]:
