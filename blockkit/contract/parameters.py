@@ -24,6 +24,8 @@ def parse_parameters_text(text: str | None, where: str = "UP42_TASK_PARAMETERS")
         value = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise InputParametersError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputParametersError(f"{where} is not valid JSON: nested too deeply") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
