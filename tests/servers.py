@@ -310,8 +310,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     server: "_ThreadingServer"
 
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        self.server.owner.requests.append(f"{self.command} {self.path} {code}")
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        self.server.owner.requests.append(f"{self.command} {self.path}")
+        pass  # quiet: requests are recorded by log_request
 
     def _delay(self) -> None:
         owner = self.server.owner

@@ -79,8 +79,13 @@ def _parse_access_point(uri: str, rest: str) -> S3Location:
     return S3Location(arn, key, region)
 
 
-def s3_client(key: Key | None = None, *, region: str | None = None, max_pool: int = 16) -> Any:
-    """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None."""
+def s3_client(
+    key: Key | None = None, *, region: str | None = None, max_pool: int = 16, endpoint: str | None = None
+) -> Any:
+    """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None.
+
+    Without a key no ambient AWS credentials are used: a missing key never silently becomes someone else's.
+    """
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
@@ -90,6 +95,9 @@ def s3_client(key: Key | None = None, *, region: str | None = None, max_pool: in
     if key is None:
         cfg["signature_version"] = UNSIGNED
         region = region or "us-east-1"
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
+            cfg["s3"] = {"addressing_style": "path"}
     else:
         conf = key.config
         if not isinstance(conf, S3KeyConfig):
@@ -124,3 +132,92 @@ def s3_error(exc: Exception, what: str) -> Exception:
             )
         return TransferFailed(f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": "))
     return TransferFailed(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """A listed object: key, size and ETag (quotes stripped)."""
+
+    key: str
+    size: int
+    etag: str
+
+    def md5(self) -> str | None:
+        """The MD5 the ETag gives for a single-part upload (multipart ETags have a '-')."""
+        etag = self.etag.strip('"')
+        if len(etag) == 32 and "-" not in etag and all(c in "0123456789abcdef" for c in etag.lower()):
+            return etag.lower()
+        return None
+
+
+def _transient_or_final(exc: Exception, what: str) -> Exception:
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError, ReadTimeoutError
+
+    from blockkit.storage.transfer import TransientError
+
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError)):
+        return TransientError(type(exc).__name__)
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if status >= 500 or status == 429 or code in ("SlowDown", "InternalError", "ServiceUnavailable"):
+            return TransientError(f"{code or status}")
+    return s3_error(exc, what)
+
+
+def list_objects(client: Any, loc: S3Location) -> list[S3Object]:
+    """The object `loc.key` if it exists, else every object under the prefix `loc.key/`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    what = f"s3://{loc.bucket}/{loc.key}"
+    if loc.key and not loc.key.endswith("/"):
+        try:
+            head = client.head_object(Bucket=loc.bucket, Key=loc.key)
+            return [S3Object(loc.key, int(head["ContentLength"]), str(head.get("ETag", "")))]
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status not in (404, 403):  # 403: HEAD on a missing key without ListBucket
+                raise s3_error(exc, what) from exc
+        except BotoCoreError as exc:
+            raise s3_error(exc, what) from exc
+    prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
+    out: list[S3Object] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []) or []:
+                if not obj["Key"].endswith("/"):  # folder markers
+                    out.append(S3Object(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(exc, what) from exc
+    if not out:
+        raise SourceNotFound(f"{what}: no object and no objects under that prefix; check the bucket and key")
+    return out
+
+
+def opener(client: Any, bucket: str, key: str) -> Any:
+    """An opener for transfer.Download: GET the object and stream its body."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage.transfer import CHUNK, TransientError
+
+    what = f"s3://{bucket}/{key}"
+
+    def open_() -> tuple[int | None, Any]:
+        try:
+            resp = client.get_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _transient_or_final(exc, what) from exc
+
+        def chunks() -> Any:
+            body = resp["Body"]
+            try:
+                while data := body.read(CHUNK):
+                    yield data
+            except (BotoCoreError, OSError) as exc:
+                raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+            finally:
+                body.close()
+
+        return int(resp["ContentLength"]), chunks()
+
+    return open_

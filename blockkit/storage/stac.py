@@ -1,0 +1,258 @@
+"""STAC for staging: find the items behind a URL, plan their asset downloads, write the self-contained layout."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+from blockkit.contract.datajson import DATA_PATH
+from blockkit.storage.errors import StorageError, UnsafePath
+from blockkit.storage.transfer import check_component, public_url
+
+CATALOG_ID = "catalog"
+STRUCTURAL_RELS = {"self", "root", "parent", "child", "item", "collection", "items"}
+MAX_ITEMS = 10_000
+MAX_DEPTH = 10
+
+# multihash codes (https://github.com/multiformats/multicodec) -> hashlib names
+_MULTIHASH = {0x11: "sha1", 0x12: "sha256", 0x13: "sha512", 0x16: "sha3_256", 0x14: "sha3_512", 0xD5: "md5"}
+
+
+def is_stac(doc: Any) -> bool:
+    """True for a STAC Item, Catalog, Collection or ItemCollection document."""
+    if not isinstance(doc, dict):
+        return False
+    kind = doc.get("type")
+    if kind in ("Catalog", "Collection"):
+        return "stac_version" in doc or "links" in doc
+    if kind == "Feature":
+        return "stac_version" in doc and isinstance(doc.get("assets"), dict)
+    if kind == "FeatureCollection":
+        feats = doc.get("features")
+        return isinstance(feats, list) and bool(feats) and all(is_stac(f) for f in feats)
+    return False
+
+
+def parse_multihash(value: str) -> tuple[str, str] | None:
+    """(hashlib name, hex digest) of a STAC `file:checksum` multihash, or None if unsupported."""
+    try:
+        raw = bytes.fromhex(value)
+    except (ValueError, TypeError):
+        return None
+    pos, code, shift = 0, 0, 0
+    while pos < len(raw):  # unsigned varint
+        b = raw[pos]
+        code |= (b & 0x7F) << shift
+        pos += 1
+        shift += 7
+        if not b & 0x80:
+            break
+    if code not in _MULTIHASH or pos >= len(raw):
+        return None
+    length = raw[pos]
+    digest = raw[pos + 1:]
+    if len(digest) != length:
+        return None
+    return _MULTIHASH[code], digest.hex()
+
+
+@dataclass
+class RemoteItem:
+    """A STAC item as fetched, with the URL its relative hrefs resolve against."""
+
+    data: dict[str, Any]
+    base: str
+
+
+def collect_items(
+    doc: Any, url: str, fetch_json: Callable[[str], Any], *, max_items: int = MAX_ITEMS
+) -> list[RemoteItem]:
+    """Every item reachable from an Item, ItemCollection, Catalog or Collection (child links followed)."""
+    items: list[RemoteItem] = []
+    seen: set[str] = set()
+
+    def visit(node: Any, base: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise StorageError(f"{public_url(base)}: catalog nesting deeper than {MAX_DEPTH} levels")
+        if not isinstance(node, dict):
+            raise StorageError(f"{public_url(base)}: not a STAC document")
+        kind = node.get("type")
+        if kind == "Feature":
+            items.append(RemoteItem(node, base))
+        elif kind == "FeatureCollection":
+            for f in node.get("features") or []:
+                items.append(RemoteItem(f, base))
+        elif kind in ("Catalog", "Collection"):
+            for link in node.get("links") or []:
+                if not isinstance(link, dict) or link.get("rel") not in ("item", "child") or not link.get("href"):
+                    continue
+                target = urljoin(base, str(link["href"]))
+                if target in seen:
+                    continue
+                seen.add(target)
+                visit(fetch_json(target), target, depth + 1)
+        else:
+            raise StorageError(f"{public_url(base)}: STAC type {kind!r} is not an Item, Catalog or Collection")
+        if len(items) > max_items:
+            raise StorageError(f"{public_url(url)}: more than {max_items} items; stage in a smaller catalog")
+
+    seen.add(url)
+    visit(doc, url, 0)
+    if not items:
+        raise StorageError(f"{public_url(url)}: the catalog has no items; nothing to stage in")
+    return items
+
+
+@dataclass
+class AssetFetch:
+    """One asset to download into the layout."""
+
+    item_id: str
+    key: str
+    href: str  # absolute
+    dest: Path
+    size: int | None = None
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedItem:
+    """An item rewritten for the local layout, and the downloads it needs."""
+
+    item: dict[str, Any]
+    folder: Path
+    fetches: list[AssetFetch]
+
+
+def _local_name(href: str, taken: set[str], asset_key: str, item_id: str) -> str:
+    path = urlsplit(href).path
+    name = unquote(posixpath.basename(path.rstrip("/"))) if path else ""
+    what = f"item {item_id!r} asset {asset_key!r}: file name"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise UnsafePath(f"{what} {name!r} would write outside the item folder; refusing it")
+    if not name:
+        name = check_component(asset_key, f"item {item_id!r} asset key")
+    check_component(name, what)
+    if name in taken or name == f"{item_id}.json":
+        name = f"{check_component(asset_key.replace('/', '_'), 'asset key')}-{name}"
+    taken.add(name)
+    return name
+
+
+def plan_item(remote: RemoteItem, target: Path, *, remote_source: bool) -> PlannedItem:
+    """Check an item and plan its assets under target/<item id>/; refuses unsafe ids and hrefs."""
+    data = json.loads(json.dumps(remote.data))  # a deep copy we may rewrite
+    item_id = data.get("id")
+    if not isinstance(item_id, str):
+        raise StorageError(f"{public_url(remote.base)}: STAC item without a string id")
+    check_component(item_id, "STAC item id")
+    assets = data.get("assets")
+    if not isinstance(assets, dict) or not assets:
+        raise StorageError(f"STAC item {item_id!r} has no assets; nothing to stage in")
+    folder = target / item_id
+    fetches: list[AssetFetch] = []
+    taken: set[str] = set()
+    for key, asset in assets.items():
+        if not isinstance(asset, dict) or not isinstance(asset.get("href"), str) or not asset["href"]:
+            raise StorageError(f"STAC item {item_id!r} asset {key!r} has no href")
+        href = urljoin(remote.base, asset["href"])
+        scheme = urlsplit(href).scheme
+        if remote_source and scheme in ("", "file"):
+            # a remote catalog must not make us read local files
+            raise UnsafePath(f"STAC item {item_id!r} asset {key!r}: local href {asset['href']!r} in a remote catalog")
+        if scheme not in ("http", "https", "s3", "", "file"):
+            raise StorageError(f"STAC item {item_id!r} asset {key!r}: unsupported href scheme {scheme!r}")
+        name = _local_name(href, taken, key, item_id)
+        checksums: dict[str, str] = {}
+        parsed = parse_multihash(str(asset.get("file:checksum", "")))
+        if parsed:
+            checksums[parsed[0]] = parsed[1]
+        size = asset.get("file:size")
+        fetches.append(AssetFetch(item_id, key, href, folder / name,
+                                  size if isinstance(size, int) and size >= 0 else None, checksums))
+        asset["href"] = f"./{name}"
+    kept = [
+        link for link in data.get("links") or []
+        if isinstance(link, dict) and link.get("rel") not in STRUCTURAL_RELS
+        and urlsplit(str(link.get("href", ""))).scheme in ("http", "https")
+    ]
+    data["links"] = [
+        {"rel": "root", "href": "../catalog.json", "type": "application/json"},
+        {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
+        *kept,
+    ]
+    return PlannedItem(data, folder, fetches)
+
+
+def write_layout(target: Path, planned: list[PlannedItem], *, description: str) -> list[dict[str, Any]]:
+    """Write `<id>/<id>.json` per item and `catalog.json`; return one data.json feature per item."""
+    seen: set[str] = set()
+    for p in planned:
+        if p.item["id"] in seen:
+            raise StorageError(f"two STAC items share the id {p.item['id']!r}; item ids must be unique")
+        seen.add(p.item["id"])
+    links: list[dict[str, Any]] = [{"rel": "root", "href": "./catalog.json", "type": "application/json"}]
+    features = []
+    for p in planned:
+        item_id = p.item["id"]
+        p.folder.mkdir(parents=True, exist_ok=True)
+        (p.folder / f"{item_id}.json").write_text(json.dumps(p.item, indent=2))
+        links.append({"rel": "item", "href": f"./{item_id}/{item_id}.json", "type": "application/geo+json"})
+        features.append(item_feature(p.item, item_id))
+    catalog = {"type": "Catalog", "id": CATALOG_ID, "stac_version": "1.0.0", "description": description,
+               "links": links}
+    (target / "catalog.json").write_text(json.dumps(catalog, indent=2))
+    return features
+
+
+def item_feature(item: dict[str, Any], data_path: str) -> dict[str, Any]:
+    """The data.json feature of a STAC item: its geometry, bbox, id and properties, linked to data_path."""
+    feature: dict[str, Any] = {
+        "type": "Feature",
+        "id": item.get("id"),
+        "geometry": item.get("geometry"),
+        "properties": {**(item.get("properties") or {}), DATA_PATH: data_path},
+    }
+    if item.get("bbox"):
+        feature["bbox"] = item["bbox"]
+    return feature
+
+
+def features_from_local_catalog(root: Path) -> list[dict[str, Any]]:
+    """Features for a local STAC catalog folder: each item links its folder (or its primary asset)."""
+    import pystac
+
+    try:
+        catalog = pystac.read_file(str(root / "catalog.json"))
+    except Exception as exc:  # noqa: BLE001 - pystac raises many types for bad JSON
+        raise StorageError(f"{root / 'catalog.json'}: not a readable STAC catalog ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(catalog, pystac.Catalog):
+        raise StorageError(f"{root / 'catalog.json'}: not a STAC catalog")
+    features = []
+    resolved_root = root.resolve()
+    for item in catalog.get_items(recursive=True):
+        self_href = item.get_self_href()
+        folder = Path(self_href).parent.resolve() if self_href else resolved_root
+        if folder != resolved_root and resolved_root in folder.parents:
+            data_path = folder.relative_to(resolved_root).as_posix()
+        else:
+            data_path = _primary_asset(item, resolved_root)
+        features.append(item_feature(item.to_dict(include_self_link=False), data_path))
+    if not features:
+        raise StorageError(f"{root / 'catalog.json'}: the catalog has no items")
+    return features
+
+
+def _primary_asset(item: Any, root: Path) -> str:
+    assets = list(item.assets.values())
+    ranked = sorted(assets, key=lambda a: 0 if "data" in (a.roles or []) else 1)
+    for asset in ranked:
+        path = Path(asset.get_absolute_href() or "").resolve()
+        if root in path.parents and path.exists():
+            return path.relative_to(root).as_posix()
+    raise StorageError(f"STAC item {item.id!r}: no asset inside the staged folder to link as up42.data_path")

@@ -1,0 +1,322 @@
+"""Stage-in: turn a URI (local, workspace, http, STAC, s3, webdav) into a folder with data.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from blockkit.contract.datajson import DATA_JSON, DATA_PATH, FeatureCollection, load_data_json, write_data_json
+from blockkit.storage import http, s3, stac, webdav
+from blockkit.storage.errors import StorageError, UnsafePath, UnsupportedURI
+from blockkit.storage.keystore import Key, Keystore
+from blockkit.storage.transfer import (
+    Download,
+    RetryPolicy,
+    check_component,
+    download_all,
+    public_url,
+    safe_join,
+)
+
+log = logging.getLogger("blockkit.storage")
+SCHEMES = ("file", "http", "https", "stac+http", "stac+https", "s3", "webdav", "webdavs")
+RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img", ".nc", ".hdf", ".h5"}
+
+
+@dataclass
+class StageOptions:
+    """How to transfer: parallelism, retries, progress bar, anonymous S3 endpoint."""
+
+    workers: int = 8
+    retry: RetryPolicy = RetryPolicy()
+    progress: bool = True
+    endpoint: str | None = None  # S3 endpoint for anonymous access to a non-AWS store
+
+
+def stage_in(
+    uri: str,
+    target_dir: Path | str,
+    *,
+    keystore: Keystore | None = None,
+    key: str | None = None,
+    progress: bool = True,
+    workers: int = 8,
+    retry: RetryPolicy | None = None,
+    endpoint: str | None = None,
+) -> FeatureCollection:
+    """Fetch `uri` into target_dir (an empty or new folder) and write its data.json; return the features."""
+    opts = StageOptions(workers, retry or RetryPolicy(), progress, endpoint)
+    target = Path(target_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise StorageError(f"stage-in target {target} is not an empty folder; give a new or empty one")
+    target.mkdir(parents=True, exist_ok=True)
+    cred = _load_key(keystore, key)
+    scheme = _scheme(uri)
+    log.info("stage-in %s -> %s", public_url(uri), target)
+    if scheme == "file":
+        return _stage_local(_local_path(uri), target)
+    if scheme in ("stac+http", "stac+https"):
+        return _stage_stac_url(uri[len("stac+"):], target, cred, opts, force=True)
+    if scheme in ("http", "https"):
+        return _stage_stac_url(uri, target, cred, opts, force=False)
+    if scheme == "s3":
+        return _stage_s3(uri, target, cred, opts)
+    return _stage_webdav(uri, target, cred, opts)
+
+
+def _scheme(uri: str) -> str:
+    if not isinstance(uri, str) or not uri.strip():
+        raise UnsupportedURI("empty URI; give a path, http(s)://, stac+http(s)://, s3:// or webdav(s):// URI")
+    if uri.startswith("/") or uri.startswith("./") or uri.startswith("../") or "://" not in uri:
+        if ":" in uri.split("/", 1)[0] and not uri.startswith("/"):
+            raise UnsupportedURI(f"{uri!r}: unknown scheme; use one of {', '.join(SCHEMES)}")
+        return "file"
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise UnsupportedURI(f"{public_url(uri)!r}: unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    if scheme not in ("file", "s3") and not urlsplit(uri.replace("stac+", "", 1)).hostname:
+        raise UnsupportedURI(f"{public_url(uri)!r}: no host in the URI")
+    return scheme
+
+
+def _local_path(uri: str) -> Path:
+    if uri.startswith("file://"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise UnsupportedURI(f"{uri!r}: file URIs must be local (file:///path)")
+        return Path(unquote(parts.path))
+    return Path(uri).expanduser()
+
+
+def _load_key(keystore: Keystore | None, key: str | None) -> Key | None:
+    if not key:
+        return None
+    return (keystore or Keystore.from_env()).get(key)
+
+
+# --- local and workspace paths --------------------------------------------------------------
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    # Hard links cost no bytes; across filesystems fall back to a copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _stage_local(src: Path, target: Path) -> FeatureCollection:
+    if not src.exists():
+        raise StorageError(f"{src} does not exist; check the path (workspace paths look like /workspace/pv-<ws>-workspace/...)")
+    root = src.resolve()
+    if root == target.resolve() or root in target.resolve().parents:
+        raise StorageError(f"cannot stage {src} into its own subfolder {target}")
+    if src.is_file():
+        dest = target / check_component(src.name, "file name")
+        _link_or_copy(str(src), str(dest))
+        return _finish(target)
+    _check_symlinks(root)
+    for child in src.iterdir():
+        dest = target / child.name
+        if child.is_dir():
+            shutil.copytree(child, dest, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(child), str(dest))
+    return _finish(target)
+
+
+def _check_symlinks(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                real = p.resolve()
+                if real != root and root not in real.parents:
+                    raise UnsafePath(f"{p} is a symlink to {real}, outside {root}; refusing to follow it")
+
+
+# --- describing a staged folder --------------------------------------------------------------
+
+
+def _finish(target: Path) -> FeatureCollection:
+    """data.json as is, else features from catalog.json, else generated features; written atomically."""
+    if (target / DATA_JSON).is_file():
+        return load_data_json(target, required=False)
+    if (target / "catalog.json").is_file():
+        fc = FeatureCollection(stac.features_from_local_catalog(target))
+    else:
+        fc = FeatureCollection([_file_feature(target, p) for p in sorted(target.iterdir()) if not p.name.startswith(".")])
+    if not fc.features:
+        raise StorageError(f"nothing was staged into {target}: the source is empty")
+    write_data_json(target, fc)
+    return fc
+
+
+def _file_feature(root: Path, path: Path) -> dict[str, Any]:
+    rel = path.relative_to(root).as_posix()
+    feature: dict[str, Any] = {"type": "Feature", "id": path.stem if path.is_file() else path.name,
+                               "geometry": None, "properties": {DATA_PATH: rel}}
+    footprint = _raster_footprint(path) if path.is_file() and path.suffix.lower() in RASTER_SUFFIXES else None
+    if footprint:
+        feature["geometry"], feature["bbox"] = footprint
+    return feature
+
+
+def _raster_footprint(path: Path) -> tuple[dict[str, Any], list[float]] | None:
+    try:
+        import rasterio
+        from rasterio.warp import transform_bounds
+
+        with rasterio.open(path) as ds:
+            if ds.crs is None:
+                return None
+            w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
+    except Exception:  # noqa: BLE001 - not a raster GDAL can read: no footprint, still a feature
+        return None
+    ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
+    return {"type": "Polygon", "coordinates": [ring]}, [w, s, e, n]
+
+
+# --- HTTP and STAC ---------------------------------------------------------------------------
+
+
+def _http_session(cred: Key | None, workers: int) -> Any:
+    auth = None
+    if cred is not None and cred.type == "webdav":
+        auth = (cred.config.username, cred.config.password)  # type: ignore[union-attr]
+    return http.session(auth, pool=max(workers, 4))
+
+
+def _looks_like_json(url: str, content_type: str) -> bool:
+    path = urlsplit(url).path.lower()
+    return path.endswith(".json") or path.endswith(".geojson") or "json" in content_type.lower()
+
+
+def _stage_stac_url(url: str, target: Path, cred: Key | None, opts: StageOptions, *, force: bool) -> FeatureCollection:
+    sess = _http_session(cred, opts.workers)
+    doc: Any = None
+    path = urlsplit(url).path.lower()
+    if force or path.endswith((".json", ".geojson")) or "json" in http.content_type(sess, url):
+        body, ctype = http.get_bytes(sess, url, opts.retry)
+        if body and _looks_like_json(url, ctype) or force:
+            try:
+                doc = json.loads(body)
+            except ValueError as exc:
+                if force:
+                    raise StorageError(f"{public_url(url)}: not a STAC JSON document ({exc})") from exc
+        if force and not stac.is_stac(doc):
+            raise StorageError(f"{public_url(url)}: not a STAC Item, Catalog, Collection or ItemCollection")
+    if doc is not None and stac.is_stac(doc):
+        return _stage_stac(doc, url, target, sess, cred, opts)
+    return _stage_http_file(url, target, sess, opts)
+
+
+def _stage_http_file(url: str, target: Path, sess: Any, opts: StageOptions) -> FeatureCollection:
+    name = unquote(posixpath.basename(urlsplit(url).path.rstrip("/"))) or "download"
+    dest = target / check_component(name, "file name from the URL")
+    download_all([Download(public_url(url), dest, http.opener(sess, url))], workers=1, policy=opts.retry,
+                 progress=opts.progress)
+    return _finish(target)
+
+
+def _stage_stac(doc: Any, url: str, target: Path, sess: Any, cred: Key | None, opts: StageOptions) -> FeatureCollection:
+    def fetch_json(u: str) -> Any:
+        return http.get_json(sess, u, opts.retry)
+
+    items = stac.collect_items(doc, url, fetch_json)
+    planned = [stac.plan_item(it, target, remote_source=True) for it in items]
+    s3_clients: dict[str | None, Any] = {}
+    tasks = []
+    for p in planned:
+        for f in p.fetches:
+            safe_join(target, f.dest.relative_to(target).as_posix(), "asset path")
+            if f.href.startswith("s3://"):
+                loc = s3.parse_s3_uri(f.href)
+                if loc.region not in s3_clients:
+                    s3_clients[loc.region] = s3.s3_client(cred if cred and cred.type == "s3" else None,
+                                                          region=loc.region, endpoint=opts.endpoint)
+                op = s3.opener(s3_clients[loc.region], loc.bucket, loc.key)
+            else:
+                op = http.opener(sess, f.href)
+            label = f"item {f.item_id!r} asset {f.key!r} ({public_url(f.href)})"
+            tasks.append(Download(label, f.dest, op, f.size, f.checksums))
+    try:
+        download_all(tasks, workers=opts.workers, policy=opts.retry, progress=opts.progress,
+                     description="STAC assets:")
+    except Exception:
+        # leave no half layout behind: a retry starts from an empty folder
+        _empty(target)
+        raise
+    title = doc.get("description") or doc.get("title") or f"staged from {public_url(url)}"
+    features = stac.write_layout(target, planned, description=str(title))
+    fc = FeatureCollection(features)
+    write_data_json(target, fc)
+    return fc
+
+
+def _empty(target: Path) -> None:
+    for child in target.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+# --- S3 ----------------------------------------------------------------------------------------
+
+
+def _stage_s3(uri: str, target: Path, cred: Key | None, opts: StageOptions) -> FeatureCollection:
+    loc = s3.parse_s3_uri(uri)
+    client = s3.s3_client(cred, region=loc.region, max_pool=max(opts.workers, 4), endpoint=opts.endpoint)
+    objects = s3.list_objects(client, loc)
+    if len(objects) == 1 and objects[0].key == loc.key:
+        rels = [posixpath.basename(loc.key)]
+    else:
+        prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
+        rels = [o.key[len(prefix):] for o in objects]
+    tasks = []
+    for obj, rel in zip(objects, rels):
+        dest = safe_join(target, rel, f"s3 key {obj.key!r}")
+        md5 = obj.md5()
+        tasks.append(Download(f"s3://{loc.bucket}/{obj.key}", dest, s3.opener(client, loc.bucket, obj.key),
+                              obj.size, {"md5": md5} if md5 else {}))
+    try:
+        download_all(tasks, workers=opts.workers, policy=opts.retry, progress=opts.progress, description="s3:")
+    except Exception:
+        _empty(target)
+        raise
+    return _finish(target)
+
+
+# --- WebDAV ------------------------------------------------------------------------------------
+
+
+def _stage_webdav(uri: str, target: Path, cred: Key | None, opts: StageOptions) -> FeatureCollection:
+    url = webdav.http_url(uri)
+    if cred is not None and cred.type != "webdav":
+        from blockkit.storage.errors import WrongKeyType
+
+        raise WrongKeyType(f"key {cred.name!r} is a {cred.type} key; a webdav key is needed for {public_url(url)}")
+    sess = _http_session(cred, opts.workers)
+    entries = webdav.walk(sess, url, opts.retry)
+    if not entries:
+        raise StorageError(f"{public_url(url)}: the folder is empty; nothing to stage in")
+    tasks = [Download(public_url(e.url), safe_join(target, e.relative, "WebDAV path"), http.opener(sess, e.url), e.size)
+             for e in entries]
+    try:
+        download_all(tasks, workers=opts.workers, policy=opts.retry, progress=opts.progress, description="webdav:")
+    except Exception:
+        _empty(target)
+        raise
+    return _finish(target)
+
+
+__all__ = ["StageOptions", "stage_in"]

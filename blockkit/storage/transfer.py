@@ -1,0 +1,230 @@
+"""Parallel downloads: retries with backoff, size and checksum checks, `.part` files renamed only when complete."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from blockkit.contract.errors import BlockkitError
+from blockkit.storage.errors import TransferFailed, UnsafePath
+
+log = logging.getLogger("blockkit.storage")
+T = TypeVar("T")
+CHUNK = 1024 * 1024
+
+
+class TransientError(Exception):
+    """A failure worth retrying (connection reset, 5xx, 429, truncated body)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry transient failures."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based): exponential, capped."""
+        return min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+
+
+def public_url(url: str) -> str:
+    """A URL safe to print: no user:password, no query (it may hold a token or signature)."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3" or not parts.netloc:
+        return url  # s3 URIs carry no credentials; their "netloc" may be an ARN
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port:
+        host = f"{host}:{port}"
+    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+
+
+def with_retries(fn: Callable[[], T], policy: RetryPolicy, label: str) -> T:
+    """Call fn, retrying TransientError with backoff; then raise TransferFailed naming `label`."""
+    last: Exception | None = None
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn()
+        except TransientError as exc:
+            last = exc
+            if attempt < policy.attempts:
+                log.info("retrying %s in %.1fs (attempt %d/%d): %s", label, policy.delay(attempt), attempt,
+                         policy.attempts, exc)
+                time.sleep(policy.delay(attempt))
+    raise TransferFailed(f"{label}: failed after {policy.attempts} attempts: {last}")
+
+
+def check_component(name: str, what: str) -> str:
+    """Return name if it is a single safe path component, else raise UnsafePath."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise UnsafePath(f"{what} {name!r} is not a plain file or folder name; refusing to write it")
+    return name
+
+
+def safe_join(root: Path, relative: str, what: str = "path") -> Path:
+    """root/relative, refusing absolute paths, `..`, backslashes and NULs (nothing may land outside root)."""
+    if not relative or relative.startswith("/") or "\\" in relative or "\x00" in relative:
+        raise UnsafePath(f"{what} {relative!r} would write outside {root}; refusing it")
+    parts = PurePosixPath(relative).parts
+    if ".." in parts:
+        raise UnsafePath(f"{what} {relative!r} would write outside {root}; refusing it")
+    target = root.joinpath(*[p for p in parts if p != "."])
+    resolved_root = root.resolve()
+    if resolved_root not in target.resolve().parents and target.resolve() != resolved_root:
+        raise UnsafePath(f"{what} {relative!r} resolves outside {root}; refusing it")
+    return target
+
+
+Opener = Callable[[], "tuple[int | None, Iterable[bytes]]"]
+
+
+@dataclass
+class Download:
+    """One file to fetch: where from (for messages), where to, how to open it, what to expect."""
+
+    label: str
+    dest: Path
+    open: Opener  # returns (declared size or None, chunks); raises TransientError or a BlockkitError
+    size: int | None = None
+    checksums: dict[str, str] = field(default_factory=dict)  # hashlib name -> lowercase hex
+
+
+def _fetch_once(task: Download, part: Path, advance: Callable[[int], None]) -> int:
+    declared, chunks = task.open()
+    hashers = {name: hashlib.new(name) for name in task.checksums}
+    written = 0
+    try:
+        with open(part, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                for h in hashers.values():
+                    h.update(chunk)
+                written += len(chunk)
+                advance(len(chunk))
+    except TransientError:
+        advance(-written)
+        raise
+    except OSError as exc:
+        advance(-written)
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            raise TransientError(str(exc)) from exc
+        raise
+    except Exception as exc:  # noqa: BLE001 - transport libraries raise their own types mid-stream
+        advance(-written)
+        if isinstance(exc, BlockkitError):
+            raise
+        raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+    expected = task.size if task.size is not None else declared
+    if expected is not None and written != expected:
+        advance(-written)
+        raise TransientError(f"truncated: got {written} of {expected} bytes")
+    for name, h in hashers.items():
+        if h.hexdigest() != task.checksums[name].lower():
+            advance(-written)
+            raise TransientError(f"{name} checksum mismatch (got {h.hexdigest()}, expected {task.checksums[name]})")
+    return written
+
+
+def download(task: Download, policy: RetryPolicy, advance: Callable[[int], None] = lambda n: None) -> int:
+    """Fetch one file to `<dest>.part`, verify it, then rename: a partial file never looks complete."""
+    task.dest.parent.mkdir(parents=True, exist_ok=True)
+    part = task.dest.with_name(task.dest.name + ".part")
+    try:
+        n = with_retries(lambda: _fetch_once(task, part, advance), policy, task.label)
+        os.replace(part, task.dest)
+        return n
+    finally:
+        part.unlink(missing_ok=True)
+
+
+@dataclass
+class Progress:
+    """A rich progress bar over bytes (or nothing when disabled)."""
+
+    enabled: bool
+    total: int | None
+    description: str
+
+    def __enter__(self) -> "Progress":
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress as RichProgress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, n: int) -> None:
+        """Count n more bytes (negative to roll back a failed attempt)."""
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(self._task, advance=n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+def download_all(
+    tasks: list[Download], *, workers: int = 8, policy: RetryPolicy | None = None, progress: bool = True,
+    description: str = "downloading",
+) -> int:
+    """Fetch all tasks in parallel; the first failure cancels what has not started and is raised."""
+    policy = policy or RetryPolicy()
+    dests = [t.dest for t in tasks]
+    if len(set(dests)) != len(dests):
+        raise UnsafePath("two sources would write the same local file; rename one of them")
+    sizes = [t.size for t in tasks]
+    total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
+    done = 0
+    with Progress(progress and bool(tasks), total, f"{description} {len(tasks)} file(s)") as bar:
+        if workers <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                done += download(t, policy, bar.advance)
+            return done
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blockkit-dl") as pool:
+            futures = [pool.submit(download, t, policy, bar.advance) for t in tasks]
+            finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+            if errors:
+                wait(futures)  # let running downloads end before their .part files are cleaned
+                raise errors[0]  # type: ignore[misc]
+            done = sum(f.result() for f in futures)
+    return done
+
+
+def iter_file(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
+    """Read a local file in chunks."""
+    with open(path, "rb") as fh:
+        while data := fh.read(chunk):
+            yield data

@@ -1,0 +1,151 @@
+"""WebDAV: `webdav(s)://host/path` over plain HTTP (PROPFIND, GET, MKCOL, PUT) with Basic auth."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from xml.etree import ElementTree
+
+from blockkit.storage.errors import StorageError, UnsafePath, UnsupportedURI
+from blockkit.storage.http import check_status
+from blockkit.storage.transfer import RetryPolicy, TransientError, public_url, with_retries
+
+_DAV = "{DAV:}"
+_PROPFIND = (
+    '<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:"><d:prop>'
+    "<d:resourcetype/><d:getcontentlength/></d:prop></d:propfind>"
+)
+MAX_ENTRIES = 100_000
+
+
+def http_url(uri: str) -> str:
+    """`webdav://` -> `http://`, `webdavs://` -> `https://` (http(s) URLs pass through)."""
+    parts = urlsplit(uri)
+    scheme = {"webdav": "http", "webdavs": "https", "http": "http", "https": "https"}.get(parts.scheme)
+    if scheme is None or not parts.hostname:
+        raise UnsupportedURI(f"{uri!r}: expected webdav://host/path or webdavs://host/path")
+    return urlunsplit((scheme, parts.netloc, parts.path or "/", "", ""))
+
+
+@dataclass(frozen=True)
+class DavEntry:
+    """A file found by PROPFIND: its path relative to the listed folder, size and URL."""
+
+    relative: str
+    size: int | None
+    url: str
+
+
+def _request(sess: Any, method: str, url: str, **kwargs: Any) -> Any:
+    import requests
+
+    try:
+        resp = sess.request(method, url, timeout=(10, 120), **kwargs)
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise TransientError(type(exc).__name__) from exc
+    check_status(resp, url)
+    return resp
+
+
+def _propfind(sess: Any, url: str, policy: RetryPolicy) -> list[tuple[str, bool, int | None]]:
+    def once() -> list[tuple[str, bool, int | None]]:
+        resp = _request(sess, "PROPFIND", url, data=_PROPFIND,
+                        headers={"Depth": "1", "Content-Type": "application/xml"})
+        if resp.status_code != 207:
+            raise StorageError(f"{public_url(url)}: PROPFIND answered {resp.status_code}, not 207; is this WebDAV?")
+        try:
+            root = ElementTree.fromstring(resp.content)
+        except ElementTree.ParseError as exc:
+            raise StorageError(f"{public_url(url)}: unreadable PROPFIND answer ({exc})") from exc
+        out = []
+        for r in root.iter(f"{_DAV}response"):
+            href = r.findtext(f"{_DAV}href") or ""
+            is_dir = r.find(f".//{_DAV}resourcetype/{_DAV}collection") is not None
+            length = r.findtext(f".//{_DAV}getcontentlength")
+            out.append((href, is_dir, int(length) if length and length.strip().isdigit() else None))
+        return out
+
+    return with_retries(once, policy, public_url(url))
+
+
+def walk(sess: Any, url: str, policy: RetryPolicy) -> list[DavEntry]:
+    """Every file under url (a file URL gives itself); paths that leave the folder are refused."""
+    base_path = unquote(urlsplit(url).path)
+    entries = _propfind(sess, url, policy)
+    own = [e for e in entries if unquote(urlsplit(e[0]).path).rstrip("/") == base_path.rstrip("/")]
+    if own and not own[0][1]:
+        name = posixpath.basename(base_path.rstrip("/"))
+        return [DavEntry(name, own[0][2], url)]
+    files: list[DavEntry] = []
+    folder = base_path if base_path.endswith("/") else base_path + "/"
+    pending = [(url if url.endswith("/") else url + "/", entries)]
+    seen: set[str] = set()
+    while pending:
+        dir_url, listing = pending.pop()
+        for href, is_dir, size in listing:
+            path = unquote(urlsplit(href).path)
+            if path.rstrip("/") == unquote(urlsplit(dir_url).path).rstrip("/"):
+                continue  # the folder itself
+            norm = posixpath.normpath(path)
+            if not (norm + ("/" if is_dir else "")).startswith(folder) or ".." in path.split("/"):
+                raise UnsafePath(f"{public_url(url)}: the server listed {href!r} outside the folder; refusing it")
+            rel = norm[len(folder):]
+            entry_url = urljoin(dir_url, quote(path))
+            if is_dir:
+                if entry_url not in seen:
+                    seen.add(entry_url)
+                    pending.append((entry_url.rstrip("/") + "/", _propfind(sess, entry_url, policy)))
+            else:
+                files.append(DavEntry(rel, size, entry_url))
+            if len(files) > MAX_ENTRIES:
+                raise StorageError(f"{public_url(url)}: more than {MAX_ENTRIES} files")
+    return files
+
+
+def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy, made: set[str]) -> None:
+    """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before."""
+    url = base_url.rstrip("/")
+    for part in [p for p in relative_dir.split("/") if p]:
+        url = f"{url}/{quote(part)}"
+        if url in made:
+            continue
+
+        def once(u: str = url) -> None:
+            import requests
+
+            try:
+                resp = sess.request("MKCOL", u + "/", timeout=(10, 60))
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise TransientError(type(exc).__name__) from exc
+            if resp.status_code in (405, 301):  # exists already
+                return
+            check_status(resp, u)
+
+        with_retries(once, policy, public_url(url))
+        made.add(url)
+
+
+def put_file(sess: Any, url: str, path: Path, policy: RetryPolicy) -> None:
+    """PUT a local file (streamed) to url."""
+
+    def once() -> None:
+        with open(path, "rb") as fh:
+            _request(sess, "PUT", url, data=fh, headers={"Content-Length": str(path.stat().st_size)})
+
+    with_retries(once, policy, public_url(url))
+
+
+def put_bytes(sess: Any, url: str, data: bytes, policy: RetryPolicy, content_type: str) -> None:
+    """PUT a small document to url."""
+    with_retries(lambda: _request(sess, "PUT", url, data=data, headers={"Content-Type": content_type}) and None,
+                 policy, public_url(url))
+
+
+def ensure_safe(rel: str) -> str:
+    """Refuse relative paths with `..` or absolute parts."""
+    if rel.startswith("/") or ".." in rel.split("/"):
+        raise UnsafePath(f"path {rel!r} leaves the target; refusing it")
+    return rel
