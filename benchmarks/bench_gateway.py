@@ -135,7 +135,7 @@ def main() -> int:
     """Run the benchmark and print one line per measurement."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1GiB", help="big object size (default 1GiB)")
-    parser.add_argument("--small", default="10MB", help="small object size for the memory comparison (default 10MB)")
+    parser.add_argument("--small", default="10MiB", help="small object size for the memory comparison (default 10MiB)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is reported")
     parser.add_argument("--workdir", type=Path, help="where to put the data (default: a temp folder, removed)")
     parser.add_argument("--skip-rclone", action="store_true")
