@@ -58,13 +58,11 @@ def _value_matches(required: Any, offered: Any) -> bool:
         for have in _alternatives(offered):
             if want is UNKNOWN or have is UNKNOWN:
                 return True
-            if isinstance(want, list) and isinstance(have, list):
-                if all(w in have for w in want):
-                    return True
-            elif isinstance(want, list):
-                if have in want:
-                    return True
-            elif want == have:
+            # A list is a set of values that must all be offered; a single value is a one-item list.
+            # (Before, a required list accepted any single offered item: ["red", "nir"] matched "red".)
+            wanted = want if isinstance(want, list) else [want]
+            had = have if isinstance(have, list) else [have]
+            if all(w in had for w in wanted):
                 return True
     return False
 
