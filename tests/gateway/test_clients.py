@@ -82,13 +82,13 @@ def cog(served: Served) -> Path:
     """A 2048x2048 tiled, deflate-compressed Cloud-Optimized GeoTIFF with overviews (~16 MB)."""
     import numpy as np
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     path = served.input / "scenes" / "cog.tif"
     rng = np.random.default_rng(0)
     data = rng.integers(0, 255, size=(2048, 2048), dtype="uint8")
     profile = {"driver": "COG", "width": 2048, "height": 2048, "count": 1, "dtype": "uint8", "crs": "EPSG:32633",
-               "transform": from_origin(500000, 5000000, 10, 10), "blocksize": 256, "compress": "deflate"}
+               "transform": Affine(10, 0, 500000, 0, -10, 5000000), "blocksize": 256, "compress": "deflate"}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
     return path
