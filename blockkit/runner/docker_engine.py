@@ -207,6 +207,12 @@ class DockerEngine:
                 raise DockerError(f"step {spec.name!r}: cannot create container: {_first_line(exc)}") from exc
             return self._run(container, spec, image.id, started, on_log_line)
         finally:
+            if container is None:
+                # Interrupted while the daemon was creating it: find it by its unique name.
+                try:
+                    container = client.containers.get(name)
+                except Exception:  # noqa: BLE001 - not created at all
+                    container = None
             if container is not None:
                 _remove(container)
 
@@ -394,16 +400,21 @@ def _remove(container: Any) -> None:
     """Remove the container whatever state it is in (retrying briefly if the daemon is busy)."""
     import docker
 
+    interrupted: KeyboardInterrupt | None = None
     for attempt in range(5):
         try:
             container.remove(force=True, v=True)
-            return
+            break
         except docker.errors.NotFound:
-            return
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc  # a second Ctrl-C must not leave the container behind
         except docker.errors.APIError as exc:
             # 409 "removal already in progress" means it is going away.
             if getattr(exc, "status_code", None) == 409 and "in progress" in str(exc):
-                return
+                break
             time.sleep(0.2 * (attempt + 1))
         except Exception:  # noqa: BLE001 - e.g. a connection hiccup during shutdown
             time.sleep(0.2 * (attempt + 1))
+    if interrupted is not None:
+        raise interrupted
