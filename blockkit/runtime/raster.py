@@ -379,6 +379,7 @@ def write_quicklook(
     size: int = 512,
     bands: Sequence[int] | None = None,
     percentiles: tuple[float, float] = (2.0, 98.0),
+    per_band: bool = False,
 ) -> Path:
     """Write a PNG preview at most ``size`` pixels on its long side, with a percentile stretch."""
     from rasterio.errors import NotGeoreferencedWarning
@@ -404,8 +405,11 @@ def write_quicklook(
     data = data.astype("float64")
     valid &= np.isfinite(data).all(axis=0)
     image = np.zeros(data.shape, dtype="uint8")
+    # One stretch for all bands keeps natural colours (green vegetation, dark
+    # water); a stretch per band maximises contrast but shifts the hues.
+    joint = None if per_band else data[:, valid]
     for i, band in enumerate(data):
-        values = band[valid]
+        values = band[valid] if joint is None else joint
         if values.size == 0:
             continue
         low, high = np.percentile(values, percentiles)
