@@ -109,7 +109,7 @@ def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy,
     """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before."""
     url = base_url.rstrip("/")
     for part in [p for p in relative_dir.split("/") if p]:
-        url = f"{url}/{quote(part)}"
+        url = f"{url}/{quote(unquote(part))}"
         if url in made:
             continue
 

@@ -1,0 +1,164 @@
+"""Stage-out to a folder, S3 and WebDAV: the catalog opens with pystac and every href resolves."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import pystac
+import pytest
+import requests
+
+from blockkit.contract.datajson import write_data_json
+from blockkit.contract.errors import ExitCode
+from blockkit.storage.errors import AccessDenied, NoOutputError, UnsupportedURI
+from blockkit.storage.keystore import Keystore, WebDavKeyConfig
+from blockkit.storage.stagein import stage_in
+from blockkit.storage.stageout import stage_out
+from blockkit.storage.transfer import RetryPolicy
+from tests.servers import write_geotiff
+
+FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    out = tmp_path / "output"
+    write_geotiff(out / "ndvi_a.tif", seed=1)
+    write_geotiff(out / "scene_b" / "B04.tif", seed=2)
+    (out / "scene_b" / "qa").mkdir()
+    (out / "scene_b" / "qa" / "mask.txt").write_text("ok")
+    poly = {"type": "Polygon", "coordinates": [[[13.5, 52.2], [13.6, 52.2], [13.6, 52.3], [13.5, 52.3], [13.5, 52.2]]]}
+    write_data_json(out, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "ndvi_a", "geometry": poly,
+         "properties": {"up42.data_path": "ndvi_a.tif", "datetime": "2024-06-01T10:00:00Z", "ndvi:mean": 0.41}},
+        {"type": "Feature", "id": "scene b/../x", "geometry": None, "properties": {"up42.data_path": "scene_b"}},
+    ]})
+    return out
+
+
+def _check_catalog(cat: pystac.Catalog, exists: Any) -> list[pystac.Item]:
+    items = sorted(cat.get_items(recursive=True), key=lambda i: i.id)
+    assert [i.id for i in items] == ["ndvi_a", "scene_b_.._x"]
+    assert items[0].properties["ndvi:mean"] == 0.41 and "up42.data_path" not in items[0].properties
+    assert items[0].bbox == [13.5, 52.2, 13.6, 52.3]
+    assert {"B04.tif", "qa/mask.txt"} <= set(items[1].assets)
+    for item in items:
+        for asset in item.assets.values():
+            assert exists(asset.get_absolute_href()), asset.get_absolute_href()
+    return items
+
+
+def test_stage_out_local(outputs: Path, tmp_path: Path) -> None:
+    uri = stage_out(outputs, str(tmp_path / "pub"), progress=False)
+    assert uri == str(tmp_path / "pub/catalog.json")
+    cat = pystac.Catalog.from_file(uri)
+    assert cat.id == "catalog"
+    _check_catalog(cat, lambda href: Path(href).is_file())
+    for item in cat.get_items(recursive=True):
+        assert pystac.Item.from_dict(item.to_dict()).id == item.id  # round-trips through pystac
+    # round trip: staging the published catalog in again gives the same items
+    fc = stage_in(str(tmp_path / "pub"), tmp_path / "again", progress=False)
+    assert sorted(f["id"] for f in fc.features) == ["ndvi_a", "scene_b_.._x"]
+
+
+def test_empty_output_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    write_data_json(empty, {"type": "FeatureCollection", "features": []})
+    with pytest.raises(NoOutputError, match="has no features") as info:
+        stage_out(empty, str(tmp_path / "pub"), progress=False)
+    assert info.value.exit_code == ExitCode.NO_OUTPUT_ERROR
+    nofiles = tmp_path / "nofiles"
+    write_data_json(nofiles, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": None, "properties": {"a": 1}}]})
+    with pytest.raises(NoOutputError, match="links a file"):
+        stage_out(nofiles, str(tmp_path / "pub"), progress=False)
+    assert not (tmp_path / "pub").exists()
+
+
+class _S3StacIO(pystac.StacIO):
+    """pystac reading s3:// through boto3 (what a user of the published catalog would plug in)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self.client = client
+
+    def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+        bucket, _, key = str(source)[len("s3://"):].partition("/")
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+    def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+
+def test_stage_out_s3_multipart(outputs: Path, s3_keystore: Keystore, seaweed) -> None:
+    seaweed.make_bucket("results")
+    big = outputs / "scene_b" / "big.bin"
+    big.write_bytes(b"\x01" * (6 * 1024 * 1024))
+    uri = stage_out(outputs, "s3://results/run-1/", keystore=s3_keystore, key="s3", progress=False,
+                    multipart_threshold=5 * 1024 * 1024)
+    assert uri == "s3://results/run-1/catalog.json"
+    client = seaweed.client()
+    head = client.head_object(Bucket="results", Key="run-1/scene_b_.._x/big.bin")
+    assert "-" in head["ETag"] and head["ContentLength"] == big.stat().st_size
+    cat_head = client.head_object(Bucket="results", Key="run-1/scene_b_.._x/scene_b_.._x.json")
+    assert cat_head["ContentType"] == "application/geo+json"
+
+    def exists(href: str) -> bool:
+        bucket, _, key = href[len("s3://"):].partition("/")
+        return client.head_object(Bucket=bucket, Key=key)["ContentLength"] >= 0
+
+    cat = pystac.Catalog.from_file(uri, stac_io=_S3StacIO(client))
+    items = _check_catalog(cat, exists)
+    assert items[1].assets["big.bin"].extra_fields["file:size"] == big.stat().st_size
+
+
+def test_stage_out_s3_public_http_and_stage_in_again(outputs: Path, s3_keystore: Keystore, seaweed,
+                                                     tmp_path: Path) -> None:
+    uri = stage_out(outputs, f"s3://{seaweed.public_bucket}/pub-run", keystore=s3_keystore, key="s3", progress=False)
+    http_url = f"{seaweed.endpoint}/{seaweed.public_bucket}/pub-run/catalog.json"
+    cat = pystac.Catalog.from_file(http_url)  # plain pystac over anonymous HTTP
+    _check_catalog(cat, lambda href: requests.head(href, timeout=10).status_code == 200)
+    # and our own stage-in reads it back through the STAC path, verifying file:checksum
+    fc = stage_in(f"stac+{http_url}", tmp_path / "back", progress=False)
+    assert (tmp_path / "back/ndvi_a/ndvi_a.tif").read_bytes() == (outputs / "ndvi_a.tif").read_bytes()
+    assert len(fc.features) == 2 and uri.endswith("/pub-run/catalog.json")
+
+
+def test_stage_out_s3_refused(outputs: Path, s3_keystore: Keystore, seaweed) -> None:
+    seaweed.make_bucket("results")
+    with pytest.raises(AccessDenied):
+        stage_out(outputs, "s3://results/ro/", keystore=s3_keystore, key="s3-ro", progress=False)
+    with pytest.raises(AccessDenied):
+        stage_out(outputs, "s3://results/bad/", keystore=s3_keystore, key="s3-bad", progress=False)
+    with pytest.raises(UnsupportedURI):
+        stage_out(outputs, "ftp://x/y", progress=False)
+    with pytest.raises(UnsupportedURI):
+        stage_out(outputs, "https://example.org/x", progress=False)
+
+
+def test_stage_out_webdav(outputs: Path, keystore: Keystore, dav_server, caplog: pytest.LogCaptureFixture) -> None:
+    keystore.add("dav", WebDavKeyConfig(dav_server.endpoint, dav_server.username, dav_server.password))
+    target = dav_server.endpoint.replace("http://", "webdav://") + "/results/run 1"
+    with caplog.at_level(logging.DEBUG):
+        uri = stage_out(outputs, target.replace(" ", "%20"), keystore=keystore, key="dav", progress=False,
+                        retry=FAST)
+    assert uri.endswith("/dav/results/run%201/catalog.json") and uri.startswith("webdav://")
+    on_disk = dav_server.root / "results" / "run 1"
+    assert (on_disk / "scene_b_.._x" / "qa" / "mask.txt").read_text() == "ok"
+    cat_dict = json.loads((on_disk / "catalog.json").read_text())
+    assert cat_dict["id"] == "catalog"
+    cat = pystac.Catalog.from_file(str(on_disk / "catalog.json"))
+    _check_catalog(cat, lambda href: Path(href).is_file())
+    # over HTTP, with auth, hrefs resolve too
+    http_cat = uri.replace("webdav://", "http://")
+    auth = (dav_server.username, dav_server.password)
+    item_href = urljoin(http_cat, cat_dict["links"][1]["href"])
+    item = requests.get(item_href, auth=auth, timeout=10).json()
+    for asset in item["assets"].values():
+        assert requests.head(urljoin(item_href, asset["href"]), auth=auth, timeout=10).status_code == 200
+    for secret in keystore.get("dav").secrets():
+        assert secret not in caplog.text
