@@ -1,0 +1,426 @@
+"""Export a planned workflow as one packed CWL v1.2 document (an OGC EO Application Package).
+
+Mapping (see docs/cwl.md):
+  * workflow -> a `Workflow` with id `#main`; each step -> a `CommandLineTool`
+    `#<step>-tool` run by a workflow step `<step>`;
+  * block image -> `DockerRequirement.dockerPull` (a local tag: cwltool does not
+    pull what `docker image inspect` finds);
+  * upstream output -> a `Directory` input `input`; fan-in -> one `Directory`
+    input `input_<step>` per upstream, staged at `_input/<step>/` where
+    `python -m blockkit.export.step` writes the merged data.json;
+  * step output -> a `Directory` output `output` (data.json + a STAC catalog.json);
+  * manifest parameters -> typed inputs (manifest defaults on the tool, the
+    workflow file's values as defaults of the workflow inputs `<step>__<param>`),
+    joined into `UP42_TASK_PARAMETERS` by a JavaScript expression;
+  * secret parameters and step keys -> string inputs without defaults, listed
+    in `cwltool:Secrets`, passed by environment and never written here;
+  * `machine.type` -> `ResourceRequirement`; `blockkit.network` -> `NetworkAccess`;
+    a timeout -> `ToolTimeLimit` (the entrypoint also enforces it, exit 124).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from blockkit.contract.errors import ExitCode, Problem, WorkflowError
+from blockkit.contract.manifest import ParameterSpec
+from blockkit.export.step import DEFAULT_COMMAND
+from blockkit.runner.plan import Plan, PlannedStep
+
+CWL_VERSION = "v1.2"
+CWLTOOL_NAMESPACE = "http://commonwl.org/cwltool#"
+WORKFLOW_ID = "main"
+ENTRYPOINT = ["python", "-m", "blockkit.export.step"]
+#: Manifest parameter type -> CWL type. Geometries and arrays are JSON values (`Any`),
+#: so a job file gives them as YAML/JSON objects and lists, exactly as in workflow.yaml.
+CWL_TYPES: dict[str, str] = {
+    "string": "string",
+    "dateRange": "string",
+    "number": "double",
+    "integer": "int",
+    "boolean": "boolean",
+    "array": "Any",
+    "geometry": "Any",
+}
+FAN_IN_DIR = "_input"  # step names start with a letter: these never clash with a step's output folder
+QUICKLOOK_DIR = "_quicklooks"
+# Exit codes that will not change on a retry; API_CONNECTION_ERROR (5) may.
+_PERMANENT_FAIL_CODES = [int(c) for c in ExitCode if c not in (ExitCode.OK, ExitCode.API_CONNECTION_ERROR)] + [124]
+_TEMPORARY_FAIL_CODES = [int(ExitCode.API_CONNECTION_ERROR)]
+_ID = re.compile(r"[^A-Za-z0-9_]")
+
+
+class ExportError(WorkflowError):
+    """The workflow is valid but cannot be expressed in CWL as asked."""
+
+
+def cwl_id(name: str) -> str:
+    """A name as a CWL identifier that is also a plain JavaScript property name."""
+    ident = _ID.sub("_", name)
+    return ident if ident[:1].isalpha() or ident[:1] == "_" else f"_{ident}"
+
+
+def tool_id(step: str) -> str:
+    """The id of a step's CommandLineTool in the packed document."""
+    return f"{step}-tool"
+
+
+def workflow_input_id(step: str, name: str) -> str:
+    """The id of the workflow input that feeds a step's tool input."""
+    return f"{cwl_id(step)}__{name}"
+
+
+def output_ids(plan: Plan) -> dict[str, str]:
+    """Workflow output id per final step (steps no other step reads): `results` when there is one."""
+    finals = [s.name for s in plan.steps if not plan.downstream_of(s.name)]
+    if len(finals) == 1:
+        return {finals[0]: "results"}
+    return {name: f"results_{cwl_id(name)}" for name in finals}
+
+
+@dataclass
+class _ToolInputs:
+    """How a step's tool inputs are named: directories, parameters, secrets and keys."""
+
+    directories: dict[str, str] = field(default_factory=dict)  # tool input id -> upstream step ("" = workflow input)
+    params: dict[str, str] = field(default_factory=dict)  # parameter name -> tool input id
+    secret_params: dict[str, str] = field(default_factory=dict)  # secret parameter name -> tool input id
+    keys: dict[str, str] = field(default_factory=dict)  # keystore key name -> tool input id
+
+
+def _tool_inputs(step: PlannedStep, problems: list[Problem]) -> _ToolInputs:
+    names = _ToolInputs()
+    if len(step.upstream) > 1:
+        names.directories = {f"input_{cwl_id(up)}": up for up in step.upstream}
+    elif step.upstream:
+        names.directories = {"input": step.upstream[0]}
+    elif not step.manifest.is_data_block:
+        names.directories = {"input": ""}
+    taken: dict[str, str] = {ident: "an input folder" for ident in names.directories}
+    where = f"step {step.name!r}"
+
+    def claim(ident: str, what: str) -> str:
+        if ident in taken:
+            problems.append(Problem(where, f"{what} becomes CWL input {ident!r}, which {taken[ident]} already uses"))
+        taken[ident] = what
+        return ident
+
+    for name, spec in step.manifest.parameters.items():
+        ident = claim(cwl_id(name), f"parameter {name!r}")
+        (names.secret_params if spec.secret else names.params)[name] = ident
+    for key in step.definition.keys:
+        names.keys[key] = claim(f"key_{cwl_id(key)}", f"key {key!r}")
+    return names
+
+
+def _param_type(spec: ParameterSpec, *, optional: bool) -> str:
+    base = "string" if spec.secret else CWL_TYPES.get(spec.type, "Any")
+    return f"{base}?" if optional else base
+
+
+def _param_doc(spec: ParameterSpec) -> str:
+    parts = [spec.description.strip()] if spec.description.strip() else []
+    parts.append(f"UP42 parameter {spec.name!r} ({spec.type})")
+    if spec.enum is not None:
+        parts.append(f"one of {spec.enum}")
+    if spec.minimum is not None or spec.maximum is not None:
+        parts.append(f"range [{spec.minimum if spec.minimum is not None else ''}, "
+                     f"{spec.maximum if spec.maximum is not None else ''}]")
+    if spec.secret:
+        parts.append("secret: give it in the job order; it is never written to the CWL document")
+    return "; ".join(parts)
+
+
+def _js_key(name: str) -> str:
+    # JSON string syntax is valid JavaScript string syntax.
+    import json
+
+    return json.dumps(name)
+
+
+def _tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
+    manifest = step.manifest
+    cpus, memory_mb = manifest.resources
+    inputs: list[dict[str, Any]] = []
+    for ident, upstream in names.directories.items():
+        doc = f"output of step {upstream!r}" if upstream else "the workflow input (a folder with data.json, or a STAC catalog)"
+        inputs.append({"id": ident, "type": "Directory", "doc": doc})
+    for name, ident in names.params.items():
+        spec = manifest.parameters[name]
+        entry: dict[str, Any] = {"id": ident, "doc": _param_doc(spec)}
+        if spec.has_default and spec.default is not None:
+            entry["type"] = _param_type(spec, optional=False)
+            entry["default"] = spec.default
+        else:
+            entry["type"] = _param_type(spec, optional=not spec.required)
+        inputs.append(entry)
+    for name, ident in names.secret_params.items():
+        spec = manifest.parameters[name]
+        inputs.append({"id": ident, "type": _param_type(spec, optional=not spec.required), "doc": _param_doc(spec)})
+    for key, ident in names.keys.items():
+        inputs.append({"id": ident, "type": "string",
+                       "doc": f"keystore key {key!r} as JSON (secret; exported to the block as {key_variable(key)})"})
+
+    public = ", ".join(f"{_js_key(name)}: inputs.{ident}" for name, ident in names.params.items())
+    env: dict[str, str] = {
+        "UP42_TASK_PARAMETERS": f"$(JSON.stringify({{{public}}}))",
+        "UP42_JOB_MODE": step.definition.mode,
+    }
+    arguments: list[Any] = ["--step", step.name, "--output", f"$(runtime.outdir)/{step.name}",
+                            "--quicklooks", f"$(runtime.outdir)/{QUICKLOOK_DIR}"]
+    requirements: dict[str, Any] = {"DockerRequirement": {"dockerPull": image}, "InlineJavascriptRequirement": {}}
+    if len(step.upstream) > 1:
+        arguments += ["--fan-in", f"$(runtime.outdir)/{FAN_IN_DIR}"]
+        for ident, upstream in names.directories.items():
+            arguments += ["--upstream", upstream]
+        requirements["InitialWorkDirRequirement"] = {"listing": [
+            {"entry": f"$(inputs.{ident})", "entryname": f"{FAN_IN_DIR}/{upstream}", "writable": False}
+            for ident, upstream in names.directories.items()
+        ]}
+    elif names.directories:
+        arguments += ["--input", "$(inputs.input.path)"]
+    for index, (name, ident) in enumerate(names.secret_params.items()):
+        variable = f"BLOCKKIT_SECRET_PARAMETER_{index}"
+        # cwltool swaps the secret in for its placeholder only when the container starts.
+        env[variable] = f"$(inputs.{ident} === null ? '' : inputs.{ident})"
+        arguments += ["--secret-param", f"{name}={variable}:{manifest.parameters[name].type}"]
+    for key, ident in names.keys.items():
+        env[key_variable(key)] = f"$(inputs.{ident})"
+    if step.definition.propagate:
+        arguments.append("--propagate")
+    arguments.append("--stac")
+    timeout = step.definition.timeout or manifest.options.get("timeout")
+    if timeout:
+        arguments += ["--timeout", str(float(timeout))]
+    arguments += ["--", *(manifest.command or DEFAULT_COMMAND)]
+
+    requirements["EnvVarRequirement"] = {"envDef": env}
+    requirements["ResourceRequirement"] = {"coresMin": cpus, "ramMin": memory_mb}
+    if manifest.network:
+        requirements["NetworkAccess"] = {"networkAccess": True}
+    if timeout:
+        # A backstop for engines that kill the whole container; the entrypoint reports 124 first.
+        requirements["ToolTimeLimit"] = {"timelimit": int(timeout) + 60}
+
+    tool: dict[str, Any] = {
+        "class": "CommandLineTool",
+        "id": tool_id(step.name),
+        "label": manifest.display_name or manifest.name,
+        "doc": (manifest.description or f"blockkit block {manifest.name!r}") + f" (workflow step {step.name!r})",
+        "requirements": requirements,
+    }
+    secret_ids = [*names.secret_params.values(), *names.keys.values()]
+    if secret_ids:
+        tool["hints"] = {"cwltool:Secrets": {"secrets": secret_ids}}
+    tool.update({
+        "baseCommand": list(ENTRYPOINT),
+        "arguments": arguments,
+        "inputs": inputs,
+        "outputs": [
+            {"id": "output", "type": "Directory", "doc": "data.json, the files it names and a STAC catalog.json",
+             "outputBinding": {"glob": step.name}},
+            {"id": "quicklooks", "type": "Directory?", "outputBinding": {"glob": QUICKLOOK_DIR}},
+        ],
+        "successCodes": [0],
+        "temporaryFailCodes": _TEMPORARY_FAIL_CODES,
+        "permanentFailCodes": _PERMANENT_FAIL_CODES,
+    })
+    return tool
+
+
+def key_variable(key: str) -> str:
+    """The environment variable that carries a keystore key (as JSON) into a step."""
+    return "BLOCKKIT_KEY_" + cwl_id(key).upper()
+
+
+def export_cwl(plan: Plan, *, images: Mapping[str, str]) -> dict[str, Any]:
+    """The packed CWL v1.2 document (`$graph`: Workflow `#main` + one CommandLineTool per step)."""
+    problems: list[Problem] = []
+    names = {step.name: _tool_inputs(step, problems) for step in plan.steps}
+    missing = [s.name for s in plan.steps if not images.get(s.name)]
+    problems += [Problem(f"step {name!r}", "no image to run it (build it or give --image)") for name in missing]
+    if problems:
+        raise ExportError.from_problems(f"workflow {plan.workflow.name!r} cannot be exported to CWL", problems)
+
+    wf_inputs: list[dict[str, Any]] = []
+    wf_secrets: list[str] = []
+    wf_steps: list[dict[str, Any]] = []
+    if any(up == "" for n in names.values() for up in n.directories.values()):
+        wf_inputs.append({
+            "id": "input", "type": "Directory",
+            "doc": "The workflow input: a folder with data.json, or a STAC catalog.json (OGC App Package stage-in)",
+        })
+    for step in plan.steps:
+        step_names = names[step.name]
+        step_in: list[dict[str, Any]] = []
+        for ident, upstream in step_names.directories.items():
+            step_in.append({"id": ident, "source": f"{upstream}/output" if upstream else "input"})
+        for name, ident in step_names.params.items():
+            spec = step.manifest.parameters[name]
+            value = step.params.get(name)
+            wf_id = workflow_input_id(step.name, ident)
+            entry: dict[str, Any] = {"id": wf_id, "doc": f"step {step.name!r}: {_param_doc(spec)}"}
+            entry["type"] = _param_type(spec, optional=value is None)
+            if value is not None:
+                entry["default"] = value
+            wf_inputs.append(entry)
+            step_in.append({"id": ident, "source": wf_id})
+        for name, ident in step_names.secret_params.items():
+            spec = step.manifest.parameters[name]
+            wf_id = workflow_input_id(step.name, ident)
+            wf_inputs.append({"id": wf_id, "type": _param_type(spec, optional=not spec.required),
+                              "doc": f"step {step.name!r}: {_param_doc(spec)}"})
+            wf_secrets.append(wf_id)
+            step_in.append({"id": ident, "source": wf_id})
+        for key, ident in step_names.keys.items():
+            wf_id = workflow_input_id(step.name, ident)
+            wf_inputs.append({"id": wf_id, "type": "string",
+                              "doc": f"step {step.name!r}: keystore key {key!r} as JSON (secret)"})
+            wf_secrets.append(wf_id)
+            step_in.append({"id": ident, "source": wf_id})
+        wf_steps.append({"id": step.name, "run": f"#{tool_id(step.name)}", "in": step_in, "out": ["output", "quicklooks"]})
+
+    outputs = [
+        {"id": out_id, "type": "Directory", "outputSource": f"{name}/output",
+         "doc": f"the output of step {name!r}: data.json, its files and a STAC catalog.json"}
+        for name, out_id in output_ids(plan).items()
+    ]
+    workflow: dict[str, Any] = {
+        "class": "Workflow",
+        "id": WORKFLOW_ID,
+        "label": plan.workflow.name,
+        "doc": f"blockkit workflow {plan.workflow.name!r}: " + " -> ".join(s.name for s in plan.steps),
+        "inputs": wf_inputs,
+        "outputs": outputs,
+        "steps": wf_steps,
+    }
+    if wf_secrets:
+        workflow["hints"] = {"cwltool:Secrets": {"secrets": wf_secrets}}
+    graph = [workflow, *(_tool(s, images[s.name], names[s.name]) for s in plan.steps)]
+    return {"cwlVersion": CWL_VERSION, "$namespaces": {"cwltool": CWLTOOL_NAMESPACE}, "$graph": graph}
+
+
+def job_order(plan: Plan, *, input_location: str | None = None) -> dict[str, Any]:
+    """A job order for the exported workflow: the workflow input and every non-secret parameter."""
+    job: dict[str, Any] = {}
+    problems: list[Problem] = []
+    names = {step.name: _tool_inputs(step, problems) for step in plan.steps}
+    if any(up == "" for n in names.values() for up in n.directories.values()) and input_location:
+        if "://" in input_location:
+            job["input"] = {"class": "Directory", "location": input_location.removeprefix("stac+")}
+        else:
+            job["input"] = {"class": "Directory", "path": input_location}
+    for step in plan.steps:
+        for name, ident in names[step.name].params.items():
+            value = step.params.get(name)
+            if value is not None:
+                job[workflow_input_id(step.name, ident)] = value
+    return job
+
+
+def secret_inputs(plan: Plan) -> list[str]:
+    """Workflow input ids that carry secrets (the user supplies them at run time)."""
+    problems: list[Problem] = []
+    ids = []
+    for step in plan.steps:
+        names = _tool_inputs(step, problems)
+        ids += [workflow_input_id(step.name, i) for i in (*names.secret_params.values(), *names.keys.values())]
+    return ids
+
+
+def dump_cwl(document: Mapping[str, Any], *, source: str | None = None) -> str:
+    """The document as YAML text, with a header saying where it came from."""
+    import yaml
+
+    header = ["#!/usr/bin/env cwl-runner"]
+    header.append(f"# Exported by `blockkit export cwl{' ' + source if source else ''}`; re-export instead of editing.")
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:  # a CWL file reads better without &id001 anchors
+            return True
+
+    body = yaml.dump(dict(document), Dumper=Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=120)
+    return "\n".join(header) + "\n" + body
+
+
+def dump_job(job: Mapping[str, Any], *, secrets: list[str]) -> str:
+    """A job order file as YAML; secret inputs are listed in a comment, never filled in."""
+    import yaml
+
+    lines = ["# Job order for the exported CWL workflow (cwltool app.cwl job.yml)."]
+    if secrets:
+        lines.append("# Secret inputs (add them here or in a separate job file kept out of version control):")
+        lines += [f"#   {name}: ..." for name in secrets]
+    body = yaml.safe_dump(dict(job), sort_keys=False, default_flow_style=False, allow_unicode=True) if job else "{}\n"
+    return "\n".join(lines) + "\n" + body
+
+
+def default_image(step: PlannedStep) -> str:
+    """The image name used without building: the step's image, else `blockkit/<block>:latest`."""
+    if step.image:
+        return step.image
+    from blockkit.runner.build import _repo_name  # the naming rule of `blockkit build`
+
+    return f"blockkit/{_repo_name(step.manifest.name)}:latest"
+
+
+def expected_images(plan: Plan, *, base_image: str) -> dict[str, str]:
+    """The tags `blockkit build` gives each step's block, computed without building (needs a daemon)."""
+    from blockkit.runner.build import (
+        _repo_name,
+        block_content_hash,
+        blockkit_source_root,
+        find_dockerfile,
+    )
+    from blockkit.runner.docker_engine import docker_client
+
+    client = docker_client(timeout=30)
+    try:
+        base_id = client.images.get(base_image).id
+    finally:
+        client.close()
+    source_root = blockkit_source_root()
+    dockerfile = find_dockerfile(source_root)
+    images: dict[str, str] = {}
+    for step in plan.steps:
+        if step.block_dir is None:
+            images[step.name] = default_image(step)
+            continue
+        digest = block_content_hash(step.block_dir, base_image_id=base_id, dockerfile=dockerfile, source_root=source_root)
+        images[step.name] = f"blockkit/{_repo_name(step.manifest.name)}:{digest[:12]}"
+    return images
+
+
+def build_images(
+    plan: Plan,
+    *,
+    base_image: str,
+    wheelhouse: Path | None = None,
+    say: Callable[[str], None] = lambda text: None,
+) -> dict[str, str]:
+    """Build (or reuse) every block step's image with `blockkit build`; step name -> image tag."""
+    from blockkit.runner.build import build_block_image
+
+    images: dict[str, str] = {}
+    built_dirs: dict[Path, str] = {}
+    for step in plan.steps:
+        if step.block_dir is None:
+            images[step.name] = default_image(step)
+            continue
+        if step.block_dir not in built_dirs:
+            built = build_block_image(step.block_dir, base_image=base_image, wheelhouse=wheelhouse)
+            say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
+            built_dirs[step.block_dir] = built.tag
+        images[step.name] = built_dirs[step.block_dir]
+    return images
+
+
+def with_registry(images: Mapping[str, str], registry: str | None) -> dict[str, str]:
+    """Image names under a registry prefix (for engines that pull, e.g. Calrissian)."""
+    if not registry:
+        return dict(images)
+    prefix = registry.rstrip("/")
+    return {step: f"{prefix}/{ref}" for step, ref in images.items()}
