@@ -54,11 +54,11 @@ def stage_in(
     """Fetch `uri` into target_dir (an empty or new folder) and write its data.json; return the features."""
     opts = StageOptions(workers, retry or RetryPolicy(), progress, endpoint)
     target = Path(target_dir)
+    scheme = _scheme(uri)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise StorageError(f"stage-in target {target} is not an empty folder; give a new or empty one")
     target.mkdir(parents=True, exist_ok=True)
     cred = _load_key(keystore, key)
-    scheme = _scheme(uri)
     log.info("stage-in %s -> %s", public_url(uri), target)
     if scheme == "file":
         return _stage_local(_local_path(uri), target)

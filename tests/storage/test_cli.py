@@ -96,3 +96,27 @@ def test_artifacts_commands(cli: typer.Typer, seaweed, tmp_path: Path) -> None:
     assert r.exit_code == 2 and r.output.startswith("[INPUT_PARAMETERS_ERROR] expiry")
     r = run(cli, "artifacts", "upload", str(f), "--key", "missing")
     assert r.exit_code == 2 and "keys add missing" in r.output
+
+
+def test_stage_commands(stac_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockkit.cli import stage_cmd
+
+    monkeypatch.setenv("BLOCKKIT_KEYSTORE", str(tmp_path / "ks"))
+    app = typer.Typer()
+    stage_cmd.register(app)
+    server, site = stac_server
+    r = CliRunner().invoke(app, ["stage-in", f"stac+{site.item_url}", str(tmp_path / "in"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "staged 1 feature(s)" in r.output
+    r = CliRunner().invoke(app, ["stage-out", str(tmp_path / "in"), str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(tmp_path / "out" / "catalog.json")
+    r = CliRunner().invoke(app, ["stage-in", "gopher://x/y", str(tmp_path / "bad")])
+    assert r.exit_code == 4 and r.output.startswith("[WRONG_INPUT_ERROR] 'gopher://x/y': unknown scheme")
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "data.json").write_text('{"type": "FeatureCollection", "features": []}')
+    r = CliRunner().invoke(app, ["stage-out", str(tmp_path / "empty"), str(tmp_path / "o2")])
+    assert r.exit_code == 6 and r.output.startswith("[NO_OUTPUT_ERROR] no output")
+    r = CliRunner().invoke(app, ["stage-in", "s3://b/k", str(tmp_path / "k"), "--key", "nope"])
+    assert r.exit_code == 4 and "no key named 'nope'" in r.output
