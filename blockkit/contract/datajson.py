@@ -303,7 +303,7 @@ def dumps(fc: FeatureCollection | dict[str, Any]) -> str:
     data = fc.to_dict() if isinstance(fc, FeatureCollection) else fc
     try:
         return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # NaN/Infinity, or a value JSON has no type for (numpy.float32, ...)
         raise WrongInputError(f"cannot write data.json: {exc}") from None
 
 
