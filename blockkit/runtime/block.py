@@ -17,7 +17,14 @@ from blockkit.contract.datajson import (
     validate_feature_collection,
     write_data_json,
 )
-from blockkit.contract.errors import BlockkitError, ExitCode, NoInputError, NoOutputError, OutOfMemory
+from blockkit.contract.errors import (
+    BlockkitError,
+    ExitCode,
+    NoInputError,
+    NoOutputError,
+    OutOfMemory,
+    WrongInputError,
+)
 from blockkit.contract.manifest import MANIFEST_FILE, Manifest, load_manifest
 from blockkit.contract.parameters import parse_parameters_text, resolve_parameters
 from blockkit.runtime.context import BlockContext, get_logger
@@ -98,12 +105,17 @@ class BlockRunner:
             input_fc = read_input(ctx.input_dir)
             result = self.fn(input_fc, ctx)
         fc = self._collect(result, ctx)
-        if ctx.manifest is not None and ctx.manifest.propagate:
+        # Under blockkit's runner the runner forwards (as the host user, so hard links always work).
+        runner_forwards = ctx.env.get("BLOCKKIT_RUNNER_FORWARDS") == "1"
+        if ctx.manifest is not None and ctx.manifest.propagate and not runner_forwards:
             fc.features.extend(forward_all(input_fc.features, fc.features, ctx.input_dir, ctx.output_dir))
         problems = validate_feature_collection(fc.to_dict(), ctx.output_dir)
         if problems:
             raise NoOutputError.from_problems("the block's output is invalid", problems)
-        write_data_json(ctx.output_dir, fc)
+        try:
+            write_data_json(ctx.output_dir, fc)
+        except WrongInputError as err:  # a value in the block's output that JSON cannot hold
+            raise NoOutputError(f"the block's output is invalid: {err.message}") from None
         if ctx.env.get("BLOCKKIT_WRITE_STAC", "").lower() in ("1", "true", "yes"):
             from blockkit.runtime.stac import write_catalog
 
