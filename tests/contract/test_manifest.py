@@ -94,7 +94,7 @@ def test_minimal_data_block_defaults() -> None:
     m = parse_manifest(
         {"_up42_specification_version": 2, "name": "scene", "type": "data", "input_capabilities": {}, "output_capabilities": {"raster": {}}}
     )
-    assert m.is_data_block and m.network and not m.s3_gateway and not m.propagate
+    assert m.is_data_block and not m.network and not m.s3_gateway and not m.propagate
     assert m.machine_type == "small" and m.parameters == {} and m.command is None
 
 
