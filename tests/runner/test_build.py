@@ -15,6 +15,7 @@ from blockkit.runner.build import (
     MANIFEST_LABEL,
     BaseImageMissingError,
     BuildError,
+    BuiltImage,
     block_content_hash,
     build_block_image,
 )
@@ -36,6 +37,26 @@ def frozen_blockkit_source(monkeypatch):
     real = build._blockkit_source_hash
     memo: dict[object, str] = {}
     monkeypatch.setattr(build, "_blockkit_source_hash", lambda root: memo.setdefault(root, real(root)))
+
+
+@pytest.fixture
+def build(request):
+    """build_block_image, removing the (test-unique) images it made when the test ends."""
+    tags: list[str] = []
+
+    def _build(block: Path, **kwargs) -> BuiltImage:
+        built = build_block_image(block, **kwargs)
+        tags.append(built.tag)
+        return built
+
+    yield _build
+    if tags:
+        client = request.getfixturevalue("docker_client")
+        for tag in dict.fromkeys(reversed(tags)):
+            try:
+                client.images.remove(tag)
+            except Exception:  # noqa: BLE001 - in use or already gone: leave it
+                pass
 
 
 def make_block(root: Path, name: str = "tiny-block") -> Path:
@@ -65,14 +86,14 @@ def manifest_of(block: Path) -> dict:
 
 
 @pytest.mark.docker
-def test_build_is_cached_and_a_change_gives_a_new_tag(docker_client, base_image, tmp_path):
+def test_build_is_cached_and_a_change_gives_a_new_tag(build, docker_client, base_image, tmp_path):
     block = make_block(tmp_path)
-    first = build_block_image(block, base_image=base_image, client=docker_client)
+    first = build(block, base_image=base_image, client=docker_client)
     assert first.rebuilt
     assert first.tag == f"blockkit/tiny-block:{first.content_hash[:12]}"
     assert docker_client.images.get(first.tag).id == first.image_id
 
-    second = build_block_image(block, base_image=base_image, client=docker_client)
+    second = build(block, base_image=base_image, client=docker_client)
     assert not second.rebuilt
     assert (second.tag, second.image_id) == (first.tag, first.image_id)
 
@@ -80,19 +101,19 @@ def test_build_is_cached_and_a_change_gives_a_new_tag(docker_client, base_image,
     (block / "src" / "__pycache__").mkdir()
     (block / "src" / "__pycache__" / "run.cpython-311.pyc").write_bytes(b"\0junk")
     (block / ".pytest_cache").mkdir()
-    assert build_block_image(block, base_image=base_image, client=docker_client).tag == first.tag
+    assert build(block, base_image=base_image, client=docker_client).tag == first.tag
 
     (block / "src" / "run.py").write_text(RUN_PY + "print('changed')\n")
-    third = build_block_image(block, base_image=base_image, client=docker_client)
+    third = build(block, base_image=base_image, client=docker_client)
     assert third.rebuilt
     assert third.tag != first.tag
     assert third.image_id != first.image_id
 
 
 @pytest.mark.docker
-def test_image_labels_hold_the_manifest_and_hash(docker_client, base_image, tmp_path):
+def test_image_labels_hold_the_manifest_and_hash(build, docker_client, base_image, tmp_path):
     block = make_block(tmp_path)
-    built = build_block_image(block, base_image=base_image, client=docker_client)
+    built = build(block, base_image=base_image, client=docker_client)
     labels = docker_client.images.get(built.tag).labels
 
     assert json.loads(labels[MANIFEST_LABEL]) == manifest_of(block)
@@ -100,9 +121,9 @@ def test_image_labels_hold_the_manifest_and_hash(docker_client, base_image, tmp_
 
 
 @pytest.mark.docker
-def test_built_image_runs_the_block_as_non_root_offline(docker_client, base_image, tmp_path):
+def test_built_image_runs_the_block_as_non_root_offline(build, docker_client, base_image, tmp_path):
     block = make_block(tmp_path)
-    built = build_block_image(block, base_image=base_image, client=docker_client)
+    built = build(block, base_image=base_image, client=docker_client)
     out = docker_client.containers.run(
         built.tag,
         ["sh", "-c", "id -u; echo $BLOCKKIT_INPUT_DIR; python -c 'import blockkit, sys; print(sys.prefix)'; pwd"],
@@ -118,15 +139,15 @@ def test_built_image_runs_the_block_as_non_root_offline(docker_client, base_imag
 
 
 @pytest.mark.docker
-def test_second_build_works_without_a_package_index(docker_client, base_image, tmp_path, monkeypatch):
+def test_second_build_works_without_a_package_index(build, docker_client, base_image, tmp_path, monkeypatch):
     block = make_block(tmp_path)
     (block / "requirements.txt").write_text("affine\n")  # already a blockkit dependency: in the wheelhouse
-    build_block_image(block, base_image=base_image, client=docker_client)
+    build(block, base_image=base_image, client=docker_client)
 
     # A dead index: anything not already in the wheelhouse would fail to resolve.
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     (block / "src" / "run.py").write_text(RUN_PY + "# offline change\n")
-    rebuilt = build_block_image(block, base_image=base_image, client=docker_client)
+    rebuilt = build(block, base_image=base_image, client=docker_client)
     assert rebuilt.rebuilt
 
 
@@ -153,8 +174,20 @@ def broken_base(docker_client, base_image):
         container.commit(repository=repository, tag=version)
     finally:
         container.remove(force=True)
+    broken_id = docker_client.images.get(tag).id
     yield tag
-    docker_client.images.remove(tag, force=True)
+    _remove_image_tree(docker_client, broken_id)
+
+
+def _remove_image_tree(client, image_id: str) -> None:
+    """Remove an image and the layers a failed build left on top of it."""
+    for child in client.images.list(all=True):
+        if child.attrs.get("Parent") == image_id:
+            _remove_image_tree(client, child.id)
+    try:
+        client.images.remove(image_id, force=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
 
 
 @pytest.mark.docker
@@ -209,6 +242,7 @@ def test_cli_build_prints_tag_and_cache_state(docker_client, base_image, tmp_pat
     second = runner.invoke(_cli(), ["build", str(block), "--base-image", base_image])
     assert second.exit_code == 0
     assert "cached" in second.output
+    docker_client.images.remove(first.output.split()[0])
 
 
 def test_cli_errors_are_one_line_and_non_zero(tmp_path):
