@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def features_from_catalog(directory: Path) -> FeatureCollection:
             href = str(link.get("href", ""))
             if "://" in href or href.startswith("/"):
                 raise WrongInputError(f"{path.name}: link {href!r} is not relative to the catalog folder")
-            pending.append((path.parent / href))
+            # Normalised so that `sub/../catalog.json` is the same file as `catalog.json`: cycles end.
+            pending.append(Path(os.path.normpath(path.parent / href)))
     return FeatureCollection(features)
 
 
