@@ -101,7 +101,7 @@ def write_catalog(directory: Path, fc: FeatureCollection, *, catalog_id: str = "
     links: list[dict[str, Any]] = [{"rel": "root", "href": f"./{CATALOG_JSON}", "type": "application/json"}]
     for index, feature in enumerate(fc):
         item_id = str(feature.get("id") or f"item-{index}")
-        safe_id = item_id.replace("/", "_")
+        safe_id = _folder_name(item_id, index)
         assets: dict[str, Any] = {}
         data_path = data_path_of(feature)
         if data_path:
@@ -142,6 +142,14 @@ def write_catalog(directory: Path, fc: FeatureCollection, *, catalog_id: str = "
         "links": links,
     }
     return write_atomic(directory / CATALOG_JSON, json.dumps(catalog, indent=1))
+
+
+def _folder_name(item_id: str, index: int) -> str:
+    """A folder name for an item that stays inside the output folder whatever the id is."""
+    name = item_id.replace("/", "_").replace("\\", "_").replace("\x00", "_")
+    if name.strip(".") == "":  # "", "." and ".." would name the folder itself or its parent
+        return f"item-{index}"
+    return name
 
 
 def _media_type(path: str) -> str:
