@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
-from rasterio.warp import transform_bounds
+from rasterio.features import geometry_mask
+from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window
 
 import blockkit
@@ -104,9 +105,27 @@ def grid_for(bbox: tuple[float, float, float, float], size: int) -> tuple[int, A
     return epsg, from_origin(left, top, resolution, resolution), rows, cols
 
 
+def footprint_in(bbox: tuple[float, float, float, float], crs: str) -> dict[str, Any]:
+    """The bbox as a polygon in ``crs``, its edges densified so they bend as they should."""
+    west, south, east, north = bbox
+    steps = [i / 32 for i in range(32)]
+    ring = (
+        [(west + (east - west) * t, south) for t in steps]
+        + [(east, south + (north - south) * t) for t in steps]
+        + [(east - (east - west) * t, north) for t in steps]
+        + [(west, north - (north - south) * t) for t in steps]
+    )
+    ring.append(ring[0])
+    return transform_geom("EPSG:4326", crs, {"type": "Polygon", "coordinates": [ring]})
+
+
 def write_scene(path: Path, bbox: tuple[float, float, float, float], size: int, seed: int) -> dict[str, Any]:
     """Write the scene GeoTIFF strip by strip (bounded memory at any size) and return its metadata."""
     epsg, transform, rows, cols = grid_for(bbox, size)
+    # The UTM grid is a little larger than the lon/lat box (the box is rotated
+    # in UTM): pixels outside it are no data, like a scene clipped to its AOI,
+    # so the feature's geometry (the bbox) tells the truth about the pixels.
+    footprint = footprint_in(bbox, f"EPSG:{epsg}")
     profile = {
         "driver": "GTiff",
         "width": cols,
@@ -126,7 +145,11 @@ def write_scene(path: Path, bbox: tuple[float, float, float, float], size: int, 
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, rows, TILE):
             height = min(TILE, rows - row)
-            dst.write(render(rows, cols, seed, row, height), window=Window(0, row, cols, height))
+            window = Window(0, row, cols, height)
+            pixels = render(rows, cols, seed, row, height)
+            outside = geometry_mask([footprint], out_shape=(height, cols), transform=rasterio.windows.transform(window, transform))
+            pixels[:, outside] = 0
+            dst.write(pixels, window=window)
         for index, name in enumerate(BANDS, start=1):
             dst.set_band_description(index, name)
     return {"proj:epsg": epsg, "gsd": round(transform.a, 3), "width": cols, "height": rows}

@@ -1,0 +1,96 @@
+"""ndvi run for real as a process on a small 4-band GeoTIFF with known values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+BLOCK = Path(__file__).resolve().parents[1]
+
+
+def run(input_dir: Path, output_dir: Path, params: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ,
+        BLOCKKIT_INPUT_DIR=str(input_dir),
+        BLOCKKIT_OUTPUT_DIR=str(output_dir),
+        BLOCKKIT_QUICKLOOK_DIR=str(output_dir.parent / "quicklooks"),
+        UP42_TASK_PARAMETERS=json.dumps(params),
+    )
+    return subprocess.run(
+        [sys.executable, str(BLOCK / "src" / "run.py")], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture()
+def scene(tmp_path: Path) -> Path:
+    """A 300x260 scene: red 1000, NIR 3000 (NDVI 0.5), a no-data corner and a zero-sum pixel row."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    data = np.full((4, 260, 300), 500, dtype="uint16")
+    data[2], data[3] = 1000, 3000
+    data[:, :20, :20] = 0  # no data in every band
+    data[3, 100, :] = 0  # NIR missing on one row: no data too
+    profile = dict(
+        driver="GTiff", width=300, height=260, count=4, dtype="uint16", crs="EPSG:32633", nodata=0,
+        transform=from_origin(390000, 5820000, 10, 10), tiled=True, blockxsize=128, blockysize=128,
+    )
+    with rasterio.open(folder / "scene.tif", "w", **profile) as dst:
+        dst.write(data)
+    feature = {
+        "type": "Feature", "id": "scene",
+        "geometry": {"type": "Polygon", "coordinates": [[[13.4, 52.5], [13.45, 52.5], [13.45, 52.53], [13.4, 52.53], [13.4, 52.5]]]},
+        "properties": {"up42.data_path": "scene.tif", "sensor": "demo", "custom.note": "not inherited"},
+    }
+    (folder / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return folder
+
+
+def test_ndvi_values_nodata_and_metadata(scene: Path, tmp_path: Path) -> None:
+    result = run(scene, tmp_path / "out", {})
+    assert result.returncode == 0, result.stderr
+    [feature] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
+    assert feature["id"] == "scene_ndvi"
+    assert feature["properties"]["sensor"] == "demo" and "custom.note" not in feature["properties"]
+    assert feature["properties"]["bands"] == ["ndvi"]
+    with rasterio.open(tmp_path / "out" / feature["properties"]["up42.data_path"]) as src:
+        assert src.dtypes[0] == "float32" and np.isnan(src.nodata)
+        assert src.crs.to_epsg() == 32633
+        ndvi = src.read(1)
+    assert np.isnan(ndvi[:20, :20]).all() and np.isnan(ndvi[100]).all()
+    valid = ~np.isnan(ndvi)
+    assert valid.sum() == 260 * 300 - 400 - 300
+    assert np.allclose(ndvi[valid], 0.5)
+    assert (tmp_path / "quicklooks" / "scene_ndvi.png").is_file()
+
+
+def test_band_parameters_and_two_processes(scene: Path, tmp_path: Path) -> None:
+    # Swapping the bands gives -0.5 everywhere it is defined.
+    result = run(scene, tmp_path / "out", {"red_band": 4, "nir_band": 3, "processes": 2})
+    assert result.returncode == 0, result.stderr
+    with rasterio.open(tmp_path / "out" / "scene_ndvi.tif") as src:
+        ndvi = src.read(1)
+    assert np.allclose(ndvi[~np.isnan(ndvi)], -0.5)
+
+
+def test_bad_parameter_exits_2(scene: Path, tmp_path: Path) -> None:
+    result = run(scene, tmp_path / "out", {"red_band": 0})
+    assert result.returncode == 2
+    assert result.stderr.startswith("[INPUT_PARAMETERS_ERROR]") and "red_band" in result.stderr.splitlines()[0]
+    assert not (tmp_path / "out" / "data.json").exists()
+
+
+def test_band_beyond_the_raster_is_wrong_input(scene: Path, tmp_path: Path) -> None:
+    result = run(scene, tmp_path / "out", {"nir_band": 7})
+    assert result.returncode == 4, result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("["))
+    assert line.startswith("[WRONG_INPUT_ERROR]") and "'scene'" in line and "4 band" in line
+    assert not (tmp_path / "out" / "data.json").exists()
