@@ -60,8 +60,9 @@ def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
         client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure here means no usable daemon
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         raise DockerUnavailableError(
-            f"no Docker daemon answers ({_first_line(exc)}); start one "
+            f"no Docker daemon answers at {where}; start one "
             "(as root: bash .ci/docker-setup.sh) or use --engine process"
         ) from exc
     return client
