@@ -1,0 +1,87 @@
+"""Propagation: metadata inheritance and data forwarding by hard link."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from blockkit.contract.errors import WrongInputError
+from blockkit.runtime.propagation import derive_feature, forward_feature, inheritable, link_tree
+
+POINT = {"type": "Point", "coordinates": [1.0, 2.0]}
+FEATURE = {
+    "type": "Feature", "id": 7, "geometry": POINT,
+    "properties": {"up42.data_path": "a.tif", "up42.usage": 1, "custom.x": 2, "sensor": "s2", "up42": "kept", "customer": "c"},
+}
+
+
+def test_inheritable_drops_only_reserved_prefixes() -> None:
+    assert inheritable(FEATURE["properties"]) == {"sensor": "s2", "up42": "kept", "customer": "c"}
+    assert inheritable(None) == {}
+
+
+def test_derive_feature_keeps_geometry_and_id_and_copies_deeply() -> None:
+    out = derive_feature(FEATURE, data_path="b.tif", properties={"ndvi": True, "sensor": "override"})
+    assert out["id"] == "7" and out["geometry"] == POINT and out["geometry"] is not POINT
+    assert out["properties"] == {"sensor": "override", "up42": "kept", "customer": "c", "ndvi": True, "up42.data_path": "b.tif"}
+    out["geometry"]["coordinates"][0] = 99
+    assert POINT["coordinates"][0] == 1.0
+    assert FEATURE["properties"]["up42.data_path"] == "a.tif"
+
+
+def test_derive_feature_new_geometry_and_id() -> None:
+    out = derive_feature(FEATURE, geometry=None, id="new")
+    assert out["geometry"] is None and out["id"] == "new" and "up42.data_path" not in out["properties"]
+    assert derive_feature({"type": "Feature", "geometry": None, "properties": None})["id"]
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    src, dst = tmp_path / "in", tmp_path / "out"
+    (src / "dir" / "sub").mkdir(parents=True)
+    (src / "a.tif").write_text("a")
+    (src / "dir" / "sub" / "b.tif").write_text("b")
+    dst.mkdir()
+    return src, dst
+
+
+def test_forward_file_and_folder_by_hard_link(folders: tuple[Path, Path]) -> None:
+    src, dst = folders
+    out = forward_feature(FEATURE, src, dst)
+    assert out["properties"] == FEATURE["properties"]  # forwarded as is
+    assert os.stat(dst / "a.tif").st_ino == os.stat(src / "a.tif").st_ino
+    out = forward_feature({"id": "d", "properties": {"up42.data_path": "dir"}}, src, dst, prefix="up/")
+    assert out["properties"]["up42.data_path"] == "up/dir"
+    assert os.stat(dst / "up" / "dir" / "sub" / "b.tif").st_ino == os.stat(src / "dir" / "sub" / "b.tif").st_ino
+
+
+def test_forward_refuses_unsafe_paths_symlinks_and_collisions(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    src, dst = folders
+    for value in ("../x", "/etc/passwd", "missing.tif"):
+        with pytest.raises(WrongInputError):
+            forward_feature({"id": "x", "properties": {"up42.data_path": value}}, src, dst)
+    (tmp_path / "secret").write_text("s")
+    (src / "dir" / "evil").symlink_to(tmp_path / "secret")
+    with pytest.raises(WrongInputError, match="symlink"):
+        forward_feature({"id": "x", "properties": {"up42.data_path": "dir"}}, src, dst)
+    assert not (dst / "dir" / "evil").exists()
+    (dst / "a.tif").write_text("mine")
+    with pytest.raises(WrongInputError, match="already exists"):
+        forward_feature(FEATURE, src, dst)
+    assert (dst / "a.tif").read_text() == "mine"
+
+
+def test_forward_without_data_path_is_a_copy_of_the_feature(folders: tuple[Path, Path]) -> None:
+    src, dst = folders
+    feature = {"type": "Feature", "geometry": None, "properties": {"k": [1]}}
+    out = forward_feature(feature, src, dst)
+    assert out == feature and out["properties"] is not feature["properties"]
+
+
+def test_link_tree_refuses_a_symlink(folders: tuple[Path, Path]) -> None:
+    src, dst = folders
+    (src / "link").symlink_to(src / "a.tif")
+    with pytest.raises(WrongInputError):
+        link_tree(src / "link", dst / "link")
