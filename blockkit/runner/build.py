@@ -289,14 +289,14 @@ def _platform_args(target: _Target) -> list[str]:
     if _host_matches(target):
         return []
     major, minor = target.python.split(".")
-    glibc = target.glibc.replace(".", "_")
-    return [
-        "--only-binary=:all:",
-        "--platform", f"manylinux_{glibc}_{target.machine}",
-        "--python-version", target.python,
-        "--implementation", "cp",
-        "--abi", f"cp{major}{minor}",
-    ]
+    # pip does not expand a manylinux_2_N platform to the older glibc versions it covers: list them.
+    glibc_major, _, glibc_minor = target.glibc.partition(".")
+    platforms = [f"manylinux_{glibc_major}_{n}_{target.machine}" for n in range(int(glibc_minor or 0), 4, -1)]
+    platforms += [f"manylinux{legacy}_{target.machine}" for legacy in ("2014", "2010", "1")]
+    args = ["--only-binary=:all:", "--python-version", target.python, "--implementation", "cp", "--abi", f"cp{major}{minor}"]
+    for platform_tag in platforms:
+        args += ["--platform", platform_tag]
+    return args
 
 
 def _pip(args: list[str], what: str, env: dict[str, str] | None = None) -> None:
