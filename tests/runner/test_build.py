@@ -152,6 +152,20 @@ def test_second_build_works_without_a_package_index(build, docker_client, base_i
 
 
 @pytest.mark.docker
+def test_wheels_are_chosen_for_the_image_python_not_the_host(build, docker_client, base_image, tmp_path, monkeypatch):
+    from blockkit.runner import build as build_module
+
+    # As on a host whose Python differs from the image's: binary wheels for the image's platform.
+    monkeypatch.setattr(build_module, "_host_matches", lambda target: False)
+    block = make_block(tmp_path)
+    built = build(block, base_image=base_image, client=docker_client)
+    out = docker_client.containers.run(
+        built.tag, ["python", "-c", "import blockkit, numpy, rasterio; print('ok')"], remove=True, network_mode="none"
+    )
+    assert out.decode().strip() == "ok"
+
+
+@pytest.mark.docker
 def test_missing_base_image_says_how_to_make_it(docker_client, tmp_path):
     block = make_block(tmp_path)
     with pytest.raises(BaseImageMissingError, match=r"docker-setup\.sh"):
