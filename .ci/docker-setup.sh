@@ -16,6 +16,7 @@ DOCKERD_WAIT_S="${BLOCKKIT_DOCKERD_WAIT_S:-90}"
 
 say() { echo "[docker-setup] $*"; }
 die() { echo "[docker-setup] ERROR: $*" >&2; exit 1; }
+trap 'echo "[docker-setup] ERROR: unexpected failure at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts dockerd)"
 
