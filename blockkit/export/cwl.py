@@ -20,6 +20,7 @@ Mapping (see docs/cwl.md):
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,22 +123,21 @@ def _param_type(spec: ParameterSpec, *, optional: bool) -> str:
 
 
 def _param_doc(spec: ParameterSpec) -> str:
-    parts = [spec.description.strip()] if spec.description.strip() else []
-    parts.append(f"UP42 parameter {spec.name!r} ({spec.type})")
+    facts = [f"UP42 parameter {spec.name!r}, {spec.type}"]
     if spec.enum is not None:
-        parts.append(f"one of {spec.enum}")
+        facts.append(f"one of {spec.enum}")
     if spec.minimum is not None or spec.maximum is not None:
-        parts.append(f"range [{spec.minimum if spec.minimum is not None else ''}, "
-                     f"{spec.maximum if spec.maximum is not None else ''}]")
+        low = "" if spec.minimum is None else spec.minimum
+        high = "" if spec.maximum is None else spec.maximum
+        facts.append(f"range [{low}, {high}]")
     if spec.secret:
-        parts.append("secret: give it in the job order; it is never written to the CWL document")
-    return "; ".join(parts)
+        facts.append("secret: give it in the job order; it is never written to the CWL document")
+    text = spec.description.strip().rstrip(".")
+    return f"{text} ({'; '.join(facts)})" if text else "; ".join(facts)
 
 
 def _js_key(name: str) -> str:
     # JSON string syntax is valid JavaScript string syntax.
-    import json
-
     return json.dumps(name)
 
 
