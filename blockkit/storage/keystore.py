@@ -346,7 +346,8 @@ class Keystore:
             raise TamperedEntry(f"{path}: holds key {record.get('name')!r}, not {name!r}; the entry was swapped")
         key = unseal(record, self._load_private(), fmt=ENTRY_FORMAT, where=f"key {name!r}")
         if key_type is not None and key.type != key_type:
-            raise WrongKeyType(f"key {name!r} is a {key.type} key; a {key_type} key is needed here")
+            article = "an" if key_type == "s3" else "a"
+            raise WrongKeyType(f"key {name!r} is a {key.type} key; {article} {key_type} key is needed here")
         return key
 
     def __contains__(self, name: object) -> bool:

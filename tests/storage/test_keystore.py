@@ -37,7 +37,7 @@ def test_roundtrip_and_types(store: Keystore) -> None:
     store.add("drive", DAV)
     assert store.get("prod").config == S3
     assert store.get("drive", "webdav").config == DAV
-    with pytest.raises(WrongKeyType, match="is a webdav key; a s3 key is needed"):
+    with pytest.raises(WrongKeyType, match="is a webdav key; an s3 key is needed"):
         store.get("drive", "s3")
 
 
