@@ -193,7 +193,7 @@ def test_new_block_validates_and_its_tests_pass(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert " 2 passed" in tests.stdout or "passed" in tests.stdout
+    assert "3 passed" in tests.stdout
 
 
 @pytest.mark.parametrize("name", ["My Block", "x", "../escape", "UPPER", "a.b"])
