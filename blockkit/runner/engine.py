@@ -41,6 +41,7 @@ class StepSpec:
     resources: Resources | None = None
     timeout_s: float | None = None
     command: list[str] | None = None  # override of the block's entry command
+    network_container: str | None = None  # docker: join this container's network namespace (S3 sidecar)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -9,7 +10,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import blockkit
 from blockkit.contract.datajson import (
@@ -270,7 +271,10 @@ class WorkflowRun:
             quicklook_dir=self.folder.quicklook_dir(step.name),
             log_path=log_path,
             params=step.params,
-            env=dict(self.options.env_for_step(step)) if self.options.env_for_step else {},
+            env={
+                "BLOCKKIT_RUNNER_FORWARDS": "1",
+                **(dict(self.options.env_for_step(step)) if self.options.env_for_step else {}),
+            },
             upstream_dirs=upstream_dirs,
             mode=step.definition.mode,
             network=step.manifest.network,
@@ -283,7 +287,8 @@ class WorkflowRun:
         record.detail = ""
         self._save("running")
         self._emit("started", step.name)
-        result = engine.run_step(spec, self._log_sink(step.name))
+        with self._gateway(step, spec, image):
+            result = engine.run_step(spec, self._log_sink(step.name))
         record.image_id = result.image_id or record.image_id
         self._after_step(step, record, result, input_dir, output_dir)
 
@@ -299,7 +304,7 @@ class WorkflowRun:
         if result.exit_code == 0:
             try:
                 fc = load_data_json(output_dir, required=False)
-                if step.definition.propagate:
+                if step.propagate:
                     fc.features.extend(forward_all(load_data_json(input_dir, required=False).features, fc.features, input_dir, output_dir))
                     write_data_json(output_dir, fc)
             except BlockkitError as err:
@@ -324,6 +329,22 @@ class WorkflowRun:
     def _finish_outputs(self, step: PlannedStep, record: StepRecord, output_dir: Path) -> None:
         record.outputs = self.hashes.tree(output_dir)
         record.features_out = len(load_data_json(output_dir, required=False, check_files=False))
+
+    @contextlib.contextmanager
+    def _gateway(self, step: PlannedStep, spec: StepSpec, image: str | None) -> Iterator[None]:
+        """Start the S3 gateway beside the step when its manifest asks (`blockkit.s3`)."""
+        if not step.manifest.s3_gateway:
+            yield
+            return
+        from blockkit.runner.sidecar import docker_gateway, process_gateway
+
+        if self.options.engine.name == "docker" and image:
+            context = docker_gateway(spec, step.upstream, image)
+        else:
+            context = process_gateway(spec, step.upstream)
+        with context as env:
+            spec.env = {**env, **spec.env}
+            yield
 
     # --- inputs -----------------------------------------------------------------------------
 

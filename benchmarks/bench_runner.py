@@ -1,0 +1,207 @@
+"""Runner benchmarks (need a Docker daemon and the base image; see .ci/docker-setup.sh).
+
+1. per-step overhead of the docker engine over a bare `docker run` of the same image doing the same work;
+2. a 3-step chain on 2 GB vs 2 MB of input (runner overhead ratio; no copying), next to `cp -r` of the data;
+3. the same 3-step chain run by blockkit (docker) and by cwltool from a hand-written CWL workflow.
+
+Run: python benchmarks/bench_runner.py [--big-mb 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+BLOCK_CODE = '''
+import blockkit
+from blockkit import FeatureCollection
+
+@blockkit.processing_block
+def summarise(fc, ctx):
+    """Write one small summary file per run; the input features and files are forwarded (propagate)."""
+    total = sum(ctx.input_path(f).stat().st_size for f in fc)
+    rel = f"summary-{ctx.params['tag']}.json"
+    ctx.output_path(rel).write_text('{"bytes": %d}' % total)
+    return FeatureCollection([ctx.new_feature(geometry=None, data_path=rel, id=f"summary-{ctx.params['tag']}")])
+
+if __name__ == "__main__":
+    summarise.run()
+'''
+
+MANIFEST = {
+    "_up42_specification_version": 2,
+    "name": "bench-summarise",
+    "type": "processing",
+    "parameters": {"tag": {"type": "string", "default": "x"}},
+    "input_capabilities": {"misc": {"up42_standard": {}}},
+    "output_capabilities": {"misc": {"up42_standard": {}}},
+    "blockkit": {"propagate": True},
+}
+
+
+def make_block(root: Path) -> Path:
+    block = root / "summarise"
+    (block / "src").mkdir(parents=True)
+    (block / "UP42Manifest.json").write_text(json.dumps(MANIFEST))
+    (block / "src" / "run.py").write_text(BLOCK_CODE)
+    return block
+
+
+def make_input(folder: Path, total_mb: int, files: int = 20) -> Path:
+    folder.mkdir(parents=True)
+    per = max(1, total_mb * (1 << 20) // files)
+    features = []
+    chunk = os.urandom(1 << 20)
+    for i in range(files):
+        with open(folder / f"part{i:02d}.bin", "wb") as fh:
+            left = per
+            while left > 0:
+                fh.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+        features.append({"type": "Feature", "id": f"part{i:02d}", "geometry": None,
+                         "properties": {"up42.data_path": f"part{i:02d}.bin"}})
+    (folder / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return folder
+
+
+def chain_workflow(root: Path, block: Path, input_dir: Path, name: str) -> Path:
+    wf = root / f"{name}.yaml"
+    wf.write_text(textwrap.dedent(f"""\
+        name: {name}
+        input: {input_dir}
+        steps:
+          one:   {{block: {block}, params: {{tag: one}}}}
+          two:   {{block: {block}, params: {{tag: two}}}}
+          three: {{block: {block}, params: {{tag: three}}}}
+        """))
+    return wf
+
+
+def blockkit_run(workflow: Path, runs: Path, engine: str, use_cache: bool = False) -> float:
+    from blockkit.runner.session import RunRequest, run_request
+
+    start = time.perf_counter()
+    run_request(RunRequest(target=workflow, engine=engine, runs_dir=runs, use_cache=use_cache))
+    return time.perf_counter() - start
+
+
+def bare_docker_run(image: str, input_dir: Path, output_dir: Path) -> float:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(output_dir, 0o777)
+    start = time.perf_counter()
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "1000:1000",
+                    "-v", f"{input_dir}:/tmp/input:ro", "-v", f"{output_dir}:/tmp/output",
+                    "-e", 'UP42_TASK_PARAMETERS={"tag": "bare"}', image],
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+CWL_TOOL = """\
+cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement:
+    dockerPull: "IMAGE"
+  InlineJavascriptRequirement: {}
+  EnvVarRequirement:
+    envDef:
+      UP42_TASK_PARAMETERS: '$(JSON.stringify({"tag": inputs.tag}))'
+baseCommand: [python, /block/src/run.py]
+arguments: [--input, $(inputs.input_dir.path), --output, $(runtime.outdir)/out]
+inputs:
+  input_dir: Directory
+  tag: string
+outputs:
+  out:
+    type: Directory
+    outputBinding: {glob: out}
+"""
+
+CWL_WORKFLOW = """\
+cwlVersion: v1.2
+class: Workflow
+inputs:
+  input_dir: Directory
+outputs:
+  result: {type: Directory, outputSource: three/out}
+steps:
+  one: {run: tool.cwl, in: {input_dir: input_dir, tag: {default: one}}, out: [out]}
+  two: {run: tool.cwl, in: {input_dir: one/out, tag: {default: two}}, out: [out]}
+  three: {run: tool.cwl, in: {input_dir: two/out, tag: {default: three}}, out: [out]}
+"""
+
+
+def cwltool_run(root: Path, image: str, input_dir: Path) -> float:
+    cwl = root / "cwl"
+    cwl.mkdir(exist_ok=True)
+    (cwl / "tool.cwl").write_text(CWL_TOOL.replace("IMAGE", image))
+    (cwl / "chain.cwl").write_text(CWL_WORKFLOW)
+    (cwl / "job.yml").write_text(f"input_dir: {{class: Directory, path: {input_dir}}}\n")
+    out = root / "cwl-out"
+    cwltool = Path(sys.executable).with_name("cwltool")
+    start = time.perf_counter()
+    done = subprocess.run([str(cwltool), "--quiet", "--outdir", str(out), "--tmpdir-prefix", f"{root}/cwltmp/",
+                           "--tmp-outdir-prefix", f"{root}/cwlout/", str(cwl / "chain.cwl"), str(cwl / "job.yml")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"cwltool failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--big-mb", type=int, default=2048)
+    parser.add_argument("--small-mb", type=int, default=2)
+    args = parser.parse_args()
+    from blockkit.runner.build import build_block_image
+    from blockkit.runner.docker_engine import docker_available
+
+    if not docker_available():
+        print("docker daemon not available: runner benchmarks skipped (run bash .ci/docker-setup.sh)")
+        return
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BLOCKKIT_BENCH_DIR")) as tmp:
+        root = Path(tmp)
+        block = make_block(root)
+        image = build_block_image(block).tag
+        small = make_input(root / "small", args.small_mb)
+        big = make_input(root / "big", args.big_mb)
+
+        # 1. one step: blockkit docker engine vs bare docker run (best of 3 each)
+        one = root / "one.yaml"
+        one.write_text(f"name: one\ninput: {small}\nsteps:\n  s: {{block: {block}, params: {{tag: one}}}}\n")
+        blockkit_run(one, root / "runs", "docker")  # warm-up
+        ours = min(blockkit_run(one, root / "runs", "docker") for _ in range(3))
+        bare = min(bare_docker_run(image, small, root / f"bare{i}") for i in range(3))
+        print(f"docker step: blockkit {ours:.2f} s, bare docker run {bare:.2f} s, ratio {ours / bare:.2f}x (target < 1.3x)")
+
+        # 2. 3-step chain, 2 GB vs 2 MB (cold: file hashes computed; warm: hash cache, steps re-run)
+        wf_small = chain_workflow(root, block, small, "chain-small")
+        wf_big = chain_workflow(root, block, big, "chain-big")
+        cold_small = blockkit_run(wf_small, root / "runs", "docker")
+        cold_big = blockkit_run(wf_big, root / "runs", "docker")
+        warm_small = min(blockkit_run(wf_small, root / "runs", "docker") for _ in range(2))
+        warm_big = min(blockkit_run(wf_big, root / "runs", "docker") for _ in range(2))
+        start = time.perf_counter()
+        subprocess.run(["cp", "-r", str(big), str(root / "big-copy")], check=True)
+        copy = time.perf_counter() - start
+        shutil.rmtree(root / "big-copy")
+        print(f"3-step chain: {args.big_mb} MB {warm_big:.2f} s vs {args.small_mb} MB {warm_small:.2f} s, "
+              f"ratio {warm_big / warm_small:.2f}x (target <= 1.5x); first run with hashing: "
+              f"{cold_big:.2f} s vs {cold_small:.2f} s ({cold_big / cold_small:.2f}x); cp -r of {args.big_mb} MB: {copy:.2f} s")
+
+        # 3. blockkit (docker) vs cwltool, 3-step chain on the small input
+        cwl = cwltool_run(root, image, small)
+        print(f"3-step chain: blockkit docker {warm_small:.2f} s, cwltool {cwl:.2f} s, "
+              f"blockkit is {cwl / warm_small:.2f}x faster (target >= 2x)")
+
+
+if __name__ == "__main__":
+    main()

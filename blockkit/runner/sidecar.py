@@ -1,0 +1,90 @@
+"""The S3 gateway beside a step: a loopback subprocess (process engine) or a sidecar container (docker)."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from blockkit.runner.engine import StepSpec
+
+GATEWAY_PORT = 9000
+
+
+def gateway_buckets(spec: StepSpec, upstream: list[str]) -> dict[str, Path]:
+    """Read-only buckets: `input` (the step's input folder) and one per upstream step."""
+    buckets = {"input": spec.input_dir}
+    for name in upstream:
+        buckets[name] = spec.upstream_dirs.get(name) or (
+            spec.input_dir / name if len(upstream) > 1 else spec.input_dir
+        )
+    return buckets
+
+
+@contextlib.contextmanager
+def process_gateway(spec: StepSpec, upstream: list[str]) -> Iterator[dict[str, str]]:
+    """Run a gateway on a free loopback port for the step; yields the env the block gets."""
+    from blockkit.gateway import start_gateway_subprocess
+
+    log = spec.log_path.with_name(f"{spec.name}.gateway.log")
+    handle = start_gateway_subprocess(gateway_buckets(spec, upstream), spec.output_dir, log)
+    try:
+        yield handle.env()
+    finally:
+        handle.stop()
+
+
+@contextlib.contextmanager
+def docker_gateway(spec: StepSpec, upstream: list[str], image: str) -> Iterator[dict[str, str]]:
+    """Start a gateway container (the block's own image has blockkit) whose network the block joins."""
+    import docker
+    from docker.types import Mount
+
+    from blockkit.gateway import client_env
+    from blockkit.runner.docker_engine import CONTAINER_LABEL, docker_client
+
+    client = docker_client()
+    mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
+    for name, folder in gateway_buckets(spec, upstream).items():
+        target = f"/buckets/{name}"
+        mounts.append(Mount(target, str(Path(folder).resolve()), type="bind", read_only=True))
+        args += ["--input", f"{name}={target}"]
+    mounts.append(Mount("/buckets-out", str(spec.output_dir.resolve()), type="bind", read_only=False))
+    log = spec.log_path.with_name(f"{spec.name}.gateway.log")
+    args += ["--output", "/buckets-out", "--access-log", "/tmp/gateway-access.log"]
+    container: Any = client.containers.run(
+        image, args, name=f"blockkit-s3-{spec.name}-{secrets.token_hex(3)}", detach=True,
+        network_mode="none", mounts=mounts, user="1000:1000" if _host_is_root() else None,
+        labels={CONTAINER_LABEL: "1", "blockkit.role": "s3-gateway"},
+    )
+    try:
+        _wait_listening(container)
+        spec.network_container = container.id
+        yield client_env(f"http://127.0.0.1:{GATEWAY_PORT}")
+    finally:
+        spec.network_container = None
+        with contextlib.suppress(Exception):
+            log.write_bytes(container.logs())
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+        client.close()
+
+
+def _host_is_root() -> bool:
+    import os
+
+    return os.getuid() == 0
+
+
+def _wait_listening(container: Any, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        container.reload()
+        if container.status != "running":
+            raise RuntimeError(f"the S3 gateway sidecar stopped: {container.logs()[-500:].decode(errors='replace')}")
+        if b"http://" in container.logs(stdout=True, stderr=False):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the S3 gateway sidecar did not start listening in time")
