@@ -254,7 +254,9 @@ class DockerEngine:
                 "blockkit.host": socket.gethostname(),
                 "blockkit.pid": str(os.getpid()),
             },
-            "network_mode": "bridge" if spec.network else "none",
+            # With an S3 sidecar the block joins the sidecar's namespace, like containers of one pod.
+            "network_mode": f"container:{spec.network_container}" if spec.network_container
+            else ("bridge" if spec.network else "none"),
             "detach": True,
         }
         if spec.resources is not None:
