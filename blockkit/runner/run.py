@@ -290,6 +290,7 @@ class WorkflowRun:
         with self._gateway(step, spec, image):
             result = engine.run_step(spec, self._log_sink(step.name))
         record.image_id = result.image_id or record.image_id
+        self._redact_log(step.name)
         self._after_step(step, record, result, input_dir, output_dir)
 
     def _after_step(self, step: PlannedStep, record: StepRecord, result: StepResult,
@@ -406,7 +407,20 @@ class WorkflowRun:
     # --- bookkeeping ------------------------------------------------------------------------
 
     def _log_sink(self, step: str) -> Callable[[str, str], None] | None:
-        return self.options.on_log_line
+        sink, redact = self.options.on_log_line, self.options.redact
+        if sink is None or redact is None:
+            return sink
+        return lambda name, line: sink(name, redact(line))
+
+    def _redact_log(self, step: str) -> None:
+        """Rewrite a step's logs without secret values (a block may print what it was given)."""
+        if self.options.redact is None:
+            return
+        for path in self.folder.log_path(step).parent.glob(f"{step}*.log"):
+            text = path.read_text(errors="replace")
+            clean = self.options.redact(text)
+            if clean != text:
+                write_atomic(path, clean)
 
     def _last_error_line(self, step: str) -> str:
         try:

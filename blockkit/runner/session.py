@@ -113,6 +113,14 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         dest = _resolve_local(workflow.output, workflow)
         if dest.is_dir() and any(dest.iterdir()):
             raise WorkflowError(f"output folder {dest} is not empty; choose an empty or new folder")
+    from blockkit.runner.staging import StepKeys
+
+    keys = StepKeys(plan)
+    extra_env = request.step_env
+
+    def env_for_step(step: PlannedStep) -> dict[str, str]:
+        return {**(dict(extra_env(step)) if extra_env else {}), **keys.env_for(step)}
+
     options = RunOptions(
         engine=engine,
         runs_dir=runs_dir,
@@ -120,7 +128,8 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         resume=request.resume,
         on_event=request.on_event,
         on_log_line=request.on_log_line,
-        env_for_step=request.step_env,
+        env_for_step=env_for_step,
+        redact=keys.redact if keys.redactor else None,
         image_for_step=_docker_images(plan, engine, say),
         input_dir=input_dir,
     )
