@@ -189,7 +189,7 @@ def _tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
         arguments += ["--secret-param", f"{name}={variable}:{manifest.parameters[name].type}"]
     for key, ident in names.keys.items():
         env[key_variable(key)] = f"$(inputs.{ident})"
-    if step.definition.propagate:
+    if step.propagate:
         arguments.append("--propagate")
     arguments.append("--stac")
     timeout = step.definition.timeout or manifest.options.get("timeout")

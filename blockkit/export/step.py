@@ -118,9 +118,9 @@ def _finish(step: str, input_dir: Path, output_dir: Path, propagate: bool, stac:
     except BlockkitError as err:
         raise NoOutputError(f"the step exited 0 but its output is invalid: {err.message}") from None
     if propagate:
-        from blockkit.runtime.propagation import forward_feature
+        from blockkit.runtime.propagation import forward_all
 
-        fc.features.extend(forward_feature(f, input_dir, output_dir) for f in load_data_json(input_dir, required=False))
+        fc.features.extend(forward_all(load_data_json(input_dir, required=False).features, fc.features, input_dir, output_dir))
         write_data_json(output_dir, fc)
     if stac:
         from blockkit.runtime.stac import write_catalog
@@ -158,6 +158,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             "BLOCKKIT_QUICKLOOK_DIR": str(args.quicklooks),
             "BLOCKKIT_STEP": args.step,
         })
+        if args.propagate:
+            env["BLOCKKIT_RUNNER_FORWARDS"] = "1"  # forwarded below, once, as blockkit's runner does
         env.pop("BLOCKKIT_WRITE_STAC", None)  # written below, after propagation, for every kind of block
     except BlockkitError as err:
         print(err.headline(), file=sys.stderr, flush=True)
