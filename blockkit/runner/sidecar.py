@@ -53,7 +53,9 @@ def docker_gateway(spec: StepSpec, upstream: list[str], image: str) -> Iterator[
         args += ["--input", f"{name}={target}"]
     mounts.append(Mount("/buckets-out", str(spec.output_dir.resolve()), type="bind", read_only=False))
     log = spec.log_path.with_name(f"{spec.name}.gateway.log")
-    args += ["--output", "/buckets-out", "--access-log", "/tmp/gateway-access.log"]
+    # The access log goes to the container's stderr so that container.logs() keeps it in <step>.gateway.log
+    # (a file inside the sidecar is lost when the container is removed).
+    args += ["--output", "/buckets-out", "--access-log", "/dev/stderr"]
     container: Any = client.containers.run(
         image, args, name=f"blockkit-s3-{spec.name}-{secrets.token_hex(3)}", detach=True,
         network_mode="none", mounts=mounts, user="1000:1000" if _host_is_root() else None,
