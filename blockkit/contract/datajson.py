@@ -164,7 +164,8 @@ def check_data_path(value: Any, base_dir: Path | None, *, must_exist: bool = Tru
         return f"up42.data_path {value!r} must be a non-empty string"
     if "\x00" in value or "\\" in value:
         return f"up42.data_path {value!r} must be a POSIX path (no NUL or backslash)"
-    if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+    drive = len(value) > 1 and value[0].isalpha() and value[1] == ":" and (len(value) == 2 or value[2] == "/")
+    if value.startswith("/") or drive:
         return f"up42.data_path {value!r} is absolute; it must be relative to the folder holding data.json"
     parts = value.split("/")
     if ".." in parts:
