@@ -182,6 +182,10 @@ def child(variant: str, src: Path, dst: Path) -> None:
         raise SystemExit(f"unknown variant {variant}")
     seconds = time.perf_counter() - start
     sampler.__exit__()
+    import resource
+
+    own_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    workers_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     # VmHWM is the exact RSS peak of this process (the sampler can miss a
     # short spike); exec gives it a fresh count, unlike ru_maxrss, which can
     # carry the benchmark driver's own peak over into the child.
@@ -194,6 +198,8 @@ def child(variant: str, src: Path, dst: Path) -> None:
         json.dumps(
             {
                 "seconds": seconds,
+                "cpu_self": own_cpu.ru_utime + own_cpu.ru_stime,
+                "cpu_workers": workers_cpu.ru_utime + workers_cpu.ru_stime,
                 "hwm_mb": hwm,
                 "self_mb": sampler.peak_self,
                 "workers_mb": sampler.peak_workers,
@@ -247,6 +253,7 @@ def main() -> None:
         child(args.child, args.src, args.dst)
         return
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory(prefix="bench_raster_") as tmp:
         src = Path(tmp) / "scene.tif"
         start = time.perf_counter()
@@ -257,7 +264,7 @@ def main() -> None:
         print(
             f"source: {args.size}x{args.size} 4-band uint16, tiled 512x512 deflate, "
             f"{src.stat().st_size / 2**20:.0f} MB on disk, written in {time.perf_counter() - start:.1f} s; "
-            f"{os.cpu_count()} CPUs"
+            f"{os.cpu_count()} CPUs, load average {load:.1f} at the start"
         )
         variants = [v for v in VARIANTS if not (args.skip_whole and v == "whole-read")]
         best: dict[str, dict[str, float]] = {}
@@ -268,20 +275,28 @@ def main() -> None:
                 if variant not in best or result["seconds"] < best[variant]["seconds"]:
                     best[variant] = result
         loop_seconds = best["loop"]["seconds"]
-        print(f"{'variant':<18}{'seconds':>9}{'Mpx/s':>9}{'vs loop':>9}{'peak MB':>9}  (PSS: process + workers)")
+        print(
+            f"{'variant':<18}{'seconds':>9}{'Mpx/s':>9}{'vs loop':>9}{'CPU s':>8}{'peak MB':>9}"
+            "  (PSS: process + workers)"
+        )
         for variant in variants:
             r = best[variant]
             peak = r["total_mb"]
             split = f"{r['self_mb']:.0f} + {r['workers_mb']:.0f}" if r["workers_mb"] else f"RSS {r['hwm_mb']:.0f}"
             print(
                 f"{variant:<18}{r['seconds']:>9.2f}{megapixels / r['seconds']:>9.1f}"
-                f"{loop_seconds / r['seconds']:>8.2f}x{peak:>9.0f}  ({split})"
+                f"{loop_seconds / r['seconds']:>8.2f}x{r['cpu_self'] + r['cpu_workers']:>8.1f}{peak:>9.0f}  ({split})"
             )
         identical = all(
             json.loads(_python("--child", "compare", "--src", str(Path(tmp) / "loop.tif"), "--dst", str(Path(tmp) / f"{v}.tif")))
             for v in ("map_windows-1", "map_windows-2")
         )
         print(f"outputs identical to the loop's: {identical}")
+        if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5:
+            print(
+                f"note: load average {os.getloadavg()[0]:.1f} now; other processes share the CPUs, so wall-clock "
+                "ratios (most of all the two-process one) understate an idle machine's; CPU s is less affected"
+            )
         r1 = loop_seconds / best["map_windows-1"]["seconds"]
         r2 = loop_seconds / best["map_windows-2"]["seconds"]
         peak = max(best[v]["total_mb"] for v in ("map_windows-1", "map_windows-2"))
