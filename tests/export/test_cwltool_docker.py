@@ -72,7 +72,9 @@ def features(folder: Path) -> list[tuple]:
 
 def run_both(workflow: Path, tmp_path: Path) -> tuple[dict, subprocess.CompletedProcess, float]:
     """`blockkit run --engine docker`, then cwltool on the export using the very images that run used."""
+    started = time.monotonic()
     summary = run_request(RunRequest(target=workflow, engine="docker", runs_dir=tmp_path / "runs"))
+    print(f"blockkit run --engine docker ({workflow.stem}): {time.monotonic() - started:.1f}s incl. image builds")
     record = json.loads((Path(summary["run_dir"]) / "run.json").read_text())
     images = {name: step["image"] for name, step in record["steps"].items()}
     app, job = export_with(workflow, images, tmp_path)
