@@ -64,10 +64,13 @@ def iter_windows(width: int, height: int, window_size: tuple[int, int]) -> Itera
 
 
 def _default_window_size(src: Any) -> tuple[int, int]:
-    """The source's internal tiles when it is tiled, else 512x512 (strips are too thin)."""
+    """The source's internal tiles when it is tiled with sensible tiles, else 512x512.
+
+    Reading whole tiles means each is decoded once; strips (full-width blocks)
+    would make windows as wide as the raster, so they get the default.
+    """
     rows, cols = src.block_shapes[0]
-    tiled = cols < src.width or rows > 1
-    if tiled and min(rows, cols) >= 128 and rows * cols <= 4096 * 4096:
+    if cols < src.width and 128 <= min(rows, cols) and max(rows, cols) <= 2048:
         return rows, cols
     return _DEFAULT_WINDOW, _DEFAULT_WINDOW
 

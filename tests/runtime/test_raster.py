@@ -218,3 +218,11 @@ def test_an_error_in_a_worker_reaches_the_caller_and_leaves_no_file(tmp_path: Pa
             tmp_path / "scene.tif", tmp_path / "o.tif", fails_on_the_second_row, dtype="uint16", count=4, processes=2
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_a_striped_source_is_processed_in_512_windows(tmp_path: Path) -> None:
+    data = write_scene(tmp_path / "scene.tif", size=(600, 700), count=2, tiled=False)
+    out = map_windows(tmp_path / "scene.tif", tmp_path / "o.tif", ndvi, dtype="float32")
+    with rasterio.open(out) as dst:
+        assert dst.block_shapes[0] == (512, 512)
+        np.testing.assert_array_equal(dst.read(1), ndvi(data))
