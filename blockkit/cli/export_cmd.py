@@ -83,7 +83,11 @@ def cwl(
             if workflow.input:
                 location = workflow.input
                 if "://" not in location:
-                    location = str((workflow.base_dir / location).resolve())
+                    # As `blockkit run` resolves it: as given, else next to the workflow file.
+                    local = Path(location).expanduser()
+                    if not local.is_absolute() and not local.exists():
+                        local = workflow.base_dir / local
+                    location = str(local.resolve())
             job_text = export.dump_job(export.job_order(plan, input_location=location),
                                        secrets=export.secret_inputs(plan))
             job.parent.mkdir(parents=True, exist_ok=True)

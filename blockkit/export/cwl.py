@@ -92,16 +92,19 @@ class _ToolInputs:
     keys: dict[str, str] = field(default_factory=dict)  # keystore key name -> tool input id
 
 
-def _tool_inputs(step: PlannedStep, problems: list[Problem]) -> _ToolInputs:
+def _tool_inputs(step: PlannedStep, workflow_input: bool, problems: list[Problem]) -> _ToolInputs:
     names = _ToolInputs()
+    where = f"step {step.name!r}"
     if len(step.upstream) > 1:
         names.directories = {f"input_{cwl_id(up)}": up for up in step.upstream}
+        if len(names.directories) != len(step.upstream):
+            problems.append(Problem(where, f"upstream steps {step.upstream} give clashing CWL input names"))
     elif step.upstream:
         names.directories = {"input": step.upstream[0]}
-    elif not step.manifest.is_data_block:
+    elif workflow_input and not step.manifest.is_data_block:
         names.directories = {"input": ""}
+    # Otherwise (a first step and no workflow input) the entrypoint gives an empty folder, as the runner does.
     taken: dict[str, str] = {ident: "an input folder" for ident in names.directories}
-    where = f"step {step.name!r}"
 
     def claim(ident: str, what: str) -> str:
         if ident in taken:
@@ -239,7 +242,7 @@ def key_variable(key: str) -> str:
 def export_cwl(plan: Plan, *, images: Mapping[str, str]) -> dict[str, Any]:
     """The packed CWL v1.2 document (`$graph`: Workflow `#main` + one CommandLineTool per step)."""
     problems: list[Problem] = []
-    names = {step.name: _tool_inputs(step, problems) for step in plan.steps}
+    names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
     missing = [s.name for s in plan.steps if not images.get(s.name)]
     problems += [Problem(f"step {name!r}", "no image to run it (build it or give --image)") for name in missing]
     if problems:
@@ -307,7 +310,7 @@ def job_order(plan: Plan, *, input_location: str | None = None) -> dict[str, Any
     """A job order for the exported workflow: the workflow input and every non-secret parameter."""
     job: dict[str, Any] = {}
     problems: list[Problem] = []
-    names = {step.name: _tool_inputs(step, problems) for step in plan.steps}
+    names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
     if any(up == "" for n in names.values() for up in n.directories.values()) and input_location:
         if "://" in input_location:
             job["input"] = {"class": "Directory", "location": input_location.removeprefix("stac+")}
@@ -326,7 +329,7 @@ def secret_inputs(plan: Plan) -> list[str]:
     problems: list[Problem] = []
     ids = []
     for step in plan.steps:
-        names = _tool_inputs(step, problems)
+        names = _tool_inputs(step, bool(plan.workflow.input), problems)
         ids += [workflow_input_id(step.name, i) for i in (*names.secret_params.values(), *names.keys.values())]
     return ids
 
