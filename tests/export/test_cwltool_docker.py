@@ -15,7 +15,6 @@ import yaml
 from blockkit.export.cwl import dump_cwl, export_cwl, job_order
 from blockkit.runner.build import build_block_image
 from blockkit.runner.plan import plan_workflow
-from blockkit.runner.run import RunFailed
 from blockkit.runner.session import RunRequest, run_request
 from blockkit.runner.workflow import load_workflow
 
@@ -123,8 +122,6 @@ def test_linear_workflow_matches_the_docker_engine(docker_client, base_image, ex
     print(f"cwltool wall time, 3-step chain: {seconds:.1f}s")
 
 
-@pytest.mark.xfail(raises=RunFailed, strict=False,
-                   reason="the example ndvi block fails on fan-in ids like 'a:x' under blockkit run itself")
 def test_example_fan_in_workflow_matches_the_docker_engine(docker_client, base_image, example_workflows, tmp_path) -> None:
     summary, _, _ = run_both(example_workflows["fan-in"], tmp_path)
     assert_same_outputs(summary, "mask", tmp_path)
