@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from pathlib import Path
@@ -77,10 +78,14 @@ class StepKeys:
                 key, prefix = loaded[name], f"BLOCKKIT_KEY_{_env_name(name)}_"
                 config = key.config
                 env[f"{prefix}TYPE"] = key.type
+                fields = {}
                 for field_name in ("endpoint", "region", "bucket", "access_key", "secret_key", "username", "password"):
                     value = getattr(config, field_name, None)
                     if value:
                         env[prefix + field_name.upper()] = str(value)
+                        fields[field_name] = str(value)
+                # The whole key as JSON too, the form the CWL export passes (`BLOCKKIT_KEY_<NAME>`).
+                env[prefix.rstrip("_")] = json.dumps({"type": key.type, **fields})
             self._env[step.name] = env
 
     def env_for(self, step: PlannedStep) -> dict[str, str]:
