@@ -131,7 +131,7 @@ def _children(pid: int) -> list[int]:
 class PeakMemory:
     """Samples the summed PSS of this process and its workers; ru_maxrss cannot see the sum."""
 
-    def __init__(self, interval: float = 0.01) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
         import threading
 
         self.interval = interval
