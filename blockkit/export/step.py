@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from blockkit.runtime.propagation import fan_in_feature
 from blockkit.contract.datajson import DATA_PATH, FeatureCollection, load_data_json, write_data_json
 from blockkit.contract.errors import BlockkitError, ExitCode, NoOutputError, WrongInputError
 
@@ -34,17 +35,8 @@ def merge_upstreams(folder: Path, upstreams: Sequence[str]) -> FeatureCollection
     """Write the fan-in data.json into `folder`, whose `<step>/` subfolders hold each upstream output."""
     merged = FeatureCollection()
     for up in upstreams:
-        # Same rewriting as blockkit's runner, so the block sees the same input.
-        for feature in load_data_json(folder / up, required=False):
-            feature = json.loads(json.dumps(feature))
-            props = feature.get("properties") or {}
-            if DATA_PATH in props:
-                props[DATA_PATH] = f"{up}/{props[DATA_PATH]}"
-            props.setdefault("blockkit.step", up)
-            feature["properties"] = props
-            if feature.get("id") is not None:
-                feature["id"] = f"{up}:{feature['id']}"
-            merged.append(feature)
+        # The runner's own rewriting, so the block sees the same input.
+        merged.features.extend(fan_in_feature(up, f) for f in load_data_json(folder / up, required=False))
     write_data_json(folder, merged)
     return merged
 

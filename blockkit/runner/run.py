@@ -26,7 +26,7 @@ from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
 from blockkit.runner.hashing import HashCache, digest_of, source_hash
 from blockkit.runner.plan import Plan, PlannedStep
-from blockkit.runtime.propagation import forward_all, link_tree
+from blockkit.runtime.propagation import fan_in_feature, forward_all, link_tree
 
 RUN_FILE = "run.json"
 PROVENANCE_FILE = "provenance.json"
@@ -366,16 +366,7 @@ class WorkflowRun:
         mounts_upstreams = getattr(self.options.engine, "mounts_upstreams", False)
         for up in step.upstream:
             up_dir = self.folder.output_dir(up)
-            for feature in load_data_json(up_dir, required=False):
-                feature = json.loads(json.dumps(feature))
-                props = feature.get("properties") or {}
-                if DATA_PATH in props:
-                    props[DATA_PATH] = f"{up}/{props[DATA_PATH]}"
-                props.setdefault("blockkit.step", up)
-                feature["properties"] = props
-                if feature.get("id") is not None:
-                    feature["id"] = f"{up}:{feature['id']}"
-                merged.append(feature)
+            merged.features.extend(fan_in_feature(up, f) for f in load_data_json(up_dir, required=False))
             if mounts_upstreams:
                 (folder / up).mkdir()
                 mounts[up] = up_dir

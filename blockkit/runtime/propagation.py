@@ -110,3 +110,16 @@ def forward_all(
         taken.add(out.get("id"))
         forwarded.append(out)
     return forwarded
+
+
+def fan_in_feature(step: str, feature: Mapping[str, Any]) -> dict[str, Any]:
+    """An upstream feature as a fan-in step sees it: data path under `<step>/`, id `<step>:<id>`."""
+    out = copy.deepcopy(dict(feature))
+    props = out.get("properties") or {}
+    if DATA_PATH in props:
+        props[DATA_PATH] = f"{step}/{props[DATA_PATH]}"
+    props.setdefault("blockkit.step", step)
+    out["properties"] = props
+    if out.get("id") is not None:
+        out["id"] = f"{step}:{out['id']}"
+    return out
