@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from blockkit.runtime.propagation import fan_in_feature
-from blockkit.contract.datajson import DATA_PATH, FeatureCollection, load_data_json, write_data_json
+from blockkit.contract.datajson import FeatureCollection, load_data_json, write_data_json
 from blockkit.contract.errors import BlockkitError, ExitCode, NoOutputError, WrongInputError
 
 #: Exit code of a block killed because it ran past its timeout (as the docker engine reports it).

@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator, Mapping
 import blockkit
 from blockkit.contract.datajson import (
     DATA_JSON,
-    DATA_PATH,
     FeatureCollection,
     load_data_json,
     write_atomic,
