@@ -68,22 +68,36 @@ def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
     return client
 
 
-def docker_available(timeout: float = 2.0) -> bool:
-    """Tell quickly whether a Docker daemon answers."""
+def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
+    """A client of a daemon that answers within `timeout` seconds, else None (no exception)."""
     host = os.environ.get("DOCKER_HOST", "")
     # Without DOCKER_HOST the SDK talks to the default socket: no socket, no daemon.
     if not host and not Path("/var/run/docker.sock").exists():
-        return False
+        return None
     try:
         import docker
 
         client = docker.from_env(timeout=timeout)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
     except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
+        return None
+    try:
+        if client.ping():
+            # The short timeout was for the question; steps and builds need a patient client.
+            client.api.timeout = 120.0
+            return client
+    except Exception:  # noqa: BLE001
+        pass
+    client.close()
+    return None
+
+
+def docker_available(timeout: float = 2.0) -> bool:
+    """Tell quickly whether a Docker daemon answers."""
+    client = connect_if_available(timeout)
+    if client is None:
         return False
+    client.close()
+    return True
 
 
 def _first_line(exc: BaseException) -> str:
@@ -123,6 +137,8 @@ class DockerEngine:
     """Runs each step as a container: read-only input, no network, limits, always removed."""
 
     name = "docker"
+    #: Fan-in: each upstream output is bind-mounted read-only at /tmp/input/<step>/ (no links).
+    mounts_upstreams = True
 
     def __init__(
         self,
@@ -290,21 +306,27 @@ class DockerEngine:
                     except Exception:  # noqa: BLE001 - a faulty display must not stop log capture
                         pass
 
+            # Attach before starting (as `docker run` does): one stream, no line lost at start-up.
+            try:
+                sock = _attach(container)
+            except docker.errors.APIError as exc:
+                raise DockerError(f"step {spec.name!r}: cannot attach to container: {_first_line(exc)}") from exc
+            reader = threading.Thread(
+                target=_pump_logs, args=(sock, _LineSplitter(emit)), name=f"logs-{spec.name}", daemon=True
+            )
+            reader.start()
             try:
                 container.start()
             except docker.errors.APIError as exc:
+                _close(sock)
                 raise DockerError(f"step {spec.name!r}: cannot start container: {_first_line(exc)}") from exc
-
-            reader = threading.Thread(
-                target=_pump_logs, args=(container, _LineSplitter(emit)), name=f"logs-{spec.name}", daemon=True
-            )
-            reader.start()
             timed_out = not _wait(container, spec.timeout_s)
             if timed_out:
                 _kill(container)
                 _wait(container, 30.0)
             # The log stream ends with the container; wait briefly for its tail.
             reader.join(timeout=10.0)
+            _close(sock)
 
             container.reload()
             state = container.attrs.get("State", {})
@@ -354,10 +376,28 @@ def _safe_name(step: str) -> str:
     return (cleaned or "step")[:40]
 
 
-def _pump_logs(container: Any, splitter: _LineSplitter) -> None:
-    """Copy the container's combined stdout/stderr into the splitter until it exits."""
+def _attach(container: Any) -> Any:
+    """A socket carrying the container's stdout and stderr, including what it already wrote.
+
+    The SDK's frame reader polls the socket before each read, so a step that stays quiet
+    longer than the client's timeout keeps its stream (tested).
+    """
+    return container.client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+
+
+def _close(sock: Any) -> None:
     try:
-        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+        sock.close()
+    except OSError:
+        pass
+
+
+def _pump_logs(sock: Any, splitter: _LineSplitter) -> None:
+    """Copy the container's combined stdout/stderr (multiplexed frames) into the splitter until it exits."""
+    from docker.utils.socket import frames_iter
+
+    try:
+        for _stream, chunk in frames_iter(sock, tty=False):
             splitter.feed(chunk)
     except Exception as exc:  # noqa: BLE001 - a broken log stream must not hide the exit code
         splitter.feed(f"\n[blockkit] log stream interrupted: {_first_line(exc)}\n".encode())

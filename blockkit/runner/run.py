@@ -25,7 +25,7 @@ from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
 from blockkit.runner.hashing import HashCache, digest_of, source_hash
 from blockkit.runner.plan import Plan, PlannedStep
-from blockkit.runtime.propagation import fan_in_feature, forward_all, link_tree
+from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in, link_tree
 
 RUN_FILE = "run.json"
 PROVENANCE_FILE = "provenance.json"
@@ -290,10 +290,10 @@ class WorkflowRun:
             result = engine.run_step(spec, self._log_sink(step.name))
         record.image_id = result.image_id or record.image_id
         self._redact_log(step.name)
-        self._after_step(step, record, result, input_dir, output_dir)
+        self._after_step(step, record, result, input_dir, output_dir, upstream_dirs)
 
     def _after_step(self, step: PlannedStep, record: StepRecord, result: StepResult,
-                    input_dir: Path, output_dir: Path) -> None:
+                    input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path]) -> None:
         record.started, record.ended = result.started, result.ended
         record.exit_code, record.exit_name = result.exit_code, ExitCode.describe(result.exit_code)
         if result.timed_out:
@@ -304,7 +304,10 @@ class WorkflowRun:
         if result.exit_code == 0:
             try:
                 fc = load_data_json(output_dir, required=False)
-                if step.propagate:
+                if step.propagate and upstream_dirs:
+                    fc.features.extend(forward_fan_in(upstream_dirs, fc.features, output_dir))
+                    write_data_json(output_dir, fc)
+                elif step.propagate:
                     fc.features.extend(forward_all(load_data_json(input_dir, required=False).features, fc.features, input_dir, output_dir))
                     write_data_json(output_dir, fc)
             except BlockkitError as err:

@@ -101,14 +101,35 @@ def forward_all(
     features: list[dict[str, Any]], existing: list[dict[str, Any]], input_dir: Path, output_dir: Path
 ) -> list[dict[str, Any]]:
     """Forward input features next to existing output ones; a clashing id gets an `-input` suffix."""
-    taken = {f.get("id") for f in existing}
+    return _unclash([forward_feature(feature, input_dir, output_dir) for feature in features], existing)
+
+
+def forward_fan_in(
+    upstreams: Mapping[str, Path], existing: list[dict[str, Any]], output_dir: Path
+) -> list[dict[str, Any]]:
+    """Forward the features of several upstream outputs as a fan-in step saw them.
+
+    The same result as `forward_all` over the merged fan-in input (ids `<step>:<id>`, files
+    under `<step>/`), read from each upstream's own folder: used when the upstream outputs
+    were mounted into the step's input rather than linked there.
+    """
+    from blockkit.contract.datajson import load_data_json
+
     forwarded = []
-    for feature in features:
-        out = forward_feature(feature, input_dir, output_dir)
+    for step, folder in upstreams.items():
+        for feature in load_data_json(folder, required=False).features:
+            forward_feature(feature, folder, output_dir, prefix=step)  # links <folder>/x to <output>/<step>/x
+            forwarded.append(fan_in_feature(step, feature))
+    return _unclash(forwarded, existing)
+
+
+def _unclash(forwarded: list[dict[str, Any]], existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give a forwarded feature whose id an output feature already has an `-input` suffix."""
+    taken = {f.get("id") for f in existing}
+    for out in forwarded:
         if out.get("id") is not None and out["id"] in taken:
             out["id"] = f"{out['id']}-input"
         taken.add(out.get("id"))
-        forwarded.append(out)
     return forwarded
 
 

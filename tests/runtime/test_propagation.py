@@ -85,3 +85,56 @@ def test_link_tree_refuses_a_symlink(folders: tuple[Path, Path]) -> None:
     (src / "link").symlink_to(src / "a.tif")
     with pytest.raises(WrongInputError):
         link_tree(src / "link", dst / "link")
+
+
+def _upstream(folder: Path, ids: list[str]) -> Path:
+    from blockkit.contract.datajson import FeatureCollection, write_data_json
+
+    folder.mkdir(parents=True)
+    features = []
+    for fid in ids:
+        (folder / f"{fid}.txt").write_text(fid)
+        features.append({"type": "Feature", "id": fid, "geometry": None, "properties": {"up42.data_path": f"{fid}.txt"}})
+    write_data_json(folder, FeatureCollection(features))
+    return folder
+
+
+def test_forward_fan_in_from_upstream_folders_equals_forwarding_the_merged_input(tmp_path: Path) -> None:
+    from blockkit.contract.datajson import FeatureCollection, load_data_json, write_data_json
+    from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in
+
+    ups = {"a": _upstream(tmp_path / "a", ["x", "y"]), "b": _upstream(tmp_path / "b", ["x"])}
+    existing = [{"type": "Feature", "id": "b:x", "geometry": None, "properties": {}}]
+
+    # The merged input as a linked folder (what the process engine gets).
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    features = []
+    for name, folder in ups.items():
+        link_tree(folder, merged / name)
+        features += [fan_in_feature(name, f) for f in load_data_json(folder)]
+    write_data_json(merged, FeatureCollection(features))
+    via_merged = forward_all(load_data_json(merged).features, existing, merged, tmp_path / "out1")
+
+    via_mounts = forward_fan_in(ups, existing, tmp_path / "out2")
+
+    assert via_mounts == via_merged
+    assert [f["id"] for f in via_mounts] == ["a:x", "a:y", "b:x-input"]
+    assert via_mounts[2]["properties"]["up42.data_path"] == "b/x.txt"
+    linked = tmp_path / "out2" / "b" / "x.txt"
+    assert os.stat(linked).st_ino == os.stat(ups["b"] / "x.txt").st_ino
+
+
+def test_forward_fan_in_refuses_an_unsafe_upstream_path(tmp_path: Path) -> None:
+    import json
+
+    from blockkit.contract.errors import BlockkitError
+    from blockkit.runtime.propagation import forward_fan_in
+
+    up = _upstream(tmp_path / "a", ["x"])
+    data = json.loads((up / "data.json").read_text())
+    data["features"][0]["properties"]["up42.data_path"] = "../../etc/passwd"
+    (up / "data.json").write_text(json.dumps(data))
+    with pytest.raises(BlockkitError, match="data_path"):
+        forward_fan_in({"a": up}, [], tmp_path / "out")
+    assert not (tmp_path / "out" / "a").exists()
