@@ -16,13 +16,14 @@ def select_engine(name: str = "auto") -> tuple[Engine, str]:
     if name == "process":
         return ProcessEngine(), "process engine (asked for)"
     try:
-        from blockkit.runner.docker_engine import DockerEngine, docker_available
+        from blockkit.runner.docker_engine import DockerEngine, connect_if_available
     except ImportError as exc:
         if name == "docker":
             raise WorkflowError(f"the docker engine needs the docker package: pip install 'blockkit[docker]' ({exc})") from None
         return ProcessEngine(), "process engine (the docker package is not installed)"
-    if docker_available():
-        return DockerEngine(), "docker engine (a Docker daemon answers)" if name == "auto" else "docker engine (asked for)"
+    client = connect_if_available()
+    if client is not None:
+        return DockerEngine(client), "docker engine (a Docker daemon answers)" if name == "auto" else "docker engine (asked for)"
     if name == "docker":
         raise WorkflowError("--engine docker: no Docker daemon answers; start one or use --engine process")
     return ProcessEngine(), "process engine (no Docker daemon answers)"

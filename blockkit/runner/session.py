@@ -74,22 +74,19 @@ def _docker_images(plan: Plan, engine: Any, say: Callable[[str], None]) -> Calla
     if engine.name != "docker":
         return None
     from blockkit.runner.build import build_block_image
-    from blockkit.runner.plan import docker_image_manifest  # noqa: F401 - same client config
 
+    client = engine.client  # one connection for builds, lookups and steps
     images: dict[str, tuple[str, str]] = {}
+    built_for: dict[Path, tuple[str, str]] = {}
     for step in plan.steps:
         if step.block_dir is not None:
-            built = build_block_image(step.block_dir)
-            say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
-            images[step.name] = (built.tag, built.image_id)
+            if step.block_dir not in built_for:
+                built = build_block_image(step.block_dir, client=client)
+                say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
+                built_for[step.block_dir] = (built.tag, built.image_id)
+            images[step.name] = built_for[step.block_dir]
         elif step.image:
-            import docker
-
-            client = docker.from_env(timeout=30)
-            try:
-                images[step.name] = (step.image, client.images.get(step.image).id)
-            finally:
-                client.close()
+            images[step.name] = (step.image, client.images.get(step.image).id)
     return lambda step: images[step.name]
 
 

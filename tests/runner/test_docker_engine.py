@@ -64,6 +64,8 @@ if params.get("alloc_mb"):
     blob = b"x" * (params["alloc_mb"] << 20)
 if params.get("sleep"):
     time.sleep(params["sleep"])
+if params.get("say_after"):
+    print(params["say_after"], flush=True)
 with open(os.path.join(out, "data.json"), "w") as handle:
     json.dump({"type": "FeatureCollection", "features": [], "report": report}, handle)
 sys.exit(int(params.get("exit", 0)))
@@ -238,6 +240,23 @@ def test_logs_are_captured_in_file_and_sink(engine, probe_image, docker_client, 
     assert "probe: stderr line" in log
     assert "NO_INPUT_ERROR" in log
     assert (spec.name, "probe: stdout line") in run.lines  # type: ignore[attr-defined]
+
+
+def test_a_quiet_step_outlasting_the_client_timeout_keeps_its_log(probe_image, docker_client, tmp_path):
+    import docker
+
+    impatient = docker.from_env(timeout=2)
+    try:
+        spec = make_spec(tmp_path, probe_image, params={"sleep": 4, "say_after": "probe: after the quiet part"})
+        result = run(DockerEngine(impatient), spec, docker_client)
+    finally:
+        impatient.close()
+
+    assert result.exit_code == 0
+    log = spec.log_path.read_text()
+    assert "probe: stdout line" in log
+    assert "probe: after the quiet part" in log
+    assert "log stream interrupted" not in log
 
 
 def test_ctrl_c_removes_the_container(engine, probe_image, docker_client, tmp_path):
