@@ -169,7 +169,7 @@ def check_data_path(value: Any, base_dir: Path | None, *, must_exist: bool = Tru
         return f"up42.data_path {value!r} is absolute; it must be relative to the folder holding data.json"
     parts = value.split("/")
     if ".." in parts:
-        return f"up42.data_path {value!r} leaves the input directory"
+        return f"up42.data_path {value!r} leaves its folder (through '..')"
     if base_dir is None:
         return None
     target = base_dir / posixpath.normpath(value)

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 
+#: Exit code of a step killed for running past its timeout (as GNU `timeout` uses); not a block's own code.
+TIMEOUT_EXIT_CODE = 124
+
+
 class ExitCode(IntEnum):
     """Block exit codes (UP42-compatible, plus 137 for out-of-memory)."""
 
@@ -24,6 +28,8 @@ class ExitCode(IntEnum):
         try:
             return cls(code).name
         except ValueError:
+            if code == TIMEOUT_EXIT_CODE:
+                return "TIMEOUT"
             if code < 0:
                 return f"KILLED_BY_SIGNAL_{-code}"
             return f"EXIT_{code}"

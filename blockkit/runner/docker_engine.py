@@ -18,14 +18,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from blockkit.contract.errors import BlockkitError, ExitCode
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode
 from blockkit.runner.engine import LogSink, StepResult, StepSpec
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
 
-#: Exit code reported for a step killed because it exceeded its timeout.
-TIMEOUT_EXIT_CODE = 124
 
 CONTAINER_LABEL = "blockkit"
 INPUT_DIR = "/tmp/input"

@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from blockkit.contract.errors import BlockkitError
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError
 from blockkit.runner.engine import LogSink, StepResult, StepSpec
 
-TIMEOUT_EXIT_CODE = 124  # what coreutils' timeout uses; documented in docs/runner.md
 
 
 class EngineError(BlockkitError):

@@ -117,7 +117,7 @@ def test_validate_bad_data_json_lists_every_problem(input_dir: Path) -> None:
     before = (input_dir / "data.json").read_bytes()
     for target in (input_dir, input_dir / "data.json"):
         lines = assert_one_line_failure(cli("validate", target), "WRONG_INPUT_ERROR")
-        assert "feature 1: up42.data_path '../etc/passwd' leaves the input directory (and 1 more)" in lines[0]
+        assert "feature 1: up42.data_path '../etc/passwd' leaves its folder (through '..') (and 1 more)" in lines[0]
         assert "feature 2: geometry: a polygon ring is not closed" in lines[2]
     assert (input_dir / "data.json").read_bytes() == before
 

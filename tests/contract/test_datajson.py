@@ -226,11 +226,11 @@ def test_broken_geometry_is_named(indir: Path, geometry: dict[str, Any], expecte
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("../x", "leaves the input directory"),
-        ("../etc/passwd", "leaves the input directory"),
-        ("a/../../x", "leaves the input directory"),
-        ("sub/../scene.tif", "leaves the input directory"),
-        ("..", "leaves the input directory"),
+        ("../x", "leaves its folder (through '..')"),
+        ("../etc/passwd", "leaves its folder (through '..')"),
+        ("a/../../x", "leaves its folder (through '..')"),
+        ("sub/../scene.tif", "leaves its folder (through '..')"),
+        ("..", "leaves its folder (through '..')"),
         ("/etc/passwd", "is absolute"),
         ("//server/share", "is absolute"),
         ("C:\\x", "POSIX path"),
@@ -256,7 +256,7 @@ def test_headline_format_names_feature_and_path(indir: Path) -> None:
     err = load_error(indir)
     assert err.headline() == (
         f"[WRONG_INPUT_ERROR] invalid {indir / 'data.json'}: "
-        "feature 3: up42.data_path '../etc/passwd' leaves the input directory"
+        "feature 3: up42.data_path '../etc/passwd' leaves its folder (through '..')"
     )
 
 
@@ -396,7 +396,7 @@ def test_100k_features_load_quickly(indir: Path) -> None:
 def test_one_bad_feature_among_100k_is_named_by_index(indir: Path) -> None:
     _write_many(indir, 100_000, bad_index=73_421)
     err = load_error(indir)
-    assert "feature 73421:" in err.headline() and "'../../etc/passwd' leaves the input directory" in err.headline()
+    assert "feature 73421:" in err.headline() and "'../../etc/passwd' leaves its folder (through '..')" in err.headline()
     assert len(err.problems) == 1
 
 

@@ -203,7 +203,7 @@ def test_process_unsafe_data_path_exit_4(dirs: dict[str, Path]) -> None:
     assert result.returncode == 4
     line = headline(result.stderr)
     assert line.startswith("[WRONG_INPUT_ERROR] ")
-    assert "feature 2: up42.data_path '../etc/passwd' leaves the input directory (and 1 more)" in line
+    assert "feature 2: up42.data_path '../etc/passwd' leaves its folder (through '..') (and 1 more)" in line
     assert "feature 3: up42.data_path '/etc/passwd' is absolute" in result.stderr
     assert tree_digest(dirs["input"]) == before
     assert not (dirs["output"] / "data.json").exists()
@@ -320,7 +320,7 @@ def returns(value: Any) -> Callable[[FeatureCollection, BlockContext], Any]:
         ({"a": 1}, "the block returned dict"),
         ("data.json", "the block returned str"),
         ([{"type": "Feature", "geometry": None, "properties": {DATA_PATH: "never-written.tif"}}], "feature 0: up42.data_path 'never-written.tif' does not exist"),
-        ([{"type": "Feature", "geometry": None, "properties": {DATA_PATH: "../input/scenes/s0.bin"}}], "'../input/scenes/s0.bin' leaves"),
+        ([{"type": "Feature", "geometry": None, "properties": {DATA_PATH: "../input/scenes/s0.bin"}}], "'../input/scenes/s0.bin' leaves its folder (through '..')"),
         ([{"type": "Feature", "geometry": None, "properties": {DATA_PATH: "/etc/passwd"}}], "'/etc/passwd' is absolute"),
         ([{"type": "Feature", "properties": {}}], "'geometry' is a required property"),
         ([{"type": "Feature", "geometry": None, "properties": {"v": float("nan")}}], "cannot write data.json: Out of range float"),
