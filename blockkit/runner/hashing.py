@@ -42,18 +42,24 @@ class HashCache:
 
     def tree(self, root: Path, prefix: str = "") -> dict[str, str]:
         """sha256 of every regular file below root, by POSIX path relative to root (symlinks skipped)."""
-        result: dict[str, str] = {}
+        files: dict[str, Path] = {}
         if not root.is_dir():
-            return result
+            return {}
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 if path.is_symlink() or not path.is_file():
                     continue
-                rel = path.relative_to(root).as_posix()
-                result[f"{prefix}{rel}"] = self.file_sha256(path)
-        return result
+                files[f"{prefix}{path.relative_to(root).as_posix()}"] = path
+        if len(files) < 2:
+            return {rel: self.file_sha256(path) for rel, path in files.items()}
+        # hashlib releases the GIL on large buffers: new files are hashed on every core.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1, 8)) as pool:
+            digests = pool.map(self.file_sha256, files.values())
+            return dict(zip(files, digests))
 
     def save(self) -> None:
         """Write the cache back if it changed."""
