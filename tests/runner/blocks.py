@@ -36,6 +36,8 @@ def upper(fc, ctx):
         raise RuntimeError("boom")
     if mode == "sleep":
         time.sleep(60)
+    if mode == "alloc":  # touch 3 GB: past the 2 GB of machine type "small"
+        blob = b"x" * (3 << 30)
     if mode == "exit":
         sys.exit(int(ctx.params["code"]))
     if mode == "bad-output":
@@ -77,7 +79,7 @@ def make_blocks(root: Path) -> dict[str, Path]:
             "text": {"type": "string", "default": "hello"},
         }),
         "upper": write_block(root, "upper", kind="processing", source=UPPER, params={
-            "behaviour": {"type": "string", "enum": ["ok", "crash", "sleep", "exit", "bad-output"], "default": "ok"},
+            "behaviour": {"type": "string", "enum": ["ok", "crash", "sleep", "exit", "bad-output", "alloc"], "default": "ok"},
             "code": {"type": "integer", "default": 0},
         }),
     }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from blockkit.runner.run import RunFailed
 from blockkit.runner.session import RunRequest, run_request
 
 from .blocks import make_blocks
@@ -52,3 +53,46 @@ def test_docker_fan_in_mounts_upstreams_and_matches_the_process_engine(tmp_path:
     # Forwarded upstream files are hard links to the upstream output, not copies.
     forwarded = runs["docker"] / "steps/up/output/b/item1.txt"
     assert forwarded.stat().st_ino == (runs["docker"] / "steps/b/output/item1.txt").stat().st_ino
+
+
+@pytest.mark.parametrize(
+    ("params", "extra", "code", "name"),
+    [
+        ("{behaviour: crash}", "", 1, "UNEXPECTED_ERROR"),
+        ("{behaviour: exit, code: 2}", "", 2, "INPUT_PARAMETERS_ERROR"),
+        ("{behaviour: exit, code: 3}", "", 3, "NO_INPUT_ERROR"),
+        ("{behaviour: exit, code: 4}", "", 4, "WRONG_INPUT_ERROR"),
+        ("{behaviour: exit, code: 5}", "", 5, "API_CONNECTION_ERROR"),
+        ("{behaviour: exit, code: 6}", "", 6, "NO_OUTPUT_ERROR"),
+        ("{behaviour: bad-output}", "", 6, "NO_OUTPUT_ERROR"),
+        ("{behaviour: sleep}", ", timeout: 3", 124, "TIMEOUT"),
+        ("{behaviour: alloc}", "", 137, "OUT_OF_MEMORY"),
+    ],
+    ids=["crash", "exit2", "exit3", "exit4", "exit5", "exit6", "bad-output", "timeout", "oom"],
+)
+def test_docker_faults_stop_the_run_cleanly_and_resume_finishes_it(
+    tmp_path: Path, docker_client, base_image, params: str, extra: str, code: int, name: str
+) -> None:
+    blocks = make_blocks(tmp_path / "blocks")
+    wf = tmp_path / "faulty.yaml"
+    wf.write_text(
+        "name: faulty\nsteps:\n"
+        f"  make: {{block: {blocks['source']}, params: {{count: 2}}}}\n"
+        f"  up: {{block: {blocks['upper']}, params: {params}{extra}}}\n"
+    )
+    runs = tmp_path / "runs"
+    with pytest.raises(RunFailed) as info:
+        run_request(RunRequest(target=wf, engine="docker", runs_dir=runs))
+    err = info.value
+    assert err.step == "up" and err.step_exit == code
+    assert f"step 'up' failed with exit code {code} ({name})" in err.message
+    assert (err.run_dir / "steps/make/output/item1.txt").read_text() == "hello 1\n"  # earlier output intact
+    prov = json.loads((err.run_dir / "provenance.json").read_text())
+    assert prov["status"] == "failed" and prov["steps"][1]["exit_name"] == name
+    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=up"]}) == []
+
+    wf.write_text(wf.read_text().replace(f"params: {params}{extra}", "params: {behaviour: ok}"))
+    summary = run_request(RunRequest(target=None, engine="docker", runs_dir=runs, resume=err.run_dir.name))
+    assert summary["run_id"] == err.run_dir.name
+    assert summary["steps"]["make"]["status"] == "ok" and summary["steps"]["up"]["status"] == "ok"
+    assert (err.run_dir / "steps/up/output/item1.txt.upper").read_text() == "HELLO 1\n"
