@@ -98,6 +98,10 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     plan = plan_workflow(workflow)
     engine, why = select_engine(request.engine)
     say(f"engine: {why}")
+    if engine.name == "docker":
+        removed = engine.remove_orphans()
+        if removed:
+            say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
     input_dir = None
     if workflow.input:
         if is_uri(workflow.input):

@@ -96,3 +96,29 @@ def test_docker_faults_stop_the_run_cleanly_and_resume_finishes_it(
     assert summary["run_id"] == err.run_dir.name
     assert summary["steps"]["make"]["status"] == "ok" and summary["steps"]["up"]["status"] == "ok"
     assert (err.run_dir / "steps/up/output/item1.txt.upper").read_text() == "HELLO 1\n"
+
+
+def test_a_docker_run_removes_containers_of_a_killed_runner_and_says_so(tmp_path: Path, docker_client, base_image) -> None:
+    import socket
+    import subprocess
+
+    blocks = make_blocks(tmp_path / "blocks")
+    from blockkit.runner.build import build_block_image
+
+    image = build_block_image(blocks["source"], client=docker_client).tag
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = docker_client.containers.create(
+        image, ["sleep", "60"], network_mode="none",
+        labels={"blockkit": "1", "blockkit.host": socket.gethostname(), "blockkit.pid": str(dead.pid)},
+    )
+    said: list[str] = []
+    try:
+        run_request(RunRequest(target=blocks["source"], engine="docker", runs_dir=tmp_path / "runs", on_message=said.append))
+        assert orphan.name not in [c.name for c in docker_client.containers.list(all=True)]
+        assert any("left by a blockkit run that was killed" in line and orphan.name in line for line in said)
+    finally:
+        try:
+            orphan.remove(force=True)
+        except Exception:  # noqa: BLE001 - removed by the run, as it should be
+            pass
