@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import NoReturn
 
@@ -63,3 +64,9 @@ def main() -> None:
     except BlockkitError as err:  # a command that did not catch its own error
         typer.echo(err.headline(), err=True)
         sys.exit(int(err.exit_code) or 1)
+    except Exception as exc:  # noqa: BLE001 - never a bare traceback; BLOCKKIT_DEBUG=1 shows it
+        if os.environ.get("BLOCKKIT_DEBUG"):
+            raise
+        text = (str(exc).strip().splitlines() or [""])[0][:500]
+        typer.echo(f"[UNEXPECTED_ERROR] {type(exc).__name__}: {text} (BLOCKKIT_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)

@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""
         from blockkit.cli.main import fail
-        from blockkit.runner.run import RunFailed
+        from blockkit.contract.errors import ExitCode
+        from blockkit.runner.run import RunFailed, RunInterrupted
         from blockkit.runner.session import RunRequest, run_request
 
         progress = Progress(json_out, quiet)
@@ -100,9 +101,12 @@ def register(app: typer.Typer) -> None:
             if json_out:
                 typer.echo(json.dumps({"status": "failed", "run_dir": str(err.run_dir), "step": err.step,
                                        "exit_code": err.step_exit, "message": err.message}))
-            typer.echo(f"[{err.exit_code.name}] {err.message}", err=True)
+            typer.echo(f"[{ExitCode.describe(err.step_exit)}] {err.message}", err=True)
             typer.echo(f"run folder: {err.run_dir} (resume with: blockkit run --resume {err.run_dir.name})", err=True)
             raise typer.Exit(err.step_exit if 0 < err.step_exit < 256 else 1)
+        except RunInterrupted as err:
+            typer.echo(f"[INTERRUPTED] {err.message}", err=True)
+            raise typer.Exit(130)  # 128 + SIGINT, as shells report it
         except BlockkitError as err:
             fail(err)
         if json_out:

@@ -21,23 +21,46 @@ def _root(runs_dir: Path | None) -> Path:
 
 
 @runs_app.command("list")
-def list_runs(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")) -> None:
-    """List runs, newest first: id, workflow, status, engine, steps."""
-    from rich.console import Console
-    from rich.table import Table
-
+def list_runs(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+              as_json: bool = typer.Option(False, "--json", help="one JSON object per run, for machines")) -> None:
+    """List runs, newest first: id, workflow, status, engine, steps done, start time."""
     from blockkit.runner.run import RUN_FILE
 
     root = _root(runs_dir)
-    table = Table("run id", "workflow", "status", "engine", "steps", "started")
-    runs = sorted((p for p in root.glob(f"*/{RUN_FILE}")), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
-    for path in runs:
+    paths = sorted(root.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    rows = [_summary(path) for path in paths]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no runs in {root}")
+        return
+    # Plain aligned columns (like `docker ps`): the id is what `runs show|logs` and
+    # `run --resume` take, so nothing is ever cut to fit a terminal.
+    header = {"run_id": "RUN ID", "workflow": "WORKFLOW", "status": "STATUS", "engine": "ENGINE",
+              "steps": "STEPS", "started": "STARTED"}
+    table = [header] + [{k: str(row.get(k, "")) for k in header} for row in rows]
+    widths = {k: max(len(r[k]) for r in table) for k in header}
+    for r in table:
+        typer.echo("  ".join(r[k].ljust(widths[k]) for k in header).rstrip())
+
+
+def _summary(path: Path) -> dict[str, str]:
+    """One run's line; a broken run.json is reported, not fatal."""
+    try:
         run = json.loads(path.read_text())
         steps = run.get("steps", {})
         done = sum(1 for s in steps.values() if s["status"] in ("ok", "cached"))
-        table.add_row(run["run_id"], run["workflow"], run["status"], run["engine"], f"{done}/{len(steps)}",
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"])))
-    Console().print(table)
+        return {
+            "run_id": path.parent.name,
+            "workflow": str(run["workflow"]),
+            "status": str(run["status"]),
+            "engine": str(run["engine"]),
+            "steps": f"{done}/{len(steps)}",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"])),
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {"run_id": path.parent.name, "workflow": "?", "status": f"unreadable {path.name} ({type(exc).__name__})"}
 
 
 @runs_app.command("show")

@@ -43,6 +43,14 @@ class RunFailed(BlockkitError):
         self.exit_code = ExitCode(step_exit) if step_exit in ExitCode._value2member_map_ else ExitCode.UNEXPECTED_ERROR
 
 
+class RunInterrupted(BlockkitError):
+    """The run was stopped by Ctrl-C (SIGINT); its folder says which steps finished."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"run {run_dir.name} interrupted; resume with: blockkit run --resume {run_dir.name}")
+        self.run_dir = run_dir
+
+
 def default_runs_dir() -> Path:
     """Where run folders go: `$BLOCKKIT_RUNS_DIR` or `.blockkit/runs` in the current folder."""
     return Path(os.environ.get("BLOCKKIT_RUNS_DIR") or Path.cwd() / ".blockkit" / "runs")
@@ -113,8 +121,15 @@ class RunFolder:
         write_atomic(self.path / name, json.dumps(data, indent=2, default=str))
 
     def read_json(self, name: str) -> Any:
-        """Read a JSON file of the run."""
-        return json.loads((self.path / name).read_text())
+        """Read a JSON file of the run (a broken one is a WorkflowError naming it)."""
+        path = self.path / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise WorkflowError(f"{path} is not readable JSON ({exc}); the run folder is damaged") from exc
+        if not isinstance(data, dict):
+            raise WorkflowError(f"{path} is not a JSON object; the run folder is damaged")
+        return data
 
 
 def find_run(root: Path, run_id: str) -> RunFolder:

@@ -10,7 +10,7 @@ from blockkit.contract.errors import WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE
 from blockkit.runner.engines import select_engine
 from blockkit.runner.plan import Plan, PlannedStep, plan_workflow
-from blockkit.runner.run import RUN_FILE, RunOptions, WorkflowRun, default_runs_dir, find_run
+from blockkit.runner.run import RUN_FILE, RunInterrupted, RunOptions, WorkflowRun, default_runs_dir, find_run
 from blockkit.runner.workflow import Workflow, load_workflow, single_block_workflow
 from blockkit.runtime.propagation import link_tree
 
@@ -136,7 +136,11 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     )
     run = WorkflowRun(plan, options)
     say(f"run {run.folder.run_id} in {run.folder.path}")
-    folder = run.execute()
+    try:
+        folder = run.execute()
+    except KeyboardInterrupt:
+        # The step's process or container is already gone and run.json says "interrupted".
+        raise RunInterrupted(run.folder.path) from None
     outputs = []
     if workflow.output:
         outputs = stage_out_for_run(plan, run, workflow.output, workflow, say)
