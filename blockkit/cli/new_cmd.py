@@ -14,10 +14,10 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-_]{1,62}$")
 
 
 def template_dir() -> Path:
-    """The block template shipped beside the package (a source checkout or editable install)."""
+    """The block template, shipped inside the package (`templates/` in the repository links to it)."""
     import blockkit
 
-    return Path(blockkit.__file__).resolve().parent.parent / "templates" / "block"
+    return Path(blockkit.__file__).resolve().parent / "templates" / "block"
 
 
 def create_block(name: str, parent: Path) -> Path:

@@ -140,12 +140,15 @@ def blockkit_source_root() -> Path | None:
 
 
 def find_dockerfile(source_root: Path | None) -> Path:
-    """Locate `Dockerfile.base`: next to the blockkit sources, else in the current folder."""
-    for folder in filter(None, (source_root, Path.cwd())):
+    """Locate `Dockerfile.base`: the repository's, else the one shipped in the package, else the current folder's."""
+    import blockkit
+
+    packaged = Path(blockkit.__file__).resolve().parent / "docker"
+    for folder in filter(None, (source_root, packaged, Path.cwd())):
         candidate = folder / DOCKERFILE_NAME
         if candidate.is_file():
             return candidate
-    raise BuildError(f"{DOCKERFILE_NAME} not found next to the blockkit sources nor in {Path.cwd()}")
+    raise BuildError(f"{DOCKERFILE_NAME} not found in the blockkit sources, the installed package, nor {Path.cwd()}")
 
 
 def resolve_wheelhouse(wheelhouse: Path | str | None, source_root: Path | None) -> Path:
