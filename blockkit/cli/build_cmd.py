@@ -21,12 +21,14 @@ def build(
         help="Host folder of wheels reused across builds (default: $BLOCKKIT_WHEELHOUSE or <repo>/.wheelhouse).",
     ),
     force: bool = typer.Option(False, "--force", help="Rebuild even when an image for this content exists."),
+    prune: bool = typer.Option(False, "--prune", help="Then remove this block's older images (not in use)."),
 ) -> None:
     """Build the Docker image of a block, tagged by a hash of its content."""
-    from blockkit.runner.build import build_block_image
+    from blockkit.runner.build import build_block_image, prune_block_images
 
     try:
         built = build_block_image(block_dir, base_image=base_image, wheelhouse=wheelhouse, force=force)
+        removed, kept = prune_block_images(built) if prune else ([], [])
     except BlockkitError as err:
         typer.echo(err.headline(), err=True)
         details = err.details()
@@ -35,6 +37,10 @@ def build(
         raise typer.Exit(int(err.exit_code)) from None
     state = "built" if built.rebuilt else "up to date (cached)"
     typer.echo(f"{built.tag}  {built.image_id[:19]}  {state}")
+    for tag in removed:
+        typer.echo(f"removed older image {tag}")
+    for tag in kept:
+        typer.echo(f"kept older image {tag}")
 
 
 def register(app: typer.Typer) -> None:

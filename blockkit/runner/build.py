@@ -108,6 +108,31 @@ def build_block_image(
     return BuiltImage(tag=tag, image_id=image_id, content_hash=content_hash, rebuilt=True)
 
 
+def prune_block_images(built: BuiltImage, client: "docker.DockerClient | None" = None) -> tuple[list[str], list[str]]:
+    """Remove the older tags of a block's image (same repository, other content hash).
+
+    Returns (removed tags, kept tags with the reason); an image a container still uses is kept.
+    """
+    import docker
+
+    client = client or docker_client()
+    repo = built.tag.rsplit(":", 1)[0]
+    removed: list[str] = []
+    kept: list[str] = []
+    for image in client.images.list(name=repo):
+        if image.id == built.image_id:
+            continue
+        for tag in image.tags:
+            if not tag.startswith(repo + ":"):
+                continue
+            try:
+                client.images.remove(tag)
+                removed.append(tag)
+            except docker.errors.APIError as exc:
+                kept.append(f"{tag} ({getattr(exc, 'explanation', None) or exc})")
+    return removed, kept
+
+
 def read_manifest(block_dir: Path) -> dict[str, Any]:
     """Read and validate `UP42Manifest.json` of a block folder; return it as a dict."""
     path = block_dir / "UP42Manifest.json"

@@ -259,6 +259,30 @@ def test_cli_build_prints_tag_and_cache_state(docker_client, base_image, tmp_pat
     docker_client.images.remove(first.output.split()[0])
 
 
+@pytest.mark.docker
+def test_cli_build_prune_removes_older_images_of_the_block_only(build, docker_client, base_image, tmp_path):
+    block = make_block(tmp_path, name="prune-block")
+    other = make_block(tmp_path / "other", name="prune-other")
+    first = build(block, base_image=base_image, client=docker_client)
+    unrelated = build(other, base_image=base_image, client=docker_client)
+    (block / "src" / "run.py").write_text(RUN_PY + "print('v2')\n")
+    second = build(block, base_image=base_image, client=docker_client)
+    (block / "src" / "run.py").write_text(RUN_PY + "print('v3')\n")
+    in_use = docker_client.containers.create(second.tag, ["true"], network_mode="none")
+    try:
+        result = CliRunner().invoke(_cli(), ["build", str(block), "--base-image", base_image, "--prune"])
+        assert result.exit_code == 0, result.output
+        tags = {t for image in docker_client.images.list(name="blockkit/prune-block") for t in image.tags}
+        third = result.output.split()[0]
+        assert third in tags and first.tag not in tags
+        assert f"removed older image {first.tag}" in result.output
+        assert second.tag in tags and f"kept older image {second.tag}" in result.output  # a container uses it
+        assert docker_client.images.get(unrelated.tag)  # another block's image is untouched
+    finally:
+        in_use.remove(force=True)
+        docker_client.images.remove(third)
+
+
 def test_cli_errors_are_one_line_and_non_zero(tmp_path):
     result = CliRunner().invoke(_cli(), ["build", str(tmp_path / "nowhere")])
     assert result.exit_code != 0
