@@ -10,6 +10,8 @@ from typing import Any
 from blockkit.contract.errors import Problem, WorkflowError
 
 MAX_WORKFLOW_BYTES = 1 << 20
+#: Values a workflow may hold once YAML aliases are expanded (an "anchor bomb" stays small on disk).
+MAX_WORKFLOW_VALUES = 100_000
 STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _STEP_KEYS = {"block", "image", "params", "after", "propagate", "timeout", "keys", "mode"}
 _TOP_KEYS = {"name", "input", "output", "steps", "keys", "description"}
@@ -69,6 +71,8 @@ class _UniqueKeyLoader:
 
         Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
         root = yaml.compose(text, Loader=Loader)
+        if root is not None:
+            _check_expanded_size(root)
         if root is not None and isinstance(root, yaml.MappingNode):
             for key_node, value_node in root.value:
                 if key_node.value == "steps" and isinstance(value_node, yaml.MappingNode):
@@ -76,6 +80,36 @@ class _UniqueKeyLoader:
                         lines.setdefault(str(step_key.value), step_key.start_mark.line + 1)
         data = yaml.load(text, Loader=Loader)  # noqa: S506 - SafeLoader subclass
         return data, problems, lines
+
+
+def _check_expanded_size(root: Any) -> None:
+    """Refuse a YAML graph whose aliases expand to too many values, or that refers to itself."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise WorkflowError("the workflow refers to itself through a YAML alias")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        open_nodes.discard(key)
+        if total > MAX_WORKFLOW_VALUES:
+            raise WorkflowError(
+                f"the workflow expands to more than {MAX_WORKFLOW_VALUES} values through YAML aliases"
+            )
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def parse_workflow(text: str, path: Path | None = None) -> Workflow:
@@ -92,7 +126,8 @@ def parse_workflow(text: str, path: Path | None = None) -> Workflow:
                             problems=[Problem(line, str(getattr(exc, 'problem', exc)))]) from None
     if not isinstance(data, dict):
         raise WorkflowError(f"{where} must be a mapping with 'name' and 'steps'")
-    for key in sorted(set(data) - _TOP_KEYS, key=str):
+    # `x-...` keys are free for the user (e.g. YAML anchors of shared parameters), as in compose files.
+    for key in sorted((k for k in set(data) - _TOP_KEYS if not str(k).startswith("x-")), key=str):
         problems.append(Problem(where, f"unknown key {key!r} (known: {', '.join(sorted(_TOP_KEYS))})"))
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():

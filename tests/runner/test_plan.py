@@ -119,3 +119,26 @@ def test_capability_mismatch_and_first_last_rules(tmp_path: Path) -> None:
     joined = "\n".join(map(str, info.value.problems))
     assert "produces ['raster'] but this block reads ['vector']" in joined
     assert "must be the first step" in joined
+
+
+def test_yaml_anchor_bombs_and_self_references_are_refused_quickly(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    import time
+
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = "name: bomb\nanchors:\n  " + "\n  ".join(levels) + f"\nsteps:\n  a: {{block: {blocks['source']}, params: {{text: *l8}}}}\n"
+    started = time.monotonic()
+    with pytest.raises(WorkflowError, match="expands to more than 100000 values"):
+        parse_workflow(bomb, tmp_path / "bomb.yaml")
+    assert time.monotonic() - started < 5  # 10^9 values on expansion; refused from the node graph
+
+    with pytest.raises(WorkflowError, match="refers to itself"):
+        parse_workflow("name: loop\nsteps: &s\n  a: {block: x, params: {p: *s}}\n", tmp_path / "loop.yaml")
+
+    # Ordinary anchors for shared parameters still work, kept under an `x-` key.
+    shared = (
+        f"name: shared\nx-common: &common {{count: 1}}\nsteps:\n  a: {{block: {blocks['source']}, params: *common}}\n"
+    )
+    workflow = parse_workflow(shared, tmp_path / "shared.yaml")
+    assert workflow.steps[0].params == {"count": 1} and workflow.problems == []
+    assert plan_workflow(workflow).steps[0].params["count"] == 1
