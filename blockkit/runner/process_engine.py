@@ -15,7 +15,6 @@ from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError
 from blockkit.runner.engine import LogSink, StepResult, StepSpec
 
 
-
 class EngineError(BlockkitError):
     """An engine could not start a step at all (not a block failure)."""
 

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from shapely.geometry import shape
 
 from blockkit.runtime.geometry import aoi_area_km2
+from blockkit.testing import run_block
 
 BLOCKS = Path(__file__).resolve().parent
 BBOX = [13.35, 52.50, 13.40, 52.53]
 
 
 def step(block: str, input_dir: Path, output_dir: Path, params: dict[str, Any]) -> list[dict[str, Any]]:
-    env = dict(
-        os.environ,
-        BLOCKKIT_INPUT_DIR=str(input_dir),
-        BLOCKKIT_OUTPUT_DIR=str(output_dir),
-        BLOCKKIT_QUICKLOOK_DIR=str(output_dir.parent / "quicklooks"),
-        UP42_TASK_PARAMETERS=json.dumps(params),
-    )
-    result = subprocess.run(
-        [sys.executable, str(BLOCKS / block / "src" / "run.py")], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_block(BLOCKS / block, input_dir, output_dir, params)
     assert result.returncode == 0, f"{block} exited {result.returncode}:\n{result.stderr}"
-    return json.loads((output_dir / "data.json").read_text())["features"]
+    return result.features
+
 
 
 def test_scene_ndvi_threshold_vectorize(tmp_path: Path) -> None:
@@ -42,7 +32,7 @@ def test_scene_ndvi_threshold_vectorize(tmp_path: Path) -> None:
     # Metadata flowed through every step; every step left its quicklook.
     assert polygons["properties"]["constellation"] == "synthetic"
     assert polygons["properties"]["threshold:value"] == 0.3
-    assert len(list((tmp_path / "quicklooks").glob("*.png"))) == 3
+    assert [len(list((tmp_path / f"{name}-quicklooks").glob("*.png"))) for name in ("scene", "ndvi", "mask")] == [1, 1, 1]
 
     # The polygons lie in the scene and cover what the mask says is vegetation.
     covered = aoi_area_km2(polygons["geometry"])

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
+from blockkit.testing import run_block
+
 BLOCK = Path(__file__).resolve().parents[1]
-
-
-def _run(input_dir: Path, output_dir: Path, params: dict) -> subprocess.CompletedProcess:
-    env = dict(os.environ, BLOCKKIT_INPUT_DIR=str(input_dir), BLOCKKIT_OUTPUT_DIR=str(output_dir),
-               BLOCKKIT_QUICKLOOK_DIR=str(output_dir.parent / "quicklooks"),
-               UP42_TASK_PARAMETERS=json.dumps(params))
-    return subprocess.run([sys.executable, str(BLOCK / "src" / "run.py")], env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 def _input(tmp_path: Path, bands: int = 1) -> Path:
@@ -37,7 +28,7 @@ def _input(tmp_path: Path, bands: int = 1) -> Path:
 
 
 def test_scales_the_raster(tmp_path: Path) -> None:
-    result = _run(_input(tmp_path), tmp_path / "output", {"factor": 2.5})
+    result = run_block(BLOCK, _input(tmp_path), tmp_path / "output", {"factor": 2.5})
     assert result.returncode == 0, result.stderr
     fc = json.loads((tmp_path / "output" / "data.json").read_text())
     feature = fc["features"][0]
@@ -47,7 +38,7 @@ def test_scales_the_raster(tmp_path: Path) -> None:
 
 
 def test_scales_every_band(tmp_path: Path) -> None:
-    result = _run(_input(tmp_path, bands=4), tmp_path / "output", {"factor": 2})
+    result = run_block(BLOCK, _input(tmp_path, bands=4), tmp_path / "output", {"factor": 2})
     assert result.returncode == 0, result.stderr
     fc = json.loads((tmp_path / "output" / "data.json").read_text())
     with rasterio.open(tmp_path / "output" / fc["features"][0]["properties"]["up42.data_path"]) as src:
@@ -55,7 +46,7 @@ def test_scales_every_band(tmp_path: Path) -> None:
 
 
 def test_bad_parameter_exits_2(tmp_path: Path) -> None:
-    result = _run(_input(tmp_path), tmp_path / "output", {"factor": -1})
+    result = run_block(BLOCK, _input(tmp_path), tmp_path / "output", {"factor": -1})
     assert result.returncode == 2
     assert "[INPUT_PARAMETERS_ERROR]" in result.stderr and "factor" in result.stderr
     assert not (tmp_path / "output" / "data.json").exists()

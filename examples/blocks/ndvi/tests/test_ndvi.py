@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from blockkit.testing import run_block
+
 BLOCK = Path(__file__).resolve().parents[1]
-
-
-def run(input_dir: Path, output_dir: Path, params: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        BLOCKKIT_INPUT_DIR=str(input_dir),
-        BLOCKKIT_OUTPUT_DIR=str(output_dir),
-        BLOCKKIT_QUICKLOOK_DIR=str(output_dir.parent / "quicklooks"),
-        UP42_TASK_PARAMETERS=json.dumps(params),
-    )
-    return subprocess.run(
-        [sys.executable, str(BLOCK / "src" / "run.py")], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture()
@@ -55,7 +40,7 @@ def scene(tmp_path: Path) -> Path:
 
 
 def test_ndvi_values_nodata_and_metadata(scene: Path, tmp_path: Path) -> None:
-    result = run(scene, tmp_path / "out", {})
+    result = run_block(BLOCK, scene, tmp_path / "out", {})
     assert result.returncode == 0, result.stderr
     [feature] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
     assert feature["id"] == "scene_ndvi"
@@ -69,12 +54,12 @@ def test_ndvi_values_nodata_and_metadata(scene: Path, tmp_path: Path) -> None:
     valid = ~np.isnan(ndvi)
     assert valid.sum() == 260 * 300 - 400 - 300
     assert np.allclose(ndvi[valid], 0.5)
-    assert (tmp_path / "quicklooks" / "scene_ndvi.png").is_file()
+    assert (result.quicklook_dir / "scene_ndvi.png").is_file()
 
 
 def test_band_parameters_and_two_processes(scene: Path, tmp_path: Path) -> None:
     # Swapping the bands gives -0.5 everywhere it is defined.
-    result = run(scene, tmp_path / "out", {"red_band": 4, "nir_band": 3, "processes": 2})
+    result = run_block(BLOCK, scene, tmp_path / "out", {"red_band": 4, "nir_band": 3, "processes": 2})
     assert result.returncode == 0, result.stderr
     with rasterio.open(tmp_path / "out" / "scene_ndvi.tif") as src:
         ndvi = src.read(1)
@@ -82,14 +67,14 @@ def test_band_parameters_and_two_processes(scene: Path, tmp_path: Path) -> None:
 
 
 def test_bad_parameter_exits_2(scene: Path, tmp_path: Path) -> None:
-    result = run(scene, tmp_path / "out", {"red_band": 0})
+    result = run_block(BLOCK, scene, tmp_path / "out", {"red_band": 0})
     assert result.returncode == 2
     assert result.stderr.startswith("[INPUT_PARAMETERS_ERROR]") and "red_band" in result.stderr.splitlines()[0]
     assert not (tmp_path / "out" / "data.json").exists()
 
 
 def test_band_beyond_the_raster_is_wrong_input(scene: Path, tmp_path: Path) -> None:
-    result = run(scene, tmp_path / "out", {"nir_band": 7})
+    result = run_block(BLOCK, scene, tmp_path / "out", {"nir_band": 7})
     assert result.returncode == 4, result.stderr
     line = next(line for line in result.stderr.splitlines() if line.startswith("["))
     assert line.startswith("[WRONG_INPUT_ERROR]") and "'scene'" in line and "4 band" in line

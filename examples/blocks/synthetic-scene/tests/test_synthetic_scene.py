@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
 
+from blockkit.testing import BlockResult, run_block
+
 BLOCK = Path(__file__).resolve().parents[1]
 
 
-def run(tmp_path: Path, params: dict[str, Any], name: str = "out", **env: str) -> subprocess.CompletedProcess[str]:
-    environment = dict(
-        os.environ,
-        BLOCKKIT_INPUT_DIR=str(tmp_path / "input"),
-        BLOCKKIT_OUTPUT_DIR=str(tmp_path / name),
-        BLOCKKIT_QUICKLOOK_DIR=str(tmp_path / f"{name}-quicklooks"),
-        UP42_TASK_PARAMETERS=json.dumps(params),
-        **env,
-    )
-    return subprocess.run(
-        [sys.executable, str(BLOCK / "src" / "run.py")], env=environment, capture_output=True, text=True, timeout=120
-    )
+def run(tmp_path: Path, params: dict[str, Any], name: str = "out", mode: str = "DEFAULT") -> BlockResult:
+    return run_block(BLOCK, tmp_path / "input", tmp_path / name, params, mode=mode)
+
 
 
 def features(folder: Path) -> list[dict[str, Any]]:
@@ -74,7 +64,7 @@ def test_same_parameters_give_the_same_pixels_and_another_seed_does_not(tmp_path
 
 
 def test_dry_run_reports_features_and_writes_no_file(tmp_path: Path) -> None:
-    result = run(tmp_path, {"limit": 2}, UP42_JOB_MODE="DRY_RUN")
+    result = run(tmp_path, {"limit": 2}, mode="DRY_RUN")
     assert result.returncode == 0, result.stderr
     found = features(tmp_path / "out")
     assert len(found) == 2 and found[0]["id"] != found[1]["id"]

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from blockkit.testing import run_block
+
 BLOCK = Path(__file__).resolve().parents[1]
-
-
-def run(input_dir: Path, output_dir: Path, params: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        BLOCKKIT_INPUT_DIR=str(input_dir),
-        BLOCKKIT_OUTPUT_DIR=str(output_dir),
-        BLOCKKIT_QUICKLOOK_DIR=str(output_dir.parent / "quicklooks"),
-        UP42_TASK_PARAMETERS=json.dumps(params),
-    )
-    return subprocess.run(
-        [sys.executable, str(BLOCK / "src" / "run.py")], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture()
@@ -51,7 +36,7 @@ def ndvi(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("threshold", [0.3, -0.5])
 def test_mask_is_one_above_the_threshold_and_255_on_no_data(ndvi: Path, tmp_path: Path, threshold: float) -> None:
-    result = run(ndvi, tmp_path / "out", {"threshold": threshold})
+    result = run_block(BLOCK, ndvi, tmp_path / "out", {"threshold": threshold})
     assert result.returncode == 0, result.stderr
     [feature] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
     assert feature["properties"]["sensor"] == "demo"
@@ -70,13 +55,13 @@ def test_mask_is_one_above_the_threshold_and_255_on_no_data(ndvi: Path, tmp_path
 
 def test_bad_parameters_exit_2(ndvi: Path, tmp_path: Path) -> None:
     for params in ({"threshold": "high"}, {"threshold": 1e9}, {"band": 0}):
-        result = run(ndvi, tmp_path / "out", params)
+        result = run_block(BLOCK, ndvi, tmp_path / "out", params)
         assert result.returncode == 2, (params, result.stderr)
         assert result.stderr.startswith("[INPUT_PARAMETERS_ERROR]")
         assert not (tmp_path / "out" / "data.json").exists()
 
 
 def test_missing_band_is_wrong_input(ndvi: Path, tmp_path: Path) -> None:
-    result = run(ndvi, tmp_path / "out", {"band": 2})
+    result = run_block(BLOCK, ndvi, tmp_path / "out", {"band": 2})
     assert result.returncode == 4
     assert "band=2" in result.stderr

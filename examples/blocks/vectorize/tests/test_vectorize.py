@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,20 +11,9 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import shape
 
+from blockkit.testing import run_block
+
 BLOCK = Path(__file__).resolve().parents[1]
-
-
-def run(input_dir: Path, output_dir: Path, params: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        BLOCKKIT_INPUT_DIR=str(input_dir),
-        BLOCKKIT_OUTPUT_DIR=str(output_dir),
-        BLOCKKIT_QUICKLOOK_DIR=str(output_dir.parent / "quicklooks"),
-        UP42_TASK_PARAMETERS=json.dumps(params),
-    )
-    return subprocess.run(
-        [sys.executable, str(BLOCK / "src" / "run.py")], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def write_mask(folder: Path, crs: str | None = "EPSG:32633") -> None:
@@ -57,7 +42,7 @@ def mask(tmp_path: Path) -> Path:
 
 
 def test_polygons_in_wgs84_with_areas_and_a_merged_feature(mask: Path, tmp_path: Path) -> None:
-    result = run(mask, tmp_path / "out", {"min_area_m2": 1000})
+    result = run_block(BLOCK, mask, tmp_path / "out", {"min_area_m2": 1000})
     assert result.returncode == 0, result.stderr
     [feature] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
     assert feature["properties"]["sensor"] == "demo"
@@ -76,7 +61,7 @@ def test_polygons_in_wgs84_with_areas_and_a_merged_feature(mask: Path, tmp_path:
 
 
 def test_no_polygons_gives_a_feature_without_geometry(mask: Path, tmp_path: Path) -> None:
-    result = run(mask, tmp_path / "out", {"value": 7})
+    result = run_block(BLOCK, mask, tmp_path / "out", {"value": 7})
     assert result.returncode == 0, result.stderr
     [feature] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
     assert feature["geometry"] is None and feature["properties"]["vectorize:polygons"] == 0
@@ -85,13 +70,13 @@ def test_no_polygons_gives_a_feature_without_geometry(mask: Path, tmp_path: Path
 
 
 def test_bad_parameter_exits_2(mask: Path, tmp_path: Path) -> None:
-    result = run(mask, tmp_path / "out", {"connectivity": 5})
+    result = run_block(BLOCK, mask, tmp_path / "out", {"connectivity": 5})
     assert result.returncode == 2
     assert result.stderr.startswith("[INPUT_PARAMETERS_ERROR]") and "connectivity" in result.stderr.splitlines()[0]
 
 
 def test_mask_without_crs_is_wrong_input(tmp_path: Path) -> None:
     write_mask(tmp_path / "input", crs=None)
-    result = run(tmp_path / "input", tmp_path / "out", {})
+    result = run_block(BLOCK, tmp_path / "input", tmp_path / "out", {})
     assert result.returncode == 4
     assert "no CRS" in result.stderr
