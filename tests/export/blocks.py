@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from pathlib import Path
 
-MISC = {"misc": {"up42_standard": {}}}
+from tests.runner.blocks import write_block as _write_block
+
+# The export tests' blocks declare machine type "medium" (CWL ResourceRequirement is checked).
+write_block = partial(_write_block, machine="medium")
 
 SOURCE = '''
 import blockkit
@@ -60,25 +63,6 @@ if __name__ == "__main__":
     secretive.run()
 '''
 
-
-def write_block(root: Path, name: str, *, kind: str, source: str, params: dict, options: dict | None = None) -> Path:
-    """Write a block folder with a manifest and src/run.py."""
-    folder = root / name
-    (folder / "src").mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "_up42_specification_version": 2,
-        "name": name,
-        "type": kind,
-        "parameters": params,
-        "input_capabilities": {} if kind == "data" else MISC,
-        "output_capabilities": MISC,
-        "machine": {"type": "medium"},
-    }
-    if options:
-        manifest["blockkit"] = options
-    (folder / "UP42Manifest.json").write_text(json.dumps(manifest))
-    (folder / "src" / "run.py").write_text(source)
-    return folder
 
 
 def make_blocks(root: Path) -> dict[str, Path]:

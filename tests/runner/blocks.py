@@ -54,11 +54,12 @@ if __name__ == "__main__":
 '''
 
 
-def write_block(root: Path, name: str, *, kind: str, source: str, params: dict, inputs: dict | None = None) -> Path:
-    """Write a block folder with a manifest and src/run.py."""
+def write_block(root: Path, name: str, *, kind: str, source: str, params: dict, inputs: dict | None = None,
+                machine: str | None = None, options: dict | None = None) -> Path:
+    """Write a block folder with a manifest (optional machine type and `blockkit` options) and src/run.py."""
     folder = root / name
     (folder / "src").mkdir(parents=True, exist_ok=True)
-    manifest = {
+    manifest: dict = {
         "_up42_specification_version": 2,
         "name": name,
         "type": kind,
@@ -66,6 +67,10 @@ def write_block(root: Path, name: str, *, kind: str, source: str, params: dict, 
         "input_capabilities": {} if kind == "data" else (inputs if inputs is not None else MISC),
         "output_capabilities": MISC,
     }
+    if machine:
+        manifest["machine"] = {"type": machine}
+    if options:
+        manifest["blockkit"] = options
     (folder / "UP42Manifest.json").write_text(json.dumps(manifest))
     (folder / "src" / "run.py").write_text(source)
     return folder
