@@ -22,16 +22,21 @@ def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
     return subprocess.run([str(BLOCKKIT), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
-@pytest.fixture()
-def workflow(tmp_path: Path) -> Path:
+def _chain(tmp_path: Path, upper_params: str) -> Path:
+    """make (2 items) -> up, with `up`'s parameters as given (YAML flow mapping)."""
     blocks = make_blocks(tmp_path / "blocks")
     wf = tmp_path / "wf.yaml"
     wf.write_text(
         "name: cli-chain\nsteps:\n"
         f"  make: {{block: {blocks['source']}, params: {{count: 2}}}}\n"
-        f"  up: {{block: {blocks['upper']}, params: {{behaviour: exit, code: 3}}}}\n"
+        f"  up: {{block: {blocks['upper']}, params: {upper_params}}}\n"
     )
     return wf
+
+
+@pytest.fixture()
+def workflow(tmp_path: Path) -> Path:
+    return _chain(tmp_path, "{behaviour: exit, code: 3}")
 
 
 def _fix(wf: Path) -> None:
@@ -116,13 +121,7 @@ def test_damaged_run_folders_get_one_line(workflow: Path, tmp_path: Path) -> Non
 
 
 def test_ctrl_c_stops_the_run_with_a_resume_hint(tmp_path: Path) -> None:
-    blocks = make_blocks(tmp_path / "blocks")
-    wf = tmp_path / "slow.yaml"
-    wf.write_text(
-        "name: slow\nsteps:\n"
-        f"  make: {{block: {blocks['source']}}}\n"
-        f"  up: {{block: {blocks['upper']}, params: {{behaviour: sleep}}}}\n"
-    )
+    wf = _chain(tmp_path, "{behaviour: sleep}")
     runs = tmp_path / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKKIT_", "UP42_"))}
     proc = subprocess.Popen([str(BLOCKKIT), "run", str(wf), "--engine", "process", "--runs-dir", str(runs)],
