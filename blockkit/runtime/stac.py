@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from blockkit.contract.datajson import (
     check_data_path,
     data_path_of,
     parse_data_json,
+    validate_feature_collection,
     write_atomic,
 )
 from blockkit.contract.errors import WrongInputError
@@ -75,7 +77,13 @@ def features_from_catalog(directory: Path) -> FeatureCollection:
                 raise WrongInputError(f"{path.name}: link {href!r} is not relative to the catalog folder")
             # Normalised so that `sub/../catalog.json` is the same file as `catalog.json`: cycles end.
             pending.append(Path(os.path.normpath(path.parent / href)))
-    return FeatureCollection(features)
+    # The items become the block's input features: the same rules as data.json (schema,
+    # geometry, unique ids, data paths), every problem at once.
+    data = {"type": "FeatureCollection", "features": features}
+    problems = validate_feature_collection(data, root)
+    if problems:
+        raise WrongInputError.from_problems(f"invalid STAC catalog {catalog_path}", problems)
+    return FeatureCollection.from_dict(data)
 
 
 def _item_feature(item: dict[str, Any], path: Path, root: Path) -> dict[str, Any]:
@@ -99,9 +107,10 @@ def write_catalog(directory: Path, fc: FeatureCollection, *, catalog_id: str = "
     """Write a self-contained STAC catalog of the features beside data.json; returns catalog.json."""
     directory = Path(directory)
     links: list[dict[str, Any]] = [{"rel": "root", "href": f"./{CATALOG_JSON}", "type": "application/json"}]
+    folders: set[str] = set()
     for index, feature in enumerate(fc):
         item_id = str(feature.get("id") or f"item-{index}")
-        safe_id = _folder_name(item_id, index)
+        safe_id = _folder_name(item_id, index, folders)
         assets: dict[str, Any] = {}
         data_path = data_path_of(feature)
         if data_path:
@@ -144,11 +153,16 @@ def write_catalog(directory: Path, fc: FeatureCollection, *, catalog_id: str = "
     return write_atomic(directory / CATALOG_JSON, json.dumps(catalog, indent=1))
 
 
-def _folder_name(item_id: str, index: int) -> str:
-    """A folder name for an item that stays inside the output folder whatever the id is."""
-    name = item_id.replace("/", "_").replace("\\", "_").replace("\x00", "_")
-    if name.strip(".") == "":  # "", "." and ".." would name the folder itself or its parent
-        return f"item-{index}"
+def _folder_name(item_id: str, index: int, taken: set[str]) -> str:
+    """A folder name for an item: inside the output folder, portable, URL-safe and unique.
+
+    Only letters, digits, '.', '_' and '-' are kept (fan-in ids hold ':', which Windows and
+    some object stores refuse, and a space or '#' would need escaping in an href).
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id).strip("._")[:100] or f"item-{index}"
+    if name in taken:
+        name = f"{name}-{index}"
+    taken.add(name)
     return name
 
 

@@ -154,3 +154,45 @@ def test_write_catalog_never_writes_outside_the_folder(tmp_path: Path, bad_id: s
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and out not in p.parents]
     assert outside == []
     assert len(features_from_catalog(out)) == 1
+
+
+def test_write_catalog_folder_names_are_portable_and_unique(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    ids = ["a:scene", "a_scene", "b:scene #1", "ünïcode"]
+    fc = FeatureCollection([{"type": "Feature", "id": i, "geometry": None, "properties": {}} for i in ids])
+    write_catalog(out, fc)
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["a_scene", "a_scene-1", "b_scene_1", "n_code"]
+    assert {f["id"] for f in features_from_catalog(out)} == set(ids)  # ids themselves are kept
+
+
+@pytest.mark.parametrize(
+    ("geometry", "expected"),
+    [
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0.5]]]}, "geometry"),
+        ({"type": "Point", "coordinates": "here"}, "geometry"),
+        ({"type": "Blob", "coordinates": [0, 0]}, "geometry"),
+    ],
+    ids=["open-ring", "not-coordinates", "unknown-type"],
+)
+def test_catalog_item_with_a_bad_geometry_is_refused(tmp_path: Path, geometry: dict, expected: str) -> None:
+    root = tmp_path / "in"
+    write_item(root, "a", {"a.tif": "A"}, {"data": {"href": "./a.tif", "roles": ["data"]}})
+    doc = json.loads((root / "a" / "a.json").read_text())
+    doc["geometry"] = geometry
+    (root / "a" / "a.json").write_text(json.dumps(doc))
+    catalog(root, ["./a/a.json"])
+    with pytest.raises(WrongInputError) as info:
+        features_from_catalog(root)
+    assert "invalid STAC catalog" in info.value.headline() and expected in info.value.headline()
+
+
+def test_catalog_items_with_the_same_id_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    write_item(root, "a", {"a.tif": "A"}, {"data": {"href": "./a.tif", "roles": ["data"]}})
+    (root / "b").mkdir()
+    (root / "b" / "b.json").write_text((root / "a" / "a.json").read_text().replace("./a.tif", "../a/a.tif"))
+    catalog(root, ["./a/a.json", "./b/b.json"])
+    with pytest.raises(WrongInputError, match="duplicate id"):
+        features_from_catalog(root)
