@@ -99,7 +99,8 @@ def docker_available(timeout: float = 2.0) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    # The daemon's own words (APIError.explanation) rather than the HTTP status line and URL.
+    text = str(getattr(exc, "explanation", None) or exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
 

@@ -63,17 +63,20 @@ class ProcessEngine:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
         with open(spec.log_path, "a", encoding="utf-8") as log:
-            proc = subprocess.Popen(
-                command,
-                cwd=spec.block_dir,
-                env=step_environment(spec),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # so a timeout or Ctrl-C can end the whole process group
-                text=True,
-                errors="replace",
-            )
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    cwd=spec.block_dir,
+                    env=step_environment(spec),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # so a timeout or Ctrl-C can end the whole process group
+                    text=True,
+                    errors="replace",
+                )
+            except OSError as exc:
+                raise EngineError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None
             timed_out = threading.Event()
             timer = None
             if spec.timeout_s:

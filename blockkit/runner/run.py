@@ -301,8 +301,16 @@ class WorkflowRun:
         record.detail = ""
         self._save("running")
         self._emit("started", step.name)
-        with self._gateway(step, spec, image):
-            result = engine.run_step(spec, self._log_sink(step.name))
+        try:
+            with self._gateway(step, spec, image):
+                result = engine.run_step(spec, self._log_sink(step.name))
+        except BlockkitError as err:
+            # The engine could not run the block at all (no such command, image, daemon gone...):
+            # the step fails like a crashing block, so the run folder says so and --resume works.
+            detail = f"the {engine.name} engine could not run the step: {err.message}"
+            with log_path.open("a", encoding="utf-8") as log:
+                log.write(f"[blockkit] {detail}\n")
+            result = StepResult(int(ExitCode.UNEXPECTED_ERROR), record.started or time.time(), time.time(), detail=detail)
         record.image_id = result.image_id or record.image_id
         self._redact_log(step.name)
         self._after_step(step, record, result, input_dir, output_dir, upstream_dirs)

@@ -169,3 +169,21 @@ def test_workflow_level_propagate_forwards_input(tmp_path: Path, blocks: dict[st
     paths = sorted(f["properties"]["up42.data_path"] for f in out["features"])
     assert paths == ["item0.txt", "item0.txt.upper"]
     assert (run_dir / "steps/up/output/item0.txt").stat().st_ino == (run_dir / "steps/make/output/item0.txt").stat().st_ino
+
+
+def test_a_step_the_engine_cannot_start_fails_cleanly_and_resumes(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    manifest_path = blocks["upper"] / "UP42Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "blockkit": {"command": ["/nonexistent/prog"]}}))
+    with pytest.raises(RunFailed) as info:
+        _run(tmp_path, _linear(tmp_path, blocks))
+    err = info.value
+    assert err.step == "up" and err.step_exit == 1
+    assert "the process engine could not run the step: cannot start '/nonexistent/prog'" in err.message
+    run = json.loads((err.run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and run["steps"]["up"]["status"] == "failed"
+    assert "could not run the step" in (err.run_dir / "logs/up.log").read_text()
+
+    manifest_path.write_text(json.dumps(manifest))
+    summary = _run(tmp_path, None, resume=err.run_dir.name)
+    assert summary["steps"]["up"]["status"] == "ok"

@@ -122,3 +122,17 @@ def test_a_docker_run_removes_containers_of_a_killed_runner_and_says_so(tmp_path
             orphan.remove(force=True)
         except Exception:  # noqa: BLE001 - removed by the run, as it should be
             pass
+
+
+def test_a_container_that_cannot_start_fails_the_step_cleanly(tmp_path: Path, docker_client, base_image) -> None:
+    blocks = make_blocks(tmp_path / "blocks")
+    manifest_path = blocks["source"] / "UP42Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "blockkit": {"command": ["/nonexistent/prog"]}}))
+    with pytest.raises(RunFailed) as info:
+        run_request(RunRequest(target=blocks["source"], engine="docker", runs_dir=tmp_path / "runs"))
+    err = info.value
+    assert err.step_exit == 1 and "the docker engine could not run the step" in err.message
+    assert "/nonexistent/prog" in err.message and "http+docker" not in err.message
+    assert json.loads((err.run_dir / "run.json").read_text())["status"] == "failed"
+    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=source"]}) == []
