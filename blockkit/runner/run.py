@@ -231,6 +231,13 @@ class WorkflowRun:
         except KeyboardInterrupt:
             self._save("interrupted")
             raise
+        except Exception as exc:
+            # Anything else (a full disk, a vanished folder): the run folder must not say "running".
+            for record in self.records.values():
+                if record.status == "running":
+                    record.status, record.detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
+            self._save("failed")
+            raise
         finally:
             self.hashes.save()
         self._save("ok")

@@ -187,3 +187,24 @@ def test_a_step_the_engine_cannot_start_fails_cleanly_and_resumes(tmp_path: Path
     manifest_path.write_text(json.dumps(manifest))
     summary = _run(tmp_path, None, resume=err.run_dir.name)
     assert summary["steps"]["up"]["status"] == "ok"
+
+
+def test_an_unexpected_runner_error_leaves_the_run_marked_failed(tmp_path: Path, blocks: dict[str, Path], monkeypatch) -> None:
+    from blockkit.runner import run as run_module
+
+    def broken_forward(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_module, "forward_all", broken_forward)
+    wf = _workflow(tmp_path, (
+        "name: full\nsteps:\n"
+        f"  make: {{block: {blocks['source']}}}\n"
+        f"  up: {{block: {blocks['upper']}, propagate: true}}\n"
+    ))
+    with pytest.raises(OSError):
+        _run(tmp_path, wf)
+    [run_json] = (tmp_path / "runs").glob("*/run.json")
+    run = json.loads(run_json.read_text())
+    assert run["status"] == "failed"
+    assert run["steps"]["up"]["status"] == "failed" and "No space left" in run["steps"]["up"]["detail"]
+    assert run["steps"]["make"]["status"] == "ok"
