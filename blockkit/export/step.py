@@ -24,7 +24,6 @@ from blockkit.runtime.propagation import fan_in_feature
 from blockkit.contract.datajson import FeatureCollection, load_data_json, write_data_json
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, NoOutputError, WrongInputError
 
-#: Exit code of a block killed because it ran past its timeout (as the docker engine reports it).
 #: The entry command of images made by `blockkit build` (Dockerfile.base's CMD).
 DEFAULT_COMMAND = ("python", "/block/src/run.py")
 DEFAULT_WORKDIR = "/block"

@@ -292,19 +292,22 @@ class DockerEngine:
     ) -> StepResult:
         import docker
 
-        with spec.log_path.open("a", encoding="utf-8") as log:
-            lock = threading.Lock()
+        log = spec.log_path.open("a", encoding="utf-8")
+        lock = threading.Lock()
 
-            def emit(line: str) -> None:
-                with lock:
-                    log.write(line + "\n")
-                    log.flush()
-                if on_log_line is not None:
-                    try:
-                        on_log_line(spec.name, line)
-                    except Exception:  # noqa: BLE001 - a faulty display must not stop log capture
-                        pass
+        def emit(line: str) -> None:
+            with lock:
+                if log.closed:  # the step is over (e.g. Ctrl-C) and the reader still had a line
+                    return
+                log.write(line + "\n")
+                log.flush()
+            if on_log_line is not None:
+                try:
+                    on_log_line(spec.name, line)
+                except Exception:  # noqa: BLE001 - a faulty display must not stop log capture
+                    pass
 
+        try:
             # Attach before starting (as `docker run` does): one stream, no line lost at start-up.
             try:
                 sock = _attach(container)
@@ -315,18 +318,23 @@ class DockerEngine:
             )
             reader.start()
             try:
-                container.start()
-            except docker.errors.APIError as exc:
+                try:
+                    container.start()
+                except docker.errors.APIError as exc:
+                    raise DockerError(f"step {spec.name!r}: cannot start container: {_first_line(exc)}") from exc
+                timed_out = not _wait(container, spec.timeout_s)
+                if timed_out:
+                    _kill(container)
+                    _wait(container, 30.0)
+                # The log stream ends with the container; wait briefly for its tail.
+                reader.join(timeout=10.0)
+            finally:
+                if reader.is_alive():
+                    # Ctrl-C, an error, or a stream that did not end: stop the block, end the stream.
+                    _kill(container)
+                    _shutdown(sock)
+                    reader.join(timeout=5.0)
                 _close(sock)
-                raise DockerError(f"step {spec.name!r}: cannot start container: {_first_line(exc)}") from exc
-            timed_out = not _wait(container, spec.timeout_s)
-            if timed_out:
-                _kill(container)
-                _wait(container, 30.0)
-            # The log stream ends with the container; wait briefly for its tail.
-            reader.join(timeout=10.0)
-            _close(sock)
-
             container.reload()
             state = container.attrs.get("State", {})
             ended = time.time()
@@ -354,6 +362,9 @@ class DockerEngine:
                 timed_out=timed_out,
                 detail=detail,
             )
+        finally:
+            with lock:
+                log.close()
 
 
 def _pid_alive(pid: str) -> bool:
@@ -384,11 +395,23 @@ def _attach(container: Any) -> Any:
     return container.client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
 
 
-def _close(sock: Any) -> None:
+def _shutdown(sock: Any) -> None:
+    """End a blocked read on an attach socket (closing the SDK's wrapper alone does not)."""
+    import socket
+
     try:
-        sock.close()
-    except OSError:
+        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
         pass
+
+
+def _close(sock: Any) -> None:
+    for layer in (sock, getattr(sock, "_sock", None)):
+        try:
+            if layer is not None:
+                layer.close()
+        except OSError:
+            pass
 
 
 def _pump_logs(sock: Any, splitter: _LineSplitter) -> None:

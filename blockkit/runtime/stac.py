@@ -159,9 +159,10 @@ def _folder_name(item_id: str, index: int, taken: set[str]) -> str:
     Only letters, digits, '.', '_' and '-' are kept (fan-in ids hold ':', which Windows and
     some object stores refuse, and a space or '#' would need escaping in an href).
     """
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id).strip("._")[:100] or f"item-{index}"
-    if name in taken:
-        name = f"{name}-{index}"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id).strip("._")[:100] or f"item-{index}"
+    name, suffix = base, index
+    while name in taken:
+        name, suffix = f"{base}-{suffix}", suffix + 1
     taken.add(name)
     return name
 

@@ -62,6 +62,13 @@ print("probe: stderr line", file=sys.stderr)
 sys.stdout.flush()
 if params.get("alloc_mb"):
     blob = b"x" * (params["alloc_mb"] << 20)
+if params.get("chatter"):
+    # Lines and a partial line, forever: a log stream that is busy when the step is stopped.
+    while True:
+        print("chatter line", flush=True)
+        print("part", end="", flush=True)
+        time.sleep(0.05)
+        print("", flush=True)
 if params.get("sleep"):
     time.sleep(params["sleep"])
 if params.get("say_after"):
@@ -259,8 +266,12 @@ def test_a_quiet_step_outlasting_the_client_timeout_keeps_its_log(probe_image, d
     assert "log stream interrupted" not in log
 
 
-def test_ctrl_c_removes_the_container(engine, probe_image, docker_client, tmp_path):
-    spec = make_spec(tmp_path, probe_image, params={"sleep": 120})
+@pytest.mark.parametrize("params", [{"sleep": 120}, {"chatter": True}], ids=["quiet", "chatty"])
+def test_ctrl_c_removes_the_container_and_stops_the_log_reader(engine, probe_image, docker_client, tmp_path,
+                                                               monkeypatch, params):
+    thread_errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    spec = make_spec(tmp_path, probe_image, params=params)
     # Deliver a real SIGINT to this process while the step is running.
     timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
@@ -270,6 +281,11 @@ def test_ctrl_c_removes_the_container(engine, probe_image, docker_client, tmp_pa
     finally:
         timer.cancel()
     assert leftover_containers(docker_client, spec) == []
+    time.sleep(0.5)  # a reader left running would write (and fail) now
+    assert thread_errors == []
+    assert not [t for t in threading.enumerate() if t.name == f"logs-{spec.name}"]
+    if "chatter" in params:
+        assert "chatter line" in spec.log_path.read_text()
 
 
 def test_orphans_of_a_dead_runner_are_removed(engine, probe_image, docker_client, tmp_path):

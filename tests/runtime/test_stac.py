@@ -159,11 +159,11 @@ def test_write_catalog_never_writes_outside_the_folder(tmp_path: Path, bad_id: s
 def test_write_catalog_folder_names_are_portable_and_unique(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    ids = ["a:scene", "a_scene", "b:scene #1", "ünïcode"]
+    ids = ["a:scene", "a_scene", "b:scene #1", "ünïcode", "x", "x-6", "x:"]
     fc = FeatureCollection([{"type": "Feature", "id": i, "geometry": None, "properties": {}} for i in ids])
     write_catalog(out, fc)
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert folders == ["a_scene", "a_scene-1", "b_scene_1", "n_code"]
+    assert folders == ["a_scene", "a_scene-1", "b_scene_1", "n_code", "x", "x-6", "x-7"]
     assert {f["id"] for f in features_from_catalog(out)} == set(ids)  # ids themselves are kept
 
 
