@@ -159,14 +159,19 @@ class DockerEngine:
         return self._client
 
     def remove_orphans(self) -> list[str]:
-        """Remove containers left by blockkit runners on this host that no longer exist."""
+        """Remove containers (steps and sidecars) left by blockkit runners that no longer exist.
+
+        Only a runner of this host and this process namespace can tell that a pid is dead:
+        containers of other hosts or namespaces sharing the daemon are never touched.
+        """
         import docker
 
         removed = []
-        host = socket.gethostname()
+        mine = owner_labels()
         for container in self.client.containers.list(all=True, filters={"label": [f"{CONTAINER_LABEL}=1"]}):
             labels = container.labels or {}
-            if labels.get("blockkit.host") != host or _pid_alive(labels.get("blockkit.pid", "")):
+            same_owner_space = all(labels.get(k) == mine[k] for k in ("blockkit.host", "blockkit.pidns"))
+            if not mine["blockkit.pidns"] or not same_owner_space or _pid_alive(labels.get("blockkit.pid", "")):
                 continue
             try:
                 container.remove(force=True, v=True)
@@ -263,12 +268,7 @@ class DockerEngine:
             "mounts": mounts,
             "user": user,
             # Owner labels let `remove_orphans` find containers of a runner that was killed.
-            "labels": {
-                CONTAINER_LABEL: "1",
-                "blockkit.step": spec.name,
-                "blockkit.host": socket.gethostname(),
-                "blockkit.pid": str(os.getpid()),
-            },
+            "labels": {**owner_labels(), "blockkit.step": spec.name},
             # With an S3 sidecar the block joins the sidecar's namespace, like containers of one pod.
             "network_mode": f"container:{spec.network_container}" if spec.network_container
             else ("bridge" if spec.network else "none"),
@@ -365,6 +365,16 @@ class DockerEngine:
         finally:
             with lock:
                 log.close()
+
+
+def owner_labels() -> dict[str, str]:
+    """Labels naming the runner that owns a container: host, process namespace and pid."""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""  # no /proc: such containers are never swept as orphans
+    return {CONTAINER_LABEL: "1", "blockkit.host": socket.gethostname(), "blockkit.pidns": pidns,
+            "blockkit.pid": str(os.getpid())}
 
 
 def _pid_alive(pid: str) -> bool:

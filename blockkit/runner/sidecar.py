@@ -43,7 +43,7 @@ def docker_gateway(spec: StepSpec, upstream: list[str], image: str) -> Iterator[
     from docker.types import Mount
 
     from blockkit.gateway import client_env
-    from blockkit.runner.docker_engine import CONTAINER_LABEL, docker_client
+    from blockkit.runner.docker_engine import docker_client, owner_labels
 
     client = docker_client()
     mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
@@ -59,7 +59,7 @@ def docker_gateway(spec: StepSpec, upstream: list[str], image: str) -> Iterator[
     container: Any = client.containers.run(
         image, args, name=f"blockkit-s3-{spec.name}-{secrets.token_hex(3)}", detach=True,
         network_mode="none", mounts=mounts, user="1000:1000" if _host_is_root() else None,
-        labels={CONTAINER_LABEL: "1", "blockkit.role": "s3-gateway"},
+        labels={**owner_labels(), "blockkit.role": "s3-gateway", "blockkit.step": spec.name},
     )
     try:
         _wait_listening(container)

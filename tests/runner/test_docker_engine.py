@@ -289,28 +289,33 @@ def test_ctrl_c_removes_the_container_and_stops_the_log_reader(engine, probe_ima
 
 
 def test_orphans_of_a_dead_runner_are_removed(engine, probe_image, docker_client, tmp_path):
-    import socket
     import subprocess
+
+    from blockkit.runner.docker_engine import owner_labels
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    owner = {"blockkit": "1", "blockkit.host": socket.gethostname()}
-    orphan = docker_client.containers.create(
-        probe_image, ["sleep", "60"], labels={**owner, "blockkit.pid": str(dead.pid)}, network_mode="none"
-    )
-    alive = docker_client.containers.create(
-        probe_image, ["sleep", "60"], labels={**owner, "blockkit.pid": str(os.getpid())}, network_mode="none"
-    )
+    mine = owner_labels()
+
+    def container(**labels):
+        return docker_client.containers.create(probe_image, ["sleep", "60"], labels={**mine, **labels}, network_mode="none")
+
+    orphan = container(**{"blockkit.pid": str(dead.pid)})
+    orphan_sidecar = container(**{"blockkit.pid": str(dead.pid), "blockkit.role": "s3-gateway"})
+    alive = container()  # this very process
+    # Same host name, another pid namespace (a runner in a container sharing the daemon): hands off.
+    elsewhere = container(**{"blockkit.pid": str(dead.pid), "blockkit.pidns": "pid:[4026531999]"})
+    unlabelled = container(**{"blockkit.pid": str(dead.pid), "blockkit.pidns": ""})
     try:
         removed = engine.remove_orphans()
-        assert orphan.name in removed
-        assert alive.name not in removed
+        assert sorted(removed) == sorted([orphan.name, orphan_sidecar.name])
         names = [c.name for c in docker_client.containers.list(all=True)]
-        assert orphan.name not in names and alive.name in names
+        assert orphan.name not in names and orphan_sidecar.name not in names
+        assert {alive.name, elsewhere.name, unlabelled.name} <= set(names)
     finally:
-        for container in (orphan, alive):
+        for c in (orphan, orphan_sidecar, alive, elsewhere, unlabelled):
             try:
-                container.remove(force=True)
+                c.remove(force=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
 

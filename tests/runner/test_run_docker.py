@@ -99,18 +99,18 @@ def test_docker_faults_stop_the_run_cleanly_and_resume_finishes_it(
 
 
 def test_a_docker_run_removes_containers_of_a_killed_runner_and_says_so(tmp_path: Path, docker_client, base_image) -> None:
-    import socket
     import subprocess
 
-    blocks = make_blocks(tmp_path / "blocks")
     from blockkit.runner.build import build_block_image
+    from blockkit.runner.docker_engine import owner_labels
+
+    blocks = make_blocks(tmp_path / "blocks")
 
     image = build_block_image(blocks["source"], client=docker_client).tag
     dead = subprocess.Popen(["true"])
     dead.wait()
     orphan = docker_client.containers.create(
-        image, ["sleep", "60"], network_mode="none",
-        labels={"blockkit": "1", "blockkit.host": socket.gethostname(), "blockkit.pid": str(dead.pid)},
+        image, ["sleep", "60"], network_mode="none", labels={**owner_labels(), "blockkit.pid": str(dead.pid)},
     )
     said: list[str] = []
     try:
