@@ -99,13 +99,17 @@ def register(app: typer.Typer) -> None:
             summary = run_request(request)
         except RunFailed as err:
             if json_out:
-                typer.echo(json.dumps({"status": "failed", "run_dir": str(err.run_dir), "step": err.step,
-                                       "exit_code": err.step_exit, "message": err.message}))
+                typer.echo(json.dumps({"status": "failed", "run_id": err.run_dir.name, "run_dir": str(err.run_dir),
+                                       "step": err.step, "exit_code": err.step_exit, "message": err.message,
+                                       "resume": _resume_command(err.run_dir)}))
             typer.echo(f"[{ExitCode.describe(err.step_exit)}] {err.message}", err=True)
-            typer.echo(f"run folder: {err.run_dir} (resume with: blockkit run --resume {err.run_dir.name})", err=True)
+            typer.echo(f"run folder: {err.run_dir} (resume with: {_resume_command(err.run_dir)})", err=True)
             raise typer.Exit(err.step_exit if 0 < err.step_exit < 256 else 1)
         except RunInterrupted as err:
-            typer.echo(f"[INTERRUPTED] {err.message}", err=True)
+            if json_out:
+                typer.echo(json.dumps({"status": "interrupted", "run_id": err.run_dir.name, "run_dir": str(err.run_dir),
+                                       "resume": _resume_command(err.run_dir)}))
+            typer.echo(f"[INTERRUPTED] {err.message}; resume with: {_resume_command(err.run_dir)}", err=True)
             raise typer.Exit(130)  # 128 + SIGINT, as shells report it
         except BlockkitError as err:
             fail(err)
@@ -116,6 +120,18 @@ def register(app: typer.Typer) -> None:
             for where in summary.get("outputs", []):
                 progress.console.print(f"results: {where}")
         sys.stdout.flush()
+
+
+def _resume_command(run_dir: Path) -> str:
+    """The command that resumes this run (with --runs-dir when the run is not in the default place)."""
+    import shlex
+
+    from blockkit.runner.run import default_runs_dir
+
+    command = f"blockkit run --resume {run_dir.name}"
+    if run_dir.parent.resolve() != default_runs_dir().resolve():
+        command += f" --runs-dir {shlex.quote(str(run_dir.parent))}"
+    return command
 
 
 def looks_like_block(path: Path) -> bool:

@@ -47,7 +47,7 @@ class RunInterrupted(BlockkitError):
     """The run was stopped by Ctrl-C (SIGINT); its folder says which steps finished."""
 
     def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"run {run_dir.name} interrupted; resume with: blockkit run --resume {run_dir.name}")
+        super().__init__(f"run {run_dir.name} interrupted")
         self.run_dir = run_dir
 
 

@@ -51,7 +51,7 @@ def test_progress_failure_line_resume_and_runs_commands(workflow: Path, tmp_path
     assert "✔ make done in" in failed.stderr and "make | " in failed.stderr  # a line per step, logs prefixed
     assert "[NO_INPUT_ERROR] step 'up' failed with exit code 3 (NO_INPUT_ERROR)" in failed.stderr
     run_id = next(p.name for p in runs.iterdir() if (p / "run.json").exists())
-    assert f"blockkit run --resume {run_id}" in failed.stderr
+    assert f"resume with: blockkit run --resume {run_id} --runs-dir {runs})" in failed.stderr
 
     listed = cli("runs", "list", "--runs-dir", runs)
     assert listed.returncode == 0
@@ -82,6 +82,15 @@ def test_json_summary_and_cached_second_run(workflow: Path, tmp_path: Path) -> N
     assert summary["steps"]["up"]["features_out"] == 2
     second = json.loads(cli("run", workflow, "--engine", "process", "--runs-dir", runs, "--json").stdout)
     assert {s["status"] for s in second["steps"].values()} == {"cached"}
+
+    # Run from the folder holding .blockkit/runs: the resume hint needs no --runs-dir then.
+    _chain(tmp_path, "{behaviour: crash}")
+    crashed = cli("run", workflow, "--engine", "process", "--json", cwd=tmp_path)
+    assert crashed.returncode == 1
+    report = json.loads(crashed.stdout)
+    assert report["status"] == "failed" and report["step"] == "up"
+    assert report["resume"] == f"blockkit run --resume {report['run_id']}"
+    assert (tmp_path / ".blockkit" / "runs" / report["run_id"]).is_dir()
 
     failed = cli("run", workflow.with_name("missing.yaml"), "--runs-dir", runs, "--json")
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
@@ -135,5 +144,5 @@ def test_ctrl_c_stops_the_run_with_a_resume_hint(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     run_id = next(p.name for p in runs.iterdir() if (p / "run.json").exists())
-    assert f"[INTERRUPTED] run {run_id} interrupted; resume with: blockkit run --resume {run_id}" in err
+    assert f"[INTERRUPTED] run {run_id} interrupted; resume with: blockkit run --resume {run_id} --runs-dir {runs}" in err
     assert json.loads((runs / run_id / "run.json").read_text())["status"] == "interrupted"
