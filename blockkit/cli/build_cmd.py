@@ -28,7 +28,7 @@ def build(
 
     try:
         built = build_block_image(block_dir, base_image=base_image, wheelhouse=wheelhouse, force=force)
-        removed, kept = prune_block_images(built) if prune else ([], [])
+        removed, kept = prune_block_images(built, block_dir) if prune else ([], [])
     except BlockkitError as err:
         typer.echo(err.headline(), err=True)
         details = err.details()

@@ -30,6 +30,8 @@ DEFAULT_BASE_IMAGE = "blockkit-base:bookworm"
 DOCKERFILE_NAME = "Dockerfile.base"
 MANIFEST_LABEL = "up42_manifest"
 HASH_LABEL = "blockkit.content_hash"
+#: The block folder an image was built from (`--prune` only touches images of the same folder).
+SOURCE_LABEL = "blockkit.block_dir"
 # Bumped when the way images are built changes, so old tags are not reused.
 _BUILD_FORMAT = "blockkit-build-1"
 # Folders that never belong in an image nor in its hash (caches, run output).
@@ -102,25 +104,31 @@ def build_block_image(
         labels = {
             MANIFEST_LABEL: json.dumps(manifest, sort_keys=True),
             HASH_LABEL: content_hash,
+            SOURCE_LABEL: str(block_dir),
             "blockkit.block": str(manifest["name"]),
         }
         image_id = _docker_build(client, context, tag, base_image, labels, nocache=force)
     return BuiltImage(tag=tag, image_id=image_id, content_hash=content_hash, rebuilt=True)
 
 
-def prune_block_images(built: BuiltImage, client: "docker.DockerClient | None" = None) -> tuple[list[str], list[str]]:
-    """Remove the older tags of a block's image (same repository, other content hash).
+def prune_block_images(
+    built: BuiltImage, block_dir: Path | str, client: "docker.DockerClient | None" = None
+) -> tuple[list[str], list[str]]:
+    """Remove the older images of a block folder (same repository and folder, other content).
 
-    Returns (removed tags, kept tags with the reason); an image a container still uses is kept.
+    Another folder's block with the same manifest name shares the repository but not the
+    folder label, so its images stay. Returns (removed tags, kept tags with the reason); an
+    image a container still uses is kept.
     """
     import docker
 
     client = client or docker_client()
     repo = built.tag.rsplit(":", 1)[0]
+    folder = str(Path(block_dir).resolve())
     removed: list[str] = []
     kept: list[str] = []
     for image in client.images.list(name=repo):
-        if image.id == built.image_id:
+        if image.id == built.image_id or (image.labels or {}).get(SOURCE_LABEL) != folder:
             continue
         for tag in image.tags:
             if not tag.startswith(repo + ":"):

@@ -263,8 +263,12 @@ def test_cli_build_prints_tag_and_cache_state(docker_client, base_image, tmp_pat
 def test_cli_build_prune_removes_older_images_of_the_block_only(build, docker_client, base_image, tmp_path):
     block = make_block(tmp_path, name="prune-block")
     other = make_block(tmp_path / "other", name="prune-other")
+    # Another folder whose block has the same name: same repository, not this block's images.
+    namesake = make_block(tmp_path / "namesake", name="prune-block")
+    (namesake / "src" / "run.py").write_text(RUN_PY + "print('namesake')\n")
     first = build(block, base_image=base_image, client=docker_client)
     unrelated = build(other, base_image=base_image, client=docker_client)
+    twin = build(namesake, base_image=base_image, client=docker_client)
     (block / "src" / "run.py").write_text(RUN_PY + "print('v2')\n")
     second = build(block, base_image=base_image, client=docker_client)
     (block / "src" / "run.py").write_text(RUN_PY + "print('v3')\n")
@@ -278,6 +282,7 @@ def test_cli_build_prune_removes_older_images_of_the_block_only(build, docker_cl
         assert f"removed older image {first.tag}" in result.output
         assert second.tag in tags and f"kept older image {second.tag}" in result.output  # a container uses it
         assert docker_client.images.get(unrelated.tag)  # another block's image is untouched
+        assert twin.tag in tags  # the namesake folder's image too
     finally:
         in_use.remove(force=True)
         docker_client.images.remove(third)
