@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode
 from blockkit.runner.engine import LogSink, StepResult, StepSpec
 
 
@@ -48,6 +48,65 @@ def step_environment(spec: StepSpec, base: dict[str, str] | None = None) -> dict
     return env
 
 
+def session_memory(session_id: int) -> int:
+    """Bytes of memory used by every process of a session (proportional set size where the kernel has it).
+
+    PSS shares copy-on-write pages among the processes that map them, so forked workers
+    (e.g. `map_windows`) are not counted twice; RSS is the fallback.
+    """
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) != session_id:  # state, ppid, pgrp, session, ...
+                continue
+            total += _process_memory(entry.name)
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    return total
+
+
+def _process_memory(pid: str) -> int:
+    for path, key in ((f"/proc/{pid}/smaps_rollup", b"Pss:"), (f"/proc/{pid}/status", b"VmRSS:")):
+        try:
+            with open(path, "rb") as fh:
+                for line in fh:
+                    if line.startswith(key):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return 0
+
+
+class _MemoryWatch(threading.Thread):
+    """Kills a step's process group when its memory passes the limit (sampled twice a second)."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self, proc: subprocess.Popen[str], limit_bytes: int) -> None:
+        super().__init__(name=f"memory-{proc.pid}", daemon=True)
+        self.proc = proc
+        self.limit = limit_bytes
+        self.exceeded = False
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.INTERVAL_S):
+            used = session_memory(self.proc.pid)
+            self.peak = max(self.peak, used)
+            if used > self.limit:
+                self.exceeded = True
+                ProcessEngine._kill(self.proc, None)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+
+
 class ProcessEngine:
     """Runs each step as a child process of this one."""
 
@@ -82,6 +141,11 @@ class ProcessEngine:
             if spec.timeout_s:
                 timer = threading.Timer(spec.timeout_s, self._kill, (proc, timed_out))
                 timer.start()
+            watch = None
+            if spec.resources is not None and Path("/proc/self/stat").exists():
+                # No cgroup here: the machine type's memory is enforced by sampling the process group.
+                watch = _MemoryWatch(proc, int(spec.resources.memory_mb) << 20)
+                watch.start()
             try:
                 assert proc.stdout is not None
                 for line in proc.stdout:
@@ -96,10 +160,16 @@ class ProcessEngine:
             finally:
                 if timer:
                     timer.cancel()
+                if watch:
+                    watch.stop()
         ended = time.time()
         if timed_out.is_set():
             return StepResult(TIMEOUT_EXIT_CODE, started, ended, timed_out=True,
                               detail=f"killed after the {spec.timeout_s:g} s timeout")
+        if watch is not None and watch.exceeded:
+            return StepResult(int(ExitCode.OUT_OF_MEMORY), started, ended, oom_killed=True,
+                              detail=f"OUT_OF_MEMORY: the block used {watch.peak >> 20} MB, more than its limit "
+                                     f"of {watch.limit >> 20} MB, and was killed")
         oom = code == -signal.SIGKILL
         if code < 0:
             detail = f"killed by signal {-code}" + (" (likely out of memory)" if oom else "")

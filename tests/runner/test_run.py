@@ -208,3 +208,41 @@ def test_an_unexpected_runner_error_leaves_the_run_marked_failed(tmp_path: Path,
     assert run["status"] == "failed"
     assert run["steps"]["up"]["status"] == "failed" and "No space left" in run["steps"]["up"]["detail"]
     assert run["steps"]["make"]["status"] == "ok"
+
+
+def test_memory_past_the_machine_type_is_out_of_memory(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    with pytest.raises(RunFailed) as info:
+        _run(tmp_path, _linear(tmp_path, blocks, "alloc"))  # 3 GB; machine type "small" has 2048 MB
+    err = info.value
+    assert err.step == "up" and err.step_exit == 137
+    assert "(OUT_OF_MEMORY)" in err.message and "more than its limit of 2048 MB" in err.message
+    assert json.loads((err.run_dir / "run.json").read_text())["steps"]["up"]["exit_name"] == "OUT_OF_MEMORY"
+
+
+def test_session_memory_counts_every_process_of_the_session() -> None:
+    import subprocess
+    import sys
+
+    from blockkit.runner.process_engine import session_memory
+
+    code = (
+        "import os, sys, time\n"
+        "blob = b'x' * (150 << 20)\n"
+        "if os.fork() == 0:\n"
+        "    child = b'y' * (100 << 20)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n" and proc.stdout.readline() == "ready\n"
+        used = session_memory(proc.pid)
+        # 150 MB shared copy-on-write by parent and child (counted once with PSS) + 100 MB of the child
+        assert 240 << 20 < used < 360 << 20, used >> 20
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
