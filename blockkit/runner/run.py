@@ -334,11 +334,13 @@ class WorkflowRun:
         if result.exit_code == 0:
             try:
                 fc = load_data_json(output_dir, required=False)
-                if step.propagate and upstream_dirs:
-                    fc.features.extend(forward_fan_in(upstream_dirs, fc.features, output_dir))
-                    write_data_json(output_dir, fc)
-                elif step.propagate:
-                    fc.features.extend(forward_all(load_data_json(input_dir, required=False).features, fc.features, input_dir, output_dir))
+                if step.propagate:
+                    if upstream_dirs:  # mounted fan-in: the files are still in each upstream's folder
+                        forwarded = forward_fan_in(upstream_dirs, fc.features, output_dir)
+                    else:
+                        inputs = load_data_json(input_dir, required=False).features
+                        forwarded = forward_all(inputs, fc.features, input_dir, output_dir)
+                    fc.features.extend(forwarded)
                     write_data_json(output_dir, fc)
             except BlockkitError as err:
                 record.exit_code, record.exit_name = int(ExitCode.NO_OUTPUT_ERROR), "NO_OUTPUT_ERROR"
