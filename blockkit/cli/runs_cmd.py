@@ -47,8 +47,10 @@ def list_runs(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
 
 def _summary(path: Path) -> dict[str, str]:
     """One run's line; a broken run.json is reported, not fatal."""
+    from blockkit.runner.run import RunFolder
+
     try:
-        run = json.loads(path.read_text())
+        run = RunFolder(path.parent).read_json(path.name)
         steps = run.get("steps", {})
         done = sum(1 for s in steps.values() if s["status"] in ("ok", "cached"))
         return {
@@ -59,8 +61,8 @@ def _summary(path: Path) -> dict[str, str]:
             "steps": f"{done}/{len(steps)}",
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"])),
         }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return {"run_id": path.parent.name, "workflow": "?", "status": f"unreadable {path.name} ({type(exc).__name__})"}
+    except (BlockkitError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        return {"run_id": path.parent.name, "workflow": "?", "status": f"unreadable {path.name} ({type(exc.__cause__ or exc).__name__})"}
 
 
 @runs_app.command("show")
