@@ -374,7 +374,7 @@ class WorkflowRun:
         from blockkit.runner.sidecar import docker_gateway, process_gateway
 
         if self.options.engine.name == "docker" and image:
-            context = docker_gateway(spec, step.upstream, image)
+            context = docker_gateway(spec, step.upstream, image, self.options.engine.client)
         else:
             context = process_gateway(spec, step.upstream)
         with context as env:

@@ -6,9 +6,12 @@ import contextlib
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from blockkit.runner.engine import StepSpec
+
+if TYPE_CHECKING:  # the docker SDK is an optional dependency
+    import docker
 
 GATEWAY_PORT = 9000
 
@@ -37,15 +40,16 @@ def process_gateway(spec: StepSpec, upstream: list[str]) -> Iterator[dict[str, s
 
 
 @contextlib.contextmanager
-def docker_gateway(spec: StepSpec, upstream: list[str], image: str) -> Iterator[dict[str, str]]:
+def docker_gateway(
+    spec: StepSpec, upstream: list[str], image: str, client: docker.DockerClient
+) -> Iterator[dict[str, str]]:
     """Start a gateway container (the block's own image has blockkit) whose network the block joins."""
     import docker
     from docker.types import Mount
 
     from blockkit.gateway import client_env
-    from blockkit.runner.docker_engine import docker_client, owner_labels
+    from blockkit.runner.docker_engine import owner_labels
 
-    client = docker_client()
     mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
     for name, folder in gateway_buckets(spec, upstream).items():
         target = f"/buckets/{name}"
@@ -71,7 +75,6 @@ def docker_gateway(spec: StepSpec, upstream: list[str], image: str) -> Iterator[
             log.write_bytes(container.logs())
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
-        client.close()
 
 
 def _host_is_root() -> bool:
