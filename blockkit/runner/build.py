@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from blockkit.contract.errors import ManifestError, Problem
-from blockkit.runner.docker_engine import DockerError, docker_client
+from blockkit.runner.docker_engine import DockerError, error_line, docker_client
 
 if TYPE_CHECKING:
     import docker
@@ -137,7 +137,7 @@ def prune_block_images(
                 client.images.remove(tag)
                 removed.append(tag)
             except docker.errors.APIError as exc:
-                kept.append(f"{tag} ({getattr(exc, 'explanation', None) or exc})")
+                kept.append(f"{tag} ({error_line(exc)})")
     return removed, kept
 
 

@@ -98,8 +98,8 @@ def docker_available(timeout: float = 2.0) -> bool:
     return True
 
 
-def _first_line(exc: BaseException) -> str:
-    # The daemon's own words (APIError.explanation) rather than the HTTP status line and URL.
+def error_line(exc: BaseException) -> str:
+    """One line for a docker error: the daemon's own words (APIError.explanation), not the HTTP status and URL."""
     text = str(getattr(exc, "explanation", None) or exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
@@ -207,7 +207,7 @@ class DockerEngine:
                 "build it with `blockkit build BLOCK_DIR`"
             ) from exc
         except docker.errors.APIError as exc:
-            raise DockerError(f"step {spec.name!r}: cannot inspect image {image_ref}: {_first_line(exc)}") from exc
+            raise DockerError(f"step {spec.name!r}: cannot inspect image {image_ref}: {error_line(exc)}") from exc
 
         user, hand_over = _container_user()
         for folder in (spec.output_dir, spec.quicklook_dir):
@@ -225,7 +225,7 @@ class DockerEngine:
             try:
                 container = client.containers.create(image.id, name=name, **kwargs)
             except docker.errors.APIError as exc:
-                raise DockerError(f"step {spec.name!r}: cannot create container: {_first_line(exc)}") from exc
+                raise DockerError(f"step {spec.name!r}: cannot create container: {error_line(exc)}") from exc
             return self._run(container, spec, image.id, started, on_log_line)
         finally:
             if container is None:
@@ -312,7 +312,7 @@ class DockerEngine:
             try:
                 sock = _attach(container)
             except docker.errors.APIError as exc:
-                raise DockerError(f"step {spec.name!r}: cannot attach to container: {_first_line(exc)}") from exc
+                raise DockerError(f"step {spec.name!r}: cannot attach to container: {error_line(exc)}") from exc
             reader = threading.Thread(
                 target=_pump_logs, args=(sock, _LineSplitter(emit)), name=f"logs-{spec.name}", daemon=True
             )
@@ -321,7 +321,7 @@ class DockerEngine:
                 try:
                     container.start()
                 except docker.errors.APIError as exc:
-                    raise DockerError(f"step {spec.name!r}: cannot start container: {_first_line(exc)}") from exc
+                    raise DockerError(f"step {spec.name!r}: cannot start container: {error_line(exc)}") from exc
                 timed_out = not _wait(container, spec.timeout_s)
                 if timed_out:
                     _kill(container)
@@ -432,7 +432,7 @@ def _pump_logs(sock: Any, splitter: _LineSplitter) -> None:
         for _stream, chunk in frames_iter(sock, tty=False):
             splitter.feed(chunk)
     except Exception as exc:  # noqa: BLE001 - a broken log stream must not hide the exit code
-        splitter.feed(f"\n[blockkit] log stream interrupted: {_first_line(exc)}\n".encode())
+        splitter.feed(f"\n[blockkit] log stream interrupted: {error_line(exc)}\n".encode())
     finally:
         splitter.close()
 
