@@ -248,18 +248,21 @@ def _stage_stac(doc: Any, url: str, target: Path, sess: Any, cred: Key | None, o
                 op = http.opener(sess, f.href)
             label = f"item {f.item_id!r} asset {f.key!r} ({public_url(f.href)})"
             tasks.append(Download(label, f.dest, op, f.size, f.checksums))
-    try:
-        download_all(tasks, workers=opts.workers, policy=opts.retry, progress=opts.progress,
-                     description="STAC assets:")
-    except Exception:
-        # leave no half layout behind: a retry starts from an empty folder
-        _empty(target)
-        raise
+    _download_or_empty(tasks, target, opts, "STAC assets:")
     title = doc.get("description") or doc.get("title") or f"staged from {public_url(url)}"
     features = stac.write_layout(target, planned, description=str(title))
     fc = FeatureCollection(features)
     write_data_json(target, fc)
     return fc
+
+
+def _download_or_empty(tasks: list[Download], target: Path, opts: StageOptions, description: str) -> None:
+    """Download every task; on any failure leave no half layout behind (a retry starts empty)."""
+    try:
+        download_all(tasks, workers=opts.workers, policy=opts.retry, progress=opts.progress, description=description)
+    except Exception:
+        _empty(target)
+        raise
 
 
 def _empty(target: Path) -> None:
@@ -288,11 +291,7 @@ def _stage_s3(uri: str, target: Path, cred: Key | None, opts: StageOptions) -> F
         md5 = obj.md5()
         tasks.append(Download(f"s3://{loc.bucket}/{obj.key}", dest, s3.opener(client, loc.bucket, obj.key),
                               obj.size, {"md5": md5} if md5 else {}))
-    try:
-        download_all(tasks, workers=opts.workers, policy=opts.retry, progress=opts.progress, description="s3:")
-    except Exception:
-        _empty(target)
-        raise
+    _download_or_empty(tasks, target, opts, "s3:")
     return _finish(target)
 
 
@@ -311,11 +310,7 @@ def _stage_webdav(uri: str, target: Path, cred: Key | None, opts: StageOptions) 
         raise StorageError(f"{public_url(url)}: the folder is empty; nothing to stage in")
     tasks = [Download(public_url(e.url), safe_join(target, e.relative, "WebDAV path"), http.opener(sess, e.url), e.size)
              for e in entries]
-    try:
-        download_all(tasks, workers=opts.workers, policy=opts.retry, progress=opts.progress, description="webdav:")
-    except Exception:
-        _empty(target)
-        raise
+    _download_or_empty(tasks, target, opts, "webdav:")
     return _finish(target)
 
 
