@@ -124,6 +124,9 @@ def parse_workflow(text: str, path: Path | None = None) -> Workflow:
         line = f"line {mark.line + 1}" if mark else where
         raise WorkflowError(f"{where} is not valid YAML ({line}): {getattr(exc, 'problem', exc)}",
                             problems=[Problem(line, str(getattr(exc, 'problem', exc)))]) from None
+    except RecursionError:
+        # The YAML reader (and the alias check) recurse per level: thousands of nested brackets.
+        raise WorkflowError(f"{where} is nested too deeply to be a workflow") from None
     if not isinstance(data, dict):
         raise WorkflowError(f"{where} must be a mapping with 'name' and 'steps'")
     # `x-...` keys are free for the user (e.g. YAML anchors of shared parameters), as in compose files.

@@ -132,6 +132,10 @@ def test_yaml_anchor_bombs_and_self_references_are_refused_quickly(tmp_path: Pat
         parse_workflow(bomb, tmp_path / "bomb.yaml")
     assert time.monotonic() - started < 5  # 10^9 values on expansion; refused from the node graph
 
+    deep = "name: deep\nsteps:\n  a: {block: x, params: {p: " + "[" * 20000 + "]" * 20000 + "}}\n"
+    with pytest.raises(WorkflowError, match="nested too deeply"):
+        parse_workflow(deep, tmp_path / "deep.yaml")
+
     with pytest.raises(WorkflowError, match="refers to itself"):
         parse_workflow("name: loop\nsteps: &s\n  a: {block: x, params: {p: *s}}\n", tmp_path / "loop.yaml")
 
