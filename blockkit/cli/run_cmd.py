@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,8 +30,58 @@ def _params_option(value: str | None) -> dict[str, Any]:
     return parse_parameters_text(value, "--params")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: stop like Ctrl-C (step killed, container removed, run interrupted)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopSignals:
+    """While a run is going, SIGTERM and SIGHUP raise `Terminated` in the main thread (once)."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            return  # already stopping: let the cleanup finish
+        self.received = signum
+        raise Terminated(signum)
+
+    def __enter__(self) -> "_StopSignals":
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:
+                pass  # not the main thread (e.g. an embedding application): leave signals alone
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as shells report it (130 for Ctrl-C)."""
+        return 128 + (self.received or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        """The signal's name."""
+        return signal.Signals(self.received or signal.SIGINT).name
+
+
 class Progress:
-    """A line per step event and the step logs prefixed with the step name (rich, to stderr)."""
+    """A line per step event and the step logs prefixed with the step name (rich, to stderr).
+
+    Nothing that comes from outside (step names, paths, URIs, ids, block output) is ever
+    read as rich markup: values are escaped, messages and log lines printed with markup off.
+    """
 
     def __init__(self, json_mode: bool, quiet: bool) -> None:
         from rich.console import Console
@@ -46,20 +97,28 @@ class Progress:
             return
         features = info.get("features")
         feats = f", {features} feature(s) out" if features is not None else ""
+        from rich.markup import escape
+
+        step = escape(step)
         if kind == "started":
             self.started[step] = time.time()
             self.console.print(f"[bold cyan]▶ {step}[/] running")
         elif kind == "done":
             self.console.print(f"[bold green]✔ {step}[/] done in {info.get('seconds', 0):.1f} s{feats}")
         elif kind == "cached":
-            self.console.print(f"[bold green]✔ {step}[/] unchanged: reused {info.get('source')}{feats}")
+            self.console.print(f"[bold green]✔ {step}[/] unchanged: reused {escape(str(info.get('source')))}{feats}")
         elif kind == "skipped":
-            self.console.print(f"[bold green]✔ {step}[/] {info.get('reason')}{feats}")
+            self.console.print(f"[bold green]✔ {step}[/] {escape(str(info.get('reason')))}{feats}")
         elif kind == "failed":
-            self.console.print(f"[bold red]✘ {step}[/] exit {info.get('exit_code')} ({info.get('exit_name')})")
+            self.console.print(f"[bold red]✘ {step}[/] exit {info.get('exit_code')} ({escape(str(info.get('exit_name')))})")
+
+    def message(self, text: str) -> None:
+        """Show a runner message (paths, URIs, ids: printed verbatim)."""
+        if not self.json_mode:
+            self.console.print(text, markup=False, highlight=False)
 
     def log(self, step: str, line: str) -> None:
-        """Show one log line of a step."""
+        """Show one log line of a step (already cleaned of control sequences by the engine)."""
         if not self.json_mode and not self.quiet:
             self.console.out(f"{step} | {line}", highlight=False)
 
@@ -87,6 +146,7 @@ def register(app: typer.Typer) -> None:
         from blockkit.runner.session import RunRequest, run_request
 
         progress = Progress(json_out, quiet)
+        stop = _StopSignals()
         try:
             if target is None and resume is None:
                 raise WorkflowError("give a workflow file or a block folder (or --resume RUN_ID)")
@@ -94,9 +154,10 @@ def register(app: typer.Typer) -> None:
                 target=target, engine=engine, input=input_, output=output,
                 params=_params_option(params), runs_dir=runs_dir, use_cache=not no_cache, resume=resume,
                 on_event=progress.event, on_log_line=progress.log,
-                on_message=lambda text: None if json_out else progress.console.print(text),
+                on_message=progress.message,
             )
-            summary = run_request(request)
+            with stop:
+                summary = run_request(request)
         except RunFailed as err:
             if json_out:
                 typer.echo(json.dumps({"status": "failed", "run_id": err.run_dir.name, "run_dir": str(err.run_dir),
@@ -109,16 +170,23 @@ def register(app: typer.Typer) -> None:
             if json_out:
                 typer.echo(json.dumps({"status": "interrupted", "run_id": err.run_dir.name, "run_dir": str(err.run_dir),
                                        "resume": _resume_command(err.run_dir)}))
-            typer.echo(f"[INTERRUPTED] {err.message}; resume with: {_resume_command(err.run_dir)}", err=True)
-            raise typer.Exit(130)  # 128 + SIGINT, as shells report it
+            by = f" by {stop.name}" if stop.received else ""
+            typer.echo(f"[INTERRUPTED] {err.message}{by}; resume with: {_resume_command(err.run_dir)}", err=True)
+            raise typer.Exit(stop.exit_code)  # 128 + the signal, as shells report it
+        except KeyboardInterrupt:
+            # Stopped before the run folder existed (planning, building, staging in).
+            typer.echo(f"[INTERRUPTED] stopped by {stop.name} before any step ran", err=True)
+            raise typer.Exit(stop.exit_code) from None
         except BlockkitError as err:
             fail(err)
         if json_out:
             typer.echo(json.dumps(summary, indent=2, default=str))
         else:
-            progress.console.print(f"[bold]run {summary['run_id']}[/] ok → {summary['run_dir']}")
+            from rich.markup import escape
+
+            progress.console.print(f"[bold]run {escape(summary['run_id'])}[/] ok → {escape(summary['run_dir'])}")
             for where in summary.get("outputs", []):
-                progress.console.print(f"results: {where}")
+                progress.message(f"results: {where}")
         sys.stdout.flush()
 
 

@@ -22,7 +22,8 @@ def validate_path(path: Path, block: Path | None = None) -> list[str]:
     if path.is_dir():
         if (path / MANIFEST_FILE).is_file():
             manifest = load_manifest(path)
-            checked.append(f"manifest {path / MANIFEST_FILE} ({manifest.type} block {manifest.name!r})")
+            asks = f"; asks for {', '.join(manifest.privileges)}" if manifest.privileges else ""
+            checked.append(f"manifest {path / MANIFEST_FILE} ({manifest.type} block {manifest.name!r}{asks})")
             if manifest.command is None and not (path / "src" / "run.py").is_file():
                 raise ManifestError(f"block {path} has no src/run.py and no blockkit.command in its manifest")
         if (path / DATA_JSON).is_file():

@@ -98,6 +98,18 @@ class Manifest:
         return list(cmd) if cmd else None
 
     @property
+    def privileges(self) -> list[str]:
+        """What the block asks for beyond the default sandbox (`blockkit` object), in words."""
+        asked = []
+        if self.network:
+            asked.append("network")
+        if self.options.get("writable_root"):
+            asked.append("writable root filesystem")
+        if self.options.get("pids"):
+            asked.append(f"{self.options['pids']} processes")
+        return asked
+
+    @property
     def secret_parameters(self) -> set[str]:
         """Names of parameters whose values must be redacted."""
         return {name for name, spec in self.parameters.items() if spec.secret}

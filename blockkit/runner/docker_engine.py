@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode
 from blockkit.runner.engine import LogSink, StepResult, StepSpec
+from blockkit.runner.logfilter import LineSplitter, LogFilter
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
@@ -30,6 +31,11 @@ INPUT_DIR = "/tmp/input"
 OUTPUT_DIR = "/tmp/output"
 QUICKLOOK_DIR = "/tmp/quicklooks"
 DEFAULT_USER = "1000:1000"
+#: Processes (and threads) a step may have: per CPU of its machine type, at least MIN_PIDS.
+PIDS_PER_CPU = 256
+MIN_PIDS = 512
+#: The private /tmp of a step (scratch, HOME): at most this many MB, and half its memory.
+MAX_TMP_MB = 4096
 
 
 class DockerError(BlockkitError):
@@ -113,25 +119,6 @@ def _container_user() -> tuple[str, bool]:
     return DEFAULT_USER, True
 
 
-class _LineSplitter:
-    """Turns a stream of byte chunks into complete, decoded lines."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self._emit = emit
-        self._pending = b""
-
-    def feed(self, chunk: bytes) -> None:
-        self._pending += chunk
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            self._emit(line.rstrip(b"\r").decode("utf-8", errors="replace"))
-
-    def close(self) -> None:
-        if self._pending:
-            self._emit(self._pending.decode("utf-8", errors="replace"))
-            self._pending = b""
-
-
 class DockerEngine:
     """Runs each step as a container: read-only input, no network, limits, always removed."""
 
@@ -139,14 +126,21 @@ class DockerEngine:
     #: Fan-in: each upstream output is bind-mounted read-only at /tmp/input/<step>/ (no links).
     mounts_upstreams = True
 
+    #: Steps see their folders at the contract paths (/tmp/input, ...): fixed-path blocks work.
+    isolates_paths = True
+    isolation_note = "each step in a container"
+
     def __init__(
         self,
         client: "docker.DockerClient | None" = None,
         *,
         base_image: str = "blockkit-base:bookworm",
         wheelhouse: Path | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self._client = client
+        #: Masks secret values in every log line before the log file and the console see it.
+        self.redact = redact
         # Used only when a step names a block folder but no image: it is built first.
         self.base_image = base_image
         self.wheelhouse = wheelhouse
@@ -218,7 +212,7 @@ class DockerEngine:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
 
         name = f"blockkit-{_safe_name(spec.name)}-{secrets.token_hex(4)}"
-        kwargs = self._container_kwargs(spec, user)
+        kwargs = self._container_kwargs(spec, user, block_options(spec, image))
         started = time.time()
         container = None
         try:
@@ -237,8 +231,17 @@ class DockerEngine:
             if container is not None:
                 _remove(container)
 
-    def _container_kwargs(self, spec: StepSpec, user: str) -> dict[str, Any]:
+    def _container_kwargs(self, spec: StepSpec, user: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The container's settings: contract mounts, environment, limits and hardening.
+
+        Hardened by default: no capabilities, no privilege gain (setuid binaries do nothing),
+        a read-only root filesystem with a private tmpfs /tmp (HOME, TMPDIR), a process limit
+        per machine type. A manifest's `blockkit` object can ask for `writable_root: true` or
+        a different `pids` limit.
+        """
         from docker.types import Mount
+
+        options = options or {}
 
         mounts = [Mount(INPUT_DIR, str(spec.input_dir.resolve()), type="bind", read_only=True)]
         for upstream, folder in sorted(spec.upstream_dirs.items()):
@@ -259,6 +262,7 @@ class DockerEngine:
             "BLOCKKIT_STEP": spec.name,
             # The host uid may have no passwd entry in the image, so no usable home.
             "HOME": "/tmp",
+            "TMPDIR": "/tmp",
         }
         environment.update(spec.env)
 
@@ -273,7 +277,14 @@ class DockerEngine:
             "network_mode": f"container:{spec.network_container}" if spec.network_container
             else ("bridge" if spec.network else "none"),
             "detach": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": pids_limit(spec, options),
+            "read_only": not bool(options.get("writable_root", False)),
         }
+        memory_mb = spec.resources.memory_mb if spec.resources is not None else 2048
+        tmp_mb = max(64, min(MAX_TMP_MB, int(memory_mb) // 2))
+        kwargs["tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={tmp_mb}m,mode=1777"}
         if spec.resources is not None:
             kwargs["nano_cpus"] = int(spec.resources.cpus * 1e9)
             memory = f"{int(spec.resources.memory_mb)}m"
@@ -294,13 +305,17 @@ class DockerEngine:
 
         log = spec.log_path.open("a", encoding="utf-8")
         lock = threading.Lock()
+        clean = LogFilter(self.redact)
+        errors = ErrorLineTracker()
 
-        def emit(line: str) -> None:
+        def emit(raw: str, dropped: int = 0) -> None:
+            line = clean(raw, dropped)
             with lock:
                 if log.closed:  # the step is over (e.g. Ctrl-C) and the reader still had a line
                     return
                 log.write(line + "\n")
                 log.flush()
+                errors.see(line)
             if on_log_line is not None:
                 try:
                     on_log_line(spec.name, line)
@@ -314,7 +329,7 @@ class DockerEngine:
             except docker.errors.APIError as exc:
                 raise DockerError(f"step {spec.name!r}: cannot attach to container: {error_line(exc)}") from exc
             reader = threading.Thread(
-                target=_pump_logs, args=(sock, _LineSplitter(emit)), name=f"logs-{spec.name}", daemon=True
+                target=_pump_logs, args=(sock, LineSplitter(emit)), name=f"logs-{spec.name}", daemon=True
             )
             reader.start()
             try:
@@ -350,9 +365,13 @@ class DockerEngine:
                 limit = f" of {spec.resources.memory_mb} MB" if spec.resources else ""
                 detail = f"OUT_OF_MEMORY: the container exceeded its memory limit{limit} and was killed"
             elif exit_code != 0:
-                detail = f"{ExitCode.describe(exit_code)} (exit {exit_code})"
+                # The block's own last error line, as the process engine's failure line shows it.
+                detail = errors.line or f"{ExitCode.describe(exit_code)} (exit {exit_code})"
             if detail:
-                emit(f"[blockkit] {detail}")
+                # A block's own line is already in the log: say only how the container ended.
+                from_block = not timed_out and not oom_killed and detail == errors.line
+                emit(f"[blockkit] {ExitCode.describe(exit_code)} (exit {exit_code})" if from_block
+                     else f"[blockkit] {detail}")
             return StepResult(
                 exit_code=exit_code,
                 started=started,
@@ -365,6 +384,54 @@ class DockerEngine:
         finally:
             with lock:
                 log.close()
+
+
+class ErrorLineTracker:
+    """Remembers the line that best explains a failure: the last `[..._ERROR]` line, else the last line."""
+
+    def __init__(self) -> None:
+        self._error: str | None = None
+        self._last: str | None = None
+
+    def see(self, line: str) -> None:
+        """Take one (already cleaned) log line."""
+        text = line.strip()
+        if not text or text.startswith("[blockkit]"):
+            return
+        self._last = text[:1000]
+        if text.startswith("[") and ("_ERROR]" in text or text.startswith("[OUT_OF_MEMORY]")):
+            self._error = text[:1000]
+
+    @property
+    def line(self) -> str | None:
+        """The explaining line, or None when the block printed nothing."""
+        return self._error or self._last
+
+
+def pids_limit(spec: StepSpec, options: dict[str, Any]) -> int:
+    """The step's process limit: the manifest's `blockkit.pids`, else per CPU of its machine type."""
+    asked = options.get("pids")
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        return asked
+    cpus = spec.resources.cpus if spec.resources is not None else 1.0
+    return max(MIN_PIDS, int(PIDS_PER_CPU * cpus))
+
+
+def block_options(spec: StepSpec, image: Any) -> dict[str, Any]:
+    """The `blockkit` object of the step's manifest: from its block folder, else its image label."""
+    data: Any = None
+    if spec.block_dir is not None:
+        try:
+            data = json.loads((spec.block_dir / "UP42Manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+    if data is None:
+        try:
+            data = json.loads((getattr(image, "labels", None) or {}).get("up42_manifest") or "null")
+        except ValueError:
+            data = None
+    options = data.get("blockkit") if isinstance(data, dict) else None
+    return options if isinstance(options, dict) else {}
 
 
 def owner_labels() -> dict[str, str]:
@@ -424,7 +491,7 @@ def _close(sock: Any) -> None:
             pass
 
 
-def _pump_logs(sock: Any, splitter: _LineSplitter) -> None:
+def _pump_logs(sock: Any, splitter: LineSplitter) -> None:
     """Copy the container's combined stdout/stderr (multiplexed frames) into the splitter until it exits."""
     from docker.utils.socket import frames_iter
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,11 @@ class Engine(Protocol):
     """Runs one step and returns its result; never raises for a failing block."""
 
     name: str
+    #: Whether steps see their folders at the contract paths (/tmp/input, /tmp/output,
+    #: /tmp/quicklooks, /block) in a private view: blocks with fixed UP42 paths need it.
+    isolates_paths: bool
+    #: Masks secret values in every log line (set by the session before steps run).
+    redact: "Callable[[str], str] | None"
 
     def run_step(self, spec: StepSpec, on_log_line: "LogSink | None" = None) -> StepResult:
         """Run the step to completion (or timeout) and return how it ended."""

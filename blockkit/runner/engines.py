@@ -10,7 +10,13 @@ ENGINE_NAMES = ("auto", "process", "docker")
 
 
 def select_engine(name: str = "auto") -> tuple[Engine, str]:
-    """The engine to use and a sentence saying why."""
+    """The engine to use and a sentence saying why (and how its steps are isolated)."""
+    engine, why = _select(name)
+    note = getattr(engine, "isolation_note", "")
+    return engine, f"{why}; {note}" if note else why
+
+
+def _select(name: str) -> tuple[Engine, str]:
     if name not in ENGINE_NAMES:
         raise WorkflowError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
     if name == "process":

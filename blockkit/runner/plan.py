@@ -11,6 +11,7 @@ from blockkit.contract.capabilities import Capabilities, match_problems, resolve
 from blockkit.contract.errors import BlockkitError, InputParametersError, Problem, WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE, Manifest, load_manifest, parse_manifest
 from blockkit.contract.parameters import resolve_parameters
+from blockkit.runner.secret_params import resolve_secret_refs
 from blockkit.runner.workflow import StepDef, Workflow
 
 ImageManifestLoader = Callable[[str], dict[str, Any]]
@@ -121,8 +122,11 @@ def plan_workflow(workflow: Workflow, image_manifest: ImageManifestLoader | None
         manifest, block_dir = _manifest_of(step, workflow, where, problems, image_manifest)
         if manifest is None:
             continue
+        raw_params, ref_problems = resolve_secret_refs(step.params, manifest)  # {from_env: ...} / {from_key: ...}
+        problems.extend(Problem(f"{where} {p.where}", p.message) for p in ref_problems)
+        param_problems += len(ref_problems)
         try:
-            params = resolve_parameters(manifest, step.params)
+            params = resolve_parameters(manifest, raw_params)
         except BlockkitError as err:
             problems.extend(Problem(f"{where} {p.where}", p.message) for p in err.problems)
             param_problems += len(err.problems)

@@ -118,6 +118,11 @@ def run_request(request: RunRequest) -> dict[str, Any]:
 
     keys = StepKeys(plan)
     extra_env = request.step_env
+    from blockkit.runner.secret_params import run_redact
+
+    # Secret parameters, key secrets and the passphrase: masked by the engine in every log line.
+    redact = run_redact(plan, keys.redact if keys.redactor else None)
+    engine.redact = redact
 
     def env_for_step(step: PlannedStep) -> dict[str, str]:
         return {**(dict(extra_env(step)) if extra_env else {}), **keys.env_for(step)}
@@ -130,7 +135,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         on_event=request.on_event,
         on_log_line=request.on_log_line,
         env_for_step=env_for_step,
-        redact=keys.redact if keys.redactor else None,
+        redact=redact,
         image_for_step=_docker_images(plan, engine, say),
         input_dir=input_dir,
     )
