@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode
 from blockkit.runner.engine import LogSink, StepResult, StepSpec
+from blockkit.runner.isolation import Watchdog
 from blockkit.runner.logfilter import LineSplitter, LogFilter
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
@@ -215,6 +216,9 @@ class DockerEngine:
         kwargs = self._container_kwargs(spec, user, block_options(spec, image))
         started = time.time()
         container = None
+        # If this runner is killed (even by kill -9), a watchdog process removes the container.
+        socket_path = _docker_socket()
+        watchdog = Watchdog.for_container(socket_path, name) if socket_path else None
         try:
             try:
                 container = client.containers.create(image.id, name=name, **kwargs)
@@ -230,6 +234,8 @@ class DockerEngine:
                     container = None
             if container is not None:
                 _remove(container)
+            if watchdog is not None:
+                watchdog.release()
 
     def _container_kwargs(self, spec: StepSpec, user: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The container's settings: contract mounts, environment, limits and hardening.
@@ -455,6 +461,16 @@ def _pid_alive(pid: str) -> bool:
     except PermissionError:
         return True  # it exists, owned by someone else
     return True
+
+
+def _docker_socket() -> str | None:
+    """The daemon's unix socket path, when the client talks to one (None for tcp:// hosts)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    if not host and Path("/var/run/docker.sock").exists():
+        return "/var/run/docker.sock"
+    return None
 
 
 def _safe_name(step: str) -> str:

@@ -172,27 +172,36 @@ def set_parent_death_signal() -> None:
         pass  # not Linux: the watchdog still ends the group
 
 
-class GroupWatchdog:
-    """A tiny process that kills a step's process group if the runner dies first.
+class Watchdog:
+    """A tiny process that acts if the runner dies before the step ends (even by `kill -9`).
 
     It waits on a pipe whose only writer is the runner: a line means "the step ended
-    normally, stop watching"; end-of-file without a line means the runner is gone.
+    normally, stop watching"; end-of-file without a line means the runner is gone, and it
+    runs its action (kill the step's process group, remove the step's container).
     """
 
-    def __init__(self, pgid: int) -> None:
+    def __init__(self, argv: list[str]) -> None:
         read_fd, self._write_fd = os.pipe()
         try:
             self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", 'read x || kill -9 -- "-$1"', "blockkit-watchdog", str(pgid)],
-                stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                argv, stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True, close_fds=True,
             )
         finally:
             os.close(read_fd)
-        os.set_inheritable(self._write_fd, False)
+
+    @classmethod
+    def for_group(cls, pgid: int) -> "Watchdog":
+        """Kill process group `pgid` if the runner dies."""
+        return cls(["/bin/sh", "-c", 'read x || kill -9 -- "-$1"', "blockkit-watchdog", str(pgid)])
+
+    @classmethod
+    def for_container(cls, docker_socket: str, container: str) -> "Watchdog":
+        """Remove a container (through the daemon's unix socket) if the runner dies."""
+        return cls([sys.executable, "-S", "-I", "-c", _REMOVE_CONTAINER, docker_socket, container])
 
     def release(self) -> None:
-        """The step is over: let the watchdog exit without killing anything."""
+        """The step is over: let the watchdog exit without acting."""
         try:
             os.write(self._write_fd, b"done\n")
         except OSError:
@@ -203,6 +212,19 @@ class GroupWatchdog:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+
+
+# Run by `python -S -I -c`: no imports beyond the standard library, so it starts in milliseconds.
+_REMOVE_CONTAINER = """
+import socket, sys
+if sys.stdin.readline():
+    sys.exit(0)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(60)
+sock.connect(sys.argv[1])
+sock.sendall(("DELETE /containers/%s?force=1&v=1 HTTP/1.0\\r\\nHost: docker\\r\\n\\r\\n" % sys.argv[2]).encode())
+sock.recv(1024)
+"""
 
 
 def kill_group(pgid: int) -> None:

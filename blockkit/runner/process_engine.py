@@ -21,7 +21,7 @@ from blockkit.runner.isolation import (
     INPUT_DIR,
     OUTPUT_DIR,
     QUICKLOOK_DIR,
-    GroupWatchdog,
+    Watchdog,
     bwrap_command,
     bwrap_problem,
     host_environment,
@@ -244,7 +244,7 @@ class ProcessEngine:
         except OSError as exc:
             raise EngineError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None
         # Grandchildren have no parent-death signal: a watchdog ends the group if the runner dies.
-        watchdog = None if isolated else GroupWatchdog(proc.pid)
+        watchdog = None if isolated else Watchdog.for_group(proc.pid)
         assert proc.stdout is not None
         reader = threading.Thread(target=_pump, args=(proc.stdout, LineSplitter(emit)),
                                   name=f"logs-{spec.name}", daemon=True)
