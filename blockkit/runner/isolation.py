@@ -193,7 +193,7 @@ class Watchdog:
     @classmethod
     def for_group(cls, pgid: int) -> "Watchdog":
         """Kill process group `pgid` if the runner dies."""
-        return cls(["/bin/sh", "-c", 'read x || kill -9 -- "-$1"', "blockkit-watchdog", str(pgid)])
+        return cls(["/bin/sh", "-c", 'read x || kill -KILL "-$1"', "blockkit-watchdog", str(pgid)])
 
     @classmethod
     def for_container(cls, docker_socket: str, container: str) -> "Watchdog":

@@ -20,7 +20,12 @@ import json, os, sys, time
 params = json.loads(os.environ.get("UP42_TASK_PARAMETERS") or "{}")
 action = params.get("action", "ok")
 marker = params.get("marker", "")
-IN, OUT, QL = "/tmp/input", "/tmp/output", "/tmp/quicklooks"   # hard-coded, as UP42 blocks do
+if action == "fixed-paths":
+    IN, OUT, QL = "/tmp/input", "/tmp/output", "/tmp/quicklooks"   # hard-coded, as UP42 blocks do
+else:
+    IN = os.environ.get("BLOCKKIT_INPUT_DIR", "/tmp/input")
+    OUT = os.environ.get("BLOCKKIT_OUTPUT_DIR", "/tmp/output")
+    QL = os.environ.get("BLOCKKIT_QUICKLOOK_DIR", "/tmp/quicklooks")
 
 
 def write_output(features=(), extra=None):
