@@ -1,0 +1,144 @@
+"""Docker steps are hardened by default (pids, capabilities, no-new-privileges, read-only root),
+their containers never outlive the runner, and a block that needs more says so in its manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from blockkit.runner.docker_engine import DockerEngine, block_options, pids_limit
+from blockkit.runner.engine import Resources, StepSpec
+from blockkit.runner.run import RunFailed
+from blockkit.runner.session import RunRequest, run_request
+
+from .engine_blocks import files_under, new_marker, processes_with, wait_for, workflow, write_hostile
+
+
+def _spec(tmp_path: Path, block: Path, cpus: float = 0.5, memory: int = 2048) -> StepSpec:
+    return StepSpec(name="s", block_dir=block, image=None, input_dir=tmp_path / "in", output_dir=tmp_path / "out",
+                    quicklook_dir=tmp_path / "ql", log_path=tmp_path / "s.log",
+                    resources=Resources(cpus=cpus, memory_mb=memory))
+
+
+def test_container_settings_are_hardened_by_default(tmp_path: Path) -> None:
+    pytest.importorskip("docker")
+    block = write_hostile(tmp_path / "blocks")
+    spec = _spec(tmp_path, block)
+    kwargs = DockerEngine(client=object())._container_kwargs(spec, "1000:1000", block_options(spec, None))
+    assert kwargs["cap_drop"] == ["ALL"] and kwargs["security_opt"] == ["no-new-privileges"]
+    assert kwargs["read_only"] is True and kwargs["pids_limit"] == 512
+    assert kwargs["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=1024m,mode=1777"}
+    assert kwargs["network_mode"] == "none" and kwargs["user"] == "1000:1000"
+    assert kwargs["environment"]["HOME"] == "/tmp" and kwargs["environment"]["TMPDIR"] == "/tmp"
+    assert pids_limit(_spec(tmp_path, block, cpus=16), {}) == 4096
+
+
+def test_a_block_asking_for_more_says_so_and_gets_it(tmp_path: Path) -> None:
+    pytest.importorskip("docker")
+    block = write_hostile(tmp_path / "blocks", options={"writable_root": True, "pids": 2000, "network": True})
+    spec = _spec(tmp_path, block)
+    spec.network = True
+    kwargs = DockerEngine(client=object())._container_kwargs(spec, "1000:1000", block_options(spec, None))
+    assert kwargs["read_only"] is False and kwargs["pids_limit"] == 2000 and kwargs["network_mode"] == "bridge"
+    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
+    done = subprocess.run([sys.executable, "-c", code, "validate", str(block)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "asks for network, writable root filesystem, 2000 processes" in done.stdout
+    bad = write_hostile(tmp_path / "bad", options={"pids": 3})
+    done = subprocess.run([sys.executable, "-c", code, "validate", str(bad)], capture_output=True, text=True)
+    assert done.returncode != 0 and "pids" in done.stderr
+
+
+def _running_container(client, step: str):
+    found = client.containers.list(filters={"label": [f"blockkit.step={step}"]})
+    return found[0] if found else None
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_running_step_is_hardened_as_docker_inspect_shows(tmp_path: Path, docker_client, base_image) -> None:
+    block = write_hostile(tmp_path / "blocks")
+    marker = new_marker()
+    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False, extra=", timeout: 60")
+    seen: dict = {}
+
+    def inspect(kind: str, step: str, info: dict) -> None:
+        if kind == "started":
+            def look() -> None:
+                if wait_for(lambda: _running_container(docker_client, "evil") is not None, timeout=60):
+                    container = _running_container(docker_client, "evil")
+                    seen["host"] = container.attrs["HostConfig"]
+                    container.kill()
+            threading.Thread(target=look, daemon=True).start()
+
+    with pytest.raises(RunFailed):
+        run_request(RunRequest(target=wf, engine="docker", runs_dir=tmp_path / "runs", on_event=inspect))
+    host = seen["host"]
+    assert host["PidsLimit"] == 512 and host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"] and host["ReadonlyRootfs"] is True
+    assert "/tmp" in host["Tmpfs"] and host["NetworkMode"] == "none"
+    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}) == []
+
+
+@pytest.mark.docker
+def test_a_hostile_block_in_docker_cannot_gain_privileges_or_write_the_image(tmp_path: Path, docker_client,
+                                                                            base_image) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    block = write_hostile(tmp_path / "blocks")
+    summary = run_request(RunRequest(
+        target=workflow(tmp_path, block, {"action": "attack", "victims": [str(victim)]}),
+        engine="docker", runs_dir=tmp_path / "runs"))
+    tried = json.loads((Path(summary["steps"]["evil"]["output_dir"]) / "data.json").read_text())["tried"]
+    assert tried["NoNewPrivs"] == ["1"] and tried["CapEff"] == ["0000000000000000"]
+    assert tried["/etc/planted"] != "written" and tried["/usr/planted"] != "written"  # read-only root
+    assert tried["/tmp/input/a.txt"] != "written" and tried[str(victim)] != "written"
+    assert tried["/tmp/scratch.txt"] == "written" and tried["/tmp/.cache-probe"] == "written"  # tmpfs /tmp, HOME
+    assert victim.read_text() == "untouched\n"
+
+
+@pytest.mark.docker
+def test_a_fork_bomb_is_stopped_by_the_pids_limit(tmp_path: Path, docker_client, base_image) -> None:
+    block = write_hostile(tmp_path / "blocks")
+    summary = run_request(RunRequest(
+        target=workflow(tmp_path, block, {"action": "fork-bomb", "forks": 3000}, source=False),
+        engine="docker", runs_dir=tmp_path / "runs"))
+    data = json.loads((Path(summary["steps"]["evil"]["output_dir"]) / "data.json").read_text())
+    assert data["children"] < 512
+    log = (Path(summary["run_dir"]) / "logs" / "evil.log").read_text()
+    assert "fork failed after" in log
+    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}) == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_kill_9_of_the_runner_removes_the_step_container(tmp_path: Path, docker_client, base_image) -> None:
+    block = write_hostile(tmp_path / "blocks")
+    marker = new_marker()
+    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False)
+    env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
+    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "run", str(wf), "-e", "docker", "-q"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=120)
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_for(lambda: processes_with(marker) == [], timeout=30)
+        assert wait_for(lambda: docker_client.containers.list(
+            all=True, filters={"label": ["blockkit.step=evil"]}) == [], timeout=30)
+        out_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()) / "steps/evil/output"
+        sizes = {p.name: p.stat().st_size for p in files_under(out_dir)}
+        assert wait_for(lambda: False, timeout=1.0) is False
+        assert {p.name: p.stat().st_size for p in files_under(out_dir)} == sizes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for container in docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}):
+            container.remove(force=True)
