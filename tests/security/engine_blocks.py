@@ -182,10 +182,10 @@ def workflow(tmp_path: Path, block: Path, params: dict, *, source: bool = True, 
     lines = ["name: attack", "steps:"]
     if source:
         src = write_hostile(block.parent, name="hostile-src", kind="data")
-        lines.append(f"  src: {{block: {src}, params: {{action: source}}}}")
+        lines.append(f"  src: {{block: {json.dumps(str(src))}, params: {{action: source}}}}")
     else:
-        lines.insert(0, f"input: {_empty_input(tmp_path)}")
-    lines.append(f"  evil: {{block: {block}, params: {json.dumps(params)}{extra}}}")
+        lines.insert(0, f"input: {json.dumps(str(_empty_input(tmp_path)))}")
+    lines.append(f"  evil: {{block: {json.dumps(str(block))}, params: {json.dumps(params)}{extra}}}")
     path = tmp_path / "attack.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -1,0 +1,125 @@
+"""Block output is data, never commands: bounded lines in linear time, escapes neutralised,
+no rich markup, and the failure line carries the block's own error on both engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blockkit.runner.logfilter import MAX_LINE_CHARS, LineSplitter, LogFilter, neutralise
+
+from .engine_blocks import workflow, write_hostile
+
+ENGINES = ["process", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def _engine(engine: str, request) -> None:
+    if engine == "docker":
+        request.getfixturevalue("base_image")
+
+
+def test_a_20_mb_line_splits_in_linear_time_and_is_cut_with_a_marker() -> None:
+    lines: list[tuple[str, int]] = []
+    splitter = LineSplitter(lambda line, dropped: lines.append((line, dropped)))
+    chunk = b"x" * (16 << 10)  # docker frames are small: many chunks per line
+    started = time.perf_counter()
+    for _ in range((20 << 20) // len(chunk)):
+        splitter.feed(chunk)
+    splitter.feed(b"\nshort\r\nlast")
+    splitter.close()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3.0, elapsed
+    assert [len(line) for line, _ in lines] == [4 * MAX_LINE_CHARS, 5, 4]
+    assert lines[0][1] == (20 << 20) - 4 * MAX_LINE_CHARS and lines[1] == ("short", 0)
+    cleaned = LogFilter()(*lines[0])
+    assert len(cleaned) < MAX_LINE_CHARS + 100 and cleaned.endswith(f"{(20 << 20) - MAX_LINE_CHARS} more bytes]")
+
+
+def test_splitting_cost_grows_linearly() -> None:
+    def cost(megabytes: int) -> float:
+        splitter = LineSplitter(lambda line, dropped: None)
+        chunk = b"y" * 4096
+        started = time.perf_counter()
+        for _ in range((megabytes << 20) // len(chunk)):
+            splitter.feed(chunk)
+        splitter.close()
+        return time.perf_counter() - started
+
+    small, large = cost(4), cost(16)
+    assert large < 4 * small * 2.5 + 0.05, (small, large)  # quadratic would be 16x
+
+
+def test_control_sequences_are_written_out_not_interpreted() -> None:
+    line = "a\x1b[2Jb\x1b]0;title\x07c\x00d\x9b31m\u202eevil\tok"
+    assert neutralise(line) == "a\\x1b[2Jb\\x1b]0;title\\x07c\\x00d\\x9b31m\\u202eevil\tok"
+    assert LogFilter(lambda text: text.replace("s3cret", "***"))("token=s3cret\x1b[0m") == "token=***\\x1b[0m"
+    # A secret across the cut is masked whole, never half shown.
+    secret = "S" * 40
+    cut = LogFilter(lambda text: text.replace(secret, "***"), max_chars=100)("x" * 80 + secret + "tail")
+    assert "S" not in cut and cut.startswith("x" * 80 + "***")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_escape_sequences_and_markup_from_a_block_reach_neither_terminal_nor_log(tmp_path: Path, engine: str,
+                                                                               request) -> None:
+    _engine(engine, request)
+    env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
+    block = write_hostile(tmp_path / "blocks")
+    wf = workflow(tmp_path, block, {"action": "escapes", "long": 200_000}, source=False)
+    done = _cli(["run", str(wf), "-e", engine], env)
+    assert done.returncode == 0, done.stderr
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file())
+    log = (run_dir / "logs" / "evil.log").read_text()
+    for text in (done.stderr, log):
+        assert "\x1b" not in text and "\x07" not in text and "\x00" not in text
+        assert "clear\\x1b[2Jscreen \\x1b]0;pwned-title\\x07" in text
+    assert "rich [bold red]markup[/] [/] stays" in done.stderr  # printed verbatim, not styled
+    long_line = next(line for line in log.splitlines() if line.startswith("xxxx"))
+    assert len(long_line) < MAX_LINE_CHARS + 100 and long_line.endswith("more bytes]")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_failure_line_carries_the_blocks_error_on_both_engines(tmp_path: Path, engine: str, request) -> None:
+    _engine(engine, request)
+    env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
+    block = write_hostile(tmp_path / "blocks")
+    wf = workflow(tmp_path, block, {"action": "error"}, source=False)
+    done = _cli(["run", str(wf), "-e", engine], env)
+    assert done.returncode == 4
+    headline = [line for line in done.stderr.splitlines() if line.startswith("[WRONG_INPUT_ERROR] step")]
+    assert len(headline) == 1
+    assert headline[0].endswith("[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif"), headline
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file())
+    detail = json.loads((run_dir / "run.json").read_text())["steps"]["evil"]["detail"]
+    assert detail == "[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif"
+    done = _cli(["run", str(wf), "-e", engine, "--json"], env)
+    assert "band=100 does not exist" in json.loads(done.stdout)["message"]
+
+
+def test_paths_with_brackets_are_printed_verbatim(tmp_path: Path) -> None:
+    folder = tmp_path / "scratch [v2]"
+    folder.mkdir()
+    block = write_hostile(folder / "blocks")
+    wf = workflow(folder, block, {"action": "ok"}, source=False)
+    env = dict(os.environ)
+    env.pop("BLOCKKIT_RUNS_DIR", None)
+    done = _cli(["run", str(wf), "-e", "process"], env, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert f"{folder}/.blockkit/runs/" in done.stderr
+    odd = tmp_path / "r[/]x"
+    done = _cli(["run", str(wf), "-e", "process", "--runs-dir", str(odd)], env)
+    assert done.returncode == 0, done.stderr
+    assert "MarkupError" not in done.stderr and f"{odd}/" in done.stderr
+    assert any((p / "run.json").is_file() for p in odd.iterdir())
