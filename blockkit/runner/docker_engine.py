@@ -163,14 +163,15 @@ class DockerEngine:
 
         removed = []
         mine = owner_labels()
-        for container in self.client.containers.list(all=True, filters={"label": [f"{CONTAINER_LABEL}=1"]}):
-            labels = container.labels or {}
+        # The low-level list: no inspect per container, which fails for one removed meanwhile.
+        for entry in self.client.api.containers(all=True, filters={"label": [f"{CONTAINER_LABEL}=1"]}):
+            labels = entry.get("Labels") or {}
             same_owner_space = all(labels.get(k) == mine[k] for k in ("blockkit.host", "blockkit.pidns"))
             if not mine["blockkit.pidns"] or not same_owner_space or _pid_alive(labels.get("blockkit.pid", "")):
                 continue
             try:
-                container.remove(force=True, v=True)
-                removed.append(container.name)
+                self.client.api.remove_container(entry["Id"], force=True, v=True)
+                removed.append(((entry.get("Names") or [entry["Id"][:12]])[0]).lstrip("/"))
             except docker.errors.APIError:
                 pass  # removed meanwhile by someone else
         return removed

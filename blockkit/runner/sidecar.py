@@ -64,6 +64,8 @@ def docker_gateway(
         image, args, name=f"blockkit-s3-{spec.name}-{secrets.token_hex(3)}", detach=True,
         network_mode="none", mounts=mounts, user="1000:1000" if _host_is_root() else None,
         labels={**owner_labels(), "blockkit.role": "s3-gateway", "blockkit.step": spec.name},
+        # Hardened like a step: the block shares this container's network namespace.
+        cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=256,
     )
     try:
         _wait_listening(container)
