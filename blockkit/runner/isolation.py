@@ -207,11 +207,8 @@ class Watchdog:
         except OSError:
             pass
         os.close(self._write_fd)
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        # Not waited for (it may still be starting): the subprocess module reaps it later.
+        self._proc.poll()
 
 
 # Run by `python -S -I -c`: no imports beyond the standard library, so it starts in milliseconds.
