@@ -336,7 +336,7 @@ class DockerEngine:
             except docker.errors.APIError as exc:
                 raise DockerError(f"step {spec.name!r}: cannot attach to container: {error_line(exc)}") from exc
             reader = threading.Thread(
-                target=_pump_logs, args=(sock, LineSplitter(emit)), name=f"logs-{spec.name}", daemon=True
+                target=_pump_logs, args=(sock, emit), name=f"logs-{spec.name}", daemon=True
             )
             reader.start()
             try:
@@ -508,17 +508,29 @@ def _close(sock: Any) -> None:
             pass
 
 
-def _pump_logs(sock: Any, splitter: LineSplitter) -> None:
-    """Copy the container's combined stdout/stderr (multiplexed frames) into the splitter until it exits."""
+def _pump_logs(sock: Any, emit: Callable[[str, int], None]) -> None:
+    """Copy the container's stdout and stderr (multiplexed frames) into lines until it exits.
+
+    Each stream has its own splitter: the daemon copies the two pipes independently, so a
+    stderr frame can arrive between two pieces of one stdout line.
+    """
     from docker.utils.socket import frames_iter
 
+    splitters: dict[int, LineSplitter] = {}
     try:
-        for _stream, chunk in frames_iter(sock, tty=False):
+        for stream, chunk in frames_iter(sock, tty=False):
+            splitter = splitters.get(stream)
+            if splitter is None:
+                splitter = splitters[stream] = LineSplitter(emit)
             splitter.feed(chunk)
     except Exception as exc:  # noqa: BLE001 - a broken log stream must not hide the exit code
-        splitter.feed(f"\n[blockkit] log stream interrupted: {error_line(exc)}\n".encode())
+        for splitter in splitters.values():
+            splitter.close()
+        splitters.clear()
+        emit(f"[blockkit] log stream interrupted: {error_line(exc)}", 0)
     finally:
-        splitter.close()
+        for splitter in splitters.values():
+            splitter.close()
 
 
 def _wait(container: Any, timeout_s: float | None) -> bool:

@@ -138,6 +138,16 @@ elif action == "fork-bomb":
         write_output([], {"children": children})
         sys.exit(0)
     write_output([], {"children": children})
+elif action == "interleave":
+    # Half a stdout line, then a whole stderr line, then the rest of the stdout line.
+    sys.stdout.write("progress 50%")
+    sys.stdout.flush()
+    time.sleep(0.3)
+    print("[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif", file=sys.stderr, flush=True)
+    time.sleep(0.3)
+    sys.stdout.write(" done\n")
+    sys.stdout.flush()
+    sys.exit(4)
 elif action == "error":
     print("working...", flush=True)
     print("[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif", file=sys.stderr, flush=True)

@@ -105,7 +105,22 @@ def test_the_failure_line_carries_the_blocks_error_on_both_engines(tmp_path: Pat
     detail = json.loads((run_dir / "run.json").read_text())["steps"]["evil"]["detail"]
     assert detail == "[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif"
     done = _cli(["run", str(wf), "-e", engine, "--json"], env)
-    assert "band=100 does not exist" in json.loads(done.stdout)["message"]
+    assert "band=100 does not exist" in json.loads(done.stdout)["message"], (done.stdout, done.stderr)
+
+
+@pytest.mark.docker
+def test_docker_stdout_and_stderr_are_split_into_lines_separately(tmp_path: Path, base_image: str) -> None:
+    """The daemon copies the two pipes independently: a stderr line must not land inside a stdout line."""
+    from blockkit.runner.run import RunFailed
+    from blockkit.runner.session import RunRequest, run_request
+
+    block = write_hostile(tmp_path / "blocks")
+    with pytest.raises(RunFailed) as info:
+        run_request(RunRequest(target=workflow(tmp_path, block, {"action": "interleave"}, source=False),
+                               engine="docker", runs_dir=tmp_path / "runs"))
+    assert info.value.message.endswith(": [WRONG_INPUT_ERROR] band=100 does not exist in scene.tif")
+    log = (info.value.run_dir / "logs" / "evil.log").read_text().splitlines()
+    assert "progress 50% done" in log and "[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif" in log
 
 
 def test_paths_with_brackets_are_printed_verbatim(tmp_path: Path) -> None:
