@@ -12,7 +12,7 @@ from blockkit.contract.datajson import write_atomic
 
 REPORT_FILE = "report.html"
 
-__all__ = ["REPORT_FILE", "write_report"]
+__all__ = ["REPORT_FILE", "write_report", "write_report_after_run"]
 
 
 def write_report(run_dir: Path, output: Path | None = None) -> Path:
@@ -25,3 +25,13 @@ def write_report(run_dir: Path, output: Path | None = None) -> Path:
     data = read_report(run_dir, report_dir=target.parent)
     write_atomic(target, render_page(data.to_dict()))
     return target
+
+
+def write_report_after_run(run_dir: Path) -> tuple[Path | None, str]:
+    """Write a finished run's report; (path, "") or (None, why) - a report problem never fails a run."""
+    from blockkit.contract.errors import BlockkitError
+
+    try:
+        return write_report(run_dir), ""
+    except (BlockkitError, OSError, ValueError, RecursionError) as exc:
+        return None, f"report not written: {getattr(exc, 'message', None) or exc}"
