@@ -192,6 +192,7 @@ SCRIPT = r"""
     var readout = el("div", {cls: "readout", text: "move over the map for coordinates"});
     var bounds = layerBounds(step), footprints = step.features.filter(function (f) { return f.rings.length; }).length;
     canvas.setAttribute("data-footprints", "0");
+    if (!bounds) canvas.style.height = "40px";
     var st = {step: step, canvas: canvas, images: images, bounds: bounds, highlight: null, view: null};
     if (bounds) {
       var cx = (bounds[0] + bounds[2]) / 2, cy = (bounds[1] + bounds[3]) / 2;
@@ -204,7 +205,7 @@ SCRIPT = r"""
       var dpr = window.devicePixelRatio || 1, W = canvas.clientWidth || 800, H = canvas.clientHeight || 440;
       canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr);
       var ctx = canvas.getContext("2d"); ctx.setTransform(dpr, 0, 0, dpr, 0, 0); ctx.clearRect(0, 0, W, H);
-      if (!st.view) { ctx.fillStyle = "#616161"; ctx.fillText("no output feature of this step has a geometry", 12, 24); return; }
+      if (!st.view) { ctx.fillStyle = "#616161"; ctx.font = "13px sans-serif"; ctx.fillText("no output feature of this step has a geometry", 12, 24); return; }
       var v = st.view; if (v.scale == null) v.scale = Math.min(W / (v.w * v.k), H / v.h);
       st.ox = W / 2; st.oy = H / 2;
       var nw = unproject(0, 0), se = unproject(W, H);
@@ -225,6 +226,7 @@ SCRIPT = r"""
       // vector outputs
       ctx.fillStyle = "rgba(255,193,7,0.35)"; ctx.strokeStyle = "#ff8f00"; ctx.lineWidth = 1;
       st.step.vectors.forEach(function (r) { path(ctx, r); if (r.length > 4) ctx.fill(); ctx.stroke(); });
+      canvas.setAttribute("data-vectors", String(st.step.vectors.length));
       // footprints
       var drawn = 0;
       st.step.features.forEach(function (f) {

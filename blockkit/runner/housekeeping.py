@@ -162,6 +162,9 @@ def _replacement(key: str, survivors: list[RunInfo], root: Path) -> str | None:
 def remove_runs(root: Path, doomed: list[RunInfo], *, dry_run: bool = False) -> Removal:
     """Remove run folders and keep the cache index consistent (entries moved or dropped)."""
     result = Removal()
+    for run in doomed:
+        if run.path.is_symlink() or run.path.resolve().parent != root.resolve():
+            raise WorkflowError(f"{run.path} is not a run folder directly in {root}; nothing removed")
     names = {run.run_id for run in doomed}
     index = _read_index(root)
     survivors = [run for run in list_runs(root) if run.run_id not in names]
@@ -184,9 +187,6 @@ def remove_runs(root: Path, doomed: list[RunInfo], *, dry_run: bool = False) -> 
     if changed != index:
         write_atomic(root / CACHE_INDEX, json.dumps(changed, indent=1))
     for run in doomed:
-        resolved = run.path.resolve()
-        if resolved.parent != root.resolve() or run.path.is_symlink():
-            raise WorkflowError(f"{run.path} is not a run folder directly in {root}; not removed")
         shutil.rmtree(run.path)
     return result
 
