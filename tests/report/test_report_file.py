@@ -17,6 +17,8 @@ from blockkit.report.model import LOG_TAIL_BYTES, read_report
 from tests.report.conftest import cli
 from tests.report.hostile import EVIL_ID, EVIL_LOG, EVIL_PROP, hostile_workflow
 
+pytestmark = pytest.mark.slow  # each test makes real runs through the command
+
 
 def _data(html: str) -> dict:
     """The JSON the page script reads, as the browser would decode it."""
