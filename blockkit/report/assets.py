@@ -317,7 +317,11 @@ SCRIPT = r"""
     var map = makeMap(s, images);
     mapState = map.state;
     box.appendChild(map.node);
-    images.forEach(function (img) { img.addEventListener("load", function () { if (mapState === map.state) map.state.draw(); }); });
+    var pending = false;  // one redraw per frame however many quicklooks arrive in it
+    images.forEach(function (img) { img.addEventListener("load", function () {
+      if (pending) return; pending = true;
+      requestAnimationFrame(function () { pending = false; if (mapState === map.state) map.state.draw(); });
+    }); });
     if (s.quicklooks.length) {
       box.appendChild(el("h3", {text: "Quicklooks (" + s.quicklooks.length + ")"}));
       box.appendChild(el("div", {cls: "gallery", id: "quicklooks"}, s.quicklooks.map(function (q, i) { return el("figure", null, [images[i], el("figcaption", {text: q.name})]); })));
@@ -342,9 +346,17 @@ SCRIPT = r"""
 
   // --- selection -------------------------------------------------------------------------------
   var tabs, detailSlot;
+  function details(step) {
+    if (!step.features) {
+      var heavy = JSON.parse(document.getElementById("step-data-" + STEPS.indexOf(step)).textContent);
+      for (var k in heavy) step[k] = heavy[k];
+    }
+    return step;
+  }
   function select(name) {
     var step = STEPS.filter(function (s) { return s.name === name; })[0];
     if (!step) return;
+    details(step);
     selected = name;
     Array.prototype.forEach.call(document.querySelectorAll("[data-step]"), function (n) {
       var on = n.getAttribute("data-step") === name && !n.classList.contains("map");
@@ -368,7 +380,7 @@ SCRIPT = r"""
     detailSlot = el("div");
     app.appendChild(detailSlot);
     var failed = STEPS.filter(function (s) { return s.status === "failed"; })[0];
-    var done = STEPS.filter(function (s) { return s.features.length; });
+    var done = STEPS.filter(function (s) { return s.features_total; });
     select((failed || done[done.length - 1] || STEPS[STEPS.length - 1]).name);
     window.addEventListener("resize", function () { if (mapState) mapState.draw(); });
   }

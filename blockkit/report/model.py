@@ -35,6 +35,7 @@ MAX_QUICKLOOK_BYTES = 8 << 20
 MAX_INLINE_IMAGE_BYTES = 64 << 20  # all data-URI images of one report together
 IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 VECTOR_SUFFIXES = (".geojson", ".json")
+_NUMBERS = (int, float)
 
 
 @dataclass
@@ -77,7 +78,12 @@ def text(value: Any, limit: int = MAX_TEXT) -> str:
     """A value as display text, cut to `limit` characters."""
     if value is None:
         return ""
-    out = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    if isinstance(value, str):
+        out = value
+    elif type(value) in _NUMBERS:
+        out = repr(value)
+    else:
+        out = json.dumps(value, default=str, ensure_ascii=False)
     return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
@@ -95,10 +101,17 @@ def number(value: Any) -> float | None:
 # --- geometry ---------------------------------------------------------------------------------
 
 def _position(value: Any) -> tuple[float, float] | None:
-    if not isinstance(value, (list, tuple)) or len(value) < 2:
+    if type(value) is not list or len(value) < 2:  # noqa: E721 - JSON arrays only, and fast
         return None
-    x, y = number(value[0]), number(value[1])
-    if x is None or y is None or not (-540 <= x <= 540 and -90 <= y <= 90):
+    x, y = value[0], value[1]
+    if type(x) not in _NUMBERS or type(y) not in _NUMBERS:
+        return None
+    try:
+        x, y = float(x), float(y)
+    except OverflowError:
+        return None
+    # NaN fails both comparisons; infinities fall outside.
+    if not (-540.0 <= x <= 540.0 and -90.0 <= y <= 90.0):
         return None
     return x, y
 

@@ -17,6 +17,9 @@ from typing import Any
 
 from blockkit.report.assets import SCRIPT, STYLE
 
+# The parts of a step's data that are read only when the step is shown.
+HEAVY = ("features", "vectors", "quicklooks", "outputs", "log")
+
 
 def _json_for_html(data: Any) -> str:
     text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
@@ -30,6 +33,14 @@ def _sha256(source: str) -> str:
 def render_page(data: dict[str, Any]) -> str:
     """The HTML of a report for this data (see model.ReportData.to_dict)."""
     run = data.get("run", {})
+    # The graph and timeline need only a summary of each step; a step's features, files and
+    # log are parsed when it is selected, so a run of 50 steps x 1,000 features opens fast.
+    summary = dict(data, steps=[{k: v for k, v in step.items() if k not in HEAVY} for step in data.get("steps", [])])
+    details = "".join(
+        f"<script id=\"step-data-{i}\" type=\"application/json\">"
+        f"{_json_for_html({k: step.get(k) for k in HEAVY})}</script>\n"
+        for i, step in enumerate(data.get("steps", []))
+    )
     title = html.escape(f"blockkit run {run.get('run_id', '')} ({run.get('status', '')})", quote=True)
     policy = (
         "default-src 'none'; img-src 'self' data: file:; "
@@ -44,6 +55,7 @@ def render_page(data: dict[str, Any]) -> str:
         f"<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         "<noscript>This report needs JavaScript (it makes no network request).</noscript>\n"
         "<main id=\"app\" data-ready=\"0\"></main>\n"
-        f"<script id=\"report-data\" type=\"application/json\">{_json_for_html(data)}</script>\n"
+        f"<script id=\"report-data\" type=\"application/json\">{_json_for_html(summary)}</script>\n"
+        f"{details}"
         f"<script>{SCRIPT}</script>\n</body>\n</html>\n"
     )

@@ -56,7 +56,7 @@ class BlockContext:
         """Tell the runner how far the block is: `done` of `total` units (shown as a bar).
 
         Prints one `BLOCKKIT_PROGRESS <done>/<total>` line on stdout (throttled to about four a
-        second, first and last always); see docs/runner.md, "Progress".
+        second, first and last always); see docs/report.md, "Progress".
         """
         if self._progress is None:
             from blockkit.runtime.progress import ProgressReporter

@@ -1,6 +1,6 @@
 """Progress a block reports to the runner: `BLOCKKIT_PROGRESS <done>/<total>` lines on stdout.
 
-The runner shows them as a bar beside the running step (see docs/runner.md, "Progress").
+The runner shows them as a bar beside the running step (see docs/report.md, "Progress").
 Lines are throttled: at most about four a second, plus the first and the last, so a loop
 over a million items does not flood the step's log.
 """

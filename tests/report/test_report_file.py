@@ -24,7 +24,11 @@ def _data(html: str) -> dict:
     """The JSON the page script reads, as the browser would decode it."""
     found = re.search(r'<script id="report-data" type="application/json">(.*?)</script>', html, re.S)
     assert found is not None
-    return json.loads(found.group(1))
+    data = json.loads(found.group(1))
+    for i, step in enumerate(data["steps"]):  # each step's details, parsed when it is shown
+        heavy = re.search(rf'<script id="step-data-{i}" type="application/json">(.*?)</script>', html, re.S)
+        step.update(json.loads(heavy.group(1)))
+    return data
 
 
 def _run(tmp_path: Path, *, fail: bool) -> Path:
@@ -63,10 +67,13 @@ def test_a_failed_run_gets_a_report_too(hostile_run: Path, tmp_path: Path) -> No
 
 def test_strings_from_the_run_folder_never_become_markup(hostile_run: Path) -> None:
     html = (hostile_run / "report.html").read_text()
-    # Only the page's own two script elements; the block's strings are escaped JSON.
-    assert html.count("<script") == 2
-    for evil in (EVIL_ID, EVIL_PROP, EVIL_LOG, "<img", "</script><"):
-        assert evil not in html.split('<script id="report-data"')[1].split("</script>")[0]
+    # Only the page's own script elements: JSON data (not executed) and the page script last.
+    tags = re.findall(r"<script[^>]*>", html)
+    assert tags == ['<script id="report-data" type="application/json">', '<script id="step-data-0" type="application/json">',
+                    '<script id="step-data-1" type="application/json">', "<script>"]
+    data_part = html.split('<script id="report-data"')[1].rsplit("<script>", 1)[0]
+    for evil in (EVIL_ID, EVIL_PROP, EVIL_LOG, "<img", "</script><s"):
+        assert evil not in data_part
     data = _data(html)
     evil = {s["name"]: s for s in data["steps"]}["evil"]
     assert evil["features"][0]["id"] == EVIL_ID  # shown as the very same text
