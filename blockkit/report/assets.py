@@ -218,7 +218,7 @@ SCRIPT = r"""
       // quicklooks at their bounds
       var placed = 0;
       st.step.quicklooks.forEach(function (ql, i) {
-        var img = images[i]; if (!ql.bbox || !img || !img.complete || !img.naturalWidth) return;
+        var img = st.images[i]; if (!ql.bbox || !img || !img.complete || !img.naturalWidth) return;
         var a = project(ql.bbox[0], ql.bbox[3]), b = project(ql.bbox[2], ql.bbox[1]);
         ctx.globalAlpha = 0.9; ctx.drawImage(img, a[0], a[1], Math.max(b[0] - a[0], 1), Math.max(b[1] - a[1], 1)); ctx.globalAlpha = 1; placed++;
       });
@@ -358,6 +358,7 @@ SCRIPT = r"""
     if (!step) return;
     details(step);
     selected = name;
+    if (overviewButton) overviewButton.classList.remove("sel");
     Array.prototype.forEach.call(document.querySelectorAll("[data-step]"), function (n) {
       var on = n.getAttribute("data-step") === name && !n.classList.contains("map");
       if (n.tagName.toLowerCase() === "g") n.setAttribute("class", "node" + (on ? " sel" : "")); else n.classList.toggle("sel", on);
@@ -368,14 +369,59 @@ SCRIPT = r"""
     app.setAttribute("data-selected", name);
   }
 
+  function overview() {
+    STEPS.forEach(details);
+    selected = null;
+    Array.prototype.forEach.call(document.querySelectorAll("[data-step]"), function (n) {
+      if (n.tagName.toLowerCase() === "g") n.setAttribute("class", "node"); else n.classList.remove("sel");
+    });
+    overviewButton.classList.add("sel");
+    var shown = {}, all = [];
+    STEPS.forEach(function (s) {
+      shown[s.name] = s.features_total > 0 || s.quicklooks.length > 0;
+      s.quicklooks.forEach(function (q) { all.push({step: s.name, q: q, img: el("img", {src: q.src, alt: "quicklook " + q.name})}); });
+    });
+    function combined() {
+      var feats = [], qls = [], imgs = [], vec = [];
+      STEPS.forEach(function (s) { if (shown[s.name]) { feats = feats.concat(s.features); vec = vec.concat(s.vectors); } });
+      all.forEach(function (a) { if (shown[a.step]) { qls.push(a.q); imgs.push(a.img); } });
+      return {step: {name: "all steps", features: feats, quicklooks: qls, vectors: vec, vectors_cut: false}, images: imgs};
+    }
+    var first = combined(), map = makeMap(first.step, first.images);
+    mapState = map.state;
+    var layers = el("div", {cls: "tabs", id: "layers"}, STEPS.map(function (s) {
+      var box = el("input", {type: "checkbox", "data-layer": s.name});
+      box.checked = shown[s.name];
+      box.addEventListener("change", function () {
+        shown[s.name] = box.checked;
+        var c = combined(); map.state.step = c.step; map.state.images = c.images; map.state.draw();
+      });
+      return el("label", null, [box, " " + s.name]);
+    }));
+    var pending = false;
+    all.forEach(function (a) { a.img.addEventListener("load", function () {
+      if (pending) return; pending = true;
+      requestAnimationFrame(function () { pending = false; if (mapState === map.state) map.state.draw(); });
+    }); });
+    clear(detailSlot);
+    detailSlot.appendChild(el("section", {cls: "card", id: "overview"}, [
+      el("h2", {text: "All steps on one map"}),
+      el("p", {cls: "legend", text: "Layers, drawn in step order (later steps on top):"}), layers, map.node]));
+    map.state.draw();
+    app.setAttribute("data-selected", "");
+  }
+
+  var overviewButton;
   function build() {
     app.appendChild(header());
     if (!STEPS.length) { app.appendChild(el("p", {text: "This run has no steps."})); return; }
     app.appendChild(graph());
     app.appendChild(timeline());
-    tabs = el("nav", {cls: "tabs card", id: "tabs"}, STEPS.map(function (s) {
+    overviewButton = el("button", {id: "tab-overview", text: "all steps on one map"});
+    overviewButton.addEventListener("click", overview);
+    tabs = el("nav", {cls: "tabs card", id: "tabs"}, [overviewButton].concat(STEPS.map(function (s) {
       var b = el("button", {"data-step": s.name, text: s.name}); b.addEventListener("click", function () { select(s.name); }); return b;
-    }));
+    })));
     app.appendChild(tabs);
     detailSlot = el("div");
     app.appendChild(detailSlot);
@@ -385,7 +431,7 @@ SCRIPT = r"""
     window.addEventListener("resize", function () { if (mapState) mapState.draw(); });
   }
 
-  window.blockkitReport = {select: select, steps: function () { return STEPS.map(function (s) { return s.name; }); }};
+  window.blockkitReport = {select: select, overview: overview, steps: function () { return STEPS.map(function (s) { return s.name; }); }};
   build();
   app.setAttribute("data-ready", "1");
 })();

@@ -51,6 +51,15 @@ def test_demo_report_shows_each_steps_footprints_and_quicklooks(demo_run: Path, 
         assert state["images"] and all(i["complete"] and i["width"] > 0 for i in state["images"])  # decoded
         keep_artifact(browser.screenshot(tmp_path / f"demo-report-{step}.png"))
     assert browser.evaluate("+document.getElementById('map').dataset.vectors") > 10  # the GeoJSON polygons are drawn
+    # All steps on one map: the scene, NDVI, mask and polygon quicklooks and every footprint.
+    browser.evaluate("blockkitReport.overview()")
+    total = sum(_features_with_geometry(demo_run, s) for s in ("scene", "ndvi", "mask", "polygons"))
+    state = browser.wait_for("(() => { const m = document.getElementById('map'); "
+                             "return +m.dataset.quicklooksPlaced === 4 && {footprints: +m.dataset.footprints}; })()")
+    assert state["footprints"] == total
+    browser.evaluate("document.querySelector('#layers input[data-layer=mask]').click()")
+    assert browser.evaluate("+document.getElementById('map').dataset.quicklooksPlaced") == 3
+    keep_artifact(browser.screenshot(tmp_path / "demo-report-overview.png"))
     assert browser.record.errors() == [] and browser.record.dialogs == []
     _only_local_requests(browser, demo_run)
     assert (tmp_path / "demo-report-polygons.png").stat().st_size > 10_000
