@@ -164,3 +164,16 @@ def test_a_damaged_run_json_is_one_line_with_a_contract_code(tmp_path: Path) -> 
     assert done.returncode == 4 and done.stderr.startswith("[WRONG_INPUT_ERROR]") and len(done.stderr.splitlines()) == 1
     (run / "run.json").write_text(json.dumps({"steps": {"a": "not a step", "b": {"status": 7, "started": "x"}}}))
     assert len(read_report(run).steps) == 2  # odd values are shown as text, never a crash
+
+
+def test_a_reused_step_shows_the_quicklooks_of_the_run_that_made_them(tmp_path: Path) -> None:
+    wf = hostile_workflow(tmp_path, fail=False)
+    for _ in range(2):
+        done = cli("run", wf, "--engine", "process", "--runs-dir", tmp_path / "runs", "--json")
+        assert done.returncode == 0, done.stderr
+    second = Path(json.loads(done.stdout)["run_dir"])
+    data = _data((second / "report.html").read_text())
+    evil = {s["name"]: s for s in data["steps"]}["evil"]
+    assert evil["status"] == "cached" and evil["cached_from"].endswith("/steps/evil/output")
+    [ql] = evil["quicklooks"]  # not in this run's folder: inlined, so the report stays self-contained
+    assert ql["src"].startswith("data:image/png;base64,") and len(evil["features"]) == 3
