@@ -6,6 +6,7 @@ Screenshots are kept under the test's tmp dir (and copied to $BLOCKKIT_TEST_ARTI
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,17 @@ def test_demo_report_shows_each_steps_footprints_and_quicklooks(demo_run: Path, 
         assert state["images"] and all(i["complete"] and i["width"] > 0 for i in state["images"])  # decoded
         keep_artifact(browser.screenshot(tmp_path / f"demo-report-{step}.png"))
     assert browser.evaluate("+document.getElementById('map').dataset.vectors") > 10  # the GeoJSON polygons are drawn
+    # Coordinates and the feature under the pointer (the scene is near Berlin, 52.5 N 13.4 E).
+    browser.evaluate("document.getElementById('map').scrollIntoView()")
+    x, y = browser.evaluate("(() => { const r = document.getElementById('map').getBoundingClientRect(); "
+                            "return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+    browser.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+    readout = browser.evaluate("document.querySelector('.readout').textContent")
+    found = re.match(r"(-?[\d.]+)°, (-?[\d.]+)°", readout)
+    assert found is not None, readout
+    lat, lon = float(found.group(1)), float(found.group(2))
+    assert 52.4 < lat < 52.6 and 13.3 < lon < 13.5, readout
+    assert json.loads((demo_run / "steps/polygons/output/data.json").read_text())["features"][0]["id"] in readout
     # All steps on one map: the scene, NDVI, mask and polygon quicklooks and every footprint.
     browser.evaluate("blockkitReport.overview()")
     total = sum(_features_with_geometry(demo_run, s) for s in ("scene", "ndvi", "mask", "polygons"))
