@@ -177,3 +177,18 @@ def test_a_reused_step_shows_the_quicklooks_of_the_run_that_made_them(tmp_path: 
     assert evil["status"] == "cached" and evil["cached_from"].endswith("/steps/evil/output")
     [ql] = evil["quicklooks"]  # not in this run's folder: inlined, so the report stays self-contained
     assert ql["src"].startswith("data:image/png;base64,") and len(evil["features"]) == 3
+
+
+def test_a_report_written_while_the_run_goes_on_shows_the_running_steps_progress(tmp_path: Path) -> None:
+    run = _run(tmp_path, fail=False)
+    data = json.loads((run / "run.json").read_text())
+    data["status"] = "running"
+    data["steps"]["up"].update(status="running", ended=None, exit_code=None)
+    (run / "run.json").write_text(json.dumps(data))
+    with (run / "logs" / "up.log").open("a") as handle:
+        handle.write("BLOCKKIT_PROGRESS 2/10\nsome output\nBLOCKKIT_PROGRESS 3/10\nmore output\n")
+    done = cli("runs", "report", run.name, "--runs-dir", run.parent)
+    assert done.returncode == 0, done.stderr
+    report = _data((run / "report.html").read_text())
+    assert report["run"]["status"] == "running"
+    assert {s["name"]: s for s in report["steps"]}["up"]["progress"] == [3, 10]
