@@ -269,7 +269,7 @@ class LiveSteps:
 
         grid = Table.grid(padding=(0, 1))
         now = self.clock()
-        for step, started in self.running.items():
+        for step, started in list(self.running.items()):  # a copy: the refresh thread runs beside the run
             done, total = self.progress.get(step, (0, 0))
             bar = ProgressBar(total=float(total) if total else None, completed=float(done), width=30)
             count = Text(f"{done}/{total}" if total else "")
