@@ -163,7 +163,7 @@ def run_logs(run_id: str, step: Optional[str] = typer.Argument(None),
             typer.echo(f"[WRONG_INPUT_ERROR] run {folder.run_id} has no log for step {step!r}; steps: {known}", err=True)
             raise typer.Exit(4)
     offsets: dict[str, int] = {}
-    _print_new(logs_dir, step, offsets)
+    _print_new(logs_dir, step, offsets, final=not follow)
     if not follow:
         return
     from blockkit.runner.housekeeping import read_run_info
@@ -171,7 +171,7 @@ def run_logs(run_id: str, step: Optional[str] = typer.Argument(None),
     try:
         while True:
             running = read_run_info(folder.path).status == "running"
-            _print_new(logs_dir, step, offsets)
+            _print_new(logs_dir, step, offsets, final=not running)
             if not running:
                 break
             time.sleep(0.25)
@@ -189,8 +189,8 @@ def _step_names(folder: RunFolder) -> set[str]:
     return set(read_run_info(folder.path).steps)
 
 
-def _print_new(logs_dir: Path, step: str | None, offsets: dict[str, int]) -> None:
-    """Print the complete lines added to the logs since the offsets (all of them the first time)."""
+def _print_new(logs_dir: Path, step: str | None, offsets: dict[str, int], *, final: bool) -> None:
+    """Print the lines added to the logs since the offsets; a partial last line waits unless `final`."""
     paths = sorted(logs_dir.glob("*.log")) if logs_dir.is_dir() else []
     for path in paths:
         if (step and path.stem != step) or path.is_symlink():
@@ -201,7 +201,7 @@ def _print_new(logs_dir: Path, step: str | None, offsets: dict[str, int]) -> Non
                 data = handle.read()
         except OSError:
             continue
-        end = data.rfind(b"\n") + 1  # a partial last line waits for its end
+        end = len(data) if final else data.rfind(b"\n") + 1  # a partial last line waits for its end
         if end:
             offsets[path.stem] = offsets.get(path.stem, 0) + end
             for line in data[:end].decode("utf-8", errors="replace").splitlines():

@@ -194,3 +194,13 @@ def test_show_of_a_running_step_gives_elapsed_time_and_progress(chain: Path, tmp
     assert shown.returncode == 0, shown.stderr
     [line] = [line for line in shown.stdout.splitlines() if line.strip().startswith("up ")]
     assert "running for 4" in line and "3/10 done" in line and "None" not in line
+
+
+def test_logs_print_a_last_line_without_a_newline(chain: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    done = run(chain, runs)
+    with (Path(done["run_dir"]) / "logs" / "up.log").open("a") as handle:
+        handle.write("no newline at the end")
+    for extra in ([], ["--follow"]):
+        shown = cli("runs", "logs", "latest", "up", "--runs-dir", runs, *extra)
+        assert shown.stdout.splitlines()[-1] == "up | no newline at the end", extra
