@@ -145,7 +145,9 @@ def bwrap_command(
     """The bubblewrap command line that runs `command` isolated at the contract paths."""
     exe = bwrap_path() or "bwrap"
     args = [exe, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", "blockkit-step", "--unshare-cgroup-try"]
+            "--hostname", "blockkit-step", "--unshare-cgroup-try",
+            # A runner started as root would otherwise leave the block CAP_SYS_ADMIN & co (remount rw).
+            "--cap-drop", "ALL"]
     if not network:
         args.append("--unshare-net")
     args += _readonly_mounts()

@@ -86,6 +86,8 @@ def test_a_hostile_block_changes_nothing_outside_its_output(tmp_path: Path, bwra
     assert not (block / "planted.txt").exists()
     for target in (str(victim), "/tmp/input/a.txt", "/block/planted.txt", "/etc/planted", "/usr/planted"):
         assert tried[target] != "written", (target, tried[target])
+    # No capabilities (a runner started as root included): the read-only binds cannot be remounted.
+    assert tried["CapEff"] == ["0000000000000000"] and tried["NoNewPrivs"] == ["1"]
     # The host's folders are not even visible: only the system, Python and the step's own folders.
     assert tried["ls " + str(tmp_path)] == "absent"
     assert tried["ls /root"] in ("absent", [".pyenv"]) or tried["ls /root"] == []
