@@ -90,6 +90,7 @@ def test_escape_sequences_and_markup_from_a_block_reach_neither_terminal_nor_log
     assert len(long_line) < MAX_LINE_CHARS + 100 and long_line.endswith("more bytes]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_failure_line_carries_the_blocks_error_on_both_engines(tmp_path: Path, engine: str, request) -> None:
     _engine(engine, request)

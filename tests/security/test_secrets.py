@@ -47,6 +47,7 @@ def _assert_nowhere(run_dir: Path, console: str, *values: str) -> None:
             assert value.encode() not in path.read_bytes(), (value, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["process", pytest.param("docker", marks=pytest.mark.docker)])
 def test_secrets_a_block_prints_are_masked_in_logs_and_console(tmp_path: Path, engine: str, request) -> None:
     if engine == "docker":
