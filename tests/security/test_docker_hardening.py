@@ -142,3 +142,33 @@ def test_kill_9_of_the_runner_removes_the_step_container(tmp_path: Path, docker_
             proc.kill()
         for container in docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}):
             container.remove(force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_sigterm_removes_the_container_and_marks_the_run_interrupted(tmp_path: Path, docker_client,
+                                                                   base_image) -> None:
+    import signal
+
+    block = write_hostile(tmp_path / "blocks")
+    marker = new_marker()
+    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False)
+    env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
+    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "run", str(wf), "-e", "docker", "-q"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert [line for line in err.splitlines() if line.startswith("[INTERRUPTED]")][0].count("SIGTERM") == 1
+        assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}) == []
+        assert processes_with(marker) == []
+        run_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file())
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for container in docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}):
+            container.remove(force=True)
