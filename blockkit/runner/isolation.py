@@ -215,14 +215,21 @@ class Watchdog:
 
 # Run by `python -S -I -c`: no imports beyond the standard library, so it starts in milliseconds.
 _REMOVE_CONTAINER = """
-import socket, sys
+import socket, sys, time
 if sys.stdin.readline():
     sys.exit(0)
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-sock.settimeout(60)
-sock.connect(sys.argv[1])
-sock.sendall(("DELETE /containers/%s?force=1&v=1 HTTP/1.0\\r\\nHost: docker\\r\\n\\r\\n" % sys.argv[2]).encode())
-sock.recv(1024)
+for attempt in range(10):  # the daemon may be busy or the container not created yet
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(120)
+        sock.connect(sys.argv[1])
+        sock.sendall(("DELETE /containers/%s?force=1&v=1 HTTP/1.0\\r\\nHost: docker\\r\\n\\r\\n" % sys.argv[2]).encode())
+        status = sock.recv(1024).split(b" ", 2)[1:2]
+        if status in ([b"204"], [b"404"]) and (status == [b"204"] or attempt >= 3):
+            break
+    except OSError:
+        pass
+    time.sleep(1 + attempt)
 """
 
 
