@@ -16,7 +16,10 @@ __all__ = [
     "ArtifactsError",
     "ExpiryOutOfRange",
     "InsecureKeyFile",
+    "DamagedPrivateKey",
     "KeyNotFound",
+    "KeyPairMismatch",
+    "MissingPrivateKey",
     "KeystoreError",
     "NoOutputError",
     "NoProviderConfigured",
@@ -49,6 +52,18 @@ class WrongKeyType(KeystoreError):
 
 class WrongPassphrase(KeystoreError):
     """The keystore's private key could not be unlocked with the given passphrase."""
+
+
+class MissingPrivateKey(KeystoreError):
+    """The keystore holds keys or a public key but its private key file is gone (never recreated silently)."""
+
+
+class DamagedPrivateKey(KeystoreError):
+    """The private key file is there but unreadable: truncated, edited or not a PEM private key."""
+
+
+class KeyPairMismatch(KeystoreError):
+    """public_key.pem is not the public half of private_key.pem: new keys would be unreadable."""
 
 
 class InsecureKeyFile(KeystoreError):
