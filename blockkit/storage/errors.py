@@ -1,4 +1,15 @@
-"""Storage errors: keystore, artifacts, stage-in and stage-out, each with an exit code and one actionable line."""
+"""Storage errors: keystore, artifacts, stage-in and stage-out, each with an exit code and one actionable line.
+
+    BlockkitError
+    ├── KeystoreError (WRONG_INPUT_ERROR)
+    │   ├── KeyNotFound, WrongKeyType, WrongPassphrase, InsecureKeyFile, TamperedEntry
+    │   └── MissingPrivateKey, DamagedPrivateKey, KeyPairMismatch
+    ├── ArtifactsError (INPUT_PARAMETERS_ERROR): NoProviderConfigured, UnsupportedKeyType, ExpiryOutOfRange,
+    │   └── UploadFailed (API_CONNECTION_ERROR)
+    ├── StorageError (WRONG_INPUT_ERROR): UnsupportedURI, UnsafePath, SourceNotFound, AccessDenied,
+    │   TooLarge, InsecureCredentials, TargetNotEmpty
+    └── TransferFailed (API_CONNECTION_ERROR): retries exhausted, deadline passed
+"""
 
 from __future__ import annotations
 
@@ -15,6 +26,7 @@ __all__ = [
     "ApiConnectionError",
     "ArtifactsError",
     "ExpiryOutOfRange",
+    "InsecureCredentials",
     "InsecureKeyFile",
     "DamagedPrivateKey",
     "KeyNotFound",
@@ -25,7 +37,9 @@ __all__ = [
     "NoProviderConfigured",
     "SourceNotFound",
     "StorageError",
+    "TooLarge",
     "TamperedEntry",
+    "TargetNotEmpty",
     "TransferFailed",
     "UnsafePath",
     "UnsupportedKeyType",
@@ -110,12 +124,24 @@ class UnsafePath(StorageError):
     """A key or asset href would write outside the target folder."""
 
 
+class TargetNotEmpty(StorageError):
+    """A stage-out target already holds files: refused unless overwrite is asked for."""
+
+
 class SourceNotFound(StorageError):
     """The source answered 404 or the path does not exist."""
 
 
 class AccessDenied(StorageError):
     """The source or target answered 401/403: wrong or missing credentials."""
+
+
+class TooLarge(StorageError):
+    """A file or a whole stage-in is larger than its limit (TransferLimits), or a body is compressed."""
+
+
+class InsecureCredentials(StorageError):
+    """A key's credentials would travel over plain http to a host that is not loopback."""
 
 
 class TransferFailed(ApiConnectionError):

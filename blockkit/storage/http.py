@@ -1,20 +1,85 @@
-"""HTTP(S) sources: a pooled session, status codes mapped to retry/not-retry, streamed bodies."""
+"""HTTP(S) sources: a pooled session, credentials scoped to one origin, status codes mapped, bounded bodies.
+
+Credentials: a key's Basic auth is attached only to requests whose origin (scheme, host, port) is the key's
+endpoint, never to other hosts a STAC document names; and never over plain http except to loopback.
+Bodies: blockkit asks for `Accept-Encoding: identity`; a compressed answer is refused (it would bypass the
+size limits), bodies are read raw, one socket read at a time, so the per-file deadline also stops a slow loris.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
-from blockkit.storage.errors import AccessDenied, SourceNotFound, StorageError
+from blockkit.storage.errors import (
+    AccessDenied,
+    InsecureCredentials,
+    SourceNotFound,
+    StorageError,
+    TooLarge,
+    TransferFailed,
+    UnsafePath,
+)
 from blockkit.storage.transfer import CHUNK, Opener, RetryPolicy, TransientError, public_url, with_retries
 
 TIMEOUT = (10, 60)  # connect, read (seconds between bytes)
 MAX_JSON_BYTES = 64 * 1024 * 1024
+JSON_DEADLINE = 300.0  # seconds for one JSON document (catalog, item, PROPFIND answer)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def session(auth: tuple[str, str] | None = None, pool: int = 16) -> Any:
-    """A requests Session with a connection pool sized for parallel downloads."""
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL: `webdav(s)` counts as `http(s)`, default ports filled in."""
+    parts = urlsplit(url)
+    scheme = {"webdav": "http", "webdavs": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or DEFAULT_PORTS.get(scheme, 0)
+
+
+class ScopedBasicAuth:
+    """Basic auth for one origin: requests to any other scheme, host or port go without credentials."""
+
+    def __init__(self, username: str, password: str, endpoint: str, key_name: str = "") -> None:
+        self._auth = (username, password)
+        self.origin = origin(endpoint)
+        scheme, host, _ = self.origin
+        if scheme not in ("http", "https") or not host:
+            raise InsecureCredentials(f"key {key_name!r}: endpoint {public_url(endpoint)!r} is not an http(s) URL")
+        if scheme == "http" and not is_loopback(host):
+            raise InsecureCredentials(
+                f"key {key_name!r}: refusing to send credentials over plain http to {host}; use an https endpoint "
+                f"(plain http is allowed only for loopback: localhost, 127.0.0.1, ::1)"
+            )
+
+    def __call__(self, request: Any) -> Any:
+        from requests.auth import HTTPBasicAuth
+
+        if origin(request.url) == self.origin:
+            return HTTPBasicAuth(*self._auth)(request)
+        request.headers.pop("Authorization", None)
+        return request
+
+
+def session(auth: ScopedBasicAuth | None = None, pool: int = 16) -> Any:
+    """A requests Session with a connection pool sized for parallel downloads; auth scoped to its origin."""
     import requests
     from requests.adapters import HTTPAdapter
 
@@ -24,7 +89,9 @@ def session(auth: tuple[str, str] | None = None, pool: int = 16) -> Any:
     s.mount("https://", adapter)
     # identity: Content-Length is then the number of bytes we receive, so truncation shows
     s.headers.update({"Accept-Encoding": "identity", "User-Agent": "blockkit"})
-    if auth:
+    s.max_redirects = 10
+    s.trust_env = False  # no ~/.netrc credentials sent to whatever host a document names
+    if auth is not None:
         s.auth = auth
     return s
 
@@ -47,36 +114,68 @@ def check_status(resp: Any, url: str) -> None:
     raise StorageError(f"{shown}: HTTP {code}; the request was refused as given")
 
 
-def _get(sess: Any, url: str, stream: bool) -> Any:
+def check_encoding(resp: Any, url: str) -> None:
+    """Refuse a compressed body: blockkit asked for identity, and inflating it would bypass the size limits."""
+    encoding = str(resp.headers.get("Content-Encoding", "")).strip().lower()
+    if encoding not in ("", "identity"):
+        resp.close()
+        raise TooLarge(
+            f"{public_url(url)}: the server sent Content-Encoding: {encoding} although blockkit asked for identity; "
+            f"refusing the compressed body"
+        )
+
+
+def request(sess: Any, method: str, url: str, *, timeout: Any = TIMEOUT, **kwargs: Any) -> Any:
+    """One request with transport errors mapped: connection problems are transient, redirect abuse is final."""
     import requests
 
     try:
-        resp = sess.get(url, stream=stream, timeout=TIMEOUT)
+        resp = sess.request(method, url, timeout=timeout, **kwargs)
+    except requests.TooManyRedirects as exc:
+        raise StorageError(f"{public_url(url)}: more than {sess.max_redirects} redirects (a redirect loop?)") from exc
+    except (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidURL) as exc:
+        raise UnsafePath(f"{public_url(url)}: redirected to a URL that is not http(s); refusing to follow it") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise TransientError(f"{type(exc).__name__}") from exc
+    except requests.RequestException as exc:
+        raise StorageError(f"{public_url(url)}: {type(exc).__name__}") from exc
     check_status(resp, url)
     return resp
 
 
+def _get(sess: Any, url: str, stream: bool) -> Any:
+    resp = request(sess, "GET", url, stream=stream)
+    check_encoding(resp, url)
+    return resp
+
+
+def raw_chunks(resp: Any, size: int = CHUNK) -> Iterable[bytes]:
+    """The body as sent (no decoding), one socket read at a time so slow senders are noticed between reads."""
+    import requests
+
+    try:
+        while True:
+            data = resp.raw.read1(size, decode_content=False)
+            if not data:
+                return
+            yield data
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+    except Exception as exc:  # noqa: BLE001 - urllib3 protocol/timeout errors while reading
+        raise TransientError(f"{type(exc).__name__}") from exc
+    finally:
+        resp.close()
+
+
 def opener(sess: Any, url: str) -> Opener:
-    """An opener for transfer.Download: GET url and stream its body."""
+    """An opener for transfer.Download: GET url and stream its raw body."""
 
     def open_() -> tuple[int | None, Iterable[bytes]]:
         resp = _get(sess, url, stream=True)
         length = resp.headers.get("Content-Length")
-        declared = int(length) if length and length.isdigit() and not resp.headers.get("Content-Encoding") else None
-
-        def chunks() -> Iterable[bytes]:
-            import requests
-
-            try:
-                yield from resp.iter_content(CHUNK)
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
-            finally:
-                resp.close()
-
-        return declared, chunks()
+        declared = int(length) if length and length.isdigit() else None
+        return declared, raw_chunks(resp)
 
     return open_
 
@@ -93,29 +192,33 @@ def content_type(sess: Any, url: str) -> str:
     return str(resp.headers.get("Content-Type", "")) if resp.status_code < 400 else ""
 
 
+def read_limited(resp: Any, url: str, limit: int, deadline: float = JSON_DEADLINE) -> bytes:
+    """A whole (small) body: at most `limit` bytes, within `deadline` seconds, else a final error."""
+    start = time.monotonic()
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > limit:
+        resp.close()
+        raise TooLarge(f"{public_url(url)}: the document is {length} bytes, more than the limit of {limit}")
+    out = bytearray()
+    for chunk in raw_chunks(resp, 64 * 1024):
+        out += chunk
+        if len(out) > limit:
+            resp.close()
+            raise TooLarge(f"{public_url(url)}: the document is more than the limit of {limit} bytes")
+        if time.monotonic() - start > deadline:
+            resp.close()
+            raise TransferFailed(f"{public_url(url)}: not received within {deadline:g} s; the server sends too slowly")
+    if length and length.isdigit() and len(out) < int(length):
+        raise TransientError(f"truncated: got {len(out)} of {length} bytes")
+    return bytes(out)
+
+
 def get_bytes(sess: Any, url: str, policy: RetryPolicy, limit: int = MAX_JSON_BYTES) -> tuple[bytes, str]:
     """GET a (small) document with retries; returns its bytes and content type."""
 
     def once() -> tuple[bytes, str]:
-        import requests
-
         resp = _get(sess, url, stream=True)
-        try:
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > limit:
-                return b"", resp.headers.get("Content-Type", "")
-            body = resp.raw.read(limit + 1, decode_content=True)
-            if length and length.isdigit() and len(body) < int(length):
-                raise TransientError(f"truncated: got {len(body)} of {length} bytes")
-            return body, resp.headers.get("Content-Type", "")
-        except requests.RequestException as exc:
-            raise TransientError(type(exc).__name__) from exc
-        except Exception as exc:  # noqa: BLE001 - urllib3 protocol errors while reading
-            if isinstance(exc, TransientError):
-                raise
-            raise TransientError(f"{type(exc).__name__}") from exc
-        finally:
-            resp.close()
+        return read_limited(resp, url, limit), str(resp.headers.get("Content-Type", ""))
 
     return with_retries(once, policy, public_url(url))
 
@@ -125,5 +228,5 @@ def get_json(sess: Any, url: str, policy: RetryPolicy) -> Any:
     body, _ = get_bytes(sess, url, policy)
     try:
         return json.loads(body)
-    except ValueError as exc:
-        raise StorageError(f"{public_url(url)}: not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise StorageError(f"{public_url(url)}: not JSON ({type(exc).__name__})") from exc
