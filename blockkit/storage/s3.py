@@ -97,7 +97,7 @@ def s3_client(
     kwargs: dict[str, Any] = {}
     cfg: dict[str, Any] = {
         "max_pool_connections": max_pool,
-        "retries": {"max_attempts": 4 if retries else 1, "mode": "standard"},
+        "retries": {"total_max_attempts": 4 if retries else 1, "mode": "standard"},
         "signature_version": "s3v4",
     }
     if key is None:

@@ -111,6 +111,16 @@ def walk(sess: Any, url: str, policy: RetryPolicy) -> list[DavEntry]:
     return files
 
 
+def members(sess: Any, url: str, policy: RetryPolicy) -> int:
+    """How many entries a collection holds (a file counts as 1); SourceNotFound when url does not exist."""
+    base_path = unquote(urlsplit(url).path).rstrip("/")
+    listing = _propfind(sess, url, policy)
+    own = [e for e in listing if unquote(urlsplit(e[0]).path).rstrip("/") == base_path]
+    if own and not own[0][1]:
+        return 1
+    return len(listing) - len(own)
+
+
 def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy, made: set[str]) -> None:
     """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before."""
     url = base_url.rstrip("/")
