@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from blockkit.stac import is_stac, item_feature
 from blockkit.storage.errors import StorageError, UnsafePath
@@ -148,7 +148,26 @@ class PlannedItem:
     fetches: list[AssetFetch]
 
 
-def _local_name(href: str, taken: set[str], asset_key: str, item_id: str) -> str:
+def _sub_path(raw_href: str) -> str | None:
+    """`qa/mask.txt` for an href inside the item's own folder (`./qa/mask.txt`), else None."""
+    if urlsplit(raw_href).scheme or raw_href.startswith("/") or "\\" in raw_href:
+        return None
+    norm = posixpath.normpath(unquote(urlsplit(raw_href).path))
+    parts = norm.split("/")
+    if norm in (".", "") or ".." in parts or len(parts) < 2 or any(p in ("", ".") for p in parts):
+        return None
+    return norm
+
+
+def _local_name(href: str, taken: set[str], asset_key: str, item_id: str, raw_href: str = "") -> str:
+    sub = _sub_path(raw_href)
+    if sub is not None:
+        # a sub-folder of the item's own folder is kept (what stage-out wrote comes back the same)
+        for part in sub.split("/"):
+            check_component(part, f"item {item_id!r} asset {asset_key!r}: path part")
+        if sub not in taken:
+            taken.add(sub)
+            return sub
     path = urlsplit(href).path
     name = unquote(posixpath.basename(path.rstrip("/"))) if path else ""
     what = f"item {item_id!r} asset {asset_key!r}: file name"
@@ -186,7 +205,7 @@ def plan_item(remote: RemoteItem, target: Path, *, remote_source: bool) -> Plann
             raise UnsafePath(f"STAC item {item_id!r} asset {key!r}: local href {asset['href']!r} in a remote catalog")
         if scheme not in ("http", "https", "s3", "", "file"):
             raise StorageError(f"STAC item {item_id!r} asset {key!r}: unsupported href scheme {scheme!r}")
-        name = _local_name(href, taken, key, item_id)
+        name = _local_name(href, taken, key, item_id, asset["href"])
         checksums: dict[str, str] = {}
         parsed = parse_multihash(str(asset.get("file:checksum", "")))
         if parsed:
@@ -194,7 +213,7 @@ def plan_item(remote: RemoteItem, target: Path, *, remote_source: bool) -> Plann
         size = asset.get("file:size")
         fetches.append(AssetFetch(item_id, key, href, folder / name,
                                   size if isinstance(size, int) and size >= 0 else None, checksums))
-        asset["href"] = f"./{name}"
+        asset["href"] = f"./{quote(name)}"
     kept = [
         link for link in data.get("links") or []
         if isinstance(link, dict) and link.get("rel") not in STRUCTURAL_RELS
