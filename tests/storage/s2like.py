@@ -23,12 +23,16 @@ S2_L2A_BANDS = (
 WEST, NORTH, EPSG = 399960.0, 5800020.0, 32633
 
 
-def band_values(name: str, size: int) -> Any:
-    """The uint16 pixels of a band at 10 m size `size` (coarser bands are subsampled)."""
+def band_values(name: str, size: int, noise: int = 0) -> Any:
+    """The uint16 pixels of a band at 10 m size `size` (coarser bands are subsampled); `noise` adds
+    deterministic random values below it (benchmarks: realistic compressed sizes)."""
     import numpy as np
 
     base = {"B04": 1000, "B08": 3000}.get(name, 500 + 37 * (sum(map(ord, name)) % 50))
     data = np.full((size, size), base, dtype="uint16")
+    if noise:
+        rng = np.random.default_rng(sum(map(ord, name)))
+        data += rng.integers(0, noise, size=(size, size), dtype="uint16")
     if name == "B08":
         data[:, : size // 4] = 1000  # NDVI 0 in the left quarter
     data[:4, :4] = 0  # no data
@@ -67,13 +71,14 @@ def _geometry() -> tuple[list[float], dict[str, Any]]:
     return [w, s, e, n], {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
 
 
-def s2_l2a_item(root: Path, base_url: str, item_id: str, *, size: int = 60, bands: int = 13) -> dict[str, Any]:
+def s2_l2a_item(root: Path, base_url: str, item_id: str, *, size: int = 60, bands: int = 13,
+                noise: int = 0) -> dict[str, Any]:
     """Write a per-band item under root/data/<id>/ (absolute asset hrefs) and return its JSON."""
     folder = root / "data" / item_id
     assets: dict[str, Any] = {}
     for name, common, res, wavelength in S2_L2A_BANDS[:bands]:
         px = size * 10 // res
-        data = band_values(name, size)[:: res // 10, :: res // 10][:px, :px]
+        data = band_values(name, size, noise)[:: res // 10, :: res // 10][:px, :px]
         path = write_cog(folder / f"{name}.tif", data, float(res))
         assets[name] = {
             "href": f"{base_url}/data/{item_id}/{name}.tif",
