@@ -26,7 +26,6 @@ from blockkit.storage.transfer import (
     iter_file,
     public_url,
     safe_join,
-    with_retries,
 )
 
 log = logging.getLogger("blockkit.storage")
