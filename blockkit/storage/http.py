@@ -3,13 +3,19 @@
 Credentials: a key's Basic auth is attached only to requests whose origin (scheme, host, port) is the key's
 endpoint, never to other hosts a STAC document names; and never over plain http except to loopback.
 Bodies: blockkit asks for `Accept-Encoding: identity`; a compressed answer is refused (it would bypass the
-size limits), bodies are read raw, one socket read at a time, so the per-file deadline also stops a slow loris.
+size limits), bodies are read raw, one socket read at a time.
+Deadlines: a per-thread watchdog shuts the socket of the request in flight when the file's deadline (or a
+document's) passes, so a server that trickles its status line, headers or body (slow loris) cannot hold a
+transfer longer than its deadline.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -24,11 +30,20 @@ from blockkit.storage.errors import (
     TransferFailed,
     UnsafePath,
 )
-from blockkit.storage.transfer import CHUNK, Opener, RetryPolicy, TransientError, public_url, with_retries
+from blockkit.storage.transfer import (
+    CHUNK,
+    Opener,
+    RetryPolicy,
+    TransientError,
+    current_deadline,
+    public_url,
+    with_retries,
+)
 
 TIMEOUT = (10, 60)  # connect, read (seconds between bytes)
 MAX_JSON_BYTES = 64 * 1024 * 1024
 JSON_DEADLINE = 300.0  # seconds for one JSON document (catalog, item, PROPFIND answer)
+HEAD_DEADLINE = 30.0  # seconds for the HEAD that asks a plain URL for its Content-Type
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -78,13 +93,88 @@ class ScopedBasicAuth:
         return request
 
 
+_local = threading.local()
+
+
+class Watchdog:
+    """Shuts the socket of this thread's request in flight once `seconds` have passed (then `fired` is True)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sock: Any = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+
+    def start(self) -> "Watchdog":
+        """Arm the timer and watch the requests this thread makes from now on."""
+        _local.watch = self
+        self._timer.start()
+        return self
+
+    def attach(self, sock: Any) -> None:
+        """Called with the socket a response is about to be read from."""
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        """Disarm; stop watching this thread's requests."""
+        self._timer.cancel()
+        if getattr(_local, "watch", None) is self:
+            _local.watch = None
+
+
+@functools.lru_cache(maxsize=1)
+def _adapter_class() -> Any:
+    """An HTTPAdapter whose connections report their socket to this thread's Watchdog before each response."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def watched(cls: Any) -> Any:
+        class Watched(cls):  # type: ignore[misc,valid-type]
+            def getresponse(self) -> Any:  # type: ignore[override]
+                watch = getattr(_local, "watch", None)
+                if watch is not None:
+                    watch.attach(self.sock)
+                return super().getresponse()
+
+        return Watched
+
+    class WatchedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = watched(HTTPConnection)
+
+    class WatchedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = watched(HTTPSConnection)
+
+    class WatchedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+
+    return WatchedAdapter
+
+
 def session(auth: ScopedBasicAuth | None = None, pool: int = 16) -> Any:
     """A requests Session with a connection pool sized for parallel downloads; auth scoped to its origin."""
     import requests
-    from requests.adapters import HTTPAdapter
 
     s = requests.Session()
-    adapter = HTTPAdapter(pool_connections=pool, pool_maxsize=pool, max_retries=0)
+    adapter = _adapter_class()(pool_connections=pool, pool_maxsize=pool, max_retries=0)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     # identity: Content-Length is then the number of bytes we receive, so truncation shows
@@ -150,7 +240,12 @@ def _get(sess: Any, url: str, stream: bool) -> Any:
     return resp
 
 
-def raw_chunks(resp: Any, size: int = CHUNK) -> Iterable[bytes]:
+def _too_slow(url: str, seconds: float | None) -> TransferFailed:
+    within = f" within {seconds:g} s" if seconds else ""
+    return TransferFailed(f"{public_url(url)}: not finished{within} (file_deadline); the server sends too slowly")
+
+
+def raw_chunks(resp: Any, size: int = CHUNK, watch: Watchdog | None = None, url: str = "") -> Iterable[bytes]:
     """The body as sent (no decoding), one socket read at a time so slow senders are noticed between reads."""
     import requests
 
@@ -158,24 +253,43 @@ def raw_chunks(resp: Any, size: int = CHUNK) -> Iterable[bytes]:
         while True:
             data = resp.raw.read1(size, decode_content=False)
             if not data:
+                if watch is not None and watch.fired:
+                    raise _too_slow(url, None)
                 return
             yield data
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        if watch is not None and watch.fired:
+            raise _too_slow(url, None) from exc
         raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+    except TransferFailed:
+        raise
     except Exception as exc:  # noqa: BLE001 - urllib3 protocol/timeout errors while reading
+        if watch is not None and watch.fired:
+            raise _too_slow(url, None) from exc
         raise TransientError(f"{type(exc).__name__}") from exc
     finally:
+        if watch is not None:
+            watch.stop()
         resp.close()
 
 
 def opener(sess: Any, url: str) -> Opener:
-    """An opener for transfer.Download: GET url and stream its raw body."""
+    """An opener for transfer.Download: GET url and stream its raw body, watched until the file's deadline."""
 
     def open_() -> tuple[int | None, Iterable[bytes]]:
-        resp = _get(sess, url, stream=True)
+        deadline = current_deadline()
+        watch = Watchdog(deadline - time.monotonic()).start() if deadline is not None else None
+        try:
+            resp = _get(sess, url, stream=True)
+        except BaseException as exc:
+            if watch is not None:
+                watch.stop()
+                if watch.fired:
+                    raise _too_slow(url, None) from exc
+            raise
         length = resp.headers.get("Content-Length")
         declared = int(length) if length and length.isdigit() else None
-        return declared, raw_chunks(resp)
+        return declared, raw_chunks(resp, watch=watch, url=url)
 
     return open_
 
@@ -184,10 +298,13 @@ def content_type(sess: Any, url: str) -> str:
     """The Content-Type a HEAD request reports, or '' when HEAD fails (the GET will tell why)."""
     import requests
 
+    watch = Watchdog(HEAD_DEADLINE).start()
     try:
         resp = sess.head(url, timeout=TIMEOUT, allow_redirects=True)
     except requests.RequestException:
         return ""
+    finally:
+        watch.stop()
     resp.close()
     return str(resp.headers.get("Content-Type", "")) if resp.status_code < 400 else ""
 
@@ -217,8 +334,16 @@ def get_bytes(sess: Any, url: str, policy: RetryPolicy, limit: int = MAX_JSON_BY
     """GET a (small) document with retries; returns its bytes and content type."""
 
     def once() -> tuple[bytes, str]:
-        resp = _get(sess, url, stream=True)
-        return read_limited(resp, url, limit), str(resp.headers.get("Content-Type", ""))
+        watch = Watchdog(JSON_DEADLINE).start()
+        try:
+            resp = _get(sess, url, stream=True)
+            return read_limited(resp, url, limit), str(resp.headers.get("Content-Type", ""))
+        except (TransientError, StorageError) as exc:
+            if watch.fired:
+                raise TransferFailed(f"{public_url(url)}: not received within {JSON_DEADLINE:g} s") from exc
+            raise
+        finally:
+            watch.stop()
 
     return with_retries(once, policy, public_url(url))
 

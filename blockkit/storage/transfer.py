@@ -22,6 +22,14 @@ T = TypeVar("T")
 CHUNK = 1024 * 1024
 
 
+_current = threading.local()
+
+
+def current_deadline() -> float | None:
+    """The `time.monotonic()` deadline of the file this thread is downloading (openers use it), or None."""
+    return getattr(_current, "deadline", None)
+
+
 class TransientError(Exception):
     """A failure worth retrying (connection reset, 5xx, 429, truncated body)."""
 
@@ -214,11 +222,13 @@ def download(
     except OSError as exc:
         raise UnsafePath(f"{task.label}: cannot make folder {task.dest.parent.name!r} ({exc.strerror})") from exc
     part = task.dest.with_name(task.dest.name + ".part")
+    _current.deadline = deadline
     try:
         n = with_retries(lambda: _fetch_once(task, part, advance, budget, deadline), policy, task.label)
         os.replace(part, task.dest)
         return n
     finally:
+        _current.deadline = None
         part.unlink(missing_ok=True)
 
 

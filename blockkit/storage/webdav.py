@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
-from blockkit.storage.errors import StorageError, UnsafePath, UnsupportedURI
+from blockkit.storage.errors import StorageError, TransferFailed, UnsafePath, UnsupportedURI
 from blockkit.storage import http
 from blockkit.storage.http import check_status
 from blockkit.storage.transfer import RetryPolicy, TransientError, public_url, with_retries
@@ -48,13 +48,21 @@ def _request(sess: Any, method: str, url: str, **kwargs: Any) -> Any:
 
 def _propfind(sess: Any, url: str, policy: RetryPolicy) -> list[tuple[str, bool, int | None]]:
     def once() -> list[tuple[str, bool, int | None]]:
-        resp = _request(sess, "PROPFIND", url, data=_PROPFIND, stream=True,
-                        headers={"Depth": "1", "Content-Type": "application/xml"})
-        if resp.status_code != 207:
-            resp.close()
-            raise StorageError(f"{public_url(url)}: PROPFIND answered {resp.status_code}, not 207; is this WebDAV?")
-        http.check_encoding(resp, url)
-        body = http.read_limited(resp, url, MAX_PROPFIND_BYTES)
+        watch = http.Watchdog(http.JSON_DEADLINE).start()
+        try:
+            resp = _request(sess, "PROPFIND", url, data=_PROPFIND, stream=True,
+                            headers={"Depth": "1", "Content-Type": "application/xml"})
+            if resp.status_code != 207:
+                resp.close()
+                raise StorageError(f"{public_url(url)}: PROPFIND answered {resp.status_code}, not 207; is this WebDAV?")
+            http.check_encoding(resp, url)
+            body = http.read_limited(resp, url, MAX_PROPFIND_BYTES)
+        except TransientError as exc:
+            if watch.fired:
+                raise TransferFailed(f"{public_url(url)}: no PROPFIND answer within {http.JSON_DEADLINE:g} s") from exc
+            raise
+        finally:
+            watch.stop()
         if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
             raise StorageError(f"{public_url(url)}: PROPFIND answer declares a DTD or entities; refusing it")
         try:

@@ -148,6 +148,23 @@ def slow_loris(length: int = 1000, every: float = 0.2) -> Route:
     return route
 
 
+def slow_headers(every: float = 0.2, count: int = 2000) -> Route:
+    """Sends its status line and then one header byte every `every` seconds (a slow loris before the body)."""
+
+    def route(h: _Handler) -> None:
+        if h.command == "HEAD":  # the GET is the attack (a trickling HEAD is bounded by HEAD_DEADLINE)
+            h.send(200, b"", {"Content-Type": "application/octet-stream"})
+            return
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        h.wfile.flush()
+        for _ in range(count):
+            h.wfile.write(b"a")
+            h.wfile.flush()
+            time.sleep(every)
+
+    return route
+
+
 def redirect(location: str) -> Route:
     """302 to location."""
     return lambda h: h.send(302, b"", {"Location": location})

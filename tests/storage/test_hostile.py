@@ -28,6 +28,7 @@ from tests.storage.hostile import (
     redirect,
     s3_failing_get,
     s3_listing,
+    slow_headers,
     slow_loris,
     status,
 )
@@ -160,6 +161,17 @@ def test_slow_loris_hits_the_file_deadline(hostile: HostileServer, tmp_path: Pat
     _one_line(err, ExitCode.API_CONNECTION_ERROR, "/slow.bin", "file_deadline")
     assert time.monotonic() - start < 6
     assert not (tmp_path / "in").exists()
+
+
+def test_slow_headers_hit_the_file_deadline(hostile: HostileServer, tmp_path: Path) -> None:
+    # the status line and headers trickle in: the 60 s per-read timeout never triggers, the deadline does
+    hostile.routes["/trickle.bin"] = slow_headers(every=0.1)
+    start = time.monotonic()
+    with pytest.raises(TransferFailed) as err:
+        stage_in(hostile.url("/trickle.bin"), tmp_path / "in", progress=False, retry=FAST,
+                 limits=TransferLimits(file_deadline=1.5))
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "/trickle.bin", "file_deadline")
+    assert time.monotonic() - start < 6 and not (tmp_path / "in").exists()
 
 
 def test_webdav_walk_depth_is_bounded(hostile: HostileServer, tmp_path: Path) -> None:
