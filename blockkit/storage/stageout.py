@@ -98,6 +98,60 @@ def _not_empty(where: str) -> TargetNotEmpty:
     )
 
 
+def check_target(uri: str, *, keystore: Keystore | None = None, key: str | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+    """Raise TargetNotEmpty when a stage-out to `uri` would need --overwrite (a runner checks before running)."""
+    cred = (keystore or Keystore.from_env()).get(key) if key else None
+    scheme = _target_scheme(uri, cred)
+    if scheme == "file":
+        _check_local_empty(_local_target(uri))
+    elif scheme == "s3":
+        loc = s3.parse_s3_uri(uri)
+        if cred is None:
+            raise StorageError(f"stage-out to {uri} needs a keystore key with write access: --key NAME")
+        _check_s3_empty(s3.s3_client(cred, region=loc.region), loc)
+    else:
+        _check_webdav_empty(_webdav_session(cred, 1), webdav.http_url(uri).rstrip("/"), retry or RetryPolicy())
+
+
+def _check_local_empty(target: Path) -> None:
+    if target.is_dir() and any(target.iterdir()):
+        raise _not_empty(str(target))
+
+
+def _check_s3_empty(client: Any, loc: s3.S3Location) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    prefix = loc.key.strip("/")
+    try:
+        listed = client.list_objects_v2(Bucket=loc.bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+    except (ClientError, BotoCoreError) as exc:
+        raise s3.s3_error(exc, f"s3://{loc.bucket}/{prefix}") from exc
+    if listed.get("KeyCount") or listed.get("Contents"):
+        raise _not_empty(f"s3://{loc.bucket}/{prefix + '/' if prefix else ''}")
+
+
+def _webdav_session(cred: Key | None, workers: int) -> Any:
+    from blockkit.storage import http
+
+    auth = None
+    if cred is not None:
+        conf = cred.config
+        auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint, cred.name)  # type: ignore[union-attr]
+    return http.session(auth, pool=max(workers, 4))
+
+
+def _check_webdav_empty(sess: Any, base: str, retry: RetryPolicy) -> None:
+    from blockkit.storage.errors import SourceNotFound
+
+    try:
+        members = webdav.members(sess, base + "/", retry)
+    except SourceNotFound:
+        return
+    if members:
+        raise _not_empty(public_url(base + "/"))
+
+
 # --- reading the outputs ---------------------------------------------------------------------
 
 
@@ -214,8 +268,8 @@ def _local_target(uri: str) -> Path:
 def _to_local(items: list[OutputItem], target: Path, description: str, overwrite: bool) -> str:
     if target.exists() and not target.is_dir():
         raise StorageError(f"{target} is a file; stage out to a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise _not_empty(str(target))
+    if not overwrite:
+        _check_local_empty(target)
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     for f, rel in _uploads(items):
@@ -262,12 +316,7 @@ def _to_s3(items: list[OutputItem], uri: str, cred: Key | None, description: str
         return f"{prefix}/{rel}" if prefix else rel
 
     if not overwrite:
-        try:
-            listed = client.list_objects_v2(Bucket=loc.bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
-        except (ClientError, BotoCoreError) as exc:
-            raise s3.s3_error(exc, f"s3://{loc.bucket}/{prefix}") from exc
-        if listed.get("KeyCount") or listed.get("Contents"):
-            raise _not_empty(f"s3://{loc.bucket}/{prefix + '/' if prefix else ''}")
+        _check_s3_empty(client, loc)
 
     def _raise(exc: Exception, what: str) -> None:
         if isinstance(exc, S3UploadFailedError):
@@ -306,22 +355,10 @@ def _to_s3(items: list[OutputItem], uri: str, cred: Key | None, description: str
 
 def _to_webdav(items: list[OutputItem], uri: str, cred: Key | None, description: str, workers: int, progress: bool,
                retry: RetryPolicy, overwrite: bool) -> str:
-    from blockkit.storage import http
-    from blockkit.storage.errors import SourceNotFound
-
     base = webdav.http_url(uri).rstrip("/")
-    auth = None
-    if cred is not None:
-        conf = cred.config
-        auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint, cred.name)  # type: ignore[union-attr]
-    sess = http.session(auth, pool=max(workers, 4))
+    sess = _webdav_session(cred, workers)
     if not overwrite:
-        try:
-            members = webdav.members(sess, base + "/", retry)
-        except SourceNotFound:
-            members = 0
-        if members:
-            raise _not_empty(public_url(base + "/"))
+        _check_webdav_empty(sess, base, retry)
     made: set[str] = set()
     base_path = urlsplit(base).path
     # the target folder itself, then every item folder (MKCOL is not recursive)

@@ -323,11 +323,17 @@ def test_cli_keys_missing_private_key(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setenv("BLOCKKIT_KEYSTORE", str(tmp_path / "ks"))
     monkeypatch.delenv("BLOCKKIT_KEYSTORE_PASSPHRASE", raising=False)
+    r = CliRunner().invoke(app, ["keys", "init"])
+    assert r.exit_code == 0 and "created keystore" in r.output
+    r = CliRunner().invoke(app, ["keys", "init"])
+    assert r.exit_code == 0 and "unchanged" in r.output
     r = CliRunner().invoke(app, ["keys", "add", "k1", "--type", "s3", "--access-key", "A"], input="s1\n")
     assert r.exit_code == 0, r.output
     (tmp_path / "ks" / "private_key.pem").unlink()
     pub = (tmp_path / "ks" / "public_key.pem").read_bytes()
     r = CliRunner().invoke(app, ["keys", "add", "k2", "--type", "s3", "--access-key", "A"], input="s2\n")
+    assert r.exit_code == 4 and "private_key.pem is missing" in r.output
+    r = CliRunner().invoke(app, ["keys", "init"])
     assert r.exit_code == 4 and "private_key.pem is missing" in r.output
     assert (tmp_path / "ks" / "public_key.pem").read_bytes() == pub
     assert not (tmp_path / "ks" / "entries" / "k2.json").exists()

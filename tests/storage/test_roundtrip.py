@@ -64,6 +64,11 @@ def test_local_roundtrip_and_no_overwrite(outputs: Path, tmp_path: Path) -> None
     # the folder form works too
     fc2 = stage_in(str(tmp_path / "pub"), tmp_path / "back2", progress=False)
     assert sorted(f["properties"]["up42.data_path"] for f in fc2) == ["ndvi_a/ndvi_a.tif", "scene_b/B04.tif"]
+    from blockkit.storage import check_target
+
+    check_target(str(tmp_path / "new"))  # a runner checks before running: a new folder is fine
+    with pytest.raises(TargetNotEmpty):
+        check_target(str(tmp_path / "pub"))
     with pytest.raises(TargetNotEmpty) as err:
         stage_out(outputs, str(tmp_path / "pub"), progress=False)
     assert err.value.exit_code == ExitCode.WRONG_INPUT_ERROR and "--overwrite" in err.value.headline()
@@ -80,6 +85,11 @@ def test_s3_roundtrip_and_no_overwrite(outputs: Path, s3_keystore: Keystore, sea
     client = seaweed.client()
     client.put_object(Bucket="rtrip", Key="results/run-1/ndvi_a/ndvi_a.tif", Body=b"")  # mark: must stay
     (outputs / "ndvi_a.tif").write_bytes(b"second version")
+    from blockkit.storage import check_target
+
+    with pytest.raises(TargetNotEmpty):
+        check_target("s3://rtrip/results/run-1/", keystore=s3_keystore, key="s3")
+    check_target("s3://rtrip/results/run-2/", keystore=s3_keystore, key="s3")
     with pytest.raises(TargetNotEmpty, match="s3://rtrip/results/run-1/"):
         stage_out(outputs, "s3://rtrip/results/run-1", keystore=s3_keystore, key="s3", progress=False)
     assert client.get_object(Bucket="rtrip", Key="results/run-1/ndvi_a/ndvi_a.tif")["Body"].read() == b""
@@ -98,6 +108,11 @@ def test_webdav_roundtrip_and_no_overwrite(outputs: Path, keystore: Keystore, da
     assert printed.endswith("/rt-run/catalog.json")
     fc = stage_in(printed, tmp_path / "back", keystore=keystore, key="dav", progress=False)
     _check_roundtrip(outputs, tmp_path / "back", fc)
+    from blockkit.storage import check_target
+
+    with pytest.raises(TargetNotEmpty):
+        check_target(target, keystore=keystore, key="dav")
+    check_target(target.replace("rt-run", "rt-new"), keystore=keystore, key="dav")
     with pytest.raises(TargetNotEmpty):
         stage_out(outputs, target, keystore=keystore, key="dav", progress=False)
     stage_out(outputs, target, keystore=keystore, key="dav", progress=False, overwrite=True)
