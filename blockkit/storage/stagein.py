@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from blockkit.contract.datajson import DATA_JSON, DATA_PATH, FeatureCollection, load_data_json, write_data_json
 from blockkit.stac import features_from_catalog, is_stac
 from blockkit.storage import http, s3, stac, webdav
-from blockkit.storage.errors import StorageError, TooLarge, UnsafePath, UnsupportedURI, WrongKeyType
+from blockkit.storage.errors import AccessDenied, StorageError, TooLarge, UnsafePath, UnsupportedURI, WrongKeyType
 from blockkit.storage.keystore import Key, Keystore
 from blockkit.storage.transfer import (
     Download,
@@ -71,11 +71,33 @@ def stage_in(
     log.info("stage-in %s -> %s", public_url(uri), target)
     try:
         return _dispatch(uri, scheme, target, cred, opts)
-    except BaseException:
-        _empty(target)
-        if not existed:
-            shutil.rmtree(target, ignore_errors=True)
+    except AccessDenied as err:
+        _undo(target, existed)
+        hint = _key_hint(uri, cred)
+        if hint:
+            raise AccessDenied(f"{err.message}; {hint}") from err
         raise
+    except BaseException:
+        _undo(target, existed)
+        raise
+
+
+def _undo(target: Path, existed: bool) -> None:
+    """Leave the target as it was: emptied, and removed when stage-in created it."""
+    _empty(target)
+    if not existed:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _key_hint(uri: str, cred: Key | None) -> str:
+    """Why a webdav key's credentials were not sent to a host that refused access, if that is why."""
+    if cred is None or cred.type != "webdav":
+        return ""
+    endpoint = cred.config.endpoint  # type: ignore[union-attr]
+    if http.origin(uri.removeprefix("stac+")) == http.origin(endpoint):
+        return ""
+    return (f"key {cred.name!r} is for {public_url(endpoint)}, so its credentials were not sent to "
+            f"{urlsplit(uri.removeprefix('stac+')).hostname} (they go only to the key's scheme, host and port)")
 
 
 def _dispatch(uri: str, scheme: str, target: Path, cred: Key | None, opts: StageOptions) -> FeatureCollection:

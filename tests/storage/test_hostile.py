@@ -93,6 +93,16 @@ def test_webdav_credentials_only_to_the_keys_origin(hostile: HostileServer, tmp_
     assert (tmp_path / "in/it/other.bin").read_bytes() == b"other"
 
 
+def test_key_for_another_origin_is_named_when_access_is_refused(hostile: HostileServer, tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks")
+    ks.add("dav", WebDavKeyConfig(hostile.url(), "alice", PASSWORD))
+    hostile.routes["/private.bin"] = status(401)
+    with pytest.raises(StorageError) as err:
+        stage_in(hostile.url("/private.bin", host="localhost"), tmp_path / "in", keystore=ks, key="dav", progress=False)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "HTTP 401", "key 'dav' is for http://127.0.0.1", "not sent to localhost")
+    assert all(s.auth is None for s in hostile.seen)
+
+
 def test_credentials_never_over_plain_http_to_other_hosts(tmp_path: Path) -> None:
     ks = Keystore(tmp_path / "ks")
     ks.add("dav", WebDavKeyConfig("http://dav.example.org/remote", "alice", PASSWORD))
@@ -100,6 +110,15 @@ def test_credentials_never_over_plain_http_to_other_hosts(tmp_path: Path) -> Non
         stage_in("webdav://dav.example.org/remote/x/", tmp_path / "in", keystore=ks, key="dav", progress=False)
     line = _one_line(err, ExitCode.WRONG_INPUT_ERROR, "plain http", "https", "loopback")
     assert PASSWORD not in line and not (tmp_path / "in").exists()
+    from blockkit.contract.datajson import write_data_json
+    from blockkit.storage.stageout import stage_out
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "r.txt").write_text("r")
+    write_data_json(tmp_path / "out", {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "r", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    with pytest.raises(InsecureCredentials):
+        stage_out(tmp_path / "out", "webdav://dav.example.org/remote/res/", keystore=ks, key="dav", progress=False)
     assert http.ScopedBasicAuth("a", "b", "https://dav.example.org").origin == ("https", "dav.example.org", 443)
     assert http.ScopedBasicAuth("a", "b", "webdav://[::1]:8080/x").origin == ("http", "::1", 8080)
 
