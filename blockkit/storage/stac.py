@@ -238,17 +238,17 @@ def check_unique_ids(planned: list[PlannedItem]) -> None:
 
 def write_layout(target: Path, planned: list[PlannedItem], *, description: str) -> list[dict[str, Any]]:
     """Write `<id>/<id>.json` per item and `catalog.json`; return one data.json feature per item."""
+    from blockkit.stac.writer import catalog_dict
+
     check_unique_ids(planned)
-    links: list[dict[str, Any]] = [{"rel": "root", "href": "./catalog.json", "type": "application/json"}]
+    hrefs: list[str] = []
     features = []
     for p in planned:
         item_id = p.item["id"]
         p.folder.mkdir(parents=True, exist_ok=True)
         (p.folder / f"{item_id}.json").write_text(json.dumps(p.item, indent=2))
-        links.append({"rel": "item", "href": f"./{item_id}/{item_id}.json", "type": "application/geo+json"})
+        hrefs.append(f"./{item_id}/{item_id}.json")
         # the one data_path rule: the primary data asset (a file), every asset under `assets`
         features.append(item_feature(p.item, item_id))
-    catalog = {"type": "Catalog", "id": CATALOG_ID, "stac_version": "1.0.0", "description": description,
-               "links": links}
-    (target / "catalog.json").write_text(json.dumps(catalog, indent=2))
+    (target / "catalog.json").write_text(json.dumps(catalog_dict(hrefs, description, CATALOG_ID), indent=2))
     return features
