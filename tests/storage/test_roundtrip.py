@@ -161,3 +161,18 @@ def test_cli_stage_out_prints_what_stage_in_takes(outputs: Path, tmp_path: Path)
     r = CliRunner().invoke(app, ["stage-in", printed, str(tmp_path / "x"), "-q", "--max-file-size", "100"])
     assert r.exit_code == 4 and "max_file_bytes" in r.output and not (tmp_path / "x").exists()
     assert json.loads((tmp_path / "back" / "data.json").read_text())["features"]
+
+
+def test_local_catalog_json_may_not_reach_outside_its_folder(outputs: Path, tmp_path: Path) -> None:
+    printed = stage_out(outputs, str(tmp_path / "pub"), progress=False)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    item_path = tmp_path / "pub" / "ndvi_a" / "ndvi_a.json"
+    for href in (str(secret), "../../secret.txt", secret.as_uri()):
+        item = json.loads(item_path.read_text())
+        item["assets"]["ndvi_a.tif"]["href"] = href
+        item_path.write_text(json.dumps(item))
+        with pytest.raises(WrongInputError) as err:
+            stage_in(printed, tmp_path / "x", progress=False)
+        assert "outside" in err.value.headline() and "\n" not in err.value.headline()
+        assert not (tmp_path / "x").exists()
