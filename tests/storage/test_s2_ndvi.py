@@ -134,6 +134,33 @@ def test_example_workflow_process_engine(s2_site: Any, tmp_path: Path, seaweed: 
     _run_workflow(tmp_path, s2_site[1], seaweed, "process", monkeypatch)
 
 
+@pytest.mark.slow
+def test_example_workflow_to_webdav(s2_site: Any, tmp_path: Path, dav_server: Any,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same workflow with its output on WsgiDAV: published, staged back from the printed URI, compared."""
+    from blockkit.runner.session import RunRequest, run_request
+
+    site = s2_site[1]
+    store = Keystore(tmp_path / "keystore")
+    store.add("results", WebDavKeyConfig(dav_server.endpoint, dav_server.username, dav_server.password))
+    monkeypatch.setenv("BLOCKKIT_KEYSTORE", str(tmp_path / "keystore"))
+    monkeypatch.delenv("BLOCKKIT_KEYSTORE_PASSPHRASE", raising=False)
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    doc["input"] = "stac+" + site["s2"]
+    doc["output"] = f"webdav://127.0.0.1:{dav_server.port}/dav/s2wf-{secrets.token_hex(3)}/"
+    doc["steps"]["ndvi"]["block"] = str(NDVI)
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    summary = run_request(RunRequest(target=path, engine="process", runs_dir=tmp_path / "runs", use_cache=False))
+    [catalog] = summary["outputs"]
+    back = stage_in(catalog, tmp_path / "back", keystore=store, key="results", progress=False)
+    [feature] = back.features
+    _check_ndvi(tmp_path / "back" / feature["properties"]["up42.data_path"])
+    out_dir = Path(summary["steps"]["ndvi"]["output_dir"])
+    name = Path(feature["properties"]["up42.data_path"]).name
+    assert _sha(tmp_path / "back" / feature["properties"]["up42.data_path"]) == _sha(out_dir / name)
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_example_workflow_docker_engine(s2_site: Any, tmp_path: Path, seaweed: Any, docker_client: Any,
