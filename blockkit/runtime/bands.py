@@ -31,11 +31,12 @@ from blockkit.contract.errors import WrongInputError
 
 @dataclass(frozen=True)
 class BandRef:
-    """One band: the file holding it and its 1-based index there."""
+    """One band: the file holding it, its 1-based index there, and the href it came from (checked on use)."""
 
     path: Path
     band: int
     name: str
+    href: str = ""
 
 
 def _band_list(holder: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -79,17 +80,17 @@ def band_index(feature: Mapping[str, Any], base_dir: Path | str) -> dict[str, Ba
             bands = _band_list(asset)
             if not bands:
                 continue
-            path = _local_file(feature, asset["href"], base_dir, f"asset {key!r}")
+            # checked when chosen (locate_bands): a broken asset the caller does not ask for does not matter
+            path = base_dir / asset["href"]
             for i, band in enumerate(bands, start=1):
                 names = _names(band) + ([str(key).lower()] if len(bands) == 1 else [])
-                add(names, BandRef(path, i, names[0] if names else str(key)))
+                add(names, BandRef(path, i, names[0] if names else str(key), asset["href"]))
     data_path = data_path_of(dict(feature))
     props = feature.get("properties") or {}
     if data_path and (bands := _band_list(props)):
-        path = _local_file(feature, data_path, base_dir, "data_path")
         for i, band in enumerate(bands, start=1):
             names = _names(band)
-            add(names, BandRef(path, i, names[0] if names else str(i)))
+            add(names, BandRef(base_dir / data_path, i, names[0] if names else str(i), data_path))
     if not found and data_path:
         path = _local_file(feature, data_path, base_dir, "data_path")
         import rasterio
@@ -102,7 +103,7 @@ def band_index(feature: Mapping[str, Any], base_dir: Path | str) -> dict[str, Ba
             return found
         for i, desc in enumerate(descriptions, start=1):
             if desc:
-                add([desc.lower()], BandRef(path, i, desc.lower()))
+                add([desc.lower()], BandRef(path, i, desc.lower(), data_path))
     return found
 
 
@@ -115,7 +116,11 @@ def locate_bands(feature: Mapping[str, Any], base_dir: Path | str, names: Sequen
         raise WrongInputError(
             f"feature {feature.get('id', '?')!r}: no band named {', '.join(map(repr, missing))} (it has: {have})"
         )
-    return [index[n.lower()] for n in names]
+    refs = [index[n.lower()] for n in names]
+    for ref in refs:
+        if ref.href:
+            _local_file(feature, ref.href, Path(base_dir), f"band {ref.name!r}")
+    return refs
 
 
 def has_bands(feature: Mapping[str, Any], base_dir: Path | str, names: Sequence[str]) -> bool:

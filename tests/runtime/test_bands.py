@@ -109,3 +109,11 @@ def test_bands_of_other_extent_or_crs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(WrongInputError, match="another extent"):
         with band_stack(feature, tmp_path, ["red", "nir"]):
             pass
+
+
+def test_only_the_bands_asked_for_must_be_there(tmp_path: Path) -> None:
+    feature = _per_band(tmp_path)
+    (tmp_path / "item" / "B11.tif").unlink()  # e.g. a band not forwarded by an upstream step
+    assert has_bands(feature, tmp_path, ["red", "nir"])
+    with pytest.raises(WrongInputError, match="does not exist"):
+        locate_bands(feature, tmp_path, ["swir16"])
