@@ -33,7 +33,8 @@ def fixed_images(plan) -> dict[str, str]:
 
 def export_file(workflow: Path, out: Path) -> tuple[dict, Path]:
     plan = plan_workflow(load_workflow(workflow))
-    document = export_cwl(plan, images=fixed_images(plan))
+    # stac-to-s3.yaml publishes to S3 (`output:`), which CWL leaves to the platform.
+    document = export_cwl(plan, images=fixed_images(plan), leave_output=True)
     out.write_text(dump_cwl(document, source=str(workflow)))
     return document, out
 
