@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from blockkit.contract.errors import ApiConnectionError, BlockkitError, InputParametersError
+from blockkit.contract.errors import ApiConnectionError, BlockkitError, InputParametersError, WrongInputError
 
 #: host[:port] and an optional path of lower-case components (Docker's reference grammar, simplified).
 _REGISTRY = re.compile(
@@ -24,7 +24,7 @@ _REGISTRY = re.compile(
 
 
 class PushError(BlockkitError):
-    """A push that the registry or the daemon refused (not a connection problem)."""
+    """A push that the registry or the daemon refused (not a connection problem): exit 1 with their words."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def push_images(
         try:
             image = client.images.get(local)
         except Exception as exc:  # noqa: BLE001 - docker's NotFound and API errors: both mean "not here"
-            raise PushError(f"image {local} is not on this Docker daemon ({error_line(exc)}); "
+            raise WrongInputError(f"image {local} is not on this Docker daemon ({error_line(exc)}); "
                             "build it first (blockkit build BLOCK_DIR)") from None
         tagged_here = remote not in (image.tags or [])
         try:
