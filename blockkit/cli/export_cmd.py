@@ -75,6 +75,10 @@ def cwl(
         else:
             images = _unbuilt_images(plan, base_image, say)
         images.update(overrides)
+        if registry is not None:
+            from blockkit.export.push import check_registry
+
+            registry = check_registry(registry)
         images = export.with_registry(images, registry)
         for step in plan.steps:
             if step.manifest.s3_gateway:
@@ -101,6 +105,10 @@ def cwl(
                     if not local.is_absolute() and not local.exists():
                         local = workflow.base_dir / local
                     location = str(local.resolve())
+            if location and "://" in location:
+                say(f"note: the job file gives the input as a URL ({location}); a platform (ADES) stages it in, "
+                    "but cwltool and Toil cannot: stage it in first (blockkit stage-in URL DIR) and export "
+                    "with --input DIR")
             job_text = export.dump_job(export.job_order(plan, input_location=location),
                                        secrets=export.secret_inputs(plan))
             job.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,9 @@ class Pushed:
 def check_registry(registry: str) -> str:
     """The registry prefix without a trailing '/', or InputParametersError saying what is wrong."""
     value = registry.strip().rstrip("/")
+    if "@" in value:  # user:password@host: never echo it (it may hold a secret)
+        raise InputParametersError("--registry must not hold credentials (user@...); log in with "
+                                   "`docker login HOST` and give only host[:port][/path]")
     if "://" in value:
         raise InputParametersError(f"--registry {registry!r}: give host[:port][/path] without a scheme "
                                    "(the daemon chooses https, or http for 127.0.0.0/8 and insecure registries)")

@@ -170,6 +170,18 @@ def test_no_build_names_a_missing_image(docker_client, base_image, tmp_path) -> 
     assert "is not on this Docker daemon" in result.stderr and "build it first" in result.stderr
 
 
+def test_registry_credentials_are_refused_without_being_printed(tmp_path) -> None:
+    blocks = make_blocks(tmp_path / "blocks")
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(f"name: w\nsteps:\n  src: {{block: {blocks['source']}}}\n")
+    registry = "robot:hunter2-do-not-print@registry.example.org/eo"
+    for command in (["push", str(workflow)], ["export", "cwl", str(workflow), "--no-build", "--image", "src=x:1"]):
+        result = _blockkit(*command, "--registry", registry, cwd=tmp_path, timeout=60)
+        assert "hunter2" not in result.stderr + result.stdout
+        assert result.returncode == int(ExitCode.INPUT_PARAMETERS_ERROR), result.stderr
+        assert "must not hold credentials" in result.stderr and "docker login" in result.stderr
+
+
 @pytest.mark.parametrize("value, words", [
     ("https://registry.example.org/eo", "without a scheme"),
     ("registry.example.org/EO", "is not host[:port][/path]"),

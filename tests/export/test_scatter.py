@@ -325,3 +325,25 @@ def test_example_scatter_and_fan_out_workflows_validate() -> None:
     for name in ("scatter.yaml", "fan-out.yaml"):
         result = _blockkit("validate", str(REPO / "examples" / "workflows" / name), cwd=REPO)
         assert result.returncode == 0, result.stderr
+
+
+def test_merge_refuses_a_part_that_holds_a_symlink_and_writes_nothing_outside(tmp_path) -> None:
+    part, ql = make_part(tmp_path / "1", "x", "one")
+    (part / "evil").symlink_to("/etc/passwd")
+    out = tmp_path / "merged"
+    with pytest.raises(WrongInputError, match="symlink"):
+        scatter.merge([("x", part, ql)], out, tmp_path / "q")
+    assert not (out / "x" / "evil").exists() and not (out / "data.json").exists()
+
+
+def test_export_notes_that_a_url_input_needs_a_platform_or_a_local_stage_in(tmp_path, blocks) -> None:
+    workflow = write_workflow(tmp_path, f"""
+name: stac
+input: stac+http://127.0.0.1:9/stac/catalog.json
+steps:
+  up: {{block: {blocks['upper']}}}
+""")
+    result = _blockkit("export", "cwl", str(workflow), "--no-build", "--image", "up=x:1", "-o", str(tmp_path / "a.cwl"),
+                       "--job", str(tmp_path / "job.yml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "cwltool and Toil cannot: stage it in first (blockkit stage-in URL DIR) and export with --input DIR" in result.stderr
