@@ -69,6 +69,7 @@ steps:
 
 # --- the exported document -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_scattered_step_becomes_split_scatter_merge(tmp_path, blocks) -> None:
     plan = plan_workflow(load_workflow(scattered(tmp_path, blocks)))
     document = export_cwl(plan, images=fixed_images(plan))
@@ -100,6 +101,7 @@ def test_scattered_step_becomes_split_scatter_merge(tmp_path, blocks) -> None:
         assert "NetworkAccess" not in items[helper]["requirements"]
 
 
+@pytest.mark.slow
 def test_scatter_after_fan_in_splits_the_merged_input(tmp_path, blocks) -> None:
     workflow = write_workflow(tmp_path, f"""
 name: fan-scatter
