@@ -63,7 +63,7 @@ steps:
   up:  {{block: {blocks['upper']}, scatter: feature}}
 """)
     result = _blockkit("validate", str(workflow), cwd=tmp_path)
-    assert result.returncode == int(ExitCode.INPUT_PARAMETERS_ERROR) or result.returncode == int(ExitCode.WRONG_INPUT_ERROR)
+    assert result.returncode == int(ExitCode.WRONG_INPUT_ERROR)
     assert "step 'up' (line 5): 'scatter' must be features, not 'feature'" in result.stderr
 
 
