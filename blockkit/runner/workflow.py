@@ -13,7 +13,9 @@ MAX_WORKFLOW_BYTES = 1 << 20
 #: Values a workflow may hold once YAML aliases are expanded (an "anchor bomb" stays small on disk).
 MAX_WORKFLOW_VALUES = 100_000
 STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-_STEP_KEYS = {"block", "image", "params", "after", "propagate", "timeout", "keys", "mode"}
+_STEP_KEYS = {"block", "image", "params", "after", "propagate", "timeout", "keys", "mode", "scatter"}
+#: Values of a step's `scatter:` field: `features` runs the block once per input feature.
+SCATTER_VALUES = ("features",)
 _TOP_KEYS = {"name", "input", "output", "steps", "keys", "description"}
 
 
@@ -30,6 +32,7 @@ class StepDef:
     timeout: float | None = None
     keys: list[str] = field(default_factory=list)
     mode: str = "DEFAULT"
+    scatter: str | None = None  # "features": one block run per input feature, outputs merged
     line: int | None = None
 
 
@@ -207,6 +210,11 @@ def _parse_step(name: str, body: Any, line: int | None, problems: list[Problem])
     if mode not in ("DEFAULT", "DRY_RUN"):
         problems.append(Problem(where, f"'mode' must be DEFAULT or DRY_RUN, not {mode!r}"))
     step.mode = mode
+    scatter = body.get("scatter")
+    if scatter is not None and scatter not in SCATTER_VALUES:
+        problems.append(Problem(where, f"'scatter' must be {' or '.join(SCATTER_VALUES)}, not {scatter!r}"))
+        scatter = None
+    step.scatter = scatter
     return step
 
 
