@@ -201,8 +201,11 @@ def test_an_unexpected_runner_error_leaves_the_run_marked_failed(tmp_path: Path,
         f"  make: {{block: {blocks['source']}}}\n"
         f"  up: {{block: {blocks['upper']}, propagate: true}}\n"
     ))
-    with pytest.raises(OSError):
+    with pytest.raises(RunFailed) as info:
         _run(tmp_path, wf)
+    # One line naming the step (the CLI adds the resume command), not an UNEXPECTED_ERROR traceback.
+    assert info.value.step == "up" and "step 'up' failed" in info.value.message
+    assert "No space left on device" in info.value.message and "\n" not in info.value.message
     [run_json] = (tmp_path / "runs").glob("*/run.json")
     run = json.loads(run_json.read_text())
     assert run["status"] == "failed"
