@@ -24,6 +24,8 @@ from blockkit.runner.seal import SealError, SealTimeout, lock_tree, output_limit
 from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in, link_tree
 
 RUN_FILE = "run.json"
+#: Room kept at the end of run.json for writing the final state when the disk is full.
+RESERVE_BYTES = 4096
 PROVENANCE_FILE = "provenance.json"
 Event = Callable[[str, str, dict[str, Any]], None]  # (kind, step, info)
 
@@ -124,8 +126,13 @@ class RunFolder:
         return self.path / "logs" / f"{step}.log"
 
     def write_json(self, name: str, data: Any) -> None:
-        """Write a JSON file of the run atomically."""
-        self.write_text(name, json.dumps(data, indent=2, default=str))
+        """Write a JSON file of the run atomically.
+
+        Trailing spaces (valid JSON) keep room so that on a full disk the final state can
+        still be written over the old file in place.
+        """
+        text = json.dumps(data, indent=2, default=str)
+        self.write_text(name, text + "\n" + " " * RESERVE_BYTES)
 
     def write_text(self, name: str, text: str) -> None:
         """Write a file of the run atomically; on a full disk, in place when it fits in the old one."""
@@ -135,13 +142,13 @@ class RunFolder:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            data = text.encode()
+            data = text.rstrip(" ").encode()
             fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                if os.fstat(fd).st_size < len(data):
+                room = os.fstat(fd).st_size
+                if room < len(data):
                     raise
-                os.pwrite(fd, data, 0)
-                os.ftruncate(fd, len(data))
+                os.pwrite(fd, data + b" " * (room - len(data)), 0)  # no new block needed
             finally:
                 os.close(fd)
 
