@@ -133,7 +133,9 @@ class HashCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(self.path.with_suffix(".lock")):
             merged = self._read()
-            merged.update(self._changed)
+            for key, entry in self._changed.items():
+                if key not in merged or merged[key][3] <= entry[3]:  # keep the later state of an inode
+                    merged[key] = entry
             if len(merged) > MAX_ENTRIES:
                 merged = dict(list(merged.items())[-MAX_ENTRIES:])
             replace_atomic(self.path, json.dumps(merged, separators=(",", ":")))

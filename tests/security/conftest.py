@@ -88,6 +88,22 @@ elif action == "fill":
                 fh.flush()
     except OSError as exc:
         print("filled:", exc.strerror)
+elif action == "deep":
+    fd = os.open(OUT, os.O_RDONLY)
+    for _ in range(int(arg or 2000)):
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    fc([])
+elif action == "unreadable":
+    os.makedirs(out("locked"))
+    open(out("locked/a.bin"), "w").write("hidden\n")
+    os.chmod(out("locked/a.bin"), 0)
+    os.chmod(out("locked"), 0)
+    open(out("b.bin"), "w").write("b\n")
+    os.chmod(out("b.bin"), 0)
+    fc([feat("b.bin", "b")])
 elif action == "exit":
     sys.exit(int(arg))
 elif action == "sleep_write":

@@ -157,3 +157,27 @@ def test_the_run_folder_copy_of_the_workflow_has_secrets_redacted(tmp_path: Path
     steps = yaml.safe_load(text)["steps"]
     assert steps["a"]["params"]["token"] == "***" and steps["b"]["params"]["token"] == "***"
     assert steps["a"]["params"]["action"] == "write"
+
+
+def test_folders_nested_thousands_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, engine: str) -> None:
+    wf = _wf(tmp_path, f"name: deep\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: deep, arg: '2000'}}}}\n")
+    result = _run(tmp_path, wf, engine)
+    assert result.returncode == 6, result.stderr
+    assert "nests folders deeper than 128 levels" in one_line_error(result.stderr)
+    run_id = _run_json(tmp_path)["run_id"]
+    wf.write_text(wf.read_text().replace("action: deep, arg: '2000'", "action: write"))
+    resumed = blockkit("run", "--resume", run_id, "-e", engine, "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr  # the rejected tree was removed
+    assert not (tmp_path / "runs" / run_id / "steps/a/work").exists()
+
+
+def test_files_a_block_made_unreadable_are_still_taken_over(tmp_path: Path, evil) -> None:
+    from .test_cache import AS_USER
+
+    wf = _wf(tmp_path, f"name: unreadable\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: unreadable}}}}\n")
+    result = blockkit("run", str(wf), "-e", "process", "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path,
+                      prefix=AS_USER)
+    assert result.returncode == 0, result.stderr
+    [out] = (tmp_path / "runs").glob("*/steps/a/output")
+    assert (out / "locked/a.bin").read_text() == "hidden\n"
+    assert stat.S_IMODE((out / "b.bin").stat().st_mode) == 0o444
