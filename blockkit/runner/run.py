@@ -294,6 +294,9 @@ class WorkflowRun:
             self._save_quietly("failed")
             raise
         except KeyboardInterrupt:
+            for record in self.records.values():
+                if record.status == "running":
+                    record.status, record.ended = "interrupted", time.time()
             self._save_quietly("interrupted")
             raise
         except Exception as exc:

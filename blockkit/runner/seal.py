@@ -66,12 +66,14 @@ def human_bytes(value: int) -> str:
     return f"{value} B"
 
 
-def open_nofollow(name: str, dir_fd: int, flags: int) -> int:
+def open_nofollow(name: str, dir_fd: int, flags: int, fix_modes: bool = True) -> int:
     """Open an entry of a folder without following a link; a file or folder of the runner's own
     user that the block made unreadable (mode 000) is given read access first."""
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except PermissionError:
+        if not fix_modes:
+            raise
         path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             st = os.fstat(path_fd)
@@ -149,8 +151,10 @@ def _own(fd: int, st: os.stat_result, mode: int) -> None:
 class _Walk:
     """One lstat pass: every entry's type checked, sizes summed against the limit."""
 
-    def __init__(self, root: Path, what: str, limit: int | None, deadline: float | None) -> None:
+    def __init__(self, root: Path, what: str, limit: int | None, deadline: float | None,
+                 fix_modes: bool = True) -> None:
         self.root = root
+        self.fix_modes = fix_modes
         self.what = what
         self.limit = limit
         self.deadline = deadline
@@ -199,7 +203,7 @@ class _Walk:
                     raise SealError(f"the {self.what} holds a {_KINDS.get(kind, 'special file')} {child!r}; "
                                     "a block's output may hold only regular files and folders")
         for name in sorted(subdirs):
-            sub = open_nofollow(name, fd, _DIR_FLAGS)
+            sub = open_nofollow(name, fd, _DIR_FLAGS, self.fix_modes)
             try:
                 self._walk(sub, f"{rel}/{name}" if rel else name, depth + 1)
             finally:
@@ -222,7 +226,7 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
             raise SealError(f"the {what} {root} is a symlink") from None
         raise
     try:
-        walk = _Walk(root, what, limit, deadline)
+        walk = _Walk(root, what, limit, deadline, fix_modes=read_only)
         walk.run(root_fd)
         files: dict[str, str] = {}
         workers = min(os.cpu_count() or 1, 8)
@@ -260,7 +264,7 @@ class _Changed(Exception):
 def _take_file(hashes: HashCache, dir_fd: int, name: str, seen: os.stat_result, names_here: int,
                read_only: bool, hash_files: bool, deadline: float | None) -> str:
     try:
-        fd = open_nofollow(name, dir_fd, _FILE_FLAGS)
+        fd = open_nofollow(name, dir_fd, _FILE_FLAGS, read_only)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO):
             raise _Changed(name) from None
