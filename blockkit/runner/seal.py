@@ -229,6 +229,7 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
         walk = _Walk(root, what, limit, deadline, fix_modes=read_only)
         walk.run(root_fd)
         files: dict[str, str] = {}
+        by_inode: dict[tuple[int, int], str] = {}  # several names of one inode: taken over once
         workers = min(os.cpu_count() or 1, 8)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for folder in walk.dirs:
@@ -236,12 +237,17 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
                     continue
                 dir_fd = open_dir(root_fd, folder.rel)
                 try:
-                    jobs = [(dir_fd, name, st, walk.names[(st.st_dev, st.st_ino)], read_only, hash_files, deadline)
-                            for name, st in folder.files]
-                    results = pool.map(lambda job: _take_file(hashes, *job), jobs) if len(jobs) > 1 \
-                        else [_take_file(hashes, *jobs[0])]
-                    for (name, _), sha in zip(folder.files, results):
-                        files[f"{folder.rel}/{name}" if folder.rel else name] = sha
+                    jobs: dict[tuple[int, int], tuple] = {}
+                    for name, st in folder.files:
+                        inode = (st.st_dev, st.st_ino)
+                        if inode not in by_inode and inode not in jobs:
+                            jobs[inode] = (dir_fd, name, st, walk.names[inode], read_only, hash_files, deadline)
+                    todo = list(jobs.values())
+                    results = pool.map(lambda job: _take_file(hashes, *job), todo) if len(todo) > 1 \
+                        else [_take_file(hashes, *job) for job in todo]
+                    by_inode.update(zip(jobs, results))
+                    for name, st in folder.files:
+                        files[f"{folder.rel}/{name}" if folder.rel else name] = by_inode[(st.st_dev, st.st_ino)]
                 except HashDeadline:
                     raise SealTimeout(f"hashing the {what} ran past the step's timeout") from None
                 except _Changed as changed:

@@ -216,7 +216,7 @@ def _parse_step(name: str, body: Any, line: int | None, problems: list[Problem])
     timeout = body.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                                 or not math.isfinite(timeout) or timeout <= 0):
-        problems.append(Problem(where, f"'timeout' must be a finite positive number of seconds, not {timeout!r}"))
+        problems.append(Problem(where, f"'timeout' must be a positive number of seconds, and finite (not {timeout!r})"))
         timeout = None
     step.timeout = timeout
     if body.get("max_output") is not None:

@@ -104,6 +104,11 @@ elif action == "unreadable":
     open(out("b.bin"), "w").write("b\n")
     os.chmod(out("b.bin"), 0)
     fc([feat("b.bin", "b")])
+elif action == "links_inside":
+    for i in range(20):
+        open(out(f"a{i}.bin"), "w").write(f"same {i}\n")
+        os.link(out(f"a{i}.bin"), out(f"b{i}.bin"))
+    fc([feat(f"b{i}.bin", f"b{i}") for i in range(20)])
 elif action == "exit":
     sys.exit(int(arg))
 elif action == "sleep_write":

@@ -20,7 +20,7 @@ def _wf(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def test_exit_0_without_data_json_is_no_output_error_and_never_cached(tmp_path: Path, evil, engine: str) -> None:
+def test_exit_0_without_data_json_is_no_output_error_and_never_cached(tmp_path: Path, evil, victim, engine: str) -> None:
     wf = _wf(tmp_path, f"name: nodata\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: no_datajson}}}}\n")
     for _ in range(2):
         result = blockkit("run", str(wf), "-e", engine, "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path)
@@ -32,6 +32,7 @@ def test_exit_0_without_data_json_is_no_output_error_and_never_cached(tmp_path: 
     for run_json in (tmp_path / "runs").glob("*/run.json"):
         run = json.loads(run_json.read_text())
         assert run["status"] == "failed" and run["steps"]["a"]["status"] == "failed"
+    victim.assert_untouched()
 
 
 def _namespace_prefix() -> list[str]:
@@ -84,8 +85,8 @@ def test_a_full_disk_fails_the_step_by_name_with_the_resume_hint(tmp_path: Path,
     ("params: {[1, 2]: x}", "line 3: a list cannot be a key"),
     ("params: {? {a: 1} : x}", "line 3: a dict cannot be a key"),
     ("params: {n: " + "7" * 5000 + "}", "line 3: an integer of 5000 digits is too long"),
-    ("timeout: .inf", "'timeout' must be a finite positive number of seconds, not inf"),
-    ("timeout: .nan", "'timeout' must be a finite positive number of seconds, not nan"),
+    ("timeout: .inf", "'timeout' must be a positive number of seconds, and finite (not inf)"),
+    ("timeout: .nan", "'timeout' must be a positive number of seconds, and finite (not nan)"),
     ("max_output: lots", "'max_output' must be a positive size"),
 ], ids=["list-key", "mapping-key", "5000-digits", "inf", "nan", "max-output"])
 def test_bad_workflow_values_are_one_workflow_error_line(tmp_path: Path, evil, snippet: str, words: str) -> None:

@@ -72,13 +72,15 @@ def test_a_symlink_inside_a_data_path_folder_is_refused_when_sealing(tmp_path: P
     victim.assert_untouched()
 
 
-def test_a_fifo_in_the_output_is_refused(tmp_path: Path, evil, engine: str) -> None:
+def test_a_fifo_in_the_output_is_refused(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     wf = _wf(tmp_path, f"name: fifo\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: fifo}}}}\n")
     result = _run(tmp_path, wf, engine)
     assert result.returncode == 6 and "fifo 'pipe'" in one_line_error(result.stderr)
+    victim.assert_untouched()
+    assert_runs_match_provenance(tmp_path / "runs")
 
 
-def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, engine: str) -> None:
+def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D13: the output limit stops it before a byte is read; the timeout would bound the hashing anyway."""
     wf = _wf(tmp_path, f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, timeout: 5}}\n")
     started = time.monotonic()
@@ -88,9 +90,11 @@ def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, engine: str)
     line = one_line_error(result.stderr)
     assert "more than its limit of 20.0 GiB" in line and "'big.bin'" in line and "max_output" in line
     assert _run_json(tmp_path)["steps"]["a"]["exit_name"] == "NO_OUTPUT_ERROR"
+    victim.assert_untouched()
+    assert_runs_match_provenance(tmp_path / "runs")
 
 
-def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil) -> None:
+def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil, victim: Victim) -> None:
     """With the size limit raised, hashing 30 GiB of zeros is cut at the step's timeout (124)."""
     wf = _wf(tmp_path, (f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, "
                         "timeout: 3, max_output: 64GiB}\n"))
@@ -99,6 +103,7 @@ def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil) -> None:
     assert time.monotonic() - started < 30
     assert result.returncode == 124, result.stderr
     assert "ran past the step's timeout" in one_line_error(result.stderr)
+    victim.assert_untouched()
 
 
 def test_sealed_outputs_are_read_only_and_owned_by_the_runner(tmp_path: Path, evil, engine: str) -> None:
@@ -159,7 +164,7 @@ def test_the_run_folder_copy_of_the_workflow_has_secrets_redacted(tmp_path: Path
     assert steps["a"]["params"]["action"] == "write"
 
 
-def test_folders_nested_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, engine: str) -> None:
+def test_folders_nested_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     # 300 levels: past the limit, yet shallow enough for pytest's own clean-up if this test fails.
     wf = _wf(tmp_path, f"name: deep\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: deep, arg: '300'}}}}\n")
     result = _run(tmp_path, wf, engine)
@@ -170,6 +175,8 @@ def test_folders_nested_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, en
     resumed = blockkit("run", "--resume", run_id, "-e", engine, "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr  # the rejected tree was removed
     assert not (tmp_path / "runs" / run_id / "steps/a/work").exists()
+    victim.assert_untouched()
+    assert_runs_match_provenance(tmp_path / "runs")
 
 
 def test_files_a_block_made_unreadable_are_still_taken_over(tmp_path: Path, evil) -> None:
@@ -206,3 +213,14 @@ def test_remove_tree_copes_with_thousands_of_levels_and_read_only_folders(tmp_pa
         if top.exists():
             subprocess.run(["chmod", "-R", "u+rwx", str(top)], check=False)
             subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+def test_hard_links_inside_the_output_are_sealed_once(tmp_path: Path, evil) -> None:
+    wf = _wf(tmp_path, f"name: inside\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: links_inside}}}}\n")
+    result = _run(tmp_path, wf, "process")
+    assert result.returncode == 0, result.stderr
+    [out] = (tmp_path / "runs").glob("*/steps/a/output")
+    for i in range(20):
+        assert (out / f"a{i}.bin").stat().st_ino == (out / f"b{i}.bin").stat().st_ino
+        assert stat.S_IMODE((out / f"a{i}.bin").stat().st_mode) == 0o444
+    assert_runs_match_provenance(tmp_path / "runs")
