@@ -682,7 +682,7 @@ class WorkflowRun:
             "workflow": {
                 "name": workflow.name,
                 "path": run["workflow_path"],
-                "sha256": self.hashes.file_sha256(workflow.path) if workflow.path else None,
+                "sha256": self.hashes.file_sha256(workflow.path.resolve()) if workflow.path else None,
                 "input": workflow.input,
                 "output": workflow.output,
             },

@@ -249,3 +249,16 @@ def test_session_memory_counts_every_process_of_the_session() -> None:
 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_symlinked_workflow_file_runs(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    """Only a block's output is refused for symlinks; the user's own workflow file may be one."""
+    real = _linear(tmp_path, blocks)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    summary = _run(tmp_path, link)
+    assert summary["status"] == "ok"
+    prov = json.loads((Path(summary["run_dir"]) / "provenance.json").read_text())
+    import hashlib
+
+    assert prov["workflow"]["sha256"] == hashlib.sha256(real.read_bytes()).hexdigest()
