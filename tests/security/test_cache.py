@@ -44,6 +44,7 @@ def _poison(path: Path, data: bytes, keep_mtime: bool) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep_mtime", [False, True], ids=["edited", "edited-mtime-restored"])
 def test_a_poisoned_cache_entry_is_evicted_and_the_step_runs_again(tmp_path: Path, evil, keep_mtime: bool) -> None:
     """D4: same-size edit of a cached output (with the mtime put back, too) is never reused."""
@@ -73,6 +74,7 @@ def test_a_poisoned_cache_entry_is_evicted_and_the_step_runs_again(tmp_path: Pat
     assert third.returncode == 0 and "a unchanged: reused" in third.stderr.replace("✔ ", "")
 
 
+@pytest.mark.slow
 def test_resume_re_verifies_finished_steps(tmp_path: Path, evil) -> None:
     wf = _wf(tmp_path, (
         "name: resume\nsteps:\n"
@@ -96,6 +98,7 @@ def test_resume_re_verifies_finished_steps(tmp_path: Path, evil) -> None:
 AS_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"] if os.geteuid() == 0 else []
 
 
+@pytest.mark.slow
 def test_a_block_cannot_change_its_input_nor_earlier_runs_through_the_cache(tmp_path: Path, evil) -> None:
     """D5 on the process engine, the runner a normal user: cached and upstream inputs are read-only inodes."""
     wf = _wf(tmp_path, f"name: pristine\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: write, arg: PRISTINE}}}}\n")
@@ -113,6 +116,7 @@ def test_a_block_cannot_change_its_input_nor_earlier_runs_through_the_cache(tmp_
     assert_runs_match_provenance(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_an_edited_input_is_caught_before_reuse_on_any_engine(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D5 as root: whatever a block manages to change is detected and never reused silently."""
     wf = _wf(tmp_path, (
@@ -137,6 +141,7 @@ def test_an_edited_input_is_caught_before_reuse_on_any_engine(tmp_path: Path, ev
     victim.assert_untouched()
 
 
+@pytest.mark.slow
 def test_a_cache_hit_names_its_producer(tmp_path: Path, evil) -> None:
     wf = _wf(tmp_path, f"name: prod\nsteps:\n  a: {{block: {evil['evil']}}}\n")
     first = _run(tmp_path, wf)
@@ -148,6 +153,7 @@ def test_a_cache_hit_names_its_producer(tmp_path: Path, evil) -> None:
                                    "engine": "process", "image": None, "image_id": None}
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_a_cache_hit_never_crosses_engines(tmp_path: Path, evil, docker_client, base_image) -> None:
     wf = _wf(tmp_path, f"name: cross\nsteps:\n  a: {{block: {evil['evil']}}}\n")

@@ -20,6 +20,7 @@ def _wf(tmp_path: Path, body: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_exit_0_without_data_json_is_no_output_error_and_never_cached(tmp_path: Path, evil, victim, engine: str) -> None:
     wf = _wf(tmp_path, f"name: nodata\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: no_datajson}}}}\n")
     for _ in range(2):

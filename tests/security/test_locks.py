@@ -71,6 +71,7 @@ def test_three_concurrent_resumes_one_proceeds_the_others_are_refused(tmp_path: 
     assert_runs_match_provenance(runs)
 
 
+@pytest.mark.slow
 def test_runs_list_marks_a_run_whose_runner_was_killed_as_interrupted(tmp_path: Path, evil) -> None:
     """D26: run.json records the runner (pid, host, start); a dead runner's `running` run is `interrupted`."""
     wf = tmp_path / "wf.yaml"

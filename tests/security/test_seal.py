@@ -28,6 +28,7 @@ def _run_json(tmp_path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_a_planted_symlink_never_lets_propagation_write_outside(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D1: `/tmp/output/x -> <host dir>`, then the runner forwards `x/payload.sh` of the upstream."""
     wf = _wf(tmp_path, (
@@ -46,6 +47,7 @@ def test_a_planted_symlink_never_lets_propagation_write_outside(tmp_path: Path, 
     assert_runs_match_provenance(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_planted_temp_file_symlinks_never_overwrite_a_host_file(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D1: `.data.json.<pid>.tmp -> <host file>` for every likely runner pid."""
     wf = _wf(tmp_path, (
@@ -60,6 +62,7 @@ def test_planted_temp_file_symlinks_never_overwrite_a_host_file(tmp_path: Path, 
     assert_runs_match_provenance(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_a_symlink_inside_a_data_path_folder_is_refused_when_sealing(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D14: refused at once with the path named, not accepted and then failing every later cache hit."""
     wf = _wf(tmp_path, f"name: inner\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: symlink_in_dir}}}}\n")
@@ -72,6 +75,7 @@ def test_a_symlink_inside_a_data_path_folder_is_refused_when_sealing(tmp_path: P
     victim.assert_untouched()
 
 
+@pytest.mark.slow
 def test_a_fifo_in_the_output_is_refused(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     wf = _wf(tmp_path, f"name: fifo\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: fifo}}}}\n")
     result = _run(tmp_path, wf, engine)
@@ -80,6 +84,7 @@ def test_a_fifo_in_the_output_is_refused(tmp_path: Path, evil, victim: Victim, e
     assert_runs_match_provenance(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D13: the output limit stops it before a byte is read; the timeout would bound the hashing anyway."""
     wf = _wf(tmp_path, f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, timeout: 5}}\n")
@@ -94,6 +99,7 @@ def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, victim: Vict
     assert_runs_match_provenance(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil, victim: Victim) -> None:
     """With the size limit raised, hashing 30 GiB of zeros is cut at the step's timeout (124)."""
     wf = _wf(tmp_path, (f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, "
@@ -106,6 +112,7 @@ def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil, victim: Vic
     victim.assert_untouched()
 
 
+@pytest.mark.slow
 def test_sealed_outputs_are_read_only_and_owned_by_the_runner(tmp_path: Path, evil, engine: str) -> None:
     wf = _wf(tmp_path, (
         "name: sealed\nsteps:\n"
@@ -164,6 +171,7 @@ def test_the_run_folder_copy_of_the_workflow_has_secrets_redacted(tmp_path: Path
     assert steps["a"]["params"]["action"] == "write"
 
 
+@pytest.mark.slow
 def test_folders_nested_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     # 300 levels: past the limit, yet shallow enough for pytest's own clean-up if this test fails.
     wf = _wf(tmp_path, f"name: deep\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: deep, arg: '300'}}}}\n")
