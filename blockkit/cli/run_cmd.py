@@ -57,6 +57,8 @@ class Progress:
             self.console.print(f"[bold green]✔ {step}[/] {info.get('reason')}{feats}")
         elif kind == "failed":
             self.console.print(f"[bold red]✘ {step}[/] exit {info.get('exit_code')} ({info.get('exit_name')})")
+        elif kind == "warning":
+            self.console.out(f"! {step} warning: {info.get('message')}", highlight=False)
 
     def log(self, step: str, line: str) -> None:
         """Show one log line of a step."""
