@@ -202,7 +202,8 @@ class CacheIndex:
         """The output folder (relative to the runs folder) recorded for this key, or None."""
         return self._read().get(key)
 
-    def _update(self, change: Callable[[dict[str, str]], None]) -> None:
+    def update(self, change: Callable[[dict[str, str]], None]) -> None:
+        """Change the entries under the index lock (read, change in place, write)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(self.root / "cache-index.lock"):
             entries = self._read()
@@ -212,11 +213,11 @@ class CacheIndex:
     def store(self, key: str, output_dir: Path) -> None:
         """Remember that this output folder is the result for this key."""
         rel = output_dir.relative_to(self.root).as_posix()
-        self._update(lambda entries: entries.__setitem__(key, rel))
+        self.update(lambda entries: entries.__setitem__(key, rel))
 
     def evict(self, key: str, rel: str) -> None:
         """Forget this key's entry if it still names `rel`."""
-        self._update(lambda entries: entries.pop(key) if entries.get(key) == rel else None)
+        self.update(lambda entries: entries.pop(key) if entries.get(key) == rel else None)
 
 
 @dataclass
