@@ -1,0 +1,229 @@
+"""Object metadata kept with each object: an extended attribute, or a hidden sidecar file.
+
+What is stored (one small JSON document per object):
+
+- the standard headers a client set (`Content-Type`, `Content-Encoding`, `Cache-Control`,
+  `Content-Disposition`, `Content-Language`, `Expires`) and every `x-amz-meta-*`;
+- the ETag (so multipart ETags and big files' MD5s survive a gateway restart);
+- the part sizes of a multipart object (for `GET ?partNumber=`);
+- the checksums the client sent and the gateway verified (`x-amz-checksum-*`).
+
+The document records the size and mtime of the file it describes. A file rewritten by
+someone else (the block, a copy tool) no longer matches and its metadata is ignored, so a
+stale Content-Type or ETag is never served.
+
+Where it lives: the extended attribute `user.blockkit.s3` when the folder's filesystem has
+user xattrs (ext4, xfs, btrfs, tmpfs ≥ 6.6, overlayfs), written on the temp file *before*
+the rename so object and metadata appear together. Otherwise a sidecar file
+`<bucket>/.blockkit-meta/<sha256 of key>.json` (names under `.blockkit-` are never listed
+nor addressable as keys).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from blockkit.gateway.errors import S3Error
+
+XATTR = "user.blockkit.s3"
+SIDECAR_DIR = ".blockkit-meta"
+# Standard headers stored as given (lower-case names) and returned on GET/HEAD.
+STORED_HEADERS = ("content-type", "content-encoding", "cache-control", "content-disposition", "content-language", "expires")
+USER_PREFIX = "x-amz-meta-"
+# S3's limit on the user-defined metadata of one object (names + values, in bytes).
+MAX_USER_METADATA = 2048
+_NOT_SUPPORTED = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS, errno.EACCES}
+
+
+def _raw(value: str) -> bytes:
+    """Header values are kept as the client's bytes (UTF-8 where valid, else escaped)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+@dataclass
+class ObjectMeta:
+    """The metadata of one object."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    user: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+    parts: list[int] | None = None
+    checksums: dict[str, str] = field(default_factory=dict)
+    size: int = -1
+    mtime_ns: int = -1
+
+    @classmethod
+    def from_request(cls, headers: Mapping[str, str]) -> "ObjectMeta":
+        """The metadata a PUT, POST ?uploads or REPLACE-copy sets; raises MetadataTooLarge."""
+        meta = cls()
+        for name in STORED_HEADERS:
+            value = headers.get(name)
+            if value is None:
+                continue
+            if name == "content-encoding":
+                # aws-chunked is framing of this one request, not an encoding of the object
+                value = ",".join(t.strip() for t in value.split(",") if t.strip() and t.strip().lower() != "aws-chunked")
+                if not value:
+                    continue
+            meta.headers[name] = value
+        total = 0
+        for name, value in headers.items():
+            if name.startswith(USER_PREFIX) and len(name) > len(USER_PREFIX):
+                short = name[len(USER_PREFIX):]
+                meta.user[short] = value
+                total += len(_raw(short)) + len(_raw(value))
+        if total > MAX_USER_METADATA:
+            raise S3Error(
+                400,
+                "MetadataTooLarge",
+                f"Your metadata headers exceed the maximum allowed metadata size ({total} > {MAX_USER_METADATA} bytes).",
+            )
+        return meta
+
+    def matches(self, st: os.stat_result) -> bool:
+        """Whether this document describes the file as it is now."""
+        return self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
+
+    def response_headers(self) -> dict[str, str]:
+        """Stored headers and x-amz-meta-* as they go on a GET/HEAD response."""
+        out = {_title(k): v for k, v in self.headers.items()}
+        for k, v in self.user.items():
+            out[USER_PREFIX + k] = v
+        return out
+
+    def dumps(self) -> bytes:
+        doc: dict[str, object] = {"s": self.size, "m": self.mtime_ns}
+        if self.headers:
+            doc["h"] = self.headers
+        if self.user:
+            doc["u"] = self.user
+        if self.etag:
+            doc["e"] = self.etag
+        if self.parts:
+            doc["p"] = self.parts
+        if self.checksums:
+            doc["c"] = self.checksums
+        return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def loads(cls, data: bytes) -> "ObjectMeta | None":
+        try:
+            doc = json.loads(data)
+            return cls(
+                headers={str(k): str(v) for k, v in doc.get("h", {}).items()},
+                user={str(k): str(v) for k, v in doc.get("u", {}).items()},
+                etag=doc.get("e"),
+                parts=[int(p) for p in doc["p"]] if doc.get("p") else None,
+                checksums={str(k): str(v) for k, v in doc.get("c", {}).items()},
+                size=int(doc["s"]),
+                mtime_ns=int(doc["m"]),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+def _title(name: str) -> str:
+    return "-".join(p.capitalize() for p in name.split("-"))
+
+
+class MetaStore:
+    """Reads and writes object metadata for one bucket folder."""
+
+    def __init__(self, root: Path, writable: bool) -> None:
+        self.root = root
+        self.sidecars = root / SIDECAR_DIR
+        self.xattrs = self._probe_xattrs(root, writable)
+        # Sidecars are consulted only where they can exist: no xattrs, or a folder that has them.
+        self.use_sidecars = not self.xattrs or self.sidecars.is_dir()
+
+    @staticmethod
+    def _probe_xattrs(root: Path, writable: bool) -> bool:
+        if not hasattr(os, "setxattr"):
+            return False
+        if not writable:
+            try:
+                os.getxattr(root, XATTR)
+            except OSError as exc:
+                return exc.errno not in _NOT_SUPPORTED
+            return True
+        probe = root / f".blockkit-tmp-xattr-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return False
+        try:
+            os.setxattr(fd, XATTR, b"{}")
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+
+    def _sidecar(self, key: str) -> Path:
+        return self.sidecars / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + ".json")
+
+    def read(self, key: str, path: Path, st: os.stat_result) -> ObjectMeta | None:
+        """The metadata of the file at path (as stat'ed), or None when there is none or it is stale."""
+        data: bytes | None = None
+        if self.xattrs:
+            try:
+                data = os.getxattr(path, XATTR)
+            except OSError as exc:
+                if exc.errno in _NOT_SUPPORTED:
+                    self.xattrs = False
+                    self.use_sidecars = True
+        if data is None and self.use_sidecars:
+            try:
+                data = self._sidecar(key).read_bytes()
+            except OSError:
+                return None
+        if data is None:
+            return None
+        meta = ObjectMeta.loads(data)
+        if meta is None or not meta.matches(st):
+            return None
+        return meta
+
+    def attach(self, fd: int, meta: ObjectMeta) -> bool:
+        """Store metadata on an open temp file before it is renamed into place; False: use a sidecar."""
+        st = os.fstat(fd)
+        meta.size, meta.mtime_ns = st.st_size, st.st_mtime_ns
+        if not self.xattrs:
+            return False
+        try:
+            os.setxattr(fd, XATTR, meta.dumps())
+            return True
+        except OSError as exc:
+            if exc.errno in _NOT_SUPPORTED or exc.errno == errno.E2BIG or exc.errno == errno.ENOSPC:
+                return False
+            raise
+
+    def attach_path(self, path: Path, meta: ObjectMeta) -> bool:
+        """Like attach, for a file that is not open (the in-place multipart assembly)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return self.attach(fd, meta)
+        finally:
+            os.close(fd)
+
+    def write_sidecar(self, key: str, meta: ObjectMeta) -> None:
+        """Store metadata beside the bucket after the object was renamed into place."""
+        self.sidecars.mkdir(exist_ok=True)
+        self.use_sidecars = True
+        target = self._sidecar(key)
+        tmp = self.sidecars / f".tmp-{secrets.token_hex(8)}"
+        tmp.write_bytes(meta.dumps())
+        os.replace(tmp, target)
+
+    def forget(self, key: str) -> None:
+        """Drop the sidecar of a deleted object (xattrs go with the file)."""
+        if self.use_sidecars:
+            self._sidecar(key).unlink(missing_ok=True)
