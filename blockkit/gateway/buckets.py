@@ -32,6 +32,8 @@ def decode_key(raw: str) -> str:
     http.server hands us the request as latin-1 text, so the original bytes are recovered first;
     `x%ff` and `x%fe` are then refused with 400 InvalidURI instead of both becoming `x\ufffd`.
     """
+    if "%" not in raw and raw.isascii():
+        return raw
     try:
         return unquote_to_bytes(raw.encode("latin-1", "surrogateescape")).decode("utf-8")
     except (UnicodeDecodeError, UnicodeEncodeError):

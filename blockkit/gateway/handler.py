@@ -171,6 +171,8 @@ def parse_query(raw_query: str) -> dict[str, str]:
 
 def _header_bytes_as_text(value: str) -> str:
     """http.server decodes header bytes as latin-1; recover them and read them as UTF-8 (bytes kept)."""
+    if value.isascii():
+        return value
     try:
         return value.encode("latin-1").decode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
@@ -327,8 +329,8 @@ class S3Handler(BaseHTTPRequestHandler):
 
     def _check_framing(self) -> None:
         """Refuse ambiguous or malformed body framing from the headers alone, before anything is read."""
-        lengths = self.headers.get_all("content-length") or []
         te = self._headers.get("transfer-encoding")
+        lengths = (self.headers.get_all("content-length") or []) if "content-length" in self._headers else []
         if lengths:
             values = {v.strip() for v in lengths}
             if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
@@ -671,14 +673,15 @@ class S3Handler(BaseHTTPRequestHandler):
         return meta, etag
 
     def _object_headers(self, obj: ObjectFile, etag: str, meta: ObjectMeta | None) -> dict[str, str]:
+        stored = meta.response_headers() if meta is not None else {}
         headers = {
-            "Content-Type": mimetypes.guess_type(obj.key)[0] or "application/octet-stream",
+            "Content-Type": stored.get("Content-Type") or mimetypes.guess_type(obj.key)[0] or "application/octet-stream",
             "ETag": f'"{etag}"',
             "Last-Modified": _http_date(obj.st.st_mtime),
             "Accept-Ranges": "bytes",
         }
         if meta is not None:
-            headers.update({k: _wire(v) for k, v in meta.response_headers().items()})
+            headers.update(stored)
             if self._headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
                 headers.update(meta.checksums)
         return headers

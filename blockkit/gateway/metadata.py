@@ -26,6 +26,8 @@ import hashlib
 import json
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -39,6 +41,9 @@ STORED_HEADERS = ("content-type", "content-encoding", "cache-control", "content-
 USER_PREFIX = "x-amz-meta-"
 # S3's limit on the user-defined metadata of one object (names + values, in bytes).
 MAX_USER_METADATA = 2048
+# Parsed documents cached by (device, inode, size, mtime, ctime): setting an xattr or writing
+# the file changes ctime, so a cached answer (also "no metadata") is never stale.
+CACHE_ENTRIES = 10_000
 _NOT_SUPPORTED = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS, errno.EACCES}
 
 
@@ -58,6 +63,7 @@ class ObjectMeta:
     checksums: dict[str, str] = field(default_factory=dict)
     size: int = -1
     mtime_ns: int = -1
+    _wire: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_request(cls, headers: Mapping[str, str]) -> "ObjectMeta":
@@ -92,11 +98,16 @@ class ObjectMeta:
         return self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
 
     def response_headers(self) -> dict[str, str]:
-        """Stored headers and x-amz-meta-* as they go on a GET/HEAD response."""
-        out = {_title(k): v for k, v in self.headers.items()}
-        for k, v in self.user.items():
-            out[USER_PREFIX + k] = v
-        return out
+        """Stored headers and x-amz-meta-* as they go on a GET/HEAD response (computed once per document).
+
+        Values are the client's bytes as latin-1 text, which is what http.server writes out.
+        """
+        if self._wire is None:
+            out = {_title(k): _latin1(v) for k, v in self.headers.items()}
+            for k, v in self.user.items():
+                out[USER_PREFIX + k] = _latin1(v)
+            self._wire = out
+        return self._wire
 
     def dumps(self) -> bytes:
         doc: dict[str, object] = {"s": self.size, "m": self.mtime_ns}
@@ -129,6 +140,10 @@ class ObjectMeta:
             return None
 
 
+def _latin1(value: str) -> str:
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 def _title(name: str) -> str:
     return "-".join(p.capitalize() for p in name.split("-"))
 
@@ -142,6 +157,8 @@ class MetaStore:
         self.xattrs = self._probe_xattrs(root, writable)
         # Sidecars are consulted only where they can exist: no xattrs, or a folder that has them.
         self.use_sidecars = not self.xattrs or self.sidecars.is_dir()
+        self._cache: OrderedDict[tuple[int, int, int, int, int], ObjectMeta | None] = OrderedDict()
+        self._lock = threading.Lock()
 
     @staticmethod
     def _probe_xattrs(root: Path, writable: bool) -> bool:
@@ -172,6 +189,22 @@ class MetaStore:
 
     def read(self, key: str, path: Path, st: os.stat_result) -> ObjectMeta | None:
         """The metadata of the file at path (as stat'ed), or None when there is none or it is stale."""
+        # Sidecars are found by key, not inode: only the xattr answers can be cached by identity.
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if not self.use_sidecars:
+            with self._lock:
+                if ident in self._cache:
+                    self._cache.move_to_end(ident)
+                    return self._cache[ident]
+        meta = self._read(key, path, st)
+        if not self.use_sidecars:
+            with self._lock:
+                self._cache[ident] = meta
+                while len(self._cache) > CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
+        return meta
+
+    def _read(self, key: str, path: Path, st: os.stat_result) -> ObjectMeta | None:
         data: bytes | None = None
         if self.xattrs:
             try:
