@@ -568,6 +568,13 @@ class S3Handler(BaseHTTPRequestHandler):
     def _etags(self, bucket: Bucket, entries: list[tuple[str, os.stat_result]]) -> list[str]:
         cache = self.state.etags
         paths = [bucket.root / k for k, _ in entries]
+        for (key, st), path in zip(entries, paths):
+            # ETags stored with the object (multipart ETags, after a restart) win over re-hashing,
+            # so a listing shows the same ETag as HEAD.
+            if st.st_size and cache.get(identity(st)) is None:
+                meta = bucket.meta.read(key, path, st)
+                if meta is not None and meta.etag:
+                    cache.put(identity(st), meta.etag)
         missing = [i for i, (_, st) in enumerate(entries) if cache.get(identity(st)) is None and st.st_size]
         if len(missing) > 1:
             # Hashing releases the GIL: a first listing of many big files uses several cores.
@@ -938,12 +945,16 @@ class S3Handler(BaseHTTPRequestHandler):
             raise invalid_argument("a key ending in '/' is a folder here and cannot hold data")
         algorithm = self._headers.get("x-amz-checksum-algorithm")
         headers: dict[str, str] = {}
+        kind = self._headers.get("x-amz-checksum-type", "COMPOSITE").strip().upper()
+        if kind not in ("COMPOSITE", "FULL_OBJECT"):
+            raise S3Error(400, "InvalidRequest", "Value for x-amz-checksum-type header is invalid.")
         if algorithm is not None:
             algorithm = algorithm.strip().lower()
             new_checksum(algorithm)  # InvalidRequest for an unknown algorithm
             headers["x-amz-checksum-algorithm"] = algorithm.upper()
-            headers["x-amz-checksum-type"] = "COMPOSITE"
-        upload = self._store().create(key, self._request_meta(), algorithm)
+            headers["x-amz-checksum-type"] = kind
+        # Parts are verified either way; only a composite checksum of the whole is computed.
+        upload = self._store().create(key, self._request_meta(), algorithm if kind == "COMPOSITE" else None)
         self._send_xml(
             s3xml.document(
                 "InitiateMultipartUploadResult", [el("Bucket", bucket.name), el("Key", key), el("UploadId", upload.upload_id)]
@@ -1039,17 +1050,9 @@ class S3Handler(BaseHTTPRequestHandler):
         listed = s3xml.parse_complete(self._read_small_body(ctx))
         target = prepare_target(bucket, key)
         precheck = self._write_conditions(bucket, key, target)
-        _, etag, st, parts = store.complete(upload, listed, precheck)
+        _, etag, st, _ = store.complete(upload, listed, precheck)
         self.state.etags.put(identity(st), etag)
-        headers: dict[str, str] = {}
-        algorithm = upload.checksum_algorithm
-        if algorithm and all(CHECKSUM_PREFIX + algorithm in p.checksums for p in parts):
-            digest = new_checksum(algorithm)
-            for p in parts:
-                digest.update(base64.b64decode(p.checksums[CHECKSUM_PREFIX + algorithm]))
-            headers[CHECKSUM_PREFIX + algorithm] = f"{base64.b64encode(digest.digest()).decode()}-{len(parts)}"
-            headers["x-amz-checksum-type"] = "COMPOSITE"
-        self._send_complete(bucket, key, etag, headers)
+        self._send_complete(bucket, key, etag, dict(upload.meta.checksums))
 
     def _send_complete(self, bucket: Bucket, key: str, etag: str, headers: dict[str, str]) -> None:
         host = self._headers.get("host", "localhost")

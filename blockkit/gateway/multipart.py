@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import secrets
 import shutil
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from blockkit.gateway.body import CHECKSUM_PREFIX, new_checksum
 from blockkit.gateway.buckets import STAGING_DIR, Bucket
 from blockkit.gateway.errors import S3Error, invalid_argument
 from blockkit.gateway.etags import multipart_etag
@@ -243,6 +246,15 @@ class MultipartStore:
         meta = upload.meta
         meta.etag = etag
         meta.parts = [p.size for p in chosen]
+        meta.checksums = {}
+        algorithm = upload.checksum_algorithm
+        name = CHECKSUM_PREFIX + algorithm if algorithm else ""
+        if algorithm and all(name in p.checksums for p in chosen):
+            # S3's composite checksum: the checksum of the parts' binary checksums, then "-N".
+            digest = new_checksum(algorithm)
+            for p in chosen:
+                digest.update(base64.b64decode(p.checksums[name]))
+            meta.checksums = {name: f"{base64.b64encode(digest.digest()).decode()}-{len(chosen)}", "x-amz-checksum-type": "COMPOSITE"}
         in_place = (
             slot is not None
             and [p.number for p in chosen] == list(range(1, len(chosen) + 1))
@@ -251,18 +263,18 @@ class MultipartStore:
         )
         st: os.stat_result | None = None
         if in_place:
-            os.truncate(upload.assembly, total)
-            sidecar = not self.bucket.meta.attach_path(upload.assembly, meta)
-            try:
+            # Under the lock for conditional completes: a failed condition leaves the assembly
+            # untruncated, so a later Complete with more parts still finds their bytes.
+            with COMMIT_LOCK if precheck is not None else contextlib.nullcontext():
                 if precheck is not None:
-                    with COMMIT_LOCK:
-                        precheck()
-                        os.replace(upload.assembly, target)
-                else:
+                    precheck()
+                os.truncate(upload.assembly, total)
+                sidecar = not self.bucket.meta.attach_path(upload.assembly, meta)
+                try:
                     os.replace(upload.assembly, target)
-            except OSError:
-                in_place = False  # e.g. the target folder is another filesystem: copy instead
-            else:
+                except OSError:
+                    in_place = False  # e.g. the target folder is another filesystem: copy instead
+            if in_place:
                 if sidecar:
                     self.bucket.meta.write_sidecar(upload.key, meta)
                 st = target.stat()

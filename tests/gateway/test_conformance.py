@@ -153,8 +153,10 @@ def test_metadata_and_multipart_etag_survive_a_restart(tmp_path: Path) -> None:
         etag = s3.complete_multipart_upload(Bucket="out", Key="mp.bin", UploadId=up, MultipartUpload={"Parts": parts})["ETag"]
     assert etag.endswith('-2"')
     with Gateway({}, out) as gw:
-        resp = client(gw.endpoint).head_object(Bucket="out", Key="mp.bin")
+        s3 = client(gw.endpoint)
+        resp = s3.head_object(Bucket="out", Key="mp.bin")
         assert resp["ETag"] == etag and resp["ContentType"] == "image/png" and resp["Metadata"] == {"m": "1"}
+        assert [o["ETag"] for o in s3.list_objects_v2(Bucket="out")["Contents"]] == [etag]  # listing agrees with HEAD
 
 
 def test_copy_keeps_or_replaces_metadata(s3) -> None:
@@ -242,6 +244,13 @@ def test_multipart_checksum_algorithm_is_echoed_and_composite_returned(s3s) -> N
     done = s3s.complete_multipart_upload(Bucket="out", Key="cs", UploadId=up, MultipartUpload={"Parts": parts})
     composite = hashlib.sha256(hashlib.sha256(b"a" * 10).digest() + hashlib.sha256(b"b" * 5).digest()).digest()
     assert done["ChecksumSHA256"] == _b64(composite) + "-2"
+    head = s3s.head_object(Bucket="out", Key="cs", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == _b64(composite) + "-2" and head["ChecksumType"] == "COMPOSITE"
+
+
+def test_full_object_checksum_type_is_echoed(s3s) -> None:
+    resp = s3s.create_multipart_upload(Bucket="out", Key="fo", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
+    assert (resp["ChecksumAlgorithm"], resp["ChecksumType"]) == ("CRC32", "FULL_OBJECT")
 
 
 # -- GET by part number, part sizes ----------------------------------------------------------------
@@ -358,6 +367,21 @@ def test_concurrent_uploads_of_one_part_never_mix(served_small_parts: Served) ->
         Bucket="out", Key="race", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": listed}]}
     )
     assert (served_small_parts.output / "race").read_bytes() == winner * 1000
+
+
+def test_failed_conditional_complete_keeps_every_part(s3s, served_small_parts: Served) -> None:
+    s3s.put_object(Bucket="out", Key="cond", Body=b"old")
+    up = s3s.create_multipart_upload(Bucket="out", Key="cond")["UploadId"]
+    parts = [
+        {"PartNumber": n, "ETag": s3s.upload_part(Bucket="out", Key="cond", UploadId=up, PartNumber=n, Body=bytes([48 + n]) * 100)["ETag"]}
+        for n in (1, 2, 3)
+    ]
+    with pytest.raises(ClientError) as exc:
+        s3s.complete_multipart_upload(Bucket="out", Key="cond", UploadId=up, MultipartUpload={"Parts": parts[:2]}, IfNoneMatch="*")
+    assert code(exc) == "PreconditionFailed"
+    assert (served_small_parts.output / "cond").read_bytes() == b"old"
+    s3s.complete_multipart_upload(Bucket="out", Key="cond", UploadId=up, MultipartUpload={"Parts": parts})
+    assert (served_small_parts.output / "cond").read_bytes() == b"1" * 100 + b"2" * 100 + b"3" * 100
 
 
 def test_upload_part_copy_ranges(s3s) -> None:
