@@ -74,6 +74,53 @@ def new_checksum(algorithm: str) -> "_Crc32 | _ReflectedCrc | hashlib._Hash":
     raise S3Error(400, "InvalidRequest", f"Value for x-amz-checksum-algorithm header is invalid: {algorithm!r}.")
 
 
+# Reflected polynomials and widths of the CRCs S3 can combine into a whole-object checksum.
+CRC_PARAMS = {"crc32": (0xEDB88320, 32), "crc32c": (0x82F63B78, 32), "crc64nvme": (0x9A6C9329AC4BC9B5, 64)}
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
+def crc_combine(algorithm: str, crc1: bytes, crc2: bytes, len2: int) -> bytes:
+    """The CRC of A+B from the CRCs of A and B and the length of B (zlib's crc32_combine, any width).
+
+    Lets a FULL_OBJECT multipart checksum be computed from the parts' checksums without re-reading
+    the object.
+    """
+    poly, bits = CRC_PARAMS[algorithm]
+    c1, c2 = int.from_bytes(crc1, "big"), int.from_bytes(crc2, "big")
+    if len2 == 0:
+        return crc1
+    odd = [poly] + [1 << (n - 1) for n in range(1, bits)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            c1 = _gf2_times(even, c1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            c1 = _gf2_times(odd, c1)
+        len2 >>= 1
+        if not len2:
+            break
+    return (c1 ^ c2).to_bytes(bits // 8, "big")
+
+
 def check_content_md5(value: str | None) -> bytes | None:
     """The 16 bytes a Content-MD5 header announces; InvalidDigest when it is not base64 of 16 bytes."""
     if value is None:

@@ -27,6 +27,7 @@ from blockkit.gateway import conditions, s3xml
 from blockkit.gateway.body import (
     CHECKSUM_ALGORITHMS,
     CHECKSUM_PREFIX,
+    CRC_PARAMS,
     AwsChunkedBody,
     Body,
     Checksums,
@@ -443,7 +444,9 @@ class S3Handler(BaseHTTPRequestHandler):
             assert declared is not None
             raw = LengthBody(self.rfile, declared)  # type: ignore[arg-type]
         sha = h.get("x-amz-content-sha256", "")
-        if "aws-chunked" in h.get("content-encoding", "").lower() or sha.startswith("STREAMING-"):
+        # aws-chunked framing: a STREAMING-* payload hash, or aws-chunked with its decoded length.
+        # (boto3 can send "Content-Encoding: gzip, aws-chunked" over a plain body: that is not framing.)
+        if sha.startswith("STREAMING-") or ("aws-chunked" in h.get("content-encoding", "").lower() and "x-amz-decoded-content-length" in h):
             signed = sha in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER)
             decoded = h.get("x-amz-decoded-content-length")
             declared = int(decoded) if decoded and _DIGITS.fullmatch(decoded) else None
@@ -464,12 +467,19 @@ class S3Handler(BaseHTTPRequestHandler):
         verify_sha = self.state.verifier is not None and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
         return Checksums(wanted, sha if verify_sha else None)
 
-    def _read_small_body(self, ctx: SignatureContext | None) -> bytes:
+    def _read_small_body(self, ctx: SignatureContext | None, object_checksums: bool = False) -> bytes:
+        """A small request body (XML), its digests verified.
+
+        object_checksums: the x-amz-checksum-* headers describe the object, not this body
+        (CompleteMultipartUpload); they are then checked by the caller.
+        """
         body, _ = self._body(ctx)
         out = bytearray()
         buf = bytearray(65536)
         view = memoryview(buf)
         checks = self._checksums()
+        if object_checksums:
+            checks = Checksums({}, checks._sha256_hex)
         while True:
             n = body.readinto(view)
             if not n:
@@ -689,9 +699,22 @@ class S3Handler(BaseHTTPRequestHandler):
         }
         if meta is not None:
             headers.update(stored)
-            if self._headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-                headers.update(meta.checksums)
         return headers
+
+    def _checksum_headers(self, meta: ObjectMeta | None, q: dict[str, str]) -> dict[str, str]:
+        """Stored checksums for x-amz-checksum-mode: ENABLED: the object's, or the part's for ?partNumber.
+
+        Never on a Range response (the client would check them against a slice)."""
+        if meta is None or self._headers.get("x-amz-checksum-mode", "").upper() != "ENABLED" or "range" in self._headers:
+            return {}
+        if "partNumber" not in q:
+            return dict(meta.checksums)
+        number = int(q["partNumber"])
+        if meta.parts and meta.part_checksums and len(meta.part_checksums) == len(meta.parts) and 1 <= number <= len(meta.parts):
+            name = next((k for k in meta.checksums if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS), None)
+            if name is not None:
+                return {name: meta.part_checksums[number - 1], "x-amz-checksum-type": meta.checksums.get("x-amz-checksum-type", "COMPOSITE")}
+        return {} if meta.parts else dict(meta.checksums)
 
     def _get_object(self, bucket: Bucket, key: str, q: dict[str, str], head: bool) -> None:
         obj = bucket.open_object(key)
@@ -715,6 +738,7 @@ class S3Handler(BaseHTTPRequestHandler):
             else:
                 first, count, status = rng[0], rng[1] - rng[0] + 1, 206
                 headers["Content-Range"] = f"bytes {rng[0]}-{rng[1]}/{size}"
+        headers.update(self._checksum_headers(meta, q))
         if head:
             return self._send(status, headers, length=count)
         with open(obj.path, "rb") as fh:
@@ -951,10 +975,11 @@ class S3Handler(BaseHTTPRequestHandler):
         if algorithm is not None:
             algorithm = algorithm.strip().lower()
             new_checksum(algorithm)  # InvalidRequest for an unknown algorithm
+            if kind == "FULL_OBJECT" and algorithm not in CRC_PARAMS:
+                raise S3Error(400, "InvalidRequest", f"The FULL_OBJECT checksum type cannot be used with the {algorithm.upper()} algorithm.")
             headers["x-amz-checksum-algorithm"] = algorithm.upper()
             headers["x-amz-checksum-type"] = kind
-        # Parts are verified either way; only a composite checksum of the whole is computed.
-        upload = self._store().create(key, self._request_meta(), algorithm if kind == "COMPOSITE" else None)
+        upload = self._store().create(key, self._request_meta(), algorithm, kind)
         self._send_xml(
             s3xml.document(
                 "InitiateMultipartUploadResult", [el("Bucket", bucket.name), el("Key", key), el("UploadId", upload.upload_id)]
@@ -1038,19 +1063,21 @@ class S3Handler(BaseHTTPRequestHandler):
     def _complete_upload(self, bucket: Bucket, key: str, q: dict[str, str], ctx: SignatureContext | None) -> None:
         store = self._store()
         upload_id = q.get("uploadId", "")
+        part_checksums: dict[int, dict[str, str]] = {}
+        expected = {k: v for k, v in self._headers.items() if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS}
         try:
             upload = self._upload(key, q)
         except S3Error:
             # A repeated Complete of an upload that already finished answers 200 again, as S3 does.
-            listed = s3xml.parse_complete(self._read_small_body(ctx))
-            etag = store.completed_etag(key, upload_id, listed)
-            if etag is None:
+            listed = s3xml.parse_complete(self._read_small_body(ctx, object_checksums=True))
+            done = store.completed(key, upload_id, listed)
+            if done is None:
                 raise
-            return self._send_complete(bucket, key, etag, {})
-        listed = s3xml.parse_complete(self._read_small_body(ctx))
+            return self._send_complete(bucket, key, done[0], done[1])
+        listed = s3xml.parse_complete(self._read_small_body(ctx, object_checksums=True), part_checksums)
         target = prepare_target(bucket, key)
         precheck = self._write_conditions(bucket, key, target)
-        _, etag, st, _ = store.complete(upload, listed, precheck)
+        _, etag, st, _ = store.complete(upload, listed, precheck, part_checksums, expected)
         self.state.etags.put(identity(st), etag)
         self._send_complete(bucket, key, etag, dict(upload.meta.checksums))
 
@@ -1069,6 +1096,7 @@ class S3Handler(BaseHTTPRequestHandler):
                         for k, v in headers.items()
                         if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS
                     ),
+                    *(el("ChecksumType", headers["x-amz-checksum-type"]) for _ in [0] if "x-amz-checksum-type" in headers),
                 ],
             ),
             headers=headers,

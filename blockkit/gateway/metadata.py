@@ -61,6 +61,7 @@ class ObjectMeta:
     etag: str | None = None
     parts: list[int] | None = None
     checksums: dict[str, str] = field(default_factory=dict)
+    part_checksums: list[str] | None = None
     size: int = -1
     mtime_ns: int = -1
     _wire: dict[str, str] | None = field(default=None, repr=False, compare=False)
@@ -75,7 +76,7 @@ class ObjectMeta:
                 continue
             if name == "content-encoding":
                 # aws-chunked is framing of this one request, not an encoding of the object
-                value = ",".join(t.strip() for t in value.split(",") if t.strip() and t.strip().lower() != "aws-chunked")
+                value = ", ".join(t.strip() for t in value.split(",") if t.strip() and t.strip().lower() != "aws-chunked")
                 if not value:
                     continue
             meta.headers[name] = value
@@ -121,6 +122,8 @@ class ObjectMeta:
             doc["p"] = self.parts
         if self.checksums:
             doc["c"] = self.checksums
+        if self.part_checksums:
+            doc["pc"] = self.part_checksums
         return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
     @classmethod
@@ -133,6 +136,7 @@ class ObjectMeta:
                 etag=doc.get("e"),
                 parts=[int(p) for p in doc["p"]] if doc.get("p") else None,
                 checksums={str(k): str(v) for k, v in doc.get("c", {}).items()},
+                part_checksums=[str(c) for c in doc["pc"]] if doc.get("pc") else None,
                 size=int(doc["s"]),
                 mtime_ns=int(doc["m"]),
             )

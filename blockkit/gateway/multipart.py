@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from blockkit.gateway.body import CHECKSUM_PREFIX, new_checksum
+from blockkit.gateway.body import CHECKSUM_PREFIX, crc_combine, new_checksum
 from blockkit.gateway.buckets import STAGING_DIR, Bucket
 from blockkit.gateway.errors import S3Error, invalid_argument
 from blockkit.gateway.etags import multipart_etag
@@ -58,6 +58,7 @@ class Upload:
     lock: threading.Lock = field(default_factory=threading.Lock)
     meta: ObjectMeta = field(default_factory=ObjectMeta)
     checksum_algorithm: str | None = None  # x-amz-checksum-algorithm given at creation (lower case)
+    checksum_type: str = "COMPOSITE"  # or FULL_OBJECT (CRCs only)
     writing: set[int] = field(default_factory=set)  # part numbers being written into their slot
 
     @property
@@ -149,11 +150,13 @@ class MultipartStore:
         self.bucket = bucket
         self.staging = bucket.root / STAGING_DIR / "uploads"
         self._uploads: dict[str, Upload] = {}
-        self._completed: OrderedDict[str, tuple[str, str, frozenset[tuple[int, str]]]] = OrderedDict()
+        self._completed: OrderedDict[str, tuple[str, str, frozenset[tuple[int, str]], dict[str, str]]] = OrderedDict()
         self._lock = threading.Lock()
         self.min_part_size = MIN_PART_SIZE
 
-    def create(self, key: str, meta: ObjectMeta | None = None, checksum_algorithm: str | None = None) -> Upload:
+    def create(
+        self, key: str, meta: ObjectMeta | None = None, checksum_algorithm: str | None = None, checksum_type: str = "COMPOSITE"
+    ) -> Upload:
         """Start an upload of key (with the metadata the object will get)."""
         self.bucket.path_for(key)  # refuse bad keys before anything is staged
         upload_id = secrets.token_urlsafe(24)
@@ -161,6 +164,7 @@ class MultipartStore:
         upload = Upload(upload_id, self.bucket.name, key, folder, time.time())
         upload.meta = meta or ObjectMeta()
         upload.checksum_algorithm = checksum_algorithm
+        upload.checksum_type = checksum_type
         with self._lock:
             folder.mkdir(parents=True)
             self._uploads[upload_id] = upload
@@ -174,13 +178,13 @@ class MultipartStore:
             raise no_such_upload(upload_id)
         return upload
 
-    def completed_etag(self, key: str, upload_id: str, listed: list[tuple[int, str]]) -> str | None:
-        """The ETag of an upload already completed with these parts (a repeated Complete), else None."""
+    def completed(self, key: str, upload_id: str, listed: list[tuple[int, str]]) -> tuple[str, dict[str, str]] | None:
+        """ETag and checksum headers of an upload already completed with these parts (a repeated Complete)."""
         with self._lock:
             done = self._completed.get(upload_id)
         if done is None or done[0] != key or frozenset(listed) != done[2]:
             return None
-        return done[1]
+        return done[1], dict(done[3])
 
     def uploads(self) -> list[Upload]:
         """Every in-progress upload, by key then start time."""
@@ -202,6 +206,8 @@ class MultipartStore:
         upload: Upload,
         listed: list[tuple[int, str]],
         precheck: Callable[[], None] | None = None,
+        part_checksums: dict[int, dict[str, str]] | None = None,
+        expected: dict[str, str] | None = None,
     ) -> tuple[Path, str, os.stat_result, list[Part]]:
         """Assemble the listed parts into the object; returns its path, multipart ETag, stat and parts.
 
@@ -226,6 +232,14 @@ class MultipartStore:
                         PartNumber=str(number),
                         ETag=sorted(etags)[0],
                     )
+                for name, value in (part_checksums or {}).get(number, {}).items():
+                    if part.checksums.get(name, value) != value:
+                        raise S3Error(
+                            400,
+                            "InvalidPart",
+                            f"The {name[len(CHECKSUM_PREFIX):].upper()} given for part {number} does not match the part's checksum.",
+                            PartNumber=str(number),
+                        )
                 chosen.append(part)
             slot = upload.slot_size
         for part in chosen[:-1]:
@@ -247,14 +261,29 @@ class MultipartStore:
         meta.etag = etag
         meta.parts = [p.size for p in chosen]
         meta.checksums = {}
+        meta.part_checksums = None
         algorithm = upload.checksum_algorithm
         name = CHECKSUM_PREFIX + algorithm if algorithm else ""
         if algorithm and all(name in p.checksums for p in chosen):
-            # S3's composite checksum: the checksum of the parts' binary checksums, then "-N".
-            digest = new_checksum(algorithm)
-            for p in chosen:
-                digest.update(base64.b64decode(p.checksums[name]))
-            meta.checksums = {name: f"{base64.b64encode(digest.digest()).decode()}-{len(chosen)}", "x-amz-checksum-type": "COMPOSITE"}
+            raw = [base64.b64decode(p.checksums[name]) for p in chosen]
+            meta.part_checksums = [p.checksums[name] for p in chosen]
+            if upload.checksum_type == "FULL_OBJECT":
+                # The CRC of the whole object, combined from the parts' CRCs and sizes.
+                whole = raw[0]
+                for crc, p in zip(raw[1:], chosen[1:]):
+                    whole = crc_combine(algorithm, whole, crc, p.size)
+                meta.checksums = {name: base64.b64encode(whole).decode(), "x-amz-checksum-type": "FULL_OBJECT"}
+            else:
+                # S3's composite checksum: the checksum of the parts' binary checksums, then "-N".
+                digest = new_checksum(algorithm)
+                for r in raw:
+                    digest.update(r)
+                meta.checksums = {name: f"{base64.b64encode(digest.digest()).decode()}-{len(chosen)}", "x-amz-checksum-type": "COMPOSITE"}
+        for name, value in (expected or {}).items():
+            # A checksum header on Complete names the whole object: with or without the "-N".
+            mine = meta.checksums.get(name)
+            if mine is None or value.strip() not in (mine, mine.rsplit("-", 1)[0]):
+                raise S3Error(400, "BadDigest", f"The {name[len(CHECKSUM_PREFIX):].upper()} you specified did not match the calculated checksum.")
         in_place = (
             slot is not None
             and [p.number for p in chosen] == list(range(1, len(chosen) + 1))
@@ -282,7 +311,7 @@ class MultipartStore:
             st = self._concatenate(upload, chosen, slot, target, meta, precheck)
         assert st is not None
         with self._lock:
-            self._completed[upload.upload_id] = (upload.key, etag, frozenset(listed))
+            self._completed[upload.upload_id] = (upload.key, etag, frozenset(listed), dict(meta.checksums))
             while len(self._completed) > REMEMBER_COMPLETED:
                 self._completed.popitem(last=False)
         self._forget(upload)

@@ -101,8 +101,11 @@ def parse_delete(body: bytes) -> DeleteRequest:
     return DeleteRequest(objects, quiet)
 
 
-def parse_complete(body: bytes) -> list[tuple[int, str]]:
-    """Parse a CompleteMultipartUpload body into (part number, ETag) pairs."""
+def parse_complete(body: bytes, checksums: dict[int, dict[str, str]] | None = None) -> list[tuple[int, str]]:
+    """Parse a CompleteMultipartUpload body into (part number, ETag) pairs.
+
+    Part checksums (`<ChecksumSHA256>` ...) are put into `checksums` as {part: {header name: value}}.
+    """
     root = _parse(body)
     if _local(root.tag) != "CompleteMultipartUpload":
         raise malformed_xml()
@@ -115,6 +118,11 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
             parts.append((int(number.strip()), etag.strip().strip('"')))
         except ValueError:
             raise malformed_xml() from None
+        if checksums is not None:
+            for child in part:
+                name = _local(child.tag)
+                if name.startswith("Checksum") and name != "ChecksumType" and child.text:
+                    checksums.setdefault(parts[-1][0], {})["x-amz-checksum-" + name[len("Checksum"):].lower()] = child.text.strip()
     if not parts:
         raise malformed_xml("You must specify at least one part")
     return parts

@@ -86,6 +86,11 @@ def test_aws_chunked_is_not_stored_as_content_encoding(served: Served) -> None:
     assert (served.output / "enc.txt").read_bytes() == b"hello"
     _, headers, _ = raw(served, "HEAD", "/out/enc.txt")
     assert headers["content-encoding"] == "gzip"
+    raw(
+        served, "PUT", "/out/enc2.txt", b"5\r\nhello\r\n0\r\n\r\n",
+        {"Content-Encoding": "deflate, aws-chunked,gzip", "x-amz-decoded-content-length": "5", "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER"},
+    )
+    assert raw(served, "HEAD", "/out/enc2.txt")[1]["content-encoding"] == "deflate, gzip"
 
 
 def test_user_metadata_over_2kb_is_metadata_too_large(s3) -> None:
@@ -248,9 +253,66 @@ def test_multipart_checksum_algorithm_is_echoed_and_composite_returned(s3s) -> N
     assert head["ChecksumSHA256"] == _b64(composite) + "-2" and head["ChecksumType"] == "COMPOSITE"
 
 
-def test_full_object_checksum_type_is_echoed(s3s) -> None:
-    resp = s3s.create_multipart_upload(Bucket="out", Key="fo", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
-    assert (resp["ChecksumAlgorithm"], resp["ChecksumType"]) == ("CRC32", "FULL_OBJECT")
+def test_complete_checks_the_object_checksum_and_part_checksums(s3s) -> None:
+    up = s3s.create_multipart_upload(Bucket="out", Key="ck", ChecksumAlgorithm="SHA256")["UploadId"]
+    r = s3s.upload_part(Bucket="out", Key="ck", UploadId=up, PartNumber=1, Body=b"A" * 1024, ChecksumAlgorithm="SHA256")
+    part = {"ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"], "PartNumber": 1}
+    composite = _b64(hashlib.sha256(hashlib.sha256(b"A" * 1024).digest()).digest()) + "-1"
+    with pytest.raises(ClientError) as exc:  # the header names the object's checksum, not the XML body's
+        s3s.complete_multipart_upload(Bucket="out", Key="ck", UploadId=up, ChecksumSHA256="bad", MultipartUpload={"Parts": [part]})
+    assert (status(exc), code(exc)) == (400, "BadDigest")
+    with pytest.raises(ClientError) as exc:
+        bad_part = {**part, "ChecksumSHA256": _b64(hashlib.sha256(b"other").digest())}
+        s3s.complete_multipart_upload(Bucket="out", Key="ck", UploadId=up, MultipartUpload={"Parts": [bad_part]})
+    assert (status(exc), code(exc)) == (400, "InvalidPart")
+    done = s3s.complete_multipart_upload(Bucket="out", Key="ck", UploadId=up, ChecksumSHA256=composite, MultipartUpload={"Parts": [part]})
+    again = s3s.complete_multipart_upload(Bucket="out", Key="ck", UploadId=up, ChecksumSHA256=composite, MultipartUpload={"Parts": [part]})
+    assert done["ChecksumSHA256"] == again["ChecksumSHA256"] == composite and done["ETag"] == again["ETag"]
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_full_object_checksum_is_combined_from_the_parts(s3s, algorithm: str) -> None:
+    from blockkit.gateway.body import new_checksum
+
+    def crc(data: bytes) -> str:
+        h = new_checksum(algorithm.lower())
+        h.update(data)
+        return _b64(h.digest())
+
+    resp = s3s.create_multipart_upload(Bucket="out", Key="fo", ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT")
+    assert (resp["ChecksumAlgorithm"], resp["ChecksumType"]) == (algorithm, "FULL_OBJECT")
+    up, bodies, parts = resp["UploadId"], [b"a" * 1000, b"b" * 777, b"c" * 5], []
+    for n, body in enumerate(bodies, 1):
+        r = s3s.upload_part(Bucket="out", Key="fo", UploadId=up, PartNumber=n, Body=body, ChecksumAlgorithm=algorithm, **{f"Checksum{algorithm}": crc(body)})
+        parts.append({"PartNumber": n, "ETag": r["ETag"], f"Checksum{algorithm}": r[f"Checksum{algorithm}"]})
+    whole = crc(b"".join(bodies))
+    done = s3s.complete_multipart_upload(
+        Bucket="out", Key="fo", UploadId=up, MultipartUpload={"Parts": parts}, ChecksumType="FULL_OBJECT", **{f"Checksum{algorithm}": whole}
+    )
+    assert (done[f"Checksum{algorithm}"], done["ChecksumType"]) == (whole, "FULL_OBJECT")
+    head = s3s.head_object(Bucket="out", Key="fo", ChecksumMode="ENABLED")
+    assert (head[f"Checksum{algorithm}"], head["ChecksumType"]) == (whole, "FULL_OBJECT")
+    part2 = s3s.get_object(Bucket="out", Key="fo", PartNumber=2, ChecksumMode="ENABLED")
+    assert part2[f"Checksum{algorithm}"] == crc(bodies[1]) and part2["Body"].read() == bodies[1]
+
+
+def test_full_object_type_needs_a_crc(s3s) -> None:
+    with pytest.raises(ClientError) as exc:
+        s3s.create_multipart_upload(Bucket="out", Key="fo", ChecksumAlgorithm="SHA256", ChecksumType="FULL_OBJECT")
+    assert code(exc) == "InvalidRequest"
+
+
+def test_ranged_get_carries_no_whole_object_checksum(s3) -> None:
+    s3.put_object(Bucket="out", Key="r.bin", Body=b"0123456789", ChecksumAlgorithm="CRC32")
+    resp = s3.get_object(Bucket="out", Key="r.bin", Range="bytes=2-4", ChecksumMode="ENABLED")
+    assert resp["Body"].read() == b"234" and "ChecksumCRC32" not in resp
+    assert s3.get_object(Bucket="out", Key="r.bin", ChecksumMode="ENABLED")["ChecksumCRC32"] == _b64(zlib.crc32(b"0123456789").to_bytes(4, "big"))
+
+
+def test_boto3_aws_chunked_content_encoding_over_a_plain_body(s3) -> None:
+    s3.put_object(Bucket="out", Key="enc", Body=b"plain", ContentEncoding="gzip, aws-chunked")
+    resp = s3.get_object(Bucket="out", Key="enc")
+    assert resp["ContentEncoding"] == "gzip" and resp["Body"].read() == b"plain"
 
 
 # -- GET by part number, part sizes ----------------------------------------------------------------
