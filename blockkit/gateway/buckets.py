@@ -73,7 +73,7 @@ class Bucket:
             self.name_max = int(os.pathconf(self.root, "PC_NAME_MAX"))
         except (OSError, ValueError, AttributeError):
             self.name_max = 255
-        self.meta = MetaStore(self.root, self.writable)
+        self.meta = MetaStore(self.root)
 
     # -- keys -------------------------------------------------------------
     def check_key(self, key: str) -> list[str]:

@@ -155,38 +155,16 @@ def _title(name: str) -> str:
 class MetaStore:
     """Reads and writes object metadata for one bucket folder."""
 
-    def __init__(self, root: Path, writable: bool) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
         self.sidecars = root / SIDECAR_DIR
-        self.xattrs = self._probe_xattrs(root, writable)
+        # Whether the filesystem has user xattrs is learnt from the first write or read that tries
+        # (a probe at start-up could run before the folder is writable for us).
+        self.xattrs = hasattr(os, "setxattr")
         # Sidecars are consulted only where they can exist: no xattrs, or a folder that has them.
         self.use_sidecars = not self.xattrs or self.sidecars.is_dir()
         self._cache: OrderedDict[tuple[int, int, int, int, int], ObjectMeta | None] = OrderedDict()
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _probe_xattrs(root: Path, writable: bool) -> bool:
-        if not hasattr(os, "setxattr"):
-            return False
-        if not writable:
-            try:
-                os.getxattr(root, XATTR)
-            except OSError as exc:
-                return exc.errno not in _NOT_SUPPORTED
-            return True
-        probe = root / f".blockkit-tmp-xattr-{secrets.token_hex(4)}"
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError:
-            return False
-        try:
-            os.setxattr(fd, XATTR, b"{}")
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
 
     def _sidecar(self, key: str) -> Path:
         return self.sidecars / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + ".json")
@@ -239,8 +217,12 @@ class MetaStore:
             os.setxattr(fd, XATTR, meta.dumps())
             return True
         except OSError as exc:
-            if exc.errno in _NOT_SUPPORTED or exc.errno == errno.E2BIG or exc.errno == errno.ENOSPC:
+            if exc.errno in _NOT_SUPPORTED:
+                self.xattrs = False  # from now on: sidecars
+                self.use_sidecars = True
                 return False
+            if exc.errno in (errno.E2BIG, errno.ENOSPC):
+                return False  # this document does not fit in an xattr here: a sidecar for this one
             raise
 
     def attach_path(self, path: Path, meta: ObjectMeta) -> bool:
