@@ -727,6 +727,8 @@ class S3Handler(BaseHTTPRequestHandler):
             raise conditions.precondition_failed()
         for param, header in RESPONSE_OVERRIDES.items():
             if param in q:
+                if any(c in q[param] for c in "\r\n\x00"):
+                    raise invalid_argument(f"{param} must not contain line breaks or NUL")
                 headers[header] = _wire(q[param])
         size = obj.st.st_size
         if "partNumber" in q:

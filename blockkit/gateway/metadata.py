@@ -25,6 +25,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import threading
 from collections import OrderedDict
@@ -41,10 +42,20 @@ STORED_HEADERS = ("content-type", "content-encoding", "cache-control", "content-
 USER_PREFIX = "x-amz-meta-"
 # S3's limit on the user-defined metadata of one object (names + values, in bytes).
 MAX_USER_METADATA = 2048
+# All stored headers together (S3 limits a PUT's headers to 8 KB).
+MAX_STORED_HEADERS = 8192
 # Parsed documents cached by (device, inode, size, mtime, ctime): setting an xattr or writing
 # the file changes ctime, so a cached answer (also "no metadata") is never stale.
 CACHE_ENTRIES = 10_000
 _NOT_SUPPORTED = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS, errno.EACCES}
+
+
+def _unfold(value: str) -> str:
+    """Obsolete line folding (CRLF + whitespace inside a value) becomes one space, as RFC 9112 says,
+    so a stored value can never start a new header line in a response."""
+    if "\r" not in value and "\n" not in value:
+        return value
+    return re.sub(r"[\r\n]+[ \t]*", " ", value).replace("\x00", "")
 
 
 def _raw(value: str) -> bytes:
@@ -74,6 +85,7 @@ class ObjectMeta:
             value = headers.get(name)
             if value is None:
                 continue
+            value = _unfold(value)
             if name == "content-encoding":
                 # aws-chunked is framing of this one request, not an encoding of the object
                 value = ", ".join(t.strip() for t in value.split(",") if t.strip() and t.strip().lower() != "aws-chunked")
@@ -84,13 +96,18 @@ class ObjectMeta:
         for name, value in headers.items():
             if name.startswith(USER_PREFIX) and len(name) > len(USER_PREFIX):
                 short = name[len(USER_PREFIX):]
-                meta.user[short] = value
+                meta.user[short] = _unfold(value)
                 total += len(_raw(short)) + len(_raw(value))
         if total > MAX_USER_METADATA:
             raise S3Error(
                 400,
                 "MetadataTooLarge",
                 f"Your metadata headers exceed the maximum allowed metadata size ({total} > {MAX_USER_METADATA} bytes).",
+            )
+        stored = total + sum(len(_raw(v)) for v in meta.headers.values())
+        if stored > MAX_STORED_HEADERS:
+            raise S3Error(
+                400, "MetadataTooLarge", f"The stored headers of this object exceed {MAX_STORED_HEADERS} bytes ({stored})."
             )
         return meta
 

@@ -620,3 +620,38 @@ def test_boto3_unicode_metadata_with_auth(served_auth: Served) -> None:
     # HTTP clients read header bytes as latin-1: the UTF-8 bytes come back unchanged
     got = client(served_auth.endpoint, KEYS).head_object(Bucket="out", Key="u")["Metadata"]["meta1"]
     assert got.encode("latin-1").decode("utf-8") == "Hello World\u00e9"
+
+
+# -- hostile metadata ------------------------------------------------------------------------------
+
+
+def test_folded_header_values_cannot_inject_response_headers(served: Served) -> None:
+    from tests.gateway.test_robustness import _exchange
+
+    request = (
+        b"PUT /out/fold.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"x-amz-meta-a: one\r\n Set-Cookie: evil=1\r\nContent-Type: text/plain\r\n\r\nhi"
+    )
+    status_, _, _, _ = _exchange(served, request, check_close=False)
+    assert status_ == 200
+    status_, headers, body, _ = _exchange(served, b"GET /out/fold.txt HTTP/1.1\r\nHost: x\r\n\r\n", check_close=False)
+    assert status_ == 200 and body == b"hi" and "set-cookie" not in headers
+    assert headers["x-amz-meta-a"] == "one Set-Cookie: evil=1"
+
+
+def test_response_override_with_a_line_break_is_refused(s3, served: Served) -> None:
+    s3.put_object(Bucket="out", Key="o.txt", Body=b"x")
+    status_, headers, body = raw(served, "GET", "/out/o.txt?response-content-type=a%0d%0aSet-Cookie:%20evil")
+    assert status_ == 400 and b"InvalidArgument" in body and "set-cookie" not in headers
+
+
+def test_big_standard_headers_fall_back_to_a_sidecar_for_that_object(s3, served: Served) -> None:
+    disposition = "attachment; filename=" + "x" * 6000  # more than an ext4 xattr block holds
+    s3.put_object(Bucket="out", Key="big-meta.txt", Body=b"x", ContentDisposition=disposition)
+    s3.put_object(Bucket="out", Key="small-meta.txt", Body=b"y", ContentType="text/x-small")
+    assert s3.head_object(Bucket="out", Key="big-meta.txt")["ContentDisposition"] == disposition
+    assert s3.head_object(Bucket="out", Key="small-meta.txt")["ContentType"] == "text/x-small"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="out")["Contents"]] == ["big-meta.txt", "small-meta.txt"]
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket="out", Key="huge-meta.txt", Body=b"x", ContentDisposition="y" * 9000)
+    assert code(exc) == "MetadataTooLarge"
