@@ -339,15 +339,12 @@ class S3Handler(BaseHTTPRequestHandler):
                 self._body_read = True  # never read a body whose length we cannot know
                 raise S3Error(400, "InvalidArgument", "Content-Length must be one non-negative decimal number.")
             self._content_length = int(next(iter(values)))
-        if te is not None:
-            self._body_read = True
+        if te is not None and (lengths or te.strip().lower() != "chunked"):
+            self._body_read = True  # never read a body whose framing is ambiguous or unknown
             self.close_connection = True
             if lengths:
                 raise S3Error(400, "InvalidRequest", "A request must not carry both Content-Length and Transfer-Encoding.")
-            if te.strip().lower() != "chunked":
-                raise S3Error(501, "NotImplemented", "A header you provided implies functionality that is not implemented: Transfer-Encoding.")
-            self._body_read = False
-            self.close_connection = False
+            raise S3Error(501, "NotImplemented", "A header you provided implies functionality that is not implemented: Transfer-Encoding.")
 
     def _parse_target(self) -> _Request:
         target = self.path
