@@ -655,3 +655,52 @@ def test_big_standard_headers_fall_back_to_a_sidecar_for_that_object(s3, served:
     with pytest.raises(ClientError) as exc:
         s3.put_object(Bucket="out", Key="huge-meta.txt", Body=b"x", ContentDisposition="y" * 9000)
     assert code(exc) == "MetadataTooLarge"
+
+
+def test_concurrent_conditional_puts_only_one_wins(served: Served) -> None:
+    import threading
+
+    results: list[int] = []
+
+    def put(i: int) -> None:
+        c = client(served.endpoint)
+        try:
+            c.put_object(Bucket="out", Key="once", Body=bytes([65 + i]) * 200_000, IfNoneMatch="*")
+            results.append(200)
+        except ClientError as err:
+            results.append(err.response["ResponseMetadata"]["HTTPStatusCode"])
+
+    for _ in range(3):
+        (served.output / "once").unlink(missing_ok=True)
+        results.clear()
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [200, 412, 412, 412, 412, 412]
+        data = (served.output / "once").read_bytes()
+        assert len(data) == 200_000 and len(set(data)) == 1
+
+
+def test_min_part_size_option_of_the_module(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blockkit.gateway", "--output", str(tmp_path / "out"), "--min-part-size", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        s3 = client(proc.stdout.readline().strip())
+        up = s3.create_multipart_upload(Bucket="out", Key="tiny")["UploadId"]
+        parts = [
+            {"PartNumber": n, "ETag": s3.upload_part(Bucket="out", Key="tiny", UploadId=up, PartNumber=n, Body=b"xy")["ETag"]}
+            for n in (1, 2)
+        ]
+        s3.complete_multipart_upload(Bucket="out", Key="tiny", UploadId=up, MultipartUpload={"Parts": parts})
+        assert (tmp_path / "out" / "tiny").read_bytes() == b"xyxy"
+    finally:
+        proc.terminate()
+        proc.wait(10)
