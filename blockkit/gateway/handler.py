@@ -75,7 +75,7 @@ UNSUPPORTED = {
     "acl", "policy", "policyStatus", "tagging", "cors", "lifecycle", "website", "logging", "notification",
     "replication", "encryption", "object-lock", "legal-hold", "retention", "requestPayment", "accelerate",
     "analytics", "inventory", "metrics", "intelligent-tiering", "ownershipControls", "publicAccessBlock",
-    "versions", "torrent", "restore", "select", "attributes",
+    "versions", "torrent", "restore", "select",
 }
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
@@ -515,6 +515,8 @@ class S3Handler(BaseHTTPRequestHandler):
         if method == "GET":
             if "uploadId" in q:
                 return self._list_parts(bucket, key, q)
+            if "attributes" in q:
+                return self._get_object_attributes(bucket, key)
             return self._get_object(bucket, key, q, head=False)
         if method == "HEAD":
             return self._get_object(bucket, key, q, head=True)
@@ -746,6 +748,63 @@ class S3Handler(BaseHTTPRequestHandler):
             self._bytes_out += sent
             if sent != count:
                 self.close_connection = True  # the file shrank under us: the client sees a short body
+
+    def _get_object_attributes(self, bucket: Bucket, key: str) -> None:
+        """GetObjectAttributes: ETag, Checksum, ObjectParts, StorageClass, ObjectSize as asked."""
+        wanted = {a.strip() for a in self._headers.get("x-amz-object-attributes", "").split(",") if a.strip()}
+        known = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
+        if not wanted or not wanted <= known:
+            raise invalid_argument("x-amz-object-attributes must name some of: " + ", ".join(sorted(known)))
+        obj = bucket.open_object(key)
+        meta, etag = self._meta_and_etag(bucket, obj)
+        verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=True)
+        if verdict == 304:
+            return self._send(304, {"ETag": f'"{etag}"'})
+        if verdict == 412:
+            raise conditions.precondition_failed()
+        items: list[str] = []
+        if "ETag" in wanted:
+            items.append(el("ETag", etag))
+        checksums = dict(meta.checksums) if meta is not None else {}
+        algo = next((k for k in checksums if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS), None)
+        if "Checksum" in wanted and algo is not None:
+            items.append(
+                "<Checksum>"
+                + el("Checksum" + algo[len(CHECKSUM_PREFIX):].upper(), checksums[algo])
+                + el("ChecksumType", checksums.get("x-amz-checksum-type", "FULL_OBJECT"))
+                + "</Checksum>"
+            )
+        if "ObjectParts" in wanted and meta is not None and meta.parts:
+            try:
+                marker = int(self._headers.get("x-amz-part-number-marker", "0") or 0)
+                max_parts = min(int(self._headers.get("x-amz-max-parts", "1000") or 1000), 1000)
+            except ValueError:
+                raise invalid_argument("x-amz-part-number-marker and x-amz-max-parts must be integers") from None
+            numbers = [n for n in range(1, len(meta.parts) + 1) if n > marker]
+            page = numbers[:max_parts]
+            part_items = []
+            for n in page:
+                extra = ""
+                if algo is not None and meta.part_checksums and len(meta.part_checksums) == len(meta.parts):
+                    extra = el("Checksum" + algo[len(CHECKSUM_PREFIX):].upper(), meta.part_checksums[n - 1])
+                part_items.append("<Part>" + el("PartNumber", n) + el("Size", meta.parts[n - 1]) + extra + "</Part>")
+            items.append(
+                "<ObjectParts>"
+                + el("PartsCount", len(meta.parts))
+                + el("PartNumberMarker", marker)
+                + el("NextPartNumberMarker", page[-1] if page else marker)
+                + el("MaxParts", max_parts)
+                + el("IsTruncated", "true" if len(numbers) > len(page) else "false")
+                + "".join(part_items)
+                + "</ObjectParts>"
+            )
+        if "StorageClass" in wanted:
+            items.append(el("StorageClass", "STANDARD"))
+        if "ObjectSize" in wanted:
+            items.append(el("ObjectSize", obj.st.st_size))
+        self._send_xml(
+            s3xml.document("GetObjectAttributesResponse", items), headers={"Last-Modified": _http_date(obj.st.st_mtime)}
+        )
 
     def _part_range(self, q: dict[str, str], meta: ObjectMeta | None, size: int, headers: dict[str, str]) -> tuple[int, int, int]:
         """First byte, length and status of GET/HEAD ?partNumber=N (a plain object is one part)."""

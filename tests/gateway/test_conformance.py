@@ -704,3 +704,26 @@ def test_min_part_size_option_of_the_module(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_get_object_attributes(s3s) -> None:
+    up = s3s.create_multipart_upload(Bucket="out", Key="attrs", ChecksumAlgorithm="SHA256")["UploadId"]
+    bodies = [b"a" * 10, b"b" * 10, b"c" * 3]
+    parts = []
+    for n, body in enumerate(bodies, 1):
+        r = s3s.upload_part(Bucket="out", Key="attrs", UploadId=up, PartNumber=n, Body=body, ChecksumAlgorithm="SHA256")
+        parts.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]})
+    done = s3s.complete_multipart_upload(Bucket="out", Key="attrs", UploadId=up, MultipartUpload={"Parts": parts})
+    resp = s3s.get_object_attributes(
+        Bucket="out", Key="attrs", ObjectAttributes=["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"], MaxParts=2
+    )
+    assert resp["ETag"] == done["ETag"].strip('"') and resp["ObjectSize"] == 23 and resp["StorageClass"] == "STANDARD"
+    assert resp["Checksum"] == {"ChecksumSHA256": done["ChecksumSHA256"], "ChecksumType": "COMPOSITE"}
+    op = resp["ObjectParts"]
+    assert (op["TotalPartsCount"], op["IsTruncated"], op["NextPartNumberMarker"]) == (3, True, 2)
+    assert [(p["PartNumber"], p["Size"], p["ChecksumSHA256"]) for p in op["Parts"]] == [(1, 10, parts[0]["ChecksumSHA256"]), (2, 10, parts[1]["ChecksumSHA256"])]
+    plain = s3s.get_object_attributes(Bucket="input", Key="data.json", ObjectAttributes=["ETag", "ObjectSize", "ObjectParts"])
+    assert plain["ObjectSize"] == len('{"type": "FeatureCollection", "features": []}') and "ObjectParts" not in plain
+    with pytest.raises(ClientError) as exc:
+        s3s.get_object_attributes(Bucket="out", Key="missing", ObjectAttributes=["ETag"])
+    assert code(exc) == "NoSuchKey"
