@@ -111,6 +111,8 @@ class Progress:
             self.console.print(f"[bold green]✔ {step}[/] {escape(str(info.get('reason')))}{feats}")
         elif kind == "failed":
             self.console.print(f"[bold red]✘ {step}[/] exit {info.get('exit_code')} ({escape(str(info.get('exit_name')))})")
+        elif kind == "warning":
+            self.console.out(f"! {step} warning: {info.get('message')}", highlight=False)
 
     def message(self, text: str) -> None:
         """Show a runner message (paths, URIs, ids: printed verbatim)."""

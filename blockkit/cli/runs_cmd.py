@@ -84,13 +84,24 @@ def _summary(path: Path) -> dict[str, str]:
         return {
             "run_id": path.parent.name,
             "workflow": str(run["workflow"]),
-            "status": str(run["status"]),
+            "status": _status(path.parent, run),
             "engine": str(run["engine"]),
             "steps": f"{done}/{len(steps)}",
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"])),
         }
     except (BlockkitError, KeyError, TypeError, AttributeError, ValueError) as exc:
         return {"run_id": path.parent.name, "workflow": "?", "status": f"unreadable {path.name} ({type(exc.__cause__ or exc).__name__})"}
+
+
+def _status(run_dir: Path, run: dict) -> str:
+    """The run's status; a `running` run whose runner is gone is `interrupted` (with the resume command)."""
+    from blockkit.cli.run_cmd import _resume_command
+    from blockkit.runner.lock import runner_gone
+
+    status = str(run["status"])
+    if status == "running" and runner_gone(run_dir, run.get("runner")):
+        return f"interrupted (runner gone; resume with: {_resume_command(run_dir)})"
+    return status
 
 
 @runs_app.command("show")
@@ -125,7 +136,7 @@ def _show_lines(run: dict[str, Any], path: Path) -> list[str]:
     steps = run["steps"]
     if not isinstance(steps, dict):
         raise TypeError("'steps' is not an object")
-    lines = [f"run {run['run_id']}  workflow {run['workflow']}  status {run['status']}  engine {run['engine']}",
+    lines = [f"run {run['run_id']}  workflow {run['workflow']}  status {_status(path, run)}  engine {run['engine']}",
              f"folder {path}"]
     report = path / "report.html"
     if report.is_file():

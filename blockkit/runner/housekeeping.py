@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blockkit.contract.datajson import write_atomic
 from blockkit.contract.errors import WorkflowError
-from blockkit.runner.run import RUN_FILE, RunFolder, find_run
+from blockkit.runner.run import RUN_FILE, CacheIndex, RunFolder, find_run
+from blockkit.runner.seal import remove_tree
 
 LATEST = "latest"
 CACHE_INDEX = "cache-index.json"
@@ -166,28 +165,30 @@ def remove_runs(root: Path, doomed: list[RunInfo], *, dry_run: bool = False) -> 
         if run.path.is_symlink() or run.path.resolve().parent != root.resolve():
             raise WorkflowError(f"{run.path} is not a run folder directly in {root}; nothing removed")
     names = {run.run_id for run in doomed}
-    index = _read_index(root)
     survivors = [run for run in list_runs(root) if run.run_id not in names]
-    changed = dict(index)
-    for key, rel in index.items():
-        if rel.split("/", 1)[0] in names:
-            new = _replacement(key, survivors, root)
-            if new is None:
-                del changed[key]
-                result.dropped += 1
-            else:
-                changed[key] = new
-                result.moved += 1
+
+    def repoint(entries: dict[str, str]) -> None:
+        for key, rel in list(entries.items()):
+            if rel.split("/", 1)[0] in names:
+                new = _replacement(key, survivors, root)
+                if new is None:
+                    del entries[key]
+                    result.dropped += 1
+                else:
+                    entries[key] = new
+                    result.moved += 1
+
     for run in doomed:
         result.freed_bytes += _tree_size(run.path)
         result.removed.append(run.run_id)
     if dry_run:
+        repoint(_read_index(root))
         return result
-    # The index first: a crash between the two leaves runs without entries, never entries without runs.
-    if changed != index:
-        write_atomic(root / CACHE_INDEX, json.dumps(changed, indent=1))
+    # The index first, under its lock (runners update it concurrently): a crash between the
+    # two leaves runs without entries, never entries without runs.
+    CacheIndex(root).update(repoint)
     for run in doomed:
-        shutil.rmtree(run.path)
+        remove_tree(run.path)  # sealed outputs are read-only
     return result
 
 
