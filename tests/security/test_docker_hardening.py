@@ -128,13 +128,14 @@ def test_kill_9_of_the_runner_removes_the_step_container(tmp_path: Path, docker_
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=120)
+        assert wait_for(lambda: len(list((tmp_path / "runs").rglob("late-*.txt"))) >= 2, timeout=30)
         proc.kill()
         proc.wait(timeout=10)
         # The daemon may be slow to remove a running container on a loaded machine.
         assert wait_for(lambda: docker_client.containers.list(
             all=True, filters={"label": ["blockkit.step=evil"]}) == [], timeout=90), "container left"
         assert wait_for(lambda: processes_with(marker) == [], timeout=30), "block processes left"
-        out_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()) / "steps/evil/output"
+        out_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()) / "steps/evil"
         sizes = {p.name: p.stat().st_size for p in files_under(out_dir)}
         assert wait_for(lambda: False, timeout=1.0) is False
         assert {p.name: p.stat().st_size for p in files_under(out_dir)} == sizes

@@ -62,9 +62,10 @@ def test_a_background_child_dies_when_its_step_ends(tmp_path: Path, no_isolation
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert processes_with(marker) == []
-        late = _run_dir(tmp_path) / "steps" / "evil" / "output" / "late-daemon.txt"
-        time.sleep(0.5)
-        assert not late.exists() or late.read_text().count("late") <= 1
+        step = _run_dir(tmp_path) / "steps" / "evil"
+        before = {p: p.read_bytes() for p in step.rglob("late-daemon.txt")}
+        time.sleep(0.6)
+        assert {p: p.read_bytes() for p in step.rglob("late-daemon.txt")} == before  # nothing writes any more
     finally:
         kill_all(processes_with(marker))
 
@@ -94,13 +95,15 @@ def test_kill_9_of_the_runner_leaves_no_step_process(tmp_path: Path, no_isolatio
     proc = _cli(["run", str(wf), "-e", "process", "-q"], env)
     try:
         assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=30), proc.stderr.read() if proc.poll() else ""
+        assert wait_for(lambda: len(list((tmp_path / "runs").rglob("late-*.txt"))) >= 2, timeout=30)
         proc.kill()  # SIGKILL: no handler of the runner runs
         proc.wait(timeout=10)
         assert wait_for(lambda: processes_with(marker) == [], timeout=10), processes_with(marker)
-        out_dir = _run_dir(tmp_path) / "steps" / "evil" / "output"
-        sizes = {p.name: p.stat().st_size for p in out_dir.iterdir()}
+        step_dir = _run_dir(tmp_path) / "steps" / "evil"  # the block writes in work/ (sealed into output/ after)
+        sizes = {p: p.stat().st_size for p in step_dir.rglob("late-*.txt")}
+        assert sizes, "the block wrote nothing: the test did not test anything"
         time.sleep(1.0)
-        assert {p.name: p.stat().st_size for p in out_dir.iterdir()} == sizes  # nothing writes any more
+        assert {p: p.stat().st_size for p in step_dir.rglob("late-*.txt")} == sizes  # nothing writes any more
     finally:
         kill_all(processes_with(marker))
         if proc.poll() is None:

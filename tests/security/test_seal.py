@@ -142,8 +142,12 @@ def test_sealed_outputs_are_read_only_and_owned_by_the_runner(tmp_path: Path, ev
     assert not run_dir.exists()
 
 
-def test_a_hard_link_to_a_host_file_is_never_chmod_ed(tmp_path: Path, evil, victim: Victim) -> None:
+def test_a_hard_link_to_a_host_file_is_never_chmod_ed(tmp_path: Path, evil, victim: Victim,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A process block hard-links a host file into its output: sealing must not make it read-only (or anything)."""
+    # Isolated by bubblewrap the block cannot even see the host file (tests/security/test_isolation.py):
+    # the sealing rule is tested where it matters, on the unisolated fallback.
+    monkeypatch.setenv("BLOCKKIT_NO_ISOLATION", "1")
     wf = _wf(tmp_path, f"name: hl\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: hardlink_victim, arg: '{victim.file}'}}}}\n")
     result = _run(tmp_path, wf, "process")
     assert result.returncode == 0, result.stderr
