@@ -11,7 +11,7 @@ EVIL_PROP = "</script><img src=x onerror=alert('prop')>"
 EVIL_LOG = '<img src=x onerror=alert("log")></script><script>alert("log2")</script>'
 
 SOURCE = '''
-import base64, os
+import base64
 import blockkit
 from blockkit import FeatureCollection
 
@@ -32,7 +32,6 @@ def evil(query, ctx):
             properties={"note": %(prop)r, "<b>key</b>": "v"}, id=%(fid)r if i == 0 else "f%%d" %% i))
     ctx.quicklook_dir.mkdir(parents=True, exist_ok=True)
     (ctx.quicklook_dir / "f1.png").write_bytes(PNG)
-    os.symlink("/etc/hostname", ctx.quicklook_dir / "f2.png")  # a link posing as a quicklook
     return FeatureCollection(out)
 
 if __name__ == "__main__":
