@@ -10,15 +10,16 @@
 #   BLOCKKIT_BASE_SUITE=bullseye BLOCKKIT_BASE_IMAGE=blockkit-base:bullseye bash .ci/docker-setup.sh
 #
 # bullseye (Python 3.9) is the base for UP42-style blocks whose requirements need
-# Python < 3.10 (e.g. up42-blockutils 1.2.4): it also carries pip and a `python`
-# command, as the python:3.x images those blocks were written for do.
+# Python < 3.10 (e.g. up42-blockutils 1.2.4): it also carries pip, a `python`
+# command and a C compiler, as the python:3.x images those blocks were written for
+# did (`blockkit build` compiles requirements that have no wheel for 3.9 in it).
 set -euo pipefail
 
 BASE_IMAGE="${BLOCKKIT_BASE_IMAGE:-blockkit-base:bookworm}"
 SUITE="${BLOCKKIT_BASE_SUITE:-bookworm}"
 case "$SUITE" in
     bookworm) INCLUDE="python3,python3-venv" ;;
-    bullseye) INCLUDE="python3,python3-venv,python3-pip,python-is-python3" ;;
+    bullseye) INCLUDE="python3,python3-venv,python3-pip,python-is-python3,python3-dev,gcc,libc6-dev" ;;
     *) echo "[docker-setup] ERROR: BLOCKKIT_BASE_SUITE must be bookworm or bullseye, not '$SUITE'" >&2; exit 1 ;;
 esac
 DOCKERD_LOG="${BLOCKKIT_DOCKERD_LOG:-/var/log/blockkit-dockerd.log}"
