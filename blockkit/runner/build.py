@@ -127,6 +127,9 @@ def build_block_image(
         raise BuildError(f"--user must be one of {', '.join(USERS)}, not {user!r}")
     own = own_dockerfile(block_dir)
     if own is not None:
+        if base_image is None and not build_args:
+            # `blockkit run` builds with no options: reuse those of the last `blockkit build` of this folder.
+            base_image, build_args, network = _last_options(client, block_dir, network)
         return _build_own_dockerfile(
             block_dir, own, manifest, client=client, base_image=base_image, wheelhouse=wheelhouse,
             force=force, build_args=dict(build_args or {}), network=network,
@@ -139,6 +142,29 @@ def build_block_image(
         block_dir, manifest, client=client, base_image=base_image or DEFAULT_BASE_IMAGE,
         wheelhouse=wheelhouse, force=force, user=user,
     )
+
+
+OPTIONS_LABEL = "blockkit.build_options"
+
+
+def _last_options(
+    client: "docker.DockerClient", block_dir: Path, network: bool
+) -> tuple[str | None, dict[str, str], bool]:
+    """The --base-image/--build-arg/--network of the newest image built from this block folder."""
+    try:
+        images = client.images.list(filters={"label": f"{SOURCE_LABEL}={block_dir}"})
+    except Exception:  # noqa: BLE001 - no listing: build with the Dockerfile as written
+        return None, {}, network
+    newest = sorted(images, key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
+    for image in newest:
+        raw = (image.labels or {}).get(OPTIONS_LABEL)
+        try:
+            options = json.loads(raw) if raw else None
+        except ValueError:
+            options = None
+        if isinstance(options, dict):
+            return options.get("base_image"), dict(options.get("build_args") or {}), bool(options.get("network"))
+    return None, {}, network
 
 
 def own_dockerfile(block_dir: Path) -> Path | None:
@@ -925,7 +951,10 @@ def _build_own_dockerfile(
             if existing is not None:
                 return BuiltImage(tag, existing.id, content_hash, False, BLOCK_DOCKERFILE, tuple(warnings))
         _make_world_readable(context)
-        labels = {HASH_LABEL: content_hash, SOURCE_LABEL: str(block_dir), "blockkit.block": str(manifest["name"])}
+        labels = {
+            HASH_LABEL: content_hash, SOURCE_LABEL: str(block_dir), "blockkit.block": str(manifest["name"]),
+            OPTIONS_LABEL: json.dumps({"base_image": base_image, "build_args": build_args, "network": network}),
+        }
         with _WheelServer(wheels) as url:
             (context / _GENERATED_DOCKERFILE).write_text(_offline_dockerfile(lines, url), encoding="utf-8")
             image_id = _docker_build(
