@@ -82,7 +82,9 @@ def env_key(block_dir: Path, python: str | None = None) -> str:
             copy = Path(tmp) / "requirements.txt"
             shutil.copyfile(requirements, copy)
             _drop_dev_requirements(copy)
-            digest.update(copy.read_bytes())
+            # What gets installed counts, not comments nor dev tools (left out anyway).
+            lines = (line.strip() for line in copy.read_text(encoding="utf-8", errors="replace").splitlines())
+            digest.update("\n".join(l for l in lines if l and not l.startswith("#")).encode())
     return digest.hexdigest()[:24]
 
 

@@ -445,6 +445,8 @@ def _platform_args(target: _Target) -> list[str]:
     glibc_major, _, glibc_minor = target.glibc.partition(".")
     platforms = [f"manylinux_{glibc_major}_{n}_{target.machine}" for n in range(int(glibc_minor or 0), 4, -1)]
     platforms += [f"manylinux{legacy}_{target.machine}" for legacy in ("2014", "2010", "1")]
+    # Wheels compiled in the base image itself (`_compile_in_image`) carry the plain linux tag.
+    platforms.append(f"linux_{target.machine}")
     args = ["--only-binary=:all:", "--python-version", target.python, "--implementation", "cp", "--abi", f"cp{major}{minor}"]
     for platform_tag in platforms:
         args += ["--platform", platform_tag]
@@ -489,12 +491,14 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-_SKIPPED = re.compile(r"Link requires a different Python \(([^ ]+) not in: '([^']*)'\): (\S+)")
+# pip -vv names every link it skips, with the release's Requires-Python.
+_SKIPPED = re.compile(r"(\S+\.(?:whl|tar\.gz|zip))(?:#\S*)? \(from [^)]*\) \(requires-python:([^)]*)\)")
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 
 
-def _python_limited(output: str, requirements: Path | None) -> dict[str, tuple[str, str]]:
-    """{project: (newest skipped version, its Requires-Python)} for top-level requirements, from pip -v output."""
+def _python_limited(output: str, requirements: Path | None, python: str) -> dict[str, tuple[str, str]]:
+    """{project: (newest release skipped for its Requires-Python, that spec)} for top-level requirements (pip -vv)."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
     from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
     from packaging.version import Version
 
@@ -506,7 +510,12 @@ def _python_limited(output: str, requirements: Path | None) -> dict[str, tuple[s
                 top.add(_canonical(name))
     newest: dict[str, tuple[Version, str]] = {}
     for match in _SKIPPED.finditer(output):
-        filename = match.group(3).split("#")[0].rsplit("/", 1)[-1]
+        try:
+            if SpecifierSet(match.group(2)).contains(python, prereleases=True):
+                continue  # skipped for another reason (platform tags)
+        except InvalidSpecifier:
+            continue
+        filename = match.group(1).rsplit("/", 1)[-1]
         try:
             if filename.endswith(".whl"):
                 name, version, *_ = parse_wheel_filename(filename)
@@ -533,9 +542,8 @@ def _limit_warnings(limited: dict[str, tuple[str, str]], subset: Path, python: s
         got = resolved.get(name)
         if got is not None and got < Version(newest):
             lines.append(
-                f"{name} resolves to {got} for Python {python}, far older than {newest}, "
-                f"which needs Python {spec}: pin it, or build on a base image with a matching Python "
-                "(e.g. blockkit-base:bullseye for Python 3.9)"
+                f"{name} resolves to {got}, far older than {newest}: newer releases need Python {spec} "
+                f"and the image has Python {python} (pin the release you mean, or build on a base with that Python)"
             )
     return lines
 
@@ -574,13 +582,13 @@ def resolve_wheels(
             built_from_source: set[str] = set()
             while True:
                 if platform_args:
-                    fill = ["download", "-v", "--find-links", str(wheel_dir), "-d", str(wheel_dir), *platform_args, *wanted]
+                    fill = ["download", "-vv", "--find-links", str(wheel_dir), "-d", str(wheel_dir), *platform_args, *wanted]
                 else:
                     # Same Python as the image: pip wheel can also build wheels from sdists.
-                    fill = ["wheel", "-v", "--find-links", str(wheel_dir), "-w", str(wheel_dir), *wanted]
+                    fill = ["wheel", "-vv", "--find-links", str(wheel_dir), "-w", str(wheel_dir), *wanted]
                 try:
                     output = _pip(fill, f"fetching wheels into {wheel_dir}")
-                    limited.update(_python_limited(output, requirements))
+                    limited.update(_python_limited(output, requirements, target.python))
                     break
                 except BuildError as err:
                     missing = next((m.group(1) for p in err.problems for m in [_NO_MATCH.search(p.message)] if m), None)
@@ -627,13 +635,13 @@ def _compile_in_image(
     out = Path(tempfile.mkdtemp(prefix="blockkit-wheel-"))
     try:
         script = (
-            "set -e; cp /src/sdist /tmp/ && cd /tmp && "
+            f"set -e; cp /src/{sdist.name} /tmp/ && cd /tmp && "
             f"python3 -m pip wheel --no-deps --no-build-isolation --no-index -w /tmp/out /tmp/{sdist.name} >/tmp/log 2>&1 "
             "|| { tail -n 5 /tmp/log; exit 1; }; cp /tmp/out/*.whl /out/ && chmod a+rw /out/*.whl"
         )
         container = client.containers.run(
             image, ["sh", "-c", script], detach=True, network_mode="none", user="0:0",
-            mounts=[Mount("/src/sdist", str(sdist), type="bind", read_only=True),
+            mounts=[Mount(f"/src/{sdist.name}", str(sdist), type="bind", read_only=True),
                     Mount("/out", str(out), type="bind", read_only=False)],
         )
         try:
@@ -943,6 +951,8 @@ def _build_own_dockerfile(
                     ["-r", str(requirements)], wheels, wheel_dir, target,
                     requirements=requirements, build_in_image=final_base, client=client,
                 )
+                if not _host_matches(target):
+                    _complete_in_image(requirements, wheels, wheel_dir, target, final_base, client)
         generated = _offline_dockerfile(lines, "{url}")
         content_hash = _own_content_hash(context, generated, args, base_ids, wheels, network)
         tag = f"blockkit/{_repo_name(manifest['name'])}:{content_hash[:12]}"
@@ -963,6 +973,68 @@ def _build_own_dockerfile(
             )
     _check_manifest_label(client, tag, manifest, dockerfile)
     return BuiltImage(tag, image_id, content_hash, True, BLOCK_DOCKERFILE, tuple(warnings))
+
+
+def _complete_in_image(
+    requirements: Path, subset: Path, wheel_dir: Path, target: _Target, image: str, client: "docker.DockerClient"
+) -> None:
+    """Let the image's own pip pick the wheels, fetching what the host's pip missed.
+
+    The host's pip evaluates environment markers (`python_version < "3.10"`) for the host's
+    Python even when asked for another one, so a resolution for the image can lack a wheel.
+    The image's pip resolves against the wheelhouse (served on 127.0.0.1); each requirement it
+    cannot find is fetched for the image's Python into the wheelhouse, until it resolves.
+    """
+    from docker.types import Mount
+
+    fetched: set[str] = set()
+    for _attempt in range(40):
+        out = Path(tempfile.mkdtemp(prefix="blockkit-resolve-"))
+        try:
+            with _WheelServer(wheel_dir) as url:
+                script = (
+                    f"python3 -m pip download --disable-pip-version-check --no-index --find-links {url} "
+                    "-d /tmp/w -r /req/requirements.txt >/tmp/log 2>&1; code=$?; "
+                    "cat /tmp/log; cp /tmp/w/* /out/ 2>/dev/null; chmod -R a+rw /out; exit $code"
+                )
+                container = client.containers.run(
+                    image, ["sh", "-c", script], detach=True, network_mode="host", user="0:0",
+                    mounts=[Mount("/req/requirements.txt", str(requirements), type="bind", read_only=True),
+                            Mount("/out", str(out), type="bind", read_only=False)],
+                )
+                try:
+                    status = container.wait(timeout=900)
+                    log = container.logs().decode(errors="replace")
+                finally:
+                    container.remove(force=True)
+            if status.get("StatusCode") == 0:
+                for old in subset.iterdir():
+                    old.unlink()
+                for wheel in out.iterdir():
+                    shutil.move(str(wheel), subset / wheel.name)
+                return
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        match = _NO_MATCH.search(log)
+        if match is None:
+            lines = [l for l in log.splitlines() if l.strip()]
+            raise BuildError(
+                f"resolving requirements.txt inside {image} failed: {lines[-1] if lines else 'no output'}",
+                problems=[Problem("pip", line) for line in lines[-8:]],
+            )
+        wanted = log[match.start(1):].splitlines()[0].split(";")[0].strip()
+        if wanted in fetched:
+            raise BuildError(f"{wanted} is needed in {image} (Python {target.python}) and cannot be fetched for it")
+        fetched.add(wanted)
+        with _locked(wheel_dir):
+            try:
+                _pip(["--quiet", "download", "--find-links", str(wheel_dir), "-d", str(wheel_dir),
+                      *_platform_args(target), wanted], f"fetching {wanted} for Python {target.python}")
+            except BuildError as err:
+                if not any(_NO_MATCH.search(p.message) for p in err.problems):
+                    raise
+                _wheel_from_sdist(wanted, wheel_dir, target, image, client)
+    raise BuildError(f"resolving requirements.txt inside {image} did not settle after 40 rounds")
 
 
 def _offline_dockerfile(lines: list[str], url: str) -> str:

@@ -20,7 +20,7 @@ from blockkit.contract.datajson import (
     write_atomic,
     write_data_json,
 )
-from blockkit.contract.errors import BlockkitError, ExitCode, WorkflowError
+from blockkit.contract.errors import BlockkitError, ExitCode, NoOutputError, WorkflowError
 from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
 from blockkit.runner.hashing import HashCache, digest_of, source_hash
@@ -333,6 +333,9 @@ class WorkflowRun:
         detail = result.detail
         if result.exit_code == 0:
             try:
+                if not (output_dir / DATA_JSON).is_file() and not (output_dir / DATA_JSON).is_symlink():
+                    # UP42: "at the very least, a block should output data.json" -- never an ok, cached step.
+                    raise NoOutputError(f"it wrote no {DATA_JSON}")
                 fc = load_data_json(output_dir, required=False)
                 if step.propagate:
                     if upstream_dirs:  # mounted fan-in: the files are still in each upstream's folder
