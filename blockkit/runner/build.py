@@ -502,12 +502,7 @@ def _python_limited(output: str, requirements: Path | None, python: str) -> dict
     from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
     from packaging.version import Version
 
-    top = set()
-    if requirements is not None and requirements.is_file():
-        for line in requirements.read_text(encoding="utf-8", errors="replace").splitlines():
-            name = re.split(r"[\s\[<>=!~;@]", line.strip(), maxsplit=1)[0]
-            if name and not name.startswith(("-", "#")):
-                top.add(_canonical(name))
+    top = _top_level(requirements)
     newest: dict[str, tuple[Version, str]] = {}
     for match in _SKIPPED.finditer(output):
         try:
@@ -528,10 +523,26 @@ def _python_limited(output: str, requirements: Path | None, python: str) -> dict
     return {name: (str(version), spec) for name, (version, spec) in newest.items()}
 
 
-def _limit_warnings(limited: dict[str, tuple[str, str]], subset: Path, python: str) -> list[str]:
+def _top_level(requirements: Path | None) -> set[str]:
+    """The project names a requirements file asks for (canonical), without comments and options."""
+    top = set()
+    if requirements is not None and requirements.is_file():
+        for line in requirements.read_text(encoding="utf-8", errors="replace").splitlines():
+            name = re.split(r"[\s\[<>=!~;@]", line.strip(), maxsplit=1)[0]
+            if name and not name.startswith(("-", "#")):
+                top.add(_canonical(name))
+    return top
+
+
+def _limit_warnings(
+    limited: dict[str, tuple[str, str]], subset: Path, python: str, requirements: Path | None
+) -> list[str]:
     """A line per requirement resolved to an older release than the newest because of Requires-Python."""
     from packaging.utils import parse_wheel_filename
     from packaging.version import Version
+
+    asked = _top_level(requirements)
+    limited = {name: value for name, value in limited.items() if name in asked}
 
     resolved = {}
     for wheel in subset.glob("*.whl"):
@@ -598,7 +609,7 @@ def resolve_wheels(
                     _wheel_from_sdist(missing, wheel_dir, target, build_in_image, client)
             record.write_text(json.dumps(limited, indent=1))
             _pip(["--quiet", *offline], "resolving wheels from the wheelhouse")
-    return _limit_warnings(limited, subset, target.python)
+    return _limit_warnings(limited, subset, target.python, requirements)
 
 
 def _wheel_from_sdist(
