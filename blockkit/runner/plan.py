@@ -413,7 +413,7 @@ def prepare_for_engine(
             problems.append(Problem(
                 where,
                 f"block {step.manifest.name!r} reads and writes the fixed UP42 paths (/tmp/input, /tmp/output, /block) "
-                f"and the {engine.name} engine cannot give each step its own there (no bubblewrap); "
+                f"and the {engine.name} engine cannot give each step its own there (no per-step path isolation); "
                 "run it with --engine docker",
             ))
             continue
