@@ -554,7 +554,7 @@ def _limit_warnings(
         if got is not None and got < Version(newest):
             lines.append(
                 f"{name} resolves to {got}, far older than {newest}: newer releases need Python {spec} "
-                f"and the image has Python {python} (pin the release you mean, or build on a base with that Python)"
+                f"and the target is Python {python} (pin the release you mean, or use a base image or interpreter with that Python)"
             )
     return lines
 
