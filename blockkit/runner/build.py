@@ -125,6 +125,9 @@ def build_block_image(
     client = client or docker_client()
     if user not in USERS:
         raise BuildError(f"--user must be one of {', '.join(USERS)}, not {user!r}")
+    if base_image is not None and not _IMAGE_REF.match(base_image):
+        # It is written into a Dockerfile's FROM line: nothing but an image reference may get there.
+        raise BuildError(f"--base-image {base_image!r} is not an image reference (name[:tag][@digest])")
     own = own_dockerfile(block_dir)
     if own is not None:
         if base_image is None and not build_args:
@@ -145,6 +148,7 @@ def build_block_image(
 
 
 OPTIONS_LABEL = "blockkit.build_options"
+_IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 
 
 def _last_options(
