@@ -72,7 +72,7 @@ def _interpreter_id(python: str) -> str:
 
 def env_key(block_dir: Path, python: str | None = None) -> str:
     """The cache key of a block's environment: its (filtered) requirements and the interpreter."""
-    from blockkit.runner.build import _drop_dev_requirements
+    from blockkit.runner.build import drop_dev_requirements
 
     python = python or base_python()
     digest = hashlib.sha256(f"{_FORMAT}\0{_interpreter_id(python)}\0".encode())
@@ -81,7 +81,7 @@ def env_key(block_dir: Path, python: str | None = None) -> str:
         with tempfile.TemporaryDirectory(prefix="blockkit-req-") as tmp:
             copy = Path(tmp) / "requirements.txt"
             shutil.copyfile(requirements, copy)
-            _drop_dev_requirements(copy)
+            drop_dev_requirements(copy)
             # What gets installed counts, not comments nor dev tools (left out anyway).
             lines = (line.strip() for line in copy.read_text(encoding="utf-8", errors="replace").splitlines())
             digest.update("\n".join(l for l in lines if l and not l.startswith("#")).encode())
@@ -124,7 +124,7 @@ def ensure_block_env(
 def _make(block_dir: Path, work: Path, python: str, wheelhouse: Path | None) -> list[str]:
     from blockkit.runner.build import (
         _Target,
-        _drop_dev_requirements,
+        drop_dev_requirements,
         resolve_wheelhouse,
         resolve_wheels,
         blockkit_source_root,
@@ -137,7 +137,7 @@ def _make(block_dir: Path, work: Path, python: str, wheelhouse: Path | None) -> 
         return []
     copy = work / "requirements.txt"
     shutil.copyfile(requirements, copy)
-    warnings = _drop_dev_requirements(copy)
+    warnings = drop_dev_requirements(copy)
     probe = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
          "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.machine(), platform.libc_ver()[1] or '0')"],

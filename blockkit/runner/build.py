@@ -201,7 +201,7 @@ def _build_from_base(
     with tempfile.TemporaryDirectory(prefix="blockkit-build-") as tmp:
         context = Path(tmp)
         shutil.copytree(block_dir, context / "block", symlinks=True, ignore=_ignore_for_copy)
-        warnings = list(_drop_dev_requirements(context / "block" / "requirements.txt"))
+        warnings = list(drop_dev_requirements(context / "block" / "requirements.txt"))
         warnings += _fill_wheels(context / "wheels", wheel_dir, context / "block", source_root, target)
         content_hash = block_content_hash(
             context / "block", base_image_id=base_id, dockerfile=dockerfile, source_root=source_root,
@@ -472,7 +472,7 @@ def _pip(args: list[str], what: str, env: dict[str, str] | None = None) -> str:
     return proc.stdout + proc.stderr
 
 
-def _drop_dev_requirements(requirements: Path) -> list[str]:
+def drop_dev_requirements(requirements: Path) -> list[str]:
     """Comment out development tools (DEV_TOOLS) in a copied requirements.txt; say which."""
     if not requirements.is_file():
         return []
@@ -955,7 +955,7 @@ def _build_own_dockerfile(
         wheels.mkdir()
         shutil.copytree(block_dir, context, symlinks=True, ignore=_ignore_for_copy)
         requirements = context / "requirements.txt"
-        warnings += _drop_dev_requirements(requirements)
+        warnings += drop_dev_requirements(requirements)
         if requirements.is_file() and final_base is not None:
             target = _python_target_or_none(client, final_base)
             if target is None:
@@ -1133,6 +1133,7 @@ class _WheelServer:
 __all__ = [
     "BaseImageMissingError",
     "dockerfile_command",
+    "drop_dev_requirements",
     "dockerfile_stages",
     "own_dockerfile",
     "resolve_wheels",
