@@ -163,11 +163,13 @@ BBOX_TOLERANCE_DEG = 1e-5
 
 
 def _positions(coords: Any) -> Iterator[Any]:
-    if isinstance(coords, list) and coords and isinstance(coords[0], (int, float)):
+    # Lists from JSON, or tuples from shapely's mapping() before the feature is written.
+    if isinstance(coords, (list, tuple)) and coords and isinstance(coords[0], (int, float)):
         yield coords
         return
-    for part in coords or ():
-        yield from _positions(part)
+    if isinstance(coords, (list, tuple)):
+        for part in coords:
+            yield from _positions(part)
 
 
 def geometry_bounds(geom: dict[str, Any] | None) -> list[float] | None:

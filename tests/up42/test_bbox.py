@@ -33,6 +33,13 @@ def test_derive_feature_keeps_the_input_bbox_or_recomputes_it(tmp_path: Path) ->
     assert ctx.derive_feature(no_bbox)["bbox"] == [13.0, 52.0, 13.5, 52.4]
 
 
+def test_bbox_from_shapely_mapping_tuples(tmp_path: Path) -> None:
+    from shapely.geometry import box, mapping
+
+    feature = _ctx(tmp_path).new_feature(geometry=dict(mapping(box(1.0, 2.0, 3.0, 4.0))), id="t")
+    assert feature["bbox"] == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_forward_keeps_bbox(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     (tmp_path / "in").mkdir()
