@@ -1,6 +1,12 @@
 """Benchmark the S3 gateway against `rclone serve s3` on the same folder, and its peak memory.
 
-Run: python benchmarks/bench_gateway.py [--size 1GiB] [--small 10MB] [--repeat 2] [--workdir DIR]
+Run: python benchmarks/bench_gateway.py [--size 1GiB] [--small 10MB] [--repeat 3] [--workdir DIR]
+       [--meta-rounds 9] [--meta-gets 300] [--meta-only]
+
+The metadata part measures what stored object metadata costs a GET: many keep-alive GETs of a
+64 KiB object that has metadata (Content-Type, Cache-Control, three x-amz-meta-*, stored ETag)
+against the same for a file without any, alternating in rounds (medians), plus the in-process
+cost of one metadata read.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockkit.gateway import Credentials, start_gateway_subprocess
+from blockkit.gateway.process import GatewayProcess
 
 KEYS = Credentials("bench", "bench-secret")
 MiB = 1024 * 1024
@@ -127,8 +134,82 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def best(fn, repeat: int) -> float:
-    return min(fn() for _ in range(repeat))
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gets_per_second(endpoint: str, path: str, count: int) -> float:
+    """Keep-alive GETs per second of one small object over raw HTTP."""
+    import http.client
+
+    host, port = endpoint.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    start = time.perf_counter()
+    for _ in range(count):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200, resp.status
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return count / elapsed
+
+
+def bench_metadata(root: Path, work: Path, rounds: int, per_round: int) -> None:
+    """GET rate of an object with stored metadata vs one without, and the cost of one metadata read."""
+    import http.client
+
+    from blockkit.gateway.buckets import Bucket
+
+    gw: GatewayProcess = start_gateway_subprocess({"input": root / "input"}, root / "out", work / "gateway-meta.log")
+    try:
+        host, port = gw.endpoint.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+        body = os.urandom(64 * 1024)
+        conn.request(
+            "PUT", "/out/with-meta.bin", body=body,
+            headers={"Content-Type": "image/tiff", "Cache-Control": "max-age=60", "x-amz-meta-a": "1", "x-amz-meta-b": "two", "x-amz-meta-c": "x" * 100},
+        )
+        assert conn.getresponse().read() is not None
+        conn.close()
+        (root / "out" / "no-meta.bin").write_bytes(body)
+        for path in ("/out/with-meta.bin", "/out/no-meta.bin"):
+            gets_per_second(gw.endpoint, path, 50)  # warm: ETag hashed once, connection path hot
+        with_meta, without = [], []
+        cpu_with, cpu_without = [], []
+        pid = gw.process.pid
+        for r in range(rounds):
+            order = [("/out/with-meta.bin", with_meta, cpu_with), ("/out/no-meta.bin", without, cpu_without)]
+            for path, out, cpu in order if r % 2 == 0 else reversed(order):
+                before = cpu_seconds(pid)
+                out.append(gets_per_second(gw.endpoint, path, per_round))
+                cpu.append((cpu_seconds(pid) - before) / per_round * 1e6)
+    finally:
+        gw.stop()
+    bucket = Bucket("out", root / "out", writable=True)
+    path = root / "out" / "with-meta.bin"
+    st = path.stat()
+    n = 20000
+    start = time.perf_counter()
+    for _ in range(n):
+        meta = bucket.meta.read("with-meta.bin", path, st)
+    read_us = (time.perf_counter() - start) / n * 1e6
+    assert meta is not None and meta.user == {"a": "1", "b": "two", "c": "x" * 100}
+    m_with, m_without = _median(with_meta), _median(without)
+    c_with, c_without = _median(cpu_with), _median(cpu_without)
+    print(
+        f"gateway GET 64KiB with metadata: {m_with:.0f}/s, without: {m_without:.0f}/s, ratio {m_with / m_without:.3f}; "
+        f"gateway CPU per GET {c_with:.0f} us vs {c_without:.0f} us ({(c_with / c_without - 1) * 100:+.1f}%) "
+        f"(medians of {rounds} alternating rounds of {per_round}); one cached metadata read {read_us:.1f} us",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -136,9 +217,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1GiB", help="big object size (default 1GiB)")
     parser.add_argument("--small", default="10MiB", help="small object size for the memory comparison (default 10MiB)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per measurement; the median is reported")
     parser.add_argument("--workdir", type=Path, help="where to put the data (default: a temp folder, removed)")
     parser.add_argument("--skip-rclone", action="store_true")
+    parser.add_argument("--meta-rounds", type=int, default=9, help="alternating rounds of the metadata GET comparison")
+    parser.add_argument("--meta-gets", type=int, default=1000, help="GETs per round of the metadata comparison")
+    parser.add_argument("--meta-only", action="store_true", help="only the metadata GET comparison")
     args = parser.parse_args()
     size, small = parse_size(args.size), parse_size(args.small)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -147,32 +231,37 @@ def main() -> int:
     (root / "out").mkdir(parents=True, exist_ok=True)
     big, little = root / "input" / "big.bin", root / "input" / "small.bin"
     try:
+        bench_metadata(root, work, args.meta_rounds, args.meta_gets)
+        if args.meta_only:
+            return 0
         print(f"writing {human(size)} and {human(small)} of random data under {work}", flush=True)
         write_random(big, size)
         write_random(little, small)
+        # Both servers run at once and are measured in alternating order (the machine may be shared):
+        # medians of --repeat rounds.
         gw = start_gateway_subprocess({"input": root / "input"}, root / "out", work / "gateway.log", credentials=KEYS)
+        rc = None if args.skip_rclone else start_rclone(root, work / "rclone.log")
+        servers = {"gateway": gw.endpoint, **({"rclone": rc.endpoint} if rc else {})}
+        times: dict[str, dict[str, list[float]]] = {name: {"GET": [], "PUT": []} for name in servers}
         try:
-            timed_get(gw.endpoint, "big.bin")  # warm-up: hashes the file once (ETag cache) and the page cache
-            g_get = best(lambda: timed_get(gw.endpoint, "big.bin"), args.repeat)
-            g_put = best(lambda: timed_put(gw.endpoint, big, "big-put.bin"), args.repeat)
+            for endpoint in servers.values():
+                timed_get(endpoint, "big.bin")  # warm-up: hashes the file once (ETag cache) and the page cache
+            for r in range(args.repeat):
+                names = list(servers) if r % 2 == 0 else list(reversed(servers))
+                for name in names:
+                    times[name]["GET"].append(timed_get(servers[name], "big.bin"))
+                for name in names:
+                    times[name]["PUT"].append(timed_put(servers[name], big, f"big-put-{name}.bin"))
         finally:
             gw.stop()
-        results = {"GET": g_get, "PUT": g_put}
-        r_results: dict[str, float] = {}
-        if not args.skip_rclone:
-            rc = start_rclone(root, work / "rclone.log")
-            try:
-                timed_get(rc.endpoint, "big.bin")
-                r_results["GET"] = best(lambda: timed_get(rc.endpoint, "big.bin"), args.repeat)
-                r_results["PUT"] = best(lambda: timed_put(rc.endpoint, big, "big-put-rclone.bin"), args.repeat)
-            finally:
+            if rc is not None:
                 rc.stop()  # type: ignore[operator]
         for op in ("GET", "PUT"):
-            mine = size / results[op] / 1e6
+            mine = size / _median(times["gateway"][op]) / 1e6
             line = f"gateway {op} {human(size)}: {mine:.0f} MB/s"
-            if op in r_results:
-                theirs = size / r_results[op] / 1e6
-                line += f", rclone {theirs:.0f} MB/s, ratio {mine / theirs:.2f}x"
+            if "rclone" in times:
+                theirs = size / _median(times["rclone"][op]) / 1e6
+                line += f", rclone {theirs:.0f} MB/s, ratio {mine / theirs:.2f}x (medians of {args.repeat} alternating runs)"
             print(line, flush=True)
         peaks = {}
         for label, path in (("small", little), ("big", big)):

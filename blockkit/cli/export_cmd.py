@@ -40,7 +40,14 @@ def cwl(
                                help="build the block images first (default), or only name the tags `blockkit build` gives"),
     image: List[str] = typer.Option([], "--image", help="STEP=IMAGE: use this image for a step (repeatable)"),
     registry: Optional[str] = typer.Option(None, "--registry",
-                                           help="prefix image names with a registry (for engines that pull)"),
+                                           help="prefix image names with a registry (for engines that pull; "
+                                                "push them with `blockkit push --registry`)"),
+    input_location: Optional[str] = typer.Option(None, "--input",
+                                                 help="the workflow input for the job file instead of the workflow's "
+                                                      "`input:` (e.g. a folder staged in with `blockkit stage-in`)"),
+    leave_output: bool = typer.Option(False, "--leave-output",
+                                      help="export a workflow with `output:` anyway: the result stays in the CWL "
+                                           "engine's output folder, to be staged out afterwards"),
     base_image: str = typer.Option("blockkit-base:bookworm", "--base-image", help="image blocks are built on"),
     wheelhouse: Optional[Path] = typer.Option(None, "--wheelhouse", help="host folder of wheels for offline builds"),
 ) -> None:
@@ -60,17 +67,27 @@ def cwl(
         unknown = sorted(set(overrides) - {s.name for s in plan.steps})
         if unknown:
             raise export.ExportError(f"--image names unknown step(s): {', '.join(unknown)}")
+        if input_location is not None and not workflow.input:
+            raise export.ExportError("--input replaces the workflow's `input:`, and this workflow has none")
+        export.check_exportable(plan, leave_output=leave_output, input_given=input_location is not None)
         if build:
             images = export.build_images(plan, base_image=base_image, wheelhouse=wheelhouse, say=say)
         else:
             images = _unbuilt_images(plan, base_image, say)
         images.update(overrides)
+        if registry is not None:
+            from blockkit.export.push import check_registry
+
+            registry = check_registry(registry)
         images = export.with_registry(images, registry)
         for step in plan.steps:
             if step.manifest.s3_gateway:
                 say(f"warning: step {step.name!r} wants the S3 gateway sidecar, which CWL cannot start; "
                     "it will see its folders only")
-        document = export.export_cwl(plan, images=images)
+        document = export.export_cwl(plan, images=images, leave_output=leave_output,
+                                     input_given=input_location is not None)
+        if workflow.output and leave_output:
+            say(f"note: the workflow's output {workflow.output!r} is not exported; stage the result out after the run")
         text = export.dump_cwl(document, source=str(workflow_file))
         if output is None:
             typer.echo(text, nl=False)
@@ -81,13 +98,17 @@ def cwl(
         if job is not None:
             location = None
             if workflow.input:
-                location = workflow.input
+                location = input_location or workflow.input
                 if "://" not in location:
                     # As `blockkit run` resolves it: as given, else next to the workflow file.
                     local = Path(location).expanduser()
                     if not local.is_absolute() and not local.exists():
                         local = workflow.base_dir / local
                     location = str(local.resolve())
+            if location and "://" in location:
+                say(f"note: the job file gives the input as a URL ({location}); a platform (ADES) stages it in, "
+                    "but cwltool and Toil cannot: stage it in first (blockkit stage-in URL DIR) and export "
+                    "with --input DIR")
             job_text = export.dump_job(export.job_order(plan, input_location=location),
                                        secrets=export.secret_inputs(plan))
             job.parent.mkdir(parents=True, exist_ok=True)

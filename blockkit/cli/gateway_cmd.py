@@ -19,6 +19,9 @@ def gateway(
     secret_key: Optional[str] = typer.Option(None, "--secret-key", envvar="BLOCKKIT_GATEWAY_SECRET_KEY", help="Secret key paired with --access-key."),
     access_log: Optional[Path] = typer.Option(None, "--access-log", help="Append one JSON line per request here."),
     region: str = typer.Option("us-east-1", "--region", help="Region reported to clients."),
+    min_part_size: int = typer.Option(
+        5 * 1024 * 1024, "--min-part-size", help="Bytes every multipart part but the last must have (S3: 5 MiB; 0: no minimum)."
+    ),
 ) -> None:
     """Serve folders over S3 until interrupted; prints the endpoint and client settings."""
     from blockkit.gateway import Credentials, Gateway, GatewayConfigError, client_env
@@ -30,7 +33,7 @@ def gateway(
         if not inputs and output is None:
             raise GatewayConfigError("nothing to serve: give at least one --input NAME=DIR or --output DIR")
         credentials = Credentials(access_key, secret_key) if access_key and secret_key else None
-        server = Gateway(parse_inputs(inputs), output, host=host, port=port, credentials=credentials, access_log=access_log, region=region)
+        server = Gateway(parse_inputs(inputs), output, host=host, port=port, credentials=credentials, access_log=access_log, region=region, min_part_size=min_part_size)
         endpoint = server.bind()
     except BlockkitError as err:
         typer.echo(err.headline(), err=True)

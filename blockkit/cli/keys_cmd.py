@@ -47,6 +47,17 @@ def _read_plain(label: str) -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+@keys_app.command("init")
+def init() -> None:
+    """Create the key pair of a new keystore (adding or importing a first key does it too); never replaces one."""
+    from blockkit.storage.keystore import Keystore
+
+    with reported_errors():
+        store = Keystore.from_env()
+        made = store.init()
+    typer.echo(f"created keystore {store.path}" if made else f"keystore {store.path} exists; its key pair is unchanged")
+
+
 @keys_app.command("add")
 def add(
     name: str = typer.Argument(..., help="Key name, used as --key NAME or keystore://NAME."),

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "blockkit.cli.stage_cmd",
     "blockkit.cli.gateway_cmd",
     "blockkit.cli.export_cmd",
+    "blockkit.cli.push_cmd",
 )
 
 

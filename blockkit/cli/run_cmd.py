@@ -57,6 +57,8 @@ class Progress:
             self.console.print(f"[bold green]✔ {step}[/] {info.get('reason')}{feats}")
         elif kind == "failed":
             self.console.print(f"[bold red]✘ {step}[/] exit {info.get('exit_code')} ({info.get('exit_name')})")
+        elif kind == "warning":
+            self.console.out(f"! {step} warning: {info.get('message')}", highlight=False)
 
     def log(self, step: str, line: str) -> None:
         """Show one log line of a step."""
@@ -85,6 +87,7 @@ def register(app: typer.Typer) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""
         from blockkit.cli.main import fail
         from blockkit.contract.errors import ExitCode
+        from blockkit.report import write_report_after_run
         from blockkit.runner.run import RunFailed, RunInterrupted
         from blockkit.runner.session import RunRequest, run_request
 
@@ -100,15 +103,19 @@ def register(app: typer.Typer) -> None:
                 params=_params_option(params), runs_dir=runs_dir, use_cache=not no_cache, resume=resume,
                 on_event=progress.event, on_log_line=progress.log,
                 on_message=lambda text: None if json_out else progress.console.print(text),
+                console=None if json_out else progress.console,
             )
             summary = run_request(request)
         except RunFailed as err:
+            report, report_problem = write_report_after_run(err.run_dir)
             if json_out:
                 typer.echo(json.dumps({"status": "failed", "run_id": err.run_dir.name, "run_dir": str(err.run_dir),
                                        "step": err.step, "exit_code": err.step_exit, "message": err.message,
-                                       "resume": _resume_command(err.run_dir)}))
+                                       "resume": _resume_command(err.run_dir),
+                                       "report": str(report) if report else None}))
             typer.echo(f"[{ExitCode.describe(err.step_exit)}] {err.message}", err=True)
             typer.echo(f"run folder: {err.run_dir} (resume with: {_resume_command(err.run_dir)})", err=True)
+            typer.echo(f"report: {report}" if report else report_problem, err=True)
             raise typer.Exit(err.step_exit if 0 < err.step_exit < 256 else 1)
         except RunInterrupted as err:
             if json_out:
@@ -118,10 +125,13 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130)  # 128 + SIGINT, as shells report it
         except BlockkitError as err:
             fail(err)
+        report, report_problem = write_report_after_run(Path(summary["run_dir"]))
+        summary["report"] = str(report) if report else None
         if json_out:
             typer.echo(json.dumps(summary, indent=2, default=str))
         else:
             progress.console.print(f"[bold]run {summary['run_id']}[/] ok → {summary['run_dir']}")
+            typer.echo(f"report: {report}" if report else report_problem, err=True)
             for where in summary.get("outputs", []):
                 progress.console.print(f"results: {where}")
         sys.stdout.flush()

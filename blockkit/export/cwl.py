@@ -15,7 +15,13 @@ Mapping (see docs/cwl.md):
   * secret parameters and step keys -> string inputs without defaults, listed
     in `cwltool:Secrets`, passed by environment and never written here;
   * `machine.type` -> `ResourceRequirement`; `blockkit.network` -> `NetworkAccess`;
-    a timeout -> `ToolTimeLimit` (the entrypoint also enforces it, exit 124).
+    a timeout -> `ToolTimeLimit` (the entrypoint also enforces it, exit 124);
+  * `scatter: features` -> three workflow steps: `<step>__split` (one folder per feature,
+    `python -m blockkit.export.scatter split` in the block image), `<step>__each` (the
+    block's tool, CWL `scatter` over the parts: ScatterFeatureRequirement) and `<step>`
+    (`... scatter merge`: one output folder, so downstream steps read `<step>/output`);
+  * the workflow's `output:` and `keys:` have no CWL equivalent: the export refuses them
+    with one line unless told to leave them to the platform (see `io_problems`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ CWL_TYPES: dict[str, str] = {
 }
 FAN_IN_DIR = "_input"  # step names start with a letter: these never clash with a step's output folder
 QUICKLOOK_DIR = "_quicklooks"
+SCATTER_ENTRYPOINT = ["python", "-m", "blockkit.export.scatter"]
+PARTS_DIR = "_parts"
+#: Resources of the split and merge tools (they only link or copy files).
+SCATTER_HELPER_RESOURCES = {"coresMin": 1, "ramMin": 512}
 # Exit codes that will not change on a retry; API_CONNECTION_ERROR (5) may.
 _PERMANENT_FAIL_CODES = [int(c) for c in ExitCode if c not in (ExitCode.OK, ExitCode.API_CONNECTION_ERROR)] + [124]
 _TEMPORARY_FAIL_CODES = [int(ExitCode.API_CONNECTION_ERROR)]
@@ -144,12 +154,15 @@ def _js_key(name: str) -> str:
     return json.dumps(name)
 
 
-def _tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
+def _tool(step: PlannedStep, image: str, names: _ToolInputs, *, scattered: bool = False) -> dict[str, Any]:
+    """The block's CommandLineTool; `scattered`: run once per part (no STAC, merged later)."""
     manifest = step.manifest
     cpus, memory_mb = manifest.resources
     inputs: list[dict[str, Any]] = []
     for ident, upstream in names.directories.items():
         doc = f"output of step {upstream!r}" if upstream else "the workflow input (a folder with data.json, or a STAC catalog)"
+        if scattered:
+            doc = "one input feature: data.json with that feature and its files (a part of the split)"
         inputs.append({"id": ident, "type": "Directory", "doc": doc})
     for name, ident in names.params.items():
         spec = manifest.parameters[name]
@@ -175,16 +188,7 @@ def _tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
     arguments: list[Any] = ["--step", step.name, "--output", f"$(runtime.outdir)/{step.name}",
                             "--quicklooks", f"$(runtime.outdir)/{QUICKLOOK_DIR}"]
     requirements: dict[str, Any] = {"DockerRequirement": {"dockerPull": image}, "InlineJavascriptRequirement": {}}
-    if len(step.upstream) > 1:
-        arguments += ["--fan-in", f"$(runtime.outdir)/{FAN_IN_DIR}"]
-        for ident, upstream in names.directories.items():
-            arguments += ["--upstream", upstream]
-        requirements["InitialWorkDirRequirement"] = {"listing": [
-            {"entry": f"$(inputs.{ident})", "entryname": f"{FAN_IN_DIR}/{upstream}", "writable": False}
-            for ident, upstream in names.directories.items()
-        ]}
-    elif names.directories:
-        arguments += ["--input", "$(inputs.input.path)"]
+    arguments += _input_arguments(names, requirements)
     for index, (name, ident) in enumerate(names.secret_params.items()):
         variable = f"BLOCKKIT_SECRET_PARAMETER_{index}"
         # cwltool swaps the secret in for its placeholder only when the container starts.
@@ -194,7 +198,8 @@ def _tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
         env[key_variable(key)] = f"$(inputs.{ident})"
     if step.propagate:
         arguments.append("--propagate")
-    arguments.append("--stac")
+    if not scattered:
+        arguments.append("--stac")  # a scattered step's catalog is written by the merge
     timeout = step.definition.timeout or manifest.options.get("timeout")
     if timeout:
         arguments += ["--timeout", str(float(timeout))]
@@ -225,7 +230,9 @@ def _tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
         "outputs": [
             {"id": "output", "type": "Directory", "doc": "data.json, the files it names and a STAC catalog.json",
              "outputBinding": {"glob": step.name}},
-            {"id": "quicklooks", "type": "Directory?", "outputBinding": {"glob": QUICKLOOK_DIR}},
+            # The entrypoint always makes the folder; a scattered step gathers them for the merge.
+            {"id": "quicklooks", "type": "Directory" if scattered else "Directory?",
+             "outputBinding": {"glob": QUICKLOOK_DIR}},
         ],
         "successCodes": [0],
         "temporaryFailCodes": _TEMPORARY_FAIL_CODES,
@@ -234,19 +241,173 @@ def _tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
     return tool
 
 
+def _input_arguments(names: _ToolInputs, requirements: dict[str, Any]) -> list[str]:
+    """Command-line arguments (and fan-in staging) for a tool's input folders."""
+    if len(names.directories) > 1:
+        arguments = ["--fan-in", f"$(runtime.outdir)/{FAN_IN_DIR}"]
+        for ident, upstream in names.directories.items():
+            arguments += ["--upstream", upstream]
+        requirements["InitialWorkDirRequirement"] = {"listing": [
+            {"entry": f"$(inputs.{ident})", "entryname": f"{FAN_IN_DIR}/{upstream}", "writable": False}
+            for ident, upstream in names.directories.items()
+        ]}
+        return arguments
+    if names.directories:
+        return ["--input", "$(inputs.input.path)"]
+    return []
+
+
+def _split_tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, Any]:
+    """`<step>-split-tool`: one folder per input feature, listed in input order with their names."""
+    requirements: dict[str, Any] = {"DockerRequirement": {"dockerPull": image}}
+    arguments = ["split", "--step", step.name, "--parts", f"$(runtime.outdir)/{PARTS_DIR}",
+                 "--cwl-output", "$(runtime.outdir)/cwl.output.json", *_input_arguments(names, requirements)]
+    requirements["ResourceRequirement"] = dict(SCATTER_HELPER_RESOURCES)
+    inputs = [{"id": ident, "type": "Directory", "doc": f"output of step {up!r}" if up else "the workflow input"}
+              for ident, up in names.directories.items()]
+    return {
+        "class": "CommandLineTool",
+        "id": split_tool_id(step.name),
+        "label": f"split the input of step {step.name!r} into one folder per feature",
+        "doc": "Each part holds a data.json with one feature and only that feature's files (blockkit.export.scatter).",
+        "requirements": requirements,
+        "baseCommand": list(SCATTER_ENTRYPOINT),
+        "arguments": arguments,
+        "inputs": inputs,
+        "outputs": [
+            # Written by the tool into cwl.output.json, in input order.
+            {"id": "parts", "type": {"type": "array", "items": "Directory"}},
+            {"id": "names", "type": {"type": "array", "items": "string"}},
+        ],
+        "successCodes": [0],
+        "permanentFailCodes": _PERMANENT_FAIL_CODES,
+    }
+
+
+def _merge_tool(step: PlannedStep, image: str) -> dict[str, Any]:
+    """`<step>-merge-tool`: the per-feature outputs as one output folder (and one quicklook folder)."""
+    def repeated(prefix: str, items: str) -> dict[str, Any]:
+        return {"type": "array", "items": items, "inputBinding": {"prefix": prefix}}
+
+    return {
+        "class": "CommandLineTool",
+        "id": merge_tool_id(step.name),
+        "label": f"merge the per-feature outputs of step {step.name!r}",
+        "doc": ("One data.json (ids unique, data paths prefixed <part>/), every part's files under <part>/, "
+                "quicklooks under <part>/, and a STAC catalog (blockkit.export.scatter)."),
+        "requirements": {"DockerRequirement": {"dockerPull": image},
+                         "ResourceRequirement": dict(SCATTER_HELPER_RESOURCES)},
+        "baseCommand": list(SCATTER_ENTRYPOINT),
+        "arguments": ["merge", "--step", step.name, "--output", f"$(runtime.outdir)/{step.name}",
+                      "--quicklooks", f"$(runtime.outdir)/{QUICKLOOK_DIR}", "--stac"],
+        "inputs": [
+            {"id": "names", "type": repeated("--name", "string"), "inputBinding": {"position": 1}},
+            {"id": "parts", "type": repeated("--part", "Directory"), "inputBinding": {"position": 2}},
+            {"id": "part_quicklooks", "type": repeated("--part-quicklooks", "Directory"), "inputBinding": {"position": 3}},
+        ],
+        "outputs": [
+            {"id": "output", "type": "Directory", "doc": "data.json, the files it names and a STAC catalog.json",
+             "outputBinding": {"glob": step.name}},
+            {"id": "quicklooks", "type": "Directory?", "outputBinding": {"glob": QUICKLOOK_DIR}},
+        ],
+        "successCodes": [0],
+        "permanentFailCodes": _PERMANENT_FAIL_CODES,
+    }
+
+
+def split_tool_id(step: str) -> str:
+    """The id of a scattered step's split tool."""
+    return f"{step}-split-tool"
+
+
+def merge_tool_id(step: str) -> str:
+    """The id of a scattered step's merge tool."""
+    return f"{step}-merge-tool"
+
+
+def split_step_id(step: str) -> str:
+    """The workflow step that splits a scattered step's input."""
+    return f"{step}__split"
+
+
+def each_step_id(step: str) -> str:
+    """The workflow step that runs the block once per part (CWL `scatter`)."""
+    return f"{step}__each"
+
+
+def _scatter_problems(plan: Plan, names: Mapping[str, _ToolInputs]) -> list[Problem]:
+    problems: list[Problem] = []
+    taken = {s.name for s in plan.steps}
+    for step in plan.steps:
+        if step.definition.scatter is None:
+            continue
+        where = f"step {step.name!r}"
+        if step.manifest.is_data_block or not names[step.name].directories:
+            problems.append(Problem(where, "'scatter: features' needs input features (an upstream step or the "
+                                           "workflow input) and a processing block"))
+        for helper in (split_step_id(step.name), each_step_id(step.name)):
+            if helper in taken:
+                problems.append(Problem(where, f"its scatter step {helper!r} has the name of another step"))
+            taken.add(helper)
+    return problems
+
+
+def io_problems(workflow: Any, *, leave_output: bool = False) -> list[Problem]:
+    """Workflow fields a CWL document cannot carry: `output:` and the workflow's `keys:`.
+
+    A CWL workflow ends with its output Directory; where it goes is the engine's
+    `--outdir` or the platform's stage-out. A keystore key cannot travel either. Rather
+    than drop them silently, the export refuses, and says what to do instead.
+    """
+    problems: list[Problem] = []
+    if workflow.output and not leave_output:
+        problems.append(Problem("output", (
+            f"the workflow publishes its result to {workflow.output!r}; CWL has no stage-out: export with "
+            "--leave-output and stage the result out after the run (blockkit stage-out RESULTS_DIR "
+            f"{workflow.output}{' --key ' + workflow.keys['output'] if workflow.keys.get('output') else ''}) "
+            "or let the platform do it")))
+    input_key = workflow.keys.get("input")
+    if input_key and workflow.input and "://" in workflow.input:
+        problems.append(Problem("keys", (
+            f"the workflow reads {workflow.input!r} with keystore key {input_key!r}, which a CWL engine cannot "
+            f"use: stage it in first (blockkit stage-in {workflow.input} DIR --key {input_key}) and export "
+            "with --input DIR")))
+    return problems
+
+
 def key_variable(key: str) -> str:
     """The environment variable that carries a keystore key (as JSON) into a step."""
     return "BLOCKKIT_KEY_" + cwl_id(key).upper()
 
 
-def export_cwl(plan: Plan, *, images: Mapping[str, str]) -> dict[str, Any]:
-    """The packed CWL v1.2 document (`$graph`: Workflow `#main` + one CommandLineTool per step)."""
+def check_exportable(
+    plan: Plan, *, leave_output: bool = False, input_given: bool = False, images: Mapping[str, str] | None = None,
+) -> None:
+    """Raise ExportError with every reason the plan cannot become CWL (before images are built)."""
     problems: list[Problem] = []
     names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
-    missing = [s.name for s in plan.steps if not images.get(s.name)]
-    problems += [Problem(f"step {name!r}", "no image to run it (build it or give --image)") for name in missing]
+    problems += _scatter_problems(plan, names)
+    io = io_problems(plan.workflow, leave_output=leave_output)
+    problems += [p for p in io if not (input_given and p.where == "keys")]
+    if images is not None:
+        missing = [s.name for s in plan.steps if not images.get(s.name)]
+        problems += [Problem(f"step {name!r}", "no image to run it (build it or give --image)") for name in missing]
     if problems:
         raise ExportError.from_problems(f"workflow {plan.workflow.name!r} cannot be exported to CWL", problems)
+
+
+def export_cwl(
+    plan: Plan, *, images: Mapping[str, str], leave_output: bool = False, input_given: bool = False,
+) -> dict[str, Any]:
+    """The packed CWL v1.2 document (`$graph`: Workflow `#main` + one CommandLineTool per step).
+
+    `leave_output`: export a workflow with `output:` anyway (its result stays in the CWL
+    engine's output folder); `input_given`: the workflow input is given another way
+    (`--input`), so the workflow's input key is not needed.
+    """
+    check_exportable(plan, leave_output=leave_output, input_given=input_given, images=images)
+    problems: list[Problem] = []
+    names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
 
     wf_inputs: list[dict[str, Any]] = []
     wf_secrets: list[str] = []
@@ -256,11 +417,24 @@ def export_cwl(plan: Plan, *, images: Mapping[str, str]) -> dict[str, Any]:
             "id": "input", "type": "Directory",
             "doc": "The workflow input: a folder with data.json, or a STAC catalog.json (OGC App Package stage-in)",
         })
+    graph_tools: list[dict[str, Any]] = []
     for step in plan.steps:
         step_names = names[step.name]
         step_in: list[dict[str, Any]] = []
-        for ident, upstream in step_names.directories.items():
-            step_in.append({"id": ident, "source": f"{upstream}/output" if upstream else "input"})
+        sources = [{"id": ident, "source": f"{upstream}/output" if upstream else "input"}
+                   for ident, upstream in step_names.directories.items()]
+        scattered = step.definition.scatter == "features"
+        if scattered:
+            # split (the step's own inputs) -> the block once per part -> merge, named like the step.
+            wf_steps.append({"id": split_step_id(step.name), "run": f"#{split_tool_id(step.name)}",
+                             "in": sources, "out": ["parts", "names"]})
+            graph_tools.append(_split_tool(step, images[step.name], step_names))
+            step_names = _ToolInputs(directories={"input": split_step_id(step.name)}, params=step_names.params,
+                                     secret_params=step_names.secret_params, keys=step_names.keys)
+            step_in.append({"id": "input", "source": f"{split_step_id(step.name)}/parts"})
+        else:
+            step_in += sources
+        graph_tools.append(_tool(step, images[step.name], step_names, scattered=scattered))
         for name, ident in step_names.params.items():
             spec = step.manifest.parameters[name]
             value = step.params.get(name)
@@ -284,7 +458,19 @@ def export_cwl(plan: Plan, *, images: Mapping[str, str]) -> dict[str, Any]:
                               "doc": f"step {step.name!r}: keystore key {key!r} as JSON (secret)"})
             wf_secrets.append(wf_id)
             step_in.append({"id": ident, "source": wf_id})
-        wf_steps.append({"id": step.name, "run": f"#{tool_id(step.name)}", "in": step_in, "out": ["output", "quicklooks"]})
+        if not scattered:
+            wf_steps.append({"id": step.name, "run": f"#{tool_id(step.name)}", "in": step_in,
+                             "out": ["output", "quicklooks"]})
+            continue
+        each = each_step_id(step.name)
+        wf_steps.append({"id": each, "run": f"#{tool_id(step.name)}", "scatter": "input", "in": step_in,
+                         "out": ["output", "quicklooks"]})
+        wf_steps.append({"id": step.name, "run": f"#{merge_tool_id(step.name)}", "in": [
+            {"id": "names", "source": f"{split_step_id(step.name)}/names"},
+            {"id": "parts", "source": f"{each}/output"},
+            {"id": "part_quicklooks", "source": f"{each}/quicklooks"},
+        ], "out": ["output", "quicklooks"]})
+        graph_tools.append(_merge_tool(step, images[step.name]))
 
     outputs = [
         {"id": out_id, "type": "Directory", "outputSource": f"{name}/output",
@@ -300,9 +486,11 @@ def export_cwl(plan: Plan, *, images: Mapping[str, str]) -> dict[str, Any]:
         "outputs": outputs,
         "steps": wf_steps,
     }
+    if any(s.definition.scatter for s in plan.steps):
+        workflow["requirements"] = {"ScatterFeatureRequirement": {}}
     if wf_secrets:
         workflow["hints"] = {"cwltool:Secrets": {"secrets": wf_secrets}}
-    graph = [workflow, *(_tool(s, images[s.name], names[s.name]) for s in plan.steps)]
+    graph = [workflow, *graph_tools]
     return {"cwlVersion": CWL_VERSION, "$namespaces": {"cwltool": CWLTOOL_NAMESPACE}, "$graph": graph}
 
 

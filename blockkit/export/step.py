@@ -52,6 +52,31 @@ def task_parameters(env: Mapping[str, str], secrets: Mapping[str, tuple[str, str
     return json.dumps(params)
 
 
+_KEY_FIELDS = ("endpoint", "region", "bucket", "access_key", "secret_key", "username", "password")
+
+
+def expand_keys(env: dict[str, str]) -> None:
+    """Give each key passed as JSON (`BLOCKKIT_KEY_<NAME>`) also the per-field variables the runner sets.
+
+    Under `blockkit run` a step key `results` arrives as `BLOCKKIT_KEY_RESULTS` (the JSON)
+    and as `BLOCKKIT_KEY_RESULTS_TYPE`, `..._ENDPOINT`, `..._ACCESS_KEY`, ...; the CWL
+    document can only carry the JSON, so the fields are derived here. Set variables win.
+    """
+    for name, value in list(env.items()):
+        if not name.startswith("BLOCKKIT_KEY_") or not value.startswith("{"):
+            continue
+        try:
+            key = json.loads(value)
+        except ValueError:
+            continue
+        if not isinstance(key, dict) or not isinstance(key.get("type"), str):
+            continue
+        env.setdefault(f"{name}_TYPE", key["type"])
+        for field_name in _KEY_FIELDS:
+            if key.get(field_name) not in (None, ""):
+                env.setdefault(f"{name}_{field_name.upper()}", str(key[field_name]))
+
+
 def _pairs(values: Sequence[str], what: str) -> list[tuple[str, str]]:
     pairs = []
     for value in values:
@@ -140,6 +165,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             variable, _, kind = spec.partition(":")
             secrets[name] = (variable, kind or "string")
         env["UP42_TASK_PARAMETERS"] = task_parameters(env, secrets)
+        expand_keys(env)
         for variable, _ in secrets.values():
             env.pop(variable, None)  # the block reads its secrets from the parameters only
         env.update({

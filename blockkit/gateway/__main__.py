@@ -11,6 +11,7 @@ from pathlib import Path
 
 from blockkit.contract.errors import BlockkitError
 from blockkit.gateway.errors import GatewayConfigError
+from blockkit.gateway.multipart import MIN_PART_SIZE
 from blockkit.gateway.server import Gateway
 from blockkit.gateway.sigv4 import Credentials
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--access-log", type=Path)
     parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--min-part-size", type=int, default=MIN_PART_SIZE, help="bytes; every multipart part but the last must be this big")
     args = parser.parse_args(argv)
     access = os.environ.get("BLOCKKIT_GATEWAY_ACCESS_KEY")
     secret = os.environ.get("BLOCKKIT_GATEWAY_SECRET_KEY")
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             credentials=Credentials(access, secret) if access and secret else None,
             access_log=args.access_log,
             region=args.region,
+            min_part_size=args.min_part_size,
         )
         endpoint = gateway.start()
     except BlockkitError as err:

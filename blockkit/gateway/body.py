@@ -11,6 +11,127 @@ from blockkit.gateway.errors import S3Error
 from blockkit.gateway.sigv4 import SignatureContext, chunk_signature, trailer_signature
 
 MAX_LINE = 8192
+CHECKSUM_PREFIX = "x-amz-checksum-"
+# Algorithms S3 knows; the header names are x-amz-checksum-<name>.
+CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+
+
+def _crc_table(poly: int) -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ poly if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+class _ReflectedCrc:
+    """CRC32C / CRC64NVME in pure Python (no standard-library implementation; about 5-10 MB/s)."""
+
+    def __init__(self, poly: int, bits: int) -> None:
+        self._table = _TABLES.setdefault(poly, _crc_table(poly))
+        self._mask = (1 << bits) - 1
+        self._bytes = bits // 8
+        self._crc = self._mask
+
+    def update(self, data: memoryview | bytes) -> None:
+        crc, table = self._crc, self._table
+        for b in bytes(data):
+            crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        self._crc = crc
+
+    def digest(self) -> bytes:
+        return (self._crc ^ self._mask).to_bytes(self._bytes, "big")
+
+
+_TABLES: dict[int, list[int]] = {}
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self._crc = 0
+
+    def update(self, data: memoryview | bytes) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+
+    def digest(self) -> bytes:
+        return self._crc.to_bytes(4, "big")
+
+
+def new_checksum(algorithm: str) -> "_Crc32 | _ReflectedCrc | hashlib._Hash":
+    """A fresh digest object for an S3 checksum algorithm name (crc32, crc32c, crc64nvme, sha1, sha256)."""
+    if algorithm == "crc32":
+        return _Crc32()
+    if algorithm == "crc32c":
+        return _ReflectedCrc(0x82F63B78, 32)
+    if algorithm == "crc64nvme":
+        return _ReflectedCrc(0x9A6C9329AC4BC9B5, 64)
+    if algorithm == "sha1":
+        return hashlib.sha1()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise S3Error(400, "InvalidRequest", f"Value for x-amz-checksum-algorithm header is invalid: {algorithm!r}.")
+
+
+# Reflected polynomials and widths of the CRCs S3 can combine into a whole-object checksum.
+CRC_PARAMS = {"crc32": (0xEDB88320, 32), "crc32c": (0x82F63B78, 32), "crc64nvme": (0x9A6C9329AC4BC9B5, 64)}
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
+def crc_combine(algorithm: str, crc1: bytes, crc2: bytes, len2: int) -> bytes:
+    """The CRC of A+B from the CRCs of A and B and the length of B (zlib's crc32_combine, any width).
+
+    Lets a FULL_OBJECT multipart checksum be computed from the parts' checksums without re-reading
+    the object.
+    """
+    poly, bits = CRC_PARAMS[algorithm]
+    c1, c2 = int.from_bytes(crc1, "big"), int.from_bytes(crc2, "big")
+    if len2 == 0:
+        return crc1
+    odd = [poly] + [1 << (n - 1) for n in range(1, bits)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            c1 = _gf2_times(even, c1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            c1 = _gf2_times(odd, c1)
+        len2 >>= 1
+        if not len2:
+            break
+    return (c1 ^ c2).to_bytes(bits // 8, "big")
+
+
+def check_content_md5(value: str | None) -> bytes | None:
+    """The 16 bytes a Content-MD5 header announces; InvalidDigest when it is not base64 of 16 bytes."""
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise S3Error(400, "InvalidDigest", "The Content-MD5 you specified was invalid.")
+    return raw
 
 
 def _incomplete() -> S3Error:
@@ -207,49 +328,42 @@ class Checksums:
     def __init__(self, wanted: dict[str, str | None], sha256_hex: str | None) -> None:
         # wanted: x-amz-checksum-<alg> name -> expected base64 (None when it arrives in a trailer)
         self.md5 = hashlib.md5()
-        self.wanted = dict(wanted)
+        self.wanted = {k: v for k, v in wanted.items() if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS}
         self._sha256_hex = sha256_hex
-        self._crc32 = 0 if "x-amz-checksum-crc32" in wanted else None
-        self._hashes: dict[str, "hashlib._Hash"] = {}
-        for name in wanted:
-            if name == "x-amz-checksum-sha1":
-                self._hashes[name] = hashlib.sha1()
-            elif name == "x-amz-checksum-sha256":
-                self._hashes[name] = hashlib.sha256()
+        self._hashes = {name: new_checksum(name[len(CHECKSUM_PREFIX):]) for name in self.wanted}
         self._payload = hashlib.sha256() if sha256_hex else None
 
     def update(self, data: memoryview) -> None:
         """Feed the next piece of the body."""
         self.md5.update(data)
-        if self._crc32 is not None:
-            self._crc32 = zlib.crc32(data, self._crc32)
         for h in self._hashes.values():
             h.update(data)
         if self._payload is not None:
             self._payload.update(data)
 
-    def verify(self, content_md5: str | None, trailers: dict[str, str]) -> None:
-        """Raise BadDigest / XAmzContentSHA256Mismatch when a digest the client sent differs."""
-        if content_md5 is not None:
-            try:
-                expected = base64.b64decode(content_md5, validate=True)
-            except ValueError:
-                raise S3Error(400, "InvalidDigest", "The Content-MD5 you specified was invalid.") from None
-            if expected != self.md5.digest():
-                raise S3Error(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+    def verify(self, content_md5: str | None, trailers: dict[str, str]) -> dict[str, str]:
+        """Raise BadDigest / XAmzContentSHA256Mismatch when a digest the client sent differs.
+
+        Returns the verified checksums (header name -> base64) to echo and store.
+        """
+        expected_md5 = check_content_md5(content_md5)
+        if expected_md5 is not None and expected_md5 != self.md5.digest():
+            raise S3Error(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
         if self._payload is not None and self._payload.hexdigest() != self._sha256_hex:
             raise S3Error(
                 400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed."
             )
+        verified: dict[str, str] = {}
         for name, expected_b64 in self.wanted.items():
             expected_b64 = expected_b64 if expected_b64 is not None else trailers.get(name)
             if expected_b64 is None:
                 continue
-            if name == "x-amz-checksum-crc32" and self._crc32 is not None:
-                actual = self._crc32.to_bytes(4, "big")
-            elif name in self._hashes:
-                actual = self._hashes[name].digest()
-            else:
-                continue  # crc32c / crc64nvme: no standard-library implementation, accepted unchecked
-            if base64.b64encode(actual).decode() != expected_b64.strip():
-                raise S3Error(400, "BadDigest", f"The {name[len('x-amz-checksum-'):].upper()} you specified did not match the calculated checksum.")
+            actual = base64.b64encode(self._hashes[name].digest()).decode()
+            if actual != expected_b64.strip():
+                raise S3Error(
+                    400,
+                    "BadDigest",
+                    f"The {name[len(CHECKSUM_PREFIX):].upper()} you specified did not match the calculated checksum.",
+                )
+            verified[name] = actual
+        return verified

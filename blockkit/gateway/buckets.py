@@ -5,16 +5,40 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote_to_bytes
 
 from blockkit.gateway.errors import GatewayConfigError, S3Error, access_denied, invalid_argument, no_such_key
+from blockkit.gateway.metadata import MetaStore
 
 OUTPUT_BUCKET = "out"
 # Names the gateway itself writes inside the output folder (temp files, multipart parts).
 INTERNAL_PREFIX = ".blockkit-"
 STAGING_DIR = ".blockkit-gateway"
+
+MAX_KEY_BYTES = 1024
+
+
+def key_too_long(message: str) -> S3Error:
+    """400 KeyTooLongError."""
+    return S3Error(400, "KeyTooLongError", message)
+
+
+def decode_key(raw: str) -> str:
+    """Percent-decode a key from a request line or header, refusing invalid UTF-8 (keys are bytes-exact).
+
+    http.server hands us the request as latin-1 text, so the original bytes are recovered first;
+    `x%ff` and `x%fe` are then refused with 400 InvalidURI instead of both becoming `x\ufffd`.
+    """
+    if "%" not in raw and raw.isascii():
+        return raw
+    try:
+        return unquote_to_bytes(raw.encode("latin-1", "surrogateescape")).decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise S3Error(400, "InvalidURI", "Couldn't parse the specified URI: a key or bucket name is not valid UTF-8.") from None
+
 
 # What botocore accepts as a bucket name; virtual-host addressing additionally needs DNS-safe names.
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")
@@ -36,6 +60,8 @@ class Bucket:
     name: str
     root: Path
     writable: bool = False
+    meta: MetaStore = field(init=False, repr=False)
+    name_max: int = field(init=False, repr=False, default=255)
 
     def __post_init__(self) -> None:
         if not _BUCKET_NAME.match(self.name):
@@ -43,14 +69,21 @@ class Bucket:
                 f"bucket name {self.name!r} is not valid: use letters, digits, '.', '-' or '_' (at most 255)"
             )
         self.root = Path(os.path.realpath(self.root))
+        try:
+            self.name_max = int(os.pathconf(self.root, "PC_NAME_MAX"))
+        except (OSError, ValueError, AttributeError):
+            self.name_max = 255
+        self.meta = MetaStore(self.root)
 
     # -- keys -------------------------------------------------------------
     def check_key(self, key: str) -> list[str]:
         """The path segments of a key, refusing keys that could leave the folder."""
         if not key:
             raise invalid_argument("an object key must not be empty")
-        if "\x00" in key or len(key.encode("utf-8", "surrogateescape")) > 1024:
-            raise S3Error(400, "KeyTooLongError" if "\x00" not in key else "InvalidArgument", "unusable object key")
+        if "\x00" in key:
+            raise invalid_argument("object keys must not contain NUL")
+        if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+            raise key_too_long(f"Your key is too long: S3 keys are at most {MAX_KEY_BYTES} bytes of UTF-8.")
         if key.startswith("/") or key.startswith("\\"):
             raise access_denied("absolute keys are refused: they would leave the bucket folder")
         parts = key.split("/")
@@ -62,8 +95,14 @@ class Bucket:
             raise invalid_argument(f"key {key!r} has an empty or '.' segment and cannot be stored as a file")
         if inner and inner[0].startswith(INTERNAL_PREFIX):
             raise access_denied("keys under .blockkit- are reserved for the gateway")
-        if any(p.startswith(INTERNAL_PREFIX + "tmp") for p in inner):
-            raise access_denied("keys named .blockkit-tmp* are reserved for the gateway")
+        if any(p.startswith(INTERNAL_PREFIX) for p in inner):
+            raise access_denied("names starting with .blockkit- are reserved for the gateway")
+        for p in inner:
+            if len(p.encode("utf-8", "surrogateescape")) > self.name_max:
+                raise key_too_long(
+                    f"a '/'-separated part of the key is {len(p.encode('utf-8', 'surrogateescape'))} bytes; "
+                    f"the folder's file system allows at most {self.name_max} bytes per file or folder name"
+                )
         return inner
 
     def path_for(self, key: str) -> Path:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import ipaddress
+import re
 import json
 import mimetypes
 import os
@@ -15,15 +17,26 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TextIO
-from urllib.parse import parse_qsl, quote, unquote
+from typing import Callable, TextIO
+from urllib.parse import quote
 
 from blockkit.gateway import conditions, s3xml
-from blockkit.gateway.body import AwsChunkedBody, Body, Checksums, HttpChunkedBody, LengthBody
-from blockkit.gateway.buckets import Bucket, ObjectFile
+from blockkit.gateway.body import (
+    CHECKSUM_ALGORITHMS,
+    CHECKSUM_PREFIX,
+    CRC_PARAMS,
+    AwsChunkedBody,
+    Body,
+    Checksums,
+    HttpChunkedBody,
+    LengthBody,
+    check_content_md5,
+    new_checksum,
+)
+from blockkit.gateway.buckets import Bucket, ObjectFile, decode_key, key_too_long
 from blockkit.gateway.errors import (
     S3Error,
     access_denied,
@@ -33,6 +46,7 @@ from blockkit.gateway.errors import (
     not_implemented,
 )
 from blockkit.gateway.etags import EMPTY_MD5, ETagCache, identity
+from blockkit.gateway.metadata import ObjectMeta
 from blockkit.gateway.multipart import MultipartStore, Upload
 from blockkit.gateway.s3xml import el
 from blockkit.gateway.sigv4 import (
@@ -45,6 +59,15 @@ from blockkit.gateway.writes import CHUNK, AtomicFile, copy_range, prepare_targe
 
 MAX_XML_BODY = 4 * 1024 * 1024
 DRAIN_LIMIT = 1024 * 1024
+_DIGITS = re.compile(r"[0-9]{1,19}")
+# S3 codes for the errors http.server raises itself while parsing a request.
+_STDLIB_ERRORS = {
+    400: ("BadRequest", "The request line or a header could not be parsed."),
+    414: ("RequestURITooLong", "The request URI is too long."),
+    431: ("RequestHeaderSectionTooLarge", "Your request header section exceeds the maximum allowed size."),
+    501: ("NotImplemented", "A header or method you provided implies functionality that is not implemented."),
+    505: ("HttpVersionNotSupported", "The HTTP version specified is not supported."),
+}
 OWNER = "<Owner><ID>blockkit</ID><DisplayName>blockkit</DisplayName></Owner>"
 
 # Bucket/object subresources we do not serve: answered with NotImplemented rather than misread as listings.
@@ -52,7 +75,7 @@ UNSUPPORTED = {
     "acl", "policy", "policyStatus", "tagging", "cors", "lifecycle", "website", "logging", "notification",
     "replication", "encryption", "object-lock", "legal-hold", "retention", "requestPayment", "accelerate",
     "analytics", "inventory", "metrics", "intelligent-tiering", "ownershipControls", "publicAccessBlock",
-    "versions", "torrent", "restore", "select", "attributes",
+    "versions", "torrent", "restore", "select",
 }
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
@@ -114,12 +137,52 @@ def _http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
 
+def _parse_time(value: str) -> float | None:
+    """An HTTP date or an ISO 8601 timestamp (as in DeleteObjects' LastModifiedTime), in seconds."""
+    from datetime import datetime
+
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        pass
+    try:
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
         return True
     except ValueError:
         return False
+
+
+def parse_query(raw_query: str) -> dict[str, str]:
+    """Query parameters, percent-decoded as UTF-8 (invalid UTF-8 is 400 InvalidURI, never replaced)."""
+    out: dict[str, str] = {}
+    for item in raw_query.split("&"):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        out[decode_key(name.replace("+", " "))] = decode_key(value.replace("+", " "))
+    return out
+
+
+def _header_bytes_as_text(value: str) -> str:
+    """http.server decodes header bytes as latin-1; recover them and read them as UTF-8 (bytes kept)."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value
+
+
+def _wire(value: str) -> str:
+    """A stored header value back into the latin-1 text send_header encodes: the original bytes."""
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 class _Request:
@@ -130,7 +193,7 @@ class _Request:
         self.raw_query = raw_query
         self.bucket = bucket
         self.key = key
-        self.query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        self.query = parse_query(raw_query)
 
     @property
     def resource(self) -> str:
@@ -162,6 +225,35 @@ class S3Handler(BaseHTTPRequestHandler):
         self._expect_continue = True
         return True
 
+    def parse_request(self) -> bool:
+        """The stdlib parser, minus HTTP/0.9 (it would get a response without a status line)."""
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(400, "HTTP/0.9 requests are not supported")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors http.server raises itself (bad request line, unknown method, huge headers) as S3 XML.
+
+        Nothing of the request is read after such an error: the connection is closed.
+        """
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # always send a status line
+        self.close_connection = True
+        s3_code, default = _STDLIB_ERRORS.get(code, ("BadRequest", "The request could not be parsed."))
+        request_id = secrets.token_hex(8).upper()
+        body = s3xml.error_document(S3Error(code, s3_code, message or default), "/", request_id)
+        self.send_response(code)
+        self.send_header("x-amz-request-id", request_id)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(body)
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -188,22 +280,27 @@ class S3Handler(BaseHTTPRequestHandler):
         self._continue_sent = False
         self._expect_continue = getattr(self, "_expect_continue", False)
         self._error_code = ""
-        self._headers = {k.lower(): v for k, v in self.headers.items()}
+        self._authenticated = False
+        self._content_length: int | None = None
+        self._headers = {k.lower(): _header_bytes_as_text(v) for k, v in self.headers.items()}
         req: _Request | None = None
         try:
+            self._check_framing()
             req = self._parse_target()
             ctx = self._authenticate(req, method)
+            self._authenticated = True
             self._route(method, req, ctx)
         except S3Error as err:
             self._send_error(err, req.resource if req else self.path)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                self._internal_error()
+            else:
+                self._send_error(key_too_long("a file or folder name of this key is too long for the folder's file system"), self.path)
         except Exception:  # noqa: BLE001 - one failing request must not kill the server
-            traceback.print_exc(file=sys.stderr)
-            try:
-                self._send_error(S3Error(500, "InternalError", "We encountered an internal error. Please try again."), self.path)
-            except OSError:
-                self.close_connection = True
+            self._internal_error()
         finally:
             self._expect_continue = False
             self.state.counters.add(self._bytes_out, self._bytes_in)
@@ -224,6 +321,31 @@ class S3Handler(BaseHTTPRequestHandler):
                     }
                 )
 
+    def _internal_error(self) -> None:
+        traceback.print_exc(file=sys.stderr)
+        try:
+            self._send_error(S3Error(500, "InternalError", "We encountered an internal error. Please try again."), self.path)
+        except OSError:
+            self.close_connection = True
+
+    def _check_framing(self) -> None:
+        """Refuse ambiguous or malformed body framing from the headers alone, before anything is read."""
+        te = self._headers.get("transfer-encoding")
+        lengths = (self.headers.get_all("content-length") or []) if "content-length" in self._headers else []
+        if lengths:
+            values = {v.strip() for v in lengths}
+            if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
+                self.close_connection = True
+                self._body_read = True  # never read a body whose length we cannot know
+                raise S3Error(400, "InvalidArgument", "Content-Length must be one non-negative decimal number.")
+            self._content_length = int(next(iter(values)))
+        if te is not None and (lengths or te.strip().lower() != "chunked"):
+            self._body_read = True  # never read a body whose framing is ambiguous or unknown
+            self.close_connection = True
+            if lengths:
+                raise S3Error(400, "InvalidRequest", "A request must not carry both Content-Length and Transfer-Encoding.")
+            raise S3Error(501, "NotImplemented", "A header you provided implies functionality that is not implemented: Transfer-Encoding.")
+
     def _parse_target(self) -> _Request:
         target = self.path
         if target.startswith(("http://", "https://")):
@@ -236,13 +358,13 @@ class S3Handler(BaseHTTPRequestHandler):
             if matches:
                 bucket = max(matches, key=len)
         if bucket is not None:
-            key = unquote(raw_path[1:]) if len(raw_path) > 1 else None
+            key = decode_key(raw_path[1:]) if len(raw_path) > 1 else None
             return _Request(raw_path, raw_query, bucket, key)
         rest = raw_path.lstrip("/")
         if not rest:
             return _Request(raw_path, raw_query, None, None)
         name, _, key_part = rest.partition("/")
-        return _Request(raw_path, raw_query, unquote(name), unquote(key_part) if key_part else None)
+        return _Request(raw_path, raw_query, decode_key(name), decode_key(key_part) if key_part else None)
 
     def _authenticate(self, req: _Request, method: str) -> SignatureContext | None:
         verifier = self.state.verifier
@@ -280,19 +402,17 @@ class S3Handler(BaseHTTPRequestHandler):
         self._send(err.status, headers, body)
 
     def _finish_unread_body(self) -> None:
-        # A response sent before the request body was read: drain a small body so the
-        # connection stays usable, otherwise close it rather than read gigabytes.
+        # A response sent before the request body was read. An unauthenticated request's body is
+        # never received: the connection is closed after the answer. An authenticated small body
+        # is drained so the connection stays usable; anything bigger closes it too.
         if self._body_read:
             return
         self._body_read = True
-        chunked = "chunked" in self._headers.get("transfer-encoding", "").lower()
-        length = int(self._headers.get("content-length", "0") or 0)
+        chunked = "transfer-encoding" in self._headers
+        length = self._content_length or 0
         if not chunked and length == 0:
             return
-        if self._expect_continue and not self._continue_sent:
-            self.close_connection = True
-            return
-        if chunked or length > DRAIN_LIMIT:
+        if not self._authenticated or chunked or length > DRAIN_LIMIT or (self._expect_continue and not self._continue_sent):
             self.close_connection = True
             return
         try:
@@ -303,28 +423,30 @@ class S3Handler(BaseHTTPRequestHandler):
     # -- request bodies ---------------------------------------------------
     def _body(self, ctx: SignatureContext | None) -> tuple[Body, int | None]:
         """The request body with its framing removed, and its declared decoded length."""
+        if not self._authenticated:  # defensive: routing happens only after authentication
+            raise access_denied()
+        h = self._headers
+        if "transfer-encoding" not in h and self._content_length is None:
+            raise S3Error(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
         if self._expect_continue and not self._continue_sent:
             self.send_response_only(100)
             self.end_headers()
             self._continue_sent = True
         self._body_read = True
-        h = self._headers
-        if "chunked" in h.get("transfer-encoding", "").lower():
+        if "transfer-encoding" in h:
             raw: Body = HttpChunkedBody(self.rfile)  # type: ignore[arg-type]
             declared = None
         else:
-            if "content-length" not in h:
-                raise S3Error(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
-            try:
-                declared = int(h["content-length"])
-            except ValueError:
-                raise invalid_argument("Content-Length is not a number") from None
+            declared = self._content_length
+            assert declared is not None
             raw = LengthBody(self.rfile, declared)  # type: ignore[arg-type]
         sha = h.get("x-amz-content-sha256", "")
-        if "aws-chunked" in h.get("content-encoding", "").lower() or sha.startswith("STREAMING-"):
+        # aws-chunked framing: a STREAMING-* payload hash, or aws-chunked with its decoded length.
+        # (boto3 can send "Content-Encoding: gzip, aws-chunked" over a plain body: that is not framing.)
+        if sha.startswith("STREAMING-") or ("aws-chunked" in h.get("content-encoding", "").lower() and "x-amz-decoded-content-length" in h):
             signed = sha in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER)
             decoded = h.get("x-amz-decoded-content-length")
-            declared = int(decoded) if decoded and decoded.isdigit() else None
+            declared = int(decoded) if decoded and _DIGITS.fullmatch(decoded) else None
             return AwsChunkedBody(raw, ctx, signed), declared
         return raw, declared
 
@@ -342,12 +464,19 @@ class S3Handler(BaseHTTPRequestHandler):
         verify_sha = self.state.verifier is not None and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
         return Checksums(wanted, sha if verify_sha else None)
 
-    def _read_small_body(self, ctx: SignatureContext | None) -> bytes:
+    def _read_small_body(self, ctx: SignatureContext | None, object_checksums: bool = False) -> bytes:
+        """A small request body (XML), its digests verified.
+
+        object_checksums: the x-amz-checksum-* headers describe the object, not this body
+        (CompleteMultipartUpload); they are then checked by the caller.
+        """
         body, _ = self._body(ctx)
         out = bytearray()
         buf = bytearray(65536)
         view = memoryview(buf)
         checks = self._checksums()
+        if object_checksums:
+            checks = Checksums({}, checks._sha256_hex)
         while True:
             n = body.readinto(view)
             if not n:
@@ -386,6 +515,8 @@ class S3Handler(BaseHTTPRequestHandler):
         if method == "GET":
             if "uploadId" in q:
                 return self._list_parts(bucket, key, q)
+            if "attributes" in q:
+                return self._get_object_attributes(bucket, key)
             return self._get_object(bucket, key, q, head=False)
         if method == "HEAD":
             return self._get_object(bucket, key, q, head=True)
@@ -446,6 +577,13 @@ class S3Handler(BaseHTTPRequestHandler):
     def _etags(self, bucket: Bucket, entries: list[tuple[str, os.stat_result]]) -> list[str]:
         cache = self.state.etags
         paths = [bucket.root / k for k, _ in entries]
+        for (key, st), path in zip(entries, paths):
+            # ETags stored with the object (multipart ETags, after a restart) win over re-hashing,
+            # so a listing shows the same ETag as HEAD.
+            if st.st_size and cache.get(identity(st)) is None:
+                meta = bucket.meta.read(key, path, st)
+                if meta is not None and meta.etag:
+                    cache.put(identity(st), meta.etag)
         missing = [i for i, (_, st) in enumerate(entries) if cache.get(identity(st)) is None and st.st_size]
         if len(missing) > 1:
             # Hashing releases the GIL: a first listing of many big files uses several cores.
@@ -482,7 +620,8 @@ class S3Handler(BaseHTTPRequestHandler):
         prefixes: list[str] = []
         truncated = False
         last = ""
-        for key, st in walk:
+        # max-keys=0 asks for nothing: an empty, untruncated page (as S3 answers).
+        for key, st in walk if max_keys else ():
             if delimiter:
                 i = key.find(delimiter, len(prefix))
                 if i >= 0:
@@ -537,21 +676,49 @@ class S3Handler(BaseHTTPRequestHandler):
         self._send_xml(s3xml.document(root, head + items + cps))
 
     # -- reads ------------------------------------------------------------
-    def _object_headers(self, obj: ObjectFile, etag: str) -> dict[str, str]:
-        ctype = mimetypes.guess_type(obj.key)[0] or "application/octet-stream"
-        return {
-            "Content-Type": ctype,
+    def _meta_and_etag(self, bucket: Bucket, obj: ObjectFile) -> tuple[ObjectMeta | None, str]:
+        """The stored metadata of an object (if current) and its ETag: cached, stored, or hashed."""
+        meta = bucket.meta.read(obj.key, obj.path, obj.st)
+        cache = self.state.etags
+        etag = cache.get(identity(obj.st))
+        if etag is None and meta is not None and meta.etag:
+            etag = meta.etag
+            cache.put(identity(obj.st), etag)
+        if etag is None:
+            etag = cache.etag_of(obj.path, obj.st)
+        return meta, etag
+
+    def _object_headers(self, obj: ObjectFile, etag: str, meta: ObjectMeta | None) -> dict[str, str]:
+        stored = meta.response_headers() if meta is not None else {}
+        headers = {
+            "Content-Type": stored.get("Content-Type") or mimetypes.guess_type(obj.key)[0] or "application/octet-stream",
             "ETag": f'"{etag}"',
             "Last-Modified": _http_date(obj.st.st_mtime),
             "Accept-Ranges": "bytes",
         }
+        if meta is not None:
+            headers.update(stored)
+        return headers
+
+    def _checksum_headers(self, meta: ObjectMeta | None, q: dict[str, str]) -> dict[str, str]:
+        """Stored checksums for x-amz-checksum-mode: ENABLED: the object's, or the part's for ?partNumber.
+
+        Never on a Range response (the client would check them against a slice)."""
+        if meta is None or self._headers.get("x-amz-checksum-mode", "").upper() != "ENABLED" or "range" in self._headers:
+            return {}
+        if "partNumber" not in q:
+            return dict(meta.checksums)
+        number = int(q["partNumber"])
+        if meta.parts and meta.part_checksums and len(meta.part_checksums) == len(meta.parts) and 1 <= number <= len(meta.parts):
+            name = next((k for k in meta.checksums if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS), None)
+            if name is not None:
+                return {name: meta.part_checksums[number - 1], "x-amz-checksum-type": meta.checksums.get("x-amz-checksum-type", "COMPOSITE")}
+        return {} if meta.parts else dict(meta.checksums)
 
     def _get_object(self, bucket: Bucket, key: str, q: dict[str, str], head: bool) -> None:
-        if "partNumber" in q:
-            raise not_implemented("GET/HEAD by partNumber")
         obj = bucket.open_object(key)
-        etag = self.state.etags.etag_of(obj.path, obj.st)
-        headers = self._object_headers(obj, etag)
+        meta, etag = self._meta_and_etag(bucket, obj)
+        headers = self._object_headers(obj, etag, meta)
         verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=True)
         if verdict == 304:
             return self._send(304, {"ETag": headers["ETag"], "Last-Modified": headers["Last-Modified"]})
@@ -559,14 +726,20 @@ class S3Handler(BaseHTTPRequestHandler):
             raise conditions.precondition_failed()
         for param, header in RESPONSE_OVERRIDES.items():
             if param in q:
-                headers[header] = q[param]
+                if any(c in q[param] for c in "\r\n\x00"):
+                    raise invalid_argument(f"{param} must not contain line breaks or NUL")
+                headers[header] = _wire(q[param])
         size = obj.st.st_size
-        rng = conditions.parse_range(self._headers.get("range"), size)
-        if rng is None:
-            first, count, status = 0, size, 200
+        if "partNumber" in q:
+            first, count, status = self._part_range(q, meta, size, headers)
         else:
-            first, count, status = rng[0], rng[1] - rng[0] + 1, 206
-            headers["Content-Range"] = f"bytes {rng[0]}-{rng[1]}/{size}"
+            rng = conditions.parse_range(self._headers.get("range"), size)
+            if rng is None:
+                first, count, status = 0, size, 200
+            else:
+                first, count, status = rng[0], rng[1] - rng[0] + 1, 206
+                headers["Content-Range"] = f"bytes {rng[0]}-{rng[1]}/{size}"
+        headers.update(self._checksum_headers(meta, q))
         if head:
             return self._send(status, headers, length=count)
         with open(obj.path, "rb") as fh:
@@ -576,12 +749,91 @@ class S3Handler(BaseHTTPRequestHandler):
             if sent != count:
                 self.close_connection = True  # the file shrank under us: the client sees a short body
 
+    def _get_object_attributes(self, bucket: Bucket, key: str) -> None:
+        """GetObjectAttributes: ETag, Checksum, ObjectParts, StorageClass, ObjectSize as asked."""
+        wanted = {a.strip() for a in self._headers.get("x-amz-object-attributes", "").split(",") if a.strip()}
+        known = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
+        if not wanted or not wanted <= known:
+            raise invalid_argument("x-amz-object-attributes must name some of: " + ", ".join(sorted(known)))
+        obj = bucket.open_object(key)
+        meta, etag = self._meta_and_etag(bucket, obj)
+        verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=True)
+        if verdict == 304:
+            return self._send(304, {"ETag": f'"{etag}"'})
+        if verdict == 412:
+            raise conditions.precondition_failed()
+        items: list[str] = []
+        if "ETag" in wanted:
+            items.append(el("ETag", etag))
+        checksums = dict(meta.checksums) if meta is not None else {}
+        algo = next((k for k in checksums if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS), None)
+        if "Checksum" in wanted and algo is not None:
+            items.append(
+                "<Checksum>"
+                + el("Checksum" + algo[len(CHECKSUM_PREFIX):].upper(), checksums[algo])
+                + el("ChecksumType", checksums.get("x-amz-checksum-type", "FULL_OBJECT"))
+                + "</Checksum>"
+            )
+        if "ObjectParts" in wanted and meta is not None and meta.parts:
+            try:
+                marker = int(self._headers.get("x-amz-part-number-marker", "0") or 0)
+                max_parts = min(int(self._headers.get("x-amz-max-parts", "1000") or 1000), 1000)
+            except ValueError:
+                raise invalid_argument("x-amz-part-number-marker and x-amz-max-parts must be integers") from None
+            numbers = [n for n in range(1, len(meta.parts) + 1) if n > marker]
+            page = numbers[:max_parts]
+            part_items = []
+            for n in page:
+                extra = ""
+                if algo is not None and meta.part_checksums and len(meta.part_checksums) == len(meta.parts):
+                    extra = el("Checksum" + algo[len(CHECKSUM_PREFIX):].upper(), meta.part_checksums[n - 1])
+                part_items.append("<Part>" + el("PartNumber", n) + el("Size", meta.parts[n - 1]) + extra + "</Part>")
+            items.append(
+                "<ObjectParts>"
+                + el("PartsCount", len(meta.parts))
+                + el("PartNumberMarker", marker)
+                + el("NextPartNumberMarker", page[-1] if page else marker)
+                + el("MaxParts", max_parts)
+                + el("IsTruncated", "true" if len(numbers) > len(page) else "false")
+                + "".join(part_items)
+                + "</ObjectParts>"
+            )
+        if "StorageClass" in wanted:
+            items.append(el("StorageClass", "STANDARD"))
+        if "ObjectSize" in wanted:
+            items.append(el("ObjectSize", obj.st.st_size))
+        self._send_xml(
+            s3xml.document("GetObjectAttributesResponse", items), headers={"Last-Modified": _http_date(obj.st.st_mtime)}
+        )
+
+    def _part_range(self, q: dict[str, str], meta: ObjectMeta | None, size: int, headers: dict[str, str]) -> tuple[int, int, int]:
+        """First byte, length and status of GET/HEAD ?partNumber=N (a plain object is one part)."""
+        if "range" in self._headers:
+            raise S3Error(400, "InvalidRequest", "Cannot specify both Range header and partNumber query parameter.")
+        number = self._part_number(q)
+        parts = meta.parts if meta is not None and meta.parts else [size]
+        if not 1 <= number <= len(parts):
+            raise S3Error(400, "InvalidPart", "The requested partnumber is not satisfiable", PartNumber=str(number))
+        first = sum(parts[: number - 1])
+        count = parts[number - 1]
+        headers["x-amz-mp-parts-count"] = str(len(parts))
+        if meta is None or not meta.parts:
+            return 0, size, 200
+        if count:
+            headers["Content-Range"] = f"bytes {first}-{first + count - 1}/{size}"
+        return first, count, 206
+
     # -- writes -----------------------------------------------------------
+    def _request_meta(self) -> ObjectMeta:
+        return ObjectMeta.from_request(self._headers)
+
     def _put_object(self, bucket: Bucket, key: str, ctx: SignatureContext | None) -> None:
         if key.endswith("/"):
             return self._put_folder_marker(bucket, key, ctx)
+        check_content_md5(self._headers.get("content-md5"))
         target = prepare_target(bucket, key)
-        self._check_write_conditions(target)
+        precheck = self._write_conditions(bucket, key, target)
+        meta = self._request_meta()
         body, declared = self._body(ctx)
         checks = self._checksums()
         with AtomicFile(target) as out:
@@ -589,82 +841,138 @@ class S3Handler(BaseHTTPRequestHandler):
             self._bytes_in += total
             if declared is not None and total != declared:
                 raise S3Error(400, "IncompleteBody", "The body is shorter than its declared length")
-            checks.verify(self._headers.get("content-md5"), getattr(body, "trailers", {}))
-            st = out.commit()
-        etag = checks.md5.hexdigest()
-        self.state.etags.put(identity(st), etag)
-        self._send(200, {"ETag": f'"{etag}"'})
+            verified = checks.verify(self._headers.get("content-md5"), getattr(body, "trailers", {}))
+            meta.etag = checks.md5.hexdigest()
+            meta.checksums = verified
+            st = out.commit(bucket, key, meta, precheck)
+        self.state.etags.put(identity(st), meta.etag)
+        self._send(200, {"ETag": f'"{meta.etag}"', **verified})
 
     def _put_folder_marker(self, bucket: Bucket, key: str, ctx: SignatureContext | None) -> None:
         # "folder/" objects (made by consoles and some tools) become folders; they carry no bytes.
+        # One with data is refused (400 InvalidArgument) before its body is read.
+        if self._content_length and not self._headers.get("x-amz-decoded-content-length", "").strip() == "0":
+            raise invalid_argument("a key ending in '/' is a folder here and cannot hold data")
         data = self._read_small_body(ctx)
         if data:
             raise invalid_argument("a key ending in '/' is a folder here and cannot hold data")
         path = bucket.path_for(key)
         if path.exists() and not path.is_dir():
             raise invalid_argument(f"{key!r} is an object; it cannot also be a folder")
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise invalid_argument(f"a parent of key {key!r} is an object; it cannot also be a folder") from None
         bucket.path_for(key)
         self._send(200, {"ETag": f'"{EMPTY_MD5}"'})
 
-    def _check_write_conditions(self, target: Path) -> None:
+    def _current_etag(self, bucket: Bucket, key: str, target: Path) -> str | None:
+        try:
+            st = target.stat()
+        except OSError:
+            return None
+        if not target.is_file():
+            return None
+        _, etag = self._meta_and_etag(bucket, ObjectFile(key, target, st))
+        return etag
+
+    def _write_conditions(self, bucket: Bucket, key: str, target: Path) -> Callable[[], None] | None:
+        """Check If-Match / If-None-Match of a write now; returns the re-check to run right before the rename."""
         if_none = self._headers.get("if-none-match")
         if_match = self._headers.get("if-match")
         if if_none is None and if_match is None:
-            return
-        exists = target.is_file()
-        if if_none is not None and if_none.strip() == "*" and exists:
-            raise conditions.precondition_failed()
-        if if_match is not None:
-            if not exists:
-                raise no_such_key(str(target.name))
-            etag = self.state.etags.etag_of(target)
-            if conditions.evaluate({"if-match": if_match}, etag, 0, read=False) == 412:
-                raise conditions.precondition_failed()
+            return None
 
-    def _copy_source(self) -> tuple[ObjectFile, str]:
+        def check() -> None:
+            etag = self._current_etag(bucket, key, target)
+            if if_match is not None:
+                if etag is None:
+                    raise no_such_key(key)
+                if conditions.evaluate({"if-match": if_match}, etag, 0, read=False) == 412:
+                    raise conditions.precondition_failed()
+            if if_none is not None and etag is not None:
+                if conditions.evaluate({"if-none-match": if_none}, etag, 0, read=False) == 412:
+                    raise conditions.precondition_failed()
+
+        check()
+        return check
+
+    def _copy_source(self) -> tuple[Bucket, ObjectFile, str, ObjectMeta | None]:
         raw = self._headers["x-amz-copy-source"]
         raw = raw.split("?versionId=", 1)[0]
-        src = unquote(raw).lstrip("/")
+        src = decode_key(raw).lstrip("/")
         name, _, key = src.partition("/")
         if not key:
             raise invalid_argument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey")
-        obj = self._bucket(name).open_object(key)
-        etag = self.state.etags.etag_of(obj.path, obj.st)
+        bucket = self._bucket(name)
+        obj = bucket.open_object(key)
+        meta, etag = self._meta_and_etag(bucket, obj)
         verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=False, prefix="x-amz-copy-source-if-")
         if verdict is not None:
             raise conditions.precondition_failed()
-        return obj, etag
+        return bucket, obj, etag, meta
 
     def _copy_object(self, bucket: Bucket, key: str) -> None:
-        src, _ = self._copy_source()
+        directive = self._headers.get("x-amz-metadata-directive", "COPY").strip().upper()
+        if directive not in ("COPY", "REPLACE"):
+            raise invalid_argument("Unknown metadata directive: use COPY or REPLACE.")
+        src_bucket, src, _, src_meta = self._copy_source()
+        if src_bucket is bucket and src.key == key and directive != "REPLACE":
+            raise S3Error(
+                400,
+                "InvalidRequest",
+                "This copy request is illegal because it is trying to copy an object to itself without changing "
+                "the object's metadata, storage class, website redirect location or encryption attributes.",
+            )
+        if directive == "REPLACE":
+            meta = self._request_meta()
+        else:
+            meta = ObjectMeta()
+            if src_meta is not None:
+                meta.headers, meta.user = dict(src_meta.headers), dict(src_meta.user)
+            meta.headers.setdefault("content-type", mimetypes.guess_type(src.key)[0] or "application/octet-stream")
         target = prepare_target(bucket, key)
-        self._check_write_conditions(target)
+        precheck = self._write_conditions(bucket, key, target)
         md5 = hashlib.md5()
         with AtomicFile(target) as out, open(src.path, "rb") as fh:
             copy_range(fh.fileno(), out.fd, 0, src.st.st_size, md5.update)
-            st = out.commit()
-        etag = md5.hexdigest()
-        self.state.etags.put(identity(st), etag)
+            meta.etag = md5.hexdigest()
+            st = out.commit(bucket, key, meta, precheck)
+        self.state.etags.put(identity(st), meta.etag)
         self._finish_unread_body()
         self._send_xml(
-            s3xml.document("CopyObjectResult", [el("LastModified", s3xml.iso8601(st.st_mtime)), el("ETag", f'"{etag}"')])
+            s3xml.document("CopyObjectResult", [el("LastModified", s3xml.iso8601(st.st_mtime)), el("ETag", f'"{meta.etag}"')])
         )
 
     def _delete_object(self, bucket: Bucket, key: str) -> None:
-        self._remove(bucket, key)
+        h = self._headers
+        self._remove(
+            bucket,
+            key,
+            etag=h.get("if-match"),
+            mtime=h.get("x-amz-if-match-last-modified-time"),
+            size=h.get("x-amz-if-match-size"),
+        )
         self._send(204)
 
-    def _remove(self, bucket: Bucket, key: str) -> None:
+    def _remove(self, bucket: Bucket, key: str, etag: str | None = None, mtime: str | None = None, size: str | None = None) -> None:
+        """Delete a key (missing keys are fine, as in S3); the conditions apply only to an existing object."""
         path = bucket.path_for(key)
         try:
             if key.endswith("/"):
                 path.rmdir()
             elif path.is_file() or path.is_symlink():
+                if etag is not None or mtime is not None or size is not None:
+                    self._check_delete_conditions(bucket, key, path, etag, mtime, size)
                 path.unlink()
+                bucket.meta.forget(key)
             else:
                 return
-        except (FileNotFoundError, OSError):
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise
             return
         # Empty folders are invisible in S3; remove the ones this delete emptied.
         parent = path.parent
@@ -675,16 +983,36 @@ class S3Handler(BaseHTTPRequestHandler):
                 break
             parent = parent.parent
 
+    def _check_delete_conditions(
+        self, bucket: Bucket, key: str, path: Path, etag: str | None, mtime: str | None, size: str | None
+    ) -> None:
+        st = path.stat()
+        if etag is not None:
+            _, current = self._meta_and_etag(bucket, ObjectFile(key, path, st))
+            if conditions.evaluate({"if-match": etag}, current, 0, read=False) == 412:
+                raise conditions.precondition_failed()
+        if mtime is not None:
+            wanted = _parse_time(mtime)
+            if wanted is None:
+                raise invalid_argument("x-amz-if-match-last-modified-time / LastModifiedTime is not a valid date")
+            if int(wanted) != int(st.st_mtime):
+                raise conditions.precondition_failed()
+        if size is not None:
+            if not _DIGITS.fullmatch(size.strip()):
+                raise invalid_argument("x-amz-if-match-size / Size must be a non-negative integer")
+            if int(size) != st.st_size:
+                raise conditions.precondition_failed()
+
     def _delete_objects(self, bucket: Bucket, ctx: SignatureContext | None) -> None:
         request = s3xml.parse_delete(self._read_small_body(ctx))
         out = []
-        for key in request.keys:
+        for obj in request.objects:
             try:
-                self._remove(bucket, key)
+                self._remove(bucket, obj.key, etag=obj.etag, mtime=obj.last_modified, size=obj.size)
                 if not request.quiet:
-                    out.append(f"<Deleted>{el('Key', key)}</Deleted>")
+                    out.append(f"<Deleted>{el('Key', obj.key)}</Deleted>")
             except S3Error as err:
-                out.append(f"<Error>{el('Key', key)}{el('Code', err.code)}{el('Message', err.message)}</Error>")
+                out.append(f"<Error>{el('Key', obj.key)}{el('Code', err.code)}{el('Message', err.message)}</Error>")
         self._send_xml(s3xml.document("DeleteResult", out))
 
     # -- multipart --------------------------------------------------------
@@ -697,21 +1025,34 @@ class S3Handler(BaseHTTPRequestHandler):
     def _create_upload(self, bucket: Bucket, key: str) -> None:
         if key.endswith("/"):
             raise invalid_argument("a key ending in '/' is a folder here and cannot hold data")
-        upload = self._store().create(key)
+        algorithm = self._headers.get("x-amz-checksum-algorithm")
+        headers: dict[str, str] = {}
+        kind = self._headers.get("x-amz-checksum-type", "COMPOSITE").strip().upper()
+        if kind not in ("COMPOSITE", "FULL_OBJECT"):
+            raise S3Error(400, "InvalidRequest", "Value for x-amz-checksum-type header is invalid.")
+        if algorithm is not None:
+            algorithm = algorithm.strip().lower()
+            new_checksum(algorithm)  # InvalidRequest for an unknown algorithm
+            if kind == "FULL_OBJECT" and algorithm not in CRC_PARAMS:
+                raise S3Error(400, "InvalidRequest", f"The FULL_OBJECT checksum type cannot be used with the {algorithm.upper()} algorithm.")
+            headers["x-amz-checksum-algorithm"] = algorithm.upper()
+            headers["x-amz-checksum-type"] = kind
+        upload = self._store().create(key, self._request_meta(), algorithm, kind)
         self._send_xml(
             s3xml.document(
                 "InitiateMultipartUploadResult", [el("Bucket", bucket.name), el("Key", key), el("UploadId", upload.upload_id)]
-            )
+            ),
+            headers=headers,
         )
 
     def _upload(self, key: str, q: dict[str, str]) -> Upload:
         return self._store().get(key, q.get("uploadId", ""))
 
     def _part_number(self, q: dict[str, str]) -> int:
-        try:
-            return int(q.get("partNumber", ""))
-        except ValueError:
-            raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive") from None
+        value = q.get("partNumber", "")
+        if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= 10_000:
+            raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive")
+        return int(value)
 
     def _upload_part(self, bucket: Bucket, key: str, q: dict[str, str], ctx: SignatureContext | None) -> None:
         upload = self._upload(key, q)
@@ -719,6 +1060,7 @@ class S3Handler(BaseHTTPRequestHandler):
         store = self._store()
         if "x-amz-copy-source" in self._headers:
             return self._upload_part_copy(store, upload, number)
+        check_content_md5(self._headers.get("content-md5"))
         body, declared = self._body(ctx)
         checks = self._checksums()
         writer = store.part_writer(upload, number, declared)
@@ -727,23 +1069,31 @@ class S3Handler(BaseHTTPRequestHandler):
             self._bytes_in += total
             if declared is not None and total != declared:
                 raise S3Error(400, "IncompleteBody", "The body is shorter than its declared length")
-            checks.verify(self._headers.get("content-md5"), getattr(body, "trailers", {}))
-            part = writer.commit(checks.md5.digest())
+            verified = checks.verify(self._headers.get("content-md5"), getattr(body, "trailers", {}))
+            part = writer.commit(checks.md5.digest(), verified)
         except BaseException:
             writer.abort()
             raise
-        self._send(200, {"ETag": f'"{part.etag}"'})
+        self._send(200, {"ETag": f'"{part.etag}"', **verified})
+
+    def _copy_source_range(self, size: int) -> tuple[int, int]:
+        """First byte and length of x-amz-copy-source-range: `bytes=first-last`, inside the source."""
+        value = self._headers.get("x-amz-copy-source-range")
+        if value is None:
+            return 0, size
+        m = re.fullmatch(r"bytes=([0-9]{1,19})-([0-9]{1,19})", value.strip())
+        if not m or int(m.group(2)) < int(m.group(1)):
+            raise invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy")
+        first, last = int(m.group(1)), int(m.group(2))
+        if last >= size:
+            raise S3Error(
+                416, "InvalidRange", "The requested range is not satisfiable: it goes past the end of the source object.", ActualObjectSize=str(size)
+            )
+        return first, last - first + 1
 
     def _upload_part_copy(self, store: MultipartStore, upload: Upload, number: int) -> None:
-        src, _ = self._copy_source()
-        size = src.st.st_size
-        first, count = 0, size
-        rng_header = self._headers.get("x-amz-copy-source-range")
-        if rng_header:
-            rng = conditions.parse_range(rng_header, size)
-            if rng is None:
-                raise invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last")
-            first, count = rng[0], rng[1] - rng[0] + 1
+        _, src, _, _ = self._copy_source()
+        first, count = self._copy_source_range(src.st.st_size)
         md5 = hashlib.md5()
         writer = store.part_writer(upload, number, count)
         try:
@@ -769,10 +1119,27 @@ class S3Handler(BaseHTTPRequestHandler):
         )
 
     def _complete_upload(self, bucket: Bucket, key: str, q: dict[str, str], ctx: SignatureContext | None) -> None:
-        upload = self._upload(key, q)
-        listed = s3xml.parse_complete(self._read_small_body(ctx))
-        _, etag, st = self._store().complete(upload, listed)
+        store = self._store()
+        upload_id = q.get("uploadId", "")
+        part_checksums: dict[int, dict[str, str]] = {}
+        expected = {k: v for k, v in self._headers.items() if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS}
+        try:
+            upload = self._upload(key, q)
+        except S3Error:
+            # A repeated Complete of an upload that already finished answers 200 again, as S3 does.
+            listed = s3xml.parse_complete(self._read_small_body(ctx, object_checksums=True))
+            done = store.completed(key, upload_id, listed)
+            if done is None:
+                raise
+            return self._send_complete(bucket, key, done[0], done[1])
+        listed = s3xml.parse_complete(self._read_small_body(ctx, object_checksums=True), part_checksums)
+        target = prepare_target(bucket, key)
+        precheck = self._write_conditions(bucket, key, target)
+        _, etag, st, _ = store.complete(upload, listed, precheck, part_checksums, expected)
         self.state.etags.put(identity(st), etag)
+        self._send_complete(bucket, key, etag, dict(upload.meta.checksums))
+
+    def _send_complete(self, bucket: Bucket, key: str, etag: str, headers: dict[str, str]) -> None:
         host = self._headers.get("host", "localhost")
         self._send_xml(
             s3xml.document(
@@ -782,8 +1149,15 @@ class S3Handler(BaseHTTPRequestHandler):
                     el("Bucket", bucket.name),
                     el("Key", key),
                     el("ETag", f'"{etag}"'),
+                    *(
+                        el("Checksum" + k[len(CHECKSUM_PREFIX):].upper(), v)
+                        for k, v in headers.items()
+                        if k[len(CHECKSUM_PREFIX):] in CHECKSUM_ALGORITHMS
+                    ),
+                    *(el("ChecksumType", headers["x-amz-checksum-type"]) for _ in [0] if "x-amz-checksum-type" in headers),
                 ],
-            )
+            ),
+            headers=headers,
         )
 
     def _abort_upload(self, bucket: Bucket, key: str, q: dict[str, str]) -> None:

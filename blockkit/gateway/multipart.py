@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import secrets
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from blockkit.gateway.body import CHECKSUM_PREFIX, crc_combine, new_checksum
 from blockkit.gateway.buckets import STAGING_DIR, Bucket
 from blockkit.gateway.errors import S3Error, invalid_argument
 from blockkit.gateway.etags import multipart_etag
-from blockkit.gateway.writes import AtomicFile, copy_range, prepare_target
+from blockkit.gateway.metadata import ObjectMeta
+from blockkit.gateway.writes import COMMIT_LOCK, AtomicFile, copy_range, prepare_target
 
 MAX_PARTS = 10_000
+# S3's minimum size of every part but the last (EntityTooSmall on completion).
+MIN_PART_SIZE = 5 * 1024 * 1024
+# Completed uploads remembered so a repeated CompleteMultipartUpload answers 200 again.
+REMEMBER_COMPLETED = 1000
 
 
 @dataclass
@@ -27,6 +37,7 @@ class Part:
     size: int
     in_slot: bool  # True: bytes live in the assembly file at (number - 1) * slot_size
     last_modified: float
+    checksums: dict[str, str] = field(default_factory=dict)
 
     @property
     def etag(self) -> str:
@@ -45,6 +56,10 @@ class Upload:
     slot_size: int | None = None
     parts: dict[int, Part] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    meta: ObjectMeta = field(default_factory=ObjectMeta)
+    checksum_algorithm: str | None = None  # x-amz-checksum-algorithm given at creation (lower case)
+    checksum_type: str = "COMPOSITE"  # or FULL_OBJECT (CRCs only)
+    writing: set[int] = field(default_factory=set)  # part numbers being written into their slot
 
     @property
     def assembly(self) -> Path:
@@ -76,7 +91,10 @@ class PartWriter:
                 # slot size; parts then land at their final offset and completion is a rename.
                 upload.slot_size = declared_size
             slot = upload.slot_size
-            self.in_slot = bool(slot and declared_size is not None and declared_size <= slot)
+            # Two uploads of one part number at once: only one may use the slot, the other gets a file.
+            self.in_slot = bool(slot and declared_size is not None and declared_size <= slot and number not in upload.writing)
+            if self.in_slot:
+                upload.writing.add(number)
             upload.parts.pop(number, None)  # a re-upload replaces; a failed one leaves nothing
         if self.in_slot:
             assert slot is not None
@@ -100,14 +118,16 @@ class PartWriter:
             data = data[n:]
             self.size += n
 
-    def commit(self, md5: bytes) -> Part:
-        """Record the part as uploaded."""
+    def commit(self, md5: bytes, checksums: dict[str, str] | None = None) -> Part:
+        """Record the part as uploaded: the upload of a part number that finishes last wins."""
         os.close(self.fd)
-        if self.tmp is not None:
-            os.replace(self.tmp, self.upload.part_path(self.number))
-        part = Part(self.number, md5, self.size, self.in_slot, time.time())
+        part = Part(self.number, md5, self.size, self.in_slot, time.time(), dict(checksums or {}))
         with self.upload.lock:
+            if self.tmp is not None:
+                os.replace(self.tmp, self.upload.part_path(self.number))
             self.upload.parts[self.number] = part
+            if self.in_slot:
+                self.upload.writing.discard(self.number)
         return part
 
     def abort(self) -> None:
@@ -116,6 +136,9 @@ class PartWriter:
             os.close(self.fd)
         except OSError:
             pass
+        if self.in_slot:
+            with self.upload.lock:
+                self.upload.writing.discard(self.number)
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
 
@@ -127,14 +150,21 @@ class MultipartStore:
         self.bucket = bucket
         self.staging = bucket.root / STAGING_DIR / "uploads"
         self._uploads: dict[str, Upload] = {}
+        self._completed: OrderedDict[str, tuple[str, str, frozenset[tuple[int, str]], dict[str, str]]] = OrderedDict()
         self._lock = threading.Lock()
+        self.min_part_size = MIN_PART_SIZE
 
-    def create(self, key: str) -> Upload:
-        """Start an upload of key."""
+    def create(
+        self, key: str, meta: ObjectMeta | None = None, checksum_algorithm: str | None = None, checksum_type: str = "COMPOSITE"
+    ) -> Upload:
+        """Start an upload of key (with the metadata the object will get)."""
         self.bucket.path_for(key)  # refuse bad keys before anything is staged
         upload_id = secrets.token_urlsafe(24)
         folder = self.staging / upload_id
         upload = Upload(upload_id, self.bucket.name, key, folder, time.time())
+        upload.meta = meta or ObjectMeta()
+        upload.checksum_algorithm = checksum_algorithm
+        upload.checksum_type = checksum_type
         with self._lock:
             folder.mkdir(parents=True)
             self._uploads[upload_id] = upload
@@ -147,6 +177,14 @@ class MultipartStore:
         if upload is None or upload.key != key:
             raise no_such_upload(upload_id)
         return upload
+
+    def completed(self, key: str, upload_id: str, listed: list[tuple[int, str]]) -> tuple[str, dict[str, str]] | None:
+        """ETag and checksum headers of an upload already completed with these parts (a repeated Complete)."""
+        with self._lock:
+            done = self._completed.get(upload_id)
+        if done is None or done[0] != key or frozenset(listed) != done[2]:
+            return None
+        return done[1], dict(done[3])
 
     def uploads(self) -> list[Upload]:
         """Every in-progress upload, by key then start time."""
@@ -163,44 +201,121 @@ class MultipartStore:
         """Drop an upload and its staged bytes."""
         self._forget(upload)
 
-    def complete(self, upload: Upload, listed: list[tuple[int, str]]) -> tuple[Path, str, os.stat_result]:
-        """Assemble the listed parts into the object; returns its path, multipart ETag and stat."""
+    def complete(
+        self,
+        upload: Upload,
+        listed: list[tuple[int, str]],
+        precheck: Callable[[], None] | None = None,
+        part_checksums: dict[int, dict[str, str]] | None = None,
+        expected: dict[str, str] | None = None,
+    ) -> tuple[Path, str, os.stat_result, list[Part]]:
+        """Assemble the listed parts into the object; returns its path, multipart ETag, stat and parts.
+
+        A part number listed twice (a part re-sent while the first upload was still running)
+        is one part: the upload of it that finished last, if any listed ETag names it.
+        """
         numbers = [n for n, _ in listed]
-        if any(b <= a for a, b in zip(numbers, numbers[1:])):
+        if any(b < a for a, b in zip(numbers, numbers[1:])):
             raise S3Error(400, "InvalidPartOrder", "The list of parts was not in ascending order. The parts list must be specified in order by part number.")
+        wanted: dict[int, set[str]] = {}
+        for number, etag in listed:
+            wanted.setdefault(number, set()).add(etag.lower().strip('"'))
         with upload.lock:
             chosen = []
-            for number, etag in listed:
+            for number, etags in wanted.items():
                 part = upload.parts.get(number)
-                if part is None or part.etag != etag.lower().strip('"'):
+                if part is None or part.etag not in etags:
                     raise S3Error(
                         400,
                         "InvalidPart",
                         "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not have matched the part's entity tag.",
                         PartNumber=str(number),
-                        ETag=etag,
+                        ETag=sorted(etags)[0],
                     )
+                for name, value in (part_checksums or {}).get(number, {}).items():
+                    if part.checksums.get(name, value) != value:
+                        raise S3Error(
+                            400,
+                            "InvalidPart",
+                            f"The {name[len(CHECKSUM_PREFIX):].upper()} given for part {number} does not match the part's checksum.",
+                            PartNumber=str(number),
+                        )
                 chosen.append(part)
             slot = upload.slot_size
+        for part in chosen[:-1]:
+            if part.size < self.min_part_size:
+                raise S3Error(
+                    400,
+                    "EntityTooSmall",
+                    "Your proposed upload is smaller than the minimum allowed object size.",
+                    ProposedSize=str(part.size),
+                    MinSizeAllowed=str(self.min_part_size),
+                    PartNumber=str(part.number),
+                )
         target = prepare_target(self.bucket, upload.key)
+        if precheck is not None:
+            precheck()  # fail before assembling; checked again right before the rename
         total = sum(p.size for p in chosen)
+        etag = multipart_etag([p.md5 for p in chosen])
+        meta = upload.meta
+        meta.etag = etag
+        meta.parts = [p.size for p in chosen]
+        meta.checksums = {}
+        meta.part_checksums = None
+        algorithm = upload.checksum_algorithm
+        name = CHECKSUM_PREFIX + algorithm if algorithm else ""
+        if algorithm and all(name in p.checksums for p in chosen):
+            raw = [base64.b64decode(p.checksums[name]) for p in chosen]
+            meta.part_checksums = [p.checksums[name] for p in chosen]
+            if upload.checksum_type == "FULL_OBJECT":
+                # The CRC of the whole object, combined from the parts' CRCs and sizes.
+                whole = raw[0]
+                for crc, p in zip(raw[1:], chosen[1:]):
+                    whole = crc_combine(algorithm, whole, crc, p.size)
+                meta.checksums = {name: base64.b64encode(whole).decode(), "x-amz-checksum-type": "FULL_OBJECT"}
+            else:
+                # S3's composite checksum: the checksum of the parts' binary checksums, then "-N".
+                digest = new_checksum(algorithm)
+                for r in raw:
+                    digest.update(r)
+                meta.checksums = {name: f"{base64.b64encode(digest.digest()).decode()}-{len(chosen)}", "x-amz-checksum-type": "COMPOSITE"}
+        for name, value in (expected or {}).items():
+            # A checksum header on Complete names the whole object: with or without the "-N".
+            mine = meta.checksums.get(name)
+            if mine is None or value.strip() not in (mine, mine.rsplit("-", 1)[0]):
+                raise S3Error(400, "BadDigest", f"The {name[len(CHECKSUM_PREFIX):].upper()} you specified did not match the calculated checksum.")
         in_place = (
             slot is not None
-            and numbers == list(range(1, len(chosen) + 1))
+            and [p.number for p in chosen] == list(range(1, len(chosen) + 1))
             and all(p.in_slot for p in chosen)
             and all(p.size == slot for p in chosen[:-1])
         )
+        st: os.stat_result | None = None
         if in_place:
-            os.truncate(upload.assembly, total)
-            try:
-                os.replace(upload.assembly, target)
-            except OSError:
-                in_place = False  # e.g. the target folder is another filesystem: copy instead
+            # Under the lock for conditional completes: a failed condition leaves the assembly
+            # untruncated, so a later Complete with more parts still finds their bytes.
+            with COMMIT_LOCK if precheck is not None else contextlib.nullcontext():
+                if precheck is not None:
+                    precheck()
+                os.truncate(upload.assembly, total)
+                sidecar = not self.bucket.meta.attach_path(upload.assembly, meta)
+                try:
+                    os.replace(upload.assembly, target)
+                except OSError:
+                    in_place = False  # e.g. the target folder is another filesystem: copy instead
+            if in_place:
+                if sidecar:
+                    self.bucket.meta.write_sidecar(upload.key, meta)
+                st = target.stat()
         if not in_place:
-            self._concatenate(upload, chosen, slot, target)
+            st = self._concatenate(upload, chosen, slot, target, meta, precheck)
+        assert st is not None
+        with self._lock:
+            self._completed[upload.upload_id] = (upload.key, etag, frozenset(listed), dict(meta.checksums))
+            while len(self._completed) > REMEMBER_COMPLETED:
+                self._completed.popitem(last=False)
         self._forget(upload)
-        etag = multipart_etag([p.md5 for p in chosen])
-        return target, etag, target.stat()
+        return target, etag, st, chosen
 
     def _forget(self, upload: Upload) -> None:
         # The staging folder is visible in the output folder: keep it only while uploads run.
@@ -214,7 +329,9 @@ class MultipartStore:
                     except OSError:
                         break
 
-    def _concatenate(self, upload: Upload, parts: list[Part], slot: int | None, target: Path) -> None:
+    def _concatenate(
+        self, upload: Upload, parts: list[Part], slot: int | None, target: Path, meta: ObjectMeta, precheck: Callable[[], None] | None
+    ) -> os.stat_result:
         with AtomicFile(target) as out:
             assembly_fd = os.open(upload.assembly, os.O_RDONLY) if upload.assembly.exists() else -1
             try:
@@ -231,7 +348,7 @@ class MultipartStore:
             finally:
                 if assembly_fd >= 0:
                     os.close(assembly_fd)
-            out.commit()
+            return out.commit(self.bucket, upload.key, meta, precheck)
 
     def close(self) -> None:
         """Abort every upload and remove the staging folder."""

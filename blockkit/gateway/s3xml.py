@@ -63,32 +63,49 @@ def _text(node: ET.Element, name: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class DeleteObject:
+    """One `<Object>` of a DeleteObjects body, with its optional conditions."""
+
+    key: str
+    etag: str | None = None
+    last_modified: str | None = None
+    size: str | None = None
+
+
+@dataclass(frozen=True)
 class DeleteRequest:
     """A parsed DeleteObjects body."""
 
-    keys: list[str]
+    objects: list[DeleteObject]
     quiet: bool
+
+    @property
+    def keys(self) -> list[str]:
+        return [o.key for o in self.objects]
 
 
 def parse_delete(body: bytes) -> DeleteRequest:
-    """Parse `<Delete><Object><Key>…</Key></Object>…<Quiet>…</Quiet></Delete>`."""
+    """Parse `<Delete><Object><Key>…</Key>[<ETag>|<LastModifiedTime>|<Size>]</Object>…<Quiet>…</Quiet></Delete>`."""
     root = _parse(body)
     if _local(root.tag) != "Delete":
         raise malformed_xml()
-    keys = []
+    objects = []
     for obj in _children(root, "Object"):
         key = _text(obj, "Key")
         if key is None:
             raise malformed_xml()
-        keys.append(key)
-    if not keys or len(keys) > 1000:
+        objects.append(DeleteObject(key, _text(obj, "ETag"), _text(obj, "LastModifiedTime"), _text(obj, "Size")))
+    if not objects or len(objects) > 1000:
         raise malformed_xml("a multi-object delete names between 1 and 1000 keys")
     quiet = (_text(root, "Quiet") or "false").strip().lower() == "true"
-    return DeleteRequest(keys, quiet)
+    return DeleteRequest(objects, quiet)
 
 
-def parse_complete(body: bytes) -> list[tuple[int, str]]:
-    """Parse a CompleteMultipartUpload body into (part number, ETag) pairs."""
+def parse_complete(body: bytes, checksums: dict[int, dict[str, str]] | None = None) -> list[tuple[int, str]]:
+    """Parse a CompleteMultipartUpload body into (part number, ETag) pairs.
+
+    Part checksums (`<ChecksumSHA256>` ...) are put into `checksums` as {part: {header name: value}}.
+    """
     root = _parse(body)
     if _local(root.tag) != "CompleteMultipartUpload":
         raise malformed_xml()
@@ -101,6 +118,11 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
             parts.append((int(number.strip()), etag.strip().strip('"')))
         except ValueError:
             raise malformed_xml() from None
+        if checksums is not None:
+            for child in part:
+                name = _local(child.tag)
+                if name.startswith("Checksum") and name != "ChecksumType" and child.text:
+                    checksums.setdefault(parts[-1][0], {})["x-amz-checksum-" + name[len("Checksum"):].lower()] = child.text.strip()
     if not parts:
         raise malformed_xml("You must specify at least one part")
     return parts

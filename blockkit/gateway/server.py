@@ -14,7 +14,7 @@ from blockkit.gateway.buckets import OUTPUT_BUCKET, Bucket
 from blockkit.gateway.errors import GatewayConfigError, GatewayStartError
 from blockkit.gateway.etags import ETagCache
 from blockkit.gateway.handler import AccessLog, Counters, GatewayState, S3Handler
-from blockkit.gateway.multipart import MultipartStore
+from blockkit.gateway.multipart import MIN_PART_SIZE, MultipartStore
 from blockkit.gateway.sigv4 import Credentials, Verifier
 
 
@@ -46,7 +46,10 @@ class Gateway:
         credentials: Credentials | None = None,
         access_log: Path | TextIO | None = None,
         region: str = "us-east-1",
+        min_part_size: int = MIN_PART_SIZE,
     ) -> None:
+        if min_part_size < 0:
+            raise GatewayConfigError("min_part_size must not be negative")
         buckets: dict[str, Bucket] = {}
         for name, folder in inputs.items():
             folder = Path(folder)
@@ -76,10 +79,13 @@ class Gateway:
             log = AccessLog(self._log_file)
         elif access_log is not None:
             log = AccessLog(access_log)
+        multipart = MultipartStore(out_bucket) if out_bucket else None
+        if multipart is not None:
+            multipart.min_part_size = min_part_size
         self.state = GatewayState(
             buckets=buckets,
             output=out_bucket,
-            multipart=MultipartStore(out_bucket) if out_bucket else None,
+            multipart=multipart,
             verifier=Verifier(credentials) if credentials else None,
             region=region,
             etags=ETagCache(),

@@ -7,8 +7,9 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Mapping
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 from blockkit.gateway.errors import S3Error, access_denied
 
@@ -56,6 +57,11 @@ def _uri_encode(value: str, safe: str) -> str:
     return quote(value, safe=safe)
 
 
+def _reencode(raw: str, safe: str) -> str:
+    """Decode a URL piece to its bytes and encode it the SigV4 way (bytes-exact, invalid UTF-8 kept)."""
+    return quote(unquote_to_bytes(raw.encode("latin-1", "surrogateescape")), safe=safe)
+
+
 def canonical_query(raw_query: str, drop: str | None = None) -> str:
     """The canonical query string: each name/value decoded, re-encoded and sorted."""
     pairs: list[tuple[str, str]] = []
@@ -64,10 +70,9 @@ def canonical_query(raw_query: str, drop: str | None = None) -> str:
             if not item:
                 continue
             name, _, value = item.partition("=")
-            name, value = unquote(name.replace("+", "%20")), unquote(value.replace("+", "%20"))
-            if name == drop:
+            if drop is not None and unquote(name) == drop:
                 continue
-            pairs.append((_uri_encode(name, "-_.~"), _uri_encode(value, "-_.~")))
+            pairs.append((_reencode(name.replace("+", "%20"), "-_.~"), _reencode(value.replace("+", "%20"), "-_.~")))
     pairs.sort()
     return "&".join(f"{n}={v}" for n, v in pairs)
 
@@ -80,6 +85,24 @@ def _canonical_headers(headers: Mapping[str, str], signed: list[str]) -> str:
             raise access_denied(f"signed header {name!r} is missing from the request")
         lines.append(f"{name}:{' '.join(value.strip().split())}\n")
     return "".join(lines)
+
+
+def _request_date(headers: Mapping[str, str]) -> str:
+    """The request time for the string to sign: X-Amz-Date, else the Date header (what botocore signs
+    when a Date header is set), as YYYYMMDDTHHMMSSZ."""
+    amz_date = headers.get("x-amz-date")
+    if amz_date is not None:
+        return amz_date
+    date = headers.get("date")
+    if date is None:
+        raise access_denied("X-Amz-Date (or Date) is missing")
+    try:
+        when = parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        raise access_denied("the Date header is malformed") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _parse_amz_date(value: str) -> datetime:
@@ -145,7 +168,7 @@ class Verifier:
         if not m:
             raise access_denied("malformed Authorization header")
         _, date, region, service = self._check_scope(m.group("cred"))
-        amz_date = headers.get("x-amz-date") or ""
+        amz_date = _request_date(headers)
         when = _parse_amz_date(amz_date)
         if not amz_date.startswith(date):
             raise access_denied("credential scope date does not match X-Amz-Date")
@@ -208,10 +231,12 @@ class Verifier:
             raise access_denied("the Host header must be signed")
         canon_headers = _canonical_headers(headers, signed)
         # Clients differ in how they escape the path; S3 signs it encoded once, as sent.
-        candidates = [raw_path, _uri_encode(unquote(raw_path), "/~")]
+        candidates = [raw_path, _reencode(raw_path, "/~")]
         for path in dict.fromkeys(candidates):
             creq = "\n".join([method, path, query, canon_headers, ";".join(signed), payload])
-            sts = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(creq.encode()).hexdigest()])
+            # Header values carry the client's bytes (UTF-8 or not) as surrogate-escaped text.
+            creq_bytes = creq.encode("utf-8", "surrogateescape")
+            sts = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(creq_bytes).hexdigest()])
             expected = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
             if hmac.compare_digest(expected, signature):
                 return

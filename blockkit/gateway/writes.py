@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Callable
 
 from blockkit.gateway.body import Body
 from blockkit.gateway.buckets import INTERNAL_PREFIX, Bucket
 from blockkit.gateway.errors import S3Error, invalid_argument
+from blockkit.gateway.metadata import ObjectMeta
 
 CHUNK = 1024 * 1024
+# Conditional writes (If-Match / If-None-Match) check the target and rename under this lock,
+# so two conditional writers of one key cannot both succeed.
+COMMIT_LOCK = threading.Lock()
 
 
 def prepare_target(bucket: Bucket, key: str) -> Path:
@@ -43,12 +48,32 @@ class AtomicFile:
             n = os.write(self.fd, data)
             data = data[n:]
 
-    def commit(self) -> os.stat_result:
-        """Close and rename over the target; returns the stat of the new object."""
+    def commit(
+        self,
+        bucket: Bucket | None = None,
+        key: str = "",
+        meta: ObjectMeta | None = None,
+        precheck: Callable[[], None] | None = None,
+    ) -> os.stat_result:
+        """Close and rename over the target (with its metadata); returns the stat of the new object.
+
+        `precheck` (conditional writes) runs under COMMIT_LOCK right before the rename and may raise.
+        """
+        sidecar = False
+        if bucket is not None and meta is not None:
+            sidecar = not bucket.meta.attach(self.fd, meta)
+        st = os.fstat(self.fd)
         os.close(self.fd)
         self._open = False
-        os.replace(self.tmp, self.target)
-        return self.target.stat()
+        if precheck is not None:
+            with COMMIT_LOCK:
+                precheck()
+                os.replace(self.tmp, self.target)
+        else:
+            os.replace(self.tmp, self.target)
+        if sidecar and bucket is not None and meta is not None:
+            bucket.meta.write_sidecar(key, meta)
+        return st
 
     def abort(self) -> None:
         """Close and delete the temp file."""

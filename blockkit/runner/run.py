@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import blockkit
-from blockkit.contract.datajson import (
-    DATA_JSON,
-    FeatureCollection,
-    load_data_json,
-    write_atomic,
-    write_data_json,
-)
-from blockkit.contract.errors import BlockkitError, ExitCode, NoOutputError, WorkflowError
+from blockkit.contract.datajson import DATA_JSON, FeatureCollection, dumps, load_data_json
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, WorkflowError, WrongInputError
 from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
 from blockkit.runner.hashing import HashCache, digest_of, source_hash
+from blockkit.runner.lock import FileLock, RunLock, replace_atomic, runner_identity
 from blockkit.runner.plan import Plan, PlannedStep
+from blockkit.runner.seal import SealError, SealTimeout, lock_tree, output_limit, remove_tree, seal_tree, verify_tree
 from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in, link_tree
 
 RUN_FILE = "run.json"
+#: Room kept at the end of run.json for writing the final state when the disk is full.
+RESERVE_BYTES = 4096
 PROVENANCE_FILE = "provenance.json"
 Event = Callable[[str, str, dict[str, Any]], None]  # (kind, step, info)
 
@@ -68,6 +66,7 @@ class StepRecord:
     ended: float | None = None
     cache_key: str | None = None
     cached_from: str | None = None
+    produced_by: dict[str, Any] | None = None  # a cached step: the run, step, engine and image that made it
     block: dict[str, Any] = field(default_factory=dict)
     engine: str | None = None
     image: str | None = None
@@ -78,6 +77,12 @@ class StepRecord:
     outputs: dict[str, str] = field(default_factory=dict)
     features_out: int | None = None
     detail: str = ""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepRecord:
+        """A record read back from run.json (unknown keys ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class RunFolder:
@@ -101,8 +106,12 @@ class RunFolder:
         return self.path.name
 
     def output_dir(self, step: str) -> Path:
-        """Where a step's output goes."""
+        """Where a step's sealed output is (read-only; the block wrote it in `work_dir`)."""
         return self.path / "steps" / step / "output"
+
+    def work_dir(self, step: str) -> Path:
+        """The folder a step's block writes into (seen as /tmp/output); sealed into `output_dir` after."""
+        return self.path / "steps" / step / "work"
 
     def input_dir(self, step: str) -> Path:
         """A folder the runner prepares as a step's input (first steps and fan-in)."""
@@ -117,8 +126,31 @@ class RunFolder:
         return self.path / "logs" / f"{step}.log"
 
     def write_json(self, name: str, data: Any) -> None:
-        """Write a JSON file of the run atomically."""
-        write_atomic(self.path / name, json.dumps(data, indent=2, default=str))
+        """Write a JSON file of the run atomically.
+
+        Trailing spaces (valid JSON) keep room so that on a full disk the final state can
+        still be written over the old file in place.
+        """
+        text = json.dumps(data, indent=2, default=str)
+        self.write_text(name, text + "\n" + " " * RESERVE_BYTES)
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a file of the run atomically; on a full disk, in place when it fits in the old one."""
+        path = self.path / name
+        try:
+            replace_atomic(path, text)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            data = text.rstrip(" ").encode()
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                room = os.fstat(fd).st_size
+                if room < len(data):
+                    raise
+                os.pwrite(fd, data + b" " * (room - len(data)), 0)  # no new block needed
+            finally:
+                os.close(fd)
 
     def read_json(self, name: str) -> Any:
         """Read a JSON file of the run (a broken one is a WorkflowError naming it)."""
@@ -144,32 +176,48 @@ def find_run(root: Path, run_id: str) -> RunFolder:
 
 
 class CacheIndex:
-    """Maps a step's cache key to the run folder output that has that result."""
+    """Maps a step's cache key to the run folder output that has that result.
+
+    Many runners share `cache-index.json`: every change is a read-merge-write under a lock
+    (`cache-index.lock`) through a unique temp file, so concurrent runs keep every entry.
+    """
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.path = root / "cache-index.json"
+
+    def _read(self) -> dict[str, str]:
         try:
-            self.entries: dict[str, str] = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.entries = {}
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
-    def lookup(self, key: str, root: Path) -> Path | None:
-        """A still-valid cached output folder for this key, or None."""
-        rel = self.entries.get(key)
-        if not rel:
-            return None
-        folder = root / rel
-        try:
-            load_data_json(folder, required=False)
-        except BlockkitError:
-            return None
-        return folder
+    @property
+    def entries(self) -> dict[str, str]:
+        """The current entries (cache key -> output folder relative to the runs folder)."""
+        return self._read()
 
-    def store(self, key: str, output_dir: Path, root: Path) -> None:
+    def lookup(self, key: str) -> str | None:
+        """The output folder (relative to the runs folder) recorded for this key, or None."""
+        return self._read().get(key)
+
+    def update(self, change: Callable[[dict[str, str]], None]) -> None:
+        """Change the entries under the index lock (read, change in place, write)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root / "cache-index.lock"):
+            entries = self._read()
+            change(entries)
+            replace_atomic(self.path, json.dumps(entries, indent=1))
+
+    def store(self, key: str, output_dir: Path) -> None:
         """Remember that this output folder is the result for this key."""
-        self.entries[key] = output_dir.relative_to(root).as_posix()
-        root.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps(self.entries, indent=1))
+        rel = output_dir.relative_to(self.root).as_posix()
+        self.update(lambda entries: entries.__setitem__(key, rel))
+
+    def evict(self, key: str, rel: str) -> None:
+        """Forget this key's entry if it still names `rel`."""
+        self.update(lambda entries: entries.pop(key) if entries.get(key) == rel else None)
 
 
 @dataclass
@@ -189,7 +237,7 @@ class RunOptions:
 
 
 class WorkflowRun:
-    """Runs the steps of a plan one after another in a run folder."""
+    """Runs the steps of a plan one after another in a run folder it holds the lock of."""
 
     def __init__(self, plan: Plan, options: RunOptions) -> None:
         self.plan = plan
@@ -199,14 +247,19 @@ class WorkflowRun:
         self.cache = CacheIndex(self.root)
         if options.resume:
             self.folder = find_run(self.root, options.resume)
+            self.lock = RunLock(self.folder.path)
+            self.lock.acquire()  # before reading run.json: a second runner on this run is refused
             previous = self.folder.read_json(RUN_FILE)
-            self.records = {name: StepRecord(**rec) for name, rec in previous.get("steps", {}).items()}
+            self.records = {name: StepRecord.from_json(rec) for name, rec in previous.get("steps", {}).items()}
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             self.folder = RunFolder.create(self.root, plan.workflow.name)
+            self.lock = RunLock(self.folder.path)
+            self.lock.acquire()
             self.records = {}
         for step in plan.steps:
             self.records.setdefault(step.name, StepRecord(name=step.name))
+        self.runner = runner_identity()
         self.started = time.time()
 
     # --- events ---------------------------------------------------------------------------
@@ -215,33 +268,67 @@ class WorkflowRun:
         if self.options.on_event:
             self.options.on_event(kind, step, info)
 
+    def _warn(self, step: str, message: str) -> None:
+        """A warning the user sees (the CLI prints `warning` events) and the step's log keeps."""
+        self._emit("warning", step, message=message)
+        self._pending_warnings.setdefault(step, []).append(message)
+
     # --- the run ----------------------------------------------------------------------------
 
     def execute(self) -> RunFolder:
         """Run every step; raise RunFailed at the first failing step (earlier outputs stay)."""
-        if self.plan.workflow.path and not (self.folder.path / "workflow.yaml").exists():
-            shutil.copyfile(self.plan.workflow.path, self.folder.path / "workflow.yaml")
-        self._save("running")
+        self._pending_warnings: dict[str, list[str]] = {}
         try:
+            if not (self.folder.path / "workflow.yaml").exists():
+                self._copy_workflow()
+            self._save("running")
             for step in self.plan.steps:
-                self._run_step(step)
+                try:
+                    self._run_step(step)
+                except (RunFailed, KeyboardInterrupt):
+                    raise
+                except (OSError, BlockkitError) as exc:
+                    # The runner's own work failed (a full disk, a vanished folder, a refused input):
+                    # the step is named, the run is marked failed and can be resumed.
+                    raise self._runner_failure(step, exc) from exc
         except RunFailed:
-            self._save("failed")
+            self._save_quietly("failed")
             raise
         except KeyboardInterrupt:
-            self._save("interrupted")
+            for record in self.records.values():
+                if record.status == "running":
+                    record.status, record.ended = "interrupted", time.time()
+            self._save_quietly("interrupted")
             raise
         except Exception as exc:
-            # Anything else (a full disk, a vanished folder): the run folder must not say "running".
+            # Anything else: the run folder must not say "running".
             for record in self.records.values():
                 if record.status == "running":
                     record.status, record.detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
-            self._save("failed")
+            self._save_quietly("failed")
             raise
         finally:
-            self.hashes.save()
+            try:
+                self.hashes.save()
+            except OSError:
+                pass  # the hash cache only saves re-reading files
+            self.lock.release()
         self._save("ok")
         return self.folder
+
+    def _runner_failure(self, step: PlannedStep, exc: BaseException) -> RunFailed:
+        record = self.records[step.name]
+        if isinstance(exc, BlockkitError):
+            code, text = int(exc.exit_code), exc.message
+        else:
+            code, text = int(ExitCode.UNEXPECTED_ERROR), f"{type(exc).__name__}: {exc}"
+        record.status, record.exit_code, record.exit_name = "failed", code, ExitCode.describe(code)
+        record.detail = f"the runner failed at this step: {text}"[:500]
+        record.ended = time.time()
+        self._save_quietly("failed")
+        self._emit("failed", step.name, exit_code=code, exit_name=record.exit_name, detail=record.detail)
+        return RunFailed(f"step {step.name!r} failed: {record.detail}", step=step.name, step_exit=code,
+                         run_dir=self.folder.path)
 
     def _run_step(self, step: PlannedStep) -> None:
         record = self.records[step.name]
@@ -256,6 +343,10 @@ class WorkflowRun:
             "mode": step.definition.mode,
             "propagate": step.propagate,
             "blockkit": blockkit.__version__,
+            # A result is reused only from the same engine (and image): the two run a block in
+            # different environments (host Python vs the image), so their outputs may differ.
+            "engine": engine.name,
+            "image_id": image_id,
         })
         output_dir = self.folder.output_dir(step.name)
         record.block, record.image, record.image_id = block_info, image, image_id
@@ -264,31 +355,28 @@ class WorkflowRun:
         record.upstream = list(step.upstream)
         record.inputs = inputs
         if self.options.resume and record.status in ("ok", "cached") and record.cache_key == key and output_dir.is_dir():
-            self._emit("skipped", step.name, reason="done in the resumed run", features=record.features_out)
+            problem = verify_tree(output_dir, record.outputs, self.hashes)
+            if problem is None:
+                self._emit("skipped", step.name, reason="done in the resumed run", features=record.features_out)
+                return
+            self._warn(step.name, f"the output of step {step.name!r} changed since it finished ({problem}); "
+                                  "running the step again")
+        if self.options.use_cache and self._reuse(step, record, key, output_dir):
             return
-        cached = self.cache.lookup(key, self.root) if self.options.use_cache else None
-        if cached is not None and cached.resolve() != output_dir.resolve():
-            self._reset_dir(output_dir)
-            link_tree(cached, output_dir)
-            record.status, record.cached_from = "cached", cached.relative_to(self.root).as_posix()
-            record.exit_code, record.exit_name, record.cache_key = 0, "OK", key
-            record.started = record.ended = time.time()
-            self._finish_outputs(step, record, output_dir)
-            self._emit("cached", step.name, source=record.cached_from, features=record.features_out)
-            self._save("running")
-            return
-        self._reset_dir(output_dir)
+        remove_tree(output_dir)
+        work_dir = self.folder.work_dir(step.name)
+        self._reset_dir(work_dir)
         self._reset_dir(self.folder.quicklook_dir(step.name))
         log_path = self.folder.log_path(step.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
+        log_path.write_text("".join(f"[blockkit] warning: {w}\n" for w in self._pending_warnings.pop(step.name, [])))
         cpus, memory = step.resources  # the machine type, capped to the host (plan.prepare_for_engine)
         spec = StepSpec(
             name=step.name,
             block_dir=step.block_dir,
             image=image,
             input_dir=input_dir,
-            output_dir=output_dir,
+            output_dir=work_dir,
             quicklook_dir=self.folder.quicklook_dir(step.name),
             log_path=log_path,
             params=step.params,
@@ -305,6 +393,7 @@ class WorkflowRun:
         )
         record.status, record.started, record.cache_key = "running", time.time(), key
         record.exit_code = record.ended = None
+        record.cached_from = record.produced_by = None
         record.detail = ""
         self._save("running")
         self._emit("started", step.name)
@@ -320,10 +409,62 @@ class WorkflowRun:
             result = StepResult(int(ExitCode.UNEXPECTED_ERROR), record.started or time.time(), time.time(), detail=detail)
         record.image_id = result.image_id or record.image_id
         self._redact_log(step.name)
-        self._after_step(step, record, result, input_dir, output_dir, upstream_dirs)
+        self._after_step(step, record, result, input_dir, output_dir, upstream_dirs, spec)
+
+    def _reuse(self, step: PlannedStep, record: StepRecord, key: str, output_dir: Path) -> bool:
+        """Serve the step from the cache when an earlier output with this key still matches its hashes."""
+        rel = self.cache.lookup(key)
+        if not rel:
+            return False
+        cached = self.root / rel
+        if cached == output_dir:
+            return False
+        producer = self._producer(rel, key)
+        if producer is None:
+            self.cache.evict(key, rel)
+            return False
+        problem = verify_tree(cached, producer["outputs"], self.hashes)
+        if problem is not None:
+            # Never reuse a changed result silently: drop it from the cache and run the step.
+            self.cache.evict(key, rel)
+            self._warn(step.name, f"the cached output {rel} changed since it was made ({problem}); "
+                                  "evicted from the cache, running the step again")
+            return False
+        remove_tree(output_dir)
+        remove_tree(self.folder.work_dir(step.name))
+        link_tree(cached, output_dir, on_link=self.hashes.moved)
+        lock_tree(output_dir)
+        record.status, record.cached_from = "cached", rel
+        record.produced_by = producer.get("produced_by") or {
+            "run_id": rel.split("/")[0], "step": producer.get("name"), "engine": producer.get("engine"),
+            "image": producer.get("image"), "image_id": producer.get("image_id")}
+        record.exit_code, record.exit_name, record.cache_key = 0, "OK", key
+        record.started = record.ended = time.time()
+        record.detail = ""
+        record.outputs = dict(producer["outputs"])
+        record.features_out = len(load_data_json(output_dir, required=False, check_files=False))
+        self._emit("cached", step.name, source=record.cached_from, features=record.features_out)
+        self._save("running")
+        return True
+
+    def _producer(self, rel: str, key: str) -> dict[str, Any] | None:
+        """The run.json record of the step that made a cached output (None if gone or not that key)."""
+        parts = rel.split("/")
+        if len(parts) != 4 or parts[1] != "steps" or parts[3] != "output":
+            return None
+        try:
+            run = json.loads((self.root / parts[0] / RUN_FILE).read_text())
+            rec = run["steps"][parts[2]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(rec, dict) or rec.get("cache_key") != key or rec.get("status") not in ("ok", "cached"):
+            return None
+        if not isinstance(rec.get("outputs"), dict) or DATA_JSON not in rec["outputs"]:
+            return None
+        return rec
 
     def _after_step(self, step: PlannedStep, record: StepRecord, result: StepResult,
-                    input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path]) -> None:
+                    input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path], spec: StepSpec) -> None:
         record.started, record.ended = result.started, result.ended
         record.exit_code, record.exit_name = result.exit_code, ExitCode.describe(result.exit_code)
         if result.timed_out:
@@ -333,24 +474,21 @@ class WorkflowRun:
         detail = result.detail
         if result.exit_code == 0:
             try:
-                if not (output_dir / DATA_JSON).is_file() and not (output_dir / DATA_JSON).is_symlink():
-                    # UP42: "at the very least, a block should output data.json" -- never an ok, cached step.
-                    raise NoOutputError(f"it wrote no {DATA_JSON}")
-                fc = load_data_json(output_dir, required=False)
-                if step.propagate:
-                    if upstream_dirs:  # mounted fan-in: the files are still in each upstream's folder
-                        forwarded = forward_fan_in(upstream_dirs, fc.features, output_dir)
-                    else:
-                        inputs = load_data_json(input_dir, required=False).features
-                        forwarded = forward_all(inputs, fc.features, input_dir, output_dir)
-                    fc.features.extend(forwarded)
-                    write_data_json(output_dir, fc)
+                self._seal_output(step, record, result, spec, input_dir, output_dir, upstream_dirs)
+            except SealTimeout as err:
+                record.exit_code, record.exit_name = TIMEOUT_EXIT_CODE, "TIMEOUT"
+                detail = f"{err.message} ({spec.timeout_s:g} s)"
             except BlockkitError as err:
                 record.exit_code, record.exit_name = int(ExitCode.NO_OUTPUT_ERROR), "NO_OUTPUT_ERROR"
                 detail = f"the step exited 0 but its output is invalid: {err.message}"
+            if record.exit_code != 0 and output_dir.exists():
+                # Only sealed, accepted results live in steps/<step>/output.
+                remove_tree(spec.output_dir)
+                os.rename(output_dir, spec.output_dir)
         if record.exit_code != 0:
             record.status = "failed"
             record.detail = detail or self._last_error_line(step.name)
+            record.ended = time.time()
             self._save("failed")
             self._emit("failed", step.name, exit_code=record.exit_code, exit_name=record.exit_name, detail=record.detail)
             message = f"step {step.name!r} failed with exit code {record.exit_code} ({record.exit_name})"
@@ -358,15 +496,44 @@ class WorkflowRun:
                 message += f": {record.detail}"
             raise RunFailed(message, step=step.name, step_exit=record.exit_code or 1, run_dir=self.folder.path)
         record.status = "ok"
-        self._finish_outputs(step, record, output_dir)
+        record.ended = time.time()
         # Stored even with --no-cache: a forced run refreshes the cache for the next one.
-        self.cache.store(record.cache_key or "", output_dir, self.root)
+        self.cache.store(record.cache_key or "", output_dir)
         self._save("running")
         self._emit("done", step.name, seconds=record.ended - record.started, features=record.features_out)
 
-    def _finish_outputs(self, step: PlannedStep, record: StepRecord, output_dir: Path) -> None:
-        record.outputs = self.hashes.tree(output_dir)
-        record.features_out = len(load_data_json(output_dir, required=False, check_files=False))
+    def _seal_output(self, step: PlannedStep, record: StepRecord, result: StepResult, spec: StepSpec,
+                     input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path]) -> None:
+        """Take the step's output over: rename it to the sealed place, check, hash, forward, lock."""
+        deadline = None
+        if spec.timeout_s:
+            # The step's timeout covers taking over and hashing what it wrote.
+            deadline = time.monotonic() + max(0.0, spec.timeout_s - (time.time() - result.started))
+        limit = output_limit(step.manifest.machine_type, step.definition.max_output)
+        os.rename(spec.output_dir, output_dir)  # same folder, atomic, no byte copied
+        sealed = seal_tree(output_dir, self.hashes, limit=limit, deadline=deadline)
+        seal_tree(spec.quicklook_dir, self.hashes, what="quicklooks", limit=limit, deadline=deadline,
+                  hash_files=False).lock()
+        if DATA_JSON not in sealed.files:
+            raise SealError("it wrote no data.json (an empty result is a data.json with no features)")
+        fc = load_data_json(output_dir, required=False)
+        files = sealed.files
+        if step.propagate:
+            if upstream_dirs:  # mounted fan-in: the files are still in each upstream's folder
+                forwarded = forward_fan_in(upstream_dirs, fc.features, output_dir, on_link=self.hashes.moved)
+            else:
+                inputs = load_data_json(input_dir, required=False).features
+                forwarded = forward_all(inputs, fc.features, input_dir, output_dir, on_link=self.hashes.moved)
+            fc.features.extend(forwarded)
+            fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                replace_atomic(output_dir / DATA_JSON, dumps(fc), dir_fd=fd)
+            finally:
+                os.close(fd)
+            files = seal_tree(output_dir, self.hashes, limit=limit, deadline=deadline).files
+        sealed.lock()
+        record.outputs = files
+        record.features_out = len(fc.features)
 
     @contextlib.contextmanager
     def _gateway(self, step: PlannedStep, spec: StepSpec, image: str | None) -> Iterator[None]:
@@ -392,7 +559,9 @@ class WorkflowRun:
             if self.options.input_dir is not None:
                 return self.options.input_dir, {}
             folder = self.folder.input_dir(step.name)
-            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                lock_tree(folder)
             return folder, {}
         if len(step.upstream) == 1:
             return self.folder.output_dir(step.upstream[0]), {}
@@ -408,17 +577,28 @@ class WorkflowRun:
                 (folder / up).mkdir()
                 mounts[up] = up_dir
             else:
-                link_tree(up_dir, folder / up)  # hard links: no bytes copied
-        write_data_json(folder, merged)
+                link_tree(up_dir, folder / up, on_link=self.hashes.moved)  # hard links: no bytes copied
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            replace_atomic(folder / DATA_JSON, dumps(merged), dir_fd=fd)
+        finally:
+            os.close(fd)
+        seal_tree(folder, self.hashes, what="fan-in input", hash_files=False).lock()
         return folder, mounts
 
     def _input_hashes(self, step: PlannedStep, input_dir: Path) -> dict[str, str]:
-        if len(step.upstream) > 1:
+        if step.upstream:
+            # Sealed upstream outputs: their hashes were recorded when they were taken over.
+            prefix = len(step.upstream) > 1
             hashes: dict[str, str] = {}
             for up in step.upstream:
-                hashes.update(self.hashes.tree(self.folder.output_dir(up), prefix=f"{up}/"))
+                outputs = self.records[up].outputs
+                hashes.update({(f"{up}/{rel}" if prefix else rel): sha for rel, sha in outputs.items()})
             return hashes
-        return self.hashes.tree(input_dir)
+        try:
+            return seal_tree(input_dir, self.hashes, what="input", read_only=False).files
+        except SealError as err:
+            raise WrongInputError(f"{err.message.replace('output may', 'input may')} ({input_dir})") from None
 
     def _block_identity(self, step: PlannedStep) -> tuple[dict[str, Any], str | None, str | None]:
         info: dict[str, Any] = {"name": step.manifest.name, "version": step.manifest.version or None}
@@ -434,6 +614,16 @@ class WorkflowRun:
 
     # --- bookkeeping ------------------------------------------------------------------------
 
+    def _copy_workflow(self) -> None:
+        """Keep a copy of the workflow file in the run folder, secret parameter values redacted."""
+        path = self.plan.workflow.path
+        if not path:
+            return
+        text = redact_workflow_text(path.read_text(encoding="utf-8"), self.plan)
+        if self.options.redact:
+            text = self.options.redact(text)
+        self.folder.write_text("workflow.yaml", text)
+
     def _log_sink(self, step: str) -> Callable[[str, str], None] | None:
         sink, redact = self.options.on_log_line, self.options.redact
         if sink is None or redact is None:
@@ -448,7 +638,7 @@ class WorkflowRun:
             text = path.read_text(errors="replace")
             clean = self.options.redact(text)
             if clean != text:
-                write_atomic(path, clean)
+                replace_atomic(path, clean)
 
     def _last_error_line(self, step: str) -> str:
         try:
@@ -462,9 +652,15 @@ class WorkflowRun:
 
     @staticmethod
     def _reset_dir(path: Path) -> None:
-        if path.exists():
-            shutil.rmtree(path)
+        remove_tree(path)
         path.mkdir(parents=True)
+
+    def _save_quietly(self, status: str) -> None:
+        """Record the final state if the disk lets us (a failure must not hide the first error)."""
+        try:
+            self._save(status)
+        except OSError:
+            pass
 
     def _save(self, status: str) -> None:
         workflow = self.plan.workflow
@@ -477,6 +673,7 @@ class WorkflowRun:
             "status": status,
             "started": self.started,
             "updated": time.time(),
+            "runner": self.runner,
             "steps": steps,
         }
         self.folder.write_json(RUN_FILE, run)
@@ -486,7 +683,7 @@ class WorkflowRun:
             "workflow": {
                 "name": workflow.name,
                 "path": run["workflow_path"],
-                "sha256": self.hashes.file_sha256(workflow.path) if workflow.path else None,
+                "sha256": self.hashes.file_sha256(workflow.path.resolve()) if workflow.path else None,
                 "input": workflow.input,
                 "output": workflow.output,
             },
@@ -499,4 +696,45 @@ class WorkflowRun:
         text = json.dumps(provenance, indent=2, default=str)
         if self.options.redact:
             text = self.options.redact(text)
-        write_atomic(self.folder.path / PROVENANCE_FILE, text)
+        self.folder.write_text(PROVENANCE_FILE, text)
+
+
+def redact_workflow_text(text: str, plan: Plan) -> str:
+    """The workflow file's text with the value of every secret parameter replaced by '***'.
+
+    The values are found by their position in the YAML (so comments and layout stay), also
+    when they come through an anchor; a file that does not parse is kept out entirely.
+    """
+    import yaml
+
+    secret = {step.name: step.manifest.secret_parameters for step in plan.steps if step.manifest}
+    if not any(secret.values()):
+        return text
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return "# (the workflow file could not be re-read to redact its secrets)\n"
+    spans: set[tuple[int, int]] = set()
+    for step_name, step_node in _mapping_items(_mapping_get(root, "steps")):
+        names = secret.get(step_name) or set()
+        for param, value_node in _mapping_items(_mapping_get(step_node, "params")):
+            if param in names:
+                spans.add((value_node.start_mark.index, value_node.end_mark.index))
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + "'***'" + text[end:]
+    return text
+
+
+def _mapping_get(node: Any, key: str) -> Any:
+    for k, v in _mapping_items(node):
+        if k == key:
+            return v
+    return None
+
+
+def _mapping_items(node: Any) -> list[tuple[str, Any]]:
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    return [(str(k.value), v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]

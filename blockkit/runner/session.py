@@ -8,10 +8,12 @@ from typing import Any, Callable, Mapping
 
 from blockkit.contract.errors import WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE
+from blockkit.contract.progress import parse_progress
 from blockkit.runner.engines import select_engine
 from blockkit.runner.plan import Plan, PlannedStep, plan_workflow, prepare_for_engine
 from blockkit.runner.run import RUN_FILE, RunInterrupted, RunOptions, WorkflowRun, default_runs_dir, find_run
 from blockkit.runner.workflow import Workflow, load_workflow, single_block_workflow
+from blockkit.runtime.progress import ENV_PROGRESS
 from blockkit.runtime.propagation import link_tree
 
 
@@ -33,6 +35,7 @@ class RunRequest:
     step_env: Callable[[PlannedStep], Mapping[str, str]] | None = None
     max_cpus: float | None = None  # cap of every step's machine type (--max-cpus)
     max_memory_mb: int | None = None  # (--max-memory)
+    console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
 
 def is_uri(value: str) -> bool:
@@ -123,16 +126,18 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     keys = StepKeys(plan)
     extra_env = request.step_env
 
+    live = LiveSteps.for_console(request.console)
+
     def env_for_step(step: PlannedStep) -> dict[str, str]:
-        return {**(dict(extra_env(step)) if extra_env else {}), **keys.env_for(step)}
+        return {ENV_PROGRESS: "1", **(dict(extra_env(step)) if extra_env else {}), **keys.env_for(step)}
 
     options = RunOptions(
         engine=engine,
         runs_dir=runs_dir,
         use_cache=request.use_cache,
         resume=request.resume,
-        on_event=request.on_event,
-        on_log_line=request.on_log_line,
+        on_event=live.wrap_events(request.on_event),
+        on_log_line=live.wrap_log(request.on_log_line),
         env_for_step=env_for_step,
         redact=keys.redact if keys.redactor else None,
         image_for_step=_docker_images(plan, engine, say),
@@ -141,7 +146,8 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     run = WorkflowRun(plan, options)
     say(f"run {run.folder.run_id} in {run.folder.path}")
     try:
-        folder = run.execute()
+        with live:
+            folder = run.execute()
     except KeyboardInterrupt:
         # The step's process or container is already gone and run.json says "interrupted".
         raise RunInterrupted(run.folder.path) from None
@@ -193,3 +199,110 @@ def stage_out_for_run(plan: Plan, run: WorkflowRun, target: str, workflow: Workf
         link_tree(run.folder.output_dir(name), where)
         results.append(str(where))
     return results
+
+
+# --- live progress ------------------------------------------------------------------------------
+
+
+class LiveSteps:
+    """A live line per running step on a terminal: a bar from its progress lines and the elapsed time.
+
+    Blocks report progress with `BLOCKKIT_PROGRESS <done>/<total>` lines on stdout
+    (`ctx.progress`, `map_windows`); those lines still go to the step's log file, but while
+    the live display runs they are not echoed among the log lines. Without a console (not a
+    terminal, `--json`) this does nothing and every line passes through.
+    """
+
+    def __init__(self, console: Any = None, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.console = console
+        self.clock = clock or time.time
+        self.running: dict[str, float] = {}
+        self.progress: dict[str, tuple[int, int]] = {}
+        self._live: Any = None
+
+    @classmethod
+    def for_console(cls, console: Any) -> LiveSteps:
+        """A display on this console when it is a terminal; an inert one otherwise."""
+        return cls(console if console is not None and getattr(console, "is_terminal", False) else None)
+
+    @property
+    def active(self) -> bool:
+        """True while the live display is shown."""
+        return self._live is not None
+
+    def wrap_events(self, on_event: Callable[[str, str, dict[str, Any]], None] | None) -> Callable[[str, str, dict[str, Any]], None]:
+        """The runner's event callback: track running steps, then pass the event on."""
+
+        def handle(kind: str, step: str, info: dict[str, Any]) -> None:
+            if kind == "started":
+                self.running[step] = self.clock()
+                self.progress.pop(step, None)
+            elif kind in ("done", "failed", "cached", "skipped"):
+                self.running.pop(step, None)
+                self.progress.pop(step, None)
+            if on_event is not None:
+                on_event(kind, step, info)
+            self.refresh()
+
+        return handle
+
+    def wrap_log(self, on_log_line: Callable[[str, str], None] | None) -> Callable[[str, str], None] | None:
+        """The runner's log-line callback: progress lines update the bar, the others pass on."""
+        if on_log_line is None and self.console is None:
+            return None
+
+        def handle(step: str, line: str) -> None:
+            found = parse_progress(line)
+            if found is not None:
+                self.progress[step] = found
+                self.refresh()
+                if self.active:
+                    return
+            if on_log_line is not None:
+                on_log_line(step, line)
+
+        return handle
+
+    def render(self) -> Any:
+        """What the live area shows: one line per running step."""
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        grid = Table.grid(padding=(0, 1))
+        now = self.clock()
+        for step, started in list(self.running.items()):  # a copy: the refresh thread runs beside the run
+            done, total = self.progress.get(step, (0, 0))
+            bar = ProgressBar(total=float(total) if total else None, completed=float(done), width=30)
+            count = Text(f"{done}/{total}" if total else "")
+            grid.add_row(Text(f"▶ {step}", style="bold cyan"), bar, count, Text(_elapsed(now - started)))
+        return grid
+
+    def refresh(self) -> None:
+        """Redraw now (the display also redraws itself a few times a second for the clock)."""
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def __enter__(self) -> LiveSteps:
+        if self.console is not None:
+            from rich.live import Live
+
+            self._live = Live(get_renderable=self.render, console=self.console, transient=True,
+                              refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"

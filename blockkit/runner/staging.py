@@ -32,8 +32,25 @@ def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None
     target.parent.mkdir(parents=True, exist_ok=True)
     say(f"staging in {workflow.input}" + (f" with key {key!r}" if key else ""))
     fc = stage_in(workflow.input, target, keystore=_keystore() if key else None, key=key)
+    seal_staged(target)
     say(f"staged in {len(fc)} feature(s) to {target}")
     return target
+
+
+def seal_staged(target: Path) -> None:
+    """Make a staged-in folder read-only like a step output (links and special files refused).
+
+    Files the stage-in hard-linked from a local source keep their mode: their inode is the
+    user's file, which the runner never changes.
+    """
+    from blockkit.contract.errors import WrongInputError
+    from blockkit.runner.hashing import HashCache
+    from blockkit.runner.seal import SealError, seal_tree
+
+    try:
+        seal_tree(target, HashCache(None), what="staged-in input", hash_files=False).lock()
+    except SealError as err:
+        raise WrongInputError(f"{err.message} ({target})") from None
 
 
 def stage_out_outputs(run: "WorkflowRun", finals: list[str], target: str, workflow: Workflow,

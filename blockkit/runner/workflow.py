@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,15 @@ MAX_WORKFLOW_BYTES = 1 << 20
 #: Values a workflow may hold once YAML aliases are expanded (an "anchor bomb" stays small on disk).
 MAX_WORKFLOW_VALUES = 100_000
 STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-_STEP_KEYS = {"block", "image", "params", "after", "propagate", "timeout", "keys", "mode"}
+_STEP_KEYS = {"block", "image", "params", "after", "propagate", "timeout", "keys", "mode", "max_output", "scatter"}
+#: Values of a step's `scatter:` field: `features` runs the block once per input feature.
+SCATTER_VALUES = ("features",)
+#: Python refuses to read integers longer than this (sys.int_info.default_max_str_digits).
+MAX_INT_DIGITS = 4300
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
+          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 _TOP_KEYS = {"name", "input", "output", "steps", "keys", "description"}
 
 
@@ -28,8 +38,10 @@ class StepDef:
     after: list[str] | None = None  # None: the previous step
     propagate: bool = False
     timeout: float | None = None
+    max_output: int | None = None  # bytes; None: the machine type's default
     keys: list[str] = field(default_factory=list)
     mode: str = "DEFAULT"
+    scatter: str | None = None  # "features": one block run per input feature, outputs merged
     line: int | None = None
 
 
@@ -64,12 +76,23 @@ class _UniqueKeyLoader:
             seen: set[Any] = set()
             for key_node, _ in node.value:
                 key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"a {type(key).__name__} cannot be a key; keys are names", key_node.start_mark)
                 if key in seen:
                     problems.append(Problem(f"line {key_node.start_mark.line + 1}", f"duplicate key {key!r}"))
                 seen.add(key)
             return loader.construct_mapping(node, deep=deep)
 
+        def construct_int(loader: Any, node: Any) -> Any:
+            digits = sum(c.isdigit() for c in str(node.value))
+            if digits > MAX_INT_DIGITS:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"an integer of {digits} digits is too long (at most {MAX_INT_DIGITS})", node.start_mark)
+            return yaml.SafeLoader.construct_yaml_int(loader, node)
+
         Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+        Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
         root = yaml.compose(text, Loader=Loader)
         if root is not None:
             _check_expanded_size(root)
@@ -194,10 +217,16 @@ def _parse_step(name: str, body: Any, line: int | None, problems: list[Problem])
     step.after = after
     step.propagate = bool(body.get("propagate", False))
     timeout = body.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
-        problems.append(Problem(where, "'timeout' must be a positive number of seconds"))
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or not math.isfinite(timeout) or timeout <= 0):
+        problems.append(Problem(where, f"'timeout' must be a positive number of seconds, and finite (not {timeout!r})"))
         timeout = None
     step.timeout = timeout
+    if body.get("max_output") is not None:
+        step.max_output = parse_size(body["max_output"])
+        if step.max_output is None:
+            problems.append(Problem(where, "'max_output' must be a positive size: bytes, or a number with a unit "
+                                           f"(500MB, 2GiB), not {body['max_output']!r}"))
     keys = body.get("keys", []) or []
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         problems.append(Problem(where, "'keys' must be a list of keystore key names"))
@@ -207,7 +236,31 @@ def _parse_step(name: str, body: Any, line: int | None, problems: list[Problem])
     if mode not in ("DEFAULT", "DRY_RUN"):
         problems.append(Problem(where, f"'mode' must be DEFAULT or DRY_RUN, not {mode!r}"))
     step.mode = mode
+    scatter = body.get("scatter")
+    if scatter is not None and scatter not in SCATTER_VALUES:
+        problems.append(Problem(where, f"'scatter' must be {' or '.join(SCATTER_VALUES)}, not {scatter!r}"))
+        scatter = None
+    step.scatter = scatter
     return step
+
+
+def parse_size(value: Any) -> int | None:
+    """A positive size in bytes from an int or '500MB' / '2 GiB' / '10G', or None when invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _SIZE.match(value)
+    if not match:
+        return None
+    unit = match.group(2).upper()
+    factor = _UNITS.get(unit)
+    if factor is None:
+        return None
+    size = int(float(match.group(1)) * factor)
+    return size if size > 0 else None
 
 
 def load_workflow(path: Path) -> Workflow:

@@ -45,11 +45,24 @@ class BlockContext:
     manifest: Manifest | None = None
     logger: logging.Logger = field(default_factory=lambda: get_logger("blockkit.block"))
     env: Mapping[str, str] = field(default_factory=dict)
+    _progress: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def dry_run(self) -> bool:
         """True when the job only reports what it would fetch."""
         return self.mode == "DRY_RUN"
+
+    def progress(self, done: int, total: int) -> None:
+        """Tell the runner how far the block is: `done` of `total` units (shown as a bar).
+
+        Prints one `BLOCKKIT_PROGRESS <done>/<total>` line on stdout (throttled to about four a
+        second, first and last always); see docs/report.md, "Progress".
+        """
+        if self._progress is None:
+            from blockkit.runtime.progress import ProgressReporter
+
+            self._progress = ProgressReporter()
+        self._progress(done, total)
 
     @classmethod
     def from_env(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import errno
 import os
+import posixpath
 import shutil
+import stat
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from blockkit.contract.datajson import DATA_PATH, RESERVED_PREFIXES, check_data_path, data_path_of
 from blockkit.contract.errors import WrongInputError
@@ -59,26 +61,127 @@ def derive_feature(
     )
 
 
-def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link a file or folder tree to dst (copy only across filesystems); never follows symlinks out."""
-    if src.is_symlink():
-        raise WrongInputError(f"refusing to forward symlink {src}")
-    if src.is_dir():
-        dst.mkdir(parents=True, exist_ok=True)
-        for child in src.iterdir():
-            link_tree(child, dst / child.name)
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
+LinkHook = Callable[[os.stat_result, os.stat_result], None]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def link_tree(src: Path, dst: Path, *, base: Path | None = None, on_link: LinkHook | None = None) -> None:
+    """Hard-link a file or folder tree to dst (copy only across filesystems); never follows a symlink.
+
+    On the source side a symlink, device, fifo or socket is refused; on the destination side
+    every component below `base` (default: dst's parent, which the caller trusts) is opened
+    with O_NOFOLLOW and files are created with O_EXCL, so a link planted in the destination
+    is never written through. `on_link(before, after)` sees each linked source file's stat
+    before and after the link (a link moves the inode's ctime).
+    """
+    src, dst = Path(src), Path(dst)
+    base = Path(base) if base is not None else dst.parent
+    parts = dst.relative_to(base).parts
+    if not parts:
+        raise WrongInputError(f"cannot link {src} onto {base} itself")
+    base.mkdir(parents=True, exist_ok=True)
+    src_parent = os.open(src.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.link(src, dst)
+        st = os.stat(src.name, dir_fd=src_parent, follow_symlinks=False)
+        dst_parent = _open_dirs(base, parts[:-1])
+        try:
+            _link_entry(src_parent, src.name, st, dst_parent, parts[-1], src, on_link)
+        finally:
+            os.close(dst_parent)
+    finally:
+        os.close(src_parent)
+
+
+def _open_dirs(base: Path, parts: tuple[str, ...]) -> int:
+    """Open (creating) base/parts... with O_NOFOLLOW below base."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    for part in parts:
+        try:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise WrongInputError(f"refusing to write through {part!r} below {base}: not a plain folder") from None
+            raise
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _link_entry(src_dir: int, name: str, st: os.stat_result, dst_dir: int, dst_name: str, where: Path,
+                on_link: LinkHook | None) -> None:
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFLNK:
+        raise WrongInputError(f"refusing to forward symlink {where}")
+    if kind == stat.S_IFDIR:
+        try:
+            os.mkdir(dst_name, 0o755, dir_fd=dst_dir)
+        except FileExistsError:
+            pass
+        try:
+            dst_fd = os.open(dst_name, _DIR_FLAGS, dir_fd=dst_dir)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise WrongInputError(f"cannot forward {where}: {dst_name!r} in the target is not a plain folder") from None
+            raise
+        try:
+            src_fd = os.open(name, _DIR_FLAGS, dir_fd=src_dir)
+            try:
+                with os.scandir(src_fd) as entries:
+                    children = sorted((e.name, e.stat(follow_symlinks=False)) for e in entries)
+                for child, child_st in children:
+                    _link_entry(src_fd, child, child_st, dst_fd, child, where / child, on_link)
+            finally:
+                os.close(src_fd)
+        finally:
+            os.close(dst_fd)
+        return
+    if kind != stat.S_IFREG:
+        raise WrongInputError(f"refusing to forward {where}: not a regular file or folder")
+    try:
+        os.link(name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+    except FileExistsError:
+        raise WrongInputError(f"cannot forward {where}: {dst_name!r} already exists in the target") from None
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-        shutil.copy2(src, dst)
+        _copy_entry(src_dir, name, dst_dir, dst_name, where)
+        return
+    if on_link is not None:
+        on_link(st, os.stat(name, dir_fd=src_dir, follow_symlinks=False))
+
+
+def _copy_entry(src_dir: int, name: str, dst_dir: int, dst_name: str, where: Path) -> None:
+    """Copy one regular file into a new file (O_EXCL, O_NOFOLLOW): across filesystems only."""
+    src_fd = os.open(name, _FILE_FLAGS, dir_fd=src_dir)
+    try:
+        st = os.fstat(src_fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise WrongInputError(f"refusing to forward {where}: not a regular file")
+        try:
+            out = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o644, dir_fd=dst_dir)
+        except FileExistsError:
+            raise WrongInputError(f"cannot forward {where}: {dst_name!r} already exists in the target") from None
+        try:
+            with os.fdopen(src_fd, "rb", closefd=False) as reader, os.fdopen(out, "wb", closefd=False) as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+            os.fchmod(out, stat.S_IMODE(st.st_mode))
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(out)
+    finally:
+        os.close(src_fd)
 
 
 def forward_feature(
-    feature: Mapping[str, Any], input_dir: Path, output_dir: Path, *, prefix: str = ""
+    feature: Mapping[str, Any], input_dir: Path, output_dir: Path, *, prefix: str = "",
+    on_link: LinkHook | None = None,
 ) -> dict[str, Any]:
     """Copy a feature to the output, hard-linking its data under `prefix/` (data forwarding)."""
     out = copy.deepcopy(dict(feature))
@@ -89,23 +192,26 @@ def forward_feature(
     if problem:
         raise WrongInputError(f"cannot forward feature {feature.get('id', '?')!r}: {problem}")
     new_path = f"{prefix.strip('/')}/{value}" if prefix else value
-    target = output_dir / new_path
-    if target.exists():
+    target = output_dir / posixpath.normpath(new_path)
+    if os.path.lexists(target):
         raise WrongInputError(f"cannot forward {value!r}: {new_path!r} already exists in the output")
-    link_tree(input_dir / value, target)
+    link_tree(input_dir / posixpath.normpath(value), target, base=output_dir, on_link=on_link)
     out.setdefault("properties", {})[DATA_PATH] = new_path
     return out
 
 
 def forward_all(
-    features: list[dict[str, Any]], existing: list[dict[str, Any]], input_dir: Path, output_dir: Path
+    features: list[dict[str, Any]], existing: list[dict[str, Any]], input_dir: Path, output_dir: Path,
+    *, on_link: LinkHook | None = None,
 ) -> list[dict[str, Any]]:
     """Forward input features next to existing output ones; a clashing id gets an `-input` suffix."""
-    return _unclash([forward_feature(feature, input_dir, output_dir) for feature in features], existing)
+    return _unclash([forward_feature(feature, input_dir, output_dir, on_link=on_link) for feature in features],
+                    existing)
 
 
 def forward_fan_in(
-    upstreams: Mapping[str, Path], existing: list[dict[str, Any]], output_dir: Path
+    upstreams: Mapping[str, Path], existing: list[dict[str, Any]], output_dir: Path,
+    *, on_link: LinkHook | None = None,
 ) -> list[dict[str, Any]]:
     """Forward the features of several upstream outputs as a fan-in step saw them.
 
@@ -118,7 +224,7 @@ def forward_fan_in(
     forwarded = []
     for step, folder in upstreams.items():
         for feature in load_data_json(folder, required=False).features:
-            forward_feature(feature, folder, output_dir, prefix=step)  # links <folder>/x to <output>/<step>/x
+            forward_feature(feature, folder, output_dir, prefix=step, on_link=on_link)  # links <folder>/x to <output>/<step>/x
             forwarded.append(fan_in_feature(step, feature))
     return _unclash(forwarded, existing)
 

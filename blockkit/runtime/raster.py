@@ -24,10 +24,12 @@ import rasterio
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.windows import Window
 
+from blockkit.runtime.progress import ProgressReporter, runner_wants_progress
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["map_windows", "iter_windows", "write_cog", "write_quicklook"]
+__all__ = ["map_windows", "iter_windows", "write_cog", "write_quicklook", "write_vector_quicklook"]
 
 WindowFunction = Callable[["NDArray[Any]"], "ArrayLike"]
 
@@ -164,8 +166,13 @@ def map_windows(
     processes: int = 1,
     profile_overrides: dict[str, Any] | None = None,
     start_method: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Apply ``func`` window by window to a GeoTIFF and write a tiled, compressed GeoTIFF."""
+    """Apply ``func`` window by window to a GeoTIFF and write a tiled, compressed GeoTIFF.
+
+    ``progress(done, total)`` is called as windows are written; by default, inside a step of
+    the blockkit runner, windows done/total are reported to it as a progress bar.
+    """
     src_path, dst_path = Path(src_path), Path(dst_path)
     if processes < 1:
         raise ValueError(f"map_windows: processes must be >= 1, got {processes}")
@@ -214,6 +221,9 @@ def map_windows(
         profile["num_threads"] = processes
 
     job = _WindowJob(func, band_list, dtype, count, nodata)
+    if progress is None and runner_wants_progress():
+        progress = ProgressReporter()
+    tick = _WindowCounter(len(windows), progress)
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed at the end: a failed run never
     # leaves a half-written raster under the name a later step would read.
@@ -221,9 +231,9 @@ def map_windows(
     try:
         with _bounded_gdal_cache():
             if processes == 1:
-                _run_serial(src_path, partial, profile, job, windows)
+                _run_serial(src_path, partial, profile, job, windows, tick)
             else:
-                _run_parallel(src_path, partial, profile, job, windows, processes, method)
+                _run_parallel(src_path, partial, profile, job, windows, processes, method, tick)
         os.replace(partial, dst_path)
     finally:
         partial.unlink(missing_ok=True)
@@ -247,10 +257,26 @@ def _require_picklable(func: WindowFunction) -> None:
         ) from exc
 
 
-def _run_serial(src_path: Path, dst: Path, profile: dict[str, Any], job: _WindowJob, windows: list[Window]) -> None:
+class _WindowCounter:
+    """Counts written windows and passes done/total to a progress callback (if any)."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+        if progress is not None and total:
+            progress(0, total)
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _run_serial(src_path: Path, dst: Path, profile: dict[str, Any], job: _WindowJob, windows: list[Window],
+                tick: _WindowCounter) -> None:
     with rasterio.open(src_path) as src, rasterio.open(dst, "w", **profile) as out:
         for window in windows:
             out.write(job.compute(src, window), window=window)
+            tick()
 
 
 def _run_parallel(
@@ -261,6 +287,7 @@ def _run_parallel(
     windows: list[Window],
     processes: int,
     start_method: str,
+    tick: _WindowCounter,
 ) -> None:
     context = multiprocessing.get_context(start_method)
     pending: set[Future[tuple[tuple[int, int, int, int], NDArray[Any]]]] = set()
@@ -279,7 +306,7 @@ def _run_parallel(
         if first is not None:
             pending.add(pool.submit(_worker_compute, first))
         with rasterio.open(dst, "w", **profile) as out:
-            _write_results(pool, out, todo, pending, limit)
+            _write_results(pool, out, todo, pending, limit, tick)
 
 
 def _write_results(
@@ -288,6 +315,7 @@ def _write_results(
     todo: Iterator[tuple[int, int, int, int]],
     pending: set[Future[tuple[tuple[int, int, int, int], NDArray[Any]]]],
     limit: int,
+    tick: _WindowCounter,
 ) -> None:
     """Keep at most ``limit`` windows in flight and write each result as it arrives."""
     try:
@@ -298,11 +326,13 @@ def _write_results(
                 for future in done:
                     spec_done, result = future.result()
                     out.write(result, window=Window(*spec_done))
+                    tick()
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 spec_done, result = future.result()
                 out.write(result, window=Window(*spec_done))
+                tick()
     except BaseException:
         for future in pending:
             future.cancel()
@@ -442,6 +472,64 @@ def write_quicklook(
                 dtype="uint8",
             ) as png:
                 png.write(stacked)
+        os.replace(partial, dst_png)
+    finally:
+        partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + ".aux.xml").unlink(missing_ok=True)
+    return dst_png
+
+
+def write_vector_quicklook(
+    geometries: Sequence[dict[str, Any]],
+    dst_png: str | os.PathLike[str],
+    *,
+    size: int = 512,
+    fill: tuple[int, int, int, int] = (255, 160, 0, 150),
+    outline: tuple[int, int, int, int] = (190, 80, 0, 255),
+) -> Path:
+    """Write a PNG of WGS84 GeoJSON geometries (filled, outlined, transparent elsewhere).
+
+    The picture covers exactly the geometries' bounding box, north up, with pixels as wide
+    as they are tall on the ground (longitude scaled by cos(latitude)), so a viewer can place
+    it at the feature's bounds.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.features import rasterize
+    from rasterio.transform import from_bounds
+    from shapely.geometry import mapping, shape
+
+    shapes_ = [shape(g) for g in geometries if g]
+    shapes_ = [g for g in shapes_ if not g.is_empty]
+    if not shapes_:
+        raise ValueError("write_vector_quicklook: no geometry to draw")
+    west = min(g.bounds[0] for g in shapes_)
+    south = min(g.bounds[1] for g in shapes_)
+    east = max(g.bounds[2] for g in shapes_)
+    north = max(g.bounds[3] for g in shapes_)
+    ground_w = max(east - west, 1e-9) * max(math.cos(math.radians((south + north) / 2)), 0.01)
+    ground_h = max(north - south, 1e-9)
+    scale = size / max(ground_w, ground_h)
+    cols, rows = max(1, round(ground_w * scale)), max(1, round(ground_h * scale))
+    transform = from_bounds(west, south, max(east, west + 1e-9), max(north, south + 1e-9), cols, rows)
+    areas = [mapping(g) for g in shapes_ if g.geom_type in ("Polygon", "MultiPolygon")]
+    lines = [mapping(g.boundary) if g.geom_type in ("Polygon", "MultiPolygon") else mapping(g) for g in shapes_]
+    classes = np.zeros((rows, cols), dtype="uint8")
+    if areas:
+        rasterize([(g, 1) for g in areas], out=classes, transform=transform, all_touched=False)
+    rasterize([(g, 2) for g in lines], out=classes, transform=transform, all_touched=True)
+    image = np.zeros((4, rows, cols), dtype="uint8")
+    for value, colour in ((1, fill), (2, outline)):
+        where = classes == value
+        for band in range(4):
+            image[band][where] = colour[band]
+    dst_png = Path(dst_png)
+    dst_png.parent.mkdir(parents=True, exist_ok=True)
+    partial = dst_png.with_name(f".{dst_png.name}.partial")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(partial, "w", driver="PNG", width=cols, height=rows, count=4, dtype="uint8") as png:
+                png.write(image)
         os.replace(partial, dst_png)
     finally:
         partial.unlink(missing_ok=True)

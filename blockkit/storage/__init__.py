@@ -10,6 +10,7 @@ from typing import Any
 _EXPORTS = {
     "stage_in": "blockkit.storage.stagein",
     "stage_out": "blockkit.storage.stageout",
+    "check_target": "blockkit.storage.stageout",
     "Keystore": "blockkit.storage.keystore",
     "Key": "blockkit.storage.keystore",
     "KeyInfo": "blockkit.storage.keystore",
@@ -22,6 +23,7 @@ _EXPORTS = {
     "Redactor": "blockkit.storage.redact",
     "redact": "blockkit.storage.redact",
     "RetryPolicy": "blockkit.storage.transfer",
+    "TransferLimits": "blockkit.storage.transfer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,15 @@
-"""Storage errors: keystore, artifacts, stage-in and stage-out, each with an exit code and one actionable line."""
+"""Storage errors: keystore, artifacts, stage-in and stage-out, each with an exit code and one actionable line.
+
+    BlockkitError
+    ├── KeystoreError (WRONG_INPUT_ERROR)
+    │   ├── KeyNotFound, WrongKeyType, WrongPassphrase, InsecureKeyFile, TamperedEntry
+    │   └── MissingPrivateKey, DamagedPrivateKey, KeyPairMismatch
+    ├── ArtifactsError (INPUT_PARAMETERS_ERROR): NoProviderConfigured, UnsupportedKeyType, ExpiryOutOfRange,
+    │   └── UploadFailed (API_CONNECTION_ERROR)
+    ├── StorageError (WRONG_INPUT_ERROR): UnsupportedURI, UnsafePath, SourceNotFound, AccessDenied,
+    │   TooLarge, InsecureCredentials, TargetNotEmpty
+    └── TransferFailed (API_CONNECTION_ERROR): retries exhausted, deadline passed
+"""
 
 from __future__ import annotations
 
@@ -15,14 +26,20 @@ __all__ = [
     "ApiConnectionError",
     "ArtifactsError",
     "ExpiryOutOfRange",
+    "InsecureCredentials",
     "InsecureKeyFile",
+    "DamagedPrivateKey",
     "KeyNotFound",
+    "KeyPairMismatch",
+    "MissingPrivateKey",
     "KeystoreError",
     "NoOutputError",
     "NoProviderConfigured",
     "SourceNotFound",
     "StorageError",
+    "TooLarge",
     "TamperedEntry",
+    "TargetNotEmpty",
     "TransferFailed",
     "UnsafePath",
     "UnsupportedKeyType",
@@ -49,6 +66,18 @@ class WrongKeyType(KeystoreError):
 
 class WrongPassphrase(KeystoreError):
     """The keystore's private key could not be unlocked with the given passphrase."""
+
+
+class MissingPrivateKey(KeystoreError):
+    """The keystore holds keys or a public key but its private key file is gone (never recreated silently)."""
+
+
+class DamagedPrivateKey(KeystoreError):
+    """The private key file is there but unreadable: truncated, edited or not a PEM private key."""
+
+
+class KeyPairMismatch(KeystoreError):
+    """public_key.pem is not the public half of private_key.pem: new keys would be unreadable."""
 
 
 class InsecureKeyFile(KeystoreError):
@@ -95,12 +124,24 @@ class UnsafePath(StorageError):
     """A key or asset href would write outside the target folder."""
 
 
+class TargetNotEmpty(StorageError):
+    """A stage-out target already holds files: refused unless overwrite is asked for."""
+
+
 class SourceNotFound(StorageError):
     """The source answered 404 or the path does not exist."""
 
 
 class AccessDenied(StorageError):
     """The source or target answered 401/403: wrong or missing credentials."""
+
+
+class TooLarge(StorageError):
+    """A file or a whole stage-in is larger than its limit (TransferLimits), or a body is compressed."""
+
+
+class InsecureCredentials(StorageError):
+    """A key's credentials would travel over plain http to a host that is not loopback."""
 
 
 class TransferFailed(ApiConnectionError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -14,8 +15,11 @@ from typing import Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from blockkit.storage.errors import (
+    DamagedPrivateKey,
     InsecureKeyFile,
     KeyNotFound,
+    KeyPairMismatch,
+    MissingPrivateKey,
     KeystoreError,
     TamperedEntry,
     WrongKeyType,
@@ -29,6 +33,8 @@ ENTRY_FORMAT = "blockkit-keystore-entry/1"
 SHARE_FORMAT = "blockkit-shared-key/1"
 PRIVATE_KEY_FILE = "private_key.pem"
 PUBLIC_KEY_FILE = "public_key.pem"
+KEYPAIR_FILE = "keypair.json"  # sha-256 of private_key.pem: tells damage from a wrong passphrase
+KEYPAIR_FORMAT = "blockkit-keypair/1"
 RSA_BITS = 3072
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -259,6 +265,20 @@ class Keystore:
             os.chmod(d, 0o700)
 
     # --- key pair ---------------------------------------------------------
+    def _is_new(self) -> bool:
+        """True when the store holds nothing yet: no key files, no entries (the only time a pair is made)."""
+        if (self.path / PRIVATE_KEY_FILE).exists() or (self.path / PUBLIC_KEY_FILE).exists():
+            return False
+        return not (self.entries_dir.is_dir() and any(self.entries_dir.glob("*.json")))
+
+    def init(self) -> bool:
+        """Create the key pair of a brand-new store; False when it has one already (nothing is replaced)."""
+        if not self._is_new():
+            self._load_private()
+            return False
+        self._private_key = self._generate()
+        return True
+
     def _generate(self) -> Any:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -272,23 +292,63 @@ class Keystore:
         )
         pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
         _write_private(self.path / PRIVATE_KEY_FILE, pem)
+        self._record_checksum(pem)
         pub = private_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         _atomic_write(self.path / PUBLIC_KEY_FILE, pub, 0o644)
         return private_key
 
-    def _load_private(self) -> Any:
+    def _record_checksum(self, pem: bytes) -> None:
+        # Without it, a flipped byte in an encrypted key reads exactly like a wrong passphrase.
+        record = {"format": KEYPAIR_FORMAT, "private_key_sha256": hashlib.sha256(pem).hexdigest()}
+        _atomic_write(self.path / KEYPAIR_FILE, json.dumps(record).encode(), 0o600)
+
+    def _recorded_checksum(self) -> str | None:
+        try:
+            record = json.loads((self.path / KEYPAIR_FILE).read_text())
+            value = record["private_key_sha256"]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise DamagedPrivateKey(
+                f"{self.path / KEYPAIR_FILE} is unreadable; the keystore's key files were modified"
+            ) from exc
+        return str(value)
+
+    def _missing_private(self, create: bool) -> Any:
+        pem_path = self.path / PRIVATE_KEY_FILE
+        if self._is_new():
+            if create:
+                return self._generate()
+            raise MissingPrivateKey(
+                f"keystore {self.path} has no key pair yet: add a key (`blockkit keys add`) or run `blockkit keys init`"
+            )
+        held = len(list(self.entries_dir.glob("*.json"))) if self.entries_dir.is_dir() else 0
+        raise MissingPrivateKey(
+            f"{pem_path} is missing but the keystore holds {held} key(s) and public_key.pem: restore private_key.pem "
+            f"from your backup (blockkit never makes a new key pair over existing keys)"
+        )
+
+    def _load_private(self, *, create: bool = False) -> Any:
         from cryptography.hazmat.primitives import serialization
 
         if self._private_key is not None:
             return self._private_key
         pem_path = self.path / PRIVATE_KEY_FILE
         if not pem_path.exists():
-            self._private_key = self._generate()
+            self._private_key = self._missing_private(create)
             return self._private_key
         pem = pem_path.read_bytes()
-        encrypted = b"ENCRYPTED" in pem.split(b"\n", 1)[0]
+        recorded = self._recorded_checksum()
+        damaged = f"{pem_path} is damaged"
+        restore = "restore it from your backup"
+        if recorded is not None and hashlib.sha256(pem).hexdigest() != recorded:
+            raise DamagedPrivateKey(f"{damaged}: its content changed since it was written; {restore}")
+        kind = _pem_kind(pem)
+        if kind is None:
+            raise DamagedPrivateKey(f"{damaged}: not a PEM private key (empty, truncated or edited); {restore}")
+        encrypted = kind == "ENCRYPTED PRIVATE KEY"
         if not encrypted:
             mode = stat.S_IMODE(pem_path.stat().st_mode)
             if mode & 0o077:
@@ -303,23 +363,57 @@ class Keystore:
                 pem, password=self.passphrase.encode() if encrypted and self.passphrase else None
             )
         except (ValueError, TypeError) as exc:
-            raise WrongPassphrase(f"wrong passphrase for keystore {self.path} (check {ENV_PASSPHRASE})") from exc
+            if not encrypted:
+                raise DamagedPrivateKey(f"{damaged}: the unencrypted key does not parse; {restore}") from exc
+            unsure = "" if recorded is not None else ", or the key file is damaged"
+            raise WrongPassphrase(
+                f"wrong passphrase for keystore {self.path} (check {ENV_PASSPHRASE}){unsure}"
+            ) from exc
+        if recorded is None:
+            self._record_checksum(pem)
         return self._private_key
 
+    def _checked_public_key(self, private_key: Any) -> Any:
+        """public_key.pem, verified to be the public half of the private key (rewritten from it when missing)."""
+        from cryptography.hazmat.primitives import serialization
+
+        pub_path = self.path / PUBLIC_KEY_FILE
+        derived = private_key.public_key()
+        if not pub_path.exists():
+            pem = derived.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            _atomic_write(pub_path, pem, 0o644)
+            return derived
+        try:
+            stored = serialization.load_pem_public_key(pub_path.read_bytes())
+            matches = stored.public_numbers() == derived.public_numbers()
+        except (ValueError, TypeError, AttributeError):
+            matches = False
+        if not matches:
+            raise KeyPairMismatch(
+                f"{pub_path} is not the public half of {self.path / PRIVATE_KEY_FILE}: a key added now could never "
+                f"be read; restore the matching pair (or delete public_key.pem to rewrite it from the private key)"
+            )
+        return derived
+
     def public_key(self) -> Any:
-        """This keystore's RSA public key (created with the store on first use)."""
+        """This keystore's RSA public key (the pair is made only for a brand-new store)."""
         from cryptography.hazmat.primitives import serialization
 
         pub_path = self.path / PUBLIC_KEY_FILE
         if not pub_path.exists():
-            self._load_private()
-        return serialization.load_pem_public_key(pub_path.read_bytes())
+            return self._checked_public_key(self._load_private(create=True))
+        try:
+            return serialization.load_pem_public_key(pub_path.read_bytes())
+        except (ValueError, TypeError) as exc:
+            raise KeyPairMismatch(f"{pub_path} is not a PEM public key; restore it from your backup") from exc
 
     def public_key_pem(self) -> bytes:
         """This keystore's public key as PEM: give it to people who share keys with you."""
-        if not (self.path / PUBLIC_KEY_FILE).exists():
-            self._load_private()
-        return (self.path / PUBLIC_KEY_FILE).read_bytes()
+        from cryptography.hazmat.primitives import serialization
+
+        return bytes(self.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ))
 
     # --- entries ----------------------------------------------------------
     def add(self, name: str, config: KeyConfig, *, overwrite: bool = False) -> Key:
@@ -329,9 +423,10 @@ class Keystore:
             raise KeystoreError(f"a key named {name!r} exists; remove it first (`blockkit keys remove {name}`)")
         if not isinstance(config, tuple(KEY_TYPES.values())):
             raise KeystoreError(f"unsupported key config {type(config).__name__}")
-        # Load (or create) the private key first, so a wrong passphrase fails before writing.
-        self._load_private()
-        record = seal(ENTRY_FORMAT, name, config, self.public_key())
+        # Load the private key first (a brand-new store gets its pair here, never an existing one), so a
+        # wrong passphrase, a missing or damaged private key, or a foreign public_key.pem fails before writing.
+        public = self._checked_public_key(self._load_private(create=True))
+        record = seal(ENTRY_FORMAT, name, config, public)
         self._ensure_dirs()
         _atomic_write(target, json.dumps(record, indent=2).encode(), 0o600)
         return Key(name, config)
@@ -397,8 +492,37 @@ class Keystore:
             raise TamperedEntry("the shared key file is not JSON") from exc
         if not isinstance(record, dict):
             raise TamperedEntry("the shared key file is not a shared key")
-        key = unseal(record, self._load_private(), fmt=SHARE_FORMAT, where="shared key")
+        key = unseal(record, self._load_private(create=True), fmt=SHARE_FORMAT, where="shared key")
         return self.add(name or key.name, key.config, overwrite=overwrite)
+
+
+def _pem_kind(pem: bytes) -> str | None:
+    """`PRIVATE KEY` / `ENCRYPTED PRIVATE KEY` when pem is one well-formed PEM block of that kind, else None."""
+    text = pem.decode("ascii", "replace").strip().splitlines()
+    if len(text) < 3:
+        return None
+    head, tail = text[0].strip(), text[-1].strip()
+    for kind in ("ENCRYPTED PRIVATE KEY", "PRIVATE KEY", "RSA PRIVATE KEY"):
+        if head == f"-----BEGIN {kind}-----" and tail == f"-----END {kind}-----":
+            break
+    else:
+        return None
+    try:
+        der = base64.b64decode("".join(line.strip() for line in text[1:-1]), validate=True)
+    except ValueError:
+        return None
+    # DER SEQUENCE whose declared length is exactly what follows: catches truncation and padding
+    if len(der) < 2 or der[0] != 0x30:
+        return None
+    first = der[1]
+    if first < 0x80:
+        length, offset = first, 2
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 4 or len(der) < 2 + n:
+            return None
+        length, offset = int.from_bytes(der[2:2 + n], "big"), 2 + n
+    return kind if offset + length == len(der) else None
 
 
 def _check_name(name: str) -> None:

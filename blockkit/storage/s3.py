@@ -80,18 +80,26 @@ def _parse_access_point(uri: str, rest: str) -> S3Location:
 
 
 def s3_client(
-    key: Key | None = None, *, region: str | None = None, max_pool: int = 16, endpoint: str | None = None
+    key: Key | None = None, *, region: str | None = None, max_pool: int = 16, endpoint: str | None = None,
+    retries: bool = True,
 ) -> Any:
     """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None.
 
     Without a key no ambient AWS credentials are used: a missing key never silently becomes someone else's.
+    `retries=False` turns botocore's own retries off, for callers that retry themselves (stage-in downloads
+    retry in transfer.with_retries: one place, so a failing GET is tried `RetryPolicy.attempts` times, not
+    attempts x 4). Signatures are always SigV4.
     """
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
 
     kwargs: dict[str, Any] = {}
-    cfg: dict[str, Any] = {"max_pool_connections": max_pool, "retries": {"max_attempts": 4, "mode": "standard"}}
+    cfg: dict[str, Any] = {
+        "max_pool_connections": max_pool,
+        "retries": {"total_max_attempts": 4 if retries else 1, "mode": "standard"},
+        "signature_version": "s3v4",
+    }
     if key is None:
         cfg["signature_version"] = UNSIGNED
         region = region or "us-east-1"
@@ -165,30 +173,45 @@ def _transient_or_final(exc: Exception, what: str) -> Exception:
     return s3_error(exc, what)
 
 
-def list_objects(client: Any, loc: S3Location) -> list[S3Object]:
-    """The object `loc.key` if it exists, else every object under the prefix `loc.key/`."""
+def list_objects(client: Any, loc: S3Location, policy: Any = None) -> list[S3Object]:
+    """The object `loc.key` if it exists, else every object under the prefix `loc.key/` (retried per `policy`)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from blockkit.storage.transfer import RetryPolicy, with_retries
+
+    policy = policy or RetryPolicy()
     what = f"s3://{loc.bucket}/{loc.key}"
     if loc.key and not loc.key.endswith("/"):
-        try:
-            head = client.head_object(Bucket=loc.bucket, Key=loc.key)
-            return [S3Object(loc.key, int(head["ContentLength"]), str(head.get("ETag", "")))]
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status not in (404, 403):  # 403: HEAD on a missing key without ListBucket
-                raise s3_error(exc, what) from exc
-        except BotoCoreError as exc:
-            raise s3_error(exc, what) from exc
+
+        def head_once() -> S3Object | None:
+            try:
+                head = client.head_object(Bucket=loc.bucket, Key=loc.key)
+                return S3Object(loc.key, int(head["ContentLength"]), str(head.get("ETag", "")))
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in (404, 403):  # 403: HEAD on a missing key without ListBucket
+                    return None
+                raise _transient_or_final(exc, what) from exc
+            except BotoCoreError as exc:
+                raise _transient_or_final(exc, what) from exc
+
+        found = with_retries(head_once, policy, what)
+        if found is not None:
+            return [found]
     prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
-    out: list[S3Object] = []
-    try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []) or []:
-                if not obj["Key"].endswith("/"):  # folder markers
-                    out.append(S3Object(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
-    except (ClientError, BotoCoreError) as exc:
-        raise s3_error(exc, what) from exc
+
+    def list_once() -> list[S3Object]:
+        out: list[S3Object] = []
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []) or []:
+                    if not obj["Key"].endswith("/"):  # folder markers
+                        out.append(S3Object(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
+        except (ClientError, BotoCoreError) as exc:
+            raise _transient_or_final(exc, what) from exc
+        return out
+
+    out = with_retries(list_once, policy, what)
     if not out:
         raise SourceNotFound(f"{what}: no object and no objects under that prefix; check the bucket and key")
     return out
@@ -221,3 +244,27 @@ def opener(client: Any, bucket: str, key: str) -> Any:
         return int(resp["ContentLength"]), chunks()
 
     return open_
+
+
+def get_small(client: Any, loc: S3Location, limit: int, policy: Any) -> bytes:
+    """The bytes of a small object (a STAC document), at most limit + 1 of them, retried per `policy`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage.transfer import TransientError, with_retries
+
+    what = f"s3://{loc.bucket}/{loc.key}"
+
+    def once() -> bytes:
+        try:
+            resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _transient_or_final(exc, what) from exc
+        body = resp["Body"]
+        try:
+            return bytes(body.read(limit + 1))
+        except (BotoCoreError, OSError) as exc:
+            raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+        finally:
+            body.close()
+
+    return bytes(with_retries(once, policy, what))

@@ -1,4 +1,8 @@
-"""STAC for staging: find the items behind a URL, plan their asset downloads, write the self-contained layout."""
+"""STAC for staging: find the items behind a URL, plan their asset downloads, write the self-contained layout.
+
+The rules (media types, primary asset, data_path, features) are `blockkit.stac`'s; this module only walks
+remote documents (http(s), s3, and local files for a local catalog.json) and plans downloads.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from blockkit.contract.datajson import DATA_PATH
+from blockkit.stac import is_stac, item_feature
 from blockkit.storage.errors import StorageError, UnsafePath
 from blockkit.storage.transfer import check_component, public_url
+
+__all__ = ["collect_items", "is_stac", "parse_multihash", "plan_item", "resolve_href", "write_layout"]
 
 CATALOG_ID = "catalog"
 STRUCTURAL_RELS = {"self", "root", "parent", "child", "item", "collection", "items"}
@@ -21,21 +27,6 @@ MAX_DEPTH = 10
 
 # multihash codes (https://github.com/multiformats/multicodec) -> hashlib names
 _MULTIHASH = {0x11: "sha1", 0x12: "sha256", 0x13: "sha512", 0x16: "sha3_256", 0x14: "sha3_512", 0xD5: "md5"}
-
-
-def is_stac(doc: Any) -> bool:
-    """True for a STAC Item, Catalog, Collection or ItemCollection document."""
-    if not isinstance(doc, dict):
-        return False
-    kind = doc.get("type")
-    if kind in ("Catalog", "Collection"):
-        return "stac_version" in doc or "links" in doc
-    if kind == "Feature":
-        return "stac_version" in doc and isinstance(doc.get("assets"), dict)
-    if kind == "FeatureCollection":
-        feats = doc.get("features")
-        return isinstance(feats, list) and bool(feats) and all(is_stac(f) for f in feats)
-    return False
 
 
 def parse_multihash(value: str) -> tuple[str, str] | None:
@@ -59,6 +50,33 @@ def parse_multihash(value: str) -> tuple[str, str] | None:
     if len(digest) != length:
         return None
     return _MULTIHASH[code], digest.hex()
+
+
+def resolve_href(base: str, href: str) -> str:
+    """An href made absolute against the document it comes from (http(s), file and s3:// bases)."""
+    if urlsplit(href).scheme:
+        return href
+    if base.startswith("s3://"):
+        from blockkit.storage.s3 import parse_s3_uri
+
+        loc = parse_s3_uri(base)
+        if href.startswith("/"):
+            key = href.lstrip("/")
+        else:
+            key = posixpath.normpath(posixpath.join(posixpath.dirname(loc.key), unquote(href)))
+        if key.startswith("../") or key == "..":
+            raise UnsafePath(f"{public_url(base)}: href {href!r} leaves the bucket")
+        return f"s3://{loc.bucket}/{key}"
+    return urljoin(base, href)
+
+
+def _check_link_scheme(base: str, target: str, what: str) -> None:
+    remote = urlsplit(base).scheme in ("http", "https", "s3")
+    scheme = urlsplit(target).scheme
+    if remote and scheme not in ("http", "https", "s3"):
+        raise UnsafePath(f"{public_url(base)}: {what} {public_url(target)!r} is not http(s) or s3; refusing it")
+    if not remote and scheme not in ("file", "http", "https", "s3"):
+        raise UnsafePath(f"{public_url(base)}: {what} {target!r} has an unsupported scheme {scheme!r}")
 
 
 @dataclass
@@ -91,7 +109,8 @@ def collect_items(
             for link in node.get("links") or []:
                 if not isinstance(link, dict) or link.get("rel") not in ("item", "child") or not link.get("href"):
                     continue
-                target = urljoin(base, str(link["href"]))
+                target = resolve_href(base, str(link["href"]))
+                _check_link_scheme(base, target, f"{link.get('rel')} link")
                 if target in seen:
                     continue
                 seen.add(target)
@@ -129,7 +148,26 @@ class PlannedItem:
     fetches: list[AssetFetch]
 
 
-def _local_name(href: str, taken: set[str], asset_key: str, item_id: str) -> str:
+def _sub_path(raw_href: str) -> str | None:
+    """`qa/mask.txt` for an href inside the item's own folder (`./qa/mask.txt`), else None."""
+    if urlsplit(raw_href).scheme or raw_href.startswith("/") or "\\" in raw_href:
+        return None
+    norm = posixpath.normpath(unquote(urlsplit(raw_href).path))
+    parts = norm.split("/")
+    if norm in (".", "") or ".." in parts or len(parts) < 2 or any(p in ("", ".") for p in parts):
+        return None
+    return norm
+
+
+def _local_name(href: str, taken: set[str], asset_key: str, item_id: str, raw_href: str = "") -> str:
+    sub = _sub_path(raw_href)
+    if sub is not None:
+        # a sub-folder of the item's own folder is kept (what stage-out wrote comes back the same)
+        for part in sub.split("/"):
+            check_component(part, f"item {item_id!r} asset {asset_key!r}: path part")
+        if sub not in taken:
+            taken.add(sub)
+            return sub
     path = urlsplit(href).path
     name = unquote(posixpath.basename(path.rstrip("/"))) if path else ""
     what = f"item {item_id!r} asset {asset_key!r}: file name"
@@ -160,14 +198,14 @@ def plan_item(remote: RemoteItem, target: Path, *, remote_source: bool) -> Plann
     for key, asset in assets.items():
         if not isinstance(asset, dict) or not isinstance(asset.get("href"), str) or not asset["href"]:
             raise StorageError(f"STAC item {item_id!r} asset {key!r} has no href")
-        href = urljoin(remote.base, asset["href"])
+        href = resolve_href(remote.base, asset["href"])
         scheme = urlsplit(href).scheme
         if remote_source and scheme in ("", "file"):
             # a remote catalog must not make us read local files
             raise UnsafePath(f"STAC item {item_id!r} asset {key!r}: local href {asset['href']!r} in a remote catalog")
         if scheme not in ("http", "https", "s3", "", "file"):
             raise StorageError(f"STAC item {item_id!r} asset {key!r}: unsupported href scheme {scheme!r}")
-        name = _local_name(href, taken, key, item_id)
+        name = _local_name(href, taken, key, item_id, asset["href"])
         checksums: dict[str, str] = {}
         parsed = parse_multihash(str(asset.get("file:checksum", "")))
         if parsed:
@@ -175,7 +213,7 @@ def plan_item(remote: RemoteItem, target: Path, *, remote_source: bool) -> Plann
         size = asset.get("file:size")
         fetches.append(AssetFetch(item_id, key, href, folder / name,
                                   size if isinstance(size, int) and size >= 0 else None, checksums))
-        asset["href"] = f"./{name}"
+        asset["href"] = f"./{quote(name)}"
     kept = [
         link for link in data.get("links") or []
         if isinstance(link, dict) and link.get("rel") not in STRUCTURAL_RELS
@@ -189,70 +227,28 @@ def plan_item(remote: RemoteItem, target: Path, *, remote_source: bool) -> Plann
     return PlannedItem(data, folder, fetches)
 
 
-def write_layout(target: Path, planned: list[PlannedItem], *, description: str) -> list[dict[str, Any]]:
-    """Write `<id>/<id>.json` per item and `catalog.json`; return one data.json feature per item."""
+def check_unique_ids(planned: list[PlannedItem]) -> None:
+    """Refuse two items with one id (they would share a folder): checked before anything is downloaded."""
     seen: set[str] = set()
     for p in planned:
         if p.item["id"] in seen:
             raise StorageError(f"two STAC items share the id {p.item['id']!r}; item ids must be unique")
         seen.add(p.item["id"])
-    links: list[dict[str, Any]] = [{"rel": "root", "href": "./catalog.json", "type": "application/json"}]
+
+
+def write_layout(target: Path, planned: list[PlannedItem], *, description: str) -> list[dict[str, Any]]:
+    """Write `<id>/<id>.json` per item and `catalog.json`; return one data.json feature per item."""
+    from blockkit.stac.writer import catalog_dict
+
+    check_unique_ids(planned)
+    hrefs: list[str] = []
     features = []
     for p in planned:
         item_id = p.item["id"]
         p.folder.mkdir(parents=True, exist_ok=True)
         (p.folder / f"{item_id}.json").write_text(json.dumps(p.item, indent=2))
-        links.append({"rel": "item", "href": f"./{item_id}/{item_id}.json", "type": "application/geo+json"})
+        hrefs.append(f"./{item_id}/{item_id}.json")
+        # the one data_path rule: the primary data asset (a file), every asset under `assets`
         features.append(item_feature(p.item, item_id))
-    catalog = {"type": "Catalog", "id": CATALOG_ID, "stac_version": "1.0.0", "description": description,
-               "links": links}
-    (target / "catalog.json").write_text(json.dumps(catalog, indent=2))
+    (target / "catalog.json").write_text(json.dumps(catalog_dict(hrefs, description, CATALOG_ID), indent=2))
     return features
-
-
-def item_feature(item: dict[str, Any], data_path: str) -> dict[str, Any]:
-    """The data.json feature of a STAC item: its geometry, bbox, id and properties, linked to data_path."""
-    feature: dict[str, Any] = {
-        "type": "Feature",
-        "id": item.get("id"),
-        "geometry": item.get("geometry"),
-        "properties": {**(item.get("properties") or {}), DATA_PATH: data_path},
-    }
-    if item.get("bbox"):
-        feature["bbox"] = item["bbox"]
-    return feature
-
-
-def features_from_local_catalog(root: Path) -> list[dict[str, Any]]:
-    """Features for a local STAC catalog folder: each item links its folder (or its primary asset)."""
-    import pystac
-
-    try:
-        catalog = pystac.read_file(str(root / "catalog.json"))
-    except Exception as exc:  # noqa: BLE001 - pystac raises many types for bad JSON
-        raise StorageError(f"{root / 'catalog.json'}: not a readable STAC catalog ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(catalog, pystac.Catalog):
-        raise StorageError(f"{root / 'catalog.json'}: not a STAC catalog")
-    features = []
-    resolved_root = root.resolve()
-    for item in catalog.get_items(recursive=True):
-        self_href = item.get_self_href()
-        folder = Path(self_href).parent.resolve() if self_href else resolved_root
-        if folder != resolved_root and resolved_root in folder.parents:
-            data_path = folder.relative_to(resolved_root).as_posix()
-        else:
-            data_path = _primary_asset(item, resolved_root)
-        features.append(item_feature(item.to_dict(include_self_link=False), data_path))
-    if not features:
-        raise StorageError(f"{root / 'catalog.json'}: the catalog has no items")
-    return features
-
-
-def _primary_asset(item: Any, root: Path) -> str:
-    assets = list(item.assets.values())
-    ranked = sorted(assets, key=lambda a: 0 if "data" in (a.roles or []) else 1)
-    for asset in ranked:
-        path = Path(asset.get_absolute_href() or "").resolve()
-        if root in path.parents and path.exists():
-            return path.relative_to(root).as_posix()
-    raise StorageError(f"STAC item {item.id!r}: no asset inside the staged folder to link as up42.data_path")

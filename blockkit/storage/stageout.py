@@ -1,4 +1,9 @@
-"""Stage-out: publish a folder's data.json outputs as a STAC catalog on a local folder, S3 or WebDAV."""
+"""Stage-out: publish a folder's data.json outputs as a STAC catalog on a local folder, S3 or WebDAV.
+
+A target that already holds files (a folder with entries, an S3 prefix with objects, a WebDAV collection
+with members) is refused with TargetNotEmpty unless `overwrite=True`: results are never replaced silently.
+Items are written with `blockkit.stac` (pystac), the same model as output catalogs and stage-in.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import mimetypes
 import os
 import re
 import shutil
@@ -18,26 +22,23 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from blockkit.contract.datajson import DATA_PATH, load_data_json
+from blockkit.stac import folder_name, media_type
+from blockkit.stac.writer import FILE_EXTENSION, catalog_dict, output_item
 from blockkit.storage import s3, webdav
-from blockkit.storage.errors import NoOutputError, StorageError, UnsafePath, UnsupportedURI, WrongKeyType
+from blockkit.storage.errors import (
+    NoOutputError,
+    StorageError,
+    TargetNotEmpty,
+    UnsafePath,
+    UnsupportedURI,
+    WrongKeyType,
+)
 from blockkit.storage.keystore import Key, Keystore
 from blockkit.storage.transfer import Progress, RetryPolicy, public_url
 
 log = logging.getLogger("blockkit.storage")
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 CATALOG_ID = "catalog"
-_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
-_MEDIA = {
-    ".tif": "image/tiff; application=geotiff",
-    ".tiff": "image/tiff; application=geotiff",
-    ".json": "application/json",
-    ".geojson": "application/geo+json",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jp2": "image/jp2",
-    ".nc": "application/netcdf",
-    ".xml": "application/xml",
-}
 
 
 @dataclass
@@ -70,8 +71,13 @@ def stage_out(
     retry: RetryPolicy | None = None,
     multipart_threshold: int = MULTIPART_THRESHOLD,
     description: str | None = None,
+    overwrite: bool = False,
 ) -> str:
-    """Upload every file data.json links to `<uri>/<item id>/<file>`, write items and catalog.json; return its URI."""
+    """Upload every file data.json links to `<uri>/<item id>/<file>`, write items and catalog.json; return its URI.
+
+    A target that already holds files is refused (TargetNotEmpty) unless overwrite: then files of the same
+    name are replaced and other files stay.
+    """
     source = Path(source_dir)
     items = collect_outputs(source)
     cred = (keystore or Keystore.from_env()).get(key) if key else None
@@ -80,10 +86,70 @@ def stage_out(
     log.info("stage-out %s -> %s (%d items, %d files)", source, public_url(uri), len(items),
              sum(len(i.files) for i in items))
     if scheme == "file":
-        return _to_local(items, _local_target(uri), desc)
+        return _to_local(items, _local_target(uri), desc, overwrite)
     if scheme == "s3":
-        return _to_s3(items, uri, cred, desc, workers, progress, multipart_threshold)
-    return _to_webdav(items, uri, cred, desc, workers, progress, retry or RetryPolicy())
+        return _to_s3(items, uri, cred, desc, workers, progress, multipart_threshold, overwrite)
+    return _to_webdav(items, uri, cred, desc, workers, progress, retry or RetryPolicy(), overwrite)
+
+
+def _not_empty(where: str) -> TargetNotEmpty:
+    return TargetNotEmpty(
+        f"{where} already holds files; stage out to a new folder or prefix, or pass --overwrite to replace them"
+    )
+
+
+def check_target(uri: str, *, keystore: Keystore | None = None, key: str | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+    """Raise TargetNotEmpty when a stage-out to `uri` would need --overwrite (a runner checks before running)."""
+    cred = (keystore or Keystore.from_env()).get(key) if key else None
+    scheme = _target_scheme(uri, cred)
+    if scheme == "file":
+        _check_local_empty(_local_target(uri))
+    elif scheme == "s3":
+        loc = s3.parse_s3_uri(uri)
+        if cred is None:
+            raise StorageError(f"stage-out to {uri} needs a keystore key with write access: --key NAME")
+        _check_s3_empty(s3.s3_client(cred, region=loc.region), loc)
+    else:
+        _check_webdav_empty(_webdav_session(cred, 1), webdav.http_url(uri).rstrip("/"), retry or RetryPolicy())
+
+
+def _check_local_empty(target: Path) -> None:
+    if target.is_dir() and any(target.iterdir()):
+        raise _not_empty(str(target))
+
+
+def _check_s3_empty(client: Any, loc: s3.S3Location) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    prefix = loc.key.strip("/")
+    try:
+        listed = client.list_objects_v2(Bucket=loc.bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+    except (ClientError, BotoCoreError) as exc:
+        raise s3.s3_error(exc, f"s3://{loc.bucket}/{prefix}") from exc
+    if listed.get("KeyCount") or listed.get("Contents"):
+        raise _not_empty(f"s3://{loc.bucket}/{prefix + '/' if prefix else ''}")
+
+
+def _webdav_session(cred: Key | None, workers: int) -> Any:
+    from blockkit.storage import http
+
+    auth = None
+    if cred is not None:
+        conf = cred.config
+        auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint, cred.name)  # type: ignore[union-attr]
+    return http.session(auth, pool=max(workers, 4))
+
+
+def _check_webdav_empty(sess: Any, base: str, retry: RetryPolicy) -> None:
+    from blockkit.storage.errors import SourceNotFound
+
+    try:
+        members = webdav.members(sess, base + "/", retry)
+    except SourceNotFound:
+        return
+    if members:
+        raise _not_empty(public_url(base + "/"))
 
 
 # --- reading the outputs ---------------------------------------------------------------------
@@ -118,14 +184,8 @@ def collect_outputs(source: Path) -> list[OutputItem]:
 
 def _item_id(feature: dict[str, Any], data_path: str | None, index: int, used: set[str]) -> str:
     raw = feature.get("id")
-    base = str(raw) if raw not in (None, "") else (Path(data_path).stem if data_path else f"feature-{index}")
-    item_id = _UNSAFE_ID.sub("_", base).strip("._") or f"feature-{index}"
-    candidate, n = item_id, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{item_id}-{n}"
-    used.add(candidate)
-    return candidate
+    base = str(raw) if raw not in (None, "") else (Path(data_path).stem if data_path else "")
+    return folder_name(base, index, used)  # the one id -> folder rule (blockkit.stac)
 
 
 def _output_file(path: Path, relative: str, root: Path) -> OutputFile:
@@ -139,73 +199,24 @@ def _output_file(path: Path, relative: str, root: Path) -> OutputFile:
     return OutputFile(real, relative, real.stat().st_size, h.hexdigest())
 
 
-def _bbox(geometry: Any) -> list[float] | None:
-    xs: list[float] = []
-    ys: list[float] = []
-
-    def walk(c: Any) -> None:
-        if isinstance(c, (list, tuple)) and c and isinstance(c[0], (int, float)):
-            xs.append(float(c[0]))
-            ys.append(float(c[1]))
-        elif isinstance(c, (list, tuple)):
-            for x in c:
-                walk(x)
-
-    if isinstance(geometry, dict):
-        if geometry.get("type") == "GeometryCollection":
-            for g in geometry.get("geometries") or []:
-                walk(g.get("coordinates"))
-        else:
-            walk(geometry.get("coordinates"))
-    return [min(xs), min(ys), max(xs), max(ys)] if xs else None
-
-
 def stac_item(item: OutputItem, now: dt.datetime | None = None) -> dict[str, Any]:
     """The STAC item (JSON) of an output: feature geometry and properties, assets with relative hrefs."""
-    props = {k: v for k, v in (item.feature.get("properties") or {}).items() if k != DATA_PATH}
-    if not props.get("datetime") and not (props.get("start_datetime") and props.get("end_datetime")):
-        props["datetime"] = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assets: dict[str, Any] = {}
     for f in item.files:
         key = f.relative if f.relative not in assets else f"{f.relative}-{len(assets)}"
-        suffix = Path(f.relative).suffix.lower()
         assets[key] = {
             "href": "./" + quote(f.relative),
-            "type": _MEDIA.get(suffix) or mimetypes.guess_type(f.relative)[0] or "application/octet-stream",
+            "type": media_type(f.relative),
             "roles": ["data"],
             "file:size": f.size,
             "file:checksum": "1220" + f.sha256,
         }
-    geometry = item.feature.get("geometry")
-    out: dict[str, Any] = {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "stac_extensions": ["https://stac-extensions.github.io/file/v2.1.0/schema.json"],
-        "id": item.id,
-        "geometry": geometry,
-        "properties": props,
-        "links": [
-            {"rel": "root", "href": "../catalog.json", "type": "application/json"},
-            {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
-        ],
-        "assets": assets,
-    }
-    bbox = item.feature.get("bbox") or _bbox(geometry)
-    if geometry is not None and bbox:
-        out["bbox"] = bbox
-    return out
+    return output_item(item.id, item.feature, assets, extensions=[FILE_EXTENSION], now=now)
 
 
 def stac_catalog(items: list[OutputItem], description: str) -> dict[str, Any]:
     """The catalog.json linking every item by a relative href."""
-    return {
-        "type": "Catalog",
-        "id": CATALOG_ID,
-        "stac_version": "1.0.0",
-        "description": description,
-        "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"}]
-        + [{"rel": "item", "href": f"./{i.id}/{i.id}.json", "type": "application/geo+json"} for i in items],
-    }
+    return catalog_dict([f"./{i.id}/{i.id}.json" for i in items], description, CATALOG_ID)
 
 
 def _documents(items: list[OutputItem], description: str) -> list[tuple[str, bytes, str]]:
@@ -254,9 +265,12 @@ def _local_target(uri: str) -> Path:
     return Path(uri).expanduser()
 
 
-def _to_local(items: list[OutputItem], target: Path, description: str) -> str:
-    if (target / "catalog.json").exists():
-        raise StorageError(f"{target} already holds a catalog.json; stage out to a new folder")
+def _to_local(items: list[OutputItem], target: Path, description: str, overwrite: bool) -> str:
+    if target.exists() and not target.is_dir():
+        raise StorageError(f"{target} is a file; stage out to a folder")
+    if not overwrite:
+        _check_local_empty(target)
+    target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     for f, rel in _uploads(items):
         dest = target / rel
@@ -285,7 +299,7 @@ def _parallel(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> None:
 
 
 def _to_s3(items: list[OutputItem], uri: str, cred: Key | None, description: str, workers: int, progress: bool,
-           threshold: int) -> str:
+           threshold: int, overwrite: bool) -> str:
     from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
@@ -300,6 +314,9 @@ def _to_s3(items: list[OutputItem], uri: str, cred: Key | None, description: str
 
     def key_of(rel: str) -> str:
         return f"{prefix}/{rel}" if prefix else rel
+
+    if not overwrite:
+        _check_s3_empty(client, loc)
 
     def _raise(exc: Exception, what: str) -> None:
         if isinstance(exc, S3UploadFailedError):
@@ -319,7 +336,7 @@ def _to_s3(items: list[OutputItem], uri: str, cred: Key | None, description: str
         def upload(job: tuple[OutputFile, str]) -> None:
             f, rel = job
             k = key_of(rel)
-            extra = {"ContentType": _MEDIA.get(Path(rel).suffix.lower(), "application/octet-stream")}
+            extra = {"ContentType": media_type(rel)}
             try:
                 client.upload_file(str(f.path), loc.bucket, k, ExtraArgs=extra, Config=config,
                                    Callback=bar.advance)
@@ -337,12 +354,11 @@ def _to_s3(items: list[OutputItem], uri: str, cred: Key | None, description: str
 
 
 def _to_webdav(items: list[OutputItem], uri: str, cred: Key | None, description: str, workers: int, progress: bool,
-               retry: RetryPolicy) -> str:
-    from blockkit.storage import http
-
+               retry: RetryPolicy, overwrite: bool) -> str:
     base = webdav.http_url(uri).rstrip("/")
-    auth = (cred.config.username, cred.config.password) if cred is not None else None  # type: ignore[union-attr]
-    sess = http.session(auth, pool=max(workers, 4))
+    sess = _webdav_session(cred, workers)
+    if not overwrite:
+        _check_webdav_empty(sess, base, retry)
     made: set[str] = set()
     base_path = urlsplit(base).path
     # the target folder itself, then every item folder (MKCOL is not recursive)

@@ -15,11 +15,19 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.storage.errors import TransferFailed, UnsafePath
+from blockkit.storage.errors import TooLarge, TransferFailed, UnsafePath
 
 log = logging.getLogger("blockkit.storage")
 T = TypeVar("T")
 CHUNK = 1024 * 1024
+
+
+_current = threading.local()
+
+
+def current_deadline() -> float | None:
+    """The `time.monotonic()` deadline of the file this thread is downloading (openers use it), or None."""
+    return getattr(_current, "deadline", None)
 
 
 class TransientError(Exception):
@@ -37,6 +45,40 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based): exponential, capped."""
         return min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """Bounds on what a source may make us download: per file, per stage-in, and per-file wall time."""
+
+    max_file_bytes: int = 20 * GIB
+    max_total_bytes: int = 100 * GIB
+    file_deadline: float = 2 * 3600.0  # seconds for one file, all its attempts together
+
+    def describe_size(self, n: int) -> str:
+        """A size as people read it."""
+        return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 1024**2:.1f} MiB" if n >= 1024**2 else f"{n} bytes"
+
+
+class Budget:
+    """Bytes downloaded by one stage-in, shared by its threads; going past max_total_bytes is TooLarge."""
+
+    def __init__(self, limits: TransferLimits) -> None:
+        self.limits = limits
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int, label: str) -> None:
+        """Count n bytes (negative to give back a failed attempt's)."""
+        with self._lock:
+            self.used += n
+            over = self.used > self.limits.max_total_bytes
+        if over and n > 0:
+            limit = self.limits.describe_size(self.limits.max_total_bytes)
+            raise TooLarge(f"{label}: the stage-in passed its limit of {limit} (max_total_bytes); raise it to fetch more")
 
 
 def public_url(url: str) -> str:
@@ -104,51 +146,89 @@ class Download:
     checksums: dict[str, str] = field(default_factory=dict)  # hashlib name -> lowercase hex
 
 
-def _fetch_once(task: Download, part: Path, advance: Callable[[int], None]) -> int:
+def _fetch_once(task: Download, part: Path, advance: Callable[[int], None], budget: Budget, deadline: float) -> int:
+    limits = budget.limits
+    if time.monotonic() > deadline:
+        raise TransferFailed(f"{task.label}: not finished within {limits.file_deadline:g} s (file_deadline)")
+    too_big = f"{task.label}: larger than the limit of {limits.describe_size(limits.max_file_bytes)} per file (max_file_bytes)"
+    if task.size is not None and task.size > limits.max_file_bytes:
+        raise TooLarge(too_big)
     declared, chunks = task.open()
+    if declared is not None and declared > limits.max_file_bytes:
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
+        raise TooLarge(too_big)
     hashers = {name: hashlib.new(name) for name in task.checksums}
     written = 0
     try:
         with open(part, "wb") as fh:
             for chunk in chunks:
+                written += len(chunk)
+                budget.take(len(chunk), task.label)
+                if written > limits.max_file_bytes:
+                    raise TooLarge(too_big)
+                if time.monotonic() > deadline:
+                    raise TransferFailed(
+                        f"{task.label}: not finished within {limits.file_deadline:g} s (file_deadline); "
+                        f"the server sends too slowly"
+                    )
                 fh.write(chunk)
                 for h in hashers.values():
                     h.update(chunk)
-                written += len(chunk)
                 advance(len(chunk))
     except TransientError:
-        advance(-written)
+        _give_back(advance, budget, written)
         raise
     except OSError as exc:
-        advance(-written)
+        _give_back(advance, budget, written)
         if isinstance(exc, (ConnectionError, TimeoutError)):
             raise TransientError(str(exc)) from exc
-        raise
+        raise TransferFailed(f"{task.label}: cannot write {part.name}: {exc.strerror or exc}") from exc
     except Exception as exc:  # noqa: BLE001 - transport libraries raise their own types mid-stream
-        advance(-written)
+        _give_back(advance, budget, written)
         if isinstance(exc, BlockkitError):
             raise
         raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
     expected = task.size if task.size is not None else declared
     if expected is not None and written != expected:
-        advance(-written)
+        _give_back(advance, budget, written)
         raise TransientError(f"truncated: got {written} of {expected} bytes")
     for name, h in hashers.items():
         if h.hexdigest() != task.checksums[name].lower():
-            advance(-written)
+            _give_back(advance, budget, written)
             raise TransientError(f"{name} checksum mismatch (got {h.hexdigest()}, expected {task.checksums[name]})")
     return written
 
 
-def download(task: Download, policy: RetryPolicy, advance: Callable[[int], None] = lambda n: None) -> int:
+def _give_back(advance: Callable[[int], None], budget: Budget, written: int) -> None:
+    advance(-written)
+    budget.take(-written, "")
+
+
+def download(
+    task: Download, policy: RetryPolicy, advance: Callable[[int], None] = lambda n: None,
+    budget: Budget | None = None,
+) -> int:
     """Fetch one file to `<dest>.part`, verify it, then rename: a partial file never looks complete."""
-    task.dest.parent.mkdir(parents=True, exist_ok=True)
-    part = task.dest.with_name(task.dest.name + ".part")
+    budget = budget or Budget(TransferLimits())
+    deadline = time.monotonic() + budget.limits.file_deadline
     try:
-        n = with_retries(lambda: _fetch_once(task, part, advance), policy, task.label)
+        task.dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnsafePath(f"{task.label}: cannot make folder {task.dest.parent.name!r} ({exc.strerror})") from exc
+    part = task.dest.with_name(task.dest.name + ".part")
+    _current.deadline = deadline
+    try:
+        n = with_retries(lambda: _fetch_once(task, part, advance, budget, deadline), policy, task.label)
         os.replace(part, task.dest)
         return n
     finally:
+        _current.deadline = None
         part.unlink(missing_ok=True)
 
 
@@ -195,23 +275,22 @@ class Progress:
 
 def download_all(
     tasks: list[Download], *, workers: int = 8, policy: RetryPolicy | None = None, progress: bool = True,
-    description: str = "downloading",
+    description: str = "downloading", limits: TransferLimits | None = None,
 ) -> int:
     """Fetch all tasks in parallel; the first failure cancels what has not started and is raised."""
     policy = policy or RetryPolicy()
-    dests = [t.dest for t in tasks]
-    if len(set(dests)) != len(dests):
-        raise UnsafePath("two sources would write the same local file; rename one of them")
+    budget = Budget(limits or TransferLimits())
+    check_destinations(tasks)
     sizes = [t.size for t in tasks]
     total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
     done = 0
     with Progress(progress and bool(tasks), total, f"{description} {len(tasks)} file(s)") as bar:
         if workers <= 1 or len(tasks) <= 1:
             for t in tasks:
-                done += download(t, policy, bar.advance)
+                done += download(t, policy, bar.advance, budget)
             return done
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blockkit-dl") as pool:
-            futures = [pool.submit(download, t, policy, bar.advance) for t in tasks]
+            futures = [pool.submit(download, t, policy, bar.advance, budget) for t in tasks]
             finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for f in pending:
                 f.cancel()
@@ -221,6 +300,21 @@ def download_all(
                 raise errors[0]  # type: ignore[misc]
             done = sum(f.result() for f in futures)
     return done
+
+
+def check_destinations(tasks: list[Download]) -> None:
+    """Refuse two sources writing one file, or a file where another source needs a folder (keys `a` and `a/b`)."""
+    seen: dict[Path, str] = {}
+    for t in tasks:
+        if t.dest in seen:
+            raise UnsafePath(f"{t.label} and {seen[t.dest]} would write the same local file; rename one of them")
+        seen[t.dest] = t.label
+    for t in tasks:
+        for parent in t.dest.parents:
+            if parent in seen:
+                raise UnsafePath(
+                    f"{seen[parent]} is a file but {t.label} needs it as a folder; they cannot both be staged in"
+                )
 
 
 def iter_file(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:

@@ -9,7 +9,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
-from blockkit.storage.errors import StorageError, UnsafePath, UnsupportedURI
+from blockkit.storage.errors import StorageError, TransferFailed, UnsafePath, UnsupportedURI
+from blockkit.storage import http
 from blockkit.storage.http import check_status
 from blockkit.storage.transfer import RetryPolicy, TransientError, public_url, with_retries
 
@@ -18,7 +19,9 @@ _PROPFIND = (
     '<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:"><d:prop>'
     "<d:resourcetype/><d:getcontentlength/></d:prop></d:propfind>"
 )
-MAX_ENTRIES = 100_000
+MAX_ENTRIES = 100_000  # files and folders of one walk
+MAX_DEPTH = 10  # nested folders below the staged one (as for STAC catalogs)
+MAX_PROPFIND_BYTES = 32 * 1024 * 1024
 
 
 def http_url(uri: str) -> str:
@@ -40,24 +43,30 @@ class DavEntry:
 
 
 def _request(sess: Any, method: str, url: str, **kwargs: Any) -> Any:
-    import requests
-
-    try:
-        resp = sess.request(method, url, timeout=(10, 120), **kwargs)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise TransientError(type(exc).__name__) from exc
-    check_status(resp, url)
-    return resp
+    return http.request(sess, method, url, timeout=(10, 120), **kwargs)
 
 
 def _propfind(sess: Any, url: str, policy: RetryPolicy) -> list[tuple[str, bool, int | None]]:
     def once() -> list[tuple[str, bool, int | None]]:
-        resp = _request(sess, "PROPFIND", url, data=_PROPFIND,
-                        headers={"Depth": "1", "Content-Type": "application/xml"})
-        if resp.status_code != 207:
-            raise StorageError(f"{public_url(url)}: PROPFIND answered {resp.status_code}, not 207; is this WebDAV?")
+        watch = http.Watchdog(http.JSON_DEADLINE).start()
         try:
-            root = ElementTree.fromstring(resp.content)
+            resp = _request(sess, "PROPFIND", url, data=_PROPFIND, stream=True,
+                            headers={"Depth": "1", "Content-Type": "application/xml"})
+            if resp.status_code != 207:
+                resp.close()
+                raise StorageError(f"{public_url(url)}: PROPFIND answered {resp.status_code}, not 207; is this WebDAV?")
+            http.check_encoding(resp, url)
+            body = http.read_limited(resp, url, MAX_PROPFIND_BYTES)
+        except TransientError as exc:
+            if watch.fired:
+                raise TransferFailed(f"{public_url(url)}: no PROPFIND answer within {http.JSON_DEADLINE:g} s") from exc
+            raise
+        finally:
+            watch.stop()
+        if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+            raise StorageError(f"{public_url(url)}: PROPFIND answer declares a DTD or entities; refusing it")
+        try:
+            root = ElementTree.fromstring(body)
         except ElementTree.ParseError as exc:
             raise StorageError(f"{public_url(url)}: unreadable PROPFIND answer ({exc})") from exc
         out = []
@@ -81,10 +90,10 @@ def walk(sess: Any, url: str, policy: RetryPolicy) -> list[DavEntry]:
         return [DavEntry(name, own[0][2], url)]
     files: list[DavEntry] = []
     folder = base_path if base_path.endswith("/") else base_path + "/"
-    pending = [(url if url.endswith("/") else url + "/", entries)]
+    pending = [(url if url.endswith("/") else url + "/", entries, 0)]
     seen: set[str] = set()
     while pending:
-        dir_url, listing = pending.pop()
+        dir_url, listing, depth = pending.pop()
         for href, is_dir, size in listing:
             path = unquote(urlsplit(href).path)
             if path.rstrip("/") == unquote(urlsplit(dir_url).path).rstrip("/"):
@@ -96,13 +105,28 @@ def walk(sess: Any, url: str, policy: RetryPolicy) -> list[DavEntry]:
             entry_url = urljoin(dir_url, quote(path))
             if is_dir:
                 if entry_url not in seen:
+                    if depth + 1 > MAX_DEPTH:
+                        raise StorageError(
+                            f"{public_url(url)}: folders nested deeper than {MAX_DEPTH} levels ({rel}); "
+                            f"stage in a sub-folder"
+                        )
                     seen.add(entry_url)
-                    pending.append((entry_url.rstrip("/") + "/", _propfind(sess, entry_url, policy)))
+                    pending.append((entry_url.rstrip("/") + "/", _propfind(sess, entry_url, policy), depth + 1))
             else:
                 files.append(DavEntry(rel, size, entry_url))
-            if len(files) > MAX_ENTRIES:
-                raise StorageError(f"{public_url(url)}: more than {MAX_ENTRIES} files")
+            if len(files) + len(seen) > MAX_ENTRIES:
+                raise StorageError(f"{public_url(url)}: more than {MAX_ENTRIES} files and folders")
     return files
+
+
+def members(sess: Any, url: str, policy: RetryPolicy) -> int:
+    """How many entries a collection holds (a file counts as 1); SourceNotFound when url does not exist."""
+    base_path = unquote(urlsplit(url).path).rstrip("/")
+    listing = _propfind(sess, url, policy)
+    own = [e for e in listing if unquote(urlsplit(e[0]).path).rstrip("/") == base_path]
+    if own and not own[0][1]:
+        return 1
+    return len(listing) - len(own)
 
 
 def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy, made: set[str]) -> None:
@@ -117,9 +141,10 @@ def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy,
             import requests
 
             try:
-                resp = sess.request("MKCOL", u + "/", timeout=(10, 60))
+                resp = sess.request("MKCOL", u + "/", timeout=(10, 60), allow_redirects=False)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError(type(exc).__name__) from exc
+            resp.close()
             if resp.status_code in (405, 301):  # exists already
                 return
             check_status(resp, u)

@@ -117,7 +117,7 @@ def test_damaged_run_folders_get_one_line(workflow: Path, tmp_path: Path) -> Non
     assert listed.returncode == 0
     assert any(l.startswith("broken") and "unreadable run.json" in l for l in listed.stdout.splitlines())
 
-    for run_id, tag in (("broken", "WRONG_INPUT_ERROR"), ("odd", "UNEXPECTED_ERROR")):
+    for run_id, tag in (("broken", "WRONG_INPUT_ERROR"), ("odd", "WRONG_INPUT_ERROR")):
         shown = cli("runs", "show", run_id, "--runs-dir", runs)
         assert shown.returncode != 0
         lines = shown.stderr.strip().splitlines()

@@ -49,7 +49,7 @@ def staged_ndvi(fc: FeatureCollection, ctx: BlockContext) -> FeatureCollection:
     print("secret sha256", hashlib.sha256(secret.encode()).hexdigest())
     out = []
     for feature in fc:
-        folder = ctx.input_path(feature)
+        folder = ctx.input_path(feature).parent  # data_path is the item's primary asset, beside its other bands
         with rasterio.open(folder / "B04.tif") as red_src, rasterio.open(folder / "B08.tif") as nir_src:
             red, nir = red_src.read(1).astype("float32"), nir_src.read(1).astype("float32")
             profile = dict(red_src.profile, dtype="float32", count=1, nodata=float("nan"))

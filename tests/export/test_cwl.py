@@ -33,7 +33,8 @@ def fixed_images(plan) -> dict[str, str]:
 
 def export_file(workflow: Path, out: Path) -> tuple[dict, Path]:
     plan = plan_workflow(load_workflow(workflow))
-    document = export_cwl(plan, images=fixed_images(plan))
+    # stac-to-s3.yaml publishes to S3 (`output:`), which CWL leaves to the platform.
+    document = export_cwl(plan, images=fixed_images(plan), leave_output=True)
     out.write_text(dump_cwl(document, source=str(workflow)))
     return document, out
 
@@ -326,3 +327,15 @@ def test_block_runtime_works_under_cwl_staging_paths_and_writes_stac(tmp_path, b
     assert [f["properties"]["up42.data_path"] for f in load_data_json(out)] == ["item0.txt.upper"]
     catalog = json.loads((out / "catalog.json").read_text())
     assert [link["rel"] for link in catalog["links"]].count("item") == 1
+
+
+def test_entrypoint_gives_a_json_key_the_runners_per_field_variables() -> None:
+    key = {"type": "s3", "endpoint": "http://127.0.0.1:9", "bucket": "b", "access_key": "AK", "secret_key": "SK"}
+    env = {"BLOCKKIT_KEY_RESULTS": json.dumps(key), "BLOCKKIT_KEY_RESULTS_BUCKET": "set-wins",
+           "BLOCKKIT_KEY_BROKEN": "{not json", "BLOCKKIT_KEY_LIST": "[1]"}
+    entry.expand_keys(env)
+    assert env["BLOCKKIT_KEY_RESULTS_TYPE"] == "s3" and env["BLOCKKIT_KEY_RESULTS_SECRET_KEY"] == "SK"
+    assert env["BLOCKKIT_KEY_RESULTS_ENDPOINT"] == "http://127.0.0.1:9" and env["BLOCKKIT_KEY_RESULTS_BUCKET"] == "set-wins"
+    assert "BLOCKKIT_KEY_RESULTS_REGION" not in env
+    assert sorted(k for k in env if k.startswith(("BLOCKKIT_KEY_BROKEN", "BLOCKKIT_KEY_LIST"))) == [
+        "BLOCKKIT_KEY_BROKEN", "BLOCKKIT_KEY_LIST"]

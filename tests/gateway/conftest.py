@@ -57,14 +57,14 @@ def make_input(folder: Path) -> None:
         (folder / "many" / f"f{i:03d}.txt").write_text(str(i))
 
 
-def _serve(tmp_path: Path, credentials: Credentials | None) -> Served:
+def _serve(tmp_path: Path, credentials: Credentials | None, **options: object) -> Served:
     inp, out = tmp_path / "input", tmp_path / "output"
     inp.mkdir()
     out.mkdir()
     make_input(inp)
     (tmp_path / "outside.txt").write_text("must never change")
     log = tmp_path / "logs" / "access.log"
-    gw = Gateway({"input": inp}, out, credentials=credentials, access_log=log)
+    gw = Gateway({"input": inp}, out, credentials=credentials, access_log=log, **options)  # type: ignore[arg-type]
     gw.start()
     return Served(gw, tmp_path, inp, out, log)
 
@@ -73,6 +73,14 @@ def _serve(tmp_path: Path, credentials: Credentials | None) -> Served:
 def served(tmp_path: Path):
     """A gateway with auth off over a fresh input and output folder."""
     s = _serve(tmp_path, None)
+    yield s
+    s.gateway.stop()
+
+
+@pytest.fixture
+def served_small_parts(tmp_path: Path):
+    """A gateway with auth off and no minimum part size (min_part_size=0), for tests with tiny parts."""
+    s = _serve(tmp_path, None, min_part_size=0)
     yield s
     s.gateway.stop()
 

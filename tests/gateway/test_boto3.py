@@ -11,7 +11,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from tests.gateway.conftest import Served
+from tests.gateway.conftest import Served, client
 
 MB = 1024 * 1024
 SMALL_PARTS = TransferConfig(multipart_threshold=5 * MB, multipart_chunksize=5 * MB, max_concurrency=4)
@@ -124,7 +124,9 @@ def test_upload_file_multipart_and_download(s3, served: Served, tmp_path: Path) 
     assert not list(served.output.glob(".blockkit*")), "staging folder left behind"
 
 
-def test_multipart_low_level_list_abort(s3, served: Served) -> None:
+def test_multipart_low_level_list_abort(served_small_parts: Served) -> None:
+    served = served_small_parts
+    s3 = client(served.endpoint)
     up = s3.create_multipart_upload(Bucket="out", Key="m.bin")["UploadId"]
     e1 = s3.upload_part(Bucket="out", Key="m.bin", UploadId=up, PartNumber=1, Body=b"a" * 100)["ETag"]
     e2 = s3.upload_part(Bucket="out", Key="m.bin", UploadId=up, PartNumber=2, Body=b"b" * 50)["ETag"]
@@ -145,7 +147,9 @@ def test_multipart_low_level_list_abort(s3, served: Served) -> None:
     assert sorted(p.name for p in served.output.iterdir()) == ["m.bin"]
 
 
-def test_multipart_subset_and_uneven_parts_are_assembled(s3, served: Served) -> None:
+def test_multipart_subset_and_uneven_parts_are_assembled(served_small_parts: Served) -> None:
+    served = served_small_parts
+    s3 = client(served.endpoint)
     up = s3.create_multipart_upload(Bucket="out", Key="odd.bin")["UploadId"]
     bodies = {1: b"1" * 30, 2: b"2" * 40, 3: b"3" * 10, 4: b"4" * 30}  # part 2 larger than the first
     etags = {n: s3.upload_part(Bucket="out", Key="odd.bin", UploadId=up, PartNumber=n, Body=b)["ETag"] for n, b in bodies.items()}

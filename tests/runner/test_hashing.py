@@ -52,3 +52,36 @@ def test_broken_cache_file_only_costs_rehashing(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_bytes(b"x")
     assert HashCache(tmp_path / "cache.json").tree(tmp_path / "d") == {"x": hashlib.sha256(b"x").hexdigest()}
+
+
+def test_an_edit_that_restores_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"ORIGINAL")
+    cache = HashCache(None)
+    assert cache.file_sha256(path) == hashlib.sha256(b"ORIGINAL").hexdigest()
+    st = path.stat()
+    path.write_bytes(b"POISONED")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back; the ctime still moved
+    assert cache.file_sha256(path) == hashlib.sha256(b"POISONED").hexdigest()
+
+
+def test_concurrent_saves_keep_every_entry(tmp_path: Path) -> None:
+    """Several processes saving one cache file: no fixed temp name to fight over, nothing lost."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from blockkit.runner.hashing import HashCache\n"
+        "root = Path(sys.argv[1]); me = sys.argv[2]\n"
+        "for i in range(20):\n"
+        "    f = root / f'{me}-{i}'; f.write_bytes(f'{me} {i}'.encode())\n"
+        "    c = HashCache(root.parent / 'hash-cache.json'); c.file_sha256(f); c.save()\n"
+    )
+    root = tmp_path / "files"
+    root.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root), f"p{n}"]) for n in range(4)]
+    assert [p.wait() for p in procs] == [0] * 4
+    final = HashCache(tmp_path / "hash-cache.json")
+    for f in root.iterdir():
+        assert final.known(f.stat()) == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert not list(tmp_path.glob("*.tmp"))

@@ -201,8 +201,11 @@ def test_an_unexpected_runner_error_leaves_the_run_marked_failed(tmp_path: Path,
         f"  make: {{block: {blocks['source']}}}\n"
         f"  up: {{block: {blocks['upper']}, propagate: true}}\n"
     ))
-    with pytest.raises(OSError):
+    with pytest.raises(RunFailed) as info:
         _run(tmp_path, wf)
+    # One line naming the step (the CLI adds the resume command), not an UNEXPECTED_ERROR traceback.
+    assert info.value.step == "up" and "step 'up' failed" in info.value.message
+    assert "No space left on device" in info.value.message and "\n" not in info.value.message
     [run_json] = (tmp_path / "runs").glob("*/run.json")
     run = json.loads(run_json.read_text())
     assert run["status"] == "failed"
@@ -246,3 +249,16 @@ def test_session_memory_counts_every_process_of_the_session() -> None:
 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_symlinked_workflow_file_runs(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    """Only a block's output is refused for symlinks; the user's own workflow file may be one."""
+    real = _linear(tmp_path, blocks)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    summary = _run(tmp_path, link)
+    assert summary["status"] == "ok"
+    prov = json.loads((Path(summary["run_dir"]) / "provenance.json").read_text())
+    import hashlib
+
+    assert prov["workflow"]["sha256"] == hashlib.sha256(real.read_bytes()).hexdigest()

@@ -163,7 +163,8 @@ def test_write_catalog_folder_names_are_portable_and_unique(tmp_path: Path) -> N
     fc = FeatureCollection([{"type": "Feature", "id": i, "geometry": None, "properties": {}} for i in ids])
     write_catalog(out, fc)
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert folders == ["a_scene", "a_scene-1", "b_scene_1", "n_code", "x", "x-6", "x-7"]
+    # one id->folder rule for output catalogs and stage-out (blockkit.stac.folder_name): -2, -3, ... on clashes
+    assert folders == ["a_scene", "a_scene-2", "b_scene_1", "n_code", "x", "x-2", "x-6"]
     assert {f["id"] for f in features_from_catalog(out)} == set(ids)  # ids themselves are kept
 
 

@@ -206,3 +206,134 @@ def test_redactor_logging_filter(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="blockkit.test.redact"):
         log.info("using %s", SECRET)
     assert SECRET not in caplog.text and "using ***" in caplog.text
+
+
+# --- the key pair is never made over existing keys, and each failure says what it is ----------
+
+from blockkit.storage.errors import DamagedPrivateKey, KeyPairMismatch, MissingPrivateKey  # noqa: E402
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("passphrase", [None, "pp"])
+def test_missing_private_key_is_its_own_error_and_creates_nothing(tmp_path: Path, passphrase: str | None) -> None:
+    ks = Keystore(tmp_path / "ks", passphrase=passphrase)
+    ks.add("k1", S3)
+    aside = tmp_path / "aside.pem"
+    (ks.path / "private_key.pem").rename(aside)
+    before = _files(ks.path)
+    for read in (lambda s: s.get("k1"), lambda s: s.share("k1", Keystore(tmp_path / "bob").public_key_pem())):
+        with pytest.raises(MissingPrivateKey) as info:
+            read(Keystore(ks.path, passphrase=passphrase))
+        assert "restore private_key.pem" in info.value.message and "\n" not in info.value.message
+    with pytest.raises(MissingPrivateKey):  # nor does a write
+        Keystore(ks.path, passphrase=passphrase).add("k2", S3)
+    with pytest.raises(MissingPrivateKey):
+        Keystore(ks.path, passphrase=passphrase).init()
+    assert _files(ks.path) == before  # public_key.pem untouched, nothing generated
+    aside.rename(ks.path / "private_key.pem")
+    again = Keystore(ks.path, passphrase=passphrase)
+    again.add("k2", S3)
+    assert again.get("k1").config == S3 and again.get("k2").config == S3
+
+
+def test_reads_on_a_new_store_create_nothing(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks")
+    with pytest.raises(KeyNotFound):
+        ks.get("x")
+    assert ks.list() == []
+    assert not ks.path.exists()
+    assert ks.init() is True and (ks.path / "private_key.pem").is_file()
+    pem = (ks.path / "private_key.pem").read_bytes()
+    assert ks.init() is False and (ks.path / "private_key.pem").read_bytes() == pem
+
+
+def _flip(data: bytes) -> bytes:
+    lines = data.split(b"\n")
+    mid = bytearray(lines[len(lines) // 2])
+    mid[10] = ord("A") if mid[10] != ord("A") else ord("B")
+    lines[len(lines) // 2] = bytes(mid)
+    return b"\n".join(lines)
+
+
+DAMAGE = {
+    "flipped": _flip,
+    "truncated": lambda d: d[: len(d) // 2],
+    "empty": lambda d: b"",
+    "garbage": lambda d: b"\x00\xffnot a key at all\n" * 20,
+    "truncated-body": lambda d: b"\n".join(d.split(b"\n")[:5] + d.split(b"\n")[-2:]),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("passphrase", [None, "correct horse"])
+def test_damaged_private_key_is_not_a_wrong_passphrase(tmp_path: Path, damage: str, passphrase: str | None) -> None:
+    ks = Keystore(tmp_path / "ks", passphrase=passphrase)
+    ks.add("prod", S3)
+    pem_path = ks.path / "private_key.pem"
+    pem_path.write_bytes(DAMAGE[damage](pem_path.read_bytes()))
+    with pytest.raises(DamagedPrivateKey) as info:
+        Keystore(ks.path, passphrase=passphrase).get("prod")
+    msg = info.value.headline()
+    assert msg.startswith("[WRONG_INPUT_ERROR]") and "damaged" in msg and "passphrase" not in msg
+    assert "\n" not in msg
+
+
+def test_damage_detected_in_a_store_without_checksum_record(tmp_path: Path) -> None:
+    # stores written before keypair.json: structural damage is still told apart
+    ks = Keystore(tmp_path / "ks", passphrase="pp")
+    ks.add("prod", S3)
+    (ks.path / "keypair.json").unlink()
+    pem_path = ks.path / "private_key.pem"
+    pem_path.write_bytes(DAMAGE["truncated"](pem_path.read_bytes()))
+    with pytest.raises(DamagedPrivateKey):
+        Keystore(ks.path, passphrase="pp").get("prod")
+
+
+def test_wrong_passphrase_still_says_so_with_intact_key(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks", passphrase="right")
+    ks.add("prod", S3)
+    with pytest.raises(WrongPassphrase) as info:
+        Keystore(ks.path, passphrase="wrong").get("prod")
+    assert "damaged" not in info.value.message
+
+
+def test_add_refuses_a_public_key_of_another_pair(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks")
+    ks.add("k1", S3)
+    other = Keystore(tmp_path / "other")
+    (ks.path / "public_key.pem").write_bytes(other.public_key_pem())
+    before = _files(ks.path / "entries")
+    with pytest.raises(KeyPairMismatch) as info:
+        Keystore(ks.path).add("k2", S3)
+    assert "public_key.pem" in info.value.message
+    assert _files(ks.path / "entries") == before
+    # deleting public_key.pem rewrites it from the private key; then adding works and stays readable
+    (ks.path / "public_key.pem").unlink()
+    Keystore(ks.path).add("k2", S3)
+    assert Keystore(ks.path).get("k2").config == S3
+
+
+def test_cli_keys_missing_private_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from blockkit.cli.main import app
+
+    monkeypatch.setenv("BLOCKKIT_KEYSTORE", str(tmp_path / "ks"))
+    monkeypatch.delenv("BLOCKKIT_KEYSTORE_PASSPHRASE", raising=False)
+    r = CliRunner().invoke(app, ["keys", "init"])
+    assert r.exit_code == 0 and "created keystore" in r.output
+    r = CliRunner().invoke(app, ["keys", "init"])
+    assert r.exit_code == 0 and "unchanged" in r.output
+    r = CliRunner().invoke(app, ["keys", "add", "k1", "--type", "s3", "--access-key", "A"], input="s1\n")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "ks" / "private_key.pem").unlink()
+    pub = (tmp_path / "ks" / "public_key.pem").read_bytes()
+    r = CliRunner().invoke(app, ["keys", "add", "k2", "--type", "s3", "--access-key", "A"], input="s2\n")
+    assert r.exit_code == 4 and "private_key.pem is missing" in r.output
+    r = CliRunner().invoke(app, ["keys", "init"])
+    assert r.exit_code == 4 and "private_key.pem is missing" in r.output
+    assert (tmp_path / "ks" / "public_key.pem").read_bytes() == pub
+    assert not (tmp_path / "ks" / "entries" / "k2.json").exists()

@@ -27,6 +27,11 @@ def _files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
+def _as_it_was(target: Path) -> bool:
+    """A failed stage-in into a new folder leaves no folder; into an empty one, an empty one."""
+    return not target.exists() or not any(target.iterdir())
+
+
 # --- STAC over HTTP ----------------------------------------------------------------------------
 
 
@@ -37,7 +42,12 @@ def test_stac_item_layout(stac_server, tmp_path: Path) -> None:
     item_id = site.item_ids[0]
     assert len(fc.features) == 1
     feat = fc.features[0]
-    assert feat["id"] == item_id and feat["properties"]["up42.data_path"] == item_id
+    # the one data_path rule: the primary data asset (the first data raster), every asset under `assets`
+    assert feat["id"] == item_id and feat["properties"]["up42.data_path"] == f"{item_id}/B02.tif"
+    assert {k: a["href"] for k, a in feat["assets"].items()} == {
+        "B02": f"{item_id}/B02.tif", "B03": f"{item_id}/B03.tif", "B04": f"{item_id}/B04.tif",
+        "B08": f"{item_id}/B08.tif", "visual": f"{item_id}/TCI.tif", "granule_metadata": f"{item_id}/metadata.xml",
+    }
     assert feat["geometry"]["type"] == "Polygon" and feat["properties"]["platform"] == "sentinel-2b"
     assert _files(out) == {"catalog.json", "data.json", f"{item_id}/{item_id}.json"} | {
         f"{item_id}/{n}" for n in ("B02.tif", "B03.tif", "B04.tif", "B08.tif", "TCI.tif", "metadata.xml")
@@ -62,7 +72,7 @@ def test_stac_detected_from_json_type_and_catalog(stac_server, tmp_path: Path) -
     cat = pystac.Catalog.from_file(str(tmp_path / "cat" / "catalog.json"))
     assert sorted(i.id for i in cat.get_items(recursive=True)) == sorted(site.item_ids)
     for f in fc.features:
-        assert (tmp_path / "cat" / f["properties"]["up42.data_path"] / "TCI.tif").is_file()
+        assert (tmp_path / "cat" / f["properties"]["up42.data_path"]).parent.joinpath("TCI.tif").is_file()
 
 
 def test_stac_checksum_mismatch_is_refused(stac_server, tmp_path: Path) -> None:
@@ -73,7 +83,7 @@ def test_stac_checksum_mismatch_is_refused(stac_server, tmp_path: Path) -> None:
     (Path(server.root) / "stac/items/bad-checksum.json").write_text(json.dumps(item))
     with pytest.raises(ApiConnectionError, match="sha256 checksum mismatch"):
         stage_in(f"{server.url}/stac/items/bad-checksum.json", tmp_path / "x", progress=False, retry=FAST)
-    assert not any((tmp_path / "x").iterdir())
+    assert _as_it_was(tmp_path / "x")
 
 
 def test_stac_bad_items(stac_server, tmp_path: Path) -> None:
@@ -135,7 +145,7 @@ def test_http_errors(stac_server, tmp_path: Path) -> None:
         stage_in(f"{server.url}/_fail/truncated/data/{site.item_ids[0]}/B08.tif", tmp_path / "d", progress=False,
                  retry=FAST)
     assert info.value.exit_code == 5
-    assert not (tmp_path / "d/B08.tif").exists() and not list((tmp_path / "d").iterdir())
+    assert _as_it_was(tmp_path / "d")
 
 
 def test_unreachable_host_bounded(tmp_path: Path) -> None:
@@ -206,7 +216,7 @@ def test_local_folder_generated_features_and_catalog(tmp_path: Path, stac_server
     stage_in(site.catalog_url, tmp_path / "stac", progress=False)
     (tmp_path / "stac/data.json").unlink()
     fc2 = stage_in(str(tmp_path / "stac"), tmp_path / "again", progress=False)
-    assert sorted(f["properties"]["up42.data_path"] for f in fc2.features) == sorted(site.item_ids)
+    assert sorted(f["properties"]["up42.data_path"] for f in fc2.features) == sorted(f"{i}/B02.tif" for i in site.item_ids)
 
 
 def test_local_errors(tmp_path: Path) -> None:
@@ -281,7 +291,7 @@ def test_s3_keys_escaping_target_refused(s3_keystore: Keystore, seaweed, tmp_pat
     # SeaweedFS itself refuses such keys; other stores (AWS) accept them, so fake only the listing
     with pytest.raises(botocore.exceptions.ClientError):
         seaweed.client().put_object(Bucket="evil", Key="p/../../outside.txt", Body=b"x")
-    monkeypatch.setattr(s3, "list_objects", lambda client, loc: [s3.S3Object("p/../../outside.txt", 1, "")])
+    monkeypatch.setattr(s3, "list_objects", lambda client, loc, policy=None: [s3.S3Object("p/../../outside.txt", 1, "")])
     with pytest.raises(UnsafePath, match="would write outside"):
         stage_in("s3://evil/p/", tmp_path / "deep/e", keystore=s3_keystore, key="s3", progress=False)
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "deep/outside.txt").exists()

@@ -1,4 +1,9 @@
-"""ndvi: the vegetation index of every input raster, computed window by window with bounded memory."""
+"""ndvi: the vegetation index of every input raster, computed window by window with bounded memory.
+
+Bands are found by common name (`red`, `nir`) when the input says which they are: a staged STAC item with
+`eo:bands` (one multi-band file, or one file per band like Sentinel-2 L2A), or band descriptions in the
+raster. Otherwise the `red_band` / `nir_band` parameters pick bands of the data_path raster by number.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ from rasterio.errors import RasterioIOError
 
 import blockkit
 from blockkit import BlockContext, FeatureCollection, WrongInputError
+from blockkit.runtime.bands import band_stack, has_bands
 from blockkit.runtime.raster import map_windows, write_quicklook
+
+NAMES = ("red", "nir")
 
 
 def ndvi(window: np.ndarray) -> np.ndarray:
@@ -49,23 +57,29 @@ def ndvi_block(fc: FeatureCollection, ctx: BlockContext) -> FeatureCollection:
     out, taken = [], set()
     for feature in fc:
         fid = str(feature.get("id") or Path(feature["properties"]["up42.data_path"]).stem)
-        src = ctx.input_path(feature)
-        count = band_count(src, fid)
-        if max(red, nir) > count:
-            raise WrongInputError(
-                f"feature {fid!r}: {src.name} has {count} band(s); red_band={red} and nir_band={nir} need {max(red, nir)}"
-            )
         rel = unique_name(fid, taken)
-        dst = map_windows(
-            src, ctx.output_path(rel), ndvi, bands=(red, nir), dtype="float32", nodata=float("nan"), processes=processes
-        )
-        write_quicklook(dst, ctx.quicklook_path(Path(rel).stem), percentiles=(1.0, 99.0))
-        ctx.logger.info("feature %s: NDVI of bands %d/%d -> %s", fid, red, nir, rel)
-        out.append(
-            ctx.derive_feature(
-                feature, data_path=rel, id=Path(rel).stem, properties={"bands": ["ndvi"], "ndvi:red_band": red, "ndvi:nir_band": nir}
+        if has_bands(feature, ctx.input_dir, NAMES):
+            # named bands: one multi-band file or one file per band, stacked as a VRT (no copy)
+            with band_stack(feature, ctx.input_dir, NAMES) as stack:
+                dst = map_windows(stack, ctx.output_path(rel), ndvi, bands=(1, 2), dtype="float32",
+                                  nodata=float("nan"), processes=processes)
+            used: dict[str, object] = {"ndvi:bands": list(NAMES), "eo:bands": [{"name": "ndvi"}]}
+            ctx.logger.info("feature %s: NDVI of bands red/nir by name -> %s", fid, rel)
+        else:
+            src = ctx.input_path(feature)
+            count = band_count(src, fid)
+            if max(red, nir) > count:
+                raise WrongInputError(
+                    f"feature {fid!r}: {src.name} has {count} band(s); red_band={red} and nir_band={nir} need {max(red, nir)}"
+                )
+            dst = map_windows(
+                src, ctx.output_path(rel), ndvi, bands=(red, nir), dtype="float32", nodata=float("nan"),
+                processes=processes,
             )
-        )
+            used = {"ndvi:red_band": red, "ndvi:nir_band": nir, "eo:bands": [{"name": "ndvi"}]}
+            ctx.logger.info("feature %s: NDVI of bands %d/%d -> %s", fid, red, nir, rel)
+        write_quicklook(dst, ctx.quicklook_path(Path(rel).stem), percentiles=(1.0, 99.0))
+        out.append(ctx.derive_feature(feature, data_path=rel, id=Path(rel).stem, properties={"bands": ["ndvi"], **used}))
     return FeatureCollection(out)
 
 

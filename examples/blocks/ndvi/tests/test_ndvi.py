@@ -79,3 +79,28 @@ def test_band_beyond_the_raster_is_wrong_input(scene: Path, tmp_path: Path) -> N
     line = next(line for line in result.stderr.splitlines() if line.startswith("["))
     assert line.startswith("[WRONG_INPUT_ERROR]") and "'scene'" in line and "4 band" in line
     assert not (tmp_path / "out" / "data.json").exists()
+
+
+def test_per_band_item_by_common_name(tmp_path: Path) -> None:
+    """A staged per-band item (B04/B08 files at 10 m, B11 at 20 m) with eo:bands: red/nir found by name."""
+    folder = tmp_path / "input"
+    (folder / "item").mkdir(parents=True)
+    assets = {}
+    for name, common, res, value in (("B04", "red", 10, 1000), ("B08", "nir", 10, 3000), ("B11", "swir16", 20, 7)):
+        px = 600 // res
+        with rasterio.open(
+            folder / "item" / f"{name}.tif", "w", driver="GTiff", width=px, height=px, count=1, dtype="uint16", crs="EPSG:32633", nodata=0,
+            transform=from_origin(390000, 5820000, res, res),
+        ) as dst:
+            dst.write(np.full((1, px, px), value, dtype="uint16"))
+        assets[name] = {"href": f"item/{name}.tif", "roles": ["data"], "eo:bands": [{"name": name, "common_name": common}]}
+    feature = {"type": "Feature", "id": "s2", "geometry": None,
+               "properties": {"up42.data_path": "item/B04.tif", "eo:bands": [{"name": "B04"}]}, "assets": assets}
+    (folder / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    result = run_block(BLOCK, folder, tmp_path / "out", {})
+    assert result.returncode == 0, result.stderr
+    [out] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
+    assert out["properties"]["ndvi:bands"] == ["red", "nir"] and "ndvi:red_band" not in out["properties"]
+    assert out["properties"]["eo:bands"] == [{"name": "ndvi"}]
+    with rasterio.open(tmp_path / "out" / out["properties"]["up42.data_path"]) as src:
+        assert np.allclose(src.read(1), 0.5)

@@ -1,4 +1,4 @@
-"""vectorize: the pixels of a mask become WGS84 polygons (a GeoJSON file per input, and their union)."""
+"""vectorize: the pixels of a mask become WGS84 polygons (a GeoJSON file per input, their union, a PNG quicklook)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from shapely.validation import make_valid
 import blockkit
 from blockkit import BlockContext, FeatureCollection, WrongInputError
 from blockkit.runtime.geometry import aoi_area_km2
+from blockkit.runtime.raster import write_vector_quicklook
 
 
 def polygonal(geometry: BaseGeometry) -> BaseGeometry:
@@ -101,6 +102,9 @@ def vectorize_block(fc: FeatureCollection, ctx: BlockContext) -> FeatureCollecti
         taken.add(rel)
         write_geojson(ctx.output_path(rel), fid, polygons, int(ctx.params["value"]))
         merged = polygonal(unary_union([p for p, _ in polygons])) if polygons else None
+        if polygons:
+            # Covers exactly the merged geometry's bounds: a viewer places it at the feature's bbox.
+            write_vector_quicklook([mapping(p) for p, _ in polygons], ctx.quicklook_path(Path(rel).stem))
         total = sum(area for _, area in polygons)
         ctx.logger.info("feature %s: %d polygon(s), %.0f m² -> %s", fid, len(polygons), total, rel)
         out.append(

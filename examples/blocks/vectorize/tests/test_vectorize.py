@@ -80,3 +80,28 @@ def test_mask_without_crs_is_wrong_input(tmp_path: Path) -> None:
     result = run_block(BLOCK, tmp_path / "input", tmp_path / "out", {})
     assert result.returncode == 4
     assert "no CRS" in result.stderr
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_quicklook_of_the_polygons_covers_the_feature_bounds(mask: Path, tmp_path: Path) -> None:
+    result = run_block(BLOCK, mask, tmp_path / "out", {"min_area_m2": 1000})
+    assert result.returncode == 0, result.stderr
+    [feature] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
+    png = tmp_path / "out-quicklooks" / f"{feature['id']}.png"
+    with rasterio.open(png) as ql:
+        assert ql.count == 4 and max(ql.width, ql.height) == 512
+        alpha = ql.read(4)
+    west, south, east, north = shape(feature["geometry"]).bounds
+    # Square ground pixels: the aspect ratio is the bounds' ground aspect (longitude scaled by cos(lat)).
+    ground = (east - west) * np.cos(np.radians((south + north) / 2)) / (north - south)
+    assert ql.width / ql.height == pytest.approx(ground, rel=0.02)
+    # The 40x40 square fills the top-left of the bounds; transparent outside the polygons.
+    assert alpha[alpha.shape[0] // 4, alpha.shape[1] // 4] > 0
+    assert alpha[-1, 0] == 0
+    assert 0.3 < (alpha > 0).mean() < 0.9
+
+
+def test_no_polygons_no_quicklook(mask: Path, tmp_path: Path) -> None:
+    result = run_block(BLOCK, mask, tmp_path / "out", {"value": 7})
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "out-quicklooks").glob("*.png"))

@@ -1,0 +1,234 @@
+"""Sealed step outputs: a block's links, special files and huge files never make the runner misbehave."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Victim, assert_runs_match_provenance, blockkit, one_line_error
+
+
+def _wf(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "wf.yaml"
+    path.write_text(body)
+    return path
+
+
+def _run(tmp_path: Path, wf: Path, engine: str, *extra: str):
+    return blockkit("run", str(wf), "-e", engine, "--runs-dir", str(tmp_path / "runs"), "-q", *extra, cwd=tmp_path)
+
+
+def _run_json(tmp_path: Path) -> dict:
+    [path] = (tmp_path / "runs").glob("*/run.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_a_planted_symlink_never_lets_propagation_write_outside(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
+    """D1: `/tmp/output/x -> <host dir>`, then the runner forwards `x/payload.sh` of the upstream."""
+    wf = _wf(tmp_path, (
+        "name: escape\nsteps:\n"
+        f"  a: {{block: {evil['evil']}, params: {{action: write, arg: 'echo PWNED'}}}}\n"
+        f"  b: {{block: {evil['evilprop']}, params: {{action: plant_symlink, arg: '{victim.folder}'}}}}\n"
+    ))
+    result = _run(tmp_path, wf, engine)
+    assert result.returncode == 6, result.stderr
+    line = one_line_error(result.stderr)
+    assert "step 'b'" in line and "symlink 'x'" in line and str(victim.folder) in line
+    victim.assert_untouched()
+    run = _run_json(tmp_path)
+    assert run["status"] == "failed" and run["steps"]["b"]["exit_name"] == "NO_OUTPUT_ERROR"
+    assert not (tmp_path / "runs" / run["run_id"] / "steps/b/output").exists()  # only accepted outputs live there
+    assert_runs_match_provenance(tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_planted_temp_file_symlinks_never_overwrite_a_host_file(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
+    """D1: `.data.json.<pid>.tmp -> <host file>` for every likely runner pid."""
+    wf = _wf(tmp_path, (
+        "name: overwrite\nsteps:\n"
+        f"  a: {{block: {evil['evil']}}}\n"
+        f"  b: {{block: {evil['evilprop']}, params: {{action: plant_tmp_symlinks, arg: '{victim.file}'}}}}\n"
+    ))
+    result = _run(tmp_path, wf, engine)
+    assert result.returncode == 6, result.stderr
+    assert ".data.json." in one_line_error(result.stderr)
+    victim.assert_untouched()
+    assert_runs_match_provenance(tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_a_symlink_inside_a_data_path_folder_is_refused_when_sealing(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
+    """D14: refused at once with the path named, not accepted and then failing every later cache hit."""
+    wf = _wf(tmp_path, f"name: inner\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: symlink_in_dir}}}}\n")
+    for _ in range(2):  # never cached: the second run refuses it the same way
+        result = _run(tmp_path, wf, engine)
+        assert result.returncode == 6, result.stderr
+        line = one_line_error(result.stderr)
+        assert "step 'a'" in line and "symlink 'folder/secret.txt' -> 'a.txt'" in line
+    assert not (tmp_path / "runs" / "cache-index.json").exists()
+    victim.assert_untouched()
+
+
+@pytest.mark.slow
+def test_a_fifo_in_the_output_is_refused(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
+    wf = _wf(tmp_path, f"name: fifo\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: fifo}}}}\n")
+    result = _run(tmp_path, wf, engine)
+    assert result.returncode == 6 and "fifo 'pipe'" in one_line_error(result.stderr)
+    victim.assert_untouched()
+    assert_runs_match_provenance(tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
+    """D13: the output limit stops it before a byte is read; the timeout would bound the hashing anyway."""
+    wf = _wf(tmp_path, f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, timeout: 5}}\n")
+    started = time.monotonic()
+    result = _run(tmp_path, wf, engine)
+    assert time.monotonic() - started < 60
+    assert result.returncode == 6, result.stderr
+    line = one_line_error(result.stderr)
+    assert "more than its limit of 20.0 GiB" in line and "'big.bin'" in line and "max_output" in line
+    assert _run_json(tmp_path)["steps"]["a"]["exit_name"] == "NO_OUTPUT_ERROR"
+    victim.assert_untouched()
+    assert_runs_match_provenance(tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil, victim: Victim) -> None:
+    """With the size limit raised, hashing 30 GiB of zeros is cut at the step's timeout (124)."""
+    wf = _wf(tmp_path, (f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, "
+                        "timeout: 3, max_output: 64GiB}\n"))
+    started = time.monotonic()
+    result = _run(tmp_path, wf, "process")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 124, result.stderr
+    assert "ran past the step's timeout" in one_line_error(result.stderr)
+    victim.assert_untouched()
+
+
+@pytest.mark.slow
+def test_sealed_outputs_are_read_only_and_owned_by_the_runner(tmp_path: Path, evil, engine: str) -> None:
+    wf = _wf(tmp_path, (
+        "name: sealed\nsteps:\n"
+        f"  a: {{block: {evil['evil']}}}\n"
+        f"  b: {{block: {evil['evilprop']}, params: {{action: many, arg: '3'}}}}\n"
+    ))
+    result = _run(tmp_path, wf, engine)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "runs").glob("*-sealed-*")
+    for step in ("a", "b"):
+        out = run_dir / "steps" / step / "output"
+        assert not (run_dir / "steps" / step / "work").exists()
+        for path in [out, *out.rglob("*")]:
+            st = path.lstat()
+            assert st.st_uid == os.geteuid(), path  # a docker block wrote them as uid 1000
+            assert stat.S_IMODE(st.st_mode) == (0o555 if stat.S_ISDIR(st.st_mode) else 0o444), path
+    # Forwarded files are the upstream's own (read-only) inodes, not copies.
+    b_out = run_dir / "steps/b/output"
+    assert (b_out / "x/payload.sh").stat().st_ino == (run_dir / "steps/a/output/x/payload.sh").stat().st_ino
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError):
+            (b_out / "f00000.bin").open("r+b")
+    # The run folder can still be deleted by `rm -r`-like code (read-only folders included).
+    from blockkit.runner.seal import remove_tree
+
+    remove_tree(run_dir)
+    assert not run_dir.exists()
+
+
+def test_a_hard_link_to_a_host_file_is_never_chmod_ed(tmp_path: Path, evil, victim: Victim) -> None:
+    """A process block hard-links a host file into its output: sealing must not make it read-only (or anything)."""
+    wf = _wf(tmp_path, f"name: hl\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: hardlink_victim, arg: '{victim.file}'}}}}\n")
+    result = _run(tmp_path, wf, "process")
+    assert result.returncode == 0, result.stderr
+    victim.assert_untouched()
+
+
+def test_the_run_folder_copy_of_the_workflow_has_secrets_redacted(tmp_path: Path, evil) -> None:
+    secret = "TOKEN-s3cr3t-VALUE-42"
+    wf = _wf(tmp_path, (
+        "name: secrets\n"
+        f"x-common: &common {{token: {secret}, action: write}}\n"
+        "steps:\n"
+        f"  a: {{block: {evil['secretive']}, params: *common}}  # keep this comment\n"
+        f"  b: {{block: {evil['secretive']}, params: {{token: \"{secret}-2\"}}, after: []}}\n"
+    ))
+    result = _run(tmp_path, wf, "process")
+    assert result.returncode == 0, result.stderr
+    [copy] = (tmp_path / "runs").glob("*/workflow.yaml")
+    text = copy.read_text()
+    assert secret not in text and "keep this comment" in text
+    import yaml
+
+    steps = yaml.safe_load(text)["steps"]
+    assert steps["a"]["params"]["token"] == "***" and steps["b"]["params"]["token"] == "***"
+    assert steps["a"]["params"]["action"] == "write"
+
+
+@pytest.mark.slow
+def test_folders_nested_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
+    # 300 levels: past the limit, yet shallow enough for pytest's own clean-up if this test fails.
+    wf = _wf(tmp_path, f"name: deep\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: deep, arg: '300'}}}}\n")
+    result = _run(tmp_path, wf, engine)
+    assert result.returncode == 6, result.stderr
+    assert "nests folders deeper than 128 levels" in one_line_error(result.stderr)
+    run_id = _run_json(tmp_path)["run_id"]
+    wf.write_text(wf.read_text().replace("action: deep, arg: '300'", "action: write"))
+    resumed = blockkit("run", "--resume", run_id, "-e", engine, "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr  # the rejected tree was removed
+    assert not (tmp_path / "runs" / run_id / "steps/a/work").exists()
+    victim.assert_untouched()
+    assert_runs_match_provenance(tmp_path / "runs")
+
+
+def test_files_a_block_made_unreadable_are_still_taken_over(tmp_path: Path, evil) -> None:
+    from .test_cache import AS_USER
+
+    wf = _wf(tmp_path, f"name: unreadable\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: unreadable}}}}\n")
+    result = blockkit("run", str(wf), "-e", "process", "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path,
+                      prefix=AS_USER)
+    assert result.returncode == 0, result.stderr
+    [out] = (tmp_path / "runs").glob("*/steps/a/output")
+    assert (out / "locked/a.bin").read_text() == "hidden\n"
+    assert stat.S_IMODE((out / "b.bin").stat().st_mode) == 0o444
+
+
+def test_remove_tree_copes_with_thousands_of_levels_and_read_only_folders(tmp_path: Path) -> None:
+    import subprocess
+
+    from blockkit.runner.seal import remove_tree
+
+    top = tmp_path / "deep"
+    top.mkdir()
+    try:
+        fd = os.open(top, os.O_RDONLY)
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.fchmod(fd, 0o555)
+            os.close(fd)
+            fd = child
+        os.close(fd)
+        remove_tree(top)
+        assert not top.exists()
+    finally:
+        if top.exists():
+            subprocess.run(["chmod", "-R", "u+rwx", str(top)], check=False)
+            subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+def test_hard_links_inside_the_output_are_sealed_once(tmp_path: Path, evil) -> None:
+    wf = _wf(tmp_path, f"name: inside\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: links_inside}}}}\n")
+    result = _run(tmp_path, wf, "process")
+    assert result.returncode == 0, result.stderr
+    [out] = (tmp_path / "runs").glob("*/steps/a/output")
+    for i in range(20):
+        assert (out / f"a{i}.bin").stat().st_ino == (out / f"b{i}.bin").stat().st_ino
+        assert stat.S_IMODE((out / f"a{i}.bin").stat().st_mode) == 0o444
+    assert_runs_match_provenance(tmp_path / "runs")

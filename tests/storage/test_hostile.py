@@ -1,0 +1,268 @@
+"""Hostile sources against stage-in and stage-out: one real loopback server misbehaving per defect.
+
+Each test asserts the user-visible outcome: one clear line with the contract's exit code, the URL named,
+no credentials where they do not belong, and the target left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blockkit.contract.errors import ExitCode
+from blockkit.storage import http
+from blockkit.storage.errors import InsecureCredentials, StorageError, TooLarge, TransferFailed, UnsafePath
+from blockkit.storage.keystore import Keystore, WebDavKeyConfig
+from blockkit.storage.stagein import stage_in
+from blockkit.storage.transfer import RetryPolicy, TransferLimits
+from tests.storage.hostile import (
+    HostileServer,
+    body,
+    endless,
+    endless_webdav,
+    gzip_bomb,
+    redirect,
+    s3_failing_get,
+    s3_listing,
+    slow_headers,
+    slow_loris,
+    status,
+)
+
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+PASSWORD = "Sup3rWebdavPass"
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    server = HostileServer().start()
+    yield server
+    server.stop()
+
+
+def _item(item_id: str, assets: dict[str, str]) -> bytes:
+    return json.dumps({
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id,
+        "geometry": {"type": "Point", "coordinates": [13.4, 52.5]}, "bbox": [13.4, 52.5, 13.4, 52.5],
+        "properties": {"datetime": "2024-06-01T10:00:00Z"}, "links": [],
+        "assets": {k: {"href": v, "roles": ["data"]} for k, v in assets.items()},
+    }).encode()
+
+
+def _as_it_was(target: Path) -> bool:
+    return not target.exists() or not any(target.iterdir())
+
+
+def _one_line(err: pytest.ExceptionInfo, code: ExitCode, *needles: str) -> str:
+    line = err.value.headline()
+    assert "\n" not in line and line.startswith(f"[{code.name}]"), line
+    assert err.value.exit_code == code
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+# --- credentials go only to the key's origin -------------------------------------------------------
+
+
+def test_webdav_credentials_only_to_the_keys_origin(hostile: HostileServer, tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks")
+    ks.add("dav", WebDavKeyConfig(hostile.url(), "alice", PASSWORD))
+    # the same server under two loopback names: 127.0.0.1 is the key's origin, localhost is "another host"
+    hostile.routes.update({
+        "/stac/item.json": body(_item("it", {
+            "own": hostile.url("/own.bin"),
+            "other": hostile.url("/other.bin", host="localhost"),
+            "hop": hostile.url("/hop"),
+        }), "application/geo+json"),
+        "/own.bin": body(b"own"),
+        "/other.bin": body(b"other"),
+        "/hop": redirect(hostile.url("/hopped.bin", host="localhost")),
+        "/hopped.bin": body(b"hopped"),
+    })
+    fc = stage_in(hostile.url("/stac/item.json"), tmp_path / "in", keystore=ks, key="dav", progress=False)
+    assert len(fc) == 1
+    by_path = {s.path: s for s in hostile.seen if s.method == "GET"}
+    assert by_path["/stac/item.json"].auth and by_path["/own.bin"].auth  # the key's origin: credentials
+    assert by_path["/other.bin"].host.startswith("localhost") and by_path["/other.bin"].auth is None
+    assert by_path["/hopped.bin"].auth is None  # a redirect off the origin drops them too
+    assert (tmp_path / "in/it/other.bin").read_bytes() == b"other"
+
+
+def test_key_for_another_origin_is_named_when_access_is_refused(hostile: HostileServer, tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks")
+    ks.add("dav", WebDavKeyConfig(hostile.url(), "alice", PASSWORD))
+    hostile.routes["/private.bin"] = status(401)
+    with pytest.raises(StorageError) as err:
+        stage_in(hostile.url("/private.bin", host="localhost"), tmp_path / "in", keystore=ks, key="dav", progress=False)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "HTTP 401", "key 'dav' is for http://127.0.0.1", "not sent to localhost")
+    assert all(s.auth is None for s in hostile.seen)
+
+
+def test_credentials_never_over_plain_http_to_other_hosts(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path / "ks")
+    ks.add("dav", WebDavKeyConfig("http://dav.example.org/remote", "alice", PASSWORD))
+    with pytest.raises(InsecureCredentials) as err:
+        stage_in("webdav://dav.example.org/remote/x/", tmp_path / "in", keystore=ks, key="dav", progress=False)
+    line = _one_line(err, ExitCode.WRONG_INPUT_ERROR, "plain http", "https", "loopback")
+    assert PASSWORD not in line and not (tmp_path / "in").exists()
+    from blockkit.contract.datajson import write_data_json
+    from blockkit.storage.stageout import stage_out
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "r.txt").write_text("r")
+    write_data_json(tmp_path / "out", {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "r", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    with pytest.raises(InsecureCredentials):
+        stage_out(tmp_path / "out", "webdav://dav.example.org/remote/res/", keystore=ks, key="dav", progress=False)
+    assert http.ScopedBasicAuth("a", "b", "https://dav.example.org").origin == ("https", "dav.example.org", 443)
+    assert http.ScopedBasicAuth("a", "b", "webdav://[::1]:8080/x").origin == ("http", "::1", 8080)
+
+
+# --- bounded transfers -----------------------------------------------------------------------------
+
+
+def test_gzip_body_is_refused_not_inflated(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/bomb.bin"] = gzip_bomb(50 * 1024 * 1024)
+    with pytest.raises(TooLarge) as err:
+        stage_in(hostile.url("/bomb.bin"), tmp_path / "in", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "Content-Encoding: gzip", "/bomb.bin")
+    assert not (tmp_path / "in").exists()
+    assert len(hostile.gets("/bomb.bin")) == 1  # refused, not retried
+
+
+def test_gzip_stac_document_is_refused(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/item.json"] = gzip_bomb(1024)
+    with pytest.raises(TooLarge):
+        stage_in("stac+" + hostile.url("/item.json"), tmp_path / "in", progress=False, retry=FAST)
+
+
+def test_endless_body_stops_at_the_file_limit(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/endless.bin"] = endless()
+    start = time.monotonic()
+    with pytest.raises(TooLarge) as err:
+        stage_in(hostile.url("/endless.bin"), tmp_path / "in", progress=False, retry=FAST,
+                 limits=TransferLimits(max_file_bytes=2 * 1024 * 1024))
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "/endless.bin", "max_file_bytes")
+    assert time.monotonic() - start < 10 and not (tmp_path / "in").exists()
+
+
+def test_declared_size_over_the_limit_is_refused_before_reading(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/big.bin"] = body(b"y" * 300_000)
+    with pytest.raises(TooLarge, match="max_file_bytes"):
+        stage_in(hostile.url("/big.bin"), tmp_path / "in", progress=False, limits=TransferLimits(max_file_bytes=1000))
+
+
+def test_stage_in_total_limit(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/item.json"] = body(_item("it", {f"a{i}": hostile.url(f"/f{i}.bin") for i in range(4)}))
+    for i in range(4):
+        hostile.routes[f"/f{i}.bin"] = body(bytes([i]) * 100_000)
+    with pytest.raises(TooLarge) as err:
+        stage_in(hostile.url("/item.json"), tmp_path / "in", progress=False, workers=1,
+                 limits=TransferLimits(max_total_bytes=250_000))
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "max_total_bytes")
+    assert not (tmp_path / "in").exists()
+    fc = stage_in(hostile.url("/item.json"), tmp_path / "ok", progress=False,
+                  limits=TransferLimits(max_total_bytes=400_000))
+    assert len(fc) == 1
+
+
+def test_slow_loris_hits_the_file_deadline(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/slow.bin"] = slow_loris(length=1000, every=0.1)
+    start = time.monotonic()
+    with pytest.raises(TransferFailed) as err:
+        stage_in(hostile.url("/slow.bin"), tmp_path / "in", progress=False, retry=FAST,
+                 limits=TransferLimits(file_deadline=1.5))
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "/slow.bin", "file_deadline")
+    assert time.monotonic() - start < 6
+    assert not (tmp_path / "in").exists()
+
+
+def test_slow_headers_hit_the_file_deadline(hostile: HostileServer, tmp_path: Path) -> None:
+    # the status line and headers trickle in: the 60 s per-read timeout never triggers, the deadline does
+    hostile.routes["/trickle.bin"] = slow_headers(every=0.1)
+    start = time.monotonic()
+    with pytest.raises(TransferFailed) as err:
+        stage_in(hostile.url("/trickle.bin"), tmp_path / "in", progress=False, retry=FAST,
+                 limits=TransferLimits(file_deadline=1.5))
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "/trickle.bin", "file_deadline")
+    assert time.monotonic() - start < 6 and not (tmp_path / "in").exists()
+
+
+def test_webdav_walk_depth_is_bounded(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/deep*"] = endless_webdav()
+    start = time.monotonic()
+    with pytest.raises(StorageError) as err:
+        stage_in(f"webdav://127.0.0.1:{hostile.port}/deep/", tmp_path / "in", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "deeper than 10")
+    assert time.monotonic() - start < 10
+    assert len([s for s in hostile.seen if s.method == "PROPFIND"]) <= 12
+
+
+def test_s3_get_retried_in_one_place(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/bkt/obj.bin"] = s3_failing_get("bkt", "obj.bin")
+    with pytest.raises(TransferFailed) as err:
+        stage_in("s3://bkt/obj.bin", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url())
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "s3://bkt/obj.bin", "3 attempts")
+    # blockkit's 3 attempts, not 3 x botocore's 4
+    assert len(hostile.gets("/bkt/obj.bin")) == 3
+
+
+# --- every error a contract code, the target as it was ----------------------------------------------
+
+
+def test_redirect_loop_and_redirect_to_file(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/loop"] = redirect("/loop")
+    hostile.routes["/to-file"] = redirect("file:///etc/passwd")
+    with pytest.raises(StorageError) as err:
+        stage_in(hostile.url("/loop"), tmp_path / "a", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "/loop", "redirect")
+    with pytest.raises(UnsafePath) as err:
+        stage_in(hostile.url("/to-file"), tmp_path / "b", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "/to-file", "not http(s)")
+    assert _as_it_was(tmp_path / "a") and _as_it_was(tmp_path / "b")
+
+
+def test_stac_child_link_to_a_local_file(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/catalog.json"] = body(json.dumps({
+        "type": "Catalog", "stac_version": "1.0.0", "id": "c", "description": "d",
+        "links": [{"rel": "child", "href": "file:///etc/passwd"}],
+    }).encode())
+    with pytest.raises(UnsafePath) as err:
+        stage_in(hostile.url("/catalog.json"), tmp_path / "in", progress=False)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "/catalog.json", "not http(s) or s3")
+
+
+def test_item_collection_with_duplicate_ids_downloads_nothing(hostile: HostileServer, tmp_path: Path) -> None:
+    features = [json.loads(_item("m0", {"a": hostile.url("/a.bin")})), json.loads(_item("m0", {"b": hostile.url("/b.bin")}))]
+    hostile.routes["/items.json"] = body(json.dumps({"type": "FeatureCollection", "features": features}).encode())
+    hostile.routes["/a.bin"] = body(b"a")
+    hostile.routes["/b.bin"] = body(b"b")
+    target = tmp_path / "in"
+    target.mkdir()
+    with pytest.raises(StorageError) as err:
+        stage_in(hostile.url("/items.json"), target, progress=False)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "'m0'", "unique")
+    assert target.is_dir() and not any(target.iterdir())  # an empty folder given stays, empty
+    assert not hostile.gets("/a.bin") and not hostile.gets("/b.bin")
+
+
+def test_s3_keys_a_and_a_slash_b(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/bkt*"] = s3_listing({"p/a": b"file", "p/a/b": b"inside"}, "bkt")
+    with pytest.raises(UnsafePath) as err:
+        stage_in("s3://bkt/p/", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url())
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "s3://bkt/p/a", "folder")
+    assert not (tmp_path / "in").exists()
+
+
+def test_http_404_asset_leaves_nothing(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/item.json"] = body(_item("it", {"ok": hostile.url("/ok.bin"), "gone": hostile.url("/gone.bin")}))
+    hostile.routes["/ok.bin"] = body(b"ok" * 1000)
+    hostile.routes["/gone.bin"] = status(404)
+    with pytest.raises(StorageError, match="gone.bin"):
+        stage_in(hostile.url("/item.json"), tmp_path / "in", progress=False, retry=FAST, workers=1)
+    assert not (tmp_path / "in").exists()
