@@ -111,8 +111,12 @@ def build_block_image(
     build_args: dict[str, str] | None = None,
     user: str = "1000",
     network: bool = False,
+    build: bool = True,
 ) -> BuiltImage:
     """Build (or reuse) the image of a block folder and return its tag and id.
+
+    `build=False` only computes the tag (resolving the wheels, which the tag covers) and
+    returns it with the existing image's id, or "" when there is none: nothing is built.
 
     `base_image`: the image to build on (Dockerfile.base), or the image replacing the last
     external `FROM` of a block's own Dockerfile (default: its own `FROM`). `build_args` go to
@@ -135,7 +139,7 @@ def build_block_image(
             base_image, build_args, network = _last_options(client, block_dir, network)
         return _build_own_dockerfile(
             block_dir, own, manifest, client=client, base_image=base_image, wheelhouse=wheelhouse,
-            force=force, build_args=dict(build_args or {}), network=network,
+            force=force, build_args=dict(build_args or {}), network=network, build=build,
         )
     if build_args:
         raise BuildError(
@@ -143,7 +147,7 @@ def build_block_image(
         )
     return _build_from_base(
         block_dir, manifest, client=client, base_image=base_image or DEFAULT_BASE_IMAGE,
-        wheelhouse=wheelhouse, force=force, user=user,
+        wheelhouse=wheelhouse, force=force, user=user, build=build,
     )
 
 
@@ -192,6 +196,7 @@ def _build_from_base(
     wheelhouse: Path | str | None,
     force: bool,
     user: str,
+    build: bool = True,
 ) -> BuiltImage:
     base_id = _base_image_id(client, base_image)
     source_root = blockkit_source_root()
@@ -208,10 +213,11 @@ def _build_from_base(
             extra=f"user:{user}\0wheels:{_tree_hash(context / 'wheels')}",
         )
         tag = f"blockkit/{_repo_name(manifest['name'])}:{content_hash[:12]}"
-        if not force:
+        if not force or not build:
             existing = _image_or_none(client, tag)
-            if existing is not None:
-                return BuiltImage(tag, existing.id, content_hash, False, DOCKERFILE_NAME, tuple(warnings))
+            if existing is not None or not build:
+                image_id = str(existing.id) if existing is not None else ""
+                return BuiltImage(tag, image_id, content_hash, False, DOCKERFILE_NAME, tuple(warnings))
         shutil.copy2(dockerfile, context / "Dockerfile")
         _make_world_readable(context / "block")
         labels = {
@@ -918,6 +924,7 @@ def _build_own_dockerfile(
     force: bool,
     build_args: dict[str, str],
     network: bool,
+    build: bool = True,
 ) -> BuiltImage:
     """Build a block from its own Dockerfile, as UP42's Makefile did, pointing pip at the wheelhouse."""
     text = dockerfile.read_text(encoding="utf-8", errors="replace")
@@ -971,10 +978,11 @@ def _build_own_dockerfile(
         generated = _offline_dockerfile(lines, "{url}")
         content_hash = _own_content_hash(context, generated, args, base_ids, wheels, network)
         tag = f"blockkit/{_repo_name(manifest['name'])}:{content_hash[:12]}"
-        if not force:
+        if not force or not build:
             existing = _image_or_none(client, tag)
-            if existing is not None:
-                return BuiltImage(tag, existing.id, content_hash, False, BLOCK_DOCKERFILE, tuple(warnings))
+            if existing is not None or not build:
+                image_id = str(existing.id) if existing is not None else ""
+                return BuiltImage(tag, image_id, content_hash, False, BLOCK_DOCKERFILE, tuple(warnings))
         _make_world_readable(context)
         labels = {
             HASH_LABEL: content_hash, SOURCE_LABEL: str(block_dir), "blockkit.block": str(manifest["name"]),

@@ -365,3 +365,17 @@ def test_build_args_only_for_own_dockerfiles_and_user_checked(tmp_path):
         build_block_image(block, build_args={"BASE": "x"}, client=object())
     with pytest.raises(BuildError, match="--user must be one of"):
         build_block_image(block, user="0; rm -rf /", client=object())
+
+
+@pytest.mark.docker
+def test_tag_only_matches_the_built_tag_and_builds_nothing(build, docker_client, base_image, tmp_path):
+    block = make_block(tmp_path)
+    (block / "requirements.txt").write_text("affine\n")
+    expected = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    assert expected.image_id == "" and not expected.rebuilt
+    with pytest.raises(Exception):
+        docker_client.images.get(expected.tag)
+    built = build(block, base_image=base_image, client=docker_client)
+    assert built.tag == expected.tag
+    again = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    assert (again.tag, again.image_id) == (built.tag, built.image_id)
