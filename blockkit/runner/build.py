@@ -990,9 +990,12 @@ def _build_own_dockerfile(
         }
         with _WheelServer(wheels) as url:
             (context / _GENERATED_DOCKERFILE).write_text(_offline_dockerfile(lines, url), encoding="utf-8")
+            # The wheel server is on the host's 127.0.0.1: a build with wheels (or --network) uses the
+            # host's network; one without runs with none at all.
+            serving = any(wheels.iterdir())
             image_id = _docker_build(
                 client, context, tag, args, labels, nocache=force, dockerfile=_GENERATED_DOCKERFILE,
-                network_mode="host",
+                network_mode="host" if (network or serving) else "none",
             )
     _check_manifest_label(client, tag, manifest, dockerfile)
     return BuiltImage(tag, image_id, content_hash, True, BLOCK_DOCKERFILE, tuple(warnings))
