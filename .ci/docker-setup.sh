@@ -7,10 +7,21 @@
 #
 #   bash .ci/docker-setup.sh            # engine + blockkit-base:bookworm
 #   BLOCKKIT_BASE_IMAGE=name:tag bash .ci/docker-setup.sh
+#   BLOCKKIT_BASE_SUITE=bullseye BLOCKKIT_BASE_IMAGE=blockkit-base:bullseye bash .ci/docker-setup.sh
+#
+# bullseye (Python 3.9) is the base for UP42-style blocks whose requirements need
+# Python < 3.10 (e.g. up42-blockutils 1.2.4): it also carries pip, a `python`
+# command and a C compiler, as the python:3.x images those blocks were written for
+# did (`blockkit build` compiles requirements that have no wheel for 3.9 in it).
 set -euo pipefail
 
 BASE_IMAGE="${BLOCKKIT_BASE_IMAGE:-blockkit-base:bookworm}"
 SUITE="${BLOCKKIT_BASE_SUITE:-bookworm}"
+case "$SUITE" in
+    bookworm) INCLUDE="python3,python3-venv" ;;
+    bullseye) INCLUDE="python3,python3-venv,python3-pip,python-is-python3,python3-dev,gcc,libc6-dev" ;;
+    *) echo "[docker-setup] ERROR: BLOCKKIT_BASE_SUITE must be bookworm or bullseye, not '$SUITE'" >&2; exit 1 ;;
+esac
 DOCKERD_LOG="${BLOCKKIT_DOCKERD_LOG:-/var/log/blockkit-dockerd.log}"
 DOCKERD_WAIT_S="${BLOCKKIT_DOCKERD_WAIT_S:-90}"
 
@@ -82,8 +93,8 @@ fi
 rootfs="$(mktemp -d /var/tmp/blockkit-rootfs.XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
 
-say "bootstrapping $SUITE (minbase + python3) into $rootfs; this takes a few minutes"
-if ! debootstrap --variant=minbase --include=python3,python3-venv \
+say "bootstrapping $SUITE (minbase + $INCLUDE) into $rootfs; this takes a few minutes"
+if ! debootstrap --variant=minbase --include="$INCLUDE" \
         "$SUITE" "$rootfs" "$mirror" >"$rootfs.debootstrap.log" 2>&1; then
     tail -n 20 "$rootfs.debootstrap.log" >&2 || true
     die "debootstrap failed (full log: $rootfs.debootstrap.log)"
@@ -102,4 +113,8 @@ tar -C "$rootfs" -c . | docker import \
 
 docker run --rm --network none "$BASE_IMAGE" python3 -c 'import venv, ensurepip' \
     || die "$BASE_IMAGE was imported but python3/venv do not work inside it"
+if [ "$SUITE" = bullseye ]; then
+    docker run --rm --network none "$BASE_IMAGE" sh -c 'python --version && pip --version' >/dev/null \
+        || die "$BASE_IMAGE was imported but python/pip do not work inside it"
+fi
 say "base image $BASE_IMAGE ready ($(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" | cut -c1-19))"

@@ -36,8 +36,13 @@ def test_installed_wheel_has_template_and_dockerfile(tmp_path: Path) -> None:
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(REPO)],
         check=True, capture_output=True, text=True, timeout=300,
     )
-    wheel = next((tmp_path / "dist").glob("blockkit-*.whl"))
+    # The distribution is blockkit-eo (`blockkit` on the package index is another project).
+    wheel = next((tmp_path / "dist").glob("blockkit_eo-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "\nName: blockkit-eo\n" in metadata
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "blockkit = blockkit.cli.main:main" in entry_points
     assert "blockkit/docker/Dockerfile.base" in names
     assert "blockkit/templates/block/src/run.py" in names and "blockkit/schemas/data.schema.json" in names
 
@@ -53,4 +58,15 @@ def test_installed_wheel_has_template_and_dockerfile(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert Path(result["dockerfile"]) == site / "blockkit" / "docker" / "Dockerfile.base"
     assert result["manifest"] == "wheel-block"
-    assert {"UP42Manifest.json", "src/run.py", "tests/test_block.py"} <= set(result["files"])
+    assert {"UP42Manifest.json", "src/run.py", "tests/test_block.py", "Dockerfile"} <= set(result["files"])
+
+
+def test_template_dockerfile_is_up42_ready_and_not_used_by_build(tmp_path: Path) -> None:
+    from blockkit.cli.new_cmd import create_block
+    from blockkit.runner.build import own_dockerfile
+
+    block = create_block("ready-block", tmp_path)
+    text = (block / "Dockerfile").read_text()
+    assert 'ARG manifest' in text and 'LABEL "up42_manifest"=$manifest' in text
+    assert 'pip install "blockkit-eo"' in text and "pip install blockkit\n" not in text
+    assert own_dockerfile(block) is None  # `blockkit build` keeps using Dockerfile.base for it

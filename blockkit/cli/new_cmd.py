@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from blockkit.contract.errors import ValidationError
+from blockkit.contract.errors import BlockkitError, InputParametersError, ValidationError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-_]{1,62}$")
 
@@ -22,14 +22,20 @@ def template_dir() -> Path:
 
 def create_block(name: str, parent: Path) -> Path:
     """Copy the template to `<parent>/<name>` with the name filled in."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise InputParametersError(
+            f"block name {name!r} is a path, not a name: give a name and choose the folder with --dir"
+        )
     if not _NAME.match(name):
-        raise ValidationError(f"block name {name!r} must be 2-63 lowercase letters, digits, '-' or '_'")
+        raise InputParametersError(f"block name {name!r} must be 2-63 lowercase letters, digits, '-' or '_'")
     source = template_dir()
     if not source.is_dir():
         raise ValidationError(f"block template not found at {source}")
     target = parent / name
-    if target.exists():
-        raise ValidationError(f"{target} already exists; choose another name or remove it")
+    if target.exists() or target.is_symlink():
+        raise InputParametersError(f"{target} already exists; choose another name or remove it")
+    if not parent.is_dir():
+        raise InputParametersError(f"--dir {parent} is not a folder")
     display = name.replace("-", " ").replace("_", " ").title()
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
     for path in target.rglob("*"):
@@ -52,7 +58,9 @@ def register(app: typer.Typer) -> None:
 
         try:
             target = create_block(name, directory)
-        except ValidationError as err:
+        except BlockkitError as err:
             fail(err)
+        except OSError as exc:  # e.g. a read-only --dir
+            fail(InputParametersError(f"cannot create the block in {directory}: {exc.strerror or exc}"))
         typer.echo(f"created block {name!r} in {target}")
         typer.echo(f"next: blockkit validate {target} && python -m pytest {target}/tests")

@@ -140,6 +140,8 @@ def register(app: typer.Typer) -> None:
         resume: Optional[str] = typer.Option(None, "--resume", help="continue a failed run from its failed step"),
         json_out: bool = typer.Option(False, "--json", help="print a JSON summary on stdout instead of progress"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not stream step logs"),
+        max_cpus: Optional[str] = typer.Option(None, "--max-cpus", help="cap every step's CPUs (default: the host's)"),
+        max_memory: Optional[str] = typer.Option(None, "--max-memory", help="cap every step's memory, e.g. 4g (default: the host's)"),
     ) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""
         from blockkit.cli.main import fail
@@ -153,7 +155,10 @@ def register(app: typer.Typer) -> None:
         try:
             if target is None and resume is None:
                 raise WorkflowError("give a workflow file or a block folder (or --resume RUN_ID)")
+            from blockkit.runner.plan import parse_cpus, parse_memory
+
             request = RunRequest(
+                max_cpus=parse_cpus(max_cpus), max_memory_mb=parse_memory(max_memory),
                 target=target, engine=engine, input=input_, output=output,
                 params=_params_option(params), runs_dir=runs_dir, use_cache=not no_cache, resume=resume,
                 on_event=progress.event, on_log_line=progress.log,

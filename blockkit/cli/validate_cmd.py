@@ -24,8 +24,12 @@ def validate_path(path: Path, block: Path | None = None) -> list[str]:
             manifest = load_manifest(path)
             asks = f"; asks for {', '.join(manifest.privileges)}" if manifest.privileges else ""
             checked.append(f"manifest {path / MANIFEST_FILE} ({manifest.type} block {manifest.name!r}{asks})")
-            if manifest.command is None and not (path / "src" / "run.py").is_file():
-                raise ManifestError(f"block {path} has no src/run.py and no blockkit.command in its manifest")
+            from blockkit.runner.plan import EntryPointError, resolve_entry
+
+            try:
+                resolve_entry(path.resolve(), manifest.command)  # manifest, own Dockerfile or common layouts
+            except EntryPointError as err:
+                raise ManifestError(err.message) from None
         if (path / DATA_JSON).is_file():
             fc = load_data_json(path, required=False)
             checked.append(f"{path / DATA_JSON} ({len(fc)} features)")

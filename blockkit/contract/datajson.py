@@ -156,6 +156,66 @@ def _geometry_problem(geom: dict[str, Any]) -> str | None:
     return None
 
 
+# --- bbox --------------------------------------------------------------------------------------
+
+#: How far (degrees) a geometry may stick out of its feature's bbox: rounding, not another place.
+BBOX_TOLERANCE_DEG = 1e-5
+
+
+def _positions(coords: Any) -> Iterator[Any]:
+    # Lists from JSON, or tuples from shapely's mapping() before the feature is written.
+    if isinstance(coords, (list, tuple)) and coords and isinstance(coords[0], (int, float)):
+        yield coords
+        return
+    if isinstance(coords, (list, tuple)):
+        for part in coords:
+            yield from _positions(part)
+
+
+def geometry_bounds(geom: dict[str, Any] | None) -> list[float] | None:
+    """[west, south, east, north] of a GeoJSON geometry, or None when it has no positions."""
+    if not geom:
+        return None
+    parts = geom.get("geometries") if geom.get("type") == "GeometryCollection" else [geom]
+    lons: list[float] = []
+    lats: list[float] = []
+    for part in parts or ():
+        nested = geometry_bounds(part) if part.get("type") == "GeometryCollection" else None
+        if nested:
+            lons += [nested[0], nested[2]]
+            lats += [nested[1], nested[3]]
+            continue
+        for position in _positions(part.get("coordinates")):
+            lons.append(float(position[0]))
+            lats.append(float(position[1]))
+    if not lons:
+        return None
+    return [min(lons), min(lats), max(lons), max(lats)]
+
+
+def _bbox_problem(bbox: Any, geom: dict[str, Any] | None) -> str | None:
+    """What is wrong with a feature's bbox: its shape, its order, or a geometry outside it."""
+    if not isinstance(bbox, list) or len(bbox) not in (4, 6) or not all(is_finite_number(v) for v in bbox):
+        return "bbox must be 4 numbers [west, south, east, north] (or 6 with heights)"
+    half = len(bbox) // 2
+    west, south, east, north = bbox[0], bbox[1], bbox[half], bbox[half + 1]
+    if south > north:
+        return f"bbox south {south} is greater than north {north}"
+    if half == 3 and bbox[2] > bbox[5]:
+        return f"bbox lowest height {bbox[2]} is greater than highest {bbox[5]}"
+    bounds = geometry_bounds(geom)
+    if bounds is None:
+        return None
+    tol = BBOX_TOLERANCE_DEG
+    inside_lat = bounds[1] >= south - tol and bounds[3] <= north + tol
+    # west > east is a bbox across the antimeridian (RFC 7946 5.2): only latitudes are comparable.
+    inside_lon = west > east or (bounds[0] >= west - tol and bounds[2] <= east + tol)
+    if not (inside_lat and inside_lon):
+        shown = ", ".join(f"{v:.6g}" for v in bounds)
+        return f"bbox {bbox} does not contain the geometry (its bounds are [{shown}])"
+    return None
+
+
 # --- data_path rules --------------------------------------------------------------------------
 
 def check_data_path(value: Any, base_dir: Path | None, *, must_exist: bool = True) -> str | None:
@@ -239,6 +299,11 @@ def validate_feature_collection(
             if geom_problem:
                 label = feature_label(index, feature)
                 problems.append(Problem(label, f"geometry: {geom_problem}"))
+        if "bbox" in feature:
+            bbox_problem = _bbox_problem(feature["bbox"], geom)
+            if bbox_problem:
+                label = label or feature_label(index, feature)
+                problems.append(Problem(label, bbox_problem))
         fid = feature.get("id")
         if fid is not None:
             if fid in seen_ids:

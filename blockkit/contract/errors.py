@@ -24,7 +24,7 @@ class ExitCode(IntEnum):
 
     @classmethod
     def describe(cls, code: int) -> str:
-        """Return the name of an exit code, or 'EXIT_<n>' when it is not one of ours."""
+        """Return the name of an exit code, or say that it is not one of the contract's."""
         try:
             return cls(code).name
         except ValueError:
@@ -32,7 +32,7 @@ class ExitCode(IntEnum):
                 return "TIMEOUT"
             if code < 0:
                 return f"KILLED_BY_SIGNAL_{-code}"
-            return f"EXIT_{code}"
+            return "not a UP42 exit code"
 
 
 @dataclass(frozen=True)

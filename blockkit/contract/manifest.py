@@ -65,6 +65,8 @@ class Manifest:
     options: dict[str, Any] = field(default_factory=dict)  # the `blockkit` object
     raw: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: Accepted but questionable things (e.g. a required parameter with a default), one line each.
+    warnings: tuple[str, ...] = ()
 
     @property
     def is_data_block(self) -> bool:
@@ -115,6 +117,14 @@ class Manifest:
         return {name for name, spec in self.parameters.items() if spec.secret}
 
 
+#: How to upgrade a spec v1 manifest (UP42 itself only accepted v2 since 2020).
+SPEC_V1_MESSAGE = (
+    "UP42 specification v1 is not supported: upgrade the manifest to v2 by setting "
+    '"_up42_specification_version": 2 and checking that input/output capabilities use '
+    '"up42.data_path"-style keys (v1 blocks linked files with up42.data.aoiclipped); see docs/up42.md'
+)
+
+
 def _validator():
     import jsonschema
 
@@ -130,6 +140,8 @@ def _message(err: Any) -> str:
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key(s)")
     if err.validator == "const" and list(err.absolute_path) == ["_up42_specification_version"]:
+        if err.instance == 1:
+            return SPEC_V1_MESSAGE
         return f"must be 2 (UP42 specification v2), not {err.instance!r}"
     if err.validator == "pattern" and list(err.absolute_path) == ["name"]:
         return f"{err.instance!r} must be 2-63 lowercase letters, digits, '-' or '_'"
@@ -170,9 +182,20 @@ def _parameter_problems(params: dict[str, Any]) -> list[Problem]:
                     problems.append(Problem(where, f"default {default} is above maximum {hi}"))
             if ok and isinstance(spec.get("enum"), list) and default not in spec["enum"]:
                 problems.append(Problem(where, f"default {default!r} is not one of {spec['enum']}"))
-        if spec.get("required") and "default" in spec and spec["default"] is not None:
-            problems.append(Problem(where, "a required parameter cannot have a default"))
     return problems
+
+
+def _parameter_warnings(params: dict[str, Any]) -> list[str]:
+    """Accepted oddities of parameters, worded for a warning line."""
+    warnings = []
+    for name, spec in params.items():
+        if isinstance(spec, dict) and spec.get("required") and spec.get("default") is not None:
+            # UP42's own manifests do this (raster tiling's tile_width): the default fills a missing value.
+            warnings.append(
+                f"parameters/{name}: required with a default ({spec['default']!r}); "
+                "the default is used when the value is missing"
+            )
+    return warnings
 
 
 def validate_manifest(data: Any) -> list[Problem]:
@@ -201,7 +224,8 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
             type=spec["type"],
             default=spec.get("default"),
             has_default="default" in spec,
-            required=bool(spec.get("required", False)),
+            # A default fills a missing value, so `required` only binds parameters without one.
+            required=bool(spec.get("required", False)) and spec.get("default") is None,
             minimum=spec.get("minimum"),
             maximum=spec.get("maximum"),
             enum=spec.get("enum"),
@@ -228,6 +252,7 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
         options=data.get("blockkit") or {},
         raw=data,
         path=path,
+        warnings=tuple(_parameter_warnings(data.get("parameters") or {})),
     )
 
 

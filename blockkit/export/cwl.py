@@ -560,28 +560,20 @@ def default_image(step: PlannedStep) -> str:
 
 def expected_images(plan: Plan, *, base_image: str) -> dict[str, str]:
     """The tags `blockkit build` gives each step's block, computed without building (needs a daemon)."""
-    from blockkit.runner.build import (
-        _repo_name,
-        block_content_hash,
-        blockkit_source_root,
-        find_dockerfile,
-    )
+    from blockkit.runner.build import build_block_image
     from blockkit.runner.docker_engine import docker_client
 
     client = docker_client(timeout=30)
+    images: dict[str, str] = {}
     try:
-        base_id = client.images.get(base_image).id
+        for step in plan.steps:
+            if step.block_dir is None:
+                images[step.name] = default_image(step)
+                continue
+            # The tag covers the wheels too: `build=False` resolves them (from the wheelhouse) and builds nothing.
+            images[step.name] = build_block_image(step.block_dir, base_image=base_image, client=client, build=False).tag
     finally:
         client.close()
-    source_root = blockkit_source_root()
-    dockerfile = find_dockerfile(source_root)
-    images: dict[str, str] = {}
-    for step in plan.steps:
-        if step.block_dir is None:
-            images[step.name] = default_image(step)
-            continue
-        digest = block_content_hash(step.block_dir, base_image_id=base_id, dockerfile=dockerfile, source_root=source_root)
-        images[step.name] = f"blockkit/{_repo_name(step.manifest.name)}:{digest[:12]}"
     return images
 
 

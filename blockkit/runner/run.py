@@ -370,7 +370,7 @@ class WorkflowRun:
         log_path = self.folder.log_path(step.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(f"[blockkit] warning: {w}\n" for w in self._pending_warnings.pop(step.name, [])))
-        cpus, memory = step.manifest.resources
+        cpus, memory = step.resources  # the machine type, capped to the host (plan.prepare_for_engine)
         spec = StepSpec(
             name=step.name,
             block_dir=step.block_dir,
@@ -389,7 +389,7 @@ class WorkflowRun:
             network=step.manifest.network,
             resources=Resources(cpus=cpus, memory_mb=memory),
             timeout_s=step.definition.timeout or step.manifest.options.get("timeout"),
-            command=step.manifest.command,
+            command=step.command,  # the entry resolved for this engine (plan.prepare_for_engine)
         )
         record.status, record.started, record.cache_key = "running", time.time(), key
         record.exit_code = record.ended = None

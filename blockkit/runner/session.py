@@ -10,7 +10,7 @@ from blockkit.contract.errors import WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE
 from blockkit.contract.progress import parse_progress
 from blockkit.runner.engines import select_engine
-from blockkit.runner.plan import Plan, PlannedStep, plan_workflow
+from blockkit.runner.plan import Plan, PlannedStep, plan_workflow, prepare_for_engine
 from blockkit.runner.run import RUN_FILE, RunInterrupted, RunOptions, WorkflowRun, default_runs_dir, find_run
 from blockkit.runner.workflow import Workflow, load_workflow, single_block_workflow
 from blockkit.runtime.progress import ENV_PROGRESS
@@ -33,6 +33,8 @@ class RunRequest:
     on_log_line: Callable[[str, str], None] | None = None
     on_message: Callable[[str], None] | None = None
     step_env: Callable[[PlannedStep], Mapping[str, str]] | None = None
+    max_cpus: float | None = None  # cap of every step's machine type (--max-cpus)
+    max_memory_mb: int | None = None  # (--max-memory)
     console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
 
@@ -101,6 +103,8 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     plan = plan_workflow(workflow)
     engine, why = select_engine(request.engine)
     say(f"engine: {why}")
+    for line in prepare_for_engine(plan, engine, say, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
+        say(f"warning: {line}")
     if engine.name == "docker":
         removed = engine.remove_orphans()
         if removed:

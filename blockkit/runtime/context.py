@@ -130,16 +130,25 @@ class BlockContext:
         properties: Mapping[str, Any] | None = None,
         id: str | None = None,  # noqa: A002 - GeoJSON's own name
     ) -> dict[str, Any]:
-        """A new GeoJSON feature, linking `data_path` (relative to the output folder) when given."""
+        """A new GeoJSON feature (with a `bbox` from its geometry), linking `data_path` when given.
+
+        `data_path` is relative to the output folder.
+        """
+        from blockkit.runtime.geometry import with_bbox
         from blockkit.runtime.propagation import make_feature
 
-        return make_feature(geometry=geometry, data_path=data_path, properties=properties, feature_id=id)
+        return with_bbox(make_feature(geometry=geometry, data_path=data_path, properties=properties, feature_id=id))
 
     def derive_feature(self, feature: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
-        """An output feature inheriting the input feature's properties (not `up42.*`/`custom.*`)."""
+        """An output feature inheriting the input feature's properties (not `up42.*`/`custom.*`).
+
+        It keeps the input's `bbox` when it keeps its geometry, and computes one otherwise.
+        """
+        from blockkit.runtime.geometry import with_bbox
         from blockkit.runtime.propagation import derive_feature
 
-        return derive_feature(feature, **changes)
+        keep = feature.get("bbox") if "geometry" not in changes else None
+        return with_bbox(derive_feature(feature, **changes), keep=keep)
 
     def forward(self, feature: Mapping[str, Any], *, prefix: str = "") -> dict[str, Any]:
         """Forward an input feature and its data to the output folder without copying bytes."""

@@ -18,6 +18,7 @@ __all__ = [
     "utm_epsg",
     "bbox_of",
     "bbox_to_polygon",
+    "with_bbox",
     "clip_to_aoi",
     "aoi_area_km2",
     "check_aoi_size",
@@ -95,6 +96,24 @@ def bbox_of(geojson: Mapping[str, Any]) -> BBox:
     if west == math.inf:
         raise ValueError("bbox_of: the GeoJSON object has no coordinates")
     return west, south, east, north
+
+
+def with_bbox(feature: dict[str, Any], keep: Sequence[float] | None = None) -> dict[str, Any]:
+    """The feature with a `bbox` (UP42 features carry one; blocks like Sharpening read it).
+
+    `keep` (an input feature's bbox, when the geometry is the input's) wins; otherwise a bbox
+    the feature already has stays, else it is computed from the geometry. A feature without
+    geometry gets none.
+    """
+    from blockkit.contract.datajson import geometry_bounds
+
+    if keep is not None:
+        feature["bbox"] = list(keep)
+    elif "bbox" not in feature:
+        bounds = geometry_bounds(feature.get("geometry"))
+        if bounds is not None:
+            feature["bbox"] = bounds
+    return feature
 
 
 def bbox_to_polygon(bbox: Sequence[float]) -> dict[str, Any]:

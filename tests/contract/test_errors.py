@@ -16,7 +16,8 @@ from blockkit.contract.errors import TIMEOUT_EXIT_CODE, ExitCode
         (137, "OUT_OF_MEMORY"),
         (TIMEOUT_EXIT_CODE, "TIMEOUT"),
         (-9, "KILLED_BY_SIGNAL_9"),
-        (42, "EXIT_42"),
+        (42, "not a UP42 exit code"),
+        (100, "not a UP42 exit code"),  # blockutils' ERR_INCORRECT_ERRCODE
     ],
 )
 def test_describe_names_every_code(code: int, name: str) -> None:

@@ -112,7 +112,6 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "flag": {"type": "boolean", "default": 1},
         "count": {"type": "integer", "default": True},
         "choice": {"type": "string", "default": "c", "enum": ["a", "b"]},
-        "needed": {"type": "string", "required": True, "default": "x"},
         "weird": {"type": "colour"},
         "extra": {"type": "string", "color": "red"},
         "textmin": {"type": "string", "minimum": 1},
@@ -122,7 +121,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     err = manifest_error(path)
     text = err.details()
     expected = [
-        ("_up42_specification_version", "must be 2"),
+        ("_up42_specification_version", "UP42 specification v1 is not supported: upgrade the manifest to v2"),
         ("name", "'Bad Name!' must be 2-63 lowercase"),
         ("manifest", "unknown key(s)"),
         ("machine/type", "'huge' is not one of"),
@@ -133,7 +132,6 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ("parameters/flag", "default 1 is not of type boolean"),
         ("parameters/count", "default True is not of type integer"),
         ("parameters/choice", "default 'c' is not one of ['a', 'b']"),
-        ("parameters/needed", "a required parameter cannot have a default"),
         ("parameters/weird/type", "'colour' is not one of"),
         ("parameters/extra", "unknown key(s)"),
         ("parameters/textmin", "minimum/maximum only apply to number or integer"),
@@ -233,3 +231,29 @@ def test_manifest_file_is_not_modified(tmp_path: Path) -> None:
     before = path.read_bytes()
     manifest_error(path)
     assert path.read_bytes() == before
+
+
+def test_required_parameter_with_default_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    """UP42's own raster tiling manifest: `tile_width` is required and has a default."""
+    from blockkit.contract.parameters import resolve_parameters
+
+    data = copy.deepcopy(FULL)
+    data["parameters"] = {
+        "tile_width": {"type": "number", "required": True, "default": 768},
+        "ids": {"type": "array", "required": True},
+    }
+    m = load_manifest(write_manifest(tmp_path / "block", data))
+    assert len(m.warnings) == 1 and m.warnings[0].startswith("parameters/tile_width: required with a default (768)")
+    assert resolve_parameters(m, {"ids": ["a"]}) == {"tile_width": 768, "ids": ["a"]}
+    assert resolve_parameters(m, {"ids": ["a"], "tile_width": 256})["tile_width"] == 256
+    with pytest.raises(Exception, match="is required"):
+        resolve_parameters(m, {"tile_width": 256})  # no default: still required
+
+
+def test_spec_v1_is_refused_saying_how_to_upgrade(tmp_path: Path) -> None:
+    data = copy.deepcopy(FULL)
+    data["_up42_specification_version"] = 1
+    err = manifest_error(write_manifest(tmp_path / "block", data))
+    assert err.exit_code == ExitCode.WRONG_INPUT_ERROR
+    assert len(err.problems) == 1
+    assert '"_up42_specification_version": 2' in err.problems[0].message and "docs/up42.md" in err.problems[0].message

@@ -293,3 +293,89 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path):
     assert result.exit_code != 0
     assert result.output.strip().splitlines()[0].startswith("[")
     assert "Traceback" not in result.output
+
+
+def _repacked(wheel: Path, dest: Path) -> None:
+    """The same wheel with one more file: other bytes, still installable."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(dest, "w") as out:
+        for item in src.infolist():
+            out.writestr(item, src.read(item.filename))
+        out.writestr("affine/_blockkit_test_marker.txt", "repacked\n")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_tag_covers_the_wheels(build, docker_client, base_image, tmp_path):
+    import shutil
+    import subprocess
+
+    from blockkit.runner.build import blockkit_source_root, resolve_wheelhouse
+
+    shared = resolve_wheelhouse(None, blockkit_source_root())
+    block = make_block(tmp_path)
+    (block / "requirements.txt").write_text("affine\npytest\n")
+    first = build(block, base_image=base_image, client=docker_client)  # fills the shared wheelhouse
+    assert any("development tools left out of the image: pytest" in w for w in first.warnings)
+    wheelhouse = tmp_path / "wheelhouse"
+    subprocess.run(["cp", "-al", str(shared), str(wheelhouse)], check=True)
+    one = build(block, base_image=base_image, client=docker_client, wheelhouse=wheelhouse)
+    assert one.tag == first.tag  # same wheels, same tag
+    affine = next(wheelhouse.glob("affine-*.whl"))
+    repacked = tmp_path / affine.name
+    _repacked(affine, repacked)
+    affine.unlink()  # a hard link: the shared wheelhouse keeps its copy
+    shutil.move(repacked, affine)
+    two = build(block, base_image=base_image, client=docker_client, wheelhouse=wheelhouse)
+    assert two.rebuilt and two.tag != one.tag
+    out = docker_client.containers.run(
+        two.tag, ["sh", "-c", "python -c 'import affine, os; print(os.path.exists(os.path.join(os.path.dirname(affine.__file__), \"_blockkit_test_marker.txt\")))'; pip list 2>/dev/null | grep -ci pytest; true"],
+        remove=True, network_mode="none").decode().split()
+    assert out == ["True", "0"]  # the new wheel is in the image; the dev tool is not
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_user_root_image_writes_a_root_owned_output_folder(build, docker_client, base_image, tmp_path):
+    from docker.types import Mount
+
+    block = make_block(tmp_path)
+    images = {user: build(block, base_image=base_image, client=docker_client, user=user) for user in ("1000", "root")}
+    assert images["1000"].tag != images["root"].tag
+    results = {}
+    for user, built in images.items():
+        out = tmp_path / f"out-{user}"
+        out.mkdir(mode=0o755)  # root-owned, 755: as the platform mounts it
+        container = docker_client.containers.run(
+            built.tag, detach=True, network_mode="none",
+            mounts=[Mount("/tmp/output", str(out), type="bind")],
+        )
+        try:
+            results[user] = (container.wait(timeout=120)["StatusCode"], (out / "data.json").is_file())
+        finally:
+            container.remove(force=True)
+    assert results["root"] == (0, True)
+    assert results["1000"][0] != 0 and not results["1000"][1]  # why `--user root` exists (docs/up42.md)
+
+
+def test_build_args_only_for_own_dockerfiles_and_user_checked(tmp_path):
+    block = make_block(tmp_path)
+    with pytest.raises(BuildError, match="applies to a block's own Dockerfile"):
+        build_block_image(block, build_args={"BASE": "x"}, client=object())
+    with pytest.raises(BuildError, match="--user must be one of"):
+        build_block_image(block, user="0; rm -rf /", client=object())
+
+
+@pytest.mark.docker
+def test_tag_only_matches_the_built_tag_and_builds_nothing(build, docker_client, base_image, tmp_path):
+    block = make_block(tmp_path)
+    (block / "requirements.txt").write_text("affine\n")
+    expected = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    assert expected.image_id == "" and not expected.rebuilt
+    with pytest.raises(Exception):
+        docker_client.images.get(expected.tag)
+    built = build(block, base_image=base_image, client=docker_client)
+    assert built.tag == expected.tag
+    again = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    assert (again.tag, again.image_id) == (built.tag, built.image_id)
