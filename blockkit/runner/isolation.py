@@ -141,8 +141,13 @@ def bwrap_command(
     block_dir: Path,
     upstream_dirs: Mapping[str, Path] | None = None,
     network: bool = False,
+    readonly: tuple[Path, ...] = (),
 ) -> list[str]:
-    """The bubblewrap command line that runs `command` isolated at the contract paths."""
+    """The bubblewrap command line that runs `command` isolated at the contract paths.
+
+    `readonly` are further host folders the step sees read-only at the same path (a block's
+    own virtual environment).
+    """
     exe = bwrap_path() or "bwrap"
     args = [exe, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", "blockkit-step", "--unshare-cgroup-try",
@@ -155,6 +160,8 @@ def bwrap_command(
     if network:
         # /etc/resolv.conf may point into /run (systemd-resolved).
         args += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]
+    for folder in readonly:  # after the tmpfs mounts, which would hide one under /tmp
+        args += ["--ro-bind", str(folder), str(folder)]
     args += ["--ro-bind", str(input_dir.resolve()), INPUT_DIR]
     for name, folder in sorted((upstream_dirs or {}).items()):
         args += ["--ro-bind", str(Path(folder).resolve()), f"{INPUT_DIR}/{name}"]

@@ -328,6 +328,8 @@ def engine_isolates_paths(engine: Any) -> bool:
     probe = getattr(engine, "isolates_paths", None)
     if callable(probe):
         return bool(probe())
+    if isinstance(probe, bool):  # a property (the process engine asks bubblewrap once)
+        return probe
     return getattr(engine, "name", "") == "docker"
 
 
@@ -422,14 +424,19 @@ def prepare_for_engine(
             ))
             continue
         if step.manifest.command is None and step.entry is not None:
-            step.command = process_command(step, say, warnings)
+            step.command = process_command(step, say, warnings, isolated=engine_isolates_paths(engine))
     if problems:
         raise WorkflowError.from_problems(f"workflow {plan.workflow.name!r} cannot run on the {engine.name} engine", problems)
     return warnings
 
 
-def process_command(step: PlannedStep, say: Callable[[str], None], warnings: list[str]) -> list[str]:
-    """The host command of a step's entry: /block paths mapped to the block folder, its own Python."""
+def process_command(step: PlannedStep, say: Callable[[str], None], warnings: list[str], *,
+                    isolated: bool = False) -> list[str]:
+    """The command of a step's entry on the process engine, with the block's own Python.
+
+    Isolated steps see the block folder at /block, so /block paths stay; otherwise they are
+    mapped to the block folder on the host.
+    """
     assert step.block_dir is not None and step.entry is not None
     entry = list(step.entry)
     python = "python"
@@ -443,7 +450,7 @@ def process_command(step: PlannedStep, say: Callable[[str], None], warnings: lis
     for index, part in enumerate(entry):
         if index == 0 and _PYTHON.match(part):
             command.append(python)  # "python" is replaced by blockkit's interpreter by the engine
-        elif part.startswith("/block/") or part == "/block":
+        elif not isolated and (part.startswith("/block/") or part == "/block"):
             command.append(str(step.block_dir / part[len("/block/"):]) if part != "/block" else str(step.block_dir))
         else:
             command.append(part)

@@ -32,6 +32,15 @@ from blockkit.runner.isolation import (
 from blockkit.runner.logfilter import LineSplitter, LogFilter
 
 
+def _own_environment(program: str) -> tuple[Path, ...]:
+    """The virtual environment a block's own interpreter lives in (bound read-only when isolated)."""
+    path = Path(program)
+    if not path.is_absolute():
+        return ()
+    root = path.parent.parent
+    return (root,) if (root / "pyvenv.cfg").is_file() else ()
+
+
 class EngineError(BlockkitError):
     """An engine could not start a step at all (not a block failure)."""
 
@@ -202,6 +211,7 @@ class ProcessEngine:
                 command, input_dir=spec.input_dir, output_dir=spec.output_dir,
                 quicklook_dir=spec.quicklook_dir, block_dir=spec.block_dir,
                 upstream_dirs=spec.upstream_dirs, network=network,
+                readonly=_own_environment(command[0]),
             )
         clean = LogFilter(self.redact)
         started = time.time()
