@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -45,7 +45,7 @@ def stage_in_cmd(
     from blockkit.storage.stagein import stage_in
     from blockkit.storage.transfer import TransferLimits
 
-    changes: dict[str, float] = {}
+    changes: dict[str, Any] = {}
     for name, value in (("max_file_bytes", _size(max_file_size, "--max-file-size")),
                         ("max_total_bytes", _size(max_total_size, "--max-total-size")),
                         ("file_deadline", file_deadline)):

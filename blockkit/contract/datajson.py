@@ -93,7 +93,8 @@ def schema_path(name: str) -> Path:
 @lru_cache(maxsize=None)
 def load_schema(name: str) -> dict[str, Any]:
     """A shipped JSON Schema as a dict."""
-    return json.loads(schema_path(name).read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(schema_path(name).read_text(encoding="utf-8"))
+    return schema
 
 
 @lru_cache(maxsize=None)
@@ -126,7 +127,7 @@ def _short(err: Any) -> str:
         # coordinates must not be reported as "is not of type 'null'".
         best = max(err.context, key=lambda e: (len(e.absolute_path), len(e.relative_schema_path)))
         return _short(best)
-    msg = err.message
+    msg = str(err.message)
     return msg if len(msg) < 200 else msg[:197] + "..."
 
 

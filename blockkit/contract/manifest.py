@@ -125,7 +125,7 @@ SPEC_V1_MESSAGE = (
 )
 
 
-def _validator():
+def _validator() -> Any:
     import jsonschema
 
     return jsonschema.Draft7Validator(load_schema("UP42Manifest.schema.json"))
@@ -138,14 +138,14 @@ def _location(err: Any) -> str:
 
 def _message(err: Any) -> str:
     if err.validator == "additionalProperties":
-        return err.message.replace("Additional properties are not allowed", "unknown key(s)")
+        return str(err.message).replace("Additional properties are not allowed", "unknown key(s)")
     if err.validator == "const" and list(err.absolute_path) == ["_up42_specification_version"]:
         if err.instance == 1:
             return SPEC_V1_MESSAGE
         return f"must be 2 (UP42 specification v2), not {err.instance!r}"
     if err.validator == "pattern" and list(err.absolute_path) == ["name"]:
         return f"{err.instance!r} must be 2-63 lowercase letters, digits, '-' or '_'"
-    return err.message
+    return str(err.message)
 
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {

@@ -100,7 +100,7 @@ class PartWriter:
             assert slot is not None
             self.fd = os.open(upload.assembly, os.O_WRONLY | os.O_CREAT, 0o644)
             self.offset = (number - 1) * slot
-            self.limit = slot
+            self.limit: int | None = slot
             self.tmp: Path | None = None
         else:
             self.tmp = upload.folder / f"tmp-{number:05d}-{secrets.token_hex(4)}"

@@ -107,14 +107,15 @@ class Gateway:
         if self._server is None:
             raise GatewayStartError("the gateway is not listening yet")
         host, port = self._server.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
 
     def bind(self) -> str:
         """Open the listening socket; returns the endpoint URL."""
         if self._server is not None:
             return self.endpoint
-        server_cls = _Server
+        server_cls: type[_Server] = _Server
         if ":" in self.host:
             server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
         try:

@@ -299,7 +299,7 @@ def step_section(folder: RunFolder, name: str, record: dict[str, Any], images: I
     vectors: list[list[float]] = []
     budget = [MAX_VECTOR_VERTICES]
     for index, feature in enumerate(raw_features):
-        props = feature.get("properties") if isinstance(feature.get("properties"), dict) else {}
+        props = _dict(feature.get("properties"))
         geometry_rings = rings(feature.get("geometry"))
         box = _feature_bbox(feature, geometry_rings)
         fid = text(feature.get("id") if feature.get("id") is not None else f"#{index}", 200)
@@ -325,10 +325,10 @@ def step_section(folder: RunFolder, name: str, record: dict[str, Any], images: I
                                    "src": src, "bbox": by_id.get(path.stem)})
     log_lines, log_cut = log_tail(folder.log_path(name))
     detail = text(record.get("detail"), 2000)
-    outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
-    block = record.get("block") if isinstance(record.get("block"), dict) else {}
-    params = record.get("params") if isinstance(record.get("params"), dict) else {}
-    upstream = record.get("upstream") if isinstance(record.get("upstream"), list) else []
+    outputs = _dict(record.get("outputs"))
+    block = _dict(record.get("block"))
+    params = _dict(record.get("params"))
+    upstream = _list(record.get("upstream"))
     return {
         "name": text(name, 200),
         "status": text(record.get("status") or "pending", 40),
@@ -384,17 +384,27 @@ class ReportData:
         return {"run": self.run, "steps": self.steps, "notes": self.notes}
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (run folders are untrusted)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    """`value` when it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def read_report(run_dir: Path, report_dir: Path | None = None) -> ReportData:
     """Read a run folder into report data (a damaged run.json is a WorkflowError)."""
     folder = RunFolder(run_dir)
     run = folder.read_json(RUN_FILE)
     provenance = _read_json_file(run_dir / PROVENANCE_FILE, 16 << 20)
     provenance = provenance if isinstance(provenance, dict) else {}
-    records = run.get("steps") if isinstance(run.get("steps"), dict) else {}
+    records = _dict(run.get("steps"))
     images = ImageBudget(report_dir or run_dir, run_dir)
     steps = [step_section(folder, str(name), rec if isinstance(rec, dict) else {}, images)
              for name, rec in list(records.items())[:1000]]
-    workflow = provenance.get("workflow") if isinstance(provenance.get("workflow"), dict) else {}
+    workflow = _dict(provenance.get("workflow"))
     ended = [s["ended"] for s in steps if s["ended"] is not None]
     summary = {
         "run_id": text(run.get("run_id") or run_dir.name, 200),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from blockkit.contract.errors import InputParametersError
 
@@ -132,7 +132,7 @@ def _as_geometry(value: Mapping[str, Any] | Sequence[float]) -> Mapping[str, Any
             geometry = value.get("geometry")
             if not geometry:
                 raise ValueError("the feature has no geometry")
-            return geometry
+            return cast("Mapping[str, Any]", geometry)
         return value
     return bbox_to_polygon(value)
 

@@ -92,8 +92,10 @@ def _invalid_mask(array: NDArray[Any], nodata: float | None) -> NDArray[np.bool_
     if isinstance(nodata, float) and math.isnan(nodata):
         if not np.issubdtype(array.dtype, np.floating):
             return None
-        return np.isnan(array).any(axis=0)
-    return (array == nodata).any(axis=0)
+        mask: NDArray[np.bool_] = np.isnan(array).any(axis=0)
+        return mask
+    mask = (array == nodata).any(axis=0)
+    return mask
 
 
 class _WindowJob:

@@ -376,6 +376,7 @@ class Keystore:
     def _checked_public_key(self, private_key: Any) -> Any:
         """public_key.pem, verified to be the public half of the private key (rewritten from it when missing)."""
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
         pub_path = self.path / PUBLIC_KEY_FILE
         derived = private_key.public_key()
@@ -385,7 +386,7 @@ class Keystore:
             return derived
         try:
             stored = serialization.load_pem_public_key(pub_path.read_bytes())
-            matches = stored.public_numbers() == derived.public_numbers()
+            matches = isinstance(stored, rsa.RSAPublicKey) and stored.public_numbers() == derived.public_numbers()
         except (ValueError, TypeError, AttributeError):
             matches = False
         if not matches:

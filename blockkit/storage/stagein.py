@@ -93,7 +93,7 @@ def _key_hint(uri: str, cred: Key | None) -> str:
     """Why a webdav key's credentials were not sent to a host that refused access, if that is why."""
     if cred is None or cred.type != "webdav":
         return ""
-    endpoint = cred.config.endpoint  # type: ignore[union-attr]
+    endpoint = str(cred.config.endpoint)  # type: ignore[union-attr]
     if http.origin(uri.removeprefix("stac+")) == http.origin(endpoint):
         return ""
     return (f"key {cred.name!r} is for {public_url(endpoint)}, so its credentials were not sent to "
@@ -258,7 +258,7 @@ class _Sources:
             auth = None
             if self.cred is not None and self.cred.type == "webdav":
                 conf = self.cred.config
-                auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint,  # type: ignore[union-attr]
+                auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint,  # type: ignore[union-attr, arg-type]
                                             self.cred.name)
             self._session = http.session(auth, pool=max(self.opts.workers, 4))
         return self._session

@@ -137,7 +137,7 @@ def _webdav_session(cred: Key | None, workers: int) -> Any:
     auth = None
     if cred is not None:
         conf = cred.config
-        auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint, cred.name)  # type: ignore[union-attr]
+        auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint, cred.name)  # type: ignore[union-attr, arg-type]
     return http.session(auth, pool=max(workers, 4))
 
 
