@@ -187,6 +187,7 @@ def forward_feature(
     out = copy.deepcopy(dict(feature))
     value = data_path_of(out)
     if value is None:
+        _forward_assets(out, input_dir, output_dir, prefix, on_link)
         return out
     problem = check_data_path(value, input_dir)
     if problem:
@@ -197,7 +198,37 @@ def forward_feature(
         raise WrongInputError(f"cannot forward {value!r}: {new_path!r} already exists in the output")
     link_tree(input_dir / posixpath.normpath(value), target, base=output_dir, on_link=on_link)
     out.setdefault("properties", {})[DATA_PATH] = new_path
+    _forward_assets(out, input_dir, output_dir, prefix, on_link)
     return out
+
+
+def local_assets(feature: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The feature's STAC `assets` whose href is a file beside data.json (not a URL, not absolute)."""
+    assets = feature.get("assets")
+    if not isinstance(assets, dict):
+        return []
+    return [a for a in assets.values()
+            if isinstance(a, dict) and isinstance(a.get("href"), str) and "://" not in a["href"]
+            and not a["href"].startswith("/")]
+
+
+def _forward_assets(out: dict[str, Any], input_dir: Path, output_dir: Path, prefix: str,
+                    on_link: LinkHook | None) -> None:
+    """Forward every local asset file of a feature too, so no forwarded href dangles."""
+    for asset in local_assets(out):
+        href = asset["href"]
+        problem = check_data_path(href, input_dir)
+        if problem:
+            raise WrongInputError(f"cannot forward feature {out.get('id', '?')!r}: asset {problem.removeprefix('up42.data_path ')}")
+        new_href = f"{prefix.strip('/')}/{href}" if prefix else href
+        source, target = input_dir / posixpath.normpath(href), output_dir / posixpath.normpath(new_href)
+        if os.path.lexists(target):
+            # Usually the data_path file itself, or a file inside a forwarded data_path folder.
+            if not target.is_dir() and not os.path.samestat(os.lstat(source), os.lstat(target)):
+                raise WrongInputError(f"cannot forward asset {href!r}: {new_href!r} already exists in the output")
+        else:
+            link_tree(source, target, base=output_dir, on_link=on_link)
+        asset["href"] = new_href
 
 
 def forward_all(
@@ -245,6 +276,8 @@ def fan_in_feature(step: str, feature: Mapping[str, Any]) -> dict[str, Any]:
     props = out.get("properties") or {}
     if DATA_PATH in props:
         props[DATA_PATH] = f"{step}/{props[DATA_PATH]}"
+    for asset in local_assets(out):
+        asset["href"] = f"{step}/{asset['href']}"
     props.setdefault("blockkit.step", step)
     out["properties"] = props
     if out.get("id") is not None:

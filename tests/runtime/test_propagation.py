@@ -138,3 +138,36 @@ def test_forward_fan_in_refuses_an_unsafe_upstream_path(tmp_path: Path) -> None:
     with pytest.raises(BlockkitError, match="data_path"):
         forward_fan_in({"a": up}, [], tmp_path / "out")
     assert not (tmp_path / "out" / "a").exists()
+
+
+def test_forwarding_takes_every_local_asset_along(tmp_path: Path) -> None:
+    """A staged STAC item links its primary asset; its other bands must not dangle downstream."""
+    src, dst = tmp_path / "in", tmp_path / "out"
+    (src / "item").mkdir(parents=True)
+    dst.mkdir()
+    for band in ("B04.tif", "B08.tif"):
+        (src / "item" / band).write_bytes(band.encode())
+    feature = {
+        "type": "Feature", "id": "s2", "geometry": None,
+        "properties": {"up42.data_path": "item/B04.tif"},
+        "assets": {"red": {"href": "item/B04.tif"}, "nir": {"href": "item/B08.tif"},
+                   "remote": {"href": "https://example.invalid/B01.tif"}},
+    }
+    out = forward_feature(feature, src, dst, prefix="up")
+    assert out["properties"]["up42.data_path"] == "up/item/B04.tif"
+    assert out["assets"]["nir"]["href"] == "up/item/B08.tif"
+    assert out["assets"]["remote"]["href"] == "https://example.invalid/B01.tif"
+    assert (dst / "up/item/B08.tif").read_bytes() == b"B08.tif"
+    assert os.path.samefile(dst / "up/item/B08.tif", src / "item/B08.tif")  # a hard link, no copy
+
+
+def test_forwarding_refuses_an_asset_leaving_its_folder(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    dst.mkdir()
+    (tmp_path / "secret").write_text("x")
+    feature = {"type": "Feature", "id": "a", "geometry": None, "properties": {},
+               "assets": {"evil": {"href": "../secret"}}}
+    with pytest.raises(WrongInputError, match="leaves its folder"):
+        forward_feature(feature, src, dst)
+    assert list(dst.iterdir()) == []
