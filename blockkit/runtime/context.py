@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from blockkit.contract.datajson import DATA_PATH, check_data_path, data_path_of
 from blockkit.contract.errors import WrongInputError
@@ -20,11 +20,29 @@ MODES = ("DEFAULT", "DRY_RUN")
 _HANDLER_MARK = "_blockkit_handler"
 
 
+if TYPE_CHECKING:
+    _StreamHandler = logging.StreamHandler[Any]
+else:
+    _StreamHandler = logging.StreamHandler
+
+
+class _CurrentStderr(_StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (a CLI runner or a test may swap it)."""
+
+    @property  # a read-only view of sys.stderr
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def get_logger(name: str = "blockkit", stream: Any = None) -> logging.Logger:
     """The blockkit logger with exactly one stderr handler, however often it is asked for."""
     root = logging.getLogger("blockkit")
     if not any(getattr(h, _HANDLER_MARK, False) for h in root.handlers):
-        handler = logging.StreamHandler(stream or sys.stderr)
+        handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         setattr(handler, _HANDLER_MARK, True)
         root.addHandler(handler)

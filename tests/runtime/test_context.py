@@ -102,3 +102,25 @@ def test_new_feature(tmp_path: Path) -> None:
     f = ctx.new_feature(geometry=None, data_path="x.tif", properties={"a": 1}, id="k")
     assert f == {"type": "Feature", "id": "k", "geometry": None, "properties": {"a": 1, "up42.data_path": "x.tif"}}
     assert ctx.new_feature(geometry=None)["id"] != ctx.new_feature(geometry=None)["id"]
+
+
+def test_the_log_handler_follows_a_swapped_stderr(monkeypatch) -> None:
+    """A stream that was stderr when the handler was made may be closed later (CLI runners, tests)."""
+    import io
+    import logging
+    import sys
+
+    from blockkit.runtime.context import get_logger
+
+    root = logging.getLogger("blockkit")
+    for handler in [h for h in root.handlers if getattr(h, "_blockkit_handler", False)]:
+        root.removeHandler(handler)
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    get_logger("blockkit.test").info("one")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    get_logger("blockkit.test").info("two")
+    assert "INFO blockkit.test: two" in second.getvalue()
+    assert "Logging error" not in second.getvalue()
