@@ -1,0 +1,182 @@
+"""The scheduler inside the runner: independent steps at once, same results as --jobs 1, failures, stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blockkit.runner.run import RunFailed
+from blockkit.runner.session import RunRequest, run_request
+
+from .blocks import make_blocks, write_block
+
+REPO = Path(__file__).resolve().parents[2]
+BLOCKKIT = Path(sys.executable).with_name("blockkit")
+
+NAP = '''
+import os, sys, time
+import blockkit
+from blockkit import FeatureCollection
+
+@blockkit.data_block
+def nap(query, ctx):
+    if ctx.params["fail"]:
+        sys.exit(3)
+    time.sleep(ctx.params["seconds"])
+    ctx.output_path("slept.txt").write_text(ctx.params["token"])
+    return FeatureCollection([ctx.new_feature(geometry=None, data_path="slept.txt", id="slept")])
+
+if __name__ == "__main__":
+    nap.run()
+'''
+
+
+@pytest.fixture()
+def blocks(tmp_path: Path) -> dict[str, Path]:
+    found = make_blocks(tmp_path / "blocks")
+    found["nap"] = write_block(tmp_path / "blocks", "nap", kind="data", source=NAP, params={
+        "seconds": {"type": "number", "default": 1},
+        "fail": {"type": "boolean", "default": False},
+        "token": {"type": "string", "default": ""},
+    })
+    return found
+
+
+def _run(tmp_path: Path, target: Path, runs: str = "runs", **kw) -> dict:
+    kw.setdefault("engine", "process")
+    return run_request(RunRequest(target=target, runs_dir=tmp_path / runs, **kw))
+
+
+def _records(run_dir: Path) -> dict[str, dict]:
+    return json.loads((run_dir / "run.json").read_text())["steps"]
+
+
+def _naps(tmp_path: Path, blocks: dict[str, Path], steps: str) -> Path:
+    wf = tmp_path / "naps.yaml"
+    steps = steps.replace("NAP", str(blocks["nap"])).replace("UPPER", str(blocks["upper"]))
+    wf.write_text(f"name: naps\nsteps:\n{steps}")
+    return wf
+
+
+@pytest.mark.slow
+def test_independent_steps_run_at_once_and_jobs_1_runs_them_in_turn(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _naps(tmp_path, blocks, "  a: {block: NAP, params: {seconds: 1.5, token: a}}\n"
+                                 "  b: {block: NAP, params: {seconds: 1.5, token: b}, after: []}\n")
+    both = _records(Path(_run(tmp_path, wf, jobs=2)["run_dir"]))
+    a, b = both["a"], both["b"]
+    assert a["started"] < b["ended"] and b["started"] < a["ended"], "the two steps did not overlap"
+    one = _records(Path(_run(tmp_path, wf, runs="runs1", jobs=1)["run_dir"]))
+    assert one["a"]["ended"] <= one["b"]["started"], "--jobs 1 must run one step after another"
+
+
+@pytest.mark.slow
+def test_fan_out_is_identical_with_jobs_1_and_jobs_4(tmp_path: Path) -> None:
+    """Same features, output hashes and cache keys; the run folders hold the same files."""
+    wf = REPO / "examples" / "workflows" / "fan-out.yaml"
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the example names its blocks relative to the repository
+    try:
+        seq = Path(_run(tmp_path, wf, runs="seq", jobs=1)["run_dir"])
+        par = Path(_run(tmp_path, wf, runs="par", jobs=4, max_cpus=2)["run_dir"])
+    finally:
+        os.chdir(cwd)
+    s, p = _records(seq), _records(par)
+    assert list(s) == list(p) == ["scene", "ndvi", "low", "mid", "high"]
+    for name in s:
+        assert p[name]["status"] == s[name]["status"] == "ok"
+        assert p[name]["cache_key"] == s[name]["cache_key"], name
+        assert p[name]["outputs"] == s[name]["outputs"], name
+        assert p[name]["inputs"] == s[name]["inputs"], name
+        assert p[name]["features_out"] == s[name]["features_out"] == 1
+    # The three thresholds overlapped in the parallel run.
+    assert max(p[n]["started"] for n in ("low", "mid", "high")) < min(p[n]["ended"] for n in ("low", "mid", "high"))
+
+    def tree(root: Path) -> set[str]:
+        return {str(f.relative_to(root)) for f in root.rglob("*") if f.name != ".lock"}
+
+    assert tree(seq) == tree(par)
+    prov_s = json.loads((seq / "provenance.json").read_text())
+    prov_p = json.loads((par / "provenance.json").read_text())
+    assert [x["name"] for x in prov_s["steps"]] == [x["name"] for x in prov_p["steps"]]
+    assert [x["cache_key"] for x in prov_s["steps"]] == [x["cache_key"] for x in prov_p["steps"]]
+
+
+@pytest.mark.slow
+def test_a_failure_starts_nothing_new_lets_running_steps_finish_and_resumes(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _naps(tmp_path, blocks, "  bad: {block: NAP, params: {fail: true}}\n"
+                                 "  slow: {block: NAP, params: {seconds: 2, token: s}, after: []}\n"
+                                 "  after: {block: UPPER, after: [slow]}\n")
+    with pytest.raises(RunFailed) as caught:
+        _run(tmp_path, wf, jobs=2)
+    assert caught.value.step == "bad"
+    recs = _records(caught.value.run_dir)
+    assert json.loads((caught.value.run_dir / "run.json").read_text())["status"] == "failed"
+    assert recs["bad"]["status"] == "failed" and recs["bad"]["exit_code"] == 3
+    assert recs["slow"]["status"] == "ok"  # it was running: it finished
+    assert recs["after"]["status"] == "pending"  # it would have started after `slow`: it did not
+    wf.write_text(wf.read_text().replace("fail: true", "fail: false"))
+    resumed = _run(tmp_path, wf, jobs=2, resume=caught.value.run_dir.name)
+    assert {n: s["status"] for n, s in resumed["steps"].items()} == {"bad": "ok", "slow": "ok", "after": "ok"}
+
+
+@pytest.mark.slow
+def test_fail_fast_stops_the_running_steps(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    token = secrets.token_hex(8)
+    wf = _naps(tmp_path, blocks, "  slow: {block: NAP, params: {seconds: 120, token: " + token + "}}\n"
+                                 "  bad: {block: NAP, params: {fail: true, seconds: 1}, after: []}\n")
+    began = time.monotonic()
+    with pytest.raises(RunFailed) as caught:
+        _run(tmp_path, wf, jobs=2, fail_fast=True)
+    assert time.monotonic() - began < 60
+    assert caught.value.step == "bad"
+    recs = _records(caught.value.run_dir)
+    assert recs["slow"]["status"] == "interrupted"
+    assert "stopped because step 'bad' failed (--fail-fast)" in recs["slow"]["detail"]
+    assert _processes_with(token) == []
+
+
+def _processes_with(token: str) -> list[int]:
+    """Processes (of any step) whose environment carries this token (their parameters)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if token.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_every_running_step_of_a_parallel_run(tmp_path: Path, blocks: dict[str, Path],
+                                                             sig: signal.Signals, code: int) -> None:
+    token = secrets.token_hex(8)
+    wf = _naps(tmp_path, blocks, "".join(
+        f"  s{i}: {{block: NAP, params: {{seconds: 120, token: {token}}}, after: []}}\n" for i in range(2)))
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKKIT_", "UP42_"))}
+    proc = subprocess.Popen([str(BLOCKKIT), "run", str(wf), "--engine", "process", "--runs-dir", str(runs),
+                             "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_processes_with(token)) < 2:
+        time.sleep(0.2)
+    assert len(_processes_with(token)) >= 2, "both steps should be running"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert _processes_with(token) == []
+    run = json.loads(next(runs.glob("*/run.json")).read_text())
+    assert run["status"] == "interrupted"
+    assert {s["status"] for s in run["steps"].values()} == {"interrupted"}
