@@ -180,3 +180,33 @@ def test_a_signal_stops_every_running_step_of_a_parallel_run(tmp_path: Path, blo
     run = json.loads(next(runs.glob("*/run.json")).read_text())
     assert run["status"] == "interrupted"
     assert {s["status"] for s in run["steps"].values()} == {"interrupted"}
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_sigterm_removes_every_running_container_of_a_parallel_docker_run(tmp_path: Path, blocks: dict[str, Path],
+                                                                          docker_client, base_image) -> None:
+    token = secrets.token_hex(8)
+    wf = _naps(tmp_path, blocks, "".join(
+        f"  s{i}: {{block: NAP, params: {{seconds: 120, token: {token}}}, after: []}}\n" for i in range(2)))
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKKIT_", "UP42_"))}
+    proc = subprocess.Popen([str(BLOCKKIT), "run", str(wf), "--engine", "docker", "--runs-dir", str(runs),
+                             "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def mine() -> list:
+        return [c for c in docker_client.containers.list(all=True, filters={"label": "blockkit.step"})
+                if token in " ".join(c.attrs["Config"].get("Env") or [])]
+
+    deadline = time.monotonic() + 240  # the first run may build the block's image
+    while time.monotonic() < deadline and len([c for c in mine() if c.status == "running"]) < 2:
+        time.sleep(0.5)
+    assert len(mine()) >= 2, "both steps should be running"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert mine() == []
+    run = json.loads(next(runs.glob("*/run.json")).read_text())
+    assert run["status"] == "interrupted"
+    assert {s["status"] for s in run["steps"].values()} == {"interrupted"}
