@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not stream step logs"),
         max_cpus: Optional[str] = typer.Option(None, "--max-cpus", help="cap every step's CPUs (default: the host's)"),
         max_memory: Optional[str] = typer.Option(None, "--max-memory", help="cap every step's memory, e.g. 4g (default: the host's)"),
-        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="steps at once (default: the host's CPUs; 1: one after another)"),
+        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="at most N steps at once (default: as many as the CPUs and memory allow; 1: one after another)"),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="when a step fails, stop the steps still running"),
     ) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""

@@ -162,6 +162,10 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     }
 
 
+#: --jobs not given: no limit on the number of steps, only on their CPUs and memory.
+UNLIMITED_JOBS = 1 << 16
+
+
 def run_budget(engine: Engine, request: RunRequest) -> Budget:
     """What running steps may use at once: the engine's machine, narrowed by --jobs/--max-cpus/--max-memory."""
     from blockkit.runner.plan import engine_capacity
@@ -173,7 +177,8 @@ def run_budget(engine: Engine, request: RunRequest) -> Budget:
         memory = min(memory, request.max_memory_mb)
     if request.jobs is not None and request.jobs < 1:
         raise WorkflowError(f"--jobs must be at least 1 (got {request.jobs})")
-    jobs = request.jobs if request.jobs is not None else max(1, int(cpus))
+    # Without --jobs the CPUs and memory of the steps' machine types decide how many run at once.
+    jobs = request.jobs if request.jobs is not None else UNLIMITED_JOBS
     return Budget(jobs=jobs, cpus=cpus, memory_mb=memory)
 
 
