@@ -464,6 +464,8 @@ class WorkflowRun:
             # different environments (host Python vs the image), so their outputs may differ.
             "engine": engine.name,
             "image_id": image_id,
+            # Only scattered steps carry the field: the keys of other steps stay as they were.
+            **({"scatter": step.definition.scatter} if step.definition.scatter else {}),
         })
         output_dir = self.folder.output_dir(step.name)
         record.block, record.image, record.image_id = block_info, image, image_id
@@ -517,8 +519,11 @@ class WorkflowRun:
         self._stop_if_cancelled(step, record)
         self._emit("started", step.name)
         try:
-            with self._gateway(step, spec, image):
-                result = engine.run_step(spec, self._log_sink(step.name))
+            if step.definition.scatter == "features":
+                result = self._run_scattered(step, spec, image)
+            else:
+                with self._gateway(step, spec, image):
+                    result = engine.run_step(spec, self._log_sink(step.name))
         except BlockkitError as err:
             # The engine could not run the block at all (no such command, image, daemon gone...):
             # the step fails like a crashing block, so the run folder says so and --resume works.
@@ -530,6 +535,68 @@ class WorkflowRun:
         self._redact_log(step.name)
         self._stop_if_cancelled(step, record)
         self._after_step(step, record, result, input_dir, output_dir, upstream_dirs, spec)
+
+    def _run_scattered(self, step: PlannedStep, spec: StepSpec, image: str | None) -> StepResult:
+        """`scatter: features`: the block once per input feature, the outputs merged into `spec.output_dir`.
+
+        Each run sees a data.json with its one feature and only that feature's files (hard
+        links), as the exported CWL's split step gives it; parts run at once within the
+        budget; the merge follows `blockkit.export.scatter.merge`, so both agree.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from blockkit.export.scatter import merge, split
+
+        engine = self.options.engine
+        started = time.time()
+        base = self.folder.path / "steps" / step.name / "parts"
+        remove_tree(base)
+        try:
+            parts = split(spec.input_dir, base / "input")
+        except BlockkitError as err:
+            return StepResult(int(err.exit_code), started, time.time(), detail=f"scatter: {err.message}")
+        sink = self._log_sink(step.name)
+        failed = threading.Event()
+
+        def one(name: str, folder: Path) -> StepResult | None:
+            if failed.is_set():
+                return None  # a feature failed: no new one starts
+            part = StepSpec(**{**spec.__dict__, "input_dir": folder, "upstream_dirs": {},
+                               "output_dir": base / "output" / name, "quicklook_dir": base / "quicklooks" / name})
+            with spec.log_path.open("a", encoding="utf-8") as log:
+                log.write(f"[blockkit] feature {name}\n")
+            with self._gateway(step, part, image):
+                result = engine.run_step(part, sink)
+            if result.exit_code != 0:
+                failed.set()
+            return result
+
+        with ThreadPoolExecutor(max_workers=self._part_workers(step, len(parts)),
+                                thread_name_prefix=f"part-{step.name}") as pool:
+            results = list(pool.map(lambda named: one(*named), parts))
+        image_id = next((r.image_id for r in results if r is not None and r.image_id), None)
+        for (name, _), result in zip(parts, results):
+            if result is not None and result.exit_code != 0:
+                detail = f"feature {name!r}: {result.detail or ExitCode.describe(result.exit_code)}"
+                return StepResult(result.exit_code, started, time.time(), image_id=image_id,
+                                  oom_killed=result.oom_killed, timed_out=result.timed_out, detail=detail)
+        try:
+            merge([(name, base / "output" / name, base / "quicklooks" / name) for name, _ in parts],
+                  spec.output_dir, spec.quicklook_dir)
+        except BlockkitError as err:
+            return StepResult(int(err.exit_code), started, time.time(), image_id=image_id,
+                              detail=f"scatter merge: {err.message}")
+        remove_tree(base)  # the merged output holds the only links to the parts' files
+        return StepResult(0, started, time.time(), image_id=image_id)
+
+    def _part_workers(self, step: PlannedStep, parts: int) -> int:
+        """How many features of a scattered step run at once: the budget divided by the step's size."""
+        budget = self.options.budget
+        if budget is None or budget.jobs <= 1 or parts <= 1:
+            return 1
+        cpus, memory = step.resources
+        fit = min(budget.jobs, int(budget.cpus // max(cpus, 0.01)), budget.memory_mb // max(int(memory), 1))
+        return max(1, min(parts, fit))
 
     def _reuse(self, step: PlannedStep, record: StepRecord, key: str, output_dir: Path) -> bool:
         """Serve the step from the cache when an earlier output with this key still matches its hashes."""
@@ -687,7 +754,7 @@ class WorkflowRun:
         for up in step.upstream:
             up_dir = self.folder.output_dir(up)
             merged.features.extend(fan_in_feature(up, f) for f in load_data_json(up_dir, required=False))
-            if mounts_upstreams:
+            if mounts_upstreams and step.definition.scatter is None:
                 (folder / up).mkdir()
                 mounts[up] = up_dir
             else:

@@ -210,3 +210,61 @@ def test_sigterm_removes_every_running_container_of_a_parallel_docker_run(tmp_pa
     run = json.loads(next(runs.glob("*/run.json")).read_text())
     assert run["status"] == "interrupted"
     assert {s["status"] for s in run["steps"].values()} == {"interrupted"}
+
+
+SEE = '''
+import os, sys
+import blockkit
+from blockkit import FeatureCollection
+
+@blockkit.processing_block
+def see(fc, ctx):
+    ids = [f.get("id") for f in fc]
+    if ctx.params["fail_on"] in ids:
+        sys.exit(3)
+    files = sorted(str(p.relative_to(ctx.input_dir)) for p in ctx.input_dir.rglob("*") if p.is_file())
+    ctx.output_path("seen.txt").write_text(" ".join(ids) + "|" + " ".join(files))
+    return FeatureCollection([ctx.new_feature(geometry=None, data_path="seen.txt", id="seen")])
+
+if __name__ == "__main__":
+    see.run()
+'''
+
+
+def _scattered(tmp_path: Path, blocks: dict[str, Path], fail_on: str = "none") -> Path:
+    see = write_block(tmp_path / "blocks", "see", kind="processing", source=SEE, params={
+        "fail_on": {"type": "string", "default": "none"}})
+    wf = tmp_path / "scatter.yaml"
+    wf.write_text("name: scattered\nsteps:\n"
+                  f"  make: {{block: {blocks['source']}, params: {{count: 3}}}}\n"
+                  f"  see: {{block: {see}, params: {{fail_on: {fail_on}}}, scatter: features}}\n")
+    return wf
+
+
+@pytest.mark.slow
+def test_a_scattered_step_runs_once_per_feature_and_merges_like_the_cwl_export(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _scattered(tmp_path, blocks)
+    par = Path(_run(tmp_path, wf, jobs=4)["run_dir"])
+    out = par / "steps" / "see" / "output"
+    fc = json.loads((out / "data.json").read_text())
+    # One run per feature, each seeing its one feature and only that feature's file.
+    assert [(out / f"item{i}" / "seen.txt").read_text() for i in range(3)] == [
+        f"item{i}|data.json item{i}.txt" for i in range(3)]
+    # Merged by blockkit.export.scatter.merge: paths under <part>/, ids made unique.
+    assert [f["properties"]["up42.data_path"] for f in fc["features"]] == [f"item{i}/seen.txt" for i in range(3)]
+    assert [f["id"] for f in fc["features"]] == ["seen", "item1-seen", "item2-seen"]
+    assert (par / "logs" / "see.log").read_text().count("running processing block") == 3
+    assert not (par / "steps" / "see" / "parts").exists()
+    seq = Path(_run(tmp_path, wf, runs="seq", jobs=1)["run_dir"])
+    assert _records(seq)["see"]["outputs"] == _records(par)["see"]["outputs"]
+    assert _records(seq)["see"]["cache_key"] == _records(par)["see"]["cache_key"]
+
+
+@pytest.mark.slow
+def test_a_failing_feature_fails_the_scattered_step_naming_it(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _scattered(tmp_path, blocks, fail_on="item1")
+    with pytest.raises(RunFailed) as caught:
+        _run(tmp_path, wf, jobs=2)
+    assert caught.value.step == "see" and caught.value.step_exit == 3
+    assert "feature 'item1'" in caught.value.message
+    assert not (caught.value.run_dir / "steps" / "see" / "output").exists()
