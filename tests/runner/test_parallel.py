@@ -268,3 +268,13 @@ def test_a_failing_feature_fails_the_scattered_step_naming_it(tmp_path: Path, bl
     assert caught.value.step == "see" and caught.value.step_exit == 3
     assert "feature 'item1'" in caught.value.message
     assert not (caught.value.run_dir / "steps" / "see" / "output").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_scattered_step_gives_the_same_output_on_docker(tmp_path: Path, blocks: dict[str, Path],
+                                                          docker_client, base_image) -> None:
+    wf = _scattered(tmp_path, blocks)
+    runs = {engine: Path(_run(tmp_path, wf, runs=engine, engine=engine, jobs=2)["run_dir"]) for engine in ("process", "docker")}
+    assert _records(runs["docker"])["see"]["outputs"] == _records(runs["process"])["see"]["outputs"]
+    assert (runs["docker"] / "steps/see/output/item2/seen.txt").read_text() == "item2|data.json item2.txt"
