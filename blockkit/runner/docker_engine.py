@@ -67,9 +67,15 @@ class DockerEngine(Engine):
     mounts_upstreams = True
     runs_images = True
 
-    #: Steps see their folders at the contract paths (/tmp/input, ...): fixed-path blocks work.
-    isolates_paths = True
-    isolation_note = "each step in a container"
+    @property
+    def isolates_paths(self) -> bool:
+        """Steps see their folders at the contract paths (/tmp/input, ...): fixed-path blocks work."""
+        return True
+
+    @property
+    def isolation_note(self) -> str:
+        """How steps are isolated."""
+        return "each step in a container"
 
     def __init__(
         self,
@@ -116,7 +122,7 @@ class DockerEngine(Engine):
                     built_for[step.block_dir] = (built.tag, built.image_id)
                 images[step.name] = built_for[step.block_dir]
             elif step.image:
-                images[step.name] = (step.image, client.images.get(step.image).id)
+                images[step.name] = (step.image, str(client.images.get(step.image).id))
         return lambda step: images[step.name]
 
     def gateway(self, spec: StepSpec, upstream: list[str], image: str | None) -> ContextManager[dict[str, str]]:

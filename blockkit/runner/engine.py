@@ -7,10 +7,14 @@ import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Iterator, Mapping
 
 if TYPE_CHECKING:
     from blockkit.runner.plan import Plan, PlannedStep
+
+
+#: Receives every log line of a step as (step name, line).
+LogSink = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -82,10 +86,13 @@ class Engine(abc.ABC):
     #: True when steps run from images (the image's entry point); False when the block's
     #: command runs on this host from its folder (the plan resolves `entry` for it).
     runs_images: ClassVar[bool] = False
-    #: One sentence on how steps are isolated (said once when the engine is chosen).
-    isolation_note: str = ""
     #: Masks secret values in every log line (set by the session before steps run).
     redact: Callable[[str], str] | None = None
+
+    @property
+    def isolation_note(self) -> str:
+        """One sentence on how steps are isolated (said once when the engine is chosen)."""
+        return ""
 
     @property
     def isolates_paths(self) -> bool:
@@ -161,5 +168,3 @@ def registered_engines() -> dict[str, Callable[[], tuple[Engine, str]]]:
     return dict(_REGISTRY)
 
 
-class LogSink(Protocol):
-    def __call__(self, step: str, line: str) -> None: ...

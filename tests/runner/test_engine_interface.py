@@ -48,7 +48,10 @@ class InlineEngine(Engine):
     """Runs each step as a Python function in this process, chosen by the block's name."""
 
     name = "inline"
-    isolation_note = "steps run in the runner's own process (test engine)"
+
+    @property
+    def isolation_note(self) -> str:
+        return "steps run in the runner's own process (test engine)"
     functions: dict[str, Step] = {"source": _make, "upper": _upper}
     calls: list[str] = []
     lock = threading.Lock()
