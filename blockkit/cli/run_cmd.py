@@ -92,8 +92,11 @@ class Progress:
         self.started: dict[str, float] = {}
 
     def event(self, kind: str, step: str, info: dict[str, Any]) -> None:
-        """Show a step's state change."""
+        """Show a step's state change (with --json: one JSON object per line on stderr, naming the step)."""
         if self.json_mode:
+            line = json.dumps({"event": kind, "step": step, "time": round(time.time(), 3), **info}, default=str)
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
             return
         features = info.get("features")
         feats = f", {features} feature(s) out" if features is not None else ""

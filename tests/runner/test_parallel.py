@@ -278,3 +278,17 @@ def test_a_scattered_step_gives_the_same_output_on_docker(tmp_path: Path, blocks
     runs = {engine: Path(_run(tmp_path, wf, runs=engine, engine=engine, jobs=2)["run_dir"]) for engine in ("process", "docker")}
     assert _records(runs["docker"])["see"]["outputs"] == _records(runs["process"])["see"]["outputs"]
     assert (runs["docker"] / "steps/see/output/item2/seen.txt").read_text() == "item2|data.json item2.txt"
+
+
+@pytest.mark.slow
+def test_json_events_name_their_step(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    wf = _naps(tmp_path, blocks, "  a: {block: NAP, params: {seconds: 0.5, token: a}}\n"
+                                 "  b: {block: NAP, params: {seconds: 0.5, token: b}, after: []}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKKIT_", "UP42_"))}
+    done = subprocess.run([str(BLOCKKIT), "run", str(wf), "--engine", "process", "--runs-dir", str(tmp_path / "runs"),
+                           "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "ok"
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert sorted((e["event"], e["step"]) for e in events) == [("done", "a"), ("done", "b"), ("started", "a"), ("started", "b")]
+    assert all(e["features"] == 1 for e in events if e["event"] == "done")
