@@ -559,8 +559,8 @@ class WorkflowRun:
         failed = threading.Event()
 
         def one(name: str, folder: Path) -> StepResult | None:
-            if failed.is_set():
-                return None  # a feature failed: no new one starts
+            if failed.is_set() or (spec.cancel is not None and spec.cancel.is_set()):
+                return None  # a feature failed, or the step is being stopped: no new one starts
             part = StepSpec(**{**spec.__dict__, "input_dir": folder, "upstream_dirs": {},
                                "output_dir": base / "output" / name, "quicklook_dir": base / "quicklooks" / name})
             with spec.log_path.open("a", encoding="utf-8") as log:
@@ -571,15 +571,22 @@ class WorkflowRun:
                 failed.set()
             return result
 
-        with ThreadPoolExecutor(max_workers=self._part_workers(step, len(parts)),
-                                thread_name_prefix=f"part-{step.name}") as pool:
-            results = list(pool.map(lambda named: one(*named), parts))
+        workers = self._part_workers(step, len(parts))
+        if workers == 1:
+            # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
+            results = [one(name, folder) for name, folder in parts]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
+                results = list(pool.map(lambda named: one(*named), parts))
         image_id = next((r.image_id for r in results if r is not None and r.image_id), None)
         for (name, _), result in zip(parts, results):
             if result is not None and result.exit_code != 0:
                 detail = f"feature {name!r}: {result.detail or ExitCode.describe(result.exit_code)}"
                 return StepResult(result.exit_code, started, time.time(), image_id=image_id,
                                   oom_killed=result.oom_killed, timed_out=result.timed_out, detail=detail)
+        if any(result is None for result in results):  # stopped before every feature ran
+            return StepResult(int(ExitCode.UNEXPECTED_ERROR), started, time.time(), image_id=image_id,
+                              detail="stopped before every feature ran")
         try:
             merge([(name, base / "output" / name, base / "quicklooks" / name) for name, _ in parts],
                   spec.output_dir, spec.quicklook_dir)

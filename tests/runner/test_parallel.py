@@ -213,7 +213,7 @@ def test_sigterm_removes_every_running_container_of_a_parallel_docker_run(tmp_pa
 
 
 SEE = '''
-import os, sys
+import os, sys, time
 import blockkit
 from blockkit import FeatureCollection
 
@@ -222,6 +222,7 @@ def see(fc, ctx):
     ids = [f.get("id") for f in fc]
     if ctx.params["fail_on"] in ids:
         sys.exit(3)
+    time.sleep(ctx.params["sleep"])
     files = sorted(str(p.relative_to(ctx.input_dir)) for p in ctx.input_dir.rglob("*") if p.is_file())
     ctx.output_path("seen.txt").write_text(" ".join(ids) + "|" + " ".join(files))
     return FeatureCollection([ctx.new_feature(geometry=None, data_path="seen.txt", id="seen")])
@@ -231,13 +232,13 @@ if __name__ == "__main__":
 '''
 
 
-def _scattered(tmp_path: Path, blocks: dict[str, Path], fail_on: str = "none") -> Path:
+def _scattered(tmp_path: Path, blocks: dict[str, Path], fail_on: str = "none", sleep: float = 0) -> Path:
     see = write_block(tmp_path / "blocks", "see", kind="processing", source=SEE, params={
-        "fail_on": {"type": "string", "default": "none"}})
+        "fail_on": {"type": "string", "default": "none"}, "sleep": {"type": "number", "default": 0}})
     wf = tmp_path / "scatter.yaml"
     wf.write_text("name: scattered\nsteps:\n"
                   f"  make: {{block: {blocks['source']}, params: {{count: 3}}}}\n"
-                  f"  see: {{block: {see}, params: {{fail_on: {fail_on}}}, scatter: features}}\n")
+                  f"  see: {{block: {see}, params: {{fail_on: {fail_on}, sleep: {sleep}}}, scatter: features}}\n")
     return wf
 
 
@@ -292,3 +293,26 @@ def test_json_events_name_their_step(tmp_path: Path, blocks: dict[str, Path]) ->
     events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert sorted((e["event"], e["step"]) for e in events) == [("done", "a"), ("done", "b"), ("started", "a"), ("started", "b")]
     assert all(e["features"] == 1 for e in events if e["event"] == "done")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs, sig, code", [("2", signal.SIGTERM, 143), ("1", signal.SIGINT, 130)])
+def test_a_signal_stops_every_feature_run_of_a_scattered_step(tmp_path: Path, blocks: dict[str, Path],
+                                                             jobs: str, sig: signal.Signals, code: int) -> None:
+    token = secrets.token_hex(8)
+    wf = _scattered(tmp_path, blocks, fail_on=token, sleep=120)
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKKIT_", "UP42_"))}
+    proc = subprocess.Popen([str(BLOCKKIT), "run", str(wf), "--engine", "process", "--runs-dir", str(runs),
+                             "--jobs", jobs], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_processes_with(token)) < int(jobs):
+        time.sleep(0.2)
+    assert len(_processes_with(token)) >= int(jobs), "the feature runs should be going"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert _processes_with(token) == []
+    run = json.loads(next(runs.glob("*/run.json")).read_text())
+    assert run["status"] == "interrupted" and run["steps"]["see"]["status"] == "interrupted"
