@@ -78,6 +78,17 @@ def test_independent_steps_run_at_once_and_jobs_1_runs_them_in_turn(tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_the_cpu_and_memory_budget_keeps_steps_apart(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    """Two `small` steps (0.5 CPU, 2048 MB each): --max-cpus 0.5 or --max-memory 3g leaves room for one at a time."""
+    wf = _naps(tmp_path, blocks, "  a: {block: NAP, params: {seconds: 1, token: a}}\n"
+                                 "  b: {block: NAP, params: {seconds: 1, token: b}, after: []}\n")
+    for runs, limits in (("cpu", {"max_cpus": 0.5}), ("mem", {"max_memory_mb": 3072})):
+        recs = _records(Path(_run(tmp_path, wf, runs=runs, **limits)["run_dir"]))
+        first, second = sorted((recs["a"], recs["b"]), key=lambda r: r["started"])
+        assert first["ended"] <= second["started"], limits
+
+
+@pytest.mark.slow
 def test_fan_out_is_identical_with_jobs_1_and_jobs_4(tmp_path: Path) -> None:
     """Same features, output hashes and cache keys; the run folders hold the same files."""
     wf = REPO / "examples" / "workflows" / "fan-out.yaml"
