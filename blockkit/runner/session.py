@@ -168,13 +168,19 @@ UNLIMITED_JOBS = 1 << 16
 
 def run_budget(engine: Engine, request: RunRequest) -> Budget:
     """What running steps may use at once: the engine's machine, narrowed by --jobs/--max-cpus/--max-memory."""
-    from blockkit.runner.plan import engine_capacity
+    import os
+
+    from blockkit.runner.plan import engine_capacity, parse_cpus, parse_memory
 
     cpus, memory = engine_capacity(engine)
-    if request.max_cpus is not None:
-        cpus = min(cpus, request.max_cpus)
-    if request.max_memory_mb is not None:
-        memory = min(memory, request.max_memory_mb)
+    # The same limits as the machine types' caps (prepare_for_engine): options, else the environment.
+    max_cpus = request.max_cpus if request.max_cpus is not None else parse_cpus(os.environ.get("BLOCKKIT_MAX_CPUS"))
+    max_memory = request.max_memory_mb if request.max_memory_mb is not None else parse_memory(
+        os.environ.get("BLOCKKIT_MAX_MEMORY"))
+    if max_cpus is not None:
+        cpus = min(cpus, max_cpus)
+    if max_memory is not None:
+        memory = min(memory, max_memory)
     if request.jobs is not None and request.jobs < 1:
         raise WorkflowError(f"--jobs must be at least 1 (got {request.jobs})")
     # Without --jobs the CPUs and memory of the steps' machine types decide how many run at once.
