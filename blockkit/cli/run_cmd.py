@@ -92,8 +92,11 @@ class Progress:
         self.started: dict[str, float] = {}
 
     def event(self, kind: str, step: str, info: dict[str, Any]) -> None:
-        """Show a step's state change."""
+        """Show a step's state change (with --json: one JSON object per line on stderr, naming the step)."""
         if self.json_mode:
+            line = json.dumps({"event": kind, "step": step, "time": round(time.time(), 3), **info}, default=str)
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
             return
         features = info.get("features")
         feats = f", {features} feature(s) out" if features is not None else ""
@@ -111,6 +114,8 @@ class Progress:
             self.console.print(f"[bold green]✔ {step}[/] {escape(str(info.get('reason')))}{feats}")
         elif kind == "failed":
             self.console.print(f"[bold red]✘ {step}[/] exit {info.get('exit_code')} ({escape(str(info.get('exit_name')))})")
+        elif kind == "interrupted":
+            self.console.print(f"[bold yellow]■ {step}[/] {escape(str(info.get('detail')))}")
         elif kind == "warning":
             self.console.out(f"! {step} warning: {info.get('message')}", highlight=False)
 
@@ -142,6 +147,8 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not stream step logs"),
         max_cpus: Optional[str] = typer.Option(None, "--max-cpus", help="cap every step's CPUs (default: the host's)"),
         max_memory: Optional[str] = typer.Option(None, "--max-memory", help="cap every step's memory, e.g. 4g (default: the host's)"),
+        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="at most N steps at once (default: as many as the CPUs and memory allow; 1: one after another)"),
+        fail_fast: bool = typer.Option(False, "--fail-fast", help="when a step fails, stop the steps still running"),
     ) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""
         from blockkit.cli.main import fail
@@ -159,6 +166,7 @@ def register(app: typer.Typer) -> None:
 
             request = RunRequest(
                 max_cpus=parse_cpus(max_cpus), max_memory_mb=parse_memory(max_memory),
+                jobs=jobs, fail_fast=fail_fast,
                 target=target, engine=engine, input=input_, output=output,
                 params=_params_option(params), runs_dir=runs_dir, use_cache=not no_cache, resume=resume,
                 on_event=progress.event, on_log_line=progress.log,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from blockkit.contract.errors import ManifestError, Problem
-from blockkit.runner.docker_engine import DockerError, error_line, docker_client
+from blockkit.runner.docker_client import DockerError, docker_client, error_line
 
 if TYPE_CHECKING:
     import docker

@@ -16,15 +16,26 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
-from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode
-from blockkit.runner.engine import LogSink, StepResult, StepSpec
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, ExitCode
+from blockkit.runner.docker_client import (  # noqa: F401 - re-exported: the engine's errors and client
+    DockerError,
+    DockerUnavailableError,
+    ImageMissingError,
+    connect_if_available,
+    docker_available,
+    docker_client,
+    error_line,
+)
+from blockkit.runner.engine import Engine, LogSink, StepResult, StepSpec
 from blockkit.runner.isolation import Watchdog
 from blockkit.runner.logfilter import LineSplitter, LogFilter
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
+
+    from blockkit.runner.plan import Plan, PlannedStep
 
 
 CONTAINER_LABEL = "blockkit"
@@ -39,78 +50,6 @@ MIN_PIDS = 512
 MAX_TMP_MB = 4096
 
 
-class DockerError(BlockkitError):
-    """The Docker engine itself failed (not the block)."""
-
-    exit_code = ExitCode.UNEXPECTED_ERROR
-
-
-class DockerUnavailableError(DockerError):
-    """No Docker daemon answers (or the docker SDK is not installed)."""
-
-
-class ImageMissingError(DockerError):
-    """A step's image does not exist locally (and nothing can be pulled)."""
-
-
-def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
-    """Return a client connected to a live daemon, or raise DockerUnavailableError."""
-    try:
-        import docker
-    except ImportError as exc:
-        raise DockerUnavailableError(
-            "the docker SDK is not installed: pip install 'blockkit[docker]'"
-        ) from exc
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure here means no usable daemon
-        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        raise DockerUnavailableError(
-            f"no Docker daemon answers at {where}; start one "
-            "(as root: bash .ci/docker-setup.sh) or use --engine process"
-        ) from exc
-    return client
-
-
-def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
-    """A client of a daemon that answers within `timeout` seconds, else None (no exception)."""
-    host = os.environ.get("DOCKER_HOST", "")
-    # Without DOCKER_HOST the SDK talks to the default socket: no socket, no daemon.
-    if not host and not Path("/var/run/docker.sock").exists():
-        return None
-    try:
-        import docker
-
-        client = docker.from_env(timeout=timeout)
-    except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
-        return None
-    try:
-        if client.ping():
-            # The short timeout was for the question; steps and builds need a patient client.
-            client.api.timeout = 120.0
-            return client
-    except Exception:  # noqa: BLE001
-        pass
-    client.close()
-    return None
-
-
-def docker_available(timeout: float = 2.0) -> bool:
-    """Tell quickly whether a Docker daemon answers."""
-    client = connect_if_available(timeout)
-    if client is None:
-        return False
-    client.close()
-    return True
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for a docker error: the daemon's own words (APIError.explanation), not the HTTP status and URL."""
-    text = str(getattr(exc, "explanation", None) or exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
-
-
 def _container_user() -> tuple[str, bool]:
     """The uid:gid the block runs as, and whether output dirs must be handed to it."""
     uid = os.getuid()
@@ -120,16 +59,23 @@ def _container_user() -> tuple[str, bool]:
     return DEFAULT_USER, True
 
 
-class DockerEngine:
+class DockerEngine(Engine):
     """Runs each step as a container: read-only input, no network, limits, always removed."""
 
     name = "docker"
     #: Fan-in: each upstream output is bind-mounted read-only at /tmp/input/<step>/ (no links).
     mounts_upstreams = True
+    runs_images = True
 
-    #: Steps see their folders at the contract paths (/tmp/input, ...): fixed-path blocks work.
-    isolates_paths = True
-    isolation_note = "each step in a container"
+    @property
+    def isolates_paths(self) -> bool:
+        """Steps see their folders at the contract paths (/tmp/input, ...): fixed-path blocks work."""
+        return True
+
+    @property
+    def isolation_note(self) -> str:
+        """How steps are isolated."""
+        return "each step in a container"
 
     def __init__(
         self,
@@ -152,6 +98,40 @@ class DockerEngine:
         if self._client is None:
             self._client = docker_client()
         return self._client
+
+    def capacity(self) -> tuple[float, int] | None:
+        """(CPUs, memory MB) of the Docker daemon's machine (None when it does not say)."""
+        try:
+            info = self.client.info()
+            return float(info["NCPU"]), int(info["MemTotal"]) >> 20
+        except Exception:  # noqa: BLE001 - no answer: the runner falls back to this host
+            return None
+
+    def prepare_images(self, plan: Plan, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]]:
+        """Build (or reuse) an image per block step up front, so build errors come before any step runs."""
+        from blockkit.runner.build import build_block_image
+
+        client = self.client  # one connection for builds, lookups and steps
+        images: dict[str, tuple[str, str]] = {}
+        built_for: dict[Path, tuple[str, str]] = {}
+        for step in plan.steps:
+            if step.block_dir is not None:
+                if step.block_dir not in built_for:
+                    built = build_block_image(step.block_dir, client=client)
+                    say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
+                    built_for[step.block_dir] = (built.tag, built.image_id)
+                images[step.name] = built_for[step.block_dir]
+            elif step.image:
+                images[step.name] = (step.image, str(client.images.get(step.image).id))
+        return lambda step: images[step.name]
+
+    def gateway(self, spec: StepSpec, upstream: list[str], image: str | None) -> ContextManager[dict[str, str]]:
+        """The S3 gateway as a sidecar container whose network namespace the step joins."""
+        from blockkit.runner.sidecar import docker_gateway, process_gateway
+
+        if not image:
+            return process_gateway(spec, upstream)
+        return docker_gateway(spec, upstream, image, self.client)
 
     def remove_orphans(self) -> list[str]:
         """Remove containers (steps and sidecars) left by blockkit runners that no longer exist.
@@ -344,7 +324,8 @@ class DockerEngine:
                     container.start()
                 except docker.errors.APIError as exc:
                     raise DockerError(f"step {spec.name!r}: cannot start container: {error_line(exc)}") from exc
-                timed_out = not _wait(container, spec.timeout_s)
+                with self.watch_cancel(spec, lambda: _kill(container)):
+                    timed_out = not _wait(container, spec.timeout_s)
                 if timed_out:
                     _kill(container)
                     _wait(container, 30.0)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import abc
+import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from blockkit.runner.plan import Plan, PlannedStep
+
+
+#: Receives every log line of a step as (step name, line).
+LogSink = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,9 @@ class StepSpec:
     timeout_s: float | None = None
     command: list[str] | None = None  # override of the block's entry command
     network_container: str | None = None  # docker: join this container's network namespace (S3 sidecar)
+    #: Set by the runner to stop the step (Ctrl-C/SIGTERM in a parallel run, --fail-fast): the
+    #: engine kills its process group / container as soon as it sees it (see `Engine.watch_cancel`).
+    cancel: threading.Event | None = None
 
 
 @dataclass
@@ -57,20 +70,101 @@ class StepResult:
     detail: str = ""
 
 
-class Engine(Protocol):
-    """Runs one step and returns its result; never raises for a failing block."""
+class Engine(abc.ABC):
+    """What the runner asks of an engine; a new engine is one module with one subclass.
 
-    name: str
-    #: Whether steps see their folders at the contract paths (/tmp/input, /tmp/output,
-    #: /tmp/quicklooks, /block) in a private view: blocks with fixed UP42 paths need it.
-    isolates_paths: bool
+    Only `run_step` is required. The other hooks have defaults that suit an engine running
+    steps on this host; override the ones your engine does differently. Register the engine
+    with `register_engine` so that `--engine NAME` finds it.
+    """
+
+    #: The name `--engine` takes, run.json records and the cache key includes.
+    name: ClassVar[str] = ""
+    #: Fan-in: True when the engine mounts each upstream output at `<input>/<step>/` itself
+    #: (`StepSpec.upstream_dirs`); False and the runner hard-links them there.
+    mounts_upstreams: ClassVar[bool] = False
+    #: True when steps run from images (the image's entry point); False when the block's
+    #: command runs on this host from its folder (the plan resolves `entry` for it).
+    runs_images: ClassVar[bool] = False
     #: Masks secret values in every log line (set by the session before steps run).
-    redact: "Callable[[str], str] | None"
+    redact: Callable[[str], str] | None = None
 
-    def run_step(self, spec: StepSpec, on_log_line: "LogSink | None" = None) -> StepResult:
-        """Run the step to completion (or timeout) and return how it ended."""
-        ...
+    @property
+    def isolation_note(self) -> str:
+        """One sentence on how steps are isolated (said once when the engine is chosen)."""
+        return ""
+
+    @property
+    def isolates_paths(self) -> bool:
+        """Whether steps see their folders at the contract paths (/tmp/input, /tmp/output,
+        /tmp/quicklooks, /block) in a private view: blocks with fixed UP42 paths need it."""
+        return False
+
+    @abc.abstractmethod
+    def run_step(self, spec: StepSpec, on_log_line: LogSink | None = None) -> StepResult:
+        """Run the step to completion (or timeout, or `spec.cancel`) and return how it ended.
+
+        A failing block is a result with its exit code, never an exception; raise a
+        BlockkitError only when the engine could not run the block at all.
+        """
+
+    def capacity(self) -> tuple[float, int] | None:
+        """(CPUs, memory MB) of the machine steps run on; None: this host's."""
+        return None
+
+    def prepare_images(self, plan: Plan, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]] | None:
+        """Build or find what steps run before any step starts; returns step -> (image ref, image id).
+
+        None (the default): steps run from their block folders, no image.
+        """
+        return None
+
+    def remove_orphans(self) -> list[str]:
+        """Remove what runners killed earlier left behind (containers...); the names removed."""
+        return []
+
+    def gateway(self, spec: StepSpec, upstream: list[str], image: str | None) -> ContextManager[dict[str, str]]:
+        """Start the S3 gateway beside the step; yields the environment the block gets."""
+        from blockkit.runner.sidecar import process_gateway
+
+        return process_gateway(spec, upstream)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def watch_cancel(spec: StepSpec, kill: Callable[[], Any]) -> Iterator[None]:
+        """While the block runs, call `kill` once when `spec.cancel` is set (at once if it already is)."""
+        event = spec.cancel
+        if event is None:
+            yield
+            return
+        over = threading.Event()
+
+        def watch() -> None:
+            while not over.is_set():
+                if event.wait(0.2):
+                    if not over.is_set():
+                        kill()
+                    return
+
+        watcher = threading.Thread(target=watch, name=f"cancel-{spec.name}", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            over.set()
+            watcher.join(timeout=1.0)
 
 
-class LogSink(Protocol):
-    def __call__(self, step: str, line: str) -> None: ...
+_REGISTRY: dict[str, Callable[[], tuple[Engine, str]]] = {}
+
+
+def register_engine(name: str, factory: Callable[[], tuple[Engine, str]]) -> None:
+    """Make `--engine NAME` use this factory (returns the engine and why it was chosen)."""
+    _REGISTRY[name] = factory
+
+
+def registered_engines() -> dict[str, Callable[[], tuple[Engine, str]]]:
+    """The engine factories by name (the built-in ones are registered by `blockkit.runner.engines`)."""
+    return dict(_REGISTRY)
+
+

@@ -8,7 +8,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from blockkit.contract.capabilities import Capabilities, match_problems, resolve_output
 from blockkit.contract.errors import BlockkitError, InputParametersError, Problem, WorkflowError
@@ -16,6 +16,9 @@ from blockkit.contract.manifest import MANIFEST_FILE, Manifest, load_manifest, p
 from blockkit.contract.parameters import resolve_parameters
 from blockkit.runner.secret_params import resolve_secret_refs
 from blockkit.runner.workflow import StepDef, Workflow
+
+if TYPE_CHECKING:
+    from blockkit.runner.engine import Engine
 
 ImageManifestLoader = Callable[[str], dict[str, Any]]
 
@@ -319,28 +322,16 @@ _FIXED = re.compile(r"/tmp/(?:input|output|quicklooks)\b|^\s*(?:from|import)\s+b
 
 # --- preparing a plan for an engine -------------------------------------------------------------
 
-def engine_isolates_paths(engine: Any) -> bool:
-    """Whether the engine shows each step its own /tmp/input, /tmp/output, /tmp/quicklooks and /block.
-
-    The docker engine does (mounts). An engine says so with an `isolates_paths()` method (the
-    process engine, where bubblewrap is available); one without it does not.
-    """
-    probe = getattr(engine, "isolates_paths", None)
-    if callable(probe):
-        return bool(probe())
-    if isinstance(probe, bool):  # a property (the process engine asks bubblewrap once)
-        return probe
-    return getattr(engine, "name", "") == "docker"
+def engine_isolates_paths(engine: Engine) -> bool:
+    """Whether the engine shows each step its own /tmp/input, /tmp/output, /tmp/quicklooks and /block."""
+    return bool(engine.isolates_paths)
 
 
-def engine_capacity(engine: Any) -> tuple[float, int]:
+def engine_capacity(engine: Engine) -> tuple[float, int]:
     """(CPUs, memory MB) of the host the engine runs steps on (the Docker daemon's for docker)."""
-    if getattr(engine, "name", "") == "docker":
-        try:
-            info = engine.client.info()
-            return float(info["NCPU"]), int(info["MemTotal"]) >> 20
-        except Exception:  # noqa: BLE001 - no answer: fall back to this host
-            pass
+    capacity = engine.capacity()
+    if capacity is not None:
+        return capacity
     cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
@@ -402,7 +393,7 @@ def prepare_for_engine(
     cap_cpus = min(max_cpus, host_cpus) if max_cpus is not None else host_cpus
     cap_memory = min(max_memory_mb, host_memory) if max_memory_mb is not None else host_memory
     problems: list[Problem] = []
-    process = getattr(engine, "name", "") != "docker"
+    process = not engine.runs_images  # the block's own command runs on this host
     for step in plan.steps:
         where = _where(step.definition)
         cpus, memory = step.manifest.resources

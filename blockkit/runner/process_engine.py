@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Callable, Mapping
 
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode
-from blockkit.runner.engine import LogSink, StepResult, StepSpec
+from blockkit.runner.engine import Engine, LogSink, StepResult, StepSpec
 from blockkit.runner.isolation import (
     BLOCK_DIR,
     INPUT_DIR,
@@ -161,7 +161,7 @@ class _MemoryWatch(threading.Thread):
         self._done.set()
 
 
-class ProcessEngine:
+class ProcessEngine(Engine):
     """Runs each step as a child process of this one, isolated by bubblewrap where it works."""
 
     name = "process"
@@ -271,7 +271,8 @@ class ProcessEngine:
             watch = _MemoryWatch(proc, int(spec.resources.memory_mb) << 20)
             watch.start()
         try:
-            code = proc.wait()
+            with self.watch_cancel(spec, lambda: kill_group(proc.pid)):
+                code = proc.wait()
         finally:
             # The step is over (or Ctrl-C / SIGTERM): nothing of its process group may stay,
             # not even a background child that closed its stdout.

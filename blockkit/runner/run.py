@@ -6,7 +6,9 @@ import contextlib
 import errno
 import json
 import os
+import queue
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +22,7 @@ from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
 from blockkit.runner.hashing import HashCache, digest_of, source_hash
 from blockkit.runner.lock import FileLock, RunLock, replace_atomic, runner_identity
 from blockkit.runner.plan import Plan, PlannedStep
+from blockkit.runner.schedule import Budget, Scheduler, Task
 from blockkit.runner.seal import SealError, SealTimeout, lock_tree, output_limit, remove_tree, seal_tree, verify_tree
 from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in, link_tree
 
@@ -234,10 +237,23 @@ class RunOptions:
     redact: Callable[[str], str] | None = None
     image_for_step: Callable[[PlannedStep], tuple[str, str]] | None = None  # -> (image ref, image id)
     input_dir: Path | None = None  # staged-in workflow input
+    #: Steps at once and their CPUs/memory (`--jobs`, `--max-cpus`, `--max-memory`); None or
+    #: jobs=1: one step after another in the calling thread, as before the scheduler.
+    budget: Budget | None = None
+    fail_fast: bool = False  # a failing step stops the running ones (parallel runs)
+
+
+class _Cancelled(Exception):
+    """A running step was stopped by the runner (Ctrl-C/SIGTERM, or --fail-fast)."""
 
 
 class WorkflowRun:
-    """Runs the steps of a plan one after another in a run folder it holds the lock of."""
+    """Runs the steps of a plan in a run folder it holds the lock of.
+
+    With a budget of more than one job, steps whose upstreams are done run at once in worker
+    threads (see `blockkit.runner.schedule`); run.json, provenance, events and the caches are
+    written under one lock, so the folder is the same as a sequential run's.
+    """
 
     def __init__(self, plan: Plan, options: RunOptions) -> None:
         self.plan = plan
@@ -261,12 +277,18 @@ class WorkflowRun:
             self.records.setdefault(step.name, StepRecord(name=step.name))
         self.runner = runner_identity()
         self.started = time.time()
+        #: Guards records, run.json/provenance writes and events when steps run in threads.
+        self._state = threading.RLock()
+        #: Steps the runner stopped, and why (the record says "interrupted" with this detail).
+        self._cancelled: dict[str, str] = {}
+        self._cancel_events: dict[str, threading.Event] = {}
 
     # --- events ---------------------------------------------------------------------------
 
     def _emit(self, kind: str, step: str, **info: Any) -> None:
         if self.options.on_event:
-            self.options.on_event(kind, step, info)
+            with self._state:
+                self.options.on_event(kind, step, info)
 
     def _warn(self, step: str, message: str) -> None:
         """A warning the user sees (the CLI prints `warning` events) and the step's log keeps."""
@@ -282,15 +304,19 @@ class WorkflowRun:
             if not (self.folder.path / "workflow.yaml").exists():
                 self._copy_workflow()
             self._save("running")
-            for step in self.plan.steps:
-                try:
-                    self._run_step(step)
-                except (RunFailed, KeyboardInterrupt):
-                    raise
-                except (OSError, BlockkitError) as exc:
-                    # The runner's own work failed (a full disk, a vanished folder, a refused input):
-                    # the step is named, the run is marked failed and can be resumed.
-                    raise self._runner_failure(step, exc) from exc
+            budget = self.options.budget
+            if budget is None or budget.jobs <= 1:
+                for step in self.plan.steps:
+                    try:
+                        self._run_step(step)
+                    except (RunFailed, KeyboardInterrupt):
+                        raise
+                    except (OSError, BlockkitError) as exc:
+                        # The runner's own work failed (a full disk, a vanished folder, a refused input):
+                        # the step is named, the run is marked failed and can be resumed.
+                        raise self._runner_failure(step, exc) from exc
+            else:
+                self._execute_parallel(budget)
         except RunFailed:
             self._save_quietly("failed")
             raise
@@ -315,6 +341,97 @@ class WorkflowRun:
             self.lock.release()
         self._save("ok")
         return self.folder
+
+    def _execute_parallel(self, budget: Budget) -> None:
+        """Run steps in worker threads as the scheduler hands them out; raise the first failure.
+
+        After a failure no step starts; running ones finish (or, with fail_fast, are stopped).
+        Ctrl-C/SIGTERM arrive in this (main) thread: every running step is cancelled through
+        its `StepSpec.cancel` event and waited for before KeyboardInterrupt goes on.
+        """
+        sched = Scheduler([Task(s.name, tuple(s.upstream), float(s.resources[0]), int(s.resources[1]))
+                           for s in self.plan.steps], budget)
+        finished: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
+        workers: dict[str, threading.Thread] = {}
+        first: BaseException | None = None
+
+        def work(step: PlannedStep) -> None:
+            outcome: BaseException | None = None
+            try:
+                self._run_step(step)
+            except (RunFailed, _Cancelled) as exc:
+                outcome = exc
+            except (OSError, BlockkitError) as exc:
+                try:
+                    outcome = self._runner_failure(step, exc)
+                except BaseException as again:  # noqa: BLE001 - reported to the main thread
+                    outcome = again
+            except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+                outcome = exc
+            finished.put((step.name, outcome))
+
+        try:
+            while not sched.done:
+                for task in sched.ready():
+                    self._cancel_events[task.name] = threading.Event()
+                    worker = threading.Thread(target=work, args=(self.plan.step(task.name),),
+                                              name=f"step-{task.name}", daemon=True)
+                    workers[task.name] = worker
+                    worker.start()
+                if not sched.running:
+                    break
+                name, outcome = self._next_finished(finished)
+                workers.pop(name).join()
+                sched.finish(name, outcome is None)
+                if outcome is not None and first is None:
+                    first = outcome
+                    if self.options.fail_fast:
+                        for other in list(sched.running):
+                            self._cancel(other, f"stopped because step {name!r} failed (--fail-fast)")
+        except BaseException:
+            # Ctrl-C, SIGTERM/SIGHUP (KeyboardInterrupt from run_cmd) or a runner bug: stop every
+            # running step and wait for it, so no process or container outlives the run.
+            for other in list(workers):
+                self._cancel(other, "interrupted")
+            self._wait_for(workers)
+            raise
+        if first is not None:
+            raise first
+
+    @staticmethod
+    def _next_finished(finished: queue.Queue[tuple[str, BaseException | None]]) -> tuple[str, BaseException | None]:
+        while True:  # short waits: signals are handled between them
+            try:
+                return finished.get(timeout=0.2)
+            except queue.Empty:
+                continue
+
+    def _cancel(self, step: str, reason: str) -> None:
+        with self._state:
+            self._cancelled.setdefault(step, reason)
+            event = self._cancel_events.get(step)
+        if event is not None:
+            event.set()
+
+    @staticmethod
+    def _wait_for(workers: dict[str, threading.Thread]) -> None:
+        """Join the workers; a second Ctrl-C does not cut the wait short (steps are being stopped)."""
+        for worker in workers.values():
+            while worker.is_alive():
+                try:
+                    worker.join(timeout=0.2)
+                except KeyboardInterrupt:
+                    continue
+
+    def _stop_if_cancelled(self, step: PlannedStep, record: StepRecord) -> None:
+        """Mark a step the runner stopped as interrupted (resumable) and leave its worker."""
+        reason = self._cancelled.get(step.name)
+        if reason is None:
+            return
+        record.status, record.ended, record.detail = "interrupted", time.time(), reason
+        self._save("running")
+        self._emit("interrupted", step.name, detail=reason)
+        raise _Cancelled(step.name)
 
     def _runner_failure(self, step: PlannedStep, exc: BaseException) -> RunFailed:
         record = self.records[step.name]
@@ -347,6 +464,8 @@ class WorkflowRun:
             # different environments (host Python vs the image), so their outputs may differ.
             "engine": engine.name,
             "image_id": image_id,
+            # Only scattered steps carry the field: the keys of other steps stay as they were.
+            **({"scatter": step.definition.scatter} if step.definition.scatter else {}),
         })
         output_dir = self.folder.output_dir(step.name)
         record.block, record.image, record.image_id = block_info, image, image_id
@@ -395,11 +514,16 @@ class WorkflowRun:
         record.exit_code = record.ended = None
         record.cached_from = record.produced_by = None
         record.detail = ""
+        spec.cancel = self._cancel_events.get(step.name)
         self._save("running")
+        self._stop_if_cancelled(step, record)
         self._emit("started", step.name)
         try:
-            with self._gateway(step, spec, image):
-                result = engine.run_step(spec, self._log_sink(step.name))
+            if step.definition.scatter == "features":
+                result = self._run_scattered(step, spec, image)
+            else:
+                with self._gateway(step, spec, image):
+                    result = engine.run_step(spec, self._log_sink(step.name))
         except BlockkitError as err:
             # The engine could not run the block at all (no such command, image, daemon gone...):
             # the step fails like a crashing block, so the run folder says so and --resume works.
@@ -409,7 +533,77 @@ class WorkflowRun:
             result = StepResult(int(ExitCode.UNEXPECTED_ERROR), record.started or time.time(), time.time(), detail=detail)
         record.image_id = result.image_id or record.image_id
         self._redact_log(step.name)
+        self._stop_if_cancelled(step, record)
         self._after_step(step, record, result, input_dir, output_dir, upstream_dirs, spec)
+
+    def _run_scattered(self, step: PlannedStep, spec: StepSpec, image: str | None) -> StepResult:
+        """`scatter: features`: the block once per input feature, the outputs merged into `spec.output_dir`.
+
+        Each run sees a data.json with its one feature and only that feature's files (hard
+        links), as the exported CWL's split step gives it; parts run at once within the
+        budget; the merge follows `blockkit.export.scatter.merge`, so both agree.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from blockkit.export.scatter import merge, split
+
+        engine = self.options.engine
+        started = time.time()
+        base = self.folder.path / "steps" / step.name / "parts"
+        remove_tree(base)
+        try:
+            parts = split(spec.input_dir, base / "input")
+        except BlockkitError as err:
+            return StepResult(int(err.exit_code), started, time.time(), detail=f"scatter: {err.message}")
+        sink = self._log_sink(step.name)
+        failed = threading.Event()
+
+        def one(name: str, folder: Path) -> StepResult | None:
+            if failed.is_set() or (spec.cancel is not None and spec.cancel.is_set()):
+                return None  # a feature failed, or the step is being stopped: no new one starts
+            part = StepSpec(**{**spec.__dict__, "input_dir": folder, "upstream_dirs": {},
+                               "output_dir": base / "output" / name, "quicklook_dir": base / "quicklooks" / name})
+            with spec.log_path.open("a", encoding="utf-8") as log:
+                log.write(f"[blockkit] feature {name}\n")
+            with self._gateway(step, part, image):
+                result = engine.run_step(part, sink)
+            if result.exit_code != 0:
+                failed.set()
+            return result
+
+        workers = self._part_workers(step, len(parts))
+        if workers == 1:
+            # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
+            results = [one(name, folder) for name, folder in parts]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
+                results = list(pool.map(lambda named: one(*named), parts))
+        image_id = next((r.image_id for r in results if r is not None and r.image_id), None)
+        for (name, _), result in zip(parts, results):
+            if result is not None and result.exit_code != 0:
+                detail = f"feature {name!r}: {result.detail or ExitCode.describe(result.exit_code)}"
+                return StepResult(result.exit_code, started, time.time(), image_id=image_id,
+                                  oom_killed=result.oom_killed, timed_out=result.timed_out, detail=detail)
+        if any(result is None for result in results):  # stopped before every feature ran
+            return StepResult(int(ExitCode.UNEXPECTED_ERROR), started, time.time(), image_id=image_id,
+                              detail="stopped before every feature ran")
+        try:
+            merge([(name, base / "output" / name, base / "quicklooks" / name) for name, _ in parts],
+                  spec.output_dir, spec.quicklook_dir)
+        except BlockkitError as err:
+            return StepResult(int(err.exit_code), started, time.time(), image_id=image_id,
+                              detail=f"scatter merge: {err.message}")
+        remove_tree(base)  # the merged output holds the only links to the parts' files
+        return StepResult(0, started, time.time(), image_id=image_id)
+
+    def _part_workers(self, step: PlannedStep, parts: int) -> int:
+        """How many features of a scattered step run at once: the budget divided by the step's size."""
+        budget = self.options.budget
+        if budget is None or budget.jobs <= 1 or parts <= 1:
+            return 1
+        cpus, memory = step.resources
+        fit = min(budget.jobs, int(budget.cpus // max(cpus, 0.01)), budget.memory_mb // max(int(memory), 1))
+        return max(1, min(parts, fit))
 
     def _reuse(self, step: PlannedStep, record: StepRecord, key: str, output_dir: Path) -> bool:
         """Serve the step from the cache when an earlier output with this key still matches its hashes."""
@@ -541,13 +735,7 @@ class WorkflowRun:
         if not step.manifest.s3_gateway:
             yield
             return
-        from blockkit.runner.sidecar import docker_gateway, process_gateway
-
-        if self.options.engine.name == "docker" and image:
-            context = docker_gateway(spec, step.upstream, image, self.options.engine.client)
-        else:
-            context = process_gateway(spec, step.upstream)
-        with context as env:
+        with self.options.engine.gateway(spec, step.upstream, image) as env:
             spec.env = {**env, **spec.env}
             yield
 
@@ -569,11 +757,11 @@ class WorkflowRun:
         self._reset_dir(folder)
         merged = FeatureCollection()
         mounts: dict[str, Path] = {}
-        mounts_upstreams = getattr(self.options.engine, "mounts_upstreams", False)
+        mounts_upstreams = self.options.engine.mounts_upstreams
         for up in step.upstream:
             up_dir = self.folder.output_dir(up)
             merged.features.extend(fan_in_feature(up, f) for f in load_data_json(up_dir, required=False))
-            if mounts_upstreams:
+            if mounts_upstreams and step.definition.scatter is None:
                 (folder / up).mkdir()
                 mounts[up] = up_dir
             else:
@@ -626,9 +814,16 @@ class WorkflowRun:
 
     def _log_sink(self, step: str) -> Callable[[str, str], None] | None:
         sink, redact = self.options.on_log_line, self.options.redact
-        if sink is None or redact is None:
-            return sink
-        return lambda name, line: sink(name, redact(line))
+        if sink is None:
+            return None
+        state = self._state
+
+        def show(name: str, line: str) -> None:
+            line = redact(line) if redact is not None else line
+            with state:  # one whole line at a time, whichever step's thread it comes from
+                sink(name, line)
+
+        return show
 
     def _redact_log(self, step: str) -> None:
         """Rewrite a step's logs without secret values (a block may print what it was given)."""
@@ -663,6 +858,10 @@ class WorkflowRun:
             pass
 
     def _save(self, status: str) -> None:
+        with self._state:
+            self._save_locked(status)
+
+    def _save_locked(self, status: str) -> None:
         workflow = self.plan.workflow
         steps = {name: asdict(rec) for name, rec in self.records.items()}
         run = {

@@ -9,9 +9,11 @@ from typing import Any, Callable, Mapping
 from blockkit.contract.errors import WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE
 from blockkit.contract.progress import parse_progress
+from blockkit.runner.engine import Engine
 from blockkit.runner.engines import select_engine
 from blockkit.runner.plan import Plan, PlannedStep, plan_workflow, prepare_for_engine
 from blockkit.runner.run import RUN_FILE, RunInterrupted, RunOptions, WorkflowRun, default_runs_dir, find_run
+from blockkit.runner.schedule import Budget
 from blockkit.runner.workflow import Workflow, load_workflow, single_block_workflow
 from blockkit.runtime.progress import ENV_PROGRESS
 from blockkit.runtime.propagation import link_tree
@@ -35,6 +37,8 @@ class RunRequest:
     step_env: Callable[[PlannedStep], Mapping[str, str]] | None = None
     max_cpus: float | None = None  # cap of every step's machine type (--max-cpus)
     max_memory_mb: int | None = None  # (--max-memory)
+    jobs: int | None = None  # steps at once (--jobs); None: as many as the host's CPUs
+    fail_fast: bool = False  # a failing step kills the running ones (--fail-fast)
     console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
 
@@ -74,27 +78,6 @@ def _resolve_local(value: str, workflow: Workflow) -> Path:
     return path.resolve()
 
 
-def _docker_images(plan: Plan, engine: Any, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]] | None:
-    """Build (or reuse) an image per block step up front, so build errors come before any step runs."""
-    if engine.name != "docker":
-        return None
-    from blockkit.runner.build import build_block_image
-
-    client = engine.client  # one connection for builds, lookups and steps
-    images: dict[str, tuple[str, str]] = {}
-    built_for: dict[Path, tuple[str, str]] = {}
-    for step in plan.steps:
-        if step.block_dir is not None:
-            if step.block_dir not in built_for:
-                built = build_block_image(step.block_dir, client=client)
-                say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
-                built_for[step.block_dir] = (built.tag, built.image_id)
-            images[step.name] = built_for[step.block_dir]
-        elif step.image:
-            images[step.name] = (step.image, client.images.get(step.image).id)
-    return lambda step: images[step.name]
-
-
 def run_request(request: RunRequest) -> dict[str, Any]:
     """Run what was asked and return a summary (raises RunFailed / BlockkitError)."""
     say = request.on_message or (lambda text: None)
@@ -105,10 +88,9 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     say(f"engine: {why}")
     for line in prepare_for_engine(plan, engine, say, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
         say(f"warning: {line}")
-    if engine.name == "docker":
-        removed = engine.remove_orphans()
-        if removed:
-            say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
+    removed = engine.remove_orphans()
+    if removed:
+        say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
     input_dir = None
     if workflow.input:
         if is_uri(workflow.input):
@@ -145,8 +127,10 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         on_log_line=live.wrap_log(request.on_log_line),
         env_for_step=env_for_step,
         redact=redact,
-        image_for_step=_docker_images(plan, engine, say),
+        image_for_step=engine.prepare_images(plan, say),
         input_dir=input_dir,
+        budget=run_budget(engine, request),
+        fail_fast=request.fail_fast,
     )
     run = WorkflowRun(plan, options)
     say(f"run {run.folder.run_id} in {run.folder.path}")
@@ -176,6 +160,32 @@ def run_request(request: RunRequest) -> dict[str, Any]:
             for name, rec in run.records.items()
         },
     }
+
+
+#: --jobs not given: no limit on the number of steps, only on their CPUs and memory.
+UNLIMITED_JOBS = 1 << 16
+
+
+def run_budget(engine: Engine, request: RunRequest) -> Budget:
+    """What running steps may use at once: the engine's machine, narrowed by --jobs/--max-cpus/--max-memory."""
+    import os
+
+    from blockkit.runner.plan import engine_capacity, parse_cpus, parse_memory
+
+    cpus, memory = engine_capacity(engine)
+    # The same limits as the machine types' caps (prepare_for_engine): options, else the environment.
+    max_cpus = request.max_cpus if request.max_cpus is not None else parse_cpus(os.environ.get("BLOCKKIT_MAX_CPUS"))
+    max_memory = request.max_memory_mb if request.max_memory_mb is not None else parse_memory(
+        os.environ.get("BLOCKKIT_MAX_MEMORY"))
+    if max_cpus is not None:
+        cpus = min(cpus, max_cpus)
+    if max_memory is not None:
+        memory = min(memory, max_memory)
+    if request.jobs is not None and request.jobs < 1:
+        raise WorkflowError(f"--jobs must be at least 1 (got {request.jobs})")
+    # Without --jobs the CPUs and memory of the steps' machine types decide how many run at once.
+    jobs = request.jobs if request.jobs is not None else UNLIMITED_JOBS
+    return Budget(jobs=jobs, cpus=cpus, memory_mb=memory)
 
 
 def final_steps(plan: Plan) -> list[str]:
@@ -244,7 +254,7 @@ class LiveSteps:
             if kind == "started":
                 self.running[step] = self.clock()
                 self.progress.pop(step, None)
-            elif kind in ("done", "failed", "cached", "skipped"):
+            elif kind in ("done", "failed", "cached", "skipped", "interrupted"):
                 self.running.pop(step, None)
                 self.progress.pop(step, None)
             if on_event is not None:

@@ -1,0 +1,84 @@
+"""The one Docker client module: connecting to the daemon and its errors (used by the engine and builds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from blockkit.contract.errors import BlockkitError, ExitCode
+
+if TYPE_CHECKING:  # the docker SDK is an optional dependency
+    import docker
+
+
+class DockerError(BlockkitError):
+    """The Docker engine itself failed (not the block)."""
+
+    exit_code = ExitCode.UNEXPECTED_ERROR
+
+
+class DockerUnavailableError(DockerError):
+    """No Docker daemon answers (or the docker SDK is not installed)."""
+
+
+class ImageMissingError(DockerError):
+    """A step's image does not exist locally (and nothing can be pulled)."""
+
+
+def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
+    """Return a client connected to a live daemon, or raise DockerUnavailableError."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise DockerUnavailableError(
+            "the docker SDK is not installed: pip install 'blockkit[docker]'"
+        ) from exc
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure here means no usable daemon
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise DockerUnavailableError(
+            f"no Docker daemon answers at {where}; start one "
+            "(as root: bash .ci/docker-setup.sh) or use --engine process"
+        ) from exc
+    return client
+
+
+def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
+    """A client of a daemon that answers within `timeout` seconds, else None (no exception)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    # Without DOCKER_HOST the SDK talks to the default socket: no socket, no daemon.
+    if not host and not Path("/var/run/docker.sock").exists():
+        return None
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+    except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
+        return None
+    try:
+        if client.ping():
+            # The short timeout was for the question; steps and builds need a patient client.
+            client.api.timeout = 120.0
+            return client
+    except Exception:  # noqa: BLE001
+        pass
+    client.close()
+    return None
+
+
+def docker_available(timeout: float = 2.0) -> bool:
+    """Tell quickly whether a Docker daemon answers."""
+    client = connect_if_available(timeout)
+    if client is None:
+        return False
+    client.close()
+    return True
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a docker error: the daemon's own words (APIError.explanation), not the HTTP status and URL."""
+    text = str(getattr(exc, "explanation", None) or exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
