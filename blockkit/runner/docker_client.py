@@ -32,7 +32,7 @@ def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
         import docker
     except ImportError as exc:
         raise DockerUnavailableError(
-            "the docker SDK is not installed: pip install 'blockkit[docker]'"
+            "the docker SDK is not installed: pip install 'blockkit-eo[docker]'"
         ) from exc
     try:
         client = docker.from_env(timeout=timeout)

@@ -15,7 +15,7 @@ def _docker() -> tuple[Engine, str]:
     try:
         from blockkit.runner.docker_engine import DockerEngine, connect_if_available
     except ImportError as exc:
-        raise WorkflowError(f"the docker engine needs the docker package: pip install 'blockkit[docker]' ({exc})") from None
+        raise WorkflowError(f"the docker engine needs the docker package: pip install 'blockkit-eo[docker]' ({exc})") from None
     client = connect_if_available()
     if client is None:
         raise WorkflowError("--engine docker: no Docker daemon answers; start one or use --engine process")

@@ -91,6 +91,11 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     removed = engine.remove_orphans()
     if removed:
         say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
+    if workflow.output and is_uri(workflow.output) and not request.resume:
+        # Stage-out never overwrites: a full target fails now, not after every step has run.
+        from blockkit.runner.staging import check_output_targets
+
+        check_output_targets(final_steps(plan), workflow.output, workflow)
     input_dir = None
     if workflow.input:
         if is_uri(workflow.input):

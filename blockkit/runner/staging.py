@@ -53,6 +53,23 @@ def seal_staged(target: Path) -> None:
         raise WrongInputError(f"{err.message} ({target})") from None
 
 
+def output_targets(finals: list[str], target: str) -> list[tuple[str, str]]:
+    """(step, URI) pairs a run's outputs go to: the target itself, or one prefix per final step."""
+    if len(finals) == 1:
+        return [(finals[0], target)]
+    return [(name, f"{target.rstrip('/')}/{name}/") for name in finals]
+
+
+def check_output_targets(finals: list[str], target: str, workflow: Workflow) -> None:
+    """Refuse before any step runs when a stage-out target already holds files (stage-out never overwrites)."""
+    from blockkit.storage import check_target
+
+    key = workflow.keys.get("output")
+    keystore = _keystore() if key else None
+    for _name, uri in output_targets(finals, target):
+        check_target(uri, keystore=keystore, key=key)
+
+
 def stage_out_outputs(run: "WorkflowRun", finals: list[str], target: str, workflow: Workflow,
                       say: Callable[[str], None]) -> list[str]:
     """Upload each final step's output to the target URI (one prefix per step when several)."""
@@ -61,8 +78,7 @@ def stage_out_outputs(run: "WorkflowRun", finals: list[str], target: str, workfl
     key = workflow.keys.get("output")
     keystore = _keystore() if key else None
     results = []
-    for name in finals:
-        uri = target if len(finals) == 1 else f"{target.rstrip('/')}/{name}/"
+    for name, uri in output_targets(finals, target):
         catalog = stage_out(run.folder.output_dir(name), uri, keystore=keystore, key=key)
         say(f"staged out {name!r}: {catalog}")
         results.append(catalog)

@@ -183,3 +183,16 @@ def test_stac_to_s3_docker_engine(setup: dict[str, Any], seaweed: Any, docker_cl
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLOCKKIT_BASE_IMAGE", base_image)
     run_and_check(setup, seaweed, "docker")
+
+
+def test_a_full_output_target_is_refused_before_any_step_runs(setup: dict[str, Any], seaweed: Any) -> None:
+    """Stage-out never overwrites: a re-run to the same S3 prefix stops before running, not after."""
+    from blockkit.storage.errors import TargetNotEmpty
+
+    client = seaweed.client()
+    client.put_object(Bucket=setup["bucket"], Key="results/earlier.txt", Body=b"an earlier result")
+    with pytest.raises(TargetNotEmpty, match="results"):
+        run_request(RunRequest(target=setup["workflow"], engine="process", runs_dir=setup["runs"], use_cache=False))
+    assert not list(setup["runs"].glob("*/steps/ndvi/output")), "a step ran although its output had nowhere to go"
+    body = client.get_object(Bucket=setup["bucket"], Key="results/earlier.txt")["Body"].read()
+    assert body == b"an earlier result"
