@@ -17,7 +17,7 @@ Mapping (see docs/cwl.md):
   * `machine.type` -> `ResourceRequirement`; `blockkit.network` -> `NetworkAccess`;
     a timeout -> `ToolTimeLimit` (the entrypoint also enforces it, exit 124);
   * `scatter: features` -> three workflow steps: `<step>__split` (one folder per feature,
-    `python -m blockkit.export.scatter split` in the block image), `<step>__each` (the
+    `python -m blockkit.runtime.scatter split` in the block image), `<step>__each` (the
     block's tool, CWL `scatter` over the parts: ScatterFeatureRequirement) and `<step>`
     (`... scatter merge`: one output folder, so downstream steps read `<step>/output`);
   * the workflow's `output:` and `keys:` have no CWL equivalent: the export refuses them
@@ -54,7 +54,7 @@ CWL_TYPES: dict[str, str] = {
 }
 FAN_IN_DIR = "_input"  # step names start with a letter: these never clash with a step's output folder
 QUICKLOOK_DIR = "_quicklooks"
-SCATTER_ENTRYPOINT = ["python", "-m", "blockkit.export.scatter"]
+SCATTER_ENTRYPOINT = ["python", "-m", "blockkit.runtime.scatter"]
 PARTS_DIR = "_parts"
 #: Resources of the split and merge tools (they only link or copy files).
 SCATTER_HELPER_RESOURCES = {"coresMin": 1, "ramMin": 512}
@@ -269,7 +269,7 @@ def _split_tool(step: PlannedStep, image: str, names: _ToolInputs) -> dict[str, 
         "class": "CommandLineTool",
         "id": split_tool_id(step.name),
         "label": f"split the input of step {step.name!r} into one folder per feature",
-        "doc": "Each part holds a data.json with one feature and only that feature's files (blockkit.export.scatter).",
+        "doc": "Each part holds a data.json with one feature and only that feature's files (blockkit.runtime.scatter).",
         "requirements": requirements,
         "baseCommand": list(SCATTER_ENTRYPOINT),
         "arguments": arguments,
@@ -294,7 +294,7 @@ def _merge_tool(step: PlannedStep, image: str) -> dict[str, Any]:
         "id": merge_tool_id(step.name),
         "label": f"merge the per-feature outputs of step {step.name!r}",
         "doc": ("One data.json (ids unique, data paths prefixed <part>/), every part's files under <part>/, "
-                "quicklooks under <part>/, and a STAC catalog (blockkit.export.scatter)."),
+                "quicklooks under <part>/, and a STAC catalog (blockkit.runtime.scatter)."),
         "requirements": {"DockerRequirement": {"dockerPull": image},
                          "ResourceRequirement": dict(SCATTER_HELPER_RESOURCES)},
         "baseCommand": list(SCATTER_ENTRYPOINT),

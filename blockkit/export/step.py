@@ -20,23 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from blockkit.runtime.propagation import fan_in_feature
+from blockkit.runtime.propagation import merge_upstreams
 from blockkit.contract.datajson import FeatureCollection, load_data_json, write_data_json
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, NoOutputError, WrongInputError
 
 #: The entry command of images made by `blockkit build` (Dockerfile.base's CMD).
 DEFAULT_COMMAND = ("python", "/block/src/run.py")
 DEFAULT_WORKDIR = "/block"
-
-
-def merge_upstreams(folder: Path, upstreams: Sequence[str]) -> FeatureCollection:
-    """Write the fan-in data.json into `folder`, whose `<step>/` subfolders hold each upstream output."""
-    merged = FeatureCollection()
-    for up in upstreams:
-        # The runner's own rewriting, so the block sees the same input.
-        merged.features.extend(fan_in_feature(up, f) for f in load_data_json(folder / up, required=False))
-    write_data_json(folder, merged)
-    return merged
 
 
 def task_parameters(env: Mapping[str, str], secrets: Mapping[str, tuple[str, str]]) -> str:

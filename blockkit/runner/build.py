@@ -272,7 +272,7 @@ def read_manifest(block_dir: Path) -> dict[str, Any]:
     try:
         from blockkit.contract.manifest import load_manifest
     except ImportError:  # the validator is optional for building: fall back to plain JSON
-        load_manifest = None
+        load_manifest = None  # type: ignore[assignment]
     if load_manifest is not None:
         manifest = dict(load_manifest(path).raw)  # raises ManifestError listing every problem
     else:
@@ -554,10 +554,10 @@ def _limit_warnings(
     asked = _top_level(requirements)
     limited = {name: value for name, value in limited.items() if name in asked}
 
-    resolved = {}
+    resolved: dict[str, Any] = {}
     for wheel in subset.glob("*.whl"):
-        name, version, *_ = parse_wheel_filename(wheel.name)
-        resolved[str(name)] = version
+        wheel_name, version, *_ = parse_wheel_filename(wheel.name)
+        resolved[str(wheel_name)] = version
     lines = []
     for name, (newest, spec) in sorted(limited.items()):
         got = resolved.get(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,7 @@ def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
             "the docker SDK is not installed: pip install 'blockkit-eo[docker]'"
         ) from exc
     try:
-        client = docker.from_env(timeout=timeout)
+        client = docker.from_env(timeout=int(timeout))
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure here means no usable daemon
         where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -55,13 +56,13 @@ def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
     try:
         import docker
 
-        client = docker.from_env(timeout=timeout)
+        client = docker.from_env(timeout=max(1, int(timeout)))
     except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
         return None
     try:
         if client.ping():
             # The short timeout was for the question; steps and builds need a patient client.
-            client.api.timeout = 120.0
+            client.api.timeout = 120
             return client
     except Exception:  # noqa: BLE001
         pass
@@ -82,3 +83,17 @@ def error_line(exc: BaseException) -> str:
     """One line for a docker error: the daemon's own words (APIError.explanation), not the HTTP status and URL."""
     text = str(getattr(exc, "explanation", None) or exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+#: The label every container a blockkit runner starts carries (the orphan sweep looks for it).
+CONTAINER_LABEL = "blockkit"
+
+
+def owner_labels() -> dict[str, str]:
+    """Labels naming the runner that owns a container: host, process namespace and pid."""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""  # no /proc: such containers are never swept as orphans
+    return {CONTAINER_LABEL: "1", "blockkit.host": socket.gethostname(), "blockkit.pidns": pidns,
+            "blockkit.pid": str(os.getpid())}

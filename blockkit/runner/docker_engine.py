@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, ExitCode
 from blockkit.runner.docker_client import (  # noqa: F401 - re-exported: the engine's errors and client
+    CONTAINER_LABEL,
     DockerError,
     DockerUnavailableError,
     ImageMissingError,
@@ -27,6 +28,7 @@ from blockkit.runner.docker_client import (  # noqa: F401 - re-exported: the eng
     docker_available,
     docker_client,
     error_line,
+    owner_labels,
 )
 from blockkit.runner.engine import Engine, LogSink, StepResult, StepSpec
 from blockkit.runner.isolation import Watchdog
@@ -38,7 +40,6 @@ if TYPE_CHECKING:  # the docker SDK is an optional dependency
     from blockkit.runner.plan import Plan, PlannedStep
 
 
-CONTAINER_LABEL = "blockkit"
 INPUT_DIR = "/tmp/input"
 OUTPUT_DIR = "/tmp/output"
 QUICKLOOK_DIR = "/tmp/quicklooks"
@@ -198,6 +199,7 @@ class DockerEngine(Engine):
         started = time.time()
         container = None
         # If this runner is killed (even by kill -9), a watchdog process removes the container.
+        assert image.id is not None  # an image the daemon returned always has one
         socket_path = _docker_socket()
         watchdog = Watchdog.for_container(socket_path, name) if socket_path else None
         try:
@@ -420,16 +422,6 @@ def block_options(spec: StepSpec, image: Any) -> dict[str, Any]:
             data = None
     options = data.get("blockkit") if isinstance(data, dict) else None
     return options if isinstance(options, dict) else {}
-
-
-def owner_labels() -> dict[str, str]:
-    """Labels naming the runner that owns a container: host, process namespace and pid."""
-    try:
-        pidns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pidns = ""  # no /proc: such containers are never swept as orphans
-    return {CONTAINER_LABEL: "1", "blockkit.host": socket.gethostname(), "blockkit.pidns": pidns,
-            "blockkit.pid": str(os.getpid())}
 
 
 def _pid_alive(pid: str) -> bool:

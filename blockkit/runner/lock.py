@@ -130,7 +130,7 @@ def runner_gone(run_dir: Path, runner: dict[str, object] | None) -> bool:
     lock = run_dir / RUN_LOCK
     if runner and runner.get("host") == socket.gethostname():
         try:
-            os.kill(int(runner.get("pid") or 0), 0)
+            os.kill(int(str(runner.get("pid") or 0)), 0)
         except ProcessLookupError:
             return True
         except (PermissionError, ValueError, TypeError, OverflowError):

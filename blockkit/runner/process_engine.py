@@ -140,7 +140,7 @@ class _MemoryWatch(threading.Thread):
 
     INTERVAL_S = 0.5
 
-    def __init__(self, proc: subprocess.Popen[str], limit_bytes: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], limit_bytes: int) -> None:
         super().__init__(name=f"memory-{proc.pid}", daemon=True)
         self.proc = proc
         self.limit = limit_bytes

@@ -220,7 +220,11 @@ class CacheIndex:
 
     def evict(self, key: str, rel: str) -> None:
         """Forget this key's entry if it still names `rel`."""
-        self.update(lambda entries: entries.pop(key) if entries.get(key) == rel else None)
+        def drop(entries: dict[str, str]) -> None:
+            if entries.get(key) == rel:
+                del entries[key]
+
+        self.update(drop)
 
 
 @dataclass
@@ -541,11 +545,11 @@ class WorkflowRun:
 
         Each run sees a data.json with its one feature and only that feature's files (hard
         links), as the exported CWL's split step gives it; parts run at once within the
-        budget; the merge follows `blockkit.export.scatter.merge`, so both agree.
+        budget; the merge follows `blockkit.runtime.scatter.merge`, so both agree.
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        from blockkit.export.scatter import merge, split
+        from blockkit.runtime.scatter import merge, split
 
         engine = self.options.engine
         started = time.time()

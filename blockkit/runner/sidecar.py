@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from blockkit.runner.engine import StepSpec
+if TYPE_CHECKING:
+    from blockkit.runner.engine import StepSpec
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
@@ -48,7 +49,7 @@ def docker_gateway(
     from docker.types import Mount
 
     from blockkit.gateway import client_env
-    from blockkit.runner.docker_engine import owner_labels
+    from blockkit.runner.docker_client import owner_labels
 
     mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
     for name, folder in gateway_buckets(spec, upstream).items():

@@ -10,9 +10,9 @@ import shutil
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from blockkit.contract.datajson import DATA_PATH, RESERVED_PREFIXES, check_data_path, data_path_of
+from blockkit.contract.datajson import DATA_PATH, RESERVED_PREFIXES, FeatureCollection, check_data_path, data_path_of
 from blockkit.contract.errors import WrongInputError
 
 _KEEP = object()
@@ -268,6 +268,21 @@ def _unclash(forwarded: list[dict[str, Any]], existing: list[dict[str, Any]]) ->
             out["id"] = f"{out['id']}-input"
         taken.add(out.get("id"))
     return forwarded
+
+
+def merge_upstreams(folder: Path, upstreams: Sequence[str]) -> FeatureCollection:
+    """Write the fan-in data.json into `folder`, whose `<step>/` subfolders hold each upstream output.
+
+    The runner's own rewriting (`fan_in_feature`), for engines that run a fan-in step
+    elsewhere (the CWL step entrypoint, the scatter split).
+    """
+    from blockkit.contract.datajson import load_data_json, write_data_json
+
+    merged = FeatureCollection()
+    for up in upstreams:
+        merged.features.extend(fan_in_feature(up, f) for f in load_data_json(folder / up, required=False))
+    write_data_json(folder, merged)
+    return merged
 
 
 def fan_in_feature(step: str, feature: Mapping[str, Any]) -> dict[str, Any]:

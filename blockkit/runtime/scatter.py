@@ -1,11 +1,11 @@
 """Scatter over features (`scatter: features`) as CWL runs it: split, one block run per part, merge.
 
-`python -m blockkit.export.scatter split ...` runs in the block's image before the
+`python -m blockkit.runtime.scatter split ...` runs in the block's image before the
 scattered step: it writes one folder per input feature (`<parts>/<name>/`: a data.json
 with that one feature and only that feature's files, hard-linked when the engine staged
 the input on the same file system, else copied) and a `cwl.output.json` that lists the
 parts in input order, with their names. The engine then runs the block once per part
-(CWL `scatter`, ScatterFeatureRequirement), and `python -m blockkit.export.scatter merge ...`
+(CWL `scatter`, ScatterFeatureRequirement), and `python -m blockkit.runtime.scatter merge ...`
 joins the per-feature outputs into one folder:
 
 * one data.json: the parts' features in input order; ids are kept, except that an id an
@@ -168,7 +168,7 @@ def merge(
 
 
 def _argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m blockkit.export.scatter", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m blockkit.runtime.scatter", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     s = sub.add_parser("split", help="one folder per input feature, listed in cwl.output.json")
     s.add_argument("--step", required=True, help="step name (for messages)")
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.action == "split":
             if args.fan_in is not None:
-                from blockkit.export.step import merge_upstreams
+                from blockkit.runtime.propagation import merge_upstreams
 
                 merge_upstreams(args.fan_in, args.upstream)
                 input_dir = args.fan_in
