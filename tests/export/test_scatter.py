@@ -13,7 +13,7 @@ import yaml
 
 from blockkit.contract.datajson import load_data_json, write_data_json
 from blockkit.contract.errors import ExitCode, NoInputError, WrongInputError
-from blockkit.export import scatter
+from blockkit.runtime import scatter
 from blockkit.export.cwl import export_cwl
 from blockkit.runner.plan import plan_workflow
 from blockkit.runner.workflow import load_workflow, parse_workflow

@@ -262,7 +262,7 @@ def test_a_scattered_step_runs_once_per_feature_and_merges_like_the_cwl_export(t
     # One run per feature, each seeing its one feature and only that feature's file.
     assert [(out / f"item{i}" / "seen.txt").read_text() for i in range(3)] == [
         f"item{i}|data.json item{i}.txt" for i in range(3)]
-    # Merged by blockkit.export.scatter.merge: paths under <part>/, ids made unique.
+    # Merged by blockkit.runtime.scatter.merge: paths under <part>/, ids made unique.
     assert [f["properties"]["up42.data_path"] for f in fc["features"]] == [f"item{i}/seen.txt" for i in range(3)]
     assert [f["id"] for f in fc["features"]] == ["seen", "item1-seen", "item2-seen"]
     assert (par / "logs" / "see.log").read_text().count("running processing block") == 3
