@@ -146,7 +146,9 @@ class SeaweedS3:
             f"-master.port.grpc={grpc['master']}",
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=1024",
-            "-volume.max=0",
+            # Each bucket is a collection that takes several volumes; with "auto" (0) the count
+            # follows free disk and a long test session ran out ("no free volumes left").
+            "-volume.max=2000",
             f"-volume.port={ports['volume']}",
             f"-volume.port.grpc={grpc['volume']}",
             "-filer",
