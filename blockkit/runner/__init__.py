@@ -1,0 +1,109 @@
+"""The workflow runner: workflows, planning, engines, runs and block images.
+
+For a program embedding the runner: `run_request(RunRequest(target=...))` does what `blockkit run`
+does; `load_workflow` / `plan_workflow` check a workflow without running it. For an extender: a new
+engine subclasses `Engine` (one module) and registers a factory with `register_engine` (one line);
+`select_engine` is what the runner calls. Errors are in `blockkit.contract.errors`. Every module of this
+package is internal: import from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from blockkit.runner.session import RunRequest, run_request
+    from blockkit.runner.workflow import (
+        StepDef,
+        Workflow,
+        load_workflow,
+        parse_workflow,
+        single_block_workflow,
+    )
+    from blockkit.runner.plan import Plan, PlannedStep, plan_workflow
+    from blockkit.runner.engine import (
+        Engine,
+        LogSink,
+        Resources,
+        StepResult,
+        StepSpec,
+        register_engine,
+        registered_engines,
+    )
+    from blockkit.runner.engines import ENGINE_NAMES, select_engine
+    from blockkit.runner.process_engine import ProcessEngine
+    from blockkit.runner.docker_engine import DockerEngine
+    from blockkit.runner.run import RunOptions, WorkflowRun
+    from blockkit.runner.build import BuiltImage, build_block_image
+
+# Each public name and the module that defines it (imported on first access).
+_EXPORTS = {
+    "RunRequest": "blockkit.runner.session",
+    "run_request": "blockkit.runner.session",
+    "StepDef": "blockkit.runner.workflow",
+    "Workflow": "blockkit.runner.workflow",
+    "load_workflow": "blockkit.runner.workflow",
+    "parse_workflow": "blockkit.runner.workflow",
+    "single_block_workflow": "blockkit.runner.workflow",
+    "Plan": "blockkit.runner.plan",
+    "PlannedStep": "blockkit.runner.plan",
+    "plan_workflow": "blockkit.runner.plan",
+    "Engine": "blockkit.runner.engine",
+    "LogSink": "blockkit.runner.engine",
+    "Resources": "blockkit.runner.engine",
+    "StepResult": "blockkit.runner.engine",
+    "StepSpec": "blockkit.runner.engine",
+    "register_engine": "blockkit.runner.engine",
+    "registered_engines": "blockkit.runner.engine",
+    "ENGINE_NAMES": "blockkit.runner.engines",
+    "select_engine": "blockkit.runner.engines",
+    "ProcessEngine": "blockkit.runner.process_engine",
+    "DockerEngine": "blockkit.runner.docker_engine",
+    "RunOptions": "blockkit.runner.run",
+    "WorkflowRun": "blockkit.runner.run",
+    "BuiltImage": "blockkit.runner.build",
+    "build_block_image": "blockkit.runner.build",
+}
+
+__all__ = [
+    "ENGINE_NAMES",
+    "BuiltImage",
+    "DockerEngine",
+    "Engine",
+    "LogSink",
+    "Plan",
+    "PlannedStep",
+    "ProcessEngine",
+    "Resources",
+    "RunOptions",
+    "RunRequest",
+    "StepDef",
+    "StepResult",
+    "StepSpec",
+    "Workflow",
+    "WorkflowRun",
+    "build_block_image",
+    "load_workflow",
+    "parse_workflow",
+    "plan_workflow",
+    "register_engine",
+    "registered_engines",
+    "run_request",
+    "select_engine",
+    "single_block_workflow",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (keeps `import blockkit` light)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,138 @@
+"""What runs inside a block: the block decorators and context, feature propagation, STAC inputs, and the
+raster, geometry and band helpers for block authors.
+
+`blockkit.runtime.raster`, `.geometry` and `.bands` are public modules (they import rasterio, numpy or
+shapely, so they load only when used); `blockkit.runtime.scatter` is the `python -m` entry point of a
+scattered CWL step. Every other module here is internal.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from blockkit.runtime.block import DataBlock, ProcessingBlock, data_block, processing_block, read_input
+    from blockkit.runtime.context import BlockContext, get_logger
+    from blockkit.runtime.query import Query
+    from blockkit.runtime.progress import ProgressReporter
+    from blockkit.runtime.propagation import (
+        derive_feature,
+        fan_in_feature,
+        forward_all,
+        forward_feature,
+        local_assets,
+        make_feature,
+    )
+    from blockkit.runtime.stac import features_from_catalog, write_catalog
+    from blockkit.runtime.bands import BandRef, band_index, band_stack, has_bands, locate_bands, stack_vrt
+    from blockkit.runtime.geometry import (
+        aoi_area_km2,
+        bbox_of,
+        bbox_to_polygon,
+        check_aoi_size,
+        clip_to_aoi,
+        utm_epsg,
+        utm_zone,
+        with_bbox,
+    )
+    from blockkit.runtime.raster import (
+        iter_windows,
+        map_windows,
+        write_cog,
+        write_quicklook,
+        write_vector_quicklook,
+    )
+
+# Each public name and the module that defines it (imported on first access).
+_EXPORTS = {
+    "DataBlock": "blockkit.runtime.block",
+    "ProcessingBlock": "blockkit.runtime.block",
+    "data_block": "blockkit.runtime.block",
+    "processing_block": "blockkit.runtime.block",
+    "read_input": "blockkit.runtime.block",
+    "BlockContext": "blockkit.runtime.context",
+    "get_logger": "blockkit.runtime.context",
+    "Query": "blockkit.runtime.query",
+    "ProgressReporter": "blockkit.runtime.progress",
+    "derive_feature": "blockkit.runtime.propagation",
+    "fan_in_feature": "blockkit.runtime.propagation",
+    "forward_all": "blockkit.runtime.propagation",
+    "forward_feature": "blockkit.runtime.propagation",
+    "local_assets": "blockkit.runtime.propagation",
+    "make_feature": "blockkit.runtime.propagation",
+    "features_from_catalog": "blockkit.runtime.stac",
+    "write_catalog": "blockkit.runtime.stac",
+    "BandRef": "blockkit.runtime.bands",
+    "band_index": "blockkit.runtime.bands",
+    "band_stack": "blockkit.runtime.bands",
+    "has_bands": "blockkit.runtime.bands",
+    "locate_bands": "blockkit.runtime.bands",
+    "stack_vrt": "blockkit.runtime.bands",
+    "aoi_area_km2": "blockkit.runtime.geometry",
+    "bbox_of": "blockkit.runtime.geometry",
+    "bbox_to_polygon": "blockkit.runtime.geometry",
+    "check_aoi_size": "blockkit.runtime.geometry",
+    "clip_to_aoi": "blockkit.runtime.geometry",
+    "utm_epsg": "blockkit.runtime.geometry",
+    "utm_zone": "blockkit.runtime.geometry",
+    "with_bbox": "blockkit.runtime.geometry",
+    "iter_windows": "blockkit.runtime.raster",
+    "map_windows": "blockkit.runtime.raster",
+    "write_cog": "blockkit.runtime.raster",
+    "write_quicklook": "blockkit.runtime.raster",
+    "write_vector_quicklook": "blockkit.runtime.raster",
+}
+
+__all__ = [
+    "BandRef",
+    "BlockContext",
+    "DataBlock",
+    "ProcessingBlock",
+    "ProgressReporter",
+    "Query",
+    "aoi_area_km2",
+    "band_index",
+    "band_stack",
+    "bbox_of",
+    "bbox_to_polygon",
+    "check_aoi_size",
+    "clip_to_aoi",
+    "data_block",
+    "derive_feature",
+    "fan_in_feature",
+    "features_from_catalog",
+    "forward_all",
+    "forward_feature",
+    "get_logger",
+    "has_bands",
+    "iter_windows",
+    "local_assets",
+    "locate_bands",
+    "make_feature",
+    "map_windows",
+    "processing_block",
+    "read_input",
+    "stack_vrt",
+    "utm_epsg",
+    "utm_zone",
+    "with_bbox",
+    "write_catalog",
+    "write_cog",
+    "write_quicklook",
+    "write_vector_quicklook",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (keeps `import blockkit` light)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -181,7 +181,17 @@ def stack_vrt(refs: Sequence[BandRef], label: str = "bands") -> str:
 def band_stack(
     feature: Mapping[str, Any], base_dir: Path | str, names: Sequence[str], *, scratch: Path | None = None
 ) -> Iterator[Path]:
-    """A VRT file stacking the named bands of a feature (band i = names[i-1]), removed afterwards."""
+    """A VRT file stacking the named bands of a feature (band i = names[i-1]), removed afterwards.
+
+    A context manager: ``with band_stack(feature, ctx.input_dir, ["red", "nir"]) as vrt: ...``.
+
+    Parameters:
+        feature: a data.json feature whose data_path or `assets` hold the bands.
+        base_dir: the folder data.json's relative paths start from (the block's input folder).
+        names: the bands to stack, in output order, each a common name, band name or single-band
+            asset key (case-insensitive; see `band_index`).
+        scratch: where the temporary VRT is written (default: the system's temporary folder).
+    """
     refs = locate_bands(feature, base_dir, names)
     xml = stack_vrt(refs, f"feature {feature.get('id', '?')!r}")
     with tempfile.TemporaryDirectory(prefix="blockkit-bands-", dir=scratch) as tmp:

@@ -30,7 +30,14 @@ def make_feature(
     properties: Mapping[str, Any] | None = None,
     feature_id: str | None = None,
 ) -> dict[str, Any]:
-    """A GeoJSON feature with an id (a new UUID unless given) and an optional data link."""
+    """A GeoJSON feature with an id (a new UUID unless given) and an optional data link.
+
+    Parameters:
+        geometry: the GeoJSON geometry (None for a feature without geometry).
+        data_path: the output file or folder, relative to the output folder (`up42.data_path`).
+        properties: the feature's properties.
+        feature_id: the feature id (default: a new UUID).
+    """
     props = dict(properties or {})
     if data_path is not None:
         props[DATA_PATH] = data_path
@@ -50,7 +57,18 @@ def derive_feature(
     geometry: Any = _KEEP,
     id: str | None = None,  # noqa: A002 - GeoJSON's own name
 ) -> dict[str, Any]:
-    """A new feature derived from an input feature (metadata propagation, SPEC §2)."""
+    """A new feature derived from an input feature (metadata propagation, SPEC §2).
+
+    The input's inheritable properties are kept (not its data link), then ``properties`` is
+    applied on top.
+
+    Parameters:
+        feature: the input feature.
+        data_path: the new feature's output file or folder, relative to the output folder.
+        properties: properties that add to or replace the inherited ones.
+        geometry: the new geometry (default: a copy of the input's; None removes it).
+        id: the new feature's id (default: the input's id, else a new UUID).
+    """
     props = inheritable(feature.get("properties"))
     props.update(properties or {})
     return make_feature(
@@ -183,7 +201,16 @@ def forward_feature(
     feature: Mapping[str, Any], input_dir: Path, output_dir: Path, *, prefix: str = "",
     on_link: LinkHook | None = None,
 ) -> dict[str, Any]:
-    """Copy a feature to the output, hard-linking its data under `prefix/` (data forwarding)."""
+    """Copy a feature to the output, hard-linking its data under `prefix/` (data forwarding).
+
+    Parameters:
+        feature: the input feature; its data_path and local assets are forwarded.
+        input_dir: the folder the feature's relative paths start from.
+        output_dir: the output folder the data is linked (or copied) into.
+        prefix: a subfolder of the output for the forwarded data (default: the same relative path).
+        on_link: ``on_link(before, after)`` sees each linked source file's stat before and after
+            the link (see `link_tree`).
+    """
     out = copy.deepcopy(dict(feature))
     value = data_path_of(out)
     if value is None:
@@ -235,7 +262,15 @@ def forward_all(
     features: list[dict[str, Any]], existing: list[dict[str, Any]], input_dir: Path, output_dir: Path,
     *, on_link: LinkHook | None = None,
 ) -> list[dict[str, Any]]:
-    """Forward input features next to existing output ones; a clashing id gets an `-input` suffix."""
+    """Forward input features next to existing output ones; a clashing id gets an `-input` suffix.
+
+    Parameters:
+        features: the input features to forward (see `forward_feature`).
+        existing: the output features already written, whose ids take precedence.
+        input_dir: the folder the input features' relative paths start from.
+        output_dir: the output folder the data is linked into.
+        on_link: ``on_link(before, after)`` for each linked source file (see `forward_feature`).
+    """
     return _unclash([forward_feature(feature, input_dir, output_dir, on_link=on_link) for feature in features],
                     existing)
 

@@ -172,8 +172,27 @@ def map_windows(
 ) -> Path:
     """Apply ``func`` window by window to a GeoTIFF and write a tiled, compressed GeoTIFF.
 
-    ``progress(done, total)`` is called as windows are written; by default, inside a step of
-    the blockkit runner, windows done/total are reported to it as a progress bar.
+    The output has the source's size, CRS and transform; it is written beside ``dst_path`` and
+    renamed at the end, so a failure never leaves a half-written raster under that name.
+
+    Parameters:
+        src_path: the source raster (any format rasterio reads).
+        dst_path: the GeoTIFF to write (parent folders are created); returned.
+        func: called with a (bands, rows, cols) array of one window of the source; returns a
+            (count, rows, cols) or, for ``count=1``, a (rows, cols) array.
+        dtype: the output data type (``"float32"``, ``"uint8"``, ...); results are cast to it.
+        count: the number of output bands ``func`` returns.
+        bands: the 1-based source bands ``func`` receives, in that order (default: all).
+        nodata: the output's nodata value (also written where the source is nodata).
+        window_size: rows and columns per window (an int for squares); default: the source's
+            internal tiles when sensible, else 512x512.
+        processes: worker processes computing windows (1: in this process); with more than
+            one and a start method other than fork, ``func`` must be picklable.
+        profile_overrides: rasterio profile entries that replace the defaults (tiling,
+            deflate compression with a predictor, BigTIFF when needed).
+        start_method: the multiprocessing start method (default: fork on Linux, else spawn).
+        progress: ``progress(done, total)`` is called as windows are written; by default, inside
+            a step of the blockkit runner, windows done/total are reported to it as a progress bar.
     """
     src_path, dst_path = Path(src_path), Path(dst_path)
     if processes < 1:
@@ -365,7 +384,19 @@ def write_cog(
     blocksize: int = 512,
     overview_resampling: str | None = None,
 ) -> Path:
-    """Write a Cloud-Optimized GeoTIFF from a raster file or a (bands, rows, cols) array."""
+    """Write a Cloud-Optimized GeoTIFF from a raster file or a (bands, rows, cols) array.
+
+    Parameters:
+        source: a raster file path, or an array of shape (bands, rows, cols) or (rows, cols).
+        dst_path: the COG to write (parent folders are created); returned.
+        transform: the affine transform of an array source (required for arrays; ignored for files).
+        crs: the CRS of an array source (ignored for files).
+        nodata: the nodata value of an array source (ignored for files).
+        compress: the GDAL compression (default deflate).
+        blocksize: the COG's tile size in pixels.
+        overview_resampling: the overviews' resampling; default ``average`` for floating-point
+            data, ``nearest`` for integer data (class values must not be averaged).
+    """
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy as rio_copy
 
@@ -419,7 +450,18 @@ def write_quicklook(
     percentiles: tuple[float, float] = (2.0, 98.0),
     per_band: bool = False,
 ) -> Path:
-    """Write a PNG preview at most ``size`` pixels on its long side, with a percentile stretch."""
+    """Write a PNG preview at most ``size`` pixels on its long side, with a percentile stretch.
+
+    Parameters:
+        src_path: the raster to preview.
+        dst_png: the PNG to write; returned.
+        size: the long side of the preview in pixels.
+        bands: 1-based bands shown as red, green, blue (or one band as grey); default 3, 2, 1 when
+            the raster has three bands or more, else band 1.
+        percentiles: the low and high percentiles of valid pixels stretched to 0 and 255.
+        per_band: stretch each band on its own (default: one stretch for all bands, which keeps
+            natural colours).
+    """
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.enums import Resampling
 
@@ -494,6 +536,13 @@ def write_vector_quicklook(
     The picture covers exactly the geometries' bounding box, north up, with pixels as wide
     as they are tall on the ground (longitude scaled by cos(latitude)), so a viewer can place
     it at the feature's bounds.
+
+    Parameters:
+        geometries: GeoJSON geometry dicts in WGS84 longitude/latitude.
+        dst_png: the PNG to write; returned.
+        size: the long side of the picture in pixels.
+        fill: the RGBA colour inside polygons.
+        outline: the RGBA colour of polygon outlines and lines.
     """
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.features import rasterize

@@ -29,16 +29,21 @@ from blockkit.stac.model import (
     primary_asset,
 )
 from blockkit.stac.reader import CATALOG_JSON, features_from_catalog
+from blockkit.stac.writer import STAC_VERSION, catalog_dict, output_item, write_catalog
 
 __all__ = [
     "CATALOG_JSON",
     "MEDIA_TYPES",
+    "STAC_VERSION",
     "bbox_of",
+    "catalog_dict",
     "features_from_catalog",
     "folder_name",
     "is_stac",
     "item_datetime",
     "item_feature",
     "media_type",
+    "output_item",
     "primary_asset",
+    "write_catalog",
 ]

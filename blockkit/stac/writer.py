@@ -26,6 +26,14 @@ def output_item(
     """A STAC item (JSON dict) for an output feature: its geometry, bbox, properties and the given assets.
 
     The item lives in `<folder>/<folder>.json` one level below catalog.json (root/parent links `../`).
+
+    Parameters:
+        item_id: the STAC item id.
+        feature: the data.json feature (its blockkit-only properties are dropped).
+        assets: asset key to asset dict (`href`, optional `type`, `roles`, `title`, extra fields);
+            a missing `type` is derived from the href.
+        extensions: the item's `stac_extensions` URLs.
+        now: the time used when the feature has no datetime (default: the time of writing, UTC).
     """
     import pystac
     from pystac.utils import str_to_datetime
@@ -68,7 +76,14 @@ def catalog_dict(item_hrefs: list[str], description: str, catalog_id: str = "cat
 
 def write_catalog(directory: Path, fc: FeatureCollection, *, catalog_id: str = "catalog",
                   description: str = "Outputs written by blockkit") -> Path:
-    """Write a self-contained STAC catalog of the features beside data.json; returns catalog.json."""
+    """Write a self-contained STAC catalog of the features beside data.json; returns catalog.json.
+
+    Parameters:
+        directory: the folder holding data.json; catalog.json and one folder per item go there.
+        fc: the features; each becomes an item whose `data` asset is the feature's data_path.
+        catalog_id: the catalog's id.
+        description: the catalog's description.
+    """
     directory = Path(directory)
     hrefs: list[str] = []
     taken: set[str] = set()
