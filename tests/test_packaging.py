@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHECK = r'''
@@ -29,6 +31,7 @@ print(json.dumps({
 '''
 
 
+@pytest.mark.slow
 def test_installed_wheel_has_template_and_dockerfile(tmp_path: Path) -> None:
     import json
 

@@ -179,6 +179,7 @@ def test_validate_block_without_code(block: Path) -> None:
 # --- new ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_new_block_validates_and_its_tests_pass(tmp_path: Path) -> None:
     result = cli("new", "myblock", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -262,6 +263,7 @@ def test_run_bad_input_exit_4(block: Path, input_dir: Path, tmp_path: Path) -> N
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("data.json"))
 
 
+@pytest.mark.slow
 def test_run_new_block_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("rasterio")
     import numpy as np

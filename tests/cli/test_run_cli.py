@@ -96,6 +96,7 @@ def test_json_summary_and_cached_second_run(workflow: Path, tmp_path: Path) -> N
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
 
 
+@pytest.mark.slow
 def test_auto_engine_says_which(workflow: Path, tmp_path: Path) -> None:
     from blockkit.runner.docker_engine import docker_available
 
@@ -129,6 +130,7 @@ def test_damaged_run_folders_get_one_line(workflow: Path, tmp_path: Path) -> Non
     assert unknown.returncode != 0 and "no run matching 'nope'" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_run_with_a_resume_hint(tmp_path: Path) -> None:
     wf = _chain(tmp_path, "{behaviour: sleep}")
     runs = tmp_path / "runs"

@@ -384,6 +384,7 @@ def _write_many(folder: Path, count: int, bad_index: int | None = None) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_100k_features_load_quickly(indir: Path) -> None:
     _write_many(indir, 100_000)
     start = time.perf_counter()
@@ -393,6 +394,7 @@ def test_100k_features_load_quickly(indir: Path) -> None:
     assert elapsed < 20, f"loading 100k features took {elapsed:.1f} s"
 
 
+@pytest.mark.slow
 def test_one_bad_feature_among_100k_is_named_by_index(indir: Path) -> None:
     _write_many(indir, 100_000, bad_index=73_421)
     err = load_error(indir)

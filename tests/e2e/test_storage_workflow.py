@@ -174,6 +174,7 @@ def run_and_check(setup: dict[str, Any], seaweed: Any, engine: str) -> None:
     check_no_leaks(setup["runs"], setup["secrets"], captured)
 
 
+@pytest.mark.slow
 def test_stac_to_s3_process_engine(setup: dict[str, Any], seaweed: Any) -> None:
     run_and_check(setup, seaweed, "process")
 

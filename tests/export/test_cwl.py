@@ -77,6 +77,7 @@ steps:
 """, "fan.yaml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workflow", EXAMPLE_WORKFLOWS, ids=lambda p: p.name)
 def test_cwltool_validates_every_example_workflow(workflow: Path, tmp_path: Path) -> None:
     _, path = export_file(workflow, tmp_path / "app.cwl")
@@ -90,6 +91,7 @@ def test_example_workflows_exist() -> None:
     assert {p.name for p in EXAMPLE_WORKFLOWS} >= {"ndvi-demo.yaml", "fan-in.yaml"}
 
 
+@pytest.mark.slow
 def test_linear_document_maps_steps_images_params_resources_and_network(tmp_path, blocks) -> None:
     document, path = export_file(linear(tmp_path, blocks), tmp_path / "app.cwl")
     assert cwltool_validate(path).returncode == 0
@@ -127,6 +129,7 @@ def test_linear_document_maps_steps_images_params_resources_and_network(tmp_path
     assert [o["outputSource"] for o in main["outputs"]] == ["up/output"]
 
 
+@pytest.mark.slow
 def test_fan_in_has_one_directory_per_upstream_staged_as_the_runner_lays_it_out(tmp_path, blocks) -> None:
     document, path = export_file(fan_in(tmp_path, blocks), tmp_path / "app.cwl")
     assert cwltool_validate(path).returncode == 0
@@ -141,6 +144,7 @@ def test_fan_in_has_one_directory_per_upstream_staged_as_the_runner_lays_it_out(
     assert "--propagate" in up["arguments"]
 
 
+@pytest.mark.slow
 def test_secrets_never_enter_the_document_and_are_marked_secret(tmp_path, blocks) -> None:
     secret = "hunter2-do-not-leak"
     workflow = write_workflow(tmp_path, f"""
@@ -192,6 +196,7 @@ steps:
     assert not (tmp_path / "app.cwl").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_the_document_and_a_job_order(tmp_path, blocks) -> None:
     input_dir = tmp_path / "scenes"
     write_data_json(input_dir, {"type": "FeatureCollection", "features": []})

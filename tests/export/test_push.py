@@ -170,6 +170,7 @@ def test_no_build_names_a_missing_image(docker_client, base_image, tmp_path) -> 
     assert "is not on this Docker daemon" in result.stderr and "build it first" in result.stderr
 
 
+@pytest.mark.slow
 def test_registry_credentials_are_refused_without_being_printed(tmp_path) -> None:
     blocks = make_blocks(tmp_path / "blocks")
     workflow = tmp_path / "wf.yaml"

@@ -139,6 +139,7 @@ def test_export_refuses_a_scatter_it_cannot_express(tmp_path, blocks, body, mess
 
 # --- workflow output: and keys: --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_refuses_a_workflow_output_with_one_line_then_leaves_it_when_told(tmp_path, blocks) -> None:
     workflow = write_workflow(tmp_path, f"""
 name: publish
@@ -159,6 +160,7 @@ steps:
     assert "note: the workflow's output 's3://results/ndvi/' is not exported" in left.stderr
 
 
+@pytest.mark.slow
 def test_an_input_key_is_refused_unless_the_input_is_given_another_way(tmp_path, blocks) -> None:
     staged = tmp_path / "staged"
     write_data_json(staged, {"type": "FeatureCollection", "features": []})
@@ -338,6 +340,7 @@ def test_merge_refuses_a_part_that_holds_a_symlink_and_writes_nothing_outside(tm
     assert not (out / "x" / "evil").exists() and not (out / "data.json").exists()
 
 
+@pytest.mark.slow
 def test_export_notes_that_a_url_input_needs_a_platform_or_a_local_stage_in(tmp_path, blocks) -> None:
     workflow = write_workflow(tmp_path, f"""
 name: stac

@@ -24,6 +24,7 @@ def aws(served: Served, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_aws_cli_ls_cp_recursive_and_sync(served: Served, tmp_path_factory: pytest.TempPathFactory) -> None:
     listing = aws(served, "s3", "ls", "s3://input/scenes/", "--recursive")
     assert "scenes/2024/a.tif" in listing and "scenes/meta.json" in listing

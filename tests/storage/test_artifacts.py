@@ -32,6 +32,7 @@ def test_upload_and_presigned_get(s3_keystore: Keystore, tmp_path: Path) -> None
     assert requests.get(again, timeout=10).content == f.read_bytes()
 
 
+@pytest.mark.slow
 def test_expired_url_refused_by_store(s3_keystore: Keystore, tmp_path: Path) -> None:
     f = tmp_path / "a.bin"
     f.write_bytes(b"x" * 10)

@@ -86,6 +86,7 @@ def test_null_geometry_bbox_checks_shape_only() -> None:
     assert _problems({"type": "Feature", "geometry": None, "bbox": [1, 2, 3, 4], "properties": {}}) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", ["synthetic-scene", "threshold"])
 def test_example_blocks_write_bbox(tmp_path: Path, block: str) -> None:
     from blockkit.testing import run_block

@@ -76,6 +76,7 @@ def test_concurrent_and_killed_env_builds_leave_only_complete_envs(tmp_path: Pat
     assert len({r.python for r in results}) == 1 and results[0].python.is_file()
 
 
+@pytest.mark.slow
 def test_bad_requirement_is_one_clear_line(tmp_path: Path, monkeypatch) -> None:
     from blockkit.contract.errors import BlockkitError
 
