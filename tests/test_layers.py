@@ -149,3 +149,37 @@ def test_no_import_cycles() -> None:
     """No two modules import each other at run time (type-only imports under TYPE_CHECKING aside)."""
     cycles = _cycles()
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+# Reach-ins still to remove (issue 16): a module using another subpackage's private name.
+KNOWN_REACH_INS = {("blockkit.export.cwl", "blockkit.runner.build._repo_name")}
+
+
+def _private_names_imported(path: Path, module: str) -> set[str]:
+    """`pkg.mod._name` for every underscore name (not a module) `path` imports from blockkit."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level and node.module.startswith("blockkit."):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if alias.name.startswith("_") and not alias.name.startswith("__") and full not in MODULES:
+                    found.add(full)
+    return found
+
+
+def _subpackage(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_module_uses_a_private_name_of_another_subpackage() -> None:
+    """An underscore name defined in a module is private to its subpackage: no other subpackage imports it."""
+    found = {
+        (module, name)
+        for module, path in MODULES.items()
+        for name in _private_names_imported(path, module)
+        if _subpackage(name) != _subpackage(module)
+    }
+    new = sorted(found - KNOWN_REACH_INS)
+    assert not new, "reach-ins into another subpackage's private names:\n" + "\n".join(f"{m} uses {n}" for m, n in new)
+    gone = sorted(KNOWN_REACH_INS - found)
+    assert not gone, f"remove from KNOWN_REACH_INS (fixed): {gone}"
