@@ -79,6 +79,7 @@ def input_dir(tmp_path: Path) -> Path:
 # --- validate -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_validate_good_things(block: Path, input_dir: Path, tmp_path: Path) -> None:
     params = tmp_path / "params.json"
     params.write_text('{"factor": 3}')

@@ -43,6 +43,7 @@ def _fix(wf: Path) -> None:
     wf.write_text(wf.read_text().replace("{behaviour: exit, code: 3}", "{behaviour: ok}"))
 
 
+@pytest.mark.slow
 def test_progress_failure_line_resume_and_runs_commands(workflow: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     failed = cli("run", workflow, "--engine", "process", "--runs-dir", runs)
@@ -72,6 +73,7 @@ def test_progress_failure_line_resume_and_runs_commands(workflow: Path, tmp_path
     assert as_json[0]["run_id"] == run_id and as_json[0]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_json_summary_and_cached_second_run(workflow: Path, tmp_path: Path) -> None:
     _fix(workflow)
     runs = tmp_path / "runs"
@@ -107,6 +109,7 @@ def test_auto_engine_says_which(workflow: Path, tmp_path: Path) -> None:
     assert expected in result.stderr
 
 
+@pytest.mark.slow
 def test_damaged_run_folders_get_one_line(workflow: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     (runs / "broken").mkdir(parents=True)

@@ -23,6 +23,7 @@ def _final(summary: dict) -> dict:
     return json.loads((Path(summary["steps"]["polygons"]["output_dir"]) / "data.json").read_text())
 
 
+@pytest.mark.slow
 def test_demo_runs_and_second_run_is_cached(tmp_path: Path) -> None:
     first, prov = _run(tmp_path, "process")
     assert [s["status"] for s in prov["steps"]] == ["ok"] * 4

@@ -51,6 +51,7 @@ def check_run(summary: dict[str, Any]) -> None:
     assert ("PUT", f"/out/{tif}", 200) in seen
 
 
+@pytest.mark.slow
 def test_s3_gateway_workflow_process_engine(tmp_path: Path) -> None:
     summary = run_request(RunRequest(target=WORKFLOW, engine="process", runs_dir=tmp_path, use_cache=False))
     assert summary["engine"] == "process"

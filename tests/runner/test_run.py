@@ -60,6 +60,7 @@ def test_linear_run_passes_data_and_records_provenance(tmp_path: Path, blocks: d
     assert (run_dir / "logs" / "up.log").read_text().count("running processing block") == 1
 
 
+@pytest.mark.slow
 def test_second_run_is_served_from_cache_and_no_cache_forces(tmp_path: Path, blocks: dict[str, Path]) -> None:
     wf = _linear(tmp_path, blocks)
     first = _run(tmp_path, wf)
@@ -213,6 +214,7 @@ def test_an_unexpected_runner_error_leaves_the_run_marked_failed(tmp_path: Path,
     assert run["steps"]["make"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_memory_past_the_machine_type_is_out_of_memory(tmp_path: Path, blocks: dict[str, Path]) -> None:
     with pytest.raises(RunFailed) as info:
         _run(tmp_path, _linear(tmp_path, blocks, "alloc"))  # 3 GB; machine type "small" has 2048 MB

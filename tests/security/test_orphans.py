@@ -135,6 +135,7 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tmp_path: Path, sig: int, c
             proc.kill()
 
 
+@pytest.mark.slow
 def test_in_process_interrupt_kills_the_step_group(tmp_path: Path) -> None:
     """KeyboardInterrupt raised while a step runs (what Ctrl-C, SIGTERM and SIGHUP become) kills the step."""
     marker = new_marker()
