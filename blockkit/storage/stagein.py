@@ -255,12 +255,8 @@ class _Sources:
     def session(self) -> Any:
         """The http session (made on first use)."""
         if self._session is None:
-            auth = None
-            if self.cred is not None and self.cred.type == "webdav":
-                conf = self.cred.config
-                auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint,  # type: ignore[union-attr, arg-type]
-                                            self.cred.name)
-            self._session = http.session(auth, pool=max(self.opts.workers, 4))
+            dav_key = self.cred if self.cred is not None and self.cred.type == "webdav" else None
+            self._session = webdav.session_for(dav_key, self.opts.workers)
         return self._session
 
     def s3_client(self, region: str | None) -> Any:

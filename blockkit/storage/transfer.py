@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.storage.errors import TooLarge, TransferFailed, UnsafePath
+from blockkit.storage.errors import TargetNotEmpty, TooLarge, TransferFailed, UnsafePath
 
 log = logging.getLogger("blockkit.storage")
 T = TypeVar("T")
@@ -322,3 +322,43 @@ def iter_file(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while data := fh.read(chunk):
             yield data
+
+
+# --- uploads (stage-out) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One local file to publish at `relative` ('/'-separated) under a stage-out target."""
+
+    path: Path
+    relative: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """A small generated file (a STAC item or catalog) written after every upload."""
+
+    relative: str
+    data: bytes
+    content_type: str
+
+
+def upload_all(put: Callable[[Upload], None], uploads: list[Upload], workers: int) -> None:
+    """Call `put` for every upload, `workers` at a time; the first failure is raised."""
+    if workers <= 1 or len(uploads) <= 1:
+        for job in uploads:
+            put(job)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blockkit-ul") as pool:
+        for _ in pool.map(put, uploads):
+            pass
+
+
+def target_not_empty(where: str) -> TargetNotEmpty:
+    """The error for a stage-out target that already holds files."""
+    return TargetNotEmpty(
+        f"{where} already holds files; stage out to a new folder or prefix, or pass --overwrite to replace them"
+    )
