@@ -250,7 +250,8 @@ def upload(
     made: set[str] = set()
     base_path = urlsplit(base).path
     scheme_host = base[: len(base) - len(base_path)] if base_path else base
-    webdav_dirs = sorted({posixpath.dirname(f.relative) for f in [*uploads, *documents]} - {""})
+    relatives = [u.relative for u in uploads] + [d.relative for d in documents]
+    webdav_dirs = sorted({posixpath.dirname(rel) for rel in relatives} - {""})
     mkcol_tree(sess, scheme_host, base_path, policy, made)  # the target collection itself
     for folder in webdav_dirs:
         mkcol_tree(sess, base, folder, policy, made)
