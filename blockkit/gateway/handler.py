@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import errno
 import hashlib
 import ipaddress
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 from urllib.parse import quote
 
-from blockkit.gateway import conditions, s3xml
+from blockkit.gateway import conditions, listing, s3xml
 from blockkit.gateway.body import (
     CHECKSUM_ALGORITHMS,
     CHECKSUM_PREFIX,
@@ -48,6 +47,7 @@ from blockkit.gateway.errors import (
 from blockkit.gateway.etags import EMPTY_MD5, ETagCache, identity
 from blockkit.gateway.metadata import ObjectMeta
 from blockkit.gateway.multipart import MultipartStore, Upload
+from blockkit.gateway.listing import OWNER
 from blockkit.gateway.s3xml import el
 from blockkit.gateway.sigv4 import (
     STREAMING_SIGNED,
@@ -68,7 +68,6 @@ _STDLIB_ERRORS = {
     501: ("NotImplemented", "A header or method you provided implies functionality that is not implemented."),
     505: ("HttpVersionNotSupported", "The HTTP version specified is not supported."),
 }
-OWNER = "<Owner><ID>blockkit</ID><DisplayName>blockkit</DisplayName></Owner>"
 
 # Bucket/object subresources we do not serve: answered with NotImplemented rather than misread as listings.
 UNSUPPORTED = {
@@ -591,89 +590,12 @@ class S3Handler(BaseHTTPRequestHandler):
         return [cache.etag_of(p, st) for p, (_, st) in zip(paths, entries)]
 
     def _list_objects(self, bucket: Bucket, q: dict[str, str], v2: bool) -> None:
-        prefix = q.get("prefix", "")
-        delimiter = q.get("delimiter", "")
-        url = q.get("encoding-type", "") == "url"
-        if q.get("encoding-type") not in (None, "url"):
-            raise invalid_argument("Invalid Encoding Method specified in Request")
-        try:
-            max_keys = min(int(q.get("max-keys", "1000")), 1000)
-        except ValueError:
-            raise invalid_argument("Provided max-keys not an integer or within integer range") from None
-        if max_keys < 0:
-            raise invalid_argument("max-keys must not be negative")
-        token = q.get("continuation-token")
-        if v2 and token is not None:
-            try:
-                after = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
-                raise invalid_argument("The continuation token provided is incorrect") from None
-            skip_after = True
-        elif v2:
-            after, skip_after = q.get("start-after", ""), False
-        else:
-            after, skip_after = q.get("marker", ""), True
-        walk = bucket.walk(prefix, after)
-        if skip_after and delimiter and after.startswith(prefix) and after.endswith(delimiter) and delimiter in after[len(prefix):]:
-            walk.skip(after)  # the previous page ended on this common prefix
-        contents: list[tuple[str, os.stat_result]] = []
-        prefixes: list[str] = []
-        truncated = False
-        last = ""
-        # max-keys=0 asks for nothing: an empty, untruncated page (as S3 answers).
-        for key, st in walk if max_keys else ():
-            if delimiter:
-                i = key.find(delimiter, len(prefix))
-                if i >= 0:
-                    cp = key[: i + len(delimiter)]
-                    if len(contents) + len(prefixes) >= max_keys:
-                        truncated = True
-                        break
-                    prefixes.append(cp)
-                    last = cp
-                    walk.skip(cp)
-                    continue
-            if len(contents) + len(prefixes) >= max_keys:
-                truncated = True
-                break
-            contents.append((key, st))
-            last = key
-        enc = (lambda s: quote(s, safe="/")) if url else (lambda s: s)
-        etags = self._etags(bucket, contents)
-        items = []
-        for (key, st), etag in zip(contents, etags):
-            items.append(
-                "<Contents>"
-                + el("Key", enc(key))
-                + el("LastModified", s3xml.iso8601(st.st_mtime))
-                + el("ETag", f'"{etag}"')
-                + el("Size", st.st_size)
-                + el("StorageClass", "STANDARD")
-                + (OWNER if (not v2 or q.get("fetch-owner") == "true") else "")
-                + "</Contents>"
-            )
-        cps = [f"<CommonPrefixes>{el('Prefix', enc(p))}</CommonPrefixes>" for p in prefixes]
-        head = [el("Name", bucket.name), el("Prefix", enc(prefix))]
-        if delimiter:
-            head.append(el("Delimiter", enc(delimiter)))
-        head += [el("MaxKeys", max_keys), el("IsTruncated", "true" if truncated else "false")]
-        if url:
-            head.append(el("EncodingType", "url"))
-        if v2:
-            head.append(el("KeyCount", len(contents) + len(prefixes)))
-            if token is not None:
-                head.append(el("ContinuationToken", token))
-            if "start-after" in q:
-                head.append(el("StartAfter", enc(q["start-after"])))
-            if truncated:
-                head.append(el("NextContinuationToken", base64.urlsafe_b64encode(last.encode()).decode()))
-            root = "ListBucketResult"
-        else:
-            head.append(el("Marker", enc(q.get("marker", ""))))
-            if truncated:
-                head.append(el("NextMarker", enc(last)))
-            root = "ListBucketResult"
-        self._send_xml(s3xml.document(root, head + items + cps))
+        request = listing.parse_list_request(q, v2)
+        page = listing.list_page(bucket.walk(request.prefix, request.after), request)
+        etags = self._etags(bucket, page.contents)
+        objects = [listing.ListedObject(key, st.st_mtime, st.st_size, etag)
+                   for (key, st), etag in zip(page.contents, etags)]
+        self._send_xml(listing.list_objects_xml(bucket.name, request, page, objects))
 
     # -- reads ------------------------------------------------------------
     def _meta_and_etag(self, bucket: Bucket, obj: ObjectFile) -> tuple[ObjectMeta | None, str]:
@@ -1167,14 +1089,10 @@ class S3Handler(BaseHTTPRequestHandler):
 
     def _list_parts(self, bucket: Bucket, key: str, q: dict[str, str]) -> None:
         upload = self._upload(key, q)
-        try:
-            marker = int(q.get("part-number-marker", "0") or 0)
-            max_parts = min(int(q.get("max-parts", "1000")), 1000)
-        except ValueError:
-            raise invalid_argument("part-number-marker and max-parts must be integers") from None
+        request = listing.parse_parts_request(q)
         with upload.lock:
-            parts = sorted((p for p in upload.parts.values() if p.number > marker), key=lambda p: p.number)
-        page, truncated = parts[:max_parts], len(parts) > max_parts
+            parts = list(upload.parts.values())
+        page, truncated, next_marker = listing.parts_page(parts, request)
         items = [
             "<Part>"
             + el("PartNumber", p.number)
@@ -1189,17 +1107,17 @@ class S3Handler(BaseHTTPRequestHandler):
             el("Key", key),
             el("UploadId", upload.upload_id),
             el("StorageClass", "STANDARD"),
-            el("PartNumberMarker", marker),
-            el("NextPartNumberMarker", page[-1].number if page else marker),
-            el("MaxParts", max_parts),
+            el("PartNumberMarker", request.marker),
+            el("NextPartNumberMarker", next_marker),
+            el("MaxParts", request.max_parts),
             el("IsTruncated", "true" if truncated else "false"),
         ]
         self._send_xml(s3xml.document("ListPartsResult", head + items))
 
     def _list_uploads(self, bucket: Bucket, q: dict[str, str]) -> None:
         store = self.state.multipart if bucket.writable else None
-        prefix = q.get("prefix", "")
-        uploads = [u for u in (store.uploads() if store else []) if u.key.startswith(prefix)]
+        request = listing.parse_uploads_request(q)
+        page, truncated = listing.uploads_page(store.uploads() if store else [], request)
         items = [
             "<Upload>"
             + el("Key", u.key)
@@ -1207,8 +1125,11 @@ class S3Handler(BaseHTTPRequestHandler):
             + el("StorageClass", "STANDARD")
             + el("Initiated", s3xml.iso8601(u.created))
             + "</Upload>"
-            for u in uploads[:1000]
+            for u in page
         ]
-        head = [el("Bucket", bucket.name), el("Prefix", prefix), el("MaxUploads", 1000), el("IsTruncated", "true" if len(uploads) > 1000 else "false")]
+        head = [el("Bucket", bucket.name), el("KeyMarker", request.key_marker),
+                el("UploadIdMarker", request.upload_id_marker), el("Prefix", request.prefix)]
+        if truncated:
+            head += [el("NextKeyMarker", page[-1].key), el("NextUploadIdMarker", page[-1].upload_id)]
+        head += [el("MaxUploads", request.max_uploads), el("IsTruncated", "true" if truncated else "false")]
         self._send_xml(s3xml.document("ListMultipartUploadsResult", head + items))
-
