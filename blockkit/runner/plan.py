@@ -369,7 +369,7 @@ def parse_cpus(value: str | float | None) -> float | None:
 
 def prepare_for_engine(
     plan: Plan,
-    engine: Any,
+    engine: Engine,
     say: Callable[[str], None] | None = None,
     *,
     max_cpus: float | None = None,
@@ -406,7 +406,7 @@ def prepare_for_engine(
             )
         if not process or step.block_dir is None:
             continue
-        if step.fixed_paths and not engine_isolates_paths(engine):
+        if step.fixed_paths and not engine.isolates_paths:
             problems.append(Problem(
                 where,
                 f"block {step.manifest.name!r} reads and writes the fixed UP42 paths (/tmp/input, /tmp/output, /block) "
@@ -415,7 +415,7 @@ def prepare_for_engine(
             ))
             continue
         if step.manifest.command is None and step.entry is not None:
-            step.command = process_command(step, say, warnings, isolated=engine_isolates_paths(engine))
+            step.command = process_command(step, say, warnings, isolated=engine.isolates_paths)
     if problems:
         raise WorkflowError.from_problems(f"workflow {plan.workflow.name!r} cannot run on the {engine.name} engine", problems)
     return warnings

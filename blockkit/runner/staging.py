@@ -54,7 +54,10 @@ def seal_staged(target: Path) -> None:
 
 
 def output_targets(finals: list[str], target: str) -> list[tuple[str, str]]:
-    """(step, URI) pairs a run's outputs go to: the target itself, or one prefix per final step."""
+    """(step, place) pairs a run's outputs go to: the target itself, or one prefix (or sub-folder) per final step.
+
+    The one naming rule for stage-out URIs and local output folders alike.
+    """
     if len(finals) == 1:
         return [(finals[0], target)]
     return [(name, f"{target.rstrip('/')}/{name}/") for name in finals]
