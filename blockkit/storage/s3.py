@@ -336,8 +336,9 @@ def upload(
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from blockkit.storage.transfer import Progress, upload_all
+    from blockkit.storage.transfer import Progress, check_relatives, upload_all
 
+    check_relatives(uploads, documents)
     client = s3_client(key, region=loc.region, max_pool=max(workers * 2, 10))
     config = TransferConfig(multipart_threshold=multipart_threshold,
                             multipart_chunksize=max(8 * 1024 * 1024, multipart_threshold // 8), max_concurrency=4)

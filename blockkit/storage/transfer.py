@@ -346,6 +346,14 @@ class Document:
     content_type: str
 
 
+def check_relatives(uploads: list[Upload], documents: list[Document]) -> None:
+    """Refuse, before anything is sent, a target path that is absolute, empty, or has `..`, `.`, empty or NUL parts."""
+    for relative in [u.relative for u in uploads] + [d.relative for d in documents]:
+        parts = relative.split("/")
+        if not relative or relative.startswith("/") or "\x00" in relative or any(p in ("", ".", "..") for p in parts):
+            raise UnsafePath(f"upload path {relative!r} is not a plain relative path under the target; refusing it")
+
+
 def upload_all(put: Callable[[Upload], None], uploads: list[Upload], workers: int) -> None:
     """Call `put` for every upload, `workers` at a time; the first failure is raised."""
     if workers <= 1 or len(uploads) <= 1:

@@ -26,6 +26,7 @@ from blockkit.storage.transfer import (
     RetryPolicy,
     TransientError,
     Upload,
+    check_relatives,
     public_url,
     target_not_empty,
     upload_all,
@@ -242,6 +243,7 @@ def upload(
         policy: retries of each request (transient failures only).
         overwrite: False refuses a collection that already holds members (TargetNotEmpty), before any upload.
     """
+    check_relatives(uploads, documents)
     policy = policy or RetryPolicy()
     base = http_url(uri).rstrip("/")
     sess = session_for(key, workers)
