@@ -89,9 +89,16 @@ def s3_client(
     """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None.
 
     Without a key no ambient AWS credentials are used: a missing key never silently becomes someone else's.
-    `retries=False` turns botocore's own retries off, for callers that retry themselves (stage-in downloads
-    retry in transfer.with_retries: one place, so a failing GET is tried `RetryPolicy.attempts` times, not
-    attempts x 4). Signatures are always SigV4.
+    Signatures are always SigV4.
+
+    Args:
+        key: the keystore key (an s3 key: access key, secret, endpoint, region), or None for anonymous.
+        region: the region requests go to (an access point's); default: the key's, else us-east-1.
+        max_pool: connections kept open, at least the number of parallel transfers.
+        endpoint: the endpoint of an anonymous client (a key brings its own).
+        retries: False turns botocore's own retries off, for callers that retry themselves (stage-in
+            retries in transfer.with_retries: one place, so a failing GET is tried `RetryPolicy.attempts`
+            times, not attempts x 4).
     """
     import boto3
     from botocore import UNSIGNED
@@ -250,7 +257,14 @@ def opener(client: Any, bucket: str, key: str) -> Any:
 
 
 def get_small(client: Any, loc: S3Location, limit: int, policy: Any) -> bytes:
-    """The bytes of a small object (a STAC document), at most limit + 1 of them, retried per `policy`."""
+    """The bytes of a small object (a STAC document), at most limit + 1 of them, retried per `policy`.
+
+    Args:
+        client: a boto3 S3 client (`s3_client`).
+        loc: the object's bucket and key.
+        limit: the most bytes wanted; one more is read so that the caller sees the document is too big.
+        policy: the RetryPolicy for transient failures.
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     from blockkit.storage.transfer import TransientError, with_retries

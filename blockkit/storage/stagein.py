@@ -59,6 +59,17 @@ def stage_in(
     """Fetch `uri` into target_dir (an empty or new folder) and write its data.json; return the features.
 
     On any failure the target is left as it was: emptied, and removed when stage-in created it.
+
+    Args:
+        uri: the source: a local folder or file, http(s)://, `stac+` URLs, s3:// or webdav(s)://.
+        target_dir: an empty or new folder that receives the files and data.json.
+        keystore: where `key` is looked up (default: the keystore of the environment).
+        key: the name of the keystore key to read the source with (None: anonymous).
+        progress: show a progress bar over the bytes on stderr.
+        workers: files downloaded at once.
+        retry: how often and how long transient failures are retried, per file.
+        endpoint: the S3 endpoint for anonymous access to a store other than AWS.
+        limits: bounds on the bytes per file, per stage-in, and the time per file.
     """
     opts = StageOptions(workers, retry or RetryPolicy(), progress, endpoint, limits or TransferLimits())
     target = Path(target_dir)

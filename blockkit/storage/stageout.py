@@ -70,6 +70,18 @@ def stage_out(
 
     A target that already holds files is refused (TargetNotEmpty) unless overwrite: then files of the same
     name are replaced and other files stay.
+
+    Args:
+        source_dir: the folder with data.json and the files its features link (`up42.data_path`).
+        uri: the target: a folder (or file:// URI), `s3://bucket/prefix` or `webdav(s)://host/path`.
+        keystore: where `key` is looked up (default: the keystore of the environment).
+        key: the name of the keystore key with write access (needed for S3; WebDAV without auth needs none).
+        progress: show a progress bar over the bytes on stderr.
+        workers: files uploaded at once.
+        retry: retries of each WebDAV request (S3 retries in botocore).
+        multipart_threshold: file size in bytes from which S3 uploads go in parts.
+        description: the catalog's description (default: names the source folder).
+        overwrite: replace files of the same name in a target that already holds files.
     """
     source = Path(source_dir)
     items = collect_outputs(source)
@@ -90,7 +102,14 @@ def stage_out(
 
 def check_target(uri: str, *, keystore: Keystore | None = None, key: str | None = None,
                  retry: RetryPolicy | None = None) -> None:
-    """Raise TargetNotEmpty when a stage-out to `uri` would need --overwrite (a runner checks before running)."""
+    """Raise TargetNotEmpty when a stage-out to `uri` would need --overwrite (a runner checks before running).
+
+    Args:
+        uri: the stage-out target, as for `stage_out`.
+        keystore: where `key` is looked up (default: the keystore of the environment).
+        key: the keystore key that lists the target (needed for S3).
+        retry: retries of the WebDAV listing.
+    """
     cred = (keystore or Keystore.from_env()).get(key) if key else None
     scheme = _target_scheme(uri, cred)
     if scheme == "file":

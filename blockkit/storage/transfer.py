@@ -214,7 +214,16 @@ def download(
     task: Download, policy: RetryPolicy, advance: Callable[[int], None] = lambda n: None,
     budget: Budget | None = None,
 ) -> int:
-    """Fetch one file to `<dest>.part`, verify it, then rename: a partial file never looks complete."""
+    """Fetch one file to `<dest>.part`, verify it, then rename: a partial file never looks complete.
+
+    Args:
+        task: what to fetch, from where, to where, with which size and checksums expected.
+        policy: retries of transient failures (a retry starts the file again).
+        advance: called with each chunk's size (negative to roll back a failed attempt): the progress bar.
+        budget: the stage-in's byte budget shared by all its files (default: a fresh one).
+
+    Returns the number of bytes written.
+    """
     budget = budget or Budget(TransferLimits())
     deadline = time.monotonic() + budget.limits.file_deadline
     try:
@@ -277,7 +286,18 @@ def download_all(
     tasks: list[Download], *, workers: int = 8, policy: RetryPolicy | None = None, progress: bool = True,
     description: str = "downloading", limits: TransferLimits | None = None,
 ) -> int:
-    """Fetch all tasks in parallel; the first failure cancels what has not started and is raised."""
+    """Fetch all tasks in parallel; the first failure cancels what has not started and is raised.
+
+    Args:
+        tasks: the files to fetch; two tasks writing one file (or a file and a folder) are refused first.
+        workers: files fetched at once.
+        policy: retries of transient failures, per file.
+        progress: show a progress bar over the bytes on stderr.
+        description: the progress bar's text.
+        limits: bounds on the bytes per file, in total, and the time per file.
+
+    Returns the number of bytes written.
+    """
     policy = policy or RetryPolicy()
     budget = Budget(limits or TransferLimits())
     check_destinations(tasks)

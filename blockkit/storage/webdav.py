@@ -149,7 +149,15 @@ def members(sess: Any, url: str, policy: RetryPolicy) -> int:
 
 
 def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy, made: set[str]) -> None:
-    """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before."""
+    """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before.
+
+    Args:
+        sess: the requests session (`session_for`).
+        base_url: the collection the folders go under (it must exist).
+        relative_dir: '/'-separated folders to create below it, parents first.
+        policy: retries of transient failures, per MKCOL.
+        made: URLs created so far by this upload; updated, so each folder is made once.
+    """
     url = base_url.rstrip("/")
     for part in [p for p in relative_dir.split("/") if p]:
         url = f"{url}/{quote(unquote(part))}"
@@ -173,7 +181,14 @@ def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy,
 
 
 def put_file(sess: Any, url: str, path: Path, policy: RetryPolicy) -> None:
-    """PUT a local file (streamed) to url."""
+    """PUT a local file (streamed) to url.
+
+    Args:
+        sess: the requests session (`session_for`).
+        url: the file's URL (its collection must exist).
+        path: the local file.
+        policy: retries of transient failures (a retry sends the file again).
+    """
 
     def once() -> None:
         with open(path, "rb") as fh:
@@ -183,7 +198,15 @@ def put_file(sess: Any, url: str, path: Path, policy: RetryPolicy) -> None:
 
 
 def put_bytes(sess: Any, url: str, data: bytes, policy: RetryPolicy, content_type: str) -> None:
-    """PUT a small document to url."""
+    """PUT a small document to url.
+
+    Args:
+        sess: the requests session (`session_for`).
+        url: the document's URL.
+        data: its bytes.
+        policy: retries of transient failures.
+        content_type: its media type.
+    """
     with_retries(lambda: _request(sess, "PUT", url, data=data, headers={"Content-Type": content_type}) and None,
                  policy, public_url(url))
 
