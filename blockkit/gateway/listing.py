@@ -177,7 +177,14 @@ class ListedObject:
 
 
 def list_objects_xml(bucket: str, request: ListRequest, page: ListPage[T], objects: Sequence[ListedObject]) -> bytes:
-    """The ListBucketResult document of a page (`objects` are the page's contents, in order)."""
+    """The ListBucketResult document of a page.
+
+    Args:
+        bucket: the bucket's name.
+        request: the parsed request (v1 or v2, prefix, delimiter, encoding, markers).
+        page: the page `list_page` computed.
+        objects: the page's contents with their modification times, sizes and ETags, in order.
+    """
     enc = (lambda s: quote(s, safe="/")) if request.url else (lambda s: s)
     owner = OWNER if (not request.v2 or request.fetch_owner) else ""
     items = [

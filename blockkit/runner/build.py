@@ -101,14 +101,19 @@ def build_block_image(
 ) -> BuiltImage:
     """Build (or reuse) the image of a block folder and return its tag and id.
 
-    `build=False` only computes the tag (resolving the wheels, which the tag covers) and
-    returns it with the existing image's id, or "" when there is none: nothing is built.
-
-    `base_image`: the image to build on (Dockerfile.base), or the image replacing the last
-    external `FROM` of a block's own Dockerfile (default: its own `FROM`). `build_args` go to
-    a block's own Dockerfile (e.g. `BASE`). `user` ("1000" or "root") is the user of images
-    built from Dockerfile.base. `network` lets a block's own Dockerfile reach the network
-    while it builds (e.g. `apt-get`); pip is pointed at the wheelhouse either way.
+    Args:
+        block_dir: the block folder (with UP42Manifest.json; its own Dockerfile, if any, decides the way).
+        base_image: the image to build on (Dockerfile.base), or the image replacing the last external
+            `FROM` of a block's own Dockerfile (default: blockkit-base:bookworm, or its own `FROM`).
+        wheelhouse: the host folder of wheels (default: $BLOCKKIT_WHEELHOUSE, else `.wheelhouse`).
+        client: the Docker client (default: one from the environment).
+        force: build again even when an image with the tag exists (without the layer cache).
+        build_args: `--build-arg`s for a block's own Dockerfile (e.g. `BASE`); refused for Dockerfile.base.
+        user: "1000" or "root", the user of images built from Dockerfile.base.
+        network: let a block's own Dockerfile reach the network while it builds (e.g. `apt-get`); pip is
+            pointed at the wheelhouse either way.
+        build: False only computes the tag (resolving the wheels, which the tag covers) and returns it
+            with the existing image's id, or "" when there is none: nothing is built.
     """
     block_dir = Path(block_dir).resolve()
     manifest = read_manifest(block_dir)

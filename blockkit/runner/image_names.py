@@ -49,7 +49,12 @@ def block_content_hash(
 ) -> str:
     """sha256 over the block's files, blockkit's source, Dockerfile.base, the base image id and `extra`.
 
-    `extra` carries what else goes into the image (the wheels' hash, the user).
+    Args:
+        block_dir: the block folder as it goes into the image (caches skipped).
+        base_image_id: the id of the image built on.
+        dockerfile: the Dockerfile built with (Dockerfile.base).
+        source_root: blockkit's source tree, or None for an installed blockkit (its version counts then).
+        extra: what else goes into the image (the wheels' hash, the user).
     """
     digest = hashlib.sha256()
     digest.update(f"{_BUILD_FORMAT}\0base:{base_image_id}\0".encode())

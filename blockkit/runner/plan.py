@@ -381,8 +381,14 @@ def prepare_for_engine(
       cannot show them to each step (the process engine without isolation);
     * on the process engine, the entry command is the one from the block's Dockerfile or
       layout, with the block's own Python environment (`blockenv`) for UP42-style blocks;
-    * machine types are capped to what the engine's host has, or to `max_cpus`/`max_memory_mb`
-      (`--max-cpus`/`--max-memory`, `$BLOCKKIT_MAX_CPUS`/`$BLOCKKIT_MAX_MEMORY`).
+    * machine types are capped to what the engine's host has, or to `max_cpus`/`max_memory_mb`.
+
+    Args:
+        plan: the validated plan; its steps' resources and commands are set here.
+        engine: the engine the steps will run on (its capacity, whether it runs images, isolates paths).
+        say: where progress lines go (making a block's environment can take a while).
+        max_cpus: `--max-cpus` (default: `$BLOCKKIT_MAX_CPUS`, else the engine's host).
+        max_memory_mb: `--max-memory` in MB (default: `$BLOCKKIT_MAX_MEMORY`, else the engine's host).
     """
     say = say or (lambda text: None)
     warnings = list(plan.warnings)
@@ -425,8 +431,12 @@ def process_command(step: PlannedStep, say: Callable[[str], None], warnings: lis
                     isolated: bool = False) -> list[str]:
     """The command of a step's entry on the process engine, with the block's own Python.
 
-    Isolated steps see the block folder at /block, so /block paths stay; otherwise they are
-    mapped to the block folder on the host.
+    Args:
+        step: the planned step (its block folder and its entry from the Dockerfile or layout).
+        say: where progress lines go (making the block's environment can take a while).
+        warnings: list the block environment's warnings are appended to.
+        isolated: the step sees the block folder at /block (so /block paths stay); otherwise they are
+            mapped to the block folder on the host.
     """
     assert step.block_dir is not None and step.entry is not None
     entry = list(step.entry)

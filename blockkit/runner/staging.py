@@ -75,7 +75,17 @@ def check_output_targets(finals: list[str], target: str, workflow: Workflow) -> 
 
 def stage_out_outputs(run: "WorkflowRun", finals: list[str], target: str, workflow: Workflow,
                       say: Callable[[str], None]) -> list[str]:
-    """Upload each final step's output to the target URI (one prefix per step when several)."""
+    """Upload each final step's output to the target URI (one prefix per step when several).
+
+    Args:
+        run: the finished run (its folder holds the steps' outputs).
+        finals: the steps whose outputs are the workflow's results.
+        target: the workflow's output URI.
+        workflow: the workflow (its `keys.output` names the keystore key).
+        say: where one line per staged-out step goes.
+
+    Returns the catalog URI of each upload.
+    """
     from blockkit.storage import stage_out
 
     key = workflow.keys.get("output")

@@ -204,7 +204,17 @@ def resolve_wheels(
 
     Everything comes from the wheelhouse when it can; otherwise from the index. A requirement
     that has no wheel for the target is built from its sdist: on the host when it is pure
-    Python, else inside `build_in_image` (the base image, which then needs a compiler).
+    Python, else inside `build_in_image`.
+
+    Args:
+        wanted: pip arguments naming what to resolve (wheel paths, `-r requirements.txt`).
+        subset: the folder that receives exactly the wheels resolved (made when missing).
+        wheel_dir: the host wheelhouse, filled with whatever had to be fetched or built.
+        target: the image's Python, machine and glibc the wheels must fit.
+        requirements: the block's requirements file, to name the ones resolved far older than asked.
+        build_in_image: the image to compile sdists in (the base image, which then needs a compiler).
+        client: the Docker client for `build_in_image`.
+
     Returns warning lines (requirements resolved far older than asked because of Requires-Python).
     """
     platform_args = pip_platform_options(target)
@@ -305,7 +315,17 @@ def _compile_in_image(
 
 
 def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget) -> list[str]:
-    """Put every wheel the image needs under dest/deps and dest/blockkit, from the host wheelhouse."""
+    """Put every wheel the image needs under dest/deps and dest/blockkit, from the host wheelhouse.
+
+    Args:
+        dest: the build context's wheel folder (made here).
+        wheel_dir: the host wheelhouse.
+        block_dir: the block folder (its requirements.txt is resolved).
+        source_root: blockkit's source tree (its wheel is built) or None (the installed version's wheel).
+        target: the image's Python the wheels must fit.
+
+    Returns warning lines, as `resolve_wheels`.
+    """
     with _locked(wheel_dir):
         blockkit_wheel = _blockkit_wheel(wheel_dir, source_root)
     requirements = block_dir / "requirements.txt"
@@ -395,6 +415,14 @@ def complete_in_image(
     Python even when asked for another one, so a resolution for the image can lack a wheel.
     The image's pip resolves against the wheelhouse (served on 127.0.0.1); each requirement it
     cannot find is fetched for the image's Python into the wheelhouse, until it resolves.
+
+    Args:
+        requirements: the block's requirements file (mounted read-only into the container).
+        subset: the folder of wheels for the build; replaced by what the image's pip chose.
+        wheel_dir: the host wheelhouse, filled with what had to be fetched.
+        target: the image's Python.
+        image: the image whose pip resolves.
+        client: the Docker client.
     """
     from docker.types import Mount
 
