@@ -553,9 +553,9 @@ def default_image(step: PlannedStep) -> str:
     """The image name used without building: the step's image, else `blockkit/<block>:latest`."""
     if step.image:
         return step.image
-    from blockkit.runner.build import _repo_name  # the naming rule of `blockkit build`
+    from blockkit.runner.image_names import repo_name  # the naming rule of `blockkit build`
 
-    return f"blockkit/{_repo_name(step.manifest.name)}:latest"
+    return f"blockkit/{repo_name(step.manifest.name)}:latest"
 
 
 def expected_images(plan: Plan, *, base_image: str) -> dict[str, str]:

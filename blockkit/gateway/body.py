@@ -97,6 +97,12 @@ def crc_combine(algorithm: str, crc1: bytes, crc2: bytes, len2: int) -> bytes:
 
     Lets a FULL_OBJECT multipart checksum be computed from the parts' checksums without re-reading
     the object.
+
+    Args:
+        algorithm: the CRC's name (`crc32`, `crc32c`, `crc64nvme`).
+        crc1: the CRC of A, big-endian bytes.
+        crc2: the CRC of B, big-endian bytes.
+        len2: the length of B in bytes.
     """
     poly, bits = CRC_PARAMS[algorithm]
     c1, c2 = int.from_bytes(crc1, "big"), int.from_bytes(crc2, "big")

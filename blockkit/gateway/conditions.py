@@ -29,7 +29,13 @@ def evaluate(headers: Mapping[str, str], etag: str, mtime: float, read: bool, pr
     """The status a conditional request short-circuits to (304 or 412), or None to proceed.
 
     Follows S3: If-Match beats If-Unmodified-Since, If-None-Match beats If-Modified-Since.
-    `prefix` is "x-amz-copy-source-if-" for the copy-source conditions.
+
+    Args:
+        headers: the request headers (lower-case names).
+        etag: the object's current ETag (no quotes).
+        mtime: the object's modification time (seconds).
+        read: True for GET/HEAD (a failed If-None-Match is 304); False for writes and copies (412).
+        prefix: "if-", or "x-amz-copy-source-if-" for the copy-source conditions.
     """
     modified = int(mtime)
     if_match = headers.get(prefix + "match")

@@ -157,7 +157,14 @@ class MultipartStore:
     def create(
         self, key: str, meta: ObjectMeta | None = None, checksum_algorithm: str | None = None, checksum_type: str = "COMPOSITE"
     ) -> Upload:
-        """Start an upload of key (with the metadata the object will get)."""
+        """Start an upload of key (with the metadata the object will get).
+
+        Args:
+            key: the object's key.
+            meta: the metadata given at creation (content type, user metadata).
+            checksum_algorithm: x-amz-checksum-algorithm given at creation (lower case), or None.
+            checksum_type: "COMPOSITE" or "FULL_OBJECT" (CRCs only), how the object's checksum is made.
+        """
         self.bucket.path_for(key)  # refuse bad keys before anything is staged
         upload_id = secrets.token_urlsafe(24)
         folder = self.staging / upload_id
@@ -213,6 +220,13 @@ class MultipartStore:
 
         A part number listed twice (a part re-sent while the first upload was still running)
         is one part: the upload of it that finished last, if any listed ETag names it.
+
+        Args:
+            upload: the upload to complete.
+            listed: (part number, ETag) pairs of the CompleteMultipartUpload body, in order.
+            precheck: the conditions of the write (If-Match...), run right before the rename; may raise.
+            part_checksums: per part number, the checksums the body gives; each must match the part's.
+            expected: checksum headers naming the whole object; they must match the computed checksum.
         """
         numbers = [n for n, _ in listed]
         if any(b < a for a, b in zip(numbers, numbers[1:])):

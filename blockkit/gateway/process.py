@@ -87,7 +87,19 @@ def start_gateway_subprocess(
     python: str = sys.executable,
     startup_timeout: float = 30.0,
 ) -> GatewayProcess:
-    """Start a gateway child process on a free loopback port; its stderr and access log go to log_path."""
+    """Start a gateway child process on a free loopback port; its stderr and access log go to log_path.
+
+    Args:
+        inputs: bucket name -> folder, each served read-only.
+        output: the folder served as the writable `out` bucket, or None.
+        log_path: the file the child's stderr and access log are appended to.
+        host: the address to listen on (loopback).
+        port: the port (0: a free one, read back from the child).
+        credentials: access/secret key requests must be signed with (passed through the
+            environment, never argv), or None for no authentication.
+        python: the interpreter that runs the child.
+        startup_timeout: seconds to wait for the child to print its endpoint.
+    """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [python, "-m", "blockkit.gateway", "--host", host, "--port", str(port), "--access-log", str(log_path)]

@@ -13,7 +13,8 @@ from typing import Mapping, TextIO
 from blockkit.gateway.buckets import OUTPUT_BUCKET, Bucket
 from blockkit.gateway.errors import GatewayConfigError, GatewayStartError
 from blockkit.gateway.etags import ETagCache
-from blockkit.gateway.handler import AccessLog, Counters, GatewayState, S3Handler
+from blockkit.gateway.exchange import AccessLog, Counters, GatewayState
+from blockkit.gateway.handler import S3Handler
 from blockkit.gateway.multipart import MIN_PART_SIZE, MultipartStore
 from blockkit.gateway.sigv4 import Credentials, Verifier
 

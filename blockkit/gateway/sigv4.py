@@ -46,7 +46,14 @@ class SignatureContext:
 
 
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
-    """Derive the SigV4 signing key for a date/region/service scope."""
+    """Derive the SigV4 signing key for a date/region/service scope.
+
+    Args:
+        secret: the secret access key.
+        date: the scope's date, YYYYMMDD.
+        region: the scope's region.
+        service: the scope's service ("s3").
+    """
     k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
     k = hmac.new(k, region.encode(), hashlib.sha256).digest()
     k = hmac.new(k, service.encode(), hashlib.sha256).digest()
@@ -134,7 +141,15 @@ class Verifier:
         headers: Mapping[str, str],
         now: datetime | None = None,
     ) -> SignatureContext:
-        """Verify a request (header or presigned form) or raise the S3 error a client expects."""
+        """Verify a request (header or presigned form) or raise the S3 error a client expects.
+
+        Args:
+            method: the HTTP method.
+            raw_path: the path as sent (still percent-encoded).
+            raw_query: the query string as sent.
+            headers: the request headers (lower-case names).
+            now: the time to check the request's date against (default: now).
+        """
         now = now or datetime.now(timezone.utc)
         query_names = {item.partition("=")[0] for item in raw_query.split("&") if item}
         auth = headers.get("authorization")

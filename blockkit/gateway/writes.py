@@ -57,7 +57,13 @@ class AtomicFile:
     ) -> os.stat_result:
         """Close and rename over the target (with its metadata); returns the stat of the new object.
 
-        `precheck` (conditional writes) runs under COMMIT_LOCK right before the rename and may raise.
+        Args:
+            bucket: the bucket whose metadata store gets `meta` (None: no metadata).
+            key: the object's key (for metadata kept beside the file).
+            meta: the object's metadata, attached to the file (or kept beside it where the file system
+                has no extended attributes).
+            precheck: the conditions of a conditional write, run under COMMIT_LOCK right before the
+                rename; it may raise to refuse the write.
         """
         sidecar = False
         if bucket is not None and meta is not None:
@@ -115,7 +121,15 @@ def pump(body: Body, sink: Callable[[memoryview], None], observe: Callable[[memo
 
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, length: int, observe: Callable[[memoryview], None] | None) -> None:
-    """Copy `length` bytes from src at offset to the end of dst, in constant memory."""
+    """Copy `length` bytes from src at offset to the end of dst, in constant memory.
+
+    Args:
+        src_fd: the file descriptor read from.
+        dst_fd: the file descriptor appended to.
+        offset: where in src to start.
+        length: how many bytes.
+        observe: called with each chunk (hashing as the bytes pass), or None.
+    """
     if observe is None and hasattr(os, "copy_file_range"):
         left, pos = length, offset
         try:

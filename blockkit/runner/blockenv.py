@@ -122,13 +122,8 @@ def ensure_block_env(
 
 
 def _make(block_dir: Path, work: Path, python: str, wheelhouse: Path | None) -> list[str]:
-    from blockkit.runner.build import (
-        _Target,
-        drop_dev_requirements,
-        resolve_wheelhouse,
-        resolve_wheels,
-        blockkit_source_root,
-    )
+    from blockkit.runner.image_names import blockkit_source_root
+    from blockkit.runner.wheelhouse import PythonTarget, drop_dev_requirements, resolve_wheelhouse, resolve_wheels
 
     venv = work / "venv"
     _run([python, "-m", "venv", str(venv)], "creating the virtual environment")
@@ -144,7 +139,7 @@ def _make(block_dir: Path, work: Path, python: str, wheelhouse: Path | None) -> 
         capture_output=True, text=True, check=True,
     )
     version, machine, glibc = probe.stdout.split()
-    target = _Target(python=version, machine=machine, glibc=glibc)
+    target = PythonTarget(python=version, machine=machine, glibc=glibc)
     wheel_dir = resolve_wheelhouse(wheelhouse, blockkit_source_root())
     subset = work / "wheels"
     warnings += resolve_wheels(["-r", str(copy)], subset, wheel_dir, target, requirements=copy)

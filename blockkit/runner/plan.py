@@ -369,7 +369,7 @@ def parse_cpus(value: str | float | None) -> float | None:
 
 def prepare_for_engine(
     plan: Plan,
-    engine: Any,
+    engine: Engine,
     say: Callable[[str], None] | None = None,
     *,
     max_cpus: float | None = None,
@@ -381,8 +381,14 @@ def prepare_for_engine(
       cannot show them to each step (the process engine without isolation);
     * on the process engine, the entry command is the one from the block's Dockerfile or
       layout, with the block's own Python environment (`blockenv`) for UP42-style blocks;
-    * machine types are capped to what the engine's host has, or to `max_cpus`/`max_memory_mb`
-      (`--max-cpus`/`--max-memory`, `$BLOCKKIT_MAX_CPUS`/`$BLOCKKIT_MAX_MEMORY`).
+    * machine types are capped to what the engine's host has, or to `max_cpus`/`max_memory_mb`.
+
+    Args:
+        plan: the validated plan; its steps' resources and commands are set here.
+        engine: the engine the steps will run on (its capacity, whether it runs images, isolates paths).
+        say: where progress lines go (making a block's environment can take a while).
+        max_cpus: `--max-cpus` (default: `$BLOCKKIT_MAX_CPUS`, else the engine's host).
+        max_memory_mb: `--max-memory` in MB (default: `$BLOCKKIT_MAX_MEMORY`, else the engine's host).
     """
     say = say or (lambda text: None)
     warnings = list(plan.warnings)
@@ -406,7 +412,7 @@ def prepare_for_engine(
             )
         if not process or step.block_dir is None:
             continue
-        if step.fixed_paths and not engine_isolates_paths(engine):
+        if step.fixed_paths and not engine.isolates_paths:
             problems.append(Problem(
                 where,
                 f"block {step.manifest.name!r} reads and writes the fixed UP42 paths (/tmp/input, /tmp/output, /block) "
@@ -415,7 +421,7 @@ def prepare_for_engine(
             ))
             continue
         if step.manifest.command is None and step.entry is not None:
-            step.command = process_command(step, say, warnings, isolated=engine_isolates_paths(engine))
+            step.command = process_command(step, say, warnings, isolated=engine.isolates_paths)
     if problems:
         raise WorkflowError.from_problems(f"workflow {plan.workflow.name!r} cannot run on the {engine.name} engine", problems)
     return warnings
@@ -425,8 +431,12 @@ def process_command(step: PlannedStep, say: Callable[[str], None], warnings: lis
                     isolated: bool = False) -> list[str]:
     """The command of a step's entry on the process engine, with the block's own Python.
 
-    Isolated steps see the block folder at /block, so /block paths stay; otherwise they are
-    mapped to the block folder on the host.
+    Args:
+        step: the planned step (its block folder and its entry from the Dockerfile or layout).
+        say: where progress lines go (making the block's environment can take a while).
+        warnings: list the block environment's warnings are appended to.
+        isolated: the step sees the block folder at /block (so /block paths stay); otherwise they are
+            mapped to the block folder on the host.
     """
     assert step.block_dir is not None and step.entry is not None
     entry = list(step.entry)

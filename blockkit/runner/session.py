@@ -207,17 +207,15 @@ def stage_in_for_run(workflow: Workflow, runs_dir: Path, say: Callable[[str], No
 
 def stage_out_for_run(plan: Plan, run: WorkflowRun, target: str, workflow: Workflow, say: Callable[[str], None]) -> list[str]:
     """Copy (hard-link) or upload the final steps' outputs to the workflow's output."""
+    from blockkit.runner.staging import output_targets, stage_out_outputs
+
     finals = final_steps(plan)
     if is_uri(target):
-        from blockkit.runner.staging import stage_out_outputs
-
         return stage_out_outputs(run, finals, target, workflow, say)
-    dest = _resolve_local(target, workflow)
     results = []
-    for name in finals:
-        where = dest if len(finals) == 1 else dest / name
-        link_tree(run.folder.output_dir(name), where)
-        results.append(str(where))
+    for name, where in output_targets(finals, str(_resolve_local(target, workflow))):
+        link_tree(run.folder.output_dir(name), Path(where))
+        results.append(str(Path(where)))
     return results
 
 

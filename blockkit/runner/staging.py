@@ -54,7 +54,10 @@ def seal_staged(target: Path) -> None:
 
 
 def output_targets(finals: list[str], target: str) -> list[tuple[str, str]]:
-    """(step, URI) pairs a run's outputs go to: the target itself, or one prefix per final step."""
+    """(step, place) pairs a run's outputs go to: the target itself, or one prefix (or sub-folder) per final step.
+
+    The one naming rule for stage-out URIs and local output folders alike.
+    """
     if len(finals) == 1:
         return [(finals[0], target)]
     return [(name, f"{target.rstrip('/')}/{name}/") for name in finals]
@@ -72,7 +75,17 @@ def check_output_targets(finals: list[str], target: str, workflow: Workflow) -> 
 
 def stage_out_outputs(run: "WorkflowRun", finals: list[str], target: str, workflow: Workflow,
                       say: Callable[[str], None]) -> list[str]:
-    """Upload each final step's output to the target URI (one prefix per step when several)."""
+    """Upload each final step's output to the target URI (one prefix per step when several).
+
+    Args:
+        run: the finished run (its folder holds the steps' outputs).
+        finals: the steps whose outputs are the workflow's results.
+        target: the workflow's output URI.
+        workflow: the workflow (its `keys.output` names the keystore key).
+        say: where one line per staged-out step goes.
+
+    Returns the catalog URI of each upload.
+    """
     from blockkit.storage import stage_out
 
     key = workflow.keys.get("output")

@@ -216,7 +216,15 @@ def check_encoding(resp: Any, url: str) -> None:
 
 
 def request(sess: Any, method: str, url: str, *, timeout: Any = TIMEOUT, **kwargs: Any) -> Any:
-    """One request with transport errors mapped: connection problems are transient, redirect abuse is final."""
+    """One request with transport errors mapped: connection problems are transient, redirect abuse is final.
+
+    Args:
+        sess: the requests session (`session`).
+        method: the HTTP method.
+        url: the URL.
+        timeout: (connect, read) seconds.
+        kwargs: passed to `requests.Session.request` (headers, data, stream...).
+    """
     import requests
 
     try:
@@ -246,7 +254,14 @@ def _too_slow(url: str, seconds: float | None) -> TransferFailed:
 
 
 def raw_chunks(resp: Any, size: int = CHUNK, watch: Watchdog | None = None, url: str = "") -> Iterable[bytes]:
-    """The body as sent (no decoding), one socket read at a time so slow senders are noticed between reads."""
+    """The body as sent (no decoding), one socket read at a time so slow senders are noticed between reads.
+
+    Args:
+        resp: a streamed requests response.
+        size: the most bytes of one read.
+        watch: the watchdog of this transfer; when it fired, the broken read is reported as too slow.
+        url: the URL for messages.
+    """
     import requests
 
     try:
@@ -310,7 +325,14 @@ def content_type(sess: Any, url: str) -> str:
 
 
 def read_limited(resp: Any, url: str, limit: int, deadline: float = JSON_DEADLINE) -> bytes:
-    """A whole (small) body: at most `limit` bytes, within `deadline` seconds, else a final error."""
+    """A whole (small) body: at most `limit` bytes, within `deadline` seconds, else a final error.
+
+    Args:
+        resp: a streamed requests response.
+        url: the URL for messages.
+        limit: the most bytes accepted (more is TooLarge).
+        deadline: seconds for the whole body.
+    """
     start = time.monotonic()
     length = resp.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > limit:
@@ -331,7 +353,14 @@ def read_limited(resp: Any, url: str, limit: int, deadline: float = JSON_DEADLIN
 
 
 def get_bytes(sess: Any, url: str, policy: RetryPolicy, limit: int = MAX_JSON_BYTES) -> tuple[bytes, str]:
-    """GET a (small) document with retries; returns its bytes and content type."""
+    """GET a (small) document with retries; returns its bytes and content type.
+
+    Args:
+        sess: the requests session (`session`).
+        url: the document's URL.
+        policy: retries of transient failures.
+        limit: the most bytes accepted (more is TooLarge).
+    """
 
     def once() -> tuple[bytes, str]:
         watch = Watchdog(JSON_DEADLINE).start()

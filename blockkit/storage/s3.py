@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockkit.storage.errors import AccessDenied, SourceNotFound, TransferFailed, UnsupportedURI
 from blockkit.storage.keystore import Key, S3KeyConfig
+
+if TYPE_CHECKING:
+    from blockkit.storage.transfer import Document, Upload
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -86,9 +89,16 @@ def s3_client(
     """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None.
 
     Without a key no ambient AWS credentials are used: a missing key never silently becomes someone else's.
-    `retries=False` turns botocore's own retries off, for callers that retry themselves (stage-in downloads
-    retry in transfer.with_retries: one place, so a failing GET is tried `RetryPolicy.attempts` times, not
-    attempts x 4). Signatures are always SigV4.
+    Signatures are always SigV4.
+
+    Args:
+        key: the keystore key (an s3 key: access key, secret, endpoint, region), or None for anonymous.
+        region: the region requests go to (an access point's); default: the key's, else us-east-1.
+        max_pool: connections kept open, at least the number of parallel transfers.
+        endpoint: the endpoint of an anonymous client (a key brings its own).
+        retries: False turns botocore's own retries off, for callers that retry themselves (stage-in
+            retries in transfer.with_retries: one place, so a failing GET is tried `RetryPolicy.attempts`
+            times, not attempts x 4).
     """
     import boto3
     from botocore import UNSIGNED
@@ -247,7 +257,14 @@ def opener(client: Any, bucket: str, key: str) -> Any:
 
 
 def get_small(client: Any, loc: S3Location, limit: int, policy: Any) -> bytes:
-    """The bytes of a small object (a STAC document), at most limit + 1 of them, retried per `policy`."""
+    """The bytes of a small object (a STAC document), at most limit + 1 of them, retried per `policy`.
+
+    Args:
+        client: a boto3 S3 client (`s3_client`).
+        loc: the object's bucket and key.
+        limit: the most bytes wanted; one more is read so that the caller sees the document is too big.
+        policy: the RetryPolicy for transient failures.
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     from blockkit.storage.transfer import TransientError, with_retries
@@ -268,3 +285,99 @@ def get_small(client: Any, loc: S3Location, limit: int, policy: Any) -> bytes:
             body.close()
 
     return bytes(with_retries(once, policy, what))
+
+
+# --- stage-out: uploads ----------------------------------------------------------------------------
+
+
+def check_empty(client: Any, loc: S3Location) -> None:
+    """Raise TargetNotEmpty when any object lies under the prefix `loc.key/` (a stage-out would mix with it)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage.transfer import target_not_empty
+
+    prefix = loc.key.strip("/")
+    try:
+        listed = client.list_objects_v2(Bucket=loc.bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(exc, f"s3://{loc.bucket}/{prefix}") from exc
+    if listed.get("KeyCount") or listed.get("Contents"):
+        raise target_not_empty(f"s3://{loc.bucket}/{prefix + '/' if prefix else ''}")
+
+
+def _upload_error(exc: Exception, what: str) -> Exception:
+    """Map a failed upload (boto3 wraps a multipart failure in S3UploadFailedError) to a blockkit error."""
+    from boto3.exceptions import S3UploadFailedError
+
+    if not isinstance(exc, S3UploadFailedError):
+        return s3_error(exc, what)
+    found = re.search(r"An error occurred \((\w+)\)", str(exc))
+    code = found.group(1) if found else ""
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return AccessDenied(f"{what}: {code}; the key needs write access to this bucket")
+    if code == "NoSuchBucket":
+        from blockkit.storage.errors import StorageError
+
+        return StorageError(f"{what}: the bucket does not exist; create it first")
+    return TransferFailed(f"{what}: {code or type(exc).__name__}")
+
+
+def upload(
+    key: Key,
+    loc: S3Location,
+    uploads: list[Upload],
+    documents: list[Document],
+    *,
+    workers: int = 8,
+    progress: bool = True,
+    multipart_threshold: int = 64 * 1024 * 1024,
+    overwrite: bool = False,
+) -> str:
+    """Upload files, then documents, under the prefix `loc.key`; return the URI of the last document.
+
+    Args:
+        key: the keystore key with write access to the bucket.
+        loc: the bucket and prefix the files go under (`<prefix>/<relative>`).
+        uploads: local files, uploaded `workers` at a time (multipart above `multipart_threshold` bytes).
+        documents: small generated files written after all uploads, in order (the catalog last, so
+            that a catalog present means everything it links is present).
+        workers: files uploaded at once.
+        progress: show a progress bar over the bytes on stderr.
+        multipart_threshold: file size in bytes from which boto3 uploads in parts.
+        overwrite: False refuses a prefix that already holds objects (TargetNotEmpty), before any upload.
+    """
+    from boto3.exceptions import S3UploadFailedError
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage.transfer import Progress, check_relatives, upload_all
+
+    check_relatives(uploads, documents)
+    client = s3_client(key, region=loc.region, max_pool=max(workers * 2, 10))
+    config = TransferConfig(multipart_threshold=multipart_threshold,
+                            multipart_chunksize=max(8 * 1024 * 1024, multipart_threshold // 8), max_concurrency=4)
+    prefix = loc.key.strip("/")
+
+    def key_of(rel: str) -> str:
+        return f"{prefix}/{rel}" if prefix else rel
+
+    if not overwrite:
+        check_empty(client, loc)
+    with Progress(progress, sum(u.size for u in uploads), f"uploading to s3://{loc.bucket}") as bar:
+        def put(job: Upload) -> None:
+            k = key_of(job.relative)
+            try:
+                client.upload_file(str(job.path), loc.bucket, k, ExtraArgs={"ContentType": job.content_type},
+                                   Config=config, Callback=bar.advance)
+            except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+                raise _upload_error(exc, f"s3://{loc.bucket}/{k}") from exc
+
+        upload_all(put, uploads, workers)
+    last = ""
+    for doc in documents:
+        last = key_of(doc.relative)
+        try:
+            client.put_object(Bucket=loc.bucket, Key=last, Body=doc.data, ContentType=doc.content_type)
+        except (ClientError, BotoCoreError) as exc:
+            raise s3_error(exc, f"s3://{loc.bucket}/{last}") from exc
+    return f"s3://{loc.bucket}/{last}"

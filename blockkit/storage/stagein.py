@@ -59,6 +59,17 @@ def stage_in(
     """Fetch `uri` into target_dir (an empty or new folder) and write its data.json; return the features.
 
     On any failure the target is left as it was: emptied, and removed when stage-in created it.
+
+    Args:
+        uri: the source: a local folder or file, http(s)://, `stac+` URLs, s3:// or webdav(s)://.
+        target_dir: an empty or new folder that receives the files and data.json.
+        keystore: where `key` is looked up (default: the keystore of the environment).
+        key: the name of the keystore key to read the source with (None: anonymous).
+        progress: show a progress bar over the bytes on stderr.
+        workers: files downloaded at once.
+        retry: how often and how long transient failures are retried, per file.
+        endpoint: the S3 endpoint for anonymous access to a store other than AWS.
+        limits: bounds on the bytes per file, per stage-in, and the time per file.
     """
     opts = StageOptions(workers, retry or RetryPolicy(), progress, endpoint, limits or TransferLimits())
     target = Path(target_dir)
@@ -255,12 +266,8 @@ class _Sources:
     def session(self) -> Any:
         """The http session (made on first use)."""
         if self._session is None:
-            auth = None
-            if self.cred is not None and self.cred.type == "webdav":
-                conf = self.cred.config
-                auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint,  # type: ignore[union-attr, arg-type]
-                                            self.cred.name)
-            self._session = http.session(auth, pool=max(self.opts.workers, 4))
+            dav_key = self.cred if self.cred is not None and self.cred.type == "webdav" else None
+            self._session = webdav.session_for(dav_key, self.opts.workers)
         return self._session
 
     def s3_client(self, region: str | None) -> Any:

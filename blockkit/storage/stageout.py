@@ -1,5 +1,8 @@
 """Stage-out: publish a folder's data.json outputs as a STAC catalog on a local folder, S3 or WebDAV.
 
+This module reads the outputs, builds the STAC documents and picks the target; the uploads live
+beside their stage-in twins (`s3.upload`, `webdav.upload`), the local copy here.
+
 A target that already holds files (a folder with entries, an S3 prefix with objects, a WebDAV collection
 with members) is refused with TargetNotEmpty unless `overwrite=True`: results are never replaced silently.
 Items are written with `blockkit.stac` (pystac), the same model as output catalogs and stage-in.
@@ -12,10 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,9 @@ from blockkit.contract.datajson import DATA_PATH, load_data_json
 from blockkit.stac import folder_name, media_type
 from blockkit.stac.writer import FILE_EXTENSION, catalog_dict, output_item
 from blockkit.storage import s3, webdav
-from blockkit.storage.errors import (
-    NoOutputError,
-    StorageError,
-    TargetNotEmpty,
-    UnsafePath,
-    UnsupportedURI,
-    WrongKeyType,
-)
+from blockkit.storage.errors import NoOutputError, StorageError, UnsafePath, UnsupportedURI, WrongKeyType
 from blockkit.storage.keystore import Key, Keystore
-from blockkit.storage.transfer import Progress, RetryPolicy, public_url
+from blockkit.storage.transfer import Document, RetryPolicy, Upload, public_url, target_not_empty
 
 log = logging.getLogger("blockkit.storage")
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -77,6 +70,18 @@ def stage_out(
 
     A target that already holds files is refused (TargetNotEmpty) unless overwrite: then files of the same
     name are replaced and other files stay.
+
+    Args:
+        source_dir: the folder with data.json and the files its features link (`up42.data_path`).
+        uri: the target: a folder (or file:// URI), `s3://bucket/prefix` or `webdav(s)://host/path`.
+        keystore: where `key` is looked up (default: the keystore of the environment).
+        key: the name of the keystore key with write access (needed for S3; WebDAV without auth needs none).
+        progress: show a progress bar over the bytes on stderr.
+        workers: files uploaded at once.
+        retry: retries of each WebDAV request (S3 retries in botocore).
+        multipart_threshold: file size in bytes from which S3 uploads go in parts.
+        description: the catalog's description (default: names the source folder).
+        overwrite: replace files of the same name in a target that already holds files.
     """
     source = Path(source_dir)
     items = collect_outputs(source)
@@ -85,71 +90,46 @@ def stage_out(
     scheme = _target_scheme(uri, cred)
     log.info("stage-out %s -> %s (%d items, %d files)", source, public_url(uri), len(items),
              sum(len(i.files) for i in items))
+    uploads, documents = _uploads(items), _documents(items, desc)
     if scheme == "file":
-        return _to_local(items, _local_target(uri), desc, overwrite)
+        return _to_local(uploads, documents, _local_target(uri), overwrite)
     if scheme == "s3":
-        return _to_s3(items, uri, cred, desc, workers, progress, multipart_threshold, overwrite)
-    return _to_webdav(items, uri, cred, desc, workers, progress, retry or RetryPolicy(), overwrite)
-
-
-def _not_empty(where: str) -> TargetNotEmpty:
-    return TargetNotEmpty(
-        f"{where} already holds files; stage out to a new folder or prefix, or pass --overwrite to replace them"
-    )
+        return s3.upload(_write_key(cred, uri), s3.parse_s3_uri(uri), uploads, documents, workers=workers,
+                         progress=progress, multipart_threshold=multipart_threshold, overwrite=overwrite)
+    return webdav.upload(cred, uri, uploads, documents, workers=workers, progress=progress,
+                         policy=retry or RetryPolicy(), overwrite=overwrite)
 
 
 def check_target(uri: str, *, keystore: Keystore | None = None, key: str | None = None,
                  retry: RetryPolicy | None = None) -> None:
-    """Raise TargetNotEmpty when a stage-out to `uri` would need --overwrite (a runner checks before running)."""
+    """Raise TargetNotEmpty when a stage-out to `uri` would need --overwrite (a runner checks before running).
+
+    Args:
+        uri: the stage-out target, as for `stage_out`.
+        keystore: where `key` is looked up (default: the keystore of the environment).
+        key: the keystore key that lists the target (needed for S3).
+        retry: retries of the WebDAV listing.
+    """
     cred = (keystore or Keystore.from_env()).get(key) if key else None
     scheme = _target_scheme(uri, cred)
     if scheme == "file":
         _check_local_empty(_local_target(uri))
     elif scheme == "s3":
         loc = s3.parse_s3_uri(uri)
-        if cred is None:
-            raise StorageError(f"stage-out to {uri} needs a keystore key with write access: --key NAME")
-        _check_s3_empty(s3.s3_client(cred, region=loc.region), loc)
+        s3.check_empty(s3.s3_client(_write_key(cred, uri), region=loc.region), loc)
     else:
-        _check_webdav_empty(_webdav_session(cred, 1), webdav.http_url(uri).rstrip("/"), retry or RetryPolicy())
+        webdav.check_empty(webdav.session_for(cred, 1), webdav.http_url(uri).rstrip("/"), retry or RetryPolicy())
+
+
+def _write_key(cred: Key | None, uri: str) -> Key:
+    if cred is None:
+        raise StorageError(f"stage-out to {uri} needs a keystore key with write access: --key NAME")
+    return cred
 
 
 def _check_local_empty(target: Path) -> None:
     if target.is_dir() and any(target.iterdir()):
-        raise _not_empty(str(target))
-
-
-def _check_s3_empty(client: Any, loc: s3.S3Location) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    prefix = loc.key.strip("/")
-    try:
-        listed = client.list_objects_v2(Bucket=loc.bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
-    except (ClientError, BotoCoreError) as exc:
-        raise s3.s3_error(exc, f"s3://{loc.bucket}/{prefix}") from exc
-    if listed.get("KeyCount") or listed.get("Contents"):
-        raise _not_empty(f"s3://{loc.bucket}/{prefix + '/' if prefix else ''}")
-
-
-def _webdav_session(cred: Key | None, workers: int) -> Any:
-    from blockkit.storage import http
-
-    auth = None
-    if cred is not None:
-        conf = cred.config
-        auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint, cred.name)  # type: ignore[union-attr, arg-type]
-    return http.session(auth, pool=max(workers, 4))
-
-
-def _check_webdav_empty(sess: Any, base: str, retry: RetryPolicy) -> None:
-    from blockkit.storage.errors import SourceNotFound
-
-    try:
-        members = webdav.members(sess, base + "/", retry)
-    except SourceNotFound:
-        return
-    if members:
-        raise _not_empty(public_url(base + "/"))
+        raise target_not_empty(str(target))
 
 
 # --- reading the outputs ---------------------------------------------------------------------
@@ -219,16 +199,17 @@ def stac_catalog(items: list[OutputItem], description: str) -> dict[str, Any]:
     return catalog_dict([f"./{i.id}/{i.id}.json" for i in items], description, CATALOG_ID)
 
 
-def _documents(items: list[OutputItem], description: str) -> list[tuple[str, bytes, str]]:
+def _documents(items: list[OutputItem], description: str) -> list[Document]:
     # Items first, catalog.json last: once the catalog is there, everything it links is there too.
-    docs = [(f"{i.id}/{i.id}.json", json.dumps(stac_item(i), indent=2).encode(), "application/geo+json")
+    docs = [Document(f"{i.id}/{i.id}.json", json.dumps(stac_item(i), indent=2).encode(), "application/geo+json")
             for i in items]
-    docs.append(("catalog.json", json.dumps(stac_catalog(items, description), indent=2).encode(), "application/json"))
+    docs.append(Document("catalog.json", json.dumps(stac_catalog(items, description), indent=2).encode(),
+                         "application/json"))
     return docs
 
 
-def _uploads(items: list[OutputItem]) -> list[tuple[OutputFile, str]]:
-    return [(f, f"{i.id}/{f.relative}") for i in items for f in i.files]
+def _uploads(items: list[OutputItem]) -> list[Upload]:
+    return [Upload(f.path, f"{i.id}/{f.relative}", f.size, media_type(f.relative)) for i in items for f in i.files]
 
 
 # --- targets ------------------------------------------------------------------------------------
@@ -265,117 +246,24 @@ def _local_target(uri: str) -> Path:
     return Path(uri).expanduser()
 
 
-def _to_local(items: list[OutputItem], target: Path, description: str, overwrite: bool) -> str:
+def _to_local(uploads: list[Upload], documents: list[Document], target: Path, overwrite: bool) -> str:
     if target.exists() and not target.is_dir():
         raise StorageError(f"{target} is a file; stage out to a folder")
     if not overwrite:
         _check_local_empty(target)
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
-    for f, rel in _uploads(items):
-        dest = target / rel
+    for job in uploads:
+        dest = target / job.relative
         if root not in dest.resolve().parents:
-            raise UnsafePath(f"{rel!r} would write outside {target}")
+            raise UnsafePath(f"{job.relative!r} would write outside {target}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(f.path, tmp)
+        shutil.copyfile(job.path, tmp)
         os.replace(tmp, dest)
-    for rel, data, _ in _documents(items, description):
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        tmp = target / (rel + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, target / rel)
+    for doc in documents:
+        (target / doc.relative).parent.mkdir(parents=True, exist_ok=True)
+        tmp = target / (doc.relative + ".part")
+        tmp.write_bytes(doc.data)
+        os.replace(tmp, target / doc.relative)
     return str((target / "catalog.json").absolute())
-
-
-def _parallel(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> None:
-    if workers <= 1 or len(jobs) <= 1:
-        for j in jobs:
-            fn(j)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blockkit-ul") as pool:
-        for _ in pool.map(fn, jobs):
-            pass
-
-
-def _to_s3(items: list[OutputItem], uri: str, cred: Key | None, description: str, workers: int, progress: bool,
-           threshold: int, overwrite: bool) -> str:
-    from boto3.exceptions import S3UploadFailedError
-    from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    loc = s3.parse_s3_uri(uri)
-    if cred is None:
-        raise StorageError(f"stage-out to {uri} needs a keystore key with write access: --key NAME")
-    client = s3.s3_client(cred, region=loc.region, max_pool=max(workers * 2, 10))
-    config = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(8 * 1024 * 1024, threshold // 8),
-                            max_concurrency=4)
-    prefix = loc.key.strip("/")
-
-    def key_of(rel: str) -> str:
-        return f"{prefix}/{rel}" if prefix else rel
-
-    if not overwrite:
-        _check_s3_empty(client, loc)
-
-    def _raise(exc: Exception, what: str) -> None:
-        if isinstance(exc, S3UploadFailedError):
-            found = re.search(r"An error occurred \((\w+)\)", str(exc))
-            code = found.group(1) if found else ""
-            from blockkit.storage.errors import AccessDenied, TransferFailed
-
-            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise AccessDenied(f"{what}: {code}; the key needs write access to this bucket") from exc
-            if code == "NoSuchBucket":
-                raise StorageError(f"{what}: the bucket does not exist; create it first") from exc
-            raise TransferFailed(f"{what}: {code or type(exc).__name__}") from exc
-        raise s3.s3_error(exc, what) from exc
-
-    total = sum(f.size for f, _ in _uploads(items))
-    with Progress(progress, total, f"uploading to s3://{loc.bucket}") as bar:
-        def upload(job: tuple[OutputFile, str]) -> None:
-            f, rel = job
-            k = key_of(rel)
-            extra = {"ContentType": media_type(rel)}
-            try:
-                client.upload_file(str(f.path), loc.bucket, k, ExtraArgs=extra, Config=config,
-                                   Callback=bar.advance)
-            except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
-                _raise(exc, f"s3://{loc.bucket}/{k}")
-
-        _parallel(upload, _uploads(items), workers)
-    for rel, data, ctype in _documents(items, description):
-        k = key_of(rel)
-        try:
-            client.put_object(Bucket=loc.bucket, Key=k, Body=data, ContentType=ctype)
-        except (ClientError, BotoCoreError) as exc:
-            _raise(exc, f"s3://{loc.bucket}/{k}")
-    return f"s3://{loc.bucket}/{key_of('catalog.json')}"
-
-
-def _to_webdav(items: list[OutputItem], uri: str, cred: Key | None, description: str, workers: int, progress: bool,
-               retry: RetryPolicy, overwrite: bool) -> str:
-    base = webdav.http_url(uri).rstrip("/")
-    sess = _webdav_session(cred, workers)
-    if not overwrite:
-        _check_webdav_empty(sess, base, retry)
-    made: set[str] = set()
-    base_path = urlsplit(base).path
-    # the target folder itself, then every item folder (MKCOL is not recursive)
-    scheme_host = base[: len(base) - len(base_path)] if base_path else base
-    webdav.mkcol_tree(sess, scheme_host, base_path, retry, made)
-    dirs = sorted({str(Path(rel).parent) for _, rel in _uploads(items)} | {i.id for i in items})
-    for d in dirs:
-        webdav.mkcol_tree(sess, base, d, retry, made)
-    total = sum(f.size for f, _ in _uploads(items))
-    with Progress(progress, total, f"uploading to {public_url(base)}") as bar:
-        def put(job: tuple[OutputFile, str]) -> None:
-            f, rel = job
-            webdav.put_file(sess, f"{base}/{quote(webdav.ensure_safe(rel))}", f.path, retry)
-            bar.advance(f.size)
-
-        _parallel(put, _uploads(items), workers)
-    for rel, data, ctype in _documents(items, description):
-        webdav.put_bytes(sess, f"{base}/{quote(rel)}", data, retry, ctype)
-    parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{base_path}/catalog.json"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.storage.errors import TooLarge, TransferFailed, UnsafePath
+from blockkit.storage.errors import TargetNotEmpty, TooLarge, TransferFailed, UnsafePath
 
 log = logging.getLogger("blockkit.storage")
 T = TypeVar("T")
@@ -214,7 +214,16 @@ def download(
     task: Download, policy: RetryPolicy, advance: Callable[[int], None] = lambda n: None,
     budget: Budget | None = None,
 ) -> int:
-    """Fetch one file to `<dest>.part`, verify it, then rename: a partial file never looks complete."""
+    """Fetch one file to `<dest>.part`, verify it, then rename: a partial file never looks complete.
+
+    Args:
+        task: what to fetch, from where, to where, with which size and checksums expected.
+        policy: retries of transient failures (a retry starts the file again).
+        advance: called with each chunk's size (negative to roll back a failed attempt): the progress bar.
+        budget: the stage-in's byte budget shared by all its files (default: a fresh one).
+
+    Returns the number of bytes written.
+    """
     budget = budget or Budget(TransferLimits())
     deadline = time.monotonic() + budget.limits.file_deadline
     try:
@@ -277,7 +286,18 @@ def download_all(
     tasks: list[Download], *, workers: int = 8, policy: RetryPolicy | None = None, progress: bool = True,
     description: str = "downloading", limits: TransferLimits | None = None,
 ) -> int:
-    """Fetch all tasks in parallel; the first failure cancels what has not started and is raised."""
+    """Fetch all tasks in parallel; the first failure cancels what has not started and is raised.
+
+    Args:
+        tasks: the files to fetch; two tasks writing one file (or a file and a folder) are refused first.
+        workers: files fetched at once.
+        policy: retries of transient failures, per file.
+        progress: show a progress bar over the bytes on stderr.
+        description: the progress bar's text.
+        limits: bounds on the bytes per file, in total, and the time per file.
+
+    Returns the number of bytes written.
+    """
     policy = policy or RetryPolicy()
     budget = Budget(limits or TransferLimits())
     check_destinations(tasks)
@@ -322,3 +342,51 @@ def iter_file(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while data := fh.read(chunk):
             yield data
+
+
+# --- uploads (stage-out) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One local file to publish at `relative` ('/'-separated) under a stage-out target."""
+
+    path: Path
+    relative: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """A small generated file (a STAC item or catalog) written after every upload."""
+
+    relative: str
+    data: bytes
+    content_type: str
+
+
+def check_relatives(uploads: list[Upload], documents: list[Document]) -> None:
+    """Refuse, before anything is sent, a target path that is absolute, empty, or has `..`, `.`, empty or NUL parts."""
+    for relative in [u.relative for u in uploads] + [d.relative for d in documents]:
+        parts = relative.split("/")
+        if not relative or relative.startswith("/") or "\x00" in relative or any(p in ("", ".", "..") for p in parts):
+            raise UnsafePath(f"upload path {relative!r} is not a plain relative path under the target; refusing it")
+
+
+def upload_all(put: Callable[[Upload], None], uploads: list[Upload], workers: int) -> None:
+    """Call `put` for every upload, `workers` at a time; the first failure is raised."""
+    if workers <= 1 or len(uploads) <= 1:
+        for job in uploads:
+            put(job)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blockkit-ul") as pool:
+        for _ in pool.map(put, uploads):
+            pass
+
+
+def target_not_empty(where: str) -> TargetNotEmpty:
+    """The error for a stage-out target that already holds files."""
+    return TargetNotEmpty(
+        f"{where} already holds files; stage out to a new folder or prefix, or pass --overwrite to replace them"
+    )

@@ -1,4 +1,4 @@
-"""WebDAV: `webdav(s)://host/path` over plain HTTP (PROPFIND, GET, MKCOL, PUT) with Basic auth."""
+"""WebDAV: `webdav(s)://host/path` over plain HTTP with Basic auth: listing and GET for stage-in, MKCOL and PUT for stage-out."""
 
 from __future__ import annotations
 
@@ -9,10 +9,29 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
-from blockkit.storage.errors import StorageError, TransferFailed, UnsafePath, UnsupportedURI
 from blockkit.storage import http
+from blockkit.storage.errors import (
+    SourceNotFound,
+    StorageError,
+    TransferFailed,
+    UnsafePath,
+    UnsupportedURI,
+    WrongKeyType,
+)
 from blockkit.storage.http import check_status
-from blockkit.storage.transfer import RetryPolicy, TransientError, public_url, with_retries
+from blockkit.storage.keystore import Key, WebDavKeyConfig
+from blockkit.storage.transfer import (
+    Document,
+    Progress,
+    RetryPolicy,
+    TransientError,
+    Upload,
+    check_relatives,
+    public_url,
+    target_not_empty,
+    upload_all,
+    with_retries,
+)
 
 _DAV = "{DAV:}"
 _PROPFIND = (
@@ -130,7 +149,15 @@ def members(sess: Any, url: str, policy: RetryPolicy) -> int:
 
 
 def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy, made: set[str]) -> None:
-    """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before."""
+    """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before.
+
+    Args:
+        sess: the requests session (`session_for`).
+        base_url: the collection the folders go under (it must exist).
+        relative_dir: '/'-separated folders to create below it, parents first.
+        policy: retries of transient failures, per MKCOL.
+        made: URLs created so far by this upload; updated, so each folder is made once.
+    """
     url = base_url.rstrip("/")
     for part in [p for p in relative_dir.split("/") if p]:
         url = f"{url}/{quote(unquote(part))}"
@@ -154,7 +181,14 @@ def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy,
 
 
 def put_file(sess: Any, url: str, path: Path, policy: RetryPolicy) -> None:
-    """PUT a local file (streamed) to url."""
+    """PUT a local file (streamed) to url.
+
+    Args:
+        sess: the requests session (`session_for`).
+        url: the file's URL (its collection must exist).
+        path: the local file.
+        policy: retries of transient failures (a retry sends the file again).
+    """
 
     def once() -> None:
         with open(path, "rb") as fh:
@@ -164,7 +198,15 @@ def put_file(sess: Any, url: str, path: Path, policy: RetryPolicy) -> None:
 
 
 def put_bytes(sess: Any, url: str, data: bytes, policy: RetryPolicy, content_type: str) -> None:
-    """PUT a small document to url."""
+    """PUT a small document to url.
+
+    Args:
+        sess: the requests session (`session_for`).
+        url: the document's URL.
+        data: its bytes.
+        policy: retries of transient failures.
+        content_type: its media type.
+    """
     with_retries(lambda: _request(sess, "PUT", url, data=data, headers={"Content-Type": content_type}) and None,
                  policy, public_url(url))
 
@@ -174,3 +216,79 @@ def ensure_safe(rel: str) -> str:
     if rel.startswith("/") or ".." in rel.split("/"):
         raise UnsafePath(f"path {rel!r} leaves the target; refusing it")
     return rel
+
+
+# --- stage-out: uploads ----------------------------------------------------------------------------
+
+
+def session_for(key: Key | None, workers: int) -> Any:
+    """A requests session for a WebDAV server: Basic auth scoped to the key's endpoint, a pool for `workers`."""
+    auth = None
+    if key is not None:
+        conf = key.config
+        if not isinstance(conf, WebDavKeyConfig):
+            raise WrongKeyType(f"key {key.name!r} is a {key.type} key; a webdav key is needed here")
+        auth = http.ScopedBasicAuth(conf.username, conf.password, conf.endpoint, key.name)
+    return http.session(auth, pool=max(workers, 4))
+
+
+def check_empty(sess: Any, base: str, policy: RetryPolicy) -> None:
+    """Raise TargetNotEmpty when the collection `base` exists and holds members (a missing one is fine)."""
+    try:
+        count = members(sess, base + "/", policy)
+    except SourceNotFound:
+        return
+    if count:
+        raise target_not_empty(public_url(base + "/"))
+
+
+def upload(
+    key: Key | None,
+    uri: str,
+    uploads: list[Upload],
+    documents: list[Document],
+    *,
+    workers: int = 8,
+    progress: bool = True,
+    policy: RetryPolicy | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Create the collections, PUT files, then documents, under `uri`; return the URI of the last document.
+
+    Args:
+        key: the keystore key (webdav) for Basic auth, or None for a server without auth.
+        uri: the target collection, `webdav(s)://host/path` (or http(s)://).
+        uploads: local files, PUT `workers` at a time into their collections (MKCOL first, parents
+            before children, as MKCOL is not recursive).
+        documents: small generated files PUT after all uploads, in order (the catalog last).
+        workers: files uploaded at once.
+        progress: show a progress bar over the bytes on stderr.
+        policy: retries of each request (transient failures only).
+        overwrite: False refuses a collection that already holds members (TargetNotEmpty), before any upload.
+    """
+    check_relatives(uploads, documents)
+    policy = policy or RetryPolicy()
+    base = http_url(uri).rstrip("/")
+    sess = session_for(key, workers)
+    if not overwrite:
+        check_empty(sess, base, policy)
+    made: set[str] = set()
+    base_path = urlsplit(base).path
+    scheme_host = base[: len(base) - len(base_path)] if base_path else base
+    relatives = [u.relative for u in uploads] + [d.relative for d in documents]
+    webdav_dirs = sorted({posixpath.dirname(rel) for rel in relatives} - {""})
+    mkcol_tree(sess, scheme_host, base_path, policy, made)  # the target collection itself
+    for folder in webdav_dirs:
+        mkcol_tree(sess, base, folder, policy, made)
+    with Progress(progress, sum(u.size for u in uploads), f"uploading to {public_url(base)}") as bar:
+        def put(job: Upload) -> None:
+            put_file(sess, f"{base}/{quote(ensure_safe(job.relative))}", job.path, policy)
+            bar.advance(job.size)
+
+        upload_all(put, uploads, workers)
+    last = ""
+    for doc in documents:
+        last = doc.relative
+        put_bytes(sess, f"{base}/{quote(ensure_safe(last))}", doc.data, policy, doc.content_type)
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{base_path}/{last}"

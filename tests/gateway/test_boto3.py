@@ -147,6 +147,26 @@ def test_multipart_low_level_list_abort(served_small_parts: Served) -> None:
     assert sorted(p.name for p in served.output.iterdir()) == ["m.bin"]
 
 
+def test_boto3_paginators_page_through_uploads_and_parts(served: Served) -> None:
+    s3 = client(served.endpoint)
+    ids = {key: s3.create_multipart_upload(Bucket="out", Key=key)["UploadId"] for key in ("c", "a", "b/x", "é")}
+    for number in range(1, 6):
+        s3.upload_part(Bucket="out", Key="a", UploadId=ids["a"], PartNumber=number, Body=b"p" * number)
+    pages = list(s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket="out", PaginationConfig={"PageSize": 1}))
+    assert [u["Key"] for page in pages for u in page.get("Uploads", [])] == ["a", "b/x", "c", "é"]
+    assert len(pages) == 4
+    under_b = s3.list_multipart_uploads(Bucket="out", Prefix="b/")["Uploads"]
+    assert [u["UploadId"] for u in under_b] == [ids["b/x"]]
+    parts = list(s3.get_paginator("list_parts").paginate(
+        Bucket="out", Key="a", UploadId=ids["a"], PaginationConfig={"PageSize": 2}))
+    assert [p["PartNumber"] for page in parts for p in page["Parts"]] == [1, 2, 3, 4, 5]
+    assert len(parts) == 3
+    with pytest.raises(ClientError) as exc:
+        s3.list_parts(Bucket="out", Key="a", UploadId=ids["a"], MaxParts=-1)
+    assert code(exc) == "InvalidArgument"
+
+
 def test_multipart_subset_and_uneven_parts_are_assembled(served_small_parts: Served) -> None:
     served = served_small_parts
     s3 = client(served.endpoint)

@@ -32,11 +32,11 @@ with open(os.path.join(out, "data.json"), "w") as handle:
 @pytest.fixture(autouse=True)
 def frozen_blockkit_source(monkeypatch):
     """Hash blockkit's sources once per test: edits elsewhere in the tree must not move tags mid-test."""
-    from blockkit.runner import build
+    from blockkit.runner import image_names
 
-    real = build._blockkit_source_hash
+    real = image_names.blockkit_source_hash
     memo: dict[object, str] = {}
-    monkeypatch.setattr(build, "_blockkit_source_hash", lambda root: memo.setdefault(root, real(root)))
+    monkeypatch.setattr(image_names, "blockkit_source_hash", lambda root: memo.setdefault(root, real(root)))
 
 
 @pytest.fixture
@@ -153,10 +153,10 @@ def test_second_build_works_without_a_package_index(build, docker_client, base_i
 
 @pytest.mark.docker
 def test_wheels_are_chosen_for_the_image_python_not_the_host(build, docker_client, base_image, tmp_path, monkeypatch):
-    from blockkit.runner import build as build_module
+    from blockkit.runner import wheelhouse
 
     # As on a host whose Python differs from the image's: binary wheels for the image's platform.
-    monkeypatch.setattr(build_module, "_host_matches", lambda target: False)
+    monkeypatch.setattr(wheelhouse, "host_matches", lambda target: False)
     block = make_block(tmp_path)
     built = build(block, base_image=base_image, client=docker_client)
     out = docker_client.containers.run(
@@ -230,6 +230,27 @@ def test_content_hash_depends_on_block_base_and_ignores_caches(tmp_path):
 
     (block / "requirements.txt").write_text("affine\n")
     assert one != block_content_hash(block, base_image_id="sha256:a", **kwargs)
+
+
+@pytest.mark.parametrize("name, repo", [
+    ("ndvi", "ndvi"),
+    ("My Block", "my-block"),
+    ("S2--Superresolution__v2", "s2-superresolution-v2"),
+    ("..hidden..", "hidden"),
+    ("ÄÖÜ", "block"),
+    ("", "block"),
+    ("a/b:c@d", "a-b-c-d"),
+])
+def test_repo_name_makes_any_manifest_name_a_docker_repository(name: str, repo: str) -> None:
+    from blockkit.runner.image_names import repo_name
+
+    assert repo_name(name) == repo
+
+
+def test_image_tag_is_the_repository_and_the_short_content_hash() -> None:
+    from blockkit.runner.image_names import image_tag
+
+    assert image_tag("My Block", "0123456789abcdef" * 4) == "blockkit/my-block:0123456789ab"
 
 
 def _cli() -> typer.Typer:

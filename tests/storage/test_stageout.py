@@ -14,11 +14,11 @@ import requests
 
 from blockkit.contract.datajson import write_data_json
 from blockkit.contract.errors import ExitCode
-from blockkit.storage.errors import AccessDenied, NoOutputError, UnsupportedURI
+from blockkit.storage.errors import AccessDenied, NoOutputError, TargetNotEmpty, UnsafePath, UnsupportedURI
 from blockkit.storage.keystore import Keystore, WebDavKeyConfig
 from blockkit.storage.stagein import stage_in
 from blockkit.storage.stageout import stage_out
-from blockkit.storage.transfer import RetryPolicy
+from blockkit.storage.transfer import Document, RetryPolicy, Upload
 from tests.servers import write_geotiff
 
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
@@ -162,3 +162,53 @@ def test_stage_out_webdav(outputs: Path, keystore: Keystore, dav_server, caplog:
         assert requests.head(urljoin(item_href, asset["href"]), auth=auth, timeout=10).status_code == 200
     for secret in keystore.get("dav").secrets():
         assert secret not in caplog.text
+
+
+# --- the uploads beside their stage-in twins (s3.upload, webdav.upload) ---------------------------
+
+
+def _files(tmp_path: Path) -> list[Upload]:
+    data = tmp_path / "f.bin"
+    data.write_bytes(b"data")
+    return [Upload(data, "item/f.bin", 4, "application/octet-stream")]
+
+
+@pytest.mark.parametrize("bad", ["../escape.bin", "/abs.bin", "item/../../x", "item//x", "./x", "a\x00b"])
+def test_s3_upload_refuses_paths_leaving_the_prefix_before_sending(tmp_path: Path, s3_keystore: Keystore, seaweed,
+                                                                   bad: str) -> None:
+    from blockkit.storage import s3
+
+    seaweed.make_bucket("hostile-up")
+    uploads = _files(tmp_path) + [Upload(tmp_path / "f.bin", bad, 4, "application/octet-stream")]
+    with pytest.raises(UnsafePath):
+        s3.upload(s3_keystore.get("s3"), s3.parse_s3_uri("s3://hostile-up/run"), uploads, [], progress=False)
+    assert seaweed.client().list_objects_v2(Bucket="hostile-up").get("KeyCount", 0) == 0
+
+
+def test_s3_upload_writes_files_then_documents_and_refuses_a_full_prefix(tmp_path: Path, s3_keystore: Keystore,
+                                                                         seaweed) -> None:
+    from blockkit.storage import s3
+
+    seaweed.make_bucket("twin-up")
+    loc = s3.parse_s3_uri("s3://twin-up/run")
+    docs = [Document("catalog.json", b"{}", "application/json")]
+    assert s3.upload(s3_keystore.get("s3"), loc, _files(tmp_path), docs, progress=False) == "s3://twin-up/run/catalog.json"
+    client = seaweed.client()
+    assert client.get_object(Bucket="twin-up", Key="run/item/f.bin")["Body"].read() == b"data"
+    assert client.head_object(Bucket="twin-up", Key="run/catalog.json")["ContentType"] == "application/json"
+    with pytest.raises(TargetNotEmpty):
+        s3.upload(s3_keystore.get("s3"), loc, _files(tmp_path), docs, progress=False)
+
+
+@pytest.mark.parametrize("bad", ["../escape.bin", "/abs.bin", "item/../../x"])
+def test_webdav_upload_refuses_paths_leaving_the_collection_before_sending(tmp_path: Path, keystore: Keystore,
+                                                                          dav_server, bad: str) -> None:
+    from blockkit.storage import webdav
+
+    keystore.add("dav-up", WebDavKeyConfig(dav_server.endpoint, dav_server.username, dav_server.password))
+    before = sorted(p.relative_to(dav_server.root) for p in dav_server.root.rglob("*"))
+    uploads = _files(tmp_path) + [Upload(tmp_path / "f.bin", bad, 4, "application/octet-stream")]
+    target = dav_server.endpoint.replace("http://", "webdav://") + "/hostile/run"
+    with pytest.raises(UnsafePath):
+        webdav.upload(keystore.get("dav-up"), target, uploads, [], progress=False, policy=FAST)
+    assert sorted(p.relative_to(dav_server.root) for p in dav_server.root.rglob("*")) == before
