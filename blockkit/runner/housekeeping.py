@@ -148,13 +148,25 @@ def _read_index(root: Path) -> dict[str, str]:
 
 
 def _replacement(key: str, survivors: list[RunInfo], root: Path) -> str | None:
-    """A surviving run's output folder holding the result of this cache key, relative to root."""
+    """A surviving run's folder holding the result of this cache key, relative to root.
+
+    A step's key names its output folder; a feature's key (the datum cache of a scattered
+    step) names the part folder `<run>/steps/<step>/parts/<name>` that holds its output.
+    """
     for run in survivors:
         for name, step in run.steps.items():
             if step.get("cache_key") == key and step.get("status") in ("ok", "cached"):
                 output = RunFolder(run.path).output_dir(name)
                 if output.is_dir() and not output.is_symlink() and (output / "data.json").is_file():
                     return output.relative_to(root).as_posix()
+            parts = step.get("parts")
+            for part in parts if isinstance(parts, list) else []:
+                if (isinstance(part, dict) and part.get("cache_key") == key
+                        and part.get("status") in ("ran", "reused") and isinstance(part.get("name"), str)):
+                    folder = run.path / "steps" / name / "parts" / part["name"]
+                    if (not folder.is_symlink() and folder.parent.resolve() == (run.path / "steps" / name / "parts").resolve()
+                            and (folder / "output").is_dir() and not (folder / "output").is_symlink()):
+                        return folder.relative_to(root).as_posix()
     return None
 
 

@@ -39,6 +39,7 @@ class RunRequest:
     max_memory_mb: int | None = None  # (--max-memory)
     jobs: int | None = None  # steps at once (--jobs); None: as many as the host's CPUs
     fail_fast: bool = False  # a failing step kills the running ones (--fail-fast)
+    keep_going: bool = False  # a failing step or feature does not stop the others (--keep-going)
     console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
 
@@ -82,6 +83,8 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     """Run what was asked and return a summary (raises RunFailed / BlockkitError)."""
     say = request.on_message or (lambda text: None)
     runs_dir = (request.runs_dir or default_runs_dir()).resolve()
+    if request.fail_fast and request.keep_going:
+        raise WorkflowError("--fail-fast and --keep-going contradict each other; give one")
     workflow = load_target(request, runs_dir)
     plan = plan_workflow(workflow)
     engine, why = select_engine(request.engine)
@@ -136,6 +139,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         input_dir=input_dir,
         budget=run_budget(engine, request),
         fail_fast=request.fail_fast,
+        keep_going=request.keep_going,
     )
     run = WorkflowRun(plan, options)
     say(f"run {run.folder.run_id} in {run.folder.path}")
