@@ -1,35 +1,52 @@
-"""Running a planned workflow: run folders, data passing, provenance, caching and resume."""
+"""Running a planned workflow: the orchestration of steps, data passing, caching and resume.
+
+The run folder format is `blockkit.runner.run_folder`, run.json/provenance.json are built by
+`blockkit.runner.provenance`, cache keys and the cache index are `blockkit.runner.cache`;
+their names are imported here too, as before the split.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import queue
-import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import blockkit
 from blockkit.contract.datajson import DATA_JSON, FeatureCollection, dumps, load_data_json
-from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, WorkflowError, WrongInputError
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, WrongInputError
 from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
-from blockkit.runner.hashing import HashCache, digest_of, source_hash
-from blockkit.runner.lock import FileLock, RunLock, replace_atomic, runner_identity
+from blockkit.runner.cache import (
+    CacheIndex,
+    part_key,
+    part_producer,
+    producer_record,
+    step_identity,
+    step_key,
+    verify_part,
+)
+from blockkit.runner.hashing import HashCache, source_hash
+from blockkit.runner.lock import RunLock, replace_atomic, runner_identity
 from blockkit.runner.plan import Plan, PlannedStep
+from blockkit.runner.provenance import provenance_document, redact_workflow_text, run_document
+from blockkit.runner.run_folder import (
+    PROVENANCE_FILE,
+    RUN_FILE,
+    RunFolder,
+    StepRecord,
+    default_runs_dir,
+    find_run,
+)
 from blockkit.runner.schedule import Budget, Scheduler, Task
 from blockkit.runner.seal import SealError, SealTimeout, lock_tree, output_limit, remove_tree, seal_tree, verify_tree
 from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in, link_tree
 
-RUN_FILE = "run.json"
-#: Room kept at the end of run.json for writing the final state when the disk is full.
-RESERVE_BYTES = 4096
-PROVENANCE_FILE = "provenance.json"
 Event = Callable[[str, str, dict[str, Any]], None]  # (kind, step, info)
 
 
@@ -50,185 +67,6 @@ class RunInterrupted(BlockkitError):
     def __init__(self, run_dir: Path) -> None:
         super().__init__(f"run {run_dir.name} interrupted")
         self.run_dir = run_dir
-
-
-def default_runs_dir() -> Path:
-    """Where run folders go: `$BLOCKKIT_RUNS_DIR` or `.blockkit/runs` in the current folder."""
-    return Path(os.environ.get("BLOCKKIT_RUNS_DIR") or Path.cwd() / ".blockkit" / "runs")
-
-
-@dataclass
-class StepRecord:
-    """What happened to one step (kept in run.json and provenance.json)."""
-
-    name: str
-    status: str = "pending"  # pending | running | ok | failed | cached | skipped
-    exit_code: int | None = None
-    exit_name: str | None = None
-    started: float | None = None
-    ended: float | None = None
-    cache_key: str | None = None
-    cached_from: str | None = None
-    produced_by: dict[str, Any] | None = None  # a cached step: the run, step, engine and image that made it
-    block: dict[str, Any] = field(default_factory=dict)
-    engine: str | None = None
-    image: str | None = None
-    image_id: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    upstream: list[str] = field(default_factory=list)
-    inputs: dict[str, str] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    features_out: int | None = None
-    detail: str = ""
-    #: A scattered step: one entry per input feature, in input order (see `WorkflowRun._run_scattered`):
-    #: name, feature id, status (pending | ran | reused | failed | interrupted), cache key, exit code,
-    #: `from` (the part folder it was reused from), and the hashes of its output and quicklooks.
-    parts: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> StepRecord:
-        """A record read back from run.json (unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-class RunFolder:
-    """The folder of one run: step outputs, logs, run.json and provenance.json."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def create(cls, root: Path, workflow_name: str) -> RunFolder:
-        """A new, uniquely named run folder."""
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in workflow_name)[:40]
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(2)}"
-        path = root / run_id
-        path.mkdir(parents=True)
-        return cls(path)
-
-    @property
-    def run_id(self) -> str:
-        """The run's id (its folder name)."""
-        return self.path.name
-
-    def output_dir(self, step: str) -> Path:
-        """Where a step's sealed output is (read-only; the block wrote it in `work_dir`)."""
-        return self.path / "steps" / step / "output"
-
-    def work_dir(self, step: str) -> Path:
-        """The folder a step's block writes into (seen as /tmp/output); sealed into `output_dir` after."""
-        return self.path / "steps" / step / "work"
-
-    def input_dir(self, step: str) -> Path:
-        """A folder the runner prepares as a step's input (first steps and fan-in)."""
-        return self.path / "steps" / step / "input"
-
-    def quicklook_dir(self, step: str) -> Path:
-        """Where a step's quicklooks go."""
-        return self.path / "steps" / step / "quicklooks"
-
-    def log_path(self, step: str) -> Path:
-        """A step's log file."""
-        return self.path / "logs" / f"{step}.log"
-
-    def write_json(self, name: str, data: Any) -> None:
-        """Write a JSON file of the run atomically.
-
-        Trailing spaces (valid JSON) keep room so that on a full disk the final state can
-        still be written over the old file in place.
-        """
-        text = json.dumps(data, indent=2, default=str)
-        self.write_text(name, text + "\n" + " " * RESERVE_BYTES)
-
-    def write_text(self, name: str, text: str) -> None:
-        """Write a file of the run atomically; on a full disk, in place when it fits in the old one."""
-        path = self.path / name
-        try:
-            replace_atomic(path, text)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            data = text.rstrip(" ").encode()
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                room = os.fstat(fd).st_size
-                if room < len(data):
-                    raise
-                os.pwrite(fd, data + b" " * (room - len(data)), 0)  # no new block needed
-            finally:
-                os.close(fd)
-
-    def read_json(self, name: str) -> Any:
-        """Read a JSON file of the run (a broken one is a WorkflowError naming it)."""
-        path = self.path / name
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise WorkflowError(f"{path} is not readable JSON ({exc}); the run folder is damaged") from exc
-        if not isinstance(data, dict):
-            raise WorkflowError(f"{path} is not a JSON object; the run folder is damaged")
-        return data
-
-
-def find_run(root: Path, run_id: str) -> RunFolder:
-    """The run folder with this id (or unique prefix)."""
-    if not root.is_dir():
-        raise WorkflowError(f"no runs in {root}")
-    matches = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(run_id) and (p / RUN_FILE).exists())
-    if len(matches) != 1:
-        what = "no run" if not matches else f"{len(matches)} runs"
-        raise WorkflowError(f"{what} matching {run_id!r} in {root}; see `blockkit runs list`")
-    return RunFolder(matches[0])
-
-
-class CacheIndex:
-    """Maps a step's cache key to the run folder output that has that result.
-
-    Many runners share `cache-index.json`: every change is a read-merge-write under a lock
-    (`cache-index.lock`) through a unique temp file, so concurrent runs keep every entry.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.path = root / "cache-index.json"
-
-    def _read(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
-
-    @property
-    def entries(self) -> dict[str, str]:
-        """The current entries (cache key -> output folder relative to the runs folder)."""
-        return self._read()
-
-    def lookup(self, key: str) -> str | None:
-        """The output folder (relative to the runs folder) recorded for this key, or None."""
-        return self._read().get(key)
-
-    def update(self, change: Callable[[dict[str, str]], None]) -> None:
-        """Change the entries under the index lock (read, change in place, write)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.root / "cache-index.lock"):
-            entries = self._read()
-            change(entries)
-            replace_atomic(self.path, json.dumps(entries, indent=1))
-
-    def store(self, key: str, output_dir: Path) -> None:
-        """Remember that this output folder is the result for this key."""
-        rel = output_dir.relative_to(self.root).as_posix()
-        self.update(lambda entries: entries.__setitem__(key, rel))
-
-    def evict(self, key: str, rel: str) -> None:
-        """Forget this key's entry if it still names `rel`."""
-        def drop(entries: dict[str, str]) -> None:
-            if entries.get(key) == rel:
-                del entries[key]
-
-        self.update(drop)
 
 
 @dataclass
@@ -506,19 +344,10 @@ class WorkflowRun:
         input_dir, upstream_dirs = self._prepare_input(step)
         inputs = self._input_hashes(step, input_dir)
         block_info, image, image_id = self._block_identity(step)
-        identity = {
-            "block": block_info.get("source_sha256") or image_id,
-            "params": step.params,
-            "mode": step.definition.mode,
-            "blockkit": blockkit.__version__,
-            # A result is reused only from the same engine (and image): the two run a block in
-            # different environments (host Python vs the image), so their outputs may differ.
-            "engine": engine.name,
-            "image_id": image_id,
-            # Only scattered steps carry the field: the keys of other steps stay as they were.
-            **({"scatter": step.definition.scatter} if step.definition.scatter else {}),
-        }
-        key = digest_of({**identity, "inputs": inputs, "propagate": step.propagate})
+        identity = step_identity(block=block_info.get("source_sha256") or image_id, params=step.params,
+                                 mode=step.definition.mode, blockkit_version=blockkit.__version__,
+                                 engine=engine.name, image_id=image_id, scatter=step.definition.scatter)
+        key = step_key(identity, inputs, step.propagate)
         output_dir = self.folder.output_dir(step.name)
         record.block, record.image, record.image_id = block_info, image, image_id
         record.engine = engine.name
@@ -610,9 +439,8 @@ class WorkflowRun:
         engine = self.options.engine
         record = self.records[step.name]
         started = time.time()
-        step_dir = self.folder.path / "steps" / step.name
-        base = step_dir / "parts"
-        split_dir = step_dir / "split"
+        base = self.folder.parts_dir(step.name)
+        split_dir = self.folder.split_dir(step.name)
         remove_tree(split_dir)
         try:
             parts = split(spec.input_dir, split_dir)
@@ -635,7 +463,7 @@ class WorkflowRun:
                 return StepResult(int(ExitCode.WRONG_INPUT_ERROR), started, time.time(),
                                   detail=f"feature {name!r}: {err.message.replace('output may', 'input may')}")
             entries.append({"name": name, "feature": feature.get("id"), "status": "pending",
-                            "cache_key": digest_of({**identity, "inputs": inputs, "datum": "feature"})})
+                            "cache_key": part_key(identity, inputs)})
         with self._state:
             record.parts = entries
         sink = self._log_sink(step.name)
@@ -738,11 +566,11 @@ class WorkflowRun:
     def _reuse_part(self, step: PlannedStep, entry: dict[str, Any], earlier: Mapping[str, Any] | None) -> bool:
         """Serve a part from this run's earlier attempt (--resume) or from the cache, when its files check out."""
         name, key = entry["name"], entry["cache_key"]
-        part_dir = self.folder.path / "steps" / step.name / "parts" / name
+        part_dir = self.folder.part_dir(step.name, name)
         rel_here = part_dir.relative_to(self.root).as_posix()
         if (self.options.resume and earlier is not None and earlier.get("cache_key") == key
                 and earlier.get("status") in ("ran", "reused")):
-            problem = _verify_part(part_dir, earlier, self.hashes)
+            problem = verify_part(part_dir, earlier, self.hashes)
             if problem is None:
                 self._set_part(entry, **{k: earlier.get(k) for k in ("status", "exit_code", "exit_name", "from",
                                                                      "outputs", "quicklooks")})
@@ -754,11 +582,11 @@ class WorkflowRun:
         rel = self.cache.lookup(key)
         if not rel or rel == rel_here:
             return False
-        producer = _part_producer(self.root, rel, key)
+        producer = part_producer(self.root, rel, key)
         if producer is None:
             self.cache.evict(key, rel)
             return False
-        problem = _verify_part(self.root / rel, producer, self.hashes)
+        problem = verify_part(self.root / rel, producer, self.hashes)
         if problem is not None:
             # Never reuse a changed result silently: drop it from the cache and run the feature.
             self.cache.evict(key, rel)
@@ -791,7 +619,7 @@ class WorkflowRun:
         cached = self.root / rel
         if cached == output_dir:
             return False
-        producer = self._producer(rel, key)
+        producer = producer_record(self.root, rel, key)
         if producer is None:
             self.cache.evict(key, rel)
             return False
@@ -819,22 +647,6 @@ class WorkflowRun:
         self._emit("cached", step.name, source=record.cached_from, features=record.features_out)
         self._save("running")
         return True
-
-    def _producer(self, rel: str, key: str) -> dict[str, Any] | None:
-        """The run.json record of the step that made a cached output (None if gone or not that key)."""
-        parts = rel.split("/")
-        if len(parts) != 4 or parts[1] != "steps" or parts[3] != "output":
-            return None
-        try:
-            run = json.loads((self.root / parts[0] / RUN_FILE).read_text())
-            rec = run["steps"][parts[2]]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not isinstance(rec, dict) or rec.get("cache_key") != key or rec.get("status") not in ("ok", "cached"):
-            return None
-        if not isinstance(rec.get("outputs"), dict) or DATA_JSON not in rec["outputs"]:
-            return None
-        return rec
 
     def _after_step(self, step: PlannedStep, record: StepRecord, result: StepResult,
                     input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path], spec: StepSpec) -> None:
@@ -1047,108 +859,15 @@ class WorkflowRun:
 
     def _save_locked(self, status: str) -> None:
         workflow = self.plan.workflow
-        steps = {name: asdict(rec) for name, rec in self.records.items()}
-        run = {
-            "run_id": self.folder.run_id,
-            "workflow": workflow.name,
-            "workflow_path": str(workflow.path.resolve()) if workflow.path else None,
-            "engine": self.options.engine.name,
-            "status": status,
-            "started": self.started,
-            "updated": time.time(),
-            "runner": self.runner,
-            "steps": steps,
-        }
+        now = time.time()
+        run = run_document(run_id=self.folder.run_id, workflow=workflow, engine=self.options.engine.name,
+                           status=status, started=self.started, runner=self.runner, records=self.records, now=now)
         self.folder.write_json(RUN_FILE, run)
-        provenance = {
-            "run_id": self.folder.run_id,
-            "blockkit_version": blockkit.__version__,
-            "workflow": {
-                "name": workflow.name,
-                "path": run["workflow_path"],
-                "sha256": self.hashes.file_sha256(workflow.path.resolve()) if workflow.path else None,
-                "input": workflow.input,
-                "output": workflow.output,
-            },
-            "engine": self.options.engine.name,
-            "status": status,
-            "started": self.started,
-            "ended": time.time() if status != "running" else None,
-            "steps": [steps[s.name] for s in self.plan.steps],
-        }
+        provenance = provenance_document(
+            run, workflow=workflow, blockkit_version=blockkit.__version__, now=now,
+            workflow_sha256=self.hashes.file_sha256(workflow.path.resolve()) if workflow.path else None,
+            step_order=[s.name for s in self.plan.steps])
         text = json.dumps(provenance, indent=2, default=str)
         if self.options.redact:
             text = self.options.redact(text)
         self.folder.write_text(PROVENANCE_FILE, text)
-
-
-def _verify_part(part_dir: Path, part: Mapping[str, Any], hashes: HashCache) -> str | None:
-    """Why a sealed part folder no longer matches its recorded hashes (output and quicklooks), or None."""
-    for sub, recorded in (("output", part.get("outputs")), ("quicklooks", part.get("quicklooks"))):
-        if not isinstance(recorded, dict):
-            return f"no recorded hashes for its {sub}"
-        problem = verify_tree(part_dir / sub, recorded, hashes)
-        if problem is not None:
-            return f"{sub}: {problem}"
-    return None
-
-
-def _part_producer(root: Path, rel: str, key: str) -> dict[str, Any] | None:
-    """The run.json entry of the part a cache entry names (None if gone, not that key or not done)."""
-    segments = rel.split("/")
-    if len(segments) != 5 or segments[1] != "steps" or segments[3] != "parts" or ".." in segments:
-        return None
-    try:
-        run = json.loads((root / segments[0] / RUN_FILE).read_text())
-        parts = run["steps"][segments[2]]["parts"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(parts, list):
-        return None
-    for part in parts:
-        if (isinstance(part, dict) and part.get("name") == segments[4] and part.get("cache_key") == key
-                and part.get("status") in ("ran", "reused") and isinstance(part.get("outputs"), dict)
-                and isinstance(part.get("quicklooks"), dict)):
-            return part
-    return None
-
-
-def redact_workflow_text(text: str, plan: Plan) -> str:
-    """The workflow file's text with the value of every secret parameter replaced by '***'.
-
-    The values are found by their position in the YAML (so comments and layout stay), also
-    when they come through an anchor; a file that does not parse is kept out entirely.
-    """
-    import yaml
-
-    secret = {step.name: step.manifest.secret_parameters for step in plan.steps if step.manifest}
-    if not any(secret.values()):
-        return text
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return "# (the workflow file could not be re-read to redact its secrets)\n"
-    spans: set[tuple[int, int]] = set()
-    for step_name, step_node in _mapping_items(_mapping_get(root, "steps")):
-        names = secret.get(step_name) or set()
-        for param, value_node in _mapping_items(_mapping_get(step_node, "params")):
-            if param in names:
-                spans.add((value_node.start_mark.index, value_node.end_mark.index))
-    for start, end in sorted(spans, reverse=True):
-        text = text[:start] + "'***'" + text[end:]
-    return text
-
-
-def _mapping_get(node: Any, key: str) -> Any:
-    for k, v in _mapping_items(node):
-        if k == key:
-            return v
-    return None
-
-
-def _mapping_items(node: Any) -> list[tuple[str, Any]]:
-    import yaml
-
-    if not isinstance(node, yaml.MappingNode):
-        return []
-    return [(str(k.value), v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]

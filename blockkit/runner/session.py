@@ -12,7 +12,8 @@ from blockkit.contract.progress import parse_progress
 from blockkit.runner.engine import Engine
 from blockkit.runner.engines import select_engine
 from blockkit.runner.plan import Plan, PlannedStep, plan_workflow, prepare_for_engine
-from blockkit.runner.run import RUN_FILE, RunInterrupted, RunOptions, WorkflowRun, default_runs_dir, find_run
+from blockkit.runner.run import RunInterrupted, RunOptions, WorkflowRun
+from blockkit.runner.run_folder import RUN_FILE, default_runs_dir, find_run
 from blockkit.runner.schedule import Budget
 from blockkit.runner.workflow import Workflow, load_workflow, single_block_workflow
 from blockkit.runtime.progress import ENV_PROGRESS
