@@ -442,3 +442,19 @@ def test_the_incremental_example_reruns_only_the_added_scene(tmp_path: Path) -> 
     full = run(tmp_path, eight, runs="full", jobs=2)
     assert tree(second / "steps/ndvi/output") == tree(full / "steps/ndvi/output")
     assert tree(second / "steps/ndvi/quicklooks") == tree(full / "steps/ndvi/quicklooks")
+
+
+@pytest.mark.slow
+def test_the_console_says_how_many_features_ran_and_were_reused(tmp_path: Path) -> None:
+    inp = tmp_path / "input"
+    write_input(inp, EIGHT[:3])
+    wf = workflow(tmp_path, inp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BLOCKKIT_", "UP42_"))}
+    cmd = [str(BLOCKKIT), "run", str(wf), "--engine", "process", "--runs-dir", str(tmp_path / "runs"), "--quiet"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "(3 ran, 0 reused)" in first.stdout + first.stderr
+    write_input(inp, [("s0", "new"), *EIGHT[1:3]])
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "(1 ran, 2 reused)" in second.stdout + second.stderr
