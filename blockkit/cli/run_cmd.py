@@ -107,6 +107,8 @@ class Progress:
             self.started[step] = time.time()
             self.console.print(f"[bold cyan]▶ {step}[/] running")
         elif kind == "done":
+            if "features_reused" in info:  # a scattered step: how much the datum cache saved
+                feats += f" ({info.get('features_ran')} ran, {info['features_reused']} reused)"
             self.console.print(f"[bold green]✔ {step}[/] done in {info.get('seconds', 0):.1f} s{feats}")
         elif kind == "cached":
             self.console.print(f"[bold green]✔ {step}[/] unchanged: reused {escape(str(info.get('source')))}{feats}")
@@ -114,6 +116,8 @@ class Progress:
             self.console.print(f"[bold green]✔ {step}[/] {escape(str(info.get('reason')))}{feats}")
         elif kind == "failed":
             self.console.print(f"[bold red]✘ {step}[/] exit {info.get('exit_code')} ({escape(str(info.get('exit_name')))})")
+        elif kind == "blocked":
+            self.console.print(f"[bold yellow]■ {step}[/] {escape(str(info.get('detail')))}")
         elif kind == "interrupted":
             self.console.print(f"[bold yellow]■ {step}[/] {escape(str(info.get('detail')))}")
         elif kind == "warning":
@@ -149,6 +153,7 @@ def register(app: typer.Typer) -> None:
         max_memory: Optional[str] = typer.Option(None, "--max-memory", help="cap every step's memory, e.g. 4g (default: the host's)"),
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="at most N steps at once (default: as many as the CPUs and memory allow; 1: one after another)"),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="when a step fails, stop the steps still running"),
+        keep_going: bool = typer.Option(False, "--keep-going", "-k", help="when a step or feature fails, finish every other one that does not depend on it"),
     ) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""
         from blockkit.cli.main import fail
@@ -166,7 +171,7 @@ def register(app: typer.Typer) -> None:
 
             request = RunRequest(
                 max_cpus=parse_cpus(max_cpus), max_memory_mb=parse_memory(max_memory),
-                jobs=jobs, fail_fast=fail_fast,
+                jobs=jobs, fail_fast=fail_fast, keep_going=keep_going,
                 target=target, engine=engine, input=input_, output=output,
                 params=_params_option(params), runs_dir=runs_dir, use_cache=not no_cache, resume=resume,
                 on_event=progress.event, on_log_line=progress.log,

@@ -307,7 +307,8 @@ SCRIPT = r"""
       ["reused from", s.cached_from], ["block", [s.block.name, s.block.version].filter(Boolean).join(" ")],
       ["block folder", s.block.path], ["block sha256", s.block.source_sha256], ["engine", s.engine], ["image", s.image],
       ["image id", s.image_id], ["cache key", s.cache_key], ["upstream", s.upstream.join(", ")],
-      ["features out", s.features_out == null ? "" : s.features_out]
+      ["features out", s.features_out == null ? "" : s.features_out],
+      ["per feature", s.status === "failed" ? "" : s.detail]  // a scattered step: which features ran, which were reused
     ]));
     var params = Object.keys(s.params);
     box.appendChild(el("h3", {text: "Parameters"}));

@@ -1,6 +1,6 @@
 """Run folder housekeeping: find runs (`latest`, prefixes), remove them, and garbage-collect old ones.
 
-The cache index (`<runs dir>/cache-index.json`, see run.py) maps a step's cache key to
+The cache index (`<runs dir>/cache-index.json`, see `blockkit.runner.cache`) maps a step's cache key to
 `<run id>/steps/<step>/output`. Removing a run folder would leave such entries pointing at
 nothing, so every removal also rewrites the index: an entry whose folder goes away is moved
 to a surviving run that holds the same result (a run that reused it has a hard-linked copy
@@ -10,18 +10,17 @@ and symlinks in it are removed as links, never followed.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from blockkit.contract.errors import WorkflowError
-from blockkit.runner.run import RUN_FILE, CacheIndex, RunFolder, find_run
+from blockkit.runner.cache import CacheIndex
+from blockkit.runner.run_folder import RUN_FILE, RunFolder, find_run
 from blockkit.runner.seal import remove_tree
 
 LATEST = "latest"
-CACHE_INDEX = "cache-index.json"
 _AGE = re.compile(r"(\d{1,9})\s*(s|m|h|d|w)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -134,27 +133,26 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def _read_index(root: Path) -> dict[str, str]:
-    path = root / CACHE_INDEX
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise WorkflowError(f"{path} is damaged ({exc}); remove it to start an empty cache") from None
-    if not isinstance(data, dict):
-        raise WorkflowError(f"{path} is not a JSON object; remove it to start an empty cache")
-    return {str(k): v for k, v in data.items() if isinstance(v, str)}
-
-
 def _replacement(key: str, survivors: list[RunInfo], root: Path) -> str | None:
-    """A surviving run's output folder holding the result of this cache key, relative to root."""
+    """A surviving run's folder holding the result of this cache key, relative to root.
+
+    A step's key names its output folder; a feature's key (the datum cache of a scattered
+    step) names the part folder `<run>/steps/<step>/parts/<name>` that holds its output.
+    """
     for run in survivors:
         for name, step in run.steps.items():
             if step.get("cache_key") == key and step.get("status") in ("ok", "cached"):
                 output = RunFolder(run.path).output_dir(name)
                 if output.is_dir() and not output.is_symlink() and (output / "data.json").is_file():
                     return output.relative_to(root).as_posix()
+            parts = step.get("parts")
+            for part in parts if isinstance(parts, list) else []:
+                if (isinstance(part, dict) and part.get("cache_key") == key
+                        and part.get("status") in ("ran", "reused") and isinstance(part.get("name"), str)):
+                    folder = run.path / "steps" / name / "parts" / part["name"]
+                    if (not folder.is_symlink() and folder.parent.resolve() == (run.path / "steps" / name / "parts").resolve()
+                            and (folder / "output").is_dir() and not (folder / "output").is_symlink()):
+                        return folder.relative_to(root).as_posix()
     return None
 
 
@@ -182,7 +180,7 @@ def remove_runs(root: Path, doomed: list[RunInfo], *, dry_run: bool = False) -> 
         result.freed_bytes += _tree_size(run.path)
         result.removed.append(run.run_id)
     if dry_run:
-        repoint(_read_index(root))
+        repoint(CacheIndex(root).checked_entries())
         return result
     # The index first, under its lock (runners update it concurrently): a crash between the
     # two leaves runs without entries, never entries without runs.

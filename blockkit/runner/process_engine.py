@@ -27,7 +27,6 @@ from blockkit.runner.isolation import (
     host_environment,
     isolation_available,
     kill_group,
-    set_parent_death_signal,
 )
 from blockkit.runner.logfilter import LineSplitter, LogFilter
 
@@ -239,6 +238,13 @@ class ProcessEngine(Engine):
                 except Exception:  # noqa: BLE001 - a faulty display must not stop log capture
                     pass
 
+        setpriv = None if isolated else shutil.which("setpriv")
+        if setpriv:
+            # Without bubblewrap's --die-with-parent the block gets SIGKILL when the runner dies:
+            # set by util-linux setpriv before it execs the block, never by a preexec_fn (unsafe
+            # in a threaded runner); without setpriv the watchdog alone ends the group.
+            _check_executable(command[0], spec.block_dir or Path.cwd(), env.get("PATH", ""))
+            command = [setpriv, "--pdeathsig", "KILL", "--", *command]
         try:
             proc = subprocess.Popen(
                 command,
@@ -248,8 +254,6 @@ class ProcessEngine(Engine):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: the whole group ends with the step
-                # Without bubblewrap's --die-with-parent the block gets SIGKILL when the runner dies.
-                preexec_fn=None if isolated else set_parent_death_signal,
             )
         except OSError as exc:
             raise EngineError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None

@@ -1,35 +1,52 @@
-"""Running a planned workflow: run folders, data passing, provenance, caching and resume."""
+"""Running a planned workflow: the orchestration of steps, data passing, caching and resume.
+
+The run folder format is `blockkit.runner.run_folder`, run.json/provenance.json are built by
+`blockkit.runner.provenance`, cache keys and the cache index are `blockkit.runner.cache`;
+their names are imported here too, as before the split.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import queue
-import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import blockkit
 from blockkit.contract.datajson import DATA_JSON, FeatureCollection, dumps, load_data_json
-from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, WorkflowError, WrongInputError
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, WrongInputError
 from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
-from blockkit.runner.hashing import HashCache, digest_of, source_hash
-from blockkit.runner.lock import FileLock, RunLock, replace_atomic, runner_identity
+from blockkit.runner.cache import (
+    CacheIndex,
+    part_key,
+    part_producer,
+    producer_record,
+    step_identity,
+    step_key,
+    verify_part,
+)
+from blockkit.runner.hashing import HashCache, source_hash
+from blockkit.runner.lock import RunLock, replace_atomic, runner_identity
 from blockkit.runner.plan import Plan, PlannedStep
+from blockkit.runner.provenance import provenance_document, redact_workflow_text, run_document
+from blockkit.runner.run_folder import (
+    PROVENANCE_FILE,
+    RUN_FILE,
+    RunFolder,
+    StepRecord,
+    default_runs_dir,
+    find_run,
+)
 from blockkit.runner.schedule import Budget, Scheduler, Task
 from blockkit.runner.seal import SealError, SealTimeout, lock_tree, output_limit, remove_tree, seal_tree, verify_tree
 from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in, link_tree
 
-RUN_FILE = "run.json"
-#: Room kept at the end of run.json for writing the final state when the disk is full.
-RESERVE_BYTES = 4096
-PROVENANCE_FILE = "provenance.json"
 Event = Callable[[str, str, dict[str, Any]], None]  # (kind, step, info)
 
 
@@ -52,181 +69,6 @@ class RunInterrupted(BlockkitError):
         self.run_dir = run_dir
 
 
-def default_runs_dir() -> Path:
-    """Where run folders go: `$BLOCKKIT_RUNS_DIR` or `.blockkit/runs` in the current folder."""
-    return Path(os.environ.get("BLOCKKIT_RUNS_DIR") or Path.cwd() / ".blockkit" / "runs")
-
-
-@dataclass
-class StepRecord:
-    """What happened to one step (kept in run.json and provenance.json)."""
-
-    name: str
-    status: str = "pending"  # pending | running | ok | failed | cached | skipped
-    exit_code: int | None = None
-    exit_name: str | None = None
-    started: float | None = None
-    ended: float | None = None
-    cache_key: str | None = None
-    cached_from: str | None = None
-    produced_by: dict[str, Any] | None = None  # a cached step: the run, step, engine and image that made it
-    block: dict[str, Any] = field(default_factory=dict)
-    engine: str | None = None
-    image: str | None = None
-    image_id: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    upstream: list[str] = field(default_factory=list)
-    inputs: dict[str, str] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    features_out: int | None = None
-    detail: str = ""
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> StepRecord:
-        """A record read back from run.json (unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-class RunFolder:
-    """The folder of one run: step outputs, logs, run.json and provenance.json."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def create(cls, root: Path, workflow_name: str) -> RunFolder:
-        """A new, uniquely named run folder."""
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in workflow_name)[:40]
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(2)}"
-        path = root / run_id
-        path.mkdir(parents=True)
-        return cls(path)
-
-    @property
-    def run_id(self) -> str:
-        """The run's id (its folder name)."""
-        return self.path.name
-
-    def output_dir(self, step: str) -> Path:
-        """Where a step's sealed output is (read-only; the block wrote it in `work_dir`)."""
-        return self.path / "steps" / step / "output"
-
-    def work_dir(self, step: str) -> Path:
-        """The folder a step's block writes into (seen as /tmp/output); sealed into `output_dir` after."""
-        return self.path / "steps" / step / "work"
-
-    def input_dir(self, step: str) -> Path:
-        """A folder the runner prepares as a step's input (first steps and fan-in)."""
-        return self.path / "steps" / step / "input"
-
-    def quicklook_dir(self, step: str) -> Path:
-        """Where a step's quicklooks go."""
-        return self.path / "steps" / step / "quicklooks"
-
-    def log_path(self, step: str) -> Path:
-        """A step's log file."""
-        return self.path / "logs" / f"{step}.log"
-
-    def write_json(self, name: str, data: Any) -> None:
-        """Write a JSON file of the run atomically.
-
-        Trailing spaces (valid JSON) keep room so that on a full disk the final state can
-        still be written over the old file in place.
-        """
-        text = json.dumps(data, indent=2, default=str)
-        self.write_text(name, text + "\n" + " " * RESERVE_BYTES)
-
-    def write_text(self, name: str, text: str) -> None:
-        """Write a file of the run atomically; on a full disk, in place when it fits in the old one."""
-        path = self.path / name
-        try:
-            replace_atomic(path, text)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            data = text.rstrip(" ").encode()
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                room = os.fstat(fd).st_size
-                if room < len(data):
-                    raise
-                os.pwrite(fd, data + b" " * (room - len(data)), 0)  # no new block needed
-            finally:
-                os.close(fd)
-
-    def read_json(self, name: str) -> Any:
-        """Read a JSON file of the run (a broken one is a WorkflowError naming it)."""
-        path = self.path / name
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise WorkflowError(f"{path} is not readable JSON ({exc}); the run folder is damaged") from exc
-        if not isinstance(data, dict):
-            raise WorkflowError(f"{path} is not a JSON object; the run folder is damaged")
-        return data
-
-
-def find_run(root: Path, run_id: str) -> RunFolder:
-    """The run folder with this id (or unique prefix)."""
-    if not root.is_dir():
-        raise WorkflowError(f"no runs in {root}")
-    matches = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(run_id) and (p / RUN_FILE).exists())
-    if len(matches) != 1:
-        what = "no run" if not matches else f"{len(matches)} runs"
-        raise WorkflowError(f"{what} matching {run_id!r} in {root}; see `blockkit runs list`")
-    return RunFolder(matches[0])
-
-
-class CacheIndex:
-    """Maps a step's cache key to the run folder output that has that result.
-
-    Many runners share `cache-index.json`: every change is a read-merge-write under a lock
-    (`cache-index.lock`) through a unique temp file, so concurrent runs keep every entry.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.path = root / "cache-index.json"
-
-    def _read(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
-
-    @property
-    def entries(self) -> dict[str, str]:
-        """The current entries (cache key -> output folder relative to the runs folder)."""
-        return self._read()
-
-    def lookup(self, key: str) -> str | None:
-        """The output folder (relative to the runs folder) recorded for this key, or None."""
-        return self._read().get(key)
-
-    def update(self, change: Callable[[dict[str, str]], None]) -> None:
-        """Change the entries under the index lock (read, change in place, write)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.root / "cache-index.lock"):
-            entries = self._read()
-            change(entries)
-            replace_atomic(self.path, json.dumps(entries, indent=1))
-
-    def store(self, key: str, output_dir: Path) -> None:
-        """Remember that this output folder is the result for this key."""
-        rel = output_dir.relative_to(self.root).as_posix()
-        self.update(lambda entries: entries.__setitem__(key, rel))
-
-    def evict(self, key: str, rel: str) -> None:
-        """Forget this key's entry if it still names `rel`."""
-        def drop(entries: dict[str, str]) -> None:
-            if entries.get(key) == rel:
-                del entries[key]
-
-        self.update(drop)
-
-
 @dataclass
 class RunOptions:
     """How to run: engine, run folder root, cache, resume, callbacks."""
@@ -245,6 +87,9 @@ class RunOptions:
     #: jobs=1: one step after another in the calling thread, as before the scheduler.
     budget: Budget | None = None
     fail_fast: bool = False  # a failing step stops the running ones (parallel runs)
+    #: A failing step (or feature of a scattered step) does not stop the others: every step
+    #: that does not depend on a failed one runs to completion (`make -k`), then the run fails.
+    keep_going: bool = False
 
 
 class _Cancelled(Exception):
@@ -310,15 +155,33 @@ class WorkflowRun:
             self._save("running")
             budget = self.options.budget
             if budget is None or budget.jobs <= 1:
+                failures: list[RunFailed] = []
+                stopped: set[str] = set()  # failed, or waiting for a failed step (--keep-going)
                 for step in self.plan.steps:
+                    blocker = next((up for up in step.upstream if up in stopped), None)
+                    if blocker is not None:
+                        self._not_run(step, blocker)
+                        stopped.add(step.name)
+                        continue
                     try:
                         self._run_step(step)
-                    except (RunFailed, KeyboardInterrupt):
+                    except RunFailed as exc:
+                        if not self.options.keep_going:
+                            raise
+                        failures.append(exc)
+                        stopped.add(step.name)
+                    except KeyboardInterrupt:
                         raise
                     except (OSError, BlockkitError) as exc:
                         # The runner's own work failed (a full disk, a vanished folder, a refused input):
                         # the step is named, the run is marked failed and can be resumed.
-                        raise self._runner_failure(step, exc) from exc
+                        failure = self._runner_failure(step, exc)
+                        if not self.options.keep_going:
+                            raise failure from exc
+                        failures.append(failure)
+                        stopped.add(step.name)
+                if failures:
+                    raise self._all_failures(failures)
             else:
                 self._execute_parallel(budget)
         except RunFailed:
@@ -354,10 +217,11 @@ class WorkflowRun:
         its `StepSpec.cancel` event and waited for before KeyboardInterrupt goes on.
         """
         sched = Scheduler([Task(s.name, tuple(s.upstream), float(s.resources[0]), int(s.resources[1]))
-                           for s in self.plan.steps], budget)
+                           for s in self.plan.steps], budget, keep_going=self.options.keep_going)
         finished: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
         workers: dict[str, threading.Thread] = {}
         first: BaseException | None = None
+        failures: list[RunFailed] = []
 
         def work(step: PlannedStep) -> None:
             outcome: BaseException | None = None
@@ -387,6 +251,8 @@ class WorkflowRun:
                 name, outcome = self._next_finished(finished)
                 workers.pop(name).join()
                 sched.finish(name, outcome is None)
+                if isinstance(outcome, RunFailed):
+                    failures.append(outcome)
                 if outcome is not None and first is None:
                     first = outcome
                     if self.options.fail_fast:
@@ -399,6 +265,11 @@ class WorkflowRun:
                 self._cancel(other, "interrupted")
             self._wait_for(workers)
             raise
+        for blocked in sched.blocked:
+            waiting = self.plan.step(blocked)
+            self._not_run(waiting, next(up for up in waiting.upstream if up in sched.failed or up in sched.blocked))
+        if isinstance(first, RunFailed) and len(failures) > 1:
+            raise self._all_failures(failures)  # --keep-going: every failed step is named
         if first is not None:
             raise first
 
@@ -437,6 +308,22 @@ class WorkflowRun:
         self._emit("interrupted", step.name, detail=reason)
         raise _Cancelled(step.name)
 
+    def _not_run(self, step: PlannedStep, blocker: str) -> None:
+        """--keep-going: a step left out because a step it waits for failed (pending: --resume runs it)."""
+        record = self.records[step.name]
+        record.status, record.detail = "pending", f"not run: step {blocker!r} it waits for did not finish"
+        self._save("running")
+        self._emit("blocked", step.name, detail=record.detail)
+
+    def _all_failures(self, failures: list[RunFailed]) -> RunFailed:
+        """One RunFailed for several failed steps (--keep-going): the first one's step and exit code, all named."""
+        first = failures[0]
+        if len(failures) == 1:
+            return first
+        names = ", ".join(repr(f.step) for f in failures)
+        message = f"{len(failures)} steps failed ({names}); first: {first.message}"
+        return RunFailed(message, step=first.step, step_exit=first.step_exit, run_dir=first.run_dir)
+
     def _runner_failure(self, step: PlannedStep, exc: BaseException) -> RunFailed:
         record = self.records[step.name]
         if isinstance(exc, BlockkitError):
@@ -457,20 +344,10 @@ class WorkflowRun:
         input_dir, upstream_dirs = self._prepare_input(step)
         inputs = self._input_hashes(step, input_dir)
         block_info, image, image_id = self._block_identity(step)
-        key = digest_of({
-            "block": block_info.get("source_sha256") or image_id,
-            "params": step.params,
-            "inputs": inputs,
-            "mode": step.definition.mode,
-            "propagate": step.propagate,
-            "blockkit": blockkit.__version__,
-            # A result is reused only from the same engine (and image): the two run a block in
-            # different environments (host Python vs the image), so their outputs may differ.
-            "engine": engine.name,
-            "image_id": image_id,
-            # Only scattered steps carry the field: the keys of other steps stay as they were.
-            **({"scatter": step.definition.scatter} if step.definition.scatter else {}),
-        })
+        identity = step_identity(block=block_info.get("source_sha256") or image_id, params=step.params,
+                                 mode=step.definition.mode, blockkit_version=blockkit.__version__,
+                                 engine=engine.name, image_id=image_id, scatter=step.definition.scatter)
+        key = step_key(identity, inputs, step.propagate)
         output_dir = self.folder.output_dir(step.name)
         record.block, record.image, record.image_id = block_info, image, image_id
         record.engine = engine.name
@@ -524,7 +401,7 @@ class WorkflowRun:
         self._emit("started", step.name)
         try:
             if step.definition.scatter == "features":
-                result = self._run_scattered(step, spec, image)
+                result = self._run_scattered(step, spec, image, identity)
             else:
                 with self._gateway(step, spec, image):
                     result = engine.run_step(spec, self._log_sink(step.name))
@@ -540,65 +417,190 @@ class WorkflowRun:
         self._stop_if_cancelled(step, record)
         self._after_step(step, record, result, input_dir, output_dir, upstream_dirs, spec)
 
-    def _run_scattered(self, step: PlannedStep, spec: StepSpec, image: str | None) -> StepResult:
+    def _run_scattered(self, step: PlannedStep, spec: StepSpec, image: str | None,
+                       identity: Mapping[str, Any]) -> StepResult:
         """`scatter: features`: the block once per input feature, the outputs merged into `spec.output_dir`.
 
         Each run sees a data.json with its one feature and only that feature's files (hard
         links), as the exported CWL's split step gives it; parts run at once within the
         budget; the merge follows `blockkit.runtime.scatter.merge`, so both agree.
+
+        The datum cache: every part has its own cache key (the step's identity and the hashes
+        of the part's one-feature input) and its own sealed folder,
+        `steps/<step>/parts/<name>/{output,quicklooks}`, kept after the merge (the merged output
+        hard-links the same files). A part whose key this run already finished (--resume) or
+        the cache index knows is reused after its files are checked against the recorded
+        hashes; only the other features run. A changed reused part is evicted and run again.
         """
         from concurrent.futures import ThreadPoolExecutor
 
         from blockkit.runtime.scatter import merge, split
 
         engine = self.options.engine
+        record = self.records[step.name]
         started = time.time()
-        base = self.folder.path / "steps" / step.name / "parts"
-        remove_tree(base)
+        base = self.folder.parts_dir(step.name)
+        split_dir = self.folder.split_dir(step.name)
+        remove_tree(split_dir)
         try:
-            parts = split(spec.input_dir, base / "input")
+            parts = split(spec.input_dir, split_dir)
         except BlockkitError as err:
+            remove_tree(split_dir)
             return StepResult(int(err.exit_code), started, time.time(), detail=f"scatter: {err.message}")
+        names = [name for name, _ in parts]
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.iterdir():
+            if old.name not in names:
+                remove_tree(old)  # a feature no longer in the input (a resumed run's changed input)
+        earlier = {str(p.get("name")): p for p in record.parts if isinstance(p, dict)}
+        entries: list[dict[str, Any]] = []
+        for name, folder in parts:
+            feature = load_data_json(folder, required=False, check_files=False).features[0]
+            try:
+                inputs = seal_tree(folder, self.hashes, what="input", read_only=False).files
+            except SealError as err:
+                remove_tree(split_dir)
+                return StepResult(int(ExitCode.WRONG_INPUT_ERROR), started, time.time(),
+                                  detail=f"feature {name!r}: {err.message.replace('output may', 'input may')}")
+            entries.append({"name": name, "feature": feature.get("id"), "status": "pending",
+                            "cache_key": part_key(identity, inputs)})
+        with self._state:
+            record.parts = entries
         sink = self._log_sink(step.name)
         failed = threading.Event()
+        keep_going = self.options.keep_going
 
-        def one(name: str, folder: Path) -> StepResult | None:
-            if failed.is_set() or (spec.cancel is not None and spec.cancel.is_set()):
+        def one(index: int) -> StepResult | None:
+            entry = entries[index]
+            name, folder = parts[index]
+            if self._reuse_part(step, entry, earlier.get(name)):
+                return StepResult(0, time.time(), time.time())
+            if (failed.is_set() and not keep_going) or (spec.cancel is not None and spec.cancel.is_set()):
                 return None  # a feature failed, or the step is being stopped: no new one starts
-            part = StepSpec(**{**spec.__dict__, "input_dir": folder, "upstream_dirs": {},
-                               "output_dir": base / "output" / name, "quicklook_dir": base / "quicklooks" / name})
+            part_dir = base / name
+            remove_tree(part_dir)
+            part_dir.mkdir()
+            os.rename(folder, part_dir / "input")
+            part = StepSpec(**{**spec.__dict__, "input_dir": part_dir / "input", "upstream_dirs": {},
+                               "output_dir": part_dir / "work", "quicklook_dir": part_dir / "quicklooks"})
             with spec.log_path.open("a", encoding="utf-8") as log:
                 log.write(f"[blockkit] feature {name}\n")
+            self._set_part(entry, status="running")
             with self._gateway(step, part, image):
                 result = engine.run_step(part, sink)
+            if result.exit_code == 0:
+                try:
+                    self._seal_part(step, entry, part_dir)
+                except BlockkitError as err:
+                    result = StepResult(int(ExitCode.NO_OUTPUT_ERROR), result.started, time.time(),
+                                        image_id=result.image_id, detail=f"its output is invalid: {err.message}")
             if result.exit_code != 0:
                 failed.set()
+                cancelled = spec.cancel is not None and spec.cancel.is_set()
+                self._set_part(entry, status="interrupted" if cancelled else "failed", exit_code=result.exit_code,
+                               exit_name="TIMEOUT" if result.timed_out else ExitCode.describe(result.exit_code),
+                               detail=result.detail)
             return result
 
         workers = self._part_workers(step, len(parts))
         if workers == 1:
             # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
-            results = [one(name, folder) for name, folder in parts]
+            results = [one(index) for index in range(len(parts))]
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
-                results = list(pool.map(lambda named: one(*named), parts))
+                results = list(pool.map(one, range(len(parts))))
+        remove_tree(split_dir)
         image_id = next((r.image_id for r in results if r is not None and r.image_id), None)
-        for (name, _), result in zip(parts, results):
-            if result is not None and result.exit_code != 0:
-                detail = f"feature {name!r}: {result.detail or ExitCode.describe(result.exit_code)}"
-                return StepResult(result.exit_code, started, time.time(), image_id=image_id,
-                                  oom_killed=result.oom_killed, timed_out=result.timed_out, detail=detail)
+        failures = [(name, result) for name, result in zip(names, results) if result is not None and result.exit_code != 0]
+        if failures:
+            name, first = failures[0]
+            detail = f"feature {name!r}: {first.detail or ExitCode.describe(first.exit_code)}"
+            if len(failures) > 1:
+                listed = ", ".join(repr(n) for n, _ in failures)
+                detail = f"{len(failures)} features failed ({listed}); {detail}"
+            return StepResult(first.exit_code, started, time.time(), image_id=image_id,
+                              oom_killed=first.oom_killed, timed_out=first.timed_out, detail=detail)
         if any(result is None for result in results):  # stopped before every feature ran
             return StepResult(int(ExitCode.UNEXPECTED_ERROR), started, time.time(), image_id=image_id,
                               detail="stopped before every feature ran")
         try:
-            merge([(name, base / "output" / name, base / "quicklooks" / name) for name, _ in parts],
-                  spec.output_dir, spec.quicklook_dir)
+            merge([(name, base / name / "output", base / name / "quicklooks") for name in names],
+                  spec.output_dir, spec.quicklook_dir, on_link=self.hashes.moved)
         except BlockkitError as err:
             return StepResult(int(err.exit_code), started, time.time(), image_id=image_id,
                               detail=f"scatter merge: {err.message}")
-        remove_tree(base)  # the merged output holds the only links to the parts' files
-        return StepResult(0, started, time.time(), image_id=image_id)
+        ran = [e["name"] for e in entries if e["status"] == "ran"]
+        summary = f"{len(entries)} feature(s): {len(ran)} ran"
+        if ran and len(ran) < len(entries):
+            summary += f" ({', '.join(ran[:5])}{', ...' if len(ran) > 5 else ''})"
+        summary += f", {len(entries) - len(ran)} reused"
+        return StepResult(0, started, time.time(), image_id=image_id, detail=summary)
+
+    def _part_warning(self, step: str, message: str) -> None:
+        """A warning while a scattered step runs: shown, and kept in the step's log (already started)."""
+        self._emit("warning", step, message=message)
+        with self._state, self.folder.log_path(step).open("a", encoding="utf-8") as log:
+            log.write(f"[blockkit] warning: {message}\n")
+
+    def _set_part(self, entry: dict[str, Any], **change: Any) -> None:
+        """Update a part's entry in run.json (under the state lock: parts end in worker threads)."""
+        with self._state:
+            entry.update(change)
+            self._save_locked("running")
+
+    def _seal_part(self, step: PlannedStep, entry: dict[str, Any], part_dir: Path) -> None:
+        """Take a part's output over like a step's (renamed, checked, hashed, read-only) and cache it."""
+        limit = output_limit(step.manifest.machine_type, step.definition.max_output)
+        output = part_dir / "output"
+        os.rename(part_dir / "work", output)
+        sealed = seal_tree(output, self.hashes, limit=limit)
+        quicklooks = seal_tree(part_dir / "quicklooks", self.hashes, what="quicklooks", limit=limit)
+        sealed.lock()
+        quicklooks.lock()
+        remove_tree(part_dir / "input")
+        self._set_part(entry, status="ran", exit_code=0, exit_name="OK", outputs=sealed.files,
+                       quicklooks=quicklooks.files)
+        # Stored even with --no-cache (as steps are): a forced run refreshes the cache.
+        self.cache.store(entry["cache_key"], part_dir)
+
+    def _reuse_part(self, step: PlannedStep, entry: dict[str, Any], earlier: Mapping[str, Any] | None) -> bool:
+        """Serve a part from this run's earlier attempt (--resume) or from the cache, when its files check out."""
+        name, key = entry["name"], entry["cache_key"]
+        part_dir = self.folder.part_dir(step.name, name)
+        rel_here = part_dir.relative_to(self.root).as_posix()
+        if (self.options.resume and earlier is not None and earlier.get("cache_key") == key
+                and earlier.get("status") in ("ran", "reused")):
+            problem = verify_part(part_dir, earlier, self.hashes)
+            if problem is None:
+                self._set_part(entry, **{k: earlier.get(k) for k in ("status", "exit_code", "exit_name", "from",
+                                                                     "outputs", "quicklooks")})
+                return True
+            self._part_warning(step.name, f"the output of feature {name!r} changed since it finished ({problem}); "
+                                          "running the feature again")
+        if not self.options.use_cache:
+            return False
+        rel = self.cache.lookup(key)
+        if not rel or rel == rel_here:
+            return False
+        producer = part_producer(self.root, rel, key)
+        if producer is None:
+            self.cache.evict(key, rel)
+            return False
+        problem = verify_part(self.root / rel, producer, self.hashes)
+        if problem is not None:
+            # Never reuse a changed result silently: drop it from the cache and run the feature.
+            self.cache.evict(key, rel)
+            self._part_warning(step.name, f"the cached output {rel} of feature {name!r} changed since it was made "
+                                          f"({problem}); evicted from the cache, running the feature again")
+            return False
+        remove_tree(part_dir)
+        part_dir.mkdir(parents=True)
+        for sub in ("output", "quicklooks"):
+            link_tree(self.root / rel / sub, part_dir / sub, on_link=self.hashes.moved)
+            lock_tree(part_dir / sub)
+        self._set_part(entry, status="reused", exit_code=0, exit_name="OK", outputs=producer["outputs"],
+                       quicklooks=producer["quicklooks"], **{"from": rel})
+        return True
 
     def _part_workers(self, step: PlannedStep, parts: int) -> int:
         """How many features of a scattered step run at once: the budget divided by the step's size."""
@@ -617,7 +619,7 @@ class WorkflowRun:
         cached = self.root / rel
         if cached == output_dir:
             return False
-        producer = self._producer(rel, key)
+        producer = producer_record(self.root, rel, key)
         if producer is None:
             self.cache.evict(key, rel)
             return False
@@ -633,6 +635,7 @@ class WorkflowRun:
         link_tree(cached, output_dir, on_link=self.hashes.moved)
         lock_tree(output_dir)
         record.status, record.cached_from = "cached", rel
+        record.parts = []  # the whole step came from the cache; its producer's record lists its features
         record.produced_by = producer.get("produced_by") or {
             "run_id": rel.split("/")[0], "step": producer.get("name"), "engine": producer.get("engine"),
             "image": producer.get("image"), "image_id": producer.get("image_id")}
@@ -644,22 +647,6 @@ class WorkflowRun:
         self._emit("cached", step.name, source=record.cached_from, features=record.features_out)
         self._save("running")
         return True
-
-    def _producer(self, rel: str, key: str) -> dict[str, Any] | None:
-        """The run.json record of the step that made a cached output (None if gone or not that key)."""
-        parts = rel.split("/")
-        if len(parts) != 4 or parts[1] != "steps" or parts[3] != "output":
-            return None
-        try:
-            run = json.loads((self.root / parts[0] / RUN_FILE).read_text())
-            rec = run["steps"][parts[2]]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not isinstance(rec, dict) or rec.get("cache_key") != key or rec.get("status") not in ("ok", "cached"):
-            return None
-        if not isinstance(rec.get("outputs"), dict) or DATA_JSON not in rec["outputs"]:
-            return None
-        return rec
 
     def _after_step(self, step: PlannedStep, record: StepRecord, result: StepResult,
                     input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path], spec: StepSpec) -> None:
@@ -695,10 +682,15 @@ class WorkflowRun:
             raise RunFailed(message, step=step.name, step_exit=record.exit_code or 1, run_dir=self.folder.path)
         record.status = "ok"
         record.ended = time.time()
+        extra: dict[str, Any] = {}
+        if step.definition.scatter:
+            record.detail = detail  # which features ran, how many were reused
+            extra = {"features_ran": sum(p.get("status") == "ran" for p in record.parts),
+                     "features_reused": sum(p.get("status") == "reused" for p in record.parts)}
         # Stored even with --no-cache: a forced run refreshes the cache for the next one.
         self.cache.store(record.cache_key or "", output_dir)
         self._save("running")
-        self._emit("done", step.name, seconds=record.ended - record.started, features=record.features_out)
+        self._emit("done", step.name, seconds=record.ended - record.started, features=record.features_out, **extra)
 
     def _seal_output(self, step: PlannedStep, record: StepRecord, result: StepResult, spec: StepSpec,
                      input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path]) -> None:
@@ -867,77 +859,15 @@ class WorkflowRun:
 
     def _save_locked(self, status: str) -> None:
         workflow = self.plan.workflow
-        steps = {name: asdict(rec) for name, rec in self.records.items()}
-        run = {
-            "run_id": self.folder.run_id,
-            "workflow": workflow.name,
-            "workflow_path": str(workflow.path.resolve()) if workflow.path else None,
-            "engine": self.options.engine.name,
-            "status": status,
-            "started": self.started,
-            "updated": time.time(),
-            "runner": self.runner,
-            "steps": steps,
-        }
+        now = time.time()
+        run = run_document(run_id=self.folder.run_id, workflow=workflow, engine=self.options.engine.name,
+                           status=status, started=self.started, runner=self.runner, records=self.records, now=now)
         self.folder.write_json(RUN_FILE, run)
-        provenance = {
-            "run_id": self.folder.run_id,
-            "blockkit_version": blockkit.__version__,
-            "workflow": {
-                "name": workflow.name,
-                "path": run["workflow_path"],
-                "sha256": self.hashes.file_sha256(workflow.path.resolve()) if workflow.path else None,
-                "input": workflow.input,
-                "output": workflow.output,
-            },
-            "engine": self.options.engine.name,
-            "status": status,
-            "started": self.started,
-            "ended": time.time() if status != "running" else None,
-            "steps": [steps[s.name] for s in self.plan.steps],
-        }
+        provenance = provenance_document(
+            run, workflow=workflow, blockkit_version=blockkit.__version__, now=now,
+            workflow_sha256=self.hashes.file_sha256(workflow.path.resolve()) if workflow.path else None,
+            step_order=[s.name for s in self.plan.steps])
         text = json.dumps(provenance, indent=2, default=str)
         if self.options.redact:
             text = self.options.redact(text)
         self.folder.write_text(PROVENANCE_FILE, text)
-
-
-def redact_workflow_text(text: str, plan: Plan) -> str:
-    """The workflow file's text with the value of every secret parameter replaced by '***'.
-
-    The values are found by their position in the YAML (so comments and layout stay), also
-    when they come through an anchor; a file that does not parse is kept out entirely.
-    """
-    import yaml
-
-    secret = {step.name: step.manifest.secret_parameters for step in plan.steps if step.manifest}
-    if not any(secret.values()):
-        return text
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return "# (the workflow file could not be re-read to redact its secrets)\n"
-    spans: set[tuple[int, int]] = set()
-    for step_name, step_node in _mapping_items(_mapping_get(root, "steps")):
-        names = secret.get(step_name) or set()
-        for param, value_node in _mapping_items(_mapping_get(step_node, "params")):
-            if param in names:
-                spans.add((value_node.start_mark.index, value_node.end_mark.index))
-    for start, end in sorted(spans, reverse=True):
-        text = text[:start] + "'***'" + text[end:]
-    return text
-
-
-def _mapping_get(node: Any, key: str) -> Any:
-    for k, v in _mapping_items(node):
-        if k == key:
-            return v
-    return None
-
-
-def _mapping_items(node: Any) -> list[tuple[str, Any]]:
-    import yaml
-
-    if not isinstance(node, yaml.MappingNode):
-        return []
-    return [(str(k.value), v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]

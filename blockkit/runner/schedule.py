@@ -49,14 +49,18 @@ class Scheduler:
     """Hands out steps in plan order as their upstreams finish and the budget allows.
 
     A step asking for more than the whole budget still runs, alone (it is capped, not
-    starved). After a failure no new step starts; running ones are left to finish.
+    starved). After a failure no new step starts; running ones are left to finish. With
+    `keep_going` (`make -k`) every step that does not wait, directly or through others, for a
+    failed step still runs; the ones that do are `blocked` and never start.
     """
 
     tasks: list[Task]
     budget: Budget
+    keep_going: bool = False
     running: dict[str, Task] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    blocked: list[str] = field(default_factory=list)  # in plan order
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
@@ -70,14 +74,14 @@ class Scheduler:
 
     @property
     def stopping(self) -> bool:
-        """Whether a step failed, so that nothing new starts."""
-        return bool(self.failed)
+        """Whether a step failed, so that nothing new starts (never with keep_going)."""
+        return bool(self.failed) and not self.keep_going
 
     @property
     def pending(self) -> list[Task]:
         """Steps neither started nor finished, in plan order."""
         return [t for t in self.tasks if t.name not in self.running and t.name not in self.finished
-                and t.name not in self.failed]
+                and t.name not in self.failed and t.name not in self.blocked]
 
     @property
     def done(self) -> bool:
@@ -102,6 +106,15 @@ class Scheduler:
         """Record that a running step ended."""
         self.running.pop(name)
         (self.finished if ok else self.failed).add(name)
+        if not ok and self.keep_going:
+            changed = True
+            while changed:  # everything downstream of a failed step, however far
+                changed = False
+                for task in self.pending:
+                    if any(up in self.failed or up in self.blocked for up in task.upstream):
+                        self.blocked.append(task.name)
+                        changed = True
+            self.blocked.sort(key=[t.name for t in self.tasks].index)
 
     def _fits(self, task: Task) -> bool:
         if not self.running:

@@ -12,7 +12,8 @@ from blockkit.contract.progress import parse_progress
 from blockkit.runner.engine import Engine
 from blockkit.runner.engines import select_engine
 from blockkit.runner.plan import Plan, PlannedStep, plan_workflow, prepare_for_engine
-from blockkit.runner.run import RUN_FILE, RunInterrupted, RunOptions, WorkflowRun, default_runs_dir, find_run
+from blockkit.runner.run import RunInterrupted, RunOptions, WorkflowRun
+from blockkit.runner.run_folder import RUN_FILE, default_runs_dir, find_run
 from blockkit.runner.schedule import Budget
 from blockkit.runner.workflow import Workflow, load_workflow, single_block_workflow
 from blockkit.runtime.progress import ENV_PROGRESS
@@ -39,6 +40,7 @@ class RunRequest:
     max_memory_mb: int | None = None  # (--max-memory)
     jobs: int | None = None  # steps at once (--jobs); None: as many as the host's CPUs
     fail_fast: bool = False  # a failing step kills the running ones (--fail-fast)
+    keep_going: bool = False  # a failing step or feature does not stop the others (--keep-going)
     console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
 
@@ -82,6 +84,8 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     """Run what was asked and return a summary (raises RunFailed / BlockkitError)."""
     say = request.on_message or (lambda text: None)
     runs_dir = (request.runs_dir or default_runs_dir()).resolve()
+    if request.fail_fast and request.keep_going:
+        raise WorkflowError("--fail-fast and --keep-going contradict each other; give one")
     workflow = load_target(request, runs_dir)
     plan = plan_workflow(workflow)
     engine, why = select_engine(request.engine)
@@ -136,6 +140,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         input_dir=input_dir,
         budget=run_budget(engine, request),
         fail_fast=request.fail_fast,
+        keep_going=request.keep_going,
     )
     run = WorkflowRun(plan, options)
     say(f"run {run.folder.run_id} in {run.folder.path}")

@@ -27,10 +27,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from blockkit.contract.datajson import DATA_JSON, DATA_PATH, FeatureCollection, check_data_path, data_path_of, load_data_json, write_data_json
 from blockkit.contract.errors import BlockkitError, NoInputError, WrongInputError
@@ -128,9 +129,14 @@ def _prefixed(feature: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def merge(
-    parts: Sequence[tuple[str, Path, Path | None]], output_dir: Path, quicklook_dir: Path | None = None
+    parts: Sequence[tuple[str, Path, Path | None]], output_dir: Path, quicklook_dir: Path | None = None,
+    *, on_link: Callable[[os.stat_result, os.stat_result], None] | None = None,
 ) -> FeatureCollection:
-    """Join per-feature outputs (name, output folder, quicklook folder) into output_dir (see the module doc)."""
+    """Join per-feature outputs (name, output folder, quicklook folder) into output_dir (see the module doc).
+
+    The files are hard-linked (copied only across file systems); `on_link(before, after)` sees
+    each linked file's stat, as `blockkit.runtime.propagation.link_tree` gives it.
+    """
     from blockkit.runtime.propagation import link_tree
 
     seen_names: set[str] = set()
@@ -150,7 +156,7 @@ def merge(
         for child in sorted(folder.iterdir()):
             if child.name == DATA_JSON:
                 continue
-            link_tree(child, output_dir / name / child.name)
+            link_tree(child, output_dir / name / child.name, on_link=on_link)
         for feature in fc.features:
             out = _prefixed(feature, name)
             ident = out.get("id")
@@ -162,7 +168,7 @@ def merge(
                 taken.add(candidate)
             merged.features.append(out)
         if quicklook_dir is not None and quicklooks is not None and quicklooks.is_dir() and any(quicklooks.iterdir()):
-            link_tree(quicklooks, quicklook_dir / name)
+            link_tree(quicklooks, quicklook_dir / name, on_link=on_link)
     write_data_json(output_dir, merged)
     return merged
 

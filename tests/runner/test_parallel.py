@@ -266,7 +266,9 @@ def test_a_scattered_step_runs_once_per_feature_and_merges_like_the_cwl_export(t
     assert [f["properties"]["up42.data_path"] for f in fc["features"]] == [f"item{i}/seen.txt" for i in range(3)]
     assert [f["id"] for f in fc["features"]] == ["seen", "item1-seen", "item2-seen"]
     assert (par / "logs" / "see.log").read_text().count("running processing block") == 3
-    assert not (par / "steps" / "see" / "parts").exists()
+    # Each feature's sealed output stays (the datum cache); the merged output links the same files.
+    assert (par / "steps/see/parts/item1/output/seen.txt").stat().st_ino == (out / "item1/seen.txt").stat().st_ino
+    assert not (par / "steps/see/split").exists() and not (par / "steps/see/parts/item1/input").exists()
     seq = Path(_run(tmp_path, wf, runs="seq", jobs=1)["run_dir"])
     assert _records(seq)["see"]["outputs"] == _records(par)["see"]["outputs"]
     assert _records(seq)["see"]["cache_key"] == _records(par)["see"]["cache_key"]

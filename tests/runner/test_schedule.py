@@ -92,3 +92,24 @@ def test_host_budget_is_narrowed_by_limits() -> None:
     assert host.cpus >= 1 and host.memory_mb > 0 and host.jobs >= 1
     narrowed = Budget.of_host(jobs=3, max_cpus=0.5, max_memory_mb=100)
     assert (narrowed.jobs, narrowed.cpus, narrowed.memory_mb) == (3, 0.5, 100)
+
+
+def test_keep_going_runs_every_branch_that_does_not_wait_for_the_failure() -> None:
+    tasks = [Task("a"), Task("b"), Task("c", ("a",)), Task("d", ("c",)), Task("e", ("b",)), Task("f", ("a", "b"))]
+    sched = Scheduler(tasks, Budget(jobs=2, cpus=8, memory_mb=8000), keep_going=True)
+    assert names(sched.ready()) == ["a", "b"]
+    sched.finish("a", ok=False)
+    assert not sched.stopping
+    assert sched.blocked == ["c", "d", "f"]  # everything downstream of a, however far
+    assert names(sched.ready()) == []  # b still runs; nothing else may start yet
+    sched.finish("b", ok=True)
+    assert names(sched.ready()) == ["e"]
+    sched.finish("e", ok=True)
+    assert sched.done and sched.pending == []
+
+
+def test_without_keep_going_a_failure_starts_nothing_new_and_blocks_nothing() -> None:
+    sched = Scheduler([Task("a"), Task("b"), Task("c")], Budget(jobs=1, cpus=8, memory_mb=8000))
+    assert names(sched.ready()) == ["a"]
+    sched.finish("a", ok=False)
+    assert sched.stopping and sched.ready() == [] and sched.blocked == [] and sched.done
