@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from blockkit.contract.errors import ManifestError, Problem
+from blockkit.contract.errors import BaseImageMissingError, BuildError, ManifestError, Problem
 from blockkit.runner.docker_client import DockerError, docker_client, error_line
 
 if TYPE_CHECKING:
@@ -68,14 +68,6 @@ _SKIP_DIRS = frozenset(
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 # Fixed timestamp for the blockkit wheel, so rebuilding unchanged sources gives identical bytes.
 _SOURCE_DATE_EPOCH = "315532800"
-
-
-class BaseImageMissingError(DockerError):
-    """The base image to build on does not exist locally."""
-
-
-class BuildError(DockerError):
-    """`docker build` (or preparing its wheels) failed."""
 
 
 @dataclass(frozen=True)
@@ -1138,7 +1130,6 @@ class _WheelServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
 
 
 __all__ = [
