@@ -73,7 +73,9 @@ Off the tree, on purpose (never shown to a person as they are):
 - `HashDeadline` (runner.hashing), `_Changed` (runner.seal), `_Cancelled` (runner.run): control
   flow inside one module, caught there and mapped (to `SealTimeout`, `SealError`, an interrupted step).
 - `TypeError` for a wrong argument *type* (a bug in the calling code, whose traceback its author
-  needs), and `ValueError` from JSON parse hooks that the parser turns into a `ValidationError`.
+  needs); `ValueError` from JSON parse hooks, which the parser turns into a `ValidationError`;
+  `ValueError` from `runner.schedule.Scheduler` for duplicate or unknown task names, an invariant
+  the planner guarantees (seeing it is a bug in blockkit, and the CLI says UNEXPECTED_ERROR).
 """
 
 from __future__ import annotations
