@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from blockkit.cli.console import fail
+from blockkit.cli.console import fail, resume_command
 from blockkit.contract.errors import BlockkitError, Interrupted, WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE
 from blockkit.contract.parameters import parse_parameters_text
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
                 summary = run_request(request)
         except RunFailed as err:
             report, report_problem = write_report_after_run(err.run_dir)
-            resume = _resume_command(err.run_dir)
+            resume = resume_command(err.run_dir)
             fail(err, as_json=json_out,
                  hints=[f"run folder: {err.run_dir} (resume with: {resume})",
                         f"report: {report}" if report else report_problem],
@@ -179,7 +179,7 @@ def register(app: typer.Typer) -> None:
                          "step_exit": err.step_exit, "resume": resume, "report": str(report) if report else None})
         except RunInterrupted as err:
             # The exit status is 128 + the signal, as shells report it.
-            resume = _resume_command(err.run_dir)
+            resume = resume_command(err.run_dir)
             fail(RunInterrupted(err.run_dir, signum=stop.received, resume=resume), as_json=json_out,
                  fields={"run_id": err.run_dir.name, "run_dir": str(err.run_dir), "resume": resume})
         except KeyboardInterrupt:
@@ -199,18 +199,6 @@ def register(app: typer.Typer) -> None:
             for where in summary.get("outputs", []):
                 progress.message(f"results: {where}")
         sys.stdout.flush()
-
-
-def _resume_command(run_dir: Path) -> str:
-    """The command that resumes this run (with --runs-dir when the run is not in the default place)."""
-    import shlex
-
-    from blockkit.runner.run import default_runs_dir
-
-    command = f"blockkit run --resume {run_dir.name}"
-    if run_dir.parent.resolve() != default_runs_dir().resolve():
-        command += f" --runs-dir {shlex.quote(str(run_dir.parent))}"
-    return command
 
 
 def looks_like_block(path: Path) -> bool:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from blockkit.cli.console import fail
+from blockkit.cli.console import fail, resume_command
 from blockkit.contract.errors import BlockkitError, ValidationError
 
 if TYPE_CHECKING:
@@ -95,12 +95,11 @@ def _summary(path: Path) -> dict[str, str]:
 
 def _status(run_dir: Path, run: dict) -> str:
     """The run's status; a `running` run whose runner is gone is `interrupted` (with the resume command)."""
-    from blockkit.cli.run_cmd import _resume_command
     from blockkit.runner.lock import runner_gone
 
     status = str(run["status"])
     if status == "running" and runner_gone(run_dir, run.get("runner")):
-        return f"interrupted (runner gone; resume with: {_resume_command(run_dir)})"
+        return f"interrupted (runner gone; resume with: {resume_command(run_dir)})"
     return status
 
 
