@@ -132,3 +132,12 @@ def test_helpers_errors_are_still_value_errors() -> None:
     """Blocks that caught ValueError from the runtime helpers keep working."""
     assert issubclass(errors.InvalidArgument, ValueError) and issubclass(errors.GeometryError, ValueError)
     assert inspect.getmodule(errors.GeometryError) is errors
+
+
+def test_the_docs_list_every_subsystem_root_with_its_code() -> None:
+    docs = (PACKAGE.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip()
+            for line in docs.splitlines() if line.startswith("| `")}
+    roots = {c.__name__: c.exit_code.name for c in _tree_classes() if c.__bases__[0] is BlockkitError}
+    roots["Interrupted"] = "128 + signal"
+    assert rows == roots
