@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoint = gateway.start()
     except BlockkitError as err:
         print(err.headline(), file=sys.stderr)
-        return int(err.exit_code) or 1
+        return err.exit_status
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
