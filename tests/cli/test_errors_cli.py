@@ -237,3 +237,16 @@ def test_a_sidecar_that_cannot_start_fails_the_step_with_one_line_and_a_resume_h
                 docker_client.images.remove(image.id, force=True)
             except Exception:  # noqa: BLE001 - in use or gone
                 pass
+
+
+@pytest.mark.docker
+def test_a_step_given_by_image_says_why_its_manifest_cannot_be_read(tmp_path: Path, docker_client: Any,
+                                                                    base_image: str) -> None:
+    """The planner reads an image's manifest through runner.docker_client: each problem one line."""
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"name: by-image\nsteps:\n  plain: {{image: '{base_image}'}}\n"
+                  "  gone: {image: 'blockkit-test/no-such-image:never'}\n")
+    lines = headline(cli("validate", wf), "WRONG_INPUT_ERROR", 4)
+    assert "(and 1 more)" in lines[0]
+    assert f"  - step 'plain' (line 3): image {base_image} has no up42_manifest label" in lines[1]
+    assert lines[2].startswith("  - step 'gone' (line 4): image blockkit-test/no-such-image:never does not exist locally")
