@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from blockkit.cli.keys_cmd import reported_errors
+from blockkit.cli.console import reported_errors
 
 artifacts_app = typer.Typer(name="artifacts", help="Share files via presigned URLs.", no_args_is_help=True)
 
@@ -24,7 +24,7 @@ def upload(
     """Upload FILE and print its s3:// URI and a presigned URL."""
     from blockkit.storage.artifacts import check_expiry, upload_artifact
 
-    with reported_errors():
+    with reported_errors(as_json=as_json):
         check_expiry(expires)
         art = upload_artifact(file, key=key, expires=expires, object_name=name)
     if as_json:

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from blockkit.contract.errors import BlockkitError, ValidationError
+from blockkit.cli.console import reported_errors
+from blockkit.contract.errors import ValidationError
 
 
 def parse_build_args(values: list[str]) -> dict[str, str]:
@@ -50,18 +51,12 @@ def build(
     """Build the Docker image of a block, tagged by a hash of everything that goes into it."""
     from blockkit.runner.build import build_block_image, prune_block_images
 
-    try:
+    with reported_errors():
         built = build_block_image(
             block_dir, base_image=base_image, wheelhouse=wheelhouse, force=force,
             build_args=parse_build_args(build_arg), user=user, network=network,
         )
         removed, kept = prune_block_images(built, block_dir) if prune else ([], [])
-    except BlockkitError as err:
-        typer.echo(err.headline(), err=True)
-        details = err.details()
-        if details:
-            typer.echo(details, err=True)
-        raise typer.Exit(int(err.exit_code)) from None
     for line in built.warnings:
         typer.echo(f"warning: {line}", err=True)
     state = "built" if built.rebuilt else "up to date (cached)"

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 import typer
 
-from blockkit.contract.errors import BlockkitError
+from blockkit.cli.console import reported_errors, say
+from blockkit.cli.options import DEFAULT_BASE_IMAGE, BaseImage, Wheelhouse
+from blockkit.contract.errors import ExportError
 
 if TYPE_CHECKING:
     from blockkit.runner.plan import Plan
@@ -20,8 +22,6 @@ export_app = typer.Typer(
 
 
 def _parse_images(values: list[str]) -> dict[str, str]:
-    from blockkit.export.cwl import ExportError
-
     images: dict[str, str] = {}
     for value in values:
         step, sep, ref = value.partition("=")
@@ -48,27 +48,23 @@ def cwl(
     leave_output: bool = typer.Option(False, "--leave-output",
                                       help="export a workflow with `output:` anyway: the result stays in the CWL "
                                            "engine's output folder, to be staged out afterwards"),
-    base_image: str = typer.Option("blockkit-base:bookworm", "--base-image", help="image blocks are built on"),
-    wheelhouse: Optional[Path] = typer.Option(None, "--wheelhouse", help="host folder of wheels for offline builds"),
+    base_image: BaseImage = DEFAULT_BASE_IMAGE,
+    wheelhouse: Wheelhouse = None,
 ) -> None:
     """Export a workflow as one packed CWL v1.2 document (OGC EO Application Package)."""
-    from blockkit.cli.main import fail
     from blockkit.export import cwl as export
     from blockkit.runner.plan import plan_workflow
     from blockkit.runner.workflow import load_workflow
 
-    def say(text: str) -> None:
-        typer.echo(text, err=True)
-
-    try:
+    with reported_errors():
         workflow = load_workflow(workflow_file)
         plan = plan_workflow(workflow)  # the same checks and messages as `blockkit validate`
         overrides = _parse_images(image)
         unknown = sorted(set(overrides) - {s.name for s in plan.steps})
         if unknown:
-            raise export.ExportError(f"--image names unknown step(s): {', '.join(unknown)}")
+            raise ExportError(f"--image names unknown step(s): {', '.join(unknown)}")
         if input_location is not None and not workflow.input:
-            raise export.ExportError("--input replaces the workflow's `input:`, and this workflow has none")
+            raise ExportError("--input replaces the workflow's `input:`, and this workflow has none")
         export.check_exportable(plan, leave_output=leave_output, input_given=input_location is not None)
         if build:
             images = export.build_images(plan, base_image=base_image, wheelhouse=wheelhouse, say=say)
@@ -114,8 +110,6 @@ def cwl(
             job.parent.mkdir(parents=True, exist_ok=True)
             job.write_text(job_text, encoding="utf-8")
             say(f"wrote {job}")
-    except BlockkitError as err:
-        fail(err)
 
 
 def _unbuilt_images(plan: "Plan", base_image: str, say: Callable[[str], None]) -> dict[str, str]:

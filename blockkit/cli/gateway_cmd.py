@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from blockkit.contract.errors import BlockkitError
+from blockkit.cli.console import reported_errors
 
 
 def gateway(
@@ -25,9 +25,9 @@ def gateway(
 ) -> None:
     """Serve folders over S3 until interrupted; prints the endpoint and client settings."""
     from blockkit.gateway import Credentials, Gateway, GatewayConfigError, client_env
-    from blockkit.gateway.__main__ import parse_inputs
+    from blockkit.gateway.buckets import parse_inputs
 
-    try:
+    with reported_errors():
         if bool(access_key) != bool(secret_key):
             raise GatewayConfigError("give both --access-key and --secret-key, or neither")
         if not inputs and output is None:
@@ -35,9 +35,6 @@ def gateway(
         credentials = Credentials(access_key, secret_key) if access_key and secret_key else None
         server = Gateway(parse_inputs(inputs), output, host=host, port=port, credentials=credentials, access_log=access_log, region=region, min_part_size=min_part_size)
         endpoint = server.bind()
-    except BlockkitError as err:
-        typer.echo(err.headline(), err=True)
-        raise typer.Exit(int(err.exit_code) or 1) from None
     typer.echo(endpoint)
     buckets = ", ".join(f"{name} ({'read-write' if b.writable else 'read-only'})" for name, b in server.state.buckets.items())
     typer.echo(f"buckets: {buckets}", err=True)

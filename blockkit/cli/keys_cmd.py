@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from blockkit.contract.errors import BlockkitError
+from blockkit.cli.console import reported_errors
 
 keys_app = typer.Typer(
     name="keys",
@@ -19,18 +17,6 @@ keys_app = typer.Typer(
     "Location: $BLOCKKIT_KEYSTORE; passphrase: $BLOCKKIT_KEYSTORE_PASSPHRASE.",
     no_args_is_help=True,
 )
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn a BlockkitError into its one-line message on stderr and its exit code."""
-    try:
-        yield
-    except BlockkitError as err:
-        typer.echo(err.headline(), err=True)
-        if err.details():
-            typer.echo(err.details(), err=True)
-        raise typer.Exit(int(err.exit_code) or 1) from None
 
 
 def _read_secret(label: str) -> str:
@@ -103,7 +89,7 @@ def list_keys(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     """List keys: names, types and endpoints (never secrets)."""
     from blockkit.storage.keystore import Keystore
 
-    with reported_errors():
+    with reported_errors(as_json=as_json):
         infos = Keystore.from_env().list()
     if as_json:
         typer.echo(json.dumps([i.to_dict() for i in infos], indent=2))

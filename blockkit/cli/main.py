@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
-from typing import NoReturn
 
 import typer
 
+from blockkit.cli.console import debugging, print_error, unexpected
 from blockkit.contract.errors import BlockkitError
 
 app = typer.Typer(
@@ -35,15 +34,6 @@ COMMAND_MODULES = (
 )
 
 
-def fail(err: BlockkitError) -> NoReturn:
-    """Print an error as one line plus its details, and exit with its code."""
-    typer.echo(err.headline(), err=True)
-    details = err.details()
-    if details:
-        typer.echo(details, err=True)
-    raise typer.Exit(int(err.exit_code) or 1)
-
-
 def _register_all() -> None:
     for name in COMMAND_MODULES:
         try:
@@ -63,11 +53,11 @@ def main() -> None:
     try:
         app()
     except BlockkitError as err:  # a command that did not catch its own error
-        typer.echo(err.headline(), err=True)
-        sys.exit(int(err.exit_code) or 1)
+        print_error(err)
+        sys.exit(err.exit_status)
     except Exception as exc:  # noqa: BLE001 - never a bare traceback; BLOCKKIT_DEBUG=1 shows it
-        if os.environ.get("BLOCKKIT_DEBUG"):
+        if debugging():
             raise
-        text = (str(exc).strip().splitlines() or [""])[0][:500]
-        typer.echo(f"[UNEXPECTED_ERROR] {type(exc).__name__}: {text} (BLOCKKIT_DEBUG=1 shows the traceback)", err=True)
-        sys.exit(1)
+        error = unexpected(exc)
+        print_error(error)
+        sys.exit(error.exit_status)

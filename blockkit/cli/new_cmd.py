@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from blockkit.cli.console import fail
 from blockkit.contract.errors import BlockkitError, InputParametersError, ValidationError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-_]{1,62}$")
@@ -54,8 +55,6 @@ def register(app: typer.Typer) -> None:
         directory: Path = typer.Option(Path("."), "--dir", help="where to create the block folder"),
     ) -> None:
         """Create a new block (manifest, code, Dockerfile, tests) from the template."""
-        from blockkit.cli.main import fail
-
         try:
             target = create_block(name, directory)
         except BlockkitError as err:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from blockkit.contract.errors import BlockkitError
+from blockkit.cli.console import reported_errors, say
+from blockkit.cli.options import DEFAULT_BASE_IMAGE, BaseImage, Wheelhouse
 
 
 def push(
@@ -17,18 +17,14 @@ def push(
     build: bool = typer.Option(True, "--build/--no-build",
                                help="build (or reuse) the images first (default), or push the tags "
                                     "`blockkit build` gives, which must exist"),
-    base_image: str = typer.Option("blockkit-base:bookworm", "--base-image", help="image blocks are built on"),
-    wheelhouse: Optional[Path] = typer.Option(None, "--wheelhouse", help="host folder of wheels for offline builds"),
+    base_image: BaseImage = DEFAULT_BASE_IMAGE,
+    wheelhouse: Wheelhouse = None,
 ) -> None:
     """Tag the images a workflow needs as REGISTRY/<image> and push them (credentials: `docker login`)."""
-    from blockkit.cli.main import fail
     from blockkit.export.push import check_registry, images_to_push, push_images
-    from blockkit.runner.docker_engine import docker_client
+    from blockkit.runner.docker_client import docker_client
 
-    def say(text: str) -> None:
-        typer.echo(text, err=True)
-
-    try:
+    with reported_errors():
         prefix = check_registry(registry)  # a typo fails before any build
         images = images_to_push(target, build=build, base_image=base_image, wheelhouse=wheelhouse, say=say)
         client = docker_client(timeout=600)
@@ -36,8 +32,6 @@ def push(
             pushed = push_images(images, prefix, client=client, say=say)
         finally:
             client.close()
-    except BlockkitError as err:
-        fail(err)
     for item in pushed:
         typer.echo(item.remote)
 

@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import typer
 
-from blockkit.contract.errors import BlockkitError, WorkflowError
+from blockkit.cli.console import fail, resume_command
+from blockkit.contract.errors import BlockkitError, Interrupted, WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE
 from blockkit.contract.parameters import parse_parameters_text
 
@@ -64,11 +65,6 @@ class _StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, as shells report it (130 for Ctrl-C)."""
-        return 128 + (self.received or signal.SIGINT)
 
     @property
     def name(self) -> str:
@@ -156,10 +152,8 @@ def register(app: typer.Typer) -> None:
         keep_going: bool = typer.Option(False, "--keep-going", "-k", help="when a step or feature fails, finish every other one that does not depend on it"),
     ) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""
-        from blockkit.cli.main import fail
-        from blockkit.contract.errors import ExitCode
+        from blockkit.contract.errors import RunFailed, RunInterrupted
         from blockkit.report import write_report_after_run
-        from blockkit.runner.run import RunFailed, RunInterrupted
         from blockkit.runner.session import RunRequest, run_request
 
         progress = Progress(json_out, quiet)
@@ -182,28 +176,22 @@ def register(app: typer.Typer) -> None:
                 summary = run_request(request)
         except RunFailed as err:
             report, report_problem = write_report_after_run(err.run_dir)
-            if json_out:
-                typer.echo(json.dumps({"status": "failed", "run_id": err.run_dir.name, "run_dir": str(err.run_dir),
-                                       "step": err.step, "exit_code": err.step_exit, "message": err.message,
-                                       "resume": _resume_command(err.run_dir),
-                                       "report": str(report) if report else None}))
-            typer.echo(f"[{ExitCode.describe(err.step_exit)}] {err.message}", err=True)
-            typer.echo(f"run folder: {err.run_dir} (resume with: {_resume_command(err.run_dir)})", err=True)
-            typer.echo(f"report: {report}" if report else report_problem, err=True)
-            raise typer.Exit(err.step_exit if 0 < err.step_exit < 256 else 1)
+            resume = resume_command(err.run_dir)
+            fail(err, as_json=json_out,
+                 hints=[f"run folder: {err.run_dir} (resume with: {resume})",
+                        f"report: {report}" if report else report_problem],
+                 fields={"run_id": err.run_dir.name, "run_dir": str(err.run_dir), "step": err.step,
+                         "step_exit": err.step_exit, "resume": resume, "report": str(report) if report else None})
         except RunInterrupted as err:
-            if json_out:
-                typer.echo(json.dumps({"status": "interrupted", "run_id": err.run_dir.name, "run_dir": str(err.run_dir),
-                                       "resume": _resume_command(err.run_dir)}))
-            by = f" by {stop.name}" if stop.received else ""
-            typer.echo(f"[INTERRUPTED] {err.message}{by}; resume with: {_resume_command(err.run_dir)}", err=True)
-            raise typer.Exit(stop.exit_code)  # 128 + the signal, as shells report it
+            # The exit status is 128 + the signal, as shells report it.
+            resume = resume_command(err.run_dir)
+            fail(RunInterrupted(err.run_dir, signum=stop.received, resume=resume), as_json=json_out,
+                 fields={"run_id": err.run_dir.name, "run_dir": str(err.run_dir), "resume": resume})
         except KeyboardInterrupt:
             # Stopped before the run folder existed (planning, building, staging in).
-            typer.echo(f"[INTERRUPTED] stopped by {stop.name} before any step ran", err=True)
-            raise typer.Exit(stop.exit_code) from None
+            fail(Interrupted(f"stopped by {stop.name} before any step ran", signum=stop.received), as_json=json_out)
         except BlockkitError as err:
-            fail(err)
+            fail(err, as_json=json_out)
         report, report_problem = write_report_after_run(Path(summary["run_dir"]))
         summary["report"] = str(report) if report else None
         if json_out:
@@ -216,18 +204,6 @@ def register(app: typer.Typer) -> None:
             for where in summary.get("outputs", []):
                 progress.message(f"results: {where}")
         sys.stdout.flush()
-
-
-def _resume_command(run_dir: Path) -> str:
-    """The command that resumes this run (with --runs-dir when the run is not in the default place)."""
-    import shlex
-
-    from blockkit.runner.run import default_runs_dir
-
-    command = f"blockkit run --resume {run_dir.name}"
-    if run_dir.parent.resolve() != default_runs_dir().resolve():
-        command += f" --runs-dir {shlex.quote(str(run_dir.parent))}"
-    return command
 
 
 def looks_like_block(path: Path) -> bool:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from blockkit.contract.errors import BlockkitError
+from blockkit.cli.console import fail, resume_command
+from blockkit.contract.errors import BlockkitError, ValidationError
 
 if TYPE_CHECKING:
     from blockkit.runner.run import RunFolder
@@ -27,7 +28,6 @@ def _root(runs_dir: Path | None) -> Path:
 
 def _find(runs_dir: Path | None, run_id: str) -> RunFolder:
     """The run folder for an id, a unique prefix or `latest`; a one-line contract error otherwise."""
-    from blockkit.cli.main import fail
     from blockkit.runner.housekeeping import resolve_run
 
     try:
@@ -95,12 +95,11 @@ def _summary(path: Path) -> dict[str, str]:
 
 def _status(run_dir: Path, run: dict) -> str:
     """The run's status; a `running` run whose runner is gone is `interrupted` (with the resume command)."""
-    from blockkit.cli.run_cmd import _resume_command
     from blockkit.runner.lock import runner_gone
 
     status = str(run["status"])
     if status == "running" and runner_gone(run_dir, run.get("runner")):
-        return f"interrupted (runner gone; resume with: {_resume_command(run_dir)})"
+        return f"interrupted (runner gone; resume with: {resume_command(run_dir)})"
     return status
 
 
@@ -108,7 +107,6 @@ def _status(run_dir: Path, run: dict) -> str:
 def show_run(run_id: str, runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
              provenance: bool = typer.Option(False, "--provenance", help="print provenance.json")) -> None:
     """Show a run's steps (status, exit code, features, time) or its provenance."""
-    from blockkit.cli.main import fail
     from blockkit.contract.errors import WorkflowError
     from blockkit.runner.run import PROVENANCE_FILE, RUN_FILE
 
@@ -171,8 +169,7 @@ def run_logs(run_id: str, step: Optional[str] = typer.Argument(None),
     if step:
         if not _log_names(logs_dir) & {step} and not (follow and step in _step_names(folder)):
             known = ", ".join(sorted(_log_names(logs_dir) | _step_names(folder))) or "none"
-            typer.echo(f"[WRONG_INPUT_ERROR] run {folder.run_id} has no log for step {step!r}; steps: {known}", err=True)
-            raise typer.Exit(4)
+            fail(ValidationError(f"run {folder.run_id} has no log for step {step!r}; steps: {known}"))
     offsets: dict[str, int] = {}
     _print_new(logs_dir, step, offsets, final=not follow)
     if not follow:
@@ -225,7 +222,6 @@ def run_report(run_id: str, runs_dir: Optional[Path] = typer.Option(None, "--run
                output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of <run folder>/report.html"),
                open_it: bool = typer.Option(False, "--open", help="open the report in the web browser")) -> None:
     """Write a run's HTML report (one offline file: graph, timeline, maps, quicklooks, logs) and print its path."""
-    from blockkit.cli.main import fail
     from blockkit.contract.errors import WorkflowError
     from blockkit.report import write_report
 
@@ -251,7 +247,6 @@ def remove(run_ids: list[str] = typer.Argument(..., help="run ids, unique prefix
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
            force: bool = typer.Option(False, "--force", help="also remove runs that say they are running")) -> None:
     """Remove runs (their folders); cache entries they hold move to another run with the same result or are dropped."""
-    from blockkit.cli.main import fail
     from blockkit.contract.errors import WorkflowError
     from blockkit.runner.housekeeping import read_run_info, remove_runs
 
@@ -279,7 +274,6 @@ def garbage_collect(keep: Optional[int] = typer.Option(None, "--keep", help="kee
                     dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed, remove nothing"),
                     force: bool = typer.Option(False, "--force", help="go on while another run says it is running")) -> None:
     """Remove old runs (never running ones), keeping the cache index consistent."""
-    from blockkit.cli.main import fail
     from blockkit.runner.housekeeping import list_runs, parse_age, remove_runs, select_for_gc
 
     root = _root(runs_dir)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from blockkit.cli.keys_cmd import reported_errors
+from blockkit.cli.console import reported_errors
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -52,7 +52,7 @@ def stage_in_cmd(
         if value is not None:
             changes[name] = value
     limits = dataclasses.replace(TransferLimits(), **changes)
-    with reported_errors():
+    with reported_errors(as_json=as_json):
         fc = stage_in(uri, directory, key=key, progress=not quiet, workers=workers, endpoint=endpoint, limits=limits)
     if as_json:
         typer.echo(json.dumps(fc.to_dict(), indent=2))

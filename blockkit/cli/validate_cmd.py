@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from blockkit.contract.datajson import DATA_JSON, load_data_json, parse_data_json
-from blockkit.contract.errors import BlockkitError, InputParametersError, ManifestError, ValidationError
+from blockkit.cli.console import reported_errors
+from blockkit.contract.errors import InputParametersError, ValidationError
 from blockkit.contract.manifest import MANIFEST_FILE, load_manifest, read_json_file
 from blockkit.contract.parameters import parse_parameters_text, resolve_parameters
 
@@ -24,12 +25,9 @@ def validate_path(path: Path, block: Path | None = None) -> list[str]:
             manifest = load_manifest(path)
             asks = f"; asks for {', '.join(manifest.privileges)}" if manifest.privileges else ""
             checked.append(f"manifest {path / MANIFEST_FILE} ({manifest.type} block {manifest.name!r}{asks})")
-            from blockkit.runner.plan import EntryPointError, resolve_entry
+            from blockkit.runner.plan import resolve_entry
 
-            try:
-                resolve_entry(path.resolve(), manifest.command)  # manifest, own Dockerfile or common layouts
-            except EntryPointError as err:
-                raise ManifestError(err.message) from None
+            resolve_entry(path.resolve(), manifest.command)  # manifest, own Dockerfile or common layouts
         if (path / DATA_JSON).is_file():
             fc = load_data_json(path, required=False)
             checked.append(f"{path / DATA_JSON} ({len(fc)} features)")
@@ -84,11 +82,7 @@ def register(app: typer.Typer) -> None:
         block: Optional[Path] = typer.Option(None, "--block", help="block folder whose manifest checks a params file"),
     ) -> None:
         """Validate a block, a manifest, a data.json, a parameters file or a workflow offline."""
-        from blockkit.cli.main import fail
-
-        try:
+        with reported_errors():
             checked = validate_path(path, block)
-        except BlockkitError as err:
-            fail(err)
         for item in checked:
             typer.echo(f"valid: {item}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from blockkit.contract.errors import InvalidArgument
+
 PROGRESS_PREFIX = "BLOCKKIT_PROGRESS"
 _LINE = re.compile(r"BLOCKKIT_PROGRESS (\d{1,15})/(\d{1,15})")
 
@@ -17,7 +19,7 @@ def format_progress(done: int, total: int) -> str:
     if isinstance(done, bool) or isinstance(total, bool) or not isinstance(done, int) or not isinstance(total, int):
         raise TypeError("progress: done and total must be integers")
     if total < 1 or not 0 <= done <= total:
-        raise ValueError(f"progress: need 0 <= done <= total and total >= 1, got {done}/{total}")
+        raise InvalidArgument(f"progress: need 0 <= done <= total and total >= 1, got {done}/{total}")
     return f"{PROGRESS_PREFIX} {done}/{total}"
 
 

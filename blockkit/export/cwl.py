@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from blockkit.contract.errors import ExitCode, Problem, WorkflowError
+from blockkit.contract.errors import ExitCode, ExportError, Problem, WorkflowError
 from blockkit.contract.manifest import ParameterSpec
 from blockkit.export.step import DEFAULT_COMMAND
 from blockkit.runner.plan import Plan, PlannedStep
@@ -62,10 +62,6 @@ SCATTER_HELPER_RESOURCES = {"coresMin": 1, "ramMin": 512}
 _PERMANENT_FAIL_CODES = [int(c) for c in ExitCode if c not in (ExitCode.OK, ExitCode.API_CONNECTION_ERROR)] + [124]
 _TEMPORARY_FAIL_CODES = [int(ExitCode.API_CONNECTION_ERROR)]
 _ID = re.compile(r"[^A-Za-z0-9_]")
-
-
-class ExportError(WorkflowError):
-    """The workflow is valid but cannot be expressed in CWL as asked."""
 
 
 def cwl_id(name: str) -> str:

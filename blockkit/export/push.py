@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from blockkit.contract.errors import ApiConnectionError, BlockkitError, InputParametersError, WrongInputError
+from blockkit.contract.errors import ApiConnectionError, BlockkitError, InputParametersError, PushError, WrongInputError
 
 #: host[:port] and an optional path of lower-case components (Docker's reference grammar, simplified).
 _REGISTRY = re.compile(
@@ -21,10 +21,6 @@ _REGISTRY = re.compile(
     r"(?::[0-9]{1,5})?"
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
 )
-
-
-class PushError(BlockkitError):
-    """A push that the registry or the daemon refused (not a connection problem): exit 1 with their words."""
 
 
 @dataclass(frozen=True)

@@ -10,23 +10,10 @@ import threading
 from pathlib import Path
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.gateway.errors import GatewayConfigError
+from blockkit.gateway.buckets import parse_inputs
 from blockkit.gateway.multipart import MIN_PART_SIZE
 from blockkit.gateway.server import Gateway
 from blockkit.gateway.sigv4 import Credentials
-
-
-def parse_inputs(values: list[str]) -> dict[str, Path]:
-    """Turn `NAME=DIR` arguments into a bucket → folder map."""
-    inputs: dict[str, Path] = {}
-    for value in values:
-        name, sep, folder = value.partition("=")
-        if not sep or not name or not folder:
-            raise GatewayConfigError(f"--input {value!r}: expected NAME=DIR")
-        if name in inputs:
-            raise GatewayConfigError(f"--input {name!r} is given twice")
-        inputs[name] = Path(folder)
-    return inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoint = gateway.start()
     except BlockkitError as err:
         print(err.headline(), file=sys.stderr)
-        return int(err.exit_code) or 1
+        return err.exit_status
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -215,3 +215,16 @@ class KeyWalk:
         real = os.path.realpath(path)
         root = str(self.bucket.root)
         return real == root or real.startswith(root + os.sep)
+
+
+def parse_inputs(values: list[str]) -> dict[str, Path]:
+    """Turn `NAME=DIR` arguments (`--input`) into a bucket → folder map."""
+    inputs: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise GatewayConfigError(f"--input {value!r}: expected NAME=DIR")
+        if name in inputs:
+            raise GatewayConfigError(f"--input {name!r} is given twice")
+        inputs[name] = Path(folder)
+    return inputs

@@ -1,22 +1,26 @@
-"""Gateway errors: S3 protocol errors sent to clients, and setup errors raised to the caller."""
+"""Gateway errors: S3 error responses sent to clients, and the setup errors raised to the caller.
+
+`S3Error` is deliberately off the `BlockkitError` tree: it is an S3 *response* (HTTP status, S3
+code, XML body) that the request handler sends to its client and that never reaches a person.
+The setup errors (`GatewayError` and below) are on the tree, defined in `blockkit.contract.errors`.
+"""
 
 from __future__ import annotations
 
-from blockkit.contract.errors import BlockkitError, ExitCode
+from blockkit.contract.errors import GatewayConfigError, GatewayError, GatewayStartError
 
-
-class GatewayError(BlockkitError):
-    """The gateway could not be set up or started."""
-
-    exit_code = ExitCode.UNEXPECTED_ERROR
-
-
-class GatewayConfigError(GatewayError):
-    """A bucket name or folder given to the gateway is unusable."""
-
-
-class GatewayStartError(GatewayError):
-    """The gateway could not listen (port in use, subprocess died, ...)."""
+__all__ = [
+    "GatewayConfigError",
+    "GatewayError",
+    "GatewayStartError",
+    "S3Error",
+    "access_denied",
+    "invalid_argument",
+    "malformed_xml",
+    "no_such_bucket",
+    "no_such_key",
+    "not_implemented",
+]
 
 
 class S3Error(Exception):

@@ -23,16 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from blockkit.contract.errors import BlockkitError, ExitCode
+from blockkit.contract.errors import BlockEnvError
 
 #: Bumped when the way environments are made changes.
 _FORMAT = "blockkit-venv-1"
-
-
-class BlockEnvError(BlockkitError):
-    """A block's virtual environment could not be made."""
-
-    exit_code = ExitCode.UNEXPECTED_ERROR
 
 
 @dataclass(frozen=True)

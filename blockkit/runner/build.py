@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blockkit.contract.errors import ManifestError, Problem
+from blockkit.contract.errors import BaseImageMissingError, BuildError, ManifestError, Problem
 from blockkit.runner import wheelhouse as wheels_
 from blockkit.runner.docker_client import DockerError, docker_client, error_line
 from blockkit.runner.image_names import (
@@ -46,7 +46,6 @@ from blockkit.runner.image_names import (
 )
 from blockkit.runner.wheelhouse import (
     DEV_TOOLS,
-    BuildError,
     PythonTarget,
     WheelServer,
     complete_in_image,
@@ -67,10 +66,6 @@ TEMPLATE_MARKER = "blockkit-template-dockerfile"
 #: `--user` choices for images built from Dockerfile.base: uid 1000, or root for platforms that
 #: mount a root-owned output folder (UP42 ran blocks as their image's user, root for its bases).
 USERS = {"1000": "1000:1000", "root": "0:0"}
-
-
-class BaseImageMissingError(DockerError):
-    """The base image to build on does not exist locally."""
 
 
 @dataclass(frozen=True)

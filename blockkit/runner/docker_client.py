@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from blockkit.contract.errors import BlockkitError, ExitCode
+from blockkit.contract.errors import DockerError, DockerUnavailableError, ImageMissingError, ManifestError
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
-
-
-class DockerError(BlockkitError):
-    """The Docker engine itself failed (not the block)."""
-
-    exit_code = ExitCode.UNEXPECTED_ERROR
-
-
-class DockerUnavailableError(DockerError):
-    """No Docker daemon answers (or the docker SDK is not installed)."""
-
-
-class ImageMissingError(DockerError):
-    """A step's image does not exist locally (and nothing can be pulled)."""
 
 
 def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
@@ -83,6 +70,32 @@ def error_line(exc: BaseException) -> str:
     """One line for a docker error: the daemon's own words (APIError.explanation), not the HTTP status and URL."""
     text = str(getattr(exc, "explanation", None) or exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+def image_manifest(image: str, client: "docker.DockerClient | None" = None) -> dict[str, Any]:
+    """The UP42 manifest an image carries in its `up42_manifest` label (a step given by image)."""
+    import docker
+
+    own = client is None
+    client = client or docker_client(timeout=30)
+    try:
+        labels = client.images.get(image).labels or {}
+    except docker.errors.ImageNotFound:
+        raise ImageMissingError(f"image {image} does not exist locally; build or pull it first") from None
+    except docker.errors.APIError as exc:
+        raise DockerError(f"cannot inspect image {image}: {error_line(exc)}") from exc
+    finally:
+        if own:
+            client.close()
+    if "up42_manifest" not in labels:
+        raise ManifestError(f"image {image} has no up42_manifest label (images made by `blockkit build` have one)")
+    try:
+        data = json.loads(labels["up42_manifest"])
+    except ValueError as exc:
+        raise ManifestError(f"the up42_manifest label of image {image} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"the up42_manifest label of image {image} is not a JSON object")
+    return data
 
 
 #: The label every container a blockkit runner starts carries (the orphan sweep looks for it).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from blockkit.contract.capabilities import Capabilities, match_problems, resolve_output
-from blockkit.contract.errors import BlockkitError, InputParametersError, Problem, WorkflowError
+from blockkit.contract.errors import BlockkitError, EntryPointError, InputParametersError, Problem, WorkflowError
 from blockkit.contract.manifest import MANIFEST_FILE, Manifest, load_manifest, parse_manifest
 from blockkit.contract.parameters import resolve_parameters
 from blockkit.runner.secret_params import resolve_secret_refs
@@ -78,20 +77,6 @@ def resolve_block_dir(block: str, base_dir: Path) -> Path | None:
         if (root / candidate / MANIFEST_FILE).is_file():
             return (root / candidate).resolve()
     return None
-
-
-def docker_image_manifest(image: str) -> dict[str, Any]:
-    """The manifest stored in an image's `up42_manifest` label."""
-    import docker
-
-    client = docker.from_env(timeout=30)
-    try:
-        labels = client.images.get(image).labels or {}
-    finally:
-        client.close()
-    if "up42_manifest" not in labels:
-        raise ValueError(f"image {image} has no up42_manifest label")
-    return json.loads(labels["up42_manifest"])
 
 
 def _order(steps: list[StepDef], upstream: dict[str, list[str]], problems: list[Problem]) -> list[str]:
@@ -199,10 +184,14 @@ def _manifest_of(
             return None, block_dir
     if step.image is not None:
         try:
-            data = (image_manifest or docker_image_manifest)(step.image)
+            from blockkit.runner.docker_client import image_manifest as from_label
+
+            data = (image_manifest or from_label)(step.image)
             return parse_manifest(data, None), None
         except BlockkitError as err:
             problems.extend(Problem(f"{where} manifest {p.where}", p.message) for p in err.problems)
+            if not err.problems:
+                problems.append(Problem(where, err.message))
         except Exception as exc:  # noqa: BLE001 - docker raises many types; all mean "cannot read it"
             problems.append(Problem(where, f"cannot read the manifest of image {step.image!r}: {exc}"))
     return None, None
@@ -214,12 +203,6 @@ def _manifest_of(
 COMMON_ENTRIES: tuple[tuple[str, ...], ...] = (("src", "run.py"), ("run.py",), ("src", "__main__.py"))
 _PYTHON = re.compile(r"^(?:/usr(?:/local)?/bin/)?python(?:3(?:\.\d+)?)?$")
 _WORKDIR = re.compile(r"^\s*WORKDIR\s+(\S+)\s*$", re.IGNORECASE)
-
-
-class EntryPointError(BlockkitError):
-    """A block has no entry point the runner can start (a planning problem)."""
-
-    exit_code = WorkflowError.exit_code
 
 
 def resolve_entry(block_dir: Path, override: list[str] | None = None) -> list[str]:

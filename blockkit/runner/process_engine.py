@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Mapping
 
-from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, EngineError, ExitCode
 from blockkit.runner.engine import Engine, LogSink, StepResult, StepSpec
 from blockkit.runner.isolation import (
     BLOCK_DIR,
@@ -38,10 +38,6 @@ def _own_environment(program: str) -> tuple[Path, ...]:
         return ()
     root = path.parent.parent
     return (root,) if (root / "pyvenv.cfg").is_file() else ()
-
-
-class EngineError(BlockkitError):
-    """An engine could not start a step at all (not a block failure)."""
 
 
 def block_command(block_dir: Path, override: list[str] | None = None, *, block_root: str | None = None) -> list[str]:

@@ -19,7 +19,15 @@ from typing import Any, Callable, Iterator, Mapping
 
 import blockkit
 from blockkit.contract.datajson import DATA_JSON, FeatureCollection, dumps, load_data_json
-from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, WrongInputError
+from blockkit.contract.errors import (
+    TIMEOUT_EXIT_CODE,
+    BlockkitError,
+    ExitCode,
+    RunFailed,
+    RunInterrupted,
+    WorkflowError,
+    WrongInputError,
+)
 from blockkit.contract.parameters import redact_parameters
 from blockkit.runner.engine import Engine, Resources, StepResult, StepSpec
 from blockkit.runner.cache import (
@@ -50,23 +58,6 @@ from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fa
 Event = Callable[[str, str, dict[str, Any]], None]  # (kind, step, info)
 
 
-class RunFailed(BlockkitError):
-    """A step of a run failed; the message names the step and its exit code."""
-
-    def __init__(self, message: str, *, step: str, step_exit: int, run_dir: Path) -> None:
-        super().__init__(message)
-        self.step = step
-        self.step_exit = step_exit
-        self.run_dir = run_dir
-        self.exit_code = ExitCode(step_exit) if step_exit in ExitCode._value2member_map_ else ExitCode.UNEXPECTED_ERROR
-
-
-class RunInterrupted(BlockkitError):
-    """The run was stopped by Ctrl-C (SIGINT); its folder says which steps finished."""
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"run {run_dir.name} interrupted")
-        self.run_dir = run_dir
 
 
 @dataclass

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from blockkit.contract.errors import BlockkitError, NoOutputError
+from blockkit.contract.errors import BlockkitError, SealError, SealTimeout
 from blockkit.runner.hashing import HashCache, HashDeadline, hash_fd
 
 GIB = 1 << 30
@@ -41,14 +41,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
           stat.S_IFBLK: "block device"}
-
-
-class SealError(NoOutputError):
-    """A step's output holds something the runner will not take over (a symlink, a device, too much data)."""
-
-
-class SealTimeout(BlockkitError):
-    """Taking over a step's output ran past the step's timeout."""
 
 
 def output_limit(machine_type: str, override: int | None = None) -> int:

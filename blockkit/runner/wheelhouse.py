@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blockkit.contract.errors import Problem
+from blockkit.contract.errors import BuildError, Problem
 from blockkit.runner import image_names
-from blockkit.runner.docker_client import DockerError
 from blockkit.runner.image_names import DIST_NAME, ignore_for_copy
 
 if TYPE_CHECKING:
@@ -38,10 +37,6 @@ DEV_TOOLS = frozenset({
 })
 # Fixed timestamp for the blockkit wheel, so rebuilding unchanged sources gives identical bytes.
 _SOURCE_DATE_EPOCH = "315532800"
-
-
-class BuildError(DockerError):
-    """`docker build` (or preparing its wheels) failed."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from blockkit.contract.datajson import DATA_PATH, check_data_path, data_path_of
-from blockkit.contract.errors import WrongInputError
+from blockkit.contract.errors import InvalidArgument, WrongInputError
 from blockkit.contract.manifest import Manifest
 
 DEFAULT_INPUT_DIR = Path("/tmp/input")
@@ -124,7 +124,7 @@ class BlockContext:
         """Absolute path for a relative output data_path, creating its parent folders."""
         problem = check_data_path(relative, None)
         if problem:
-            raise ValueError(problem)
+            raise InvalidArgument(problem)
         path = self.output_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
@@ -132,9 +132,9 @@ class BlockContext:
     def quicklook_path(self, feature_id: str, ext: str = "png") -> Path:
         """Where the quicklook of a feature goes (`<quicklook dir>/<id>.<png|jpg>`)."""
         if ext not in ("png", "jpg"):
-            raise ValueError("quicklooks are png or jpg")
+            raise InvalidArgument("quicklooks are png or jpg")
         if "/" in str(feature_id) or str(feature_id) in ("", ".", ".."):
-            raise ValueError(f"feature id {feature_id!r} cannot name a quicklook file")
+            raise InvalidArgument(f"feature id {feature_id!r} cannot name a quicklook file")
         self.quicklook_dir.mkdir(parents=True, exist_ok=True)
         return self.quicklook_dir / f"{feature_id}.{ext}"
 

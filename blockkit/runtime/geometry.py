@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from blockkit.contract.errors import InputParametersError
+from blockkit.contract.errors import GeometryError, InputParametersError
 
 __all__ = [
     "utm_zone",
@@ -33,7 +33,7 @@ _AUTHALIC_RADIUS_M = 6_371_007.2
 
 def _check_lon_lat(lon: float, lat: float) -> None:
     if not (math.isfinite(lon) and math.isfinite(lat)) or not -180.0 <= lon <= 180.0 or not -90.0 <= lat <= 90.0:
-        raise ValueError(f"longitude/latitude out of range: ({lon}, {lat})")
+        raise GeometryError(f"longitude/latitude out of range: ({lon}, {lat})")
 
 
 def utm_zone(lon: float, lat: float) -> int:
@@ -94,7 +94,7 @@ def bbox_of(geojson: Mapping[str, Any]) -> BBox:
             west, east = min(west, lon), max(east, lon)
             south, north = min(south, lat), max(north, lat)
     if west == math.inf:
-        raise ValueError("bbox_of: the GeoJSON object has no coordinates")
+        raise GeometryError("bbox_of: the GeoJSON object has no coordinates")
     return west, south, east, north
 
 
@@ -120,7 +120,7 @@ def bbox_to_polygon(bbox: Sequence[float]) -> dict[str, Any]:
     """A GeoJSON Polygon (counter-clockwise, RFC 7946) for a (west, south, east, north) box."""
     west, south, east, north = (float(v) for v in bbox)
     if west > east or south > north:
-        raise ValueError(f"bbox_to_polygon: expected (west, south, east, north), got {tuple(bbox)}")
+        raise GeometryError(f"bbox_to_polygon: expected (west, south, east, north), got {tuple(bbox)}")
     ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
     return {"type": "Polygon", "coordinates": [ring]}
 
@@ -131,7 +131,7 @@ def _as_geometry(value: Mapping[str, Any] | Sequence[float]) -> Mapping[str, Any
         if value.get("type") == "Feature":
             geometry = value.get("geometry")
             if not geometry:
-                raise ValueError("the feature has no geometry")
+                raise GeometryError("the feature has no geometry")
             return cast("Mapping[str, Any]", geometry)
         return value
     return bbox_to_polygon(value)

@@ -24,6 +24,7 @@ import rasterio
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.windows import Window
 
+from blockkit.contract.errors import InvalidArgument
 from blockkit.runtime.progress import ProgressReporter, runner_wants_progress
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class _WindowJob:
             result = result[np.newaxis]
         expected = (self.count, int(window.height), int(window.width))
         if result.shape != expected:
-            raise ValueError(
+            raise InvalidArgument(
                 f"map_windows: the function returned shape {result.shape} for window "
                 f"{int(window.col_off)},{int(window.row_off)}; expected {expected} (count, rows, cols)"
             )
@@ -196,9 +197,9 @@ def map_windows(
     """
     src_path, dst_path = Path(src_path), Path(dst_path)
     if processes < 1:
-        raise ValueError(f"map_windows: processes must be >= 1, got {processes}")
+        raise InvalidArgument(f"map_windows: processes must be >= 1, got {processes}")
     if count < 1:
-        raise ValueError(f"map_windows: count must be >= 1, got {count}")
+        raise InvalidArgument(f"map_windows: count must be >= 1, got {count}")
     method = start_method or _default_start_method()
     if processes > 1 and method != "fork":
         _require_picklable(func)
@@ -207,7 +208,7 @@ def map_windows(
         band_list = list(bands) if bands is not None else list(range(1, src.count + 1))
         for band in band_list:
             if not 1 <= band <= src.count:
-                raise ValueError(f"map_windows: band {band} does not exist in {src_path.name} ({src.count} bands)")
+                raise InvalidArgument(f"map_windows: band {band} does not exist in {src_path.name} ({src.count} bands)")
         if window_size is None:
             size = _default_window_size(src)
         elif isinstance(window_size, int):
@@ -421,9 +422,9 @@ def write_cog(
             if array.ndim == 2:
                 array = array[np.newaxis]
             if array.ndim != 3:
-                raise ValueError(f"write_cog: expected a (bands, rows, cols) array, got shape {array.shape}")
+                raise InvalidArgument(f"write_cog: expected a (bands, rows, cols) array, got shape {array.shape}")
             if transform is None:
-                raise ValueError("write_cog: an array needs a transform (and usually a crs)")
+                raise InvalidArgument("write_cog: an array needs a transform (and usually a crs)")
             options["overview_resampling"] = overview_resampling or _default_resampling(array.dtype.name)
             with MemoryFile() as memfile:
                 with memfile.open(**_source_profile(array, transform, crs, nodata)) as mem:
@@ -473,7 +474,7 @@ def write_quicklook(
         band_list = list(bands)
         for band in band_list:
             if not 1 <= band <= src.count:
-                raise ValueError(f"write_quicklook: band {band} does not exist ({src.count} bands)")
+                raise InvalidArgument(f"write_quicklook: band {band} does not exist ({src.count} bands)")
         scale = size / max(src.width, src.height)
         rows = max(1, round(src.height * scale))
         cols = max(1, round(src.width * scale))
@@ -552,7 +553,7 @@ def write_vector_quicklook(
     shapes_ = [shape(g) for g in geometries if g]
     shapes_ = [g for g in shapes_ if not g.is_empty]
     if not shapes_:
-        raise ValueError("write_vector_quicklook: no geometry to draw")
+        raise InvalidArgument("write_vector_quicklook: no geometry to draw")
     west = min(g.bounds[0] for g in shapes_)
     south = min(g.bounds[1] for g in shapes_)
     east = max(g.bounds[2] for g in shapes_)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from blockkit.contract.datajson import write_data_json
 from blockkit.contract.errors import ExitCode, WrongInputError
-from blockkit.storage.errors import TargetNotEmpty
+from blockkit.storage.errors import StorageError, TargetNotEmpty
 from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
 from blockkit.storage.stagein import stage_in
 from blockkit.storage.stageout import stage_out
@@ -172,7 +172,7 @@ def test_local_catalog_json_may_not_reach_outside_its_folder(outputs: Path, tmp_
         item = json.loads(item_path.read_text())
         item["assets"]["ndvi_a.tif"]["href"] = href
         item_path.write_text(json.dumps(item))
-        with pytest.raises(WrongInputError) as err:
+        with pytest.raises(StorageError) as err:
             stage_in(printed, tmp_path / "x", progress=False)
         assert "outside" in err.value.headline() and "\n" not in err.value.headline()
         assert not (tmp_path / "x").exists()

@@ -13,8 +13,8 @@ import pytest
 import rasterio
 
 from blockkit.contract.datajson import load_data_json
-from blockkit.contract.errors import ApiConnectionError, ExitCode
-from blockkit.storage.errors import AccessDenied, SourceNotFound, StorageError, UnsafePath, UnsupportedURI
+from blockkit.contract.errors import ExitCode
+from blockkit.storage.errors import AccessDenied, SourceNotFound, StorageError, TransferFailed, UnsafePath, UnsupportedURI
 from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
 from blockkit.storage.stagein import stage_in
 from blockkit.storage.transfer import RetryPolicy
@@ -81,7 +81,7 @@ def test_stac_checksum_mismatch_is_refused(stac_server, tmp_path: Path) -> None:
     item["assets"]["B03"]["file:checksum"] = "1220" + "00" * 32
     item["id"] = "bad-checksum"
     (Path(server.root) / "stac/items/bad-checksum.json").write_text(json.dumps(item))
-    with pytest.raises(ApiConnectionError, match="sha256 checksum mismatch"):
+    with pytest.raises(TransferFailed, match="sha256 checksum mismatch"):
         stage_in(f"{server.url}/stac/items/bad-checksum.json", tmp_path / "x", progress=False, retry=FAST)
     assert _as_it_was(tmp_path / "x")
 
@@ -137,11 +137,11 @@ def test_http_errors(stac_server, tmp_path: Path) -> None:
     with pytest.raises(SourceNotFound, match="HTTP 404 not found; check the URL"):
         stage_in(f"{server.url}/nope.tif", tmp_path / "b", progress=False, retry=FAST)
     before = len(server.requests)
-    with pytest.raises(ApiConnectionError, match=r"failed after 3 attempts: HTTP 500") as info:
+    with pytest.raises(TransferFailed, match=r"failed after 3 attempts: HTTP 500") as info:
         stage_in(f"{server.url}/_fail/500/x.tif", tmp_path / "c", progress=False, retry=FAST)
     assert [r for r in server.requests[before:] if r.startswith("GET ")] == ["GET /_fail/500/x.tif 500"] * 3
     assert "\n" not in info.value.headline()
-    with pytest.raises(ApiConnectionError, match="truncated|broke") as info:
+    with pytest.raises(TransferFailed, match="truncated|broke") as info:
         stage_in(f"{server.url}/_fail/truncated/data/{site.item_ids[0]}/B08.tif", tmp_path / "d", progress=False,
                  retry=FAST)
     assert info.value.exit_code == 5
@@ -153,7 +153,7 @@ def test_unreachable_host_bounded(tmp_path: Path) -> None:
 
     url = f"http://127.0.0.1:{free_port()}/x.tif"
     start = time.monotonic()
-    with pytest.raises(ApiConnectionError) as info:
+    with pytest.raises(TransferFailed) as info:
         stage_in(url, tmp_path / "u", progress=False, retry=FAST)
     assert time.monotonic() - start < 5
     assert info.value.headline().startswith(f"[API_CONNECTION_ERROR] {url}: failed after 3 attempts")
