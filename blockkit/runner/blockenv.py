@@ -18,9 +18,11 @@ does, the block is refused in one line naming what it needs.
 The environment is built in its final folder under a lock and marked complete only at the
 end, so a killed build or a concurrent run never leaves a half-built environment in use
 (a later run removes the leftover and starts again). Wheels come from the host wheelhouse
-first, then from pip's configured index (whatever the machine's pip configuration says),
-fetched and, where a requirement has no wheel for that Python, compiled by the block
-interpreter's own pip; every wheel is kept in the wheelhouse for the next time.
+together with pip's configured index (whatever the machine's pip configuration says; the
+newest matching release wins, as in `pip install`), fetched and, where a requirement has
+no wheel for that Python, compiled by the block interpreter's own pip; every wheel is kept
+in the wheelhouse for the next time. pip and the build scripts of the requirements run on
+the host (as `pip install` would), not isolated, with an allow-listed environment.
 """
 
 from __future__ import annotations
@@ -289,6 +291,25 @@ def _create(python: str, venv: Path) -> None:
     _run([python, "-I", "-m", "venv", str(venv)], f"creating a virtual environment with {python}")
 
 
+def tool_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment pip runs with while making a block's environment.
+
+    Build scripts of the block's requirements run in it, so it is the steps' allow-list
+    (with proxies) plus pip's own settings (`PIP_*`, its config and cache folders): the
+    runner's secrets (`BLOCKKIT_KEYSTORE_PASSPHRASE`, cloud credentials) stay out.
+    """
+    from blockkit.runner.isolation import host_environment
+
+    source = dict(os.environ if environ is None else environ)
+    env = host_environment(True, source)
+    env.pop("PYTHONPATH", None)
+    for name, value in source.items():
+        if name.startswith("PIP_") or name in ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+            env[name] = value
+    env["PIP_NO_INPUT"] = "1"
+    return env
+
+
 def _fetch(venv: Path, requirements: Path, subset: Path, wheel_dir: Path, *,
            constraints: Path | None = None) -> tuple[str, str | None]:
     """Resolve the requirements into wheels for the venv's Python with its own pip.
@@ -302,8 +323,7 @@ def _fetch(venv: Path, requirements: Path, subset: Path, wheel_dir: Path, *,
            "--find-links", str(wheel_dir), "-w", str(subset), "-r", str(requirements)]
     if constraints is not None:
         cmd += ["-c", str(constraints)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PIP_NO_INPUT": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=tool_environment())
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         lines = [l.strip() for l in output.splitlines() if l.strip() and not l.startswith("WARNING: Location")]
@@ -381,7 +401,7 @@ def interpreter_home(venv: Path) -> Path | None:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=tool_environment())
     if proc.returncode != 0:
         lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
         raise BlockEnvError(f"{what} failed: {lines[-1].strip()[:300] if lines else 'no output'}")
@@ -389,5 +409,5 @@ def _run(cmd: list[str], what: str) -> None:
 
 __all__ = [
     "BlockEnv", "BlockEnvError", "Interpreter", "ensure_block_env", "env_key", "find_interpreters",
-    "interpreter_home", "venv_root",
+    "interpreter_home", "tool_environment", "venv_root",
 ]

@@ -73,7 +73,7 @@ def test_blockutils_124_block_runs_on_python39_chosen_automatically(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-3000:]
     # The switch is said, naming the requirement and the interpreter.
     assert "block up42-blockutils: up42-blockutils 1.2.4 needs Python >=3.7, <3.10; using Python 3.9" in done.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()]
     features = json.loads((run_dir / "steps/up42-blockutils/output/data.json").read_text())["features"]
     assert len(features) == 1 and features[0]["properties"]["stats:band"] == 1
     assert features[0]["properties"]["stats:mean"] > 0 and len(features[0]["bbox"]) == 4
@@ -231,3 +231,30 @@ def test_json_run_reports_warnings_as_events(tmp_path: Path) -> None:
     assert warnings and "capped to 0.25 CPUs" in warnings[0]["message"], done.stderr
     assert not [l for l in done.stderr.splitlines() if l.strip() and not l.startswith("{")]
     assert json.loads(done.stdout)["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_requirement_build_scripts_do_not_see_the_runners_secrets(tmp_path: Path, monkeypatch) -> None:
+    """A requirement built from source runs its setup.py on the host: not with blockkit's secrets."""
+    monkeypatch.setenv("BLOCKKIT_VENV_DIR", str(tmp_path / "venvs"))
+    monkeypatch.delenv("BLOCKKIT_BLOCK_PYTHON", raising=False)
+    monkeypatch.setenv("BLOCKKIT_KEYSTORE_PASSPHRASE", "passphrase-must-not-leak")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-must-not-leak")
+    dump = tmp_path / "seen-env.json"
+    package = tmp_path / "snoop"
+    package.mkdir()
+    (package / "snoop.py").write_text("")
+    (package / "setup.py").write_text(
+        "import json, os\nfrom setuptools import setup\n"
+        f"json.dump(dict(os.environ), open({str(dump)!r}, 'w'))\n"
+        "setup(name='snoop', version='1.0', py_modules=['snoop'])\n"
+    )
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "requirements.txt").write_text(f"{package}\n")
+    made = ensure_block_env(block, wheelhouse=tmp_path / "wheels")
+    seen = json.loads(dump.read_text())
+    assert "BLOCKKIT_KEYSTORE_PASSPHRASE" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen
+    assert "passphrase-must-not-leak" not in dump.read_text() and "aws-secret-must-not-leak" not in dump.read_text()
+    done = subprocess.run([str(made.python), "-c", "import snoop"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
