@@ -197,6 +197,11 @@ def test_block_python_by_version_that_does_not_exist_is_one_line(tmp_path: Path,
     monkeypatch.setenv("BLOCKKIT_BLOCK_PYTHON", "python-blockkit-missing")
     with pytest.raises(BlockkitError, match="no such command on PATH"):
         env_key(tmp_path)
+    monkeypatch.setenv("BLOCKKIT_BLOCK_PYTHON", "/bin/false")  # not a Python
+    with pytest.raises(BlockkitError) as info:
+        env_key(tmp_path)
+    assert info.value.headline().startswith("[UNEXPECTED_ERROR] the block interpreter /bin/false does not run")
+    assert "\n" not in info.value.headline()
 
 
 @pytest.mark.slow
