@@ -268,12 +268,14 @@ def _make(block_dir: Path, venv: Path, asked: str | None, wheelhouse: Path | Non
             # resolver may backtrack to an older one that conflicts less with unpinned siblings.
             pins = work / "constraints.txt"
             pins.write_text("".join(f"{name}=={release}\n" for name, (release, spec) in sorted(too_new.items())
-                                    if Version(chosen.version) in SpecifierSet(spec)), encoding="utf-8")
+                                    if Version(chosen.version) in SpecifierSet(spec)
+                                    and not Version(release).is_prerelease), encoding="utf-8")
             output, failed = _fetch(venv, copy, subset, wheel_dir, constraints=pins)
             version = chosen.version
         if failed is not None:
+            why = f" ({_needs(too_new)})" if too_new else ""
             raise BlockEnvError(f"installing the requirements of block {block_dir.name} "
-                                f"(Python {version}) failed: {failed}")
+                                f"(Python {version}) failed: {failed}{why}")
         warnings += _older_warnings(output, copy, subset, version)
         wheels = sorted(str(w) for w in subset.glob("*.whl"))
         if wheels:

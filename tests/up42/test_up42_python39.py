@@ -263,3 +263,19 @@ def test_requirement_build_scripts_do_not_see_the_runners_secrets(tmp_path: Path
     assert "passphrase-must-not-leak" not in dump.read_text() and "aws-secret-must-not-leak" not in dump.read_text()
     done = subprocess.run([str(made.python), "-c", "import snoop"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_interpreter_asked_for_is_kept_and_the_failure_says_why(tmp_path: Path, monkeypatch) -> None:
+    """BLOCKKIT_BLOCK_PYTHON is used as is (no automatic switch); a failure names the Python limit."""
+    monkeypatch.setenv("BLOCKKIT_VENV_DIR", str(tmp_path / "venvs"))
+    monkeypatch.setenv("BLOCKKIT_BLOCK_PYTHON", sys.executable)  # blockkit's own (>= 3.10)
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "requirements.txt").write_text("up42-blockutils==1.2.4\n")
+    with pytest.raises(BlockkitError) as info:
+        ensure_block_env(block, wheelhouse=tmp_path / "wheels")
+    line = info.value.headline()
+    assert line.startswith("[UNEXPECTED_ERROR] installing the requirements of block block (Python 3.1")
+    assert "No matching distribution found for up42-blockutils==1.2.4" in line
+    assert line.endswith("(up42-blockutils 1.2.4 needs Python >=3.7, <3.10)") and "\n" not in line
