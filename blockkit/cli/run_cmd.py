@@ -120,9 +120,14 @@ class Progress:
             self.console.out(f"! {step} warning: {info.get('message')}", highlight=False)
 
     def message(self, text: str) -> None:
-        """Show a runner message (paths, URIs, ids: printed verbatim)."""
+        """Show a runner message (paths, URIs, ids: printed verbatim); with --json, warnings as JSON events."""
         if not self.json_mode:
             self.console.print(text, markup=False, highlight=False)
+        elif text.startswith("warning: "):
+            line = json.dumps({"event": "warning", "step": None, "time": round(time.time(), 3),
+                               "message": text[len("warning: "):]})
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
     def log(self, step: str, line: str) -> None:
         """Show one log line of a step (already cleaned of control sequences by the engine)."""

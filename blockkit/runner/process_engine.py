@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Callable, Mapping
 
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, EngineError, ExitCode
+from blockkit.runner.blockenv import interpreter_home
 from blockkit.runner.engine import Engine, LogSink, StepResult, StepSpec
 from blockkit.runner.isolation import (
     BLOCK_DIR,
@@ -31,13 +32,32 @@ from blockkit.runner.isolation import (
 from blockkit.runner.logfilter import LineSplitter, LogFilter
 
 
-def _own_environment(program: str) -> tuple[Path, ...]:
-    """The virtual environment a block's own interpreter lives in (bound read-only when isolated)."""
+def _own_environment(program: str) -> Path | None:
+    """The virtual environment a block's own interpreter lives in (a block venv), or None."""
     path = Path(program)
     if not path.is_absolute():
-        return ()
+        return None
     root = path.parent.parent
-    return (root,) if (root / "pyvenv.cfg").is_file() else ()
+    return root if (root / "pyvenv.cfg").is_file() else None
+
+
+def _with_own_environment(env: dict[str, str], venv: Path | None) -> tuple[Path, ...]:
+    """Point a step's environment at its block venv; return the folders it needs read-only.
+
+    `python`/`pip` on PATH are the venv's (a shell script or subprocess of the block finds the
+    same interpreter as its entry), and blockkit's PYTHONPATH/PYTHONHOME stay out (another
+    Python's packages would shadow or break the block's). Isolated, the venv and the
+    installation of the Python it was made from (e.g. a pyenv version under /root/.pyenv) are
+    bound read-only: the block can neither change them nor see anything else of that home.
+    """
+    if venv is None:
+        return ()
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}".rstrip(os.pathsep)
+    env["VIRTUAL_ENV"] = str(venv)
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE"):
+        env.pop(name, None)
+    home = interpreter_home(venv)
+    return (venv,) if home is None else (venv, home)
 
 
 def block_command(block_dir: Path, override: list[str] | None = None, *, block_root: str | None = None) -> list[str]:
@@ -200,13 +220,14 @@ class ProcessEngine(Engine):
         network = spec.network or uses_loopback_service(spec.env)
         scratch = None if isolated else Path(tempfile.mkdtemp(prefix=f"blockkit-{spec.name[:20]}-"))
         env = step_environment(spec, host_environment(network), isolated=isolated, scratch=scratch)
+        own = _with_own_environment(env, _own_environment(command[0]))
         if isolated:
             _check_executable(command[0], spec.block_dir, env.get("PATH", ""))
             command = bwrap_command(
                 command, input_dir=spec.input_dir, output_dir=spec.output_dir,
                 quicklook_dir=spec.quicklook_dir, block_dir=spec.block_dir,
                 upstream_dirs=spec.upstream_dirs, network=network,
-                readonly=_own_environment(command[0]),
+                readonly=own,
             )
         clean = LogFilter(self.redact)
         started = time.time()
