@@ -188,3 +188,28 @@ def test_up42_blocks_run_under_toil_to_the_same_bytes_as_cwltool(tmp_path: Path,
     )
     assert toil.returncode == 0, toil.stderr[-4000:]
     assert file_hashes(tmp_path / "toil-out" / "last", skip=set()) == file_hashes(tmp_path / "cwl-out" / "last", skip=set())
+
+
+def test_push_and_export_name_the_helper_image_when_a_step_has_no_blockkit(
+    tmp_path: Path, bullseye: str, helper: str, base_image: str
+) -> None:
+    from blockkit.export.cwl import build_images, expected_images
+    from blockkit.export.push import images_to_push
+
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(f"""
+name: needs-helper
+steps:
+  scene:    {{block: {EXAMPLES / 'synthetic-scene'}, params: {{size: 32}}}}
+  annotate: {{block: {UP42 / 'up42-annotate'}}}
+""")
+    plan = plan_workflow(load_workflow(workflow))
+    built = build_images(plan, base_image=base_image)
+    assert built[HELPER] == helper
+    # The block with its own Dockerfile keeps its own FROM (bullseye), not --base-image.
+    assert built["annotate"] == build_block_image(UP42 / "up42-annotate").tag
+    assert expected_images(plan, base_image=base_image) == built
+    assert images_to_push(workflow, build=False, base_image=base_image) == [built["scene"], built["annotate"], helper]
+    only_blockkit = tmp_path / "plain.yaml"
+    only_blockkit.write_text(f"name: plain\nsteps:\n  scene: {{block: {EXAMPLES / 'synthetic-scene'}}}\n")
+    assert HELPER not in build_images(plan_workflow(load_workflow(only_blockkit)), base_image=base_image)
