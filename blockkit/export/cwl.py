@@ -71,6 +71,7 @@ FINISH_ENTRYPOINT = ["python", "-m", "blockkit.export.finish"]
 #: engine keeps), HOME is /tmp as under `blockkit run` (cwltool sets it to the output folder),
 #: and the command starts in the image's WORKDIR (cwltool starts it in the output folder).
 DIRECT_INPUT = "/tmp/input"
+FAN_IN_DATA = "fan_in_data"  # the tool input of a fan-in step without blockkit that carries the merged data.json
 DIRECT_OUTPUT = "/tmp/output"
 DIRECT_WRAPPER = (
     'mkdir -p /tmp/input /tmp/output/{ql} && ln -s /tmp/output/{ql} /tmp/quicklooks '
@@ -214,19 +215,18 @@ def _direct_problems(plan: Plan, runs: Mapping[str, DirectRun], names: Mapping[s
                                            "replace to stage its folders; use CMD in its Dockerfile"))
         if not run.command:
             problems.append(Problem(where, f"{what} and no command (no CMD in its image)"))
-        if len(names[step.name].directories) > 1:
-            problems.append(Problem(where, f"{what}; fan-in into it (after: {step.upstream}) needs the merged "
-                                           "data.json written inside its container: add a blockkit step that "
-                                           "merges the upstreams before it"))
+        if len(names[step.name].directories) > 1 and step.propagate and not step.definition.scatter:
+            problems.append(Problem(where, f"{what}; a fan-in step (after: {step.upstream}) of such a block cannot "
+                                           "propagate its inputs in CWL: drop 'propagate' or add a step that forwards them"))
         if names[step.name].secret_params:
             problems.append(Problem(where, f"{what}, so its secret parameter(s) "
                                            f"{', '.join(sorted(names[step.name].secret_params))} cannot be joined "
                                            "into UP42_TASK_PARAMETERS inside the container without passing them "
                                            "through the CWL document; give them as plain parameters in a private job file"))
-        helper = run_step_id(step.name)
-        if helper in taken:
-            problems.append(Problem(where, f"its run step {helper!r} has the name of another step"))
-        taken.add(helper)
+        for helper in (run_step_id(step.name), fan_in_step_id(step.name)):
+            if helper in taken:
+                problems.append(Problem(where, f"its helper step {helper!r} has the name of another step"))
+            taken.add(helper)
     return problems
 
 
@@ -395,7 +395,16 @@ def _direct_tool(step: PlannedStep, image: str, names: _ToolInputs, run: DirectR
         "DockerRequirement": {"dockerPull": image, "dockerOutputDirectory": DIRECT_OUTPUT},
         "InlineJavascriptRequirement": {},
     }
-    if names.directories:
+    inputs = _tool_input_list(step, names, scattered=scattered)
+    if len(names.directories) > 1:
+        # Fan-in: the merged data.json (from `<step>-fan-in-tool`) beside each upstream output, as the runner mounts them.
+        inputs.insert(0, {"id": FAN_IN_DATA, "type": "File", "doc": "the merged fan-in data.json"})
+        requirements["InitialWorkDirRequirement"] = {"listing": [
+            {"entry": f"$(inputs.{FAN_IN_DATA})", "entryname": f"{DIRECT_INPUT}/data.json", "writable": False},
+            *({"entry": f"$(inputs.{ident})", "entryname": f"{DIRECT_INPUT}/{upstream}", "writable": False}
+              for ident, upstream in names.directories.items()),
+        ]}
+    elif names.directories:
         (ident,) = names.directories
         requirements["InitialWorkDirRequirement"] = {"listing": [
             {"entry": f"$(inputs.{ident})", "entryname": DIRECT_INPUT, "writable": False}]}
@@ -418,7 +427,7 @@ def _direct_tool(step: PlannedStep, image: str, names: _ToolInputs, run: DirectR
         tool["hints"] = {"cwltool:Secrets": {"secrets": list(names.keys.values())}}
     tool.update({
         "baseCommand": ["/bin/sh", "-c", DIRECT_WRAPPER, run.workdir, *run.command],
-        "inputs": _tool_input_list(step, names, scattered=scattered),
+        "inputs": inputs,
         "outputs": [{"id": "raw", "type": "Directory", "outputBinding": {"glob": "."},
                      "doc": "the block's /tmp/output as it left it (quicklooks in .blockkit-quicklooks/)"}],
         "successCodes": [0],
@@ -426,6 +435,27 @@ def _direct_tool(step: PlannedStep, image: str, names: _ToolInputs, run: DirectR
         "permanentFailCodes": _PERMANENT_FAIL_CODES,
     })
     return tool
+
+
+def _fan_in_tool(step: PlannedStep, helper: str, names: _ToolInputs) -> dict[str, Any]:
+    """`<step>-fan-in-tool`: the merged data.json of a fan-in step without blockkit (the runner's rewriting)."""
+    requirements: dict[str, Any] = {"DockerRequirement": {"dockerPull": helper}}
+    arguments = ["--step", step.name, *_input_arguments(names, requirements)]
+    requirements["ResourceRequirement"] = dict(SCATTER_HELPER_RESOURCES)
+    return {
+        "class": "CommandLineTool",
+        "id": fan_in_tool_id(step.name),
+        "label": f"merge the inputs of step {step.name!r} into one data.json",
+        "doc": "Feature ids become <step>:<id>, data paths get the <step>/ prefix (blockkit.export.finish --fan-in).",
+        "requirements": requirements,
+        "baseCommand": list(FINISH_ENTRYPOINT),
+        "arguments": arguments,
+        "inputs": [{"id": ident, "type": "Directory", "doc": f"output of step {up!r}"}
+                   for ident, up in names.directories.items()],
+        "outputs": [{"id": "data", "type": "File", "outputBinding": {"glob": f"{FAN_IN_DIR}/data.json"}}],
+        "successCodes": [0],
+        "permanentFailCodes": _PERMANENT_FAIL_CODES,
+    }
 
 
 def _repeated(prefix: str, items: str, position: int) -> dict[str, Any]:
@@ -560,6 +590,16 @@ def finish_tool_id(step: str) -> str:
     return f"{step}-finish-tool"
 
 
+def fan_in_step_id(step: str) -> str:
+    """The workflow step that writes the merged data.json before a fan-in step without blockkit."""
+    return f"{step}__fan_in"
+
+
+def fan_in_tool_id(step: str) -> str:
+    """The id of the tool that writes the merged data.json of a fan-in step without blockkit."""
+    return f"{step}-fan-in-tool"
+
+
 def run_step_id(step: str) -> str:
     """The workflow step that runs a block without blockkit (its raw output is finished by `<step>`)."""
     return f"{step}__run"
@@ -679,6 +719,11 @@ def export_cwl(
             step_in.append({"id": "input", "source": f"{split_step_id(step.name)}/parts"})
         else:
             step_in += sources
+            if run is not None and len(step_names.directories) > 1:
+                wf_steps.append({"id": fan_in_step_id(step.name), "run": f"#{fan_in_tool_id(step.name)}",
+                                 "in": sources, "out": ["data"]})
+                graph_tools.append(_fan_in_tool(step, helper, step_names))
+                step_in.append({"id": FAN_IN_DATA, "source": f"{fan_in_step_id(step.name)}/data"})
         if run is None:
             graph_tools.append(_tool(step, images[step.name], step_names, scattered=scattered))
         else:

@@ -18,6 +18,10 @@ takes a step's output over:
 * scattered steps (`--name` repeated) finish every part the same way and merge them as
   `blockkit.runtime.scatter.merge` does.
 
+Before a fan-in step (`after: [a, b]`), `--fan-in DIR --upstream a --upstream b` writes the
+merged data.json into DIR (whose `a/`, `b/` hold the upstream outputs), as the runner does;
+the block's tool stages it at `/tmp/input/data.json` beside `/tmp/input/a/`, `/tmp/input/b/`.
+
 Files are hard-linked where the engine staged the raw folder on the same file system,
 copied otherwise; the bytes are the block's.
 """
@@ -107,14 +111,16 @@ def finish_parts(
 def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m blockkit.export.finish", description=__doc__.splitlines()[0])
     parser.add_argument("--step", required=True, help="step name (for messages)")
-    parser.add_argument("--raw", action="append", type=Path, default=[], required=True,
+    parser.add_argument("--fan-in", type=Path, help="write the merged fan-in data.json into this folder and stop")
+    parser.add_argument("--upstream", action="append", default=[], help="upstream step name (fan-in), in order")
+    parser.add_argument("--raw", action="append", type=Path, default=[],
                         help="the block's raw output folder (repeated with --name for a scattered step)")
     parser.add_argument("--name", action="append", default=[], help="part name of each --raw (scattered step)")
     parser.add_argument("--input", action="append", type=Path, default=[],
                         help="the step's input folder, or each part's (for --propagate)")
     parser.add_argument("--work", type=Path, help="folder for the finished parts (scattered step)")
-    parser.add_argument("--output", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--quicklooks", type=Path, required=True, help="quicklook folder (created)")
+    parser.add_argument("--output", type=Path, help="output folder (created)")
+    parser.add_argument("--quicklooks", type=Path, help="quicklook folder (created)")
     parser.add_argument("--propagate", action="store_true", help="forward the input features to the output")
     parser.add_argument("--stac", action="store_true", help="write a STAC catalog.json beside data.json")
     return parser
@@ -124,6 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Finish one raw output or merge the finished parts; the error's exit code with one line on failure."""
     args = _argument_parser().parse_args(argv)
     try:
+        if args.fan_in is not None:
+            from blockkit.runtime.propagation import merge_upstreams
+
+            merged = merge_upstreams(args.fan_in, args.upstream)
+            print(f"[blockkit] step {args.step!r}: merged {len(merged.features)} feature(s) of "
+                  f"{', '.join(args.upstream)}", file=sys.stderr, flush=True)
+            return 0
+        if args.output is None or args.quicklooks is None or not args.raw:
+            raise NoOutputError("--raw, --output and --quicklooks are needed (or --fan-in)")
         if args.name:
             if len(args.name) != len(args.raw) or (args.input and len(args.input) != len(args.raw)):
                 raise NoOutputError(f"{len(args.name)} --name, {len(args.raw)} --raw and {len(args.input)} --input "

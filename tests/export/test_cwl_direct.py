@@ -118,13 +118,36 @@ name: refused
 steps:
   a: {{block: {EXAMPLES / 'synthetic-scene'}, params: {{size: 32}}}}
   b: {{block: {EXAMPLES / 'synthetic-scene'}, params: {{size: 32}}, after: []}}
-  annotate: {{block: {annotate}, after: [a, b]}}
+  annotate: {{block: {annotate}, after: [a, b], propagate: true}}
 """)
     with pytest.raises(ExportError) as caught:
         check_exportable(plan)
     text = str(caught.value) + "".join(f"\n{p.where}: {p.message}" for p in caught.value.problems)
     assert caught.value.exit_code == ExitCode.WRONG_INPUT_ERROR
-    assert "ENTRYPOINT" in text and "fan-in" in text and "token" in text and "secret" in text
+    assert "ENTRYPOINT" in text and "fan-in" in text and "propagate" in text and "token" in text and "secret" in text
+
+
+def test_fan_in_into_an_up42_block_stages_the_merged_data_json_beside_the_upstreams(tmp_path: Path, annotate: Path) -> None:
+    plan = plan_of(tmp_path, f"""
+name: fan
+steps:
+  a: {{block: {EXAMPLES / 'synthetic-scene'}, params: {{size: 32}}}}
+  b: {{block: {EXAMPLES / 'synthetic-scene'}, params: {{size: 32}}, after: []}}
+  annotate: {{block: {annotate}, after: [a, b]}}
+""")
+    document = export_cwl(plan, images=images(plan))
+    tools = graph(document)
+    listing = tools["annotate-tool"]["requirements"]["InitialWorkDirRequirement"]["listing"]
+    assert [e["entryname"] for e in listing] == ["/tmp/input/data.json", "/tmp/input/a", "/tmp/input/b"]
+    fan_in = tools["annotate-fan-in-tool"]
+    assert fan_in["requirements"]["DockerRequirement"]["dockerPull"] == "blockkit/helper:test"
+    assert fan_in["arguments"][:2] == ["--step", "annotate"] and "--fan-in" in fan_in["arguments"]
+    steps = {s["id"]: s for s in tools["main"]["steps"]}
+    assert {"id": "fan_in_data", "source": "annotate__fan_in/data"} in steps["annotate__run"]["in"]
+    path = tmp_path / "app.cwl"
+    path.write_text(dump_cwl(document))
+    checked = subprocess.run([str(CWLTOOL), "--validate", str(path)], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
 
 
 def _raw(tmp_path: Path, features: list[dict]) -> Path:

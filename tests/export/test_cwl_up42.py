@@ -106,6 +106,29 @@ def test_up42_blocks_chain_with_blockkit_blocks_under_cwltool_as_under_the_docke
     assert not any((tmp_path / "cwl-out").rglob(".blockkit-quicklooks"))
 
 
+def test_fan_in_into_an_up42_block_matches_the_docker_engine(tmp_path: Path, bullseye: str, helper: str) -> None:
+    workflow = tmp_path / "fan.yaml"
+    workflow.write_text(f"""
+name: up42-fan-in
+steps:
+  a:        {{block: {EXAMPLES / 'synthetic-scene'}, params: {{size: 32, seed: 1, limit: 1}}}}
+  b:        {{block: {EXAMPLES / 'synthetic-scene'}, params: {{size: 32, seed: 2, limit: 2}}, after: []}}
+  annotate: {{block: {UP42 / 'up42-annotate'}, after: [a, b]}}
+""")
+    summary = run_request(RunRequest(target=workflow, engine="docker", runs_dir=tmp_path / "runs"))
+    record = json.loads((Path(summary["run_dir"]) / "run.json").read_text())
+    images = {name: step["image"] for name, step in record["steps"].items()}
+    app, job = export(workflow, {**images, HELPER: helper}, tmp_path)
+    result = cwltool(tmp_path, app, job)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ours = Path(summary["steps"]["annotate"]["output_dir"])
+    theirs = tmp_path / "cwl-out" / "annotate"
+    assert features(theirs) == features(ours)
+    ids = [f[0] for f in features(theirs)]
+    assert len(ids) == 3 and ids[0].startswith("a:") and all(i.startswith("b:") for i in ids[1:])  # the runner's rewriting
+    assert file_hashes(theirs, skip=stac_files(theirs)) == file_hashes(ours, skip=set())
+
+
 def test_quicklooks_of_an_up42_block_are_kept_as_under_the_docker_engine(
     tmp_path: Path, bullseye: str, helper: str
 ) -> None:
