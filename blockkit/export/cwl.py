@@ -21,7 +21,13 @@ Mapping (see docs/cwl.md):
     block's tool, CWL `scatter` over the parts: ScatterFeatureRequirement) and `<step>`
     (`... scatter merge`: one output folder, so downstream steps read `<step>/output`);
   * the workflow's `output:` and `keys:` have no CWL equivalent: the export refuses them
-    with one line unless told to leave them to the platform (see `io_problems`).
+    with one line unless told to leave them to the platform (see `io_problems`);
+  * a block whose image has no blockkit (its own Dockerfile, UP42 style; see `direct_run`)
+    -> `<step>__run`, its image's own command with `/tmp/input` staged by an absolute
+    `entryname` and `/tmp/output` the tool's output folder (`dockerOutputDirectory`), then
+    `<step>`: `python -m blockkit.export.finish` in the helper image (images[HELPER]) checks
+    the raw output (no symlinks, data paths inside) and writes the step's output folder;
+    a fan-in before it (`<step>__fan_in`) and the split of a scatter run there too.
 """
 
 from __future__ import annotations
