@@ -132,11 +132,13 @@ def images_to_push(
     if target.is_dir():
         if not (target / MANIFEST_FILE).is_file():
             raise InputParametersError(f"{target} is a folder without {MANIFEST_FILE}; give a block folder or a workflow file")
-        from blockkit.runner.build import build_block_image
+        from blockkit.runner.build import build_block_image, own_dockerfile
 
         if not build:
             raise InputParametersError("--no-build needs a workflow file; for a block folder, push builds (or reuses) its image")
-        built = build_block_image(target, base_image=base_image, wheelhouse=wheelhouse)
+        # A block with its own Dockerfile keeps its own FROM, as under `blockkit run`.
+        base = None if own_dockerfile(target.resolve()) is not None else base_image
+        built = build_block_image(target, base_image=base, wheelhouse=wheelhouse)
         say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'})")
         return [built.tag]
     from blockkit.runner.plan import plan_workflow
@@ -147,4 +149,6 @@ def images_to_push(
         images = export.build_images(plan, base_image=base_image, wheelhouse=wheelhouse, say=say)
     else:
         images = export.expected_images(plan, base_image=base_image)
-    return list(dict.fromkeys(images[s.name] for s in plan.steps))
+    # The helper image too, when a step's image has no blockkit (the export names it).
+    helper = [images[export.HELPER]] if images.get(export.HELPER) else []
+    return list(dict.fromkeys([*(images[s.name] for s in plan.steps), *helper]))
