@@ -90,7 +90,7 @@ def _write_input(folder: Path, texts: list[str]) -> None:
 
 def _run(workflow: Path, runs: Path, engine: str, jobs: int | None, use_cache: bool) -> tuple[float, int]:
     """Wall time of one run and how many features' blocks ran."""
-    from blockkit.runner.session import RunRequest, run_request
+    from blockkit.runner._session import RunRequest, run_request
 
     began = time.perf_counter()
     summary = run_request(RunRequest(target=workflow, engine=engine, runs_dir=runs, use_cache=use_cache, jobs=jobs))

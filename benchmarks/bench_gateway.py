@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockkit.gateway import Credentials, start_gateway_subprocess
-from blockkit.gateway.process import GatewayProcess
+from blockkit.gateway._process import GatewayProcess
 
 KEYS = Credentials("bench", "bench-secret")
 MiB = 1024 * 1024
@@ -166,7 +166,7 @@ def bench_metadata(root: Path, work: Path, rounds: int, per_round: int) -> None:
     """GET rate of an object with stored metadata vs one without, and the cost of one metadata read."""
     import http.client
 
-    from blockkit.gateway.buckets import Bucket
+    from blockkit.gateway._buckets import Bucket
 
     gw: GatewayProcess = start_gateway_subprocess({"input": root / "input"}, root / "out", work / "gateway-meta.log")
     try:

@@ -25,9 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=15, help="runs of each side")
     args = parser.parse_args()
-    from blockkit.runner.engine import Resources, StepSpec
-    from blockkit.runner.isolation import bwrap_problem
-    from blockkit.runner.process_engine import ProcessEngine
+    from blockkit.runner._engine import Resources, StepSpec
+    from blockkit.runner._isolation import bwrap_problem
+    from blockkit.runner._process_engine import ProcessEngine
 
     if bwrap_problem() is not None:
         print(f"bubblewrap unavailable ({bwrap_problem()}): isolation benchmark skipped")

@@ -59,7 +59,7 @@ def _block(root: Path) -> Path:
 
 
 def _run(workflow: Path, runs: Path, engine: str, jobs: int | None) -> float:
-    from blockkit.runner.session import RunRequest, run_request
+    from blockkit.runner._session import RunRequest, run_request
 
     began = time.perf_counter()
     run_request(RunRequest(target=workflow, engine=engine, runs_dir=runs, use_cache=False, jobs=jobs))

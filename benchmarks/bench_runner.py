@@ -89,7 +89,7 @@ def chain_workflow(root: Path, block: Path, input_dir: Path, name: str) -> Path:
 
 
 def blockkit_run(workflow: Path, runs: Path, engine: str, use_cache: bool = False) -> float:
-    from blockkit.runner.session import RunRequest, run_request
+    from blockkit.runner._session import RunRequest, run_request
 
     start = time.perf_counter()
     run_request(RunRequest(target=workflow, engine=engine, runs_dir=runs, use_cache=use_cache))
@@ -102,7 +102,7 @@ def bare_docker_run(image: str, input_dir: Path, output_dir: Path) -> float:
     The limits are part of "the same work": machine type `small` (the default) is half a CPU,
     which alone makes the Python start-up inside the container ~0.1 s slower.
     """
-    from blockkit.contract.manifest import parse_manifest
+    from blockkit.contract._manifest import parse_manifest
 
     cpus, memory_mb = parse_manifest(MANIFEST, None).resources
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -191,11 +191,11 @@ print("INODES " + json.dumps(inodes))
 
 def seal_benchmark(root: Path, total_mb: int, files: int = 200) -> None:
     """The runner's work after a block exits (sealing its output) vs `sha256sum` of the same files."""
-    from blockkit.runner.engine import StepResult, StepSpec
-    from blockkit.runner.plan import plan_workflow
-    from blockkit.runner.process_engine import ProcessEngine
-    from blockkit.runner.run import RunOptions, WorkflowRun
-    from blockkit.runner.workflow import load_workflow
+    from blockkit.runner._engine import StepResult, StepSpec
+    from blockkit.runner._plan import plan_workflow
+    from blockkit.runner._process_engine import ProcessEngine
+    from blockkit.runner._run import RunOptions, WorkflowRun
+    from blockkit.runner._workflow import load_workflow
 
     block = root / "writer"
     (block / "src").mkdir(parents=True)
@@ -243,7 +243,7 @@ def seal_benchmark(root: Path, total_mb: int, files: int = 200) -> None:
     print(f"sealing a step's output of {total_mb} MB in {files} files: runner after the block exits "
           f"{after_exit:.2f} s vs one sha256sum pass {sha:.2f} s: {after_exit / sha:.2f}x (target <= 1.2x); "
           f"no byte copied (same inodes as the block wrote): {'yes' if same else 'NO'}{openssl}")
-    from blockkit.runner.seal import remove_tree
+    from blockkit.runner._seal import remove_tree
 
     remove_tree(root / "seal-runs")
 
@@ -261,8 +261,8 @@ def main() -> None:
             seal_benchmark(Path(tmp), args.seal_mb)
         if args.part == "seal":
             return
-    from blockkit.runner.build import build_block_image
-    from blockkit.runner.docker_engine import docker_available
+    from blockkit.runner._build import build_block_image
+    from blockkit.runner._docker_engine import docker_available
 
     if not docker_available():
         print("docker daemon not available: runner benchmarks skipped (run bash .ci/docker-setup.sh)")

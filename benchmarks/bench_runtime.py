@@ -30,7 +30,7 @@ def import_time(repeats: int = 5) -> tuple[float, list[str]]:
 
 def datajson(n: int) -> tuple[float, float]:
     """Seconds for json.load+dump vs blockkit load (schema, geometry, data_path checks)+atomic write."""
-    from blockkit.contract.datajson import load_data_json, write_data_json
+    from blockkit.contract._datajson import load_data_json, write_data_json
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

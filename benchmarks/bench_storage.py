@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blockkit.storage.keystore import Keystore, S3KeyConfig  # noqa: E402
-from blockkit.storage.stagein import stage_in  # noqa: E402
+from blockkit.storage._keystore import Keystore, S3KeyConfig  # noqa: E402
+from blockkit.storage._stagein import stage_in  # noqa: E402
 from tests.servers import SeaweedS3, StacHttpServer  # noqa: E402
 from tests.storage.s2like import band_values, s2_l2a_item, write_cog  # noqa: E402
 

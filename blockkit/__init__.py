@@ -6,7 +6,7 @@ and numpy are only imported by the helpers that need them.
 
 from __future__ import annotations
 
-from blockkit.contract.datajson import DATA_PATH, FeatureCollection, load_data_json, write_data_json
+from blockkit.contract._datajson import DATA_PATH, FeatureCollection, load_data_json, write_data_json
 from blockkit.contract.errors import (
     ApiConnectionError,
     BlockkitError,
@@ -19,10 +19,10 @@ from blockkit.contract.errors import (
     ValidationError,
     WrongInputError,
 )
-from blockkit.contract.manifest import Manifest, load_manifest
-from blockkit.runtime.block import DataBlock, ProcessingBlock, data_block, processing_block
-from blockkit.runtime.context import BlockContext
-from blockkit.runtime.query import Query
+from blockkit.contract._manifest import Manifest, load_manifest
+from blockkit.runtime._block import DataBlock, ProcessingBlock, data_block, processing_block
+from blockkit.runtime._context import BlockContext
+from blockkit.runtime._query import Query
 
 __version__ = "0.1.0"
 

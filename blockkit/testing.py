@@ -58,9 +58,9 @@ def run_block(
     timeout: float = 300.0,
 ) -> BlockResult:
     """Run the block in `block_dir` on `input_dir`, writing to `output_dir` (quicklooks to `<output>-quicklooks`)."""
-    from blockkit.contract.manifest import MANIFEST_FILE, load_manifest
-    from blockkit.runner.engine import StepSpec
-    from blockkit.runner.process_engine import block_command, step_environment
+    from blockkit.contract._manifest import MANIFEST_FILE, load_manifest
+    from blockkit.runner._engine import StepSpec
+    from blockkit.runner._process_engine import block_command, step_environment
 
     block_dir, output_dir = Path(block_dir).resolve(), Path(output_dir).resolve()
     manifest = load_manifest(block_dir / MANIFEST_FILE)

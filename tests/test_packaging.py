@@ -15,9 +15,9 @@ CHECK = r'''
 import json, sys
 from pathlib import Path
 import blockkit
-from blockkit.cli.new_cmd import create_block
-from blockkit.contract.manifest import load_manifest
-from blockkit.runner.build import blockkit_source_root, find_dockerfile
+from blockkit.cli._new_cmd import create_block
+from blockkit.contract._manifest import load_manifest
+from blockkit.runner._build import blockkit_source_root, find_dockerfile
 
 here = Path(sys.argv[1])
 assert Path(blockkit.__file__).resolve().is_relative_to(here), blockkit.__file__
@@ -65,8 +65,8 @@ def test_installed_wheel_has_template_and_dockerfile(tmp_path: Path) -> None:
 
 
 def test_template_dockerfile_is_up42_ready_and_not_used_by_build(tmp_path: Path) -> None:
-    from blockkit.cli.new_cmd import create_block
-    from blockkit.runner.build import own_dockerfile
+    from blockkit.cli._new_cmd import create_block
+    from blockkit.runner._build import own_dockerfile
 
     block = create_block("ready-block", tmp_path)
     text = (block / "Dockerfile").read_text()

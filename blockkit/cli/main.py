@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from blockkit.cli.console import debugging, print_error, unexpected
+from blockkit.cli._console import debugging, print_error, unexpected
 from blockkit.contract.errors import BlockkitError
 
 app = typer.Typer(
@@ -20,17 +20,17 @@ app = typer.Typer(
 
 # Command modules, each with `register(app)`; one per concern.
 COMMAND_MODULES = (
-    "blockkit.cli.validate_cmd",
-    "blockkit.cli.new_cmd",
-    "blockkit.cli.run_cmd",
-    "blockkit.cli.runs_cmd",
-    "blockkit.cli.build_cmd",
-    "blockkit.cli.keys_cmd",
-    "blockkit.cli.artifacts_cmd",
-    "blockkit.cli.stage_cmd",
-    "blockkit.cli.gateway_cmd",
-    "blockkit.cli.export_cmd",
-    "blockkit.cli.push_cmd",
+    "blockkit.cli._validate_cmd",
+    "blockkit.cli._new_cmd",
+    "blockkit.cli._run_cmd",
+    "blockkit.cli._runs_cmd",
+    "blockkit.cli._build_cmd",
+    "blockkit.cli._keys_cmd",
+    "blockkit.cli._artifacts_cmd",
+    "blockkit.cli._stage_cmd",
+    "blockkit.cli._gateway_cmd",
+    "blockkit.cli._export_cmd",
+    "blockkit.cli._push_cmd",
 )
 
 

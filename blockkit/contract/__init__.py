@@ -6,8 +6,8 @@ imported eagerly. The whole error tree lives in `blockkit.contract.errors` (a pu
 
 from __future__ import annotations
 
-from blockkit.contract.capabilities import Capabilities, match_problems, resolve_output
-from blockkit.contract.datajson import (
+from blockkit.contract._capabilities import Capabilities, match_problems, resolve_output
+from blockkit.contract._datajson import (
     DATA_JSON,
     DATA_PATH,
     FeatureCollection,
@@ -32,7 +32,7 @@ from blockkit.contract.errors import (
     WorkflowError,
     WrongInputError,
 )
-from blockkit.contract.manifest import (
+from blockkit.contract._manifest import (
     MANIFEST_FILE,
     Manifest,
     ParameterSpec,
@@ -40,8 +40,8 @@ from blockkit.contract.manifest import (
     parse_manifest,
     validate_manifest,
 )
-from blockkit.contract.parameters import parse_parameters_text, redact_parameters, resolve_parameters
-from blockkit.contract.progress import PROGRESS_PREFIX, format_progress, parse_progress
+from blockkit.contract._parameters import parse_parameters_text, redact_parameters, resolve_parameters
+from blockkit.contract._progress import PROGRESS_PREFIX, format_progress, parse_progress
 
 __all__ = [
     "DATA_JSON",

@@ -66,9 +66,9 @@ The hierarchy (checked against the classes by tests/contract/test_errors.py):
         └── RunInterrupted [UNEXPECTED_ERROR]
 
 Off the tree, on purpose (never shown to a person as they are):
-- `blockkit.gateway.errors.S3Error`: an S3 error *response* (status, code, XML body) the gateway
+- `blockkit.gateway._errors.S3Error`: an S3 error *response* (status, code, XML body) the gateway
   sends to its client; it never leaves the request handler.
-- `blockkit.storage.transfer.TransientError`: "worth retrying"; the retry loop turns the last one
+- `blockkit.storage._transfer.TransientError`: "worth retrying"; the retry loop turns the last one
   into `TransferFailed`.
 - `HashDeadline` (runner.hashing), `_Changed` (runner.seal), `_Cancelled` (runner.run): control
   flow inside one module, caught there and mapped (to `SealTimeout`, `SealError`, an interrupted step).

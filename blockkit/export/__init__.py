@@ -10,20 +10,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from blockkit.export.cwl import CWL_VERSION, check_exportable, dump_cwl, dump_job, export_cwl, job_order
-    from blockkit.export.push import Pushed, images_to_push, push_images
+    from blockkit.export._cwl import CWL_VERSION, check_exportable, dump_cwl, dump_job, export_cwl, job_order
+    from blockkit.export._push import Pushed, images_to_push, push_images
 
 # Each public name and the module that defines it (imported on first access).
 _EXPORTS = {
-    "CWL_VERSION": "blockkit.export.cwl",
-    "check_exportable": "blockkit.export.cwl",
-    "dump_cwl": "blockkit.export.cwl",
-    "dump_job": "blockkit.export.cwl",
-    "export_cwl": "blockkit.export.cwl",
-    "job_order": "blockkit.export.cwl",
-    "Pushed": "blockkit.export.push",
-    "images_to_push": "blockkit.export.push",
-    "push_images": "blockkit.export.push",
+    "CWL_VERSION": "blockkit.export._cwl",
+    "check_exportable": "blockkit.export._cwl",
+    "dump_cwl": "blockkit.export._cwl",
+    "dump_job": "blockkit.export._cwl",
+    "export_cwl": "blockkit.export._cwl",
+    "job_order": "blockkit.export._cwl",
+    "Pushed": "blockkit.export._push",
+    "images_to_push": "blockkit.export._push",
+    "push_images": "blockkit.export._push",
 }
 
 __all__ = [

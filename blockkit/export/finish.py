@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from blockkit.contract.datajson import DATA_JSON, load_data_json, write_data_json
+from blockkit.contract._datajson import DATA_JSON, load_data_json, write_data_json
 from blockkit.contract.errors import BlockkitError, NoOutputError
 
 #: The hidden folder of a raw output that `/tmp/quicklooks` points to inside the block's container.
@@ -42,7 +42,7 @@ RAW_QUICKLOOKS = ".blockkit-quicklooks"
 
 def take_over(raw: Path, output_dir: Path, quicklook_dir: Path) -> None:
     """Link (or copy) the raw output's regular files into output_dir and quicklook_dir; refuse anything else."""
-    from blockkit.runtime.propagation import link_tree
+    from blockkit.runtime._propagation import link_tree
 
     output_dir.mkdir(parents=True, exist_ok=True)
     quicklook_dir.mkdir(parents=True, exist_ok=True)
@@ -73,13 +73,13 @@ def finish(raw: Path, output_dir: Path, quicklook_dir: Path, *, input_dir: Path 
     take_over(raw, output_dir, quicklook_dir)
     fc = load_data_json(output_dir, required=True)
     if propagate and input_dir is not None:
-        from blockkit.runtime.propagation import forward_all
+        from blockkit.runtime._propagation import forward_all
 
         fc.features.extend(forward_all(load_data_json(input_dir, required=False).features, fc.features,
                                        input_dir, output_dir))
         write_data_json(output_dir, fc)
     if stac:
-        from blockkit.runtime.stac import write_catalog
+        from blockkit.runtime._stac import write_catalog
 
         write_catalog(output_dir, fc)
 
@@ -102,7 +102,7 @@ def finish_parts(
     quicklook_dir.mkdir(parents=True, exist_ok=True)
     merged = merge(parts, output_dir, quicklook_dir)
     if stac:
-        from blockkit.runtime.stac import write_catalog
+        from blockkit.runtime._stac import write_catalog
 
         write_catalog(output_dir, merged)
     return len(merged.features)
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _argument_parser().parse_args(argv)
     try:
         if args.fan_in is not None:
-            from blockkit.runtime.propagation import merge_upstreams
+            from blockkit.runtime._propagation import merge_upstreams
 
             merged = merge_upstreams(args.fan_in, args.upstream)
             print(f"[blockkit] step {args.step!r}: merged {len(merged.features)} feature(s) of "

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from blockkit.runtime.propagation import merge_upstreams
-from blockkit.contract.datajson import FeatureCollection, load_data_json, write_data_json
+from blockkit.runtime._propagation import merge_upstreams
+from blockkit.contract._datajson import FeatureCollection, load_data_json, write_data_json
 from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BlockkitError, ExitCode, NoOutputError, WrongInputError
 
 #: The entry command of images made by `blockkit build` (Dockerfile.base's CMD).
@@ -123,12 +123,12 @@ def _finish(step: str, input_dir: Path, output_dir: Path, propagate: bool, stac:
     except BlockkitError as err:
         raise NoOutputError(f"the step exited 0 but its output is invalid: {err.message}") from None
     if propagate:
-        from blockkit.runtime.propagation import forward_all
+        from blockkit.runtime._propagation import forward_all
 
         fc.features.extend(forward_all(load_data_json(input_dir, required=False).features, fc.features, input_dir, output_dir))
         write_data_json(output_dir, fc)
     if stac:
-        from blockkit.runtime.stac import write_catalog
+        from blockkit.runtime._stac import write_catalog
 
         write_catalog(output_dir, fc)
 

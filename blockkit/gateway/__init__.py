@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from blockkit.gateway.errors import GatewayConfigError, GatewayError, GatewayStartError
-from blockkit.gateway.process import GatewayProcess, client_env, start_gateway_subprocess
-from blockkit.gateway.server import Gateway
-from blockkit.gateway.sigv4 import Credentials
+from blockkit.gateway._errors import GatewayConfigError, GatewayError, GatewayStartError
+from blockkit.gateway._process import GatewayProcess, client_env, start_gateway_subprocess
+from blockkit.gateway._server import Gateway
+from blockkit.gateway._sigv4 import Credentials
 
 __all__ = [
     "Credentials",

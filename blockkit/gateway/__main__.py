@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.gateway.buckets import parse_inputs
-from blockkit.gateway.multipart import MIN_PART_SIZE
-from blockkit.gateway.server import Gateway
-from blockkit.gateway.sigv4 import Credentials
+from blockkit.gateway._buckets import parse_inputs
+from blockkit.gateway._multipart import MIN_PART_SIZE
+from blockkit.gateway._server import Gateway
+from blockkit.gateway._sigv4 import Credentials
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blockkit.contract.datajson import write_atomic
+from blockkit.contract._datajson import write_atomic
 
 REPORT_FILE = "report.html"
 
@@ -17,8 +17,8 @@ __all__ = ["REPORT_FILE", "write_report", "write_report_after_run"]
 
 def write_report(run_dir: Path, output: Path | None = None) -> Path:
     """Write the HTML report of a run folder (default `<run_dir>/report.html`) and return its path."""
-    from blockkit.report.model import read_report
-    from blockkit.report.page import render_page
+    from blockkit.report._model import read_report
+    from blockkit.report._page import render_page
 
     run_dir = Path(run_dir).resolve()
     target = Path(output).resolve() if output is not None else run_dir / REPORT_FILE

@@ -13,16 +13,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from blockkit.runner.session import RunRequest, run_request
-    from blockkit.runner.workflow import (
+    from blockkit.runner._session import RunRequest, run_request
+    from blockkit.runner._workflow import (
         StepDef,
         Workflow,
         load_workflow,
         parse_workflow,
         single_block_workflow,
     )
-    from blockkit.runner.plan import Plan, PlannedStep, plan_workflow
-    from blockkit.runner.engine import (
+    from blockkit.runner._plan import Plan, PlannedStep, plan_workflow
+    from blockkit.runner._engine import (
         Engine,
         LogSink,
         Resources,
@@ -31,39 +31,39 @@ if TYPE_CHECKING:
         register_engine,
         registered_engines,
     )
-    from blockkit.runner.engines import ENGINE_NAMES, select_engine
-    from blockkit.runner.process_engine import ProcessEngine
-    from blockkit.runner.docker_engine import DockerEngine
-    from blockkit.runner.run import RunOptions, WorkflowRun
-    from blockkit.runner.build import BuiltImage, build_block_image
+    from blockkit.runner._engines import ENGINE_NAMES, select_engine
+    from blockkit.runner._process_engine import ProcessEngine
+    from blockkit.runner._docker_engine import DockerEngine
+    from blockkit.runner._run import RunOptions, WorkflowRun
+    from blockkit.runner._build import BuiltImage, build_block_image
 
 # Each public name and the module that defines it (imported on first access).
 _EXPORTS = {
-    "RunRequest": "blockkit.runner.session",
-    "run_request": "blockkit.runner.session",
-    "StepDef": "blockkit.runner.workflow",
-    "Workflow": "blockkit.runner.workflow",
-    "load_workflow": "blockkit.runner.workflow",
-    "parse_workflow": "blockkit.runner.workflow",
-    "single_block_workflow": "blockkit.runner.workflow",
-    "Plan": "blockkit.runner.plan",
-    "PlannedStep": "blockkit.runner.plan",
-    "plan_workflow": "blockkit.runner.plan",
-    "Engine": "blockkit.runner.engine",
-    "LogSink": "blockkit.runner.engine",
-    "Resources": "blockkit.runner.engine",
-    "StepResult": "blockkit.runner.engine",
-    "StepSpec": "blockkit.runner.engine",
-    "register_engine": "blockkit.runner.engine",
-    "registered_engines": "blockkit.runner.engine",
-    "ENGINE_NAMES": "blockkit.runner.engines",
-    "select_engine": "blockkit.runner.engines",
-    "ProcessEngine": "blockkit.runner.process_engine",
-    "DockerEngine": "blockkit.runner.docker_engine",
-    "RunOptions": "blockkit.runner.run",
-    "WorkflowRun": "blockkit.runner.run",
-    "BuiltImage": "blockkit.runner.build",
-    "build_block_image": "blockkit.runner.build",
+    "RunRequest": "blockkit.runner._session",
+    "run_request": "blockkit.runner._session",
+    "StepDef": "blockkit.runner._workflow",
+    "Workflow": "blockkit.runner._workflow",
+    "load_workflow": "blockkit.runner._workflow",
+    "parse_workflow": "blockkit.runner._workflow",
+    "single_block_workflow": "blockkit.runner._workflow",
+    "Plan": "blockkit.runner._plan",
+    "PlannedStep": "blockkit.runner._plan",
+    "plan_workflow": "blockkit.runner._plan",
+    "Engine": "blockkit.runner._engine",
+    "LogSink": "blockkit.runner._engine",
+    "Resources": "blockkit.runner._engine",
+    "StepResult": "blockkit.runner._engine",
+    "StepSpec": "blockkit.runner._engine",
+    "register_engine": "blockkit.runner._engine",
+    "registered_engines": "blockkit.runner._engine",
+    "ENGINE_NAMES": "blockkit.runner._engines",
+    "select_engine": "blockkit.runner._engines",
+    "ProcessEngine": "blockkit.runner._process_engine",
+    "DockerEngine": "blockkit.runner._docker_engine",
+    "RunOptions": "blockkit.runner._run",
+    "WorkflowRun": "blockkit.runner._run",
+    "BuiltImage": "blockkit.runner._build",
+    "build_block_image": "blockkit.runner._build",
 }
 
 __all__ = [

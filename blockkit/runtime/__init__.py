@@ -12,11 +12,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from blockkit.runtime.block import DataBlock, ProcessingBlock, data_block, processing_block, read_input
-    from blockkit.runtime.context import BlockContext, get_logger
-    from blockkit.runtime.query import Query
-    from blockkit.runtime.progress import ProgressReporter
-    from blockkit.runtime.propagation import (
+    from blockkit.runtime._block import DataBlock, ProcessingBlock, data_block, processing_block, read_input
+    from blockkit.runtime._context import BlockContext, get_logger
+    from blockkit.runtime._query import Query
+    from blockkit.runtime._progress import ProgressReporter
+    from blockkit.runtime._propagation import (
         derive_feature,
         fan_in_feature,
         forward_all,
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
         local_assets,
         make_feature,
     )
-    from blockkit.runtime.stac import features_from_catalog, write_catalog
+    from blockkit.runtime._stac import features_from_catalog, write_catalog
     from blockkit.runtime.bands import BandRef, band_index, band_stack, has_bands, locate_bands, stack_vrt
     from blockkit.runtime.geometry import (
         aoi_area_km2,
@@ -46,23 +46,23 @@ if TYPE_CHECKING:
 
 # Each public name and the module that defines it (imported on first access).
 _EXPORTS = {
-    "DataBlock": "blockkit.runtime.block",
-    "ProcessingBlock": "blockkit.runtime.block",
-    "data_block": "blockkit.runtime.block",
-    "processing_block": "blockkit.runtime.block",
-    "read_input": "blockkit.runtime.block",
-    "BlockContext": "blockkit.runtime.context",
-    "get_logger": "blockkit.runtime.context",
-    "Query": "blockkit.runtime.query",
-    "ProgressReporter": "blockkit.runtime.progress",
-    "derive_feature": "blockkit.runtime.propagation",
-    "fan_in_feature": "blockkit.runtime.propagation",
-    "forward_all": "blockkit.runtime.propagation",
-    "forward_feature": "blockkit.runtime.propagation",
-    "local_assets": "blockkit.runtime.propagation",
-    "make_feature": "blockkit.runtime.propagation",
-    "features_from_catalog": "blockkit.runtime.stac",
-    "write_catalog": "blockkit.runtime.stac",
+    "DataBlock": "blockkit.runtime._block",
+    "ProcessingBlock": "blockkit.runtime._block",
+    "data_block": "blockkit.runtime._block",
+    "processing_block": "blockkit.runtime._block",
+    "read_input": "blockkit.runtime._block",
+    "BlockContext": "blockkit.runtime._context",
+    "get_logger": "blockkit.runtime._context",
+    "Query": "blockkit.runtime._query",
+    "ProgressReporter": "blockkit.runtime._progress",
+    "derive_feature": "blockkit.runtime._propagation",
+    "fan_in_feature": "blockkit.runtime._propagation",
+    "forward_all": "blockkit.runtime._propagation",
+    "forward_feature": "blockkit.runtime._propagation",
+    "local_assets": "blockkit.runtime._propagation",
+    "make_feature": "blockkit.runtime._propagation",
+    "features_from_catalog": "blockkit.runtime._stac",
+    "write_catalog": "blockkit.runtime._stac",
     "BandRef": "blockkit.runtime.bands",
     "band_index": "blockkit.runtime.bands",
     "band_stack": "blockkit.runtime.bands",

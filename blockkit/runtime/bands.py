@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from blockkit.contract.datajson import check_data_path, data_path_of
+from blockkit.contract._datajson import check_data_path, data_path_of
 from blockkit.contract.errors import WrongInputError
 
 

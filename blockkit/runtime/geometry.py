@@ -105,7 +105,7 @@ def with_bbox(feature: dict[str, Any], keep: Sequence[float] | None = None) -> d
     the feature already has stays, else it is computed from the geometry. A feature without
     geometry gets none.
     """
-    from blockkit.contract.datajson import geometry_bounds
+    from blockkit.contract._datajson import geometry_bounds
 
     if keep is not None:
         feature["bbox"] = list(keep)

@@ -25,7 +25,7 @@ from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.windows import Window
 
 from blockkit.contract.errors import InvalidArgument
-from blockkit.runtime.progress import ProgressReporter, runner_wants_progress
+from blockkit.runtime._progress import ProgressReporter, runner_wants_progress
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from blockkit.contract.datajson import DATA_JSON, DATA_PATH, FeatureCollection, check_data_path, data_path_of, load_data_json, write_data_json
+from blockkit.contract._datajson import DATA_JSON, DATA_PATH, FeatureCollection, check_data_path, data_path_of, load_data_json, write_data_json
 from blockkit.contract.errors import BlockkitError, NoInputError, WrongInputError
 
 PARTS_INDEX = "cwl.output.json"
@@ -74,7 +74,7 @@ def part_names(features: Sequence[dict[str, Any]]) -> list[str]:
 def _read_features(input_dir: Path) -> FeatureCollection:
     """The input features: data.json, or a STAC catalog when there is none (as a block reads them)."""
     if not (input_dir / DATA_JSON).exists() and (input_dir / "catalog.json").is_file():
-        from blockkit.runtime.stac import features_from_catalog
+        from blockkit.runtime._stac import features_from_catalog
 
         return features_from_catalog(input_dir)
     return load_data_json(input_dir, required=False)
@@ -94,7 +94,7 @@ def _feature_files(feature: dict[str, Any], input_dir: Path) -> list[str]:
 
 def split(input_dir: Path, parts_dir: Path) -> list[tuple[str, Path]]:
     """One folder per input feature under parts_dir; returns (name, folder) in input order."""
-    from blockkit.runtime.propagation import link_tree
+    from blockkit.runtime._propagation import link_tree
 
     input_dir = Path(input_dir)
     fc = _read_features(input_dir)
@@ -135,9 +135,9 @@ def merge(
     """Join per-feature outputs (name, output folder, quicklook folder) into output_dir (see the module doc).
 
     The files are hard-linked (copied only across file systems); `on_link(before, after)` sees
-    each linked file's stat, as `blockkit.runtime.propagation.link_tree` gives it.
+    each linked file's stat, as `blockkit.runtime._propagation.link_tree` gives it.
     """
-    from blockkit.runtime.propagation import link_tree
+    from blockkit.runtime._propagation import link_tree
 
     seen_names: set[str] = set()
     merged = FeatureCollection()
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.action == "split":
             if args.fan_in is not None:
-                from blockkit.runtime.propagation import merge_upstreams
+                from blockkit.runtime._propagation import merge_upstreams
 
                 merge_upstreams(args.fan_in, args.upstream)
                 input_dir = args.fan_in
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.quicklooks.mkdir(parents=True, exist_ok=True)
         merged = merge(list(zip(args.name, args.part, quicklooks)), args.output, args.quicklooks)
         if args.stac:
-            from blockkit.runtime.stac import write_catalog
+            from blockkit.runtime._stac import write_catalog
 
             write_catalog(args.output, merged)
         print(f"[blockkit] step {args.step!r}: merged {len(args.name)} part(s), {len(merged.features)} feature(s)",

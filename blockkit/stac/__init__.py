@@ -18,7 +18,7 @@ reaches all bands (see `blockkit.runtime.bands`).
 
 from __future__ import annotations
 
-from blockkit.stac.model import (
+from blockkit.stac._model import (
     MEDIA_TYPES,
     bbox_of,
     folder_name,
@@ -28,8 +28,8 @@ from blockkit.stac.model import (
     media_type,
     primary_asset,
 )
-from blockkit.stac.reader import CATALOG_JSON, features_from_catalog
-from blockkit.stac.writer import STAC_VERSION, catalog_dict, output_item, write_catalog
+from blockkit.stac._reader import CATALOG_JSON, features_from_catalog
+from blockkit.stac._writer import STAC_VERSION, catalog_dict, output_item, write_catalog
 
 __all__ = [
     "CATALOG_JSON",

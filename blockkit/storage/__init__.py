@@ -8,22 +8,22 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "stage_in": "blockkit.storage.stagein",
-    "stage_out": "blockkit.storage.stageout",
-    "check_target": "blockkit.storage.stageout",
-    "Keystore": "blockkit.storage.keystore",
-    "Key": "blockkit.storage.keystore",
-    "KeyInfo": "blockkit.storage.keystore",
-    "S3KeyConfig": "blockkit.storage.keystore",
-    "WebDavKeyConfig": "blockkit.storage.keystore",
-    "Artifact": "blockkit.storage.artifacts",
-    "ArtifactStore": "blockkit.storage.artifacts",
-    "upload_artifact": "blockkit.storage.artifacts",
-    "presigned_url": "blockkit.storage.artifacts",
-    "Redactor": "blockkit.storage.redact",
-    "redact": "blockkit.storage.redact",
-    "RetryPolicy": "blockkit.storage.transfer",
-    "TransferLimits": "blockkit.storage.transfer",
+    "stage_in": "blockkit.storage._stagein",
+    "stage_out": "blockkit.storage._stageout",
+    "check_target": "blockkit.storage._stageout",
+    "Keystore": "blockkit.storage._keystore",
+    "Key": "blockkit.storage._keystore",
+    "KeyInfo": "blockkit.storage._keystore",
+    "S3KeyConfig": "blockkit.storage._keystore",
+    "WebDavKeyConfig": "blockkit.storage._keystore",
+    "Artifact": "blockkit.storage._artifacts",
+    "ArtifactStore": "blockkit.storage._artifacts",
+    "upload_artifact": "blockkit.storage._artifacts",
+    "presigned_url": "blockkit.storage._artifacts",
+    "Redactor": "blockkit.storage._redact",
+    "redact": "blockkit.storage._redact",
+    "RetryPolicy": "blockkit.storage._transfer",
+    "TransferLimits": "blockkit.storage._transfer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -50,7 +50,7 @@ def _cli_modules() -> list[Path]:
 
 
 def test_no_command_prints_a_headline_of_its_own() -> None:
-    """`[SOMETHING] ...` is written by blockkit.cli.console only (f-strings and plain strings alike)."""
+    """`[SOMETHING] ...` is written by blockkit.cli._console only (f-strings and plain strings alike)."""
     found = []
     for path in _cli_modules():
         if path.name == "console.py":
@@ -67,11 +67,11 @@ def test_no_command_prints_a_headline_of_its_own() -> None:
                     and node.args and ast.unparse(node.args[0]) not in ("0", "130") \
                     and not ast.unparse(node.args[0]).endswith(".exit_status"):  # main(): after print_error
                 found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
-    assert not found, "print errors with blockkit.cli.console.fail:\n" + "\n".join(found)
+    assert not found, "print errors with blockkit.cli._console.fail:\n" + "\n".join(found)
 
 
 def test_command_modules_share_helpers_through_small_modules_not_main_or_each_other() -> None:
-    allowed = {"blockkit.cli.console", "blockkit.cli.options"}
+    allowed = {"blockkit.cli._console", "blockkit.cli._options"}
     wrong = []
     for path in _cli_modules():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -100,7 +100,7 @@ def test_json_summary_and_cached_second_run(workflow: Path, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_auto_engine_says_which(workflow: Path, tmp_path: Path) -> None:
-    from blockkit.runner.docker_engine import docker_available
+    from blockkit.runner._docker_engine import docker_available
 
     _fix(workflow)
     result = cli("run", workflow, "--engine", "auto", "--runs-dir", tmp_path / "runs", "--quiet")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.housekeeping import parse_age
+from blockkit.runner._housekeeping import parse_age
 from blockkit.contract.errors import WorkflowError
 from tests.runner.blocks import make_blocks
 

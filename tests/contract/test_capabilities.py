@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from blockkit.contract.capabilities import UNKNOWN, match_problems, resolve_output
+from blockkit.contract._capabilities import UNKNOWN, match_problems, resolve_output
 
 SCENE_OUT = {"raster": {"up42_standard": {"format": "GTiff", "bands": ["blue", "green", "red", "nir"], "dtype": "uint16", "sensor": "Sentinel2"}}}
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from blockkit.contract import datajson
-from blockkit.contract.datajson import (
+from blockkit.contract import _datajson as datajson
+from blockkit.contract._datajson import (
     DATA_PATH,
     FeatureCollection,
     check_data_path,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from blockkit.contract.manifest import MAX_MANIFEST_BYTES, read_json_file
+from blockkit.contract._manifest import MAX_MANIFEST_BYTES, read_json_file
 from blockkit.contract.errors import ExitCode, ManifestError
-from blockkit.contract.manifest import MACHINE_TYPES, load_manifest, parse_manifest, validate_manifest
+from blockkit.contract._manifest import MACHINE_TYPES, load_manifest, parse_manifest, validate_manifest
 
 FULL: dict[str, Any] = {
     "_up42_specification_version": 2,
@@ -235,7 +235,7 @@ def test_manifest_file_is_not_modified(tmp_path: Path) -> None:
 
 def test_required_parameter_with_default_is_accepted_with_a_warning(tmp_path: Path) -> None:
     """UP42's own raster tiling manifest: `tile_width` is required and has a default."""
-    from blockkit.contract.parameters import resolve_parameters
+    from blockkit.contract._parameters import resolve_parameters
 
     data = copy.deepcopy(FULL)
     data["parameters"] = {

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from blockkit.contract.errors import ExitCode, InputParametersError
-from blockkit.contract.manifest import Manifest, parse_manifest
-from blockkit.contract.parameters import (
+from blockkit.contract._manifest import Manifest, parse_manifest
+from blockkit.contract._parameters import (
     MAX_PARAMETERS_BYTES,
     REDACTED,
     parse_date_range,

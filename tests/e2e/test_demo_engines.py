@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._session import RunRequest, run_request
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "workflows" / "ndvi-demo.yaml"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._session import RunRequest, run_request
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "examples" / "workflows" / "s3-gateway.yaml"

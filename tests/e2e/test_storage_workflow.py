@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from blockkit.runner.session import RunRequest, run_request
-from blockkit.storage.keystore import Keystore, S3KeyConfig
+from blockkit.runner._session import RunRequest, run_request
+from blockkit.storage._keystore import Keystore, S3KeyConfig
 
 MANIFEST = {
     "_up42_specification_version": 2,
@@ -188,7 +188,7 @@ def test_stac_to_s3_docker_engine(setup: dict[str, Any], seaweed: Any, docker_cl
 
 def test_a_full_output_target_is_refused_before_any_step_runs(setup: dict[str, Any], seaweed: Any) -> None:
     """Stage-out never overwrites: a re-run to the same S3 prefix stops before running, not after."""
-    from blockkit.storage.errors import TargetNotEmpty
+    from blockkit.storage._errors import TargetNotEmpty
 
     client = seaweed.client()
     client.put_object(Bucket=setup["bucket"], Key="results/earlier.txt", Body=b"an earlier result")

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockkit.contract.datajson import load_data_json, write_data_json
-from blockkit.contract.manifest import MACHINE_TYPES
+from blockkit.contract._datajson import load_data_json, write_data_json
+from blockkit.contract._manifest import MACHINE_TYPES
 from blockkit.export import step as entry
-from blockkit.export.cwl import dump_cwl, export_cwl, job_order
-from blockkit.runner.plan import plan_workflow
-from blockkit.runner.workflow import load_workflow
+from blockkit.export._cwl import dump_cwl, export_cwl, job_order
+from blockkit.runner._plan import plan_workflow
+from blockkit.runner._workflow import load_workflow
 
 from .blocks import make_blocks
 
@@ -318,7 +318,7 @@ def test_entrypoint_forwards_input_when_the_step_propagates(tmp_path) -> None:
 def test_block_runtime_works_under_cwl_staging_paths_and_writes_stac(tmp_path, blocks) -> None:
     """A real block run with --input/--output elsewhere than /tmp, reading a STAC-only input."""
     staged = tmp_path / "var" / "lib" / "cwl" / "stg1" / "src"
-    from blockkit.runtime.stac import write_catalog
+    from blockkit.runtime._stac import write_catalog
 
     _upstream(staged, "item0")
     write_catalog(staged, load_data_json(staged))

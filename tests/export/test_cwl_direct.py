@@ -13,11 +13,11 @@ import pytest
 
 from blockkit.contract.errors import ExitCode
 from blockkit.export import finish
-from blockkit.export.cwl import (
+from blockkit.export._cwl import (
     DEFAULT_HELPER_IMAGE, DIRECT_WRAPPER, HELPER, ExportError, check_exportable, direct_runs, dump_cwl, export_cwl,
 )
-from blockkit.runner.plan import plan_workflow
-from blockkit.runner.workflow import load_workflow
+from blockkit.runner._plan import plan_workflow
+from blockkit.runner._workflow import load_workflow
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "blocks"

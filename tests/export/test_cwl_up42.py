@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockkit.export.cwl import HELPER, dump_cwl, export_cwl, helper_block_dir, job_order
-from blockkit.runner.build import build_block_image
-from blockkit.runner.plan import plan_workflow
-from blockkit.runner.session import RunRequest, run_request
-from blockkit.runner.workflow import load_workflow
+from blockkit.export._cwl import HELPER, dump_cwl, export_cwl, helper_block_dir, job_order
+from blockkit.runner._build import build_block_image
+from blockkit.runner._plan import plan_workflow
+from blockkit.runner._session import RunRequest, run_request
+from blockkit.runner._workflow import load_workflow
 
 from .test_cwltool_docker import CWLTOOL, features, file_hashes, stac_files
 from .test_toil import toil_venv
@@ -216,8 +216,8 @@ def test_up42_blocks_run_under_toil_to_the_same_bytes_as_cwltool(tmp_path: Path,
 def test_push_and_export_name_the_helper_image_when_a_step_has_no_blockkit(
     tmp_path: Path, bullseye: str, helper: str, base_image: str
 ) -> None:
-    from blockkit.export.cwl import build_images, expected_images
-    from blockkit.export.push import images_to_push
+    from blockkit.export._cwl import build_images, expected_images
+    from blockkit.export._push import images_to_push
 
     workflow = tmp_path / "wf.yaml"
     workflow.write_text(f"""

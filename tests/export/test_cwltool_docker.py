@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockkit.export.cwl import dump_cwl, export_cwl, job_order
-from blockkit.runner.build import build_block_image
-from blockkit.runner.plan import plan_workflow
-from blockkit.runner.session import RunRequest, run_request
-from blockkit.runner.workflow import load_workflow
+from blockkit.export._cwl import dump_cwl, export_cwl, job_order
+from blockkit.runner._build import build_block_image
+from blockkit.runner._plan import plan_workflow
+from blockkit.runner._session import RunRequest, run_request
+from blockkit.runner._workflow import load_workflow
 
 from .blocks import make_blocks
 

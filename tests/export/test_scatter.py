@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockkit.contract.datajson import load_data_json, write_data_json
+from blockkit.contract._datajson import load_data_json, write_data_json
 from blockkit.contract.errors import ExitCode, NoInputError, WrongInputError
 from blockkit.runtime import scatter
-from blockkit.export.cwl import export_cwl
-from blockkit.runner.plan import plan_workflow
-from blockkit.runner.workflow import load_workflow, parse_workflow
+from blockkit.export._cwl import export_cwl
+from blockkit.runner._plan import plan_workflow
+from blockkit.runner._workflow import load_workflow, parse_workflow
 
 from .blocks import make_blocks
 from .test_cwl import cwltool_validate, fixed_images, graph, write_workflow
@@ -255,7 +255,7 @@ def test_split_refuses_a_symlinked_data_file_and_an_empty_input(tmp_path) -> Non
 
 
 def test_split_reads_a_stac_only_input_and_keeps_each_item(tmp_path) -> None:
-    from blockkit.runtime.stac import write_catalog
+    from blockkit.runtime._stac import write_catalog
 
     source = make_input(tmp_path / "in")
     write_catalog(source, load_data_json(source))

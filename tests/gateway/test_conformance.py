@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from blockkit.gateway import Gateway
-from blockkit.gateway.metadata import SIDECAR_DIR, XATTR
+from blockkit.gateway._metadata import SIDECAR_DIR, XATTR
 from tests.gateway.conftest import KEYS, Served, client
 
 MB = 1024 * 1024
@@ -272,7 +272,7 @@ def test_complete_checks_the_object_checksum_and_part_checksums(s3s) -> None:
 
 @pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
 def test_full_object_checksum_is_combined_from_the_parts(s3s, algorithm: str) -> None:
-    from blockkit.gateway.body import new_checksum
+    from blockkit.gateway._body import new_checksum
 
     def crc(data: bytes) -> str:
         h = new_checksum(algorithm.lower())

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from blockkit.gateway.errors import S3Error
-from blockkit.gateway.listing import (
+from blockkit.gateway._errors import S3Error
+from blockkit.gateway._listing import (
     ListedObject,
     ListRequest,
     PartsRequest,

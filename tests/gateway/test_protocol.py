@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.gateway import Credentials, GatewayConfigError, GatewayStartError, start_gateway_subprocess
-from blockkit.gateway.sigv4 import SignatureContext, chunk_signature, signing_key
+from blockkit.gateway._sigv4 import SignatureContext, chunk_signature, signing_key
 from tests.gateway.conftest import Served, client
 
 
@@ -161,7 +161,7 @@ def test_cli_command_reports_errors_on_one_line(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from blockkit.cli.gateway_cmd import register
+    from blockkit.cli._gateway_cmd import register
 
     app = typer.Typer()
     register(app)

@@ -13,7 +13,7 @@ import pytest
 
 from blockkit.contract.errors import WorkflowError
 from blockkit.report import write_report
-from blockkit.report.model import LOG_TAIL_BYTES, read_report
+from blockkit.report._model import LOG_TAIL_BYTES, read_report
 from tests.report.conftest import cli
 from tests.report.hostile import EVIL_ID, EVIL_LOG, EVIL_PROP, hostile_workflow
 

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from blockkit.runner.build import (
+from blockkit.runner._build import (
     HASH_LABEL,
     MANIFEST_LABEL,
     BaseImageMissingError,
@@ -32,7 +32,7 @@ with open(os.path.join(out, "data.json"), "w") as handle:
 @pytest.fixture(autouse=True)
 def frozen_blockkit_source(monkeypatch):
     """Hash blockkit's sources once per test: edits elsewhere in the tree must not move tags mid-test."""
-    from blockkit.runner import image_names
+    from blockkit.runner import _image_names as image_names
 
     real = image_names.blockkit_source_hash
     memo: dict[object, str] = {}
@@ -153,7 +153,7 @@ def test_second_build_works_without_a_package_index(build, docker_client, base_i
 
 @pytest.mark.docker
 def test_wheels_are_chosen_for_the_image_python_not_the_host(build, docker_client, base_image, tmp_path, monkeypatch):
-    from blockkit.runner import wheelhouse
+    from blockkit.runner import _wheelhouse as wheelhouse
 
     # As on a host whose Python differs from the image's: binary wheels for the image's platform.
     monkeypatch.setattr(wheelhouse, "host_matches", lambda target: False)
@@ -242,19 +242,19 @@ def test_content_hash_depends_on_block_base_and_ignores_caches(tmp_path):
     ("a/b:c@d", "a-b-c-d"),
 ])
 def test_repo_name_makes_any_manifest_name_a_docker_repository(name: str, repo: str) -> None:
-    from blockkit.runner.image_names import repo_name
+    from blockkit.runner._image_names import repo_name
 
     assert repo_name(name) == repo
 
 
 def test_image_tag_is_the_repository_and_the_short_content_hash() -> None:
-    from blockkit.runner.image_names import image_tag
+    from blockkit.runner._image_names import image_tag
 
     assert image_tag("My Block", "0123456789abcdef" * 4) == "blockkit/my-block:0123456789ab"
 
 
 def _cli() -> typer.Typer:
-    from blockkit.cli.build_cmd import register
+    from blockkit.cli._build_cmd import register
 
     app = typer.Typer()
     register(app)
@@ -332,7 +332,7 @@ def test_tag_covers_the_wheels(build, docker_client, base_image, tmp_path):
     import shutil
     import subprocess
 
-    from blockkit.runner.build import blockkit_source_root, resolve_wheelhouse
+    from blockkit.runner._build import blockkit_source_root, resolve_wheelhouse
 
     shared = resolve_wheelhouse(None, blockkit_source_root())
     block = make_block(tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import WorkflowError
-from blockkit.runner.cache import (
+from blockkit.runner._cache import (
     CacheIndex,
     part_key,
     part_producer,
@@ -19,8 +19,8 @@ from blockkit.runner.cache import (
     step_key,
     verify_part,
 )
-from blockkit.runner.hashing import HashCache
-from blockkit.runner.seal import seal_tree
+from blockkit.runner._hashing import HashCache
+from blockkit.runner._seal import seal_tree
 
 IDENTITY = dict(block="b" * 64, params={"x": 1}, mode="DEFAULT", blockkit_version="1", engine="process",
                 image_id=None, scatter=None)

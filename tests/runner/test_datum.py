@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.run import RunFailed
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._run import RunFailed
+from blockkit.runner._session import RunRequest, run_request
 
 from .blocks import make_blocks, write_block
 
@@ -169,7 +169,7 @@ def test_provenance_says_which_features_ran_and_which_were_reused(tmp_path: Path
     assert shown.returncode == 0, shown.stderr
     assert "3 feature(s): 1 ran (s1), 2 reused" in shown.stdout
     from blockkit.report import write_report
-    from blockkit.report.model import read_report
+    from blockkit.report._model import read_report
 
     step = read_report(second).steps[0]
     assert step["status"] == "ok" and step["detail"] == "3 feature(s): 1 ran (s1), 2 reused"
@@ -386,7 +386,7 @@ def test_two_runs_sharing_the_cache_at_once_keep_every_entry_valid(tmp_path: Pat
 
 @pytest.mark.slow
 def test_removing_the_producing_run_moves_part_entries_to_a_run_that_holds_them(tmp_path: Path) -> None:
-    from blockkit.runner.housekeeping import read_run_info, remove_runs
+    from blockkit.runner._housekeeping import read_run_info, remove_runs
 
     inp = tmp_path / "input"
     write_input(inp, EIGHT[:3])

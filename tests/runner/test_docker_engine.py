@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.docker_engine import (
+from blockkit.runner._docker_engine import (
     TIMEOUT_EXIT_CODE,
     DockerEngine,
     DockerUnavailableError,
@@ -20,7 +20,7 @@ from blockkit.runner.docker_engine import (
     docker_available,
     docker_client,
 )
-from blockkit.runner.engine import Resources, StepResult, StepSpec
+from blockkit.runner._engine import Resources, StepResult, StepSpec
 
 # A UP42-style block in plain Python: it reports what it sees, then behaves as its parameters say.
 PROBE_RUN_PY = r'''
@@ -84,7 +84,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture(scope="module")
 def probe_image(docker_client, base_image, tmp_path_factory) -> str:
     """The probe block, built once for this module."""
-    from blockkit.runner.build import build_block_image
+    from blockkit.runner._build import build_block_image
 
     block = tmp_path_factory.mktemp("probe-block")
     (block / "src").mkdir()
@@ -291,7 +291,7 @@ def test_ctrl_c_removes_the_container_and_stops_the_log_reader(engine, probe_ima
 def test_orphans_of_a_dead_runner_are_removed(engine, probe_image, docker_client, tmp_path):
     import subprocess
 
-    from blockkit.runner.docker_engine import owner_labels
+    from blockkit.runner._docker_engine import owner_labels
 
     dead = subprocess.Popen(["true"])
     dead.wait()

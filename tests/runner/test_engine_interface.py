@@ -11,10 +11,10 @@ from typing import Callable
 import pytest
 
 from blockkit.contract.errors import WorkflowError
-from blockkit.runner.engine import Engine, LogSink, StepResult, StepSpec, register_engine, registered_engines
-from blockkit.runner.engines import select_engine
-from blockkit.runner.run import RunFailed
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._engine import Engine, LogSink, StepResult, StepSpec, register_engine, registered_engines
+from blockkit.runner._engines import select_engine
+from blockkit.runner._run import RunFailed
+from blockkit.runner._session import RunRequest, run_request
 
 from .blocks import make_blocks
 
@@ -75,7 +75,7 @@ def inline_registered():
     register_engine("inline", lambda: (InlineEngine(), "inline engine (asked for)"))
     InlineEngine.calls.clear()
     yield
-    from blockkit.runner import engine as engine_module
+    from blockkit.runner import _engine as engine_module
 
     engine_module._REGISTRY.pop("inline", None)
 

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from blockkit.runner.hashing import HashCache
+from blockkit.runner._hashing import HashCache
 
 
 def _tree(root: Path, count: int) -> dict[str, str]:
@@ -71,7 +71,7 @@ def test_concurrent_saves_keep_every_entry(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from blockkit.runner.hashing import HashCache\n"
+        "import sys; from pathlib import Path; from blockkit.runner._hashing import HashCache\n"
         "root = Path(sys.argv[1]); me = sys.argv[2]\n"
         "for i in range(20):\n"
         "    f = root / f'{me}-{i}'; f.write_bytes(f'{me} {i}'.encode())\n"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.run import RunFailed
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._run import RunFailed
+from blockkit.runner._session import RunRequest, run_request
 
 from .blocks import make_blocks, write_block
 

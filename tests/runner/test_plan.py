@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import InputParametersError, WorkflowError
-from blockkit.runner.plan import plan_workflow
-from blockkit.runner.workflow import load_workflow, parse_workflow
+from blockkit.runner._plan import plan_workflow
+from blockkit.runner._workflow import load_workflow, parse_workflow
 
 from .blocks import make_blocks, write_block
 

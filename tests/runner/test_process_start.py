@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.engine import StepSpec
-from blockkit.runner.process_engine import EngineError, ProcessEngine
+from blockkit.runner._engine import StepSpec
+from blockkit.runner._process_engine import EngineError, ProcessEngine
 
 from .blocks import write_block
 
@@ -53,7 +53,7 @@ def test_an_unisolated_block_started_from_threads_dies_with_the_runner(tmp_path:
         seen_kwargs.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("blockkit.runner.process_engine.subprocess.Popen", popen)
+    monkeypatch.setattr("blockkit.runner._process_engine.subprocess.Popen", popen)
     block = write_block(tmp_path / "blocks", "probe", kind="processing", source=PDEATHSIG, params={})
     engine = ProcessEngine(isolate=False)
     specs = [_spec(tmp_path, block, f"s{i}") for i in range(4)]

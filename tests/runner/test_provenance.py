@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blockkit.runner.provenance import provenance_document, run_document
-from blockkit.runner.run_folder import StepRecord
-from blockkit.runner.workflow import Workflow
+from blockkit.runner._provenance import provenance_document, run_document
+from blockkit.runner._run_folder import StepRecord
+from blockkit.runner._workflow import Workflow
 
 
 def _workflow(tmp_path: Path) -> Workflow:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.run import RunFailed
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._run import RunFailed
+from blockkit.runner._session import RunRequest, run_request
 
 from .blocks import make_blocks
 
@@ -191,7 +191,7 @@ def test_a_step_the_engine_cannot_start_fails_cleanly_and_resumes(tmp_path: Path
 
 
 def test_an_unexpected_runner_error_leaves_the_run_marked_failed(tmp_path: Path, blocks: dict[str, Path], monkeypatch) -> None:
-    from blockkit.runner import run as run_module
+    from blockkit.runner import _run as run_module
 
     def broken_forward(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -228,7 +228,7 @@ def test_session_memory_counts_every_process_of_the_session() -> None:
     import subprocess
     import sys
 
-    from blockkit.runner.process_engine import session_memory
+    from blockkit.runner._process_engine import session_memory
 
     code = (
         "import os, sys, time\n"

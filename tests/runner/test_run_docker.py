@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.run import RunFailed
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._run import RunFailed
+from blockkit.runner._session import RunRequest, run_request
 
 from .blocks import make_blocks
 
@@ -101,8 +101,8 @@ def test_docker_faults_stop_the_run_cleanly_and_resume_finishes_it(
 def test_a_docker_run_removes_containers_of_a_killed_runner_and_says_so(tmp_path: Path, docker_client, base_image) -> None:
     import subprocess
 
-    from blockkit.runner.build import build_block_image
-    from blockkit.runner.docker_engine import owner_labels
+    from blockkit.runner._build import build_block_image
+    from blockkit.runner._docker_engine import owner_labels
 
     blocks = make_blocks(tmp_path / "blocks")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import WorkflowError
-from blockkit.runner.run_folder import RESERVE_BYTES, RUN_FILE, RunFolder, StepRecord, default_runs_dir, find_run
+from blockkit.runner._run_folder import RESERVE_BYTES, RUN_FILE, RunFolder, StepRecord, default_runs_dir, find_run
 
 
 def test_a_new_folder_has_a_unique_safe_name_and_its_layout(tmp_path: Path) -> None:

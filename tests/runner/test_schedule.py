@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blockkit.runner.schedule import Budget, Scheduler, Task
+from blockkit.runner._schedule import Budget, Scheduler, Task
 
 
 def names(tasks: list[Task]) -> list[str]:

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import pytest
 
 from blockkit import BlockContext, DataBlock, FeatureCollection, ProcessingBlock, Query, data_block, processing_block
-from blockkit.contract.datajson import DATA_PATH
-from blockkit.runtime.block import BlockRunner
+from blockkit.contract._datajson import DATA_PATH
+from blockkit.runtime._block import BlockRunner
 
 SQUARE = {"type": "Polygon", "coordinates": [[[13.0, 52.0], [13.1, 52.0], [13.1, 52.1], [13.0, 52.1], [13.0, 52.0]]]}
 

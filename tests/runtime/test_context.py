@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import WrongInputError
-from blockkit.runtime.context import BlockContext, get_logger
+from blockkit.runtime._context import BlockContext, get_logger
 
 
 def test_directories_arguments_then_env_then_defaults(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_logger_has_exactly_one_handler_after_many_calls() -> None:
 
 def test_one_log_line_per_message_in_a_fresh_process() -> None:
     code = (
-        "from blockkit.runtime.context import get_logger, BlockContext\n"
+        "from blockkit.runtime._context import get_logger, BlockContext\n"
         "for _ in range(20):\n"
         "    get_logger('x'); BlockContext.from_env({})\n"
         "get_logger('x').warning('hello once')\n"
@@ -110,7 +110,7 @@ def test_the_log_handler_follows_a_swapped_stderr(monkeypatch) -> None:
     import logging
     import sys
 
-    from blockkit.runtime.context import get_logger
+    from blockkit.runtime._context import get_logger
 
     root = logging.getLogger("blockkit")
     for handler in [h for h in root.handlers if getattr(h, "_blockkit_handler", False)]:

@@ -15,9 +15,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from blockkit import BlockContext
-from blockkit.contract.progress import format_progress, parse_progress
-from blockkit.runner.session import LiveSteps
-from blockkit.runtime.progress import ProgressReporter
+from blockkit.contract._progress import format_progress, parse_progress
+from blockkit.runner._session import LiveSteps
+from blockkit.runtime._progress import ProgressReporter
 from blockkit.runtime.raster import map_windows
 from tests.runner.blocks import write_block
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import WrongInputError
-from blockkit.runtime.propagation import derive_feature, forward_feature, inheritable, link_tree
+from blockkit.runtime._propagation import derive_feature, forward_feature, inheritable, link_tree
 
 POINT = {"type": "Point", "coordinates": [1.0, 2.0]}
 FEATURE = {
@@ -88,7 +88,7 @@ def test_link_tree_refuses_a_symlink(folders: tuple[Path, Path]) -> None:
 
 
 def _upstream(folder: Path, ids: list[str]) -> Path:
-    from blockkit.contract.datajson import FeatureCollection, write_data_json
+    from blockkit.contract._datajson import FeatureCollection, write_data_json
 
     folder.mkdir(parents=True)
     features = []
@@ -100,8 +100,8 @@ def _upstream(folder: Path, ids: list[str]) -> Path:
 
 
 def test_forward_fan_in_from_upstream_folders_equals_forwarding_the_merged_input(tmp_path: Path) -> None:
-    from blockkit.contract.datajson import FeatureCollection, load_data_json, write_data_json
-    from blockkit.runtime.propagation import fan_in_feature, forward_all, forward_fan_in
+    from blockkit.contract._datajson import FeatureCollection, load_data_json, write_data_json
+    from blockkit.runtime._propagation import fan_in_feature, forward_all, forward_fan_in
 
     ups = {"a": _upstream(tmp_path / "a", ["x", "y"]), "b": _upstream(tmp_path / "b", ["x"])}
     existing = [{"type": "Feature", "id": "b:x", "geometry": None, "properties": {}}]
@@ -129,7 +129,7 @@ def test_forward_fan_in_refuses_an_unsafe_upstream_path(tmp_path: Path) -> None:
     import json
 
     from blockkit.contract.errors import BlockkitError
-    from blockkit.runtime.propagation import forward_fan_in
+    from blockkit.runtime._propagation import forward_fan_in
 
     up = _upstream(tmp_path / "a", ["x"])
     data = json.loads((up / "data.json").read_text())

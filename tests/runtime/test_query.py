@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from blockkit.contract.errors import InputParametersError
-from blockkit.runtime.query import Query
+from blockkit.runtime._query import Query
 
 SQUARE = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
 

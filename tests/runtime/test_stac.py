@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from blockkit.contract.datajson import DATA_PATH, FeatureCollection
+from blockkit.contract._datajson import DATA_PATH, FeatureCollection
 from blockkit.contract.errors import WrongInputError
-from blockkit.runtime.stac import features_from_catalog, write_catalog
+from blockkit.runtime._stac import features_from_catalog, write_catalog
 
 POINT = {"type": "Point", "coordinates": [13.4, 52.5]}
 

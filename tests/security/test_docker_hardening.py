@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.docker_engine import DockerEngine, block_options, pids_limit
-from blockkit.runner.engine import Resources, StepSpec
-from blockkit.runner.run import RunFailed
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._docker_engine import DockerEngine, block_options, pids_limit
+from blockkit.runner._engine import Resources, StepSpec
+from blockkit.runner._run import RunFailed
+from blockkit.runner._session import RunRequest, run_request
 
 from .engine_blocks import files_under, new_marker, processes_with, wait_for, workflow, write_hostile
 

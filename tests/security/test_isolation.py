@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.isolation import bwrap_problem, host_environment
-from blockkit.runner.process_engine import ProcessEngine
-from blockkit.runner.run import RunFailed
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._isolation import bwrap_problem, host_environment
+from blockkit.runner._process_engine import ProcessEngine
+from blockkit.runner._run import RunFailed
+from blockkit.runner._session import RunRequest, run_request
 
 from .engine_blocks import files_under, workflow, write_hostile
 
@@ -135,7 +135,7 @@ def test_the_step_environment_is_an_allow_list(tmp_path: Path, monkeypatch: pyte
 def test_without_bubblewrap_the_engine_says_so_and_runs_unisolated(tmp_path: Path) -> None:
     engine = ProcessEngine(isolate=False)
     assert engine.isolates_paths is False and "NOT isolated" not in engine.isolation_note
-    from blockkit.runner import isolation
+    from blockkit.runner import _isolation as isolation
 
     isolation.bwrap_problem.cache_clear()
     old = os.environ.get("PATH", "")
@@ -154,7 +154,7 @@ def test_without_bubblewrap_the_engine_says_so_and_runs_unisolated(tmp_path: Pat
         "json.dump({'type': 'FeatureCollection', 'features': [], 'home': os.environ['HOME']},"
         " open(os.path.join(os.environ['BLOCKKIT_OUTPUT_DIR'], 'data.json'), 'w'))\n"
     )
-    from blockkit.runner.engine import StepSpec
+    from blockkit.runner._engine import StepSpec
 
     spec = StepSpec(name="s", block_dir=block, image=None, input_dir=tmp_path / "in", output_dir=tmp_path / "out",
                     quicklook_dir=tmp_path / "ql", log_path=tmp_path / "s.log")
@@ -169,7 +169,7 @@ def test_fixed_path_blocks_fail_with_one_line_where_the_host_tmp_is_seen(tmp_pat
     """Unisolated, a fixed-path block reads the host /tmp: the run must not report a stale result as ok."""
     engine = ProcessEngine(isolate=False)
     block = write_hostile(tmp_path / "blocks")
-    from blockkit.runner.engine import StepSpec
+    from blockkit.runner._engine import StepSpec
 
     (tmp_path / "in").mkdir()
     spec = StepSpec(name="s", block_dir=block, image=None, input_dir=tmp_path / "in", output_dir=tmp_path / "out",
@@ -179,7 +179,7 @@ def test_fixed_path_blocks_fail_with_one_line_where_the_host_tmp_is_seen(tmp_pat
 
 
 def test_a_gateway_step_keeps_the_host_loopback(tmp_path: Path, bwrap: None) -> None:
-    from blockkit.runner.process_engine import uses_loopback_service
+    from blockkit.runner._process_engine import uses_loopback_service
 
     assert uses_loopback_service({"AWS_ENDPOINT_URL": "http://127.0.0.1:41234"})
     assert not uses_loopback_service({"BLOCKKIT_KEY_X_ENDPOINT": "https://s3.example.org"})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.logfilter import MAX_LINE_CHARS, LineSplitter, LogFilter, neutralise
+from blockkit.runner._logfilter import MAX_LINE_CHARS, LineSplitter, LogFilter, neutralise
 
 from .engine_blocks import workflow, write_hostile
 
@@ -112,8 +112,8 @@ def test_the_failure_line_carries_the_blocks_error_on_both_engines(tmp_path: Pat
 @pytest.mark.docker
 def test_docker_stdout_and_stderr_are_split_into_lines_separately(tmp_path: Path, base_image: str) -> None:
     """The daemon copies the two pipes independently: a stderr line must not land inside a stdout line."""
-    from blockkit.runner.run import RunFailed
-    from blockkit.runner.session import RunRequest, run_request
+    from blockkit.runner._run import RunFailed
+    from blockkit.runner._session import RunRequest, run_request
 
     block = write_hostile(tmp_path / "blocks")
     with pytest.raises(RunFailed) as info:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.isolation import bwrap_problem
-from blockkit.runner.session import RunRequest, run_request
+from blockkit.runner._isolation import bwrap_problem
+from blockkit.runner._session import RunRequest, run_request
 
 from .engine_blocks import kill_all, new_marker, processes_with, wait_for, workflow, write_hostile
 
@@ -153,7 +153,7 @@ def test_in_process_interrupt_kills_the_step_group(tmp_path: Path) -> None:
 
             threading.Thread(target=later, daemon=True).start()
 
-    from blockkit.runner.run import RunInterrupted
+    from blockkit.runner._run import RunInterrupted
 
     try:
         with pytest.raises(RunInterrupted):

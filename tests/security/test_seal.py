@@ -136,7 +136,7 @@ def test_sealed_outputs_are_read_only_and_owned_by_the_runner(tmp_path: Path, ev
         with pytest.raises(PermissionError):
             (b_out / "f00000.bin").open("r+b")
     # The run folder can still be deleted by `rm -r`-like code (read-only folders included).
-    from blockkit.runner.seal import remove_tree
+    from blockkit.runner._seal import remove_tree
 
     remove_tree(run_dir)
     assert not run_dir.exists()
@@ -206,7 +206,7 @@ def test_files_a_block_made_unreadable_are_still_taken_over(tmp_path: Path, evil
 def test_remove_tree_copes_with_thousands_of_levels_and_read_only_folders(tmp_path: Path) -> None:
     import subprocess
 
-    from blockkit.runner.seal import remove_tree
+    from blockkit.runner._seal import remove_tree
 
     top = tmp_path / "deep"
     top.mkdir()

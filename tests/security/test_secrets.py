@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import InputParametersError
-from blockkit.runner.plan import plan_workflow
-from blockkit.runner.secret_params import resolve_secret_refs, secret_values
-from blockkit.runner.workflow import load_workflow
+from blockkit.runner._plan import plan_workflow
+from blockkit.runner._secret_params import resolve_secret_refs, secret_values
+from blockkit.runner._workflow import load_workflow
 
 from .engine_blocks import files_under, workflow, write_hostile
 
@@ -110,7 +110,7 @@ def test_bad_references_are_one_clear_parameter_problem(tmp_path: Path, value: d
 
 
 def test_references_only_for_secret_parameters(tmp_path: Path) -> None:
-    from blockkit.contract.manifest import load_manifest
+    from blockkit.contract._manifest import load_manifest
 
     manifest = load_manifest(write_hostile(tmp_path / "blocks"))
     resolved, problems = resolve_secret_refs({"action": {"from_env": "PATH"}}, manifest, environ={"PATH": "/bin"})

@@ -14,7 +14,7 @@ if _ROOT not in sys.path:
 
 from tests.servers import SeaweedS3, dav_server, seaweed, stac_server  # noqa: E402,F401  (fixtures)
 
-from blockkit.storage.keystore import Keystore, S3KeyConfig  # noqa: E402
+from blockkit.storage._keystore import Keystore, S3KeyConfig  # noqa: E402
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ import pytest
 import requests
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.storage.artifacts import ArtifactStore, presigned_url, upload_artifact
-from blockkit.storage.errors import (
+from blockkit.storage._artifacts import ArtifactStore, presigned_url, upload_artifact
+from blockkit.storage._errors import (
     ExpiryOutOfRange,
     NoProviderConfigured,
     UnsupportedKeyType,
     UploadFailed,
 )
-from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
+from blockkit.storage._keystore import Keystore, S3KeyConfig, WebDavKeyConfig
 
 
 def test_upload_and_presigned_get(s3_keystore: Keystore, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import requests
 import typer
 from typer.testing import CliRunner
 
-from blockkit.cli import artifacts_cmd, keys_cmd
+from blockkit.cli import _artifacts_cmd as artifacts_cmd, _keys_cmd as keys_cmd
 
 SECRET = "cli-Secret-9f8e7d"
 
@@ -99,7 +99,7 @@ def test_artifacts_commands(cli: typer.Typer, seaweed, tmp_path: Path) -> None:
 
 
 def test_stage_commands(stac_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from blockkit.cli import stage_cmd
+    from blockkit.cli import _stage_cmd as stage_cmd
 
     monkeypatch.setenv("BLOCKKIT_KEYSTORE", str(tmp_path / "ks"))
     app = typer.Typer()

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import ExitCode
-from blockkit.storage import http
-from blockkit.storage.errors import InsecureCredentials, StorageError, TooLarge, TransferFailed, UnsafePath
-from blockkit.storage.keystore import Keystore, WebDavKeyConfig
-from blockkit.storage.stagein import stage_in
-from blockkit.storage.transfer import RetryPolicy, TransferLimits
+from blockkit.storage import _http as http
+from blockkit.storage._errors import InsecureCredentials, StorageError, TooLarge, TransferFailed, UnsafePath
+from blockkit.storage._keystore import Keystore, WebDavKeyConfig
+from blockkit.storage._stagein import stage_in
+from blockkit.storage._transfer import RetryPolicy, TransferLimits
 from tests.storage.hostile import (
     HostileServer,
     body,
@@ -110,8 +110,8 @@ def test_credentials_never_over_plain_http_to_other_hosts(tmp_path: Path) -> Non
         stage_in("webdav://dav.example.org/remote/x/", tmp_path / "in", keystore=ks, key="dav", progress=False)
     line = _one_line(err, ExitCode.WRONG_INPUT_ERROR, "plain http", "https", "loopback")
     assert PASSWORD not in line and not (tmp_path / "in").exists()
-    from blockkit.contract.datajson import write_data_json
-    from blockkit.storage.stageout import stage_out
+    from blockkit.contract._datajson import write_data_json
+    from blockkit.storage._stageout import stage_out
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "r.txt").write_text("r")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.storage.errors import (
+from blockkit.storage._errors import (
     InsecureKeyFile,
     KeyNotFound,
     KeystoreError,
@@ -19,8 +19,8 @@ from blockkit.storage.errors import (
     WrongKeyType,
     WrongPassphrase,
 )
-from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
-from blockkit.storage.redact import Redactor, redact
+from blockkit.storage._keystore import Keystore, S3KeyConfig, WebDavKeyConfig
+from blockkit.storage._redact import Redactor, redact
 
 SECRET = "s3cr3t/Value+with=chars"
 S3 = S3KeyConfig(access_key="AKIDEXAMPLE", secret_key=SECRET, endpoint="http://127.0.0.1:9000", region="eu-1")
@@ -210,7 +210,7 @@ def test_redactor_logging_filter(caplog: pytest.LogCaptureFixture) -> None:
 
 # --- the key pair is never made over existing keys, and each failure says what it is ----------
 
-from blockkit.storage.errors import DamagedPrivateKey, KeyPairMismatch, MissingPrivateKey  # noqa: E402
+from blockkit.storage._errors import DamagedPrivateKey, KeyPairMismatch, MissingPrivateKey  # noqa: E402
 
 
 def _files(path: Path) -> dict[str, bytes]:

@@ -12,12 +12,12 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from blockkit.contract.datajson import write_data_json
+from blockkit.contract._datajson import write_data_json
 from blockkit.contract.errors import ExitCode, WrongInputError
-from blockkit.storage.errors import StorageError, TargetNotEmpty
-from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
-from blockkit.storage.stagein import stage_in
-from blockkit.storage.stageout import stage_out
+from blockkit.storage._errors import StorageError, TargetNotEmpty
+from blockkit.storage._keystore import Keystore, S3KeyConfig, WebDavKeyConfig
+from blockkit.storage._stagein import stage_in
+from blockkit.storage._stageout import stage_out
 from tests.servers import write_geotiff
 
 
@@ -130,7 +130,7 @@ def test_s3_prefix_with_invalid_data_json_leaves_nothing(s3_keystore: Keystore, 
 
 
 def test_artifact_urls_are_sigv4(s3_keystore: Keystore, tmp_path: Path) -> None:
-    from blockkit.storage.artifacts import upload_artifact
+    from blockkit.storage._artifacts import upload_artifact
 
     admin = s3_keystore.get("s3").config
     assert isinstance(admin, S3KeyConfig)

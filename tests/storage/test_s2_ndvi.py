@@ -16,9 +16,9 @@ import pytest
 import rasterio
 import yaml
 
-from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
-from blockkit.storage.stagein import stage_in
-from blockkit.storage.stageout import stage_out
+from blockkit.storage._keystore import Keystore, S3KeyConfig, WebDavKeyConfig
+from blockkit.storage._stagein import stage_in
+from blockkit.storage._stageout import stage_out
 from blockkit.testing import run_block
 from tests.servers import StacHttpServer
 from tests.storage.s2like import write_site
@@ -112,7 +112,7 @@ def _workflow(tmp_path: Path, site: dict[str, str], bucket: str) -> Path:
 
 def _run_workflow(tmp_path: Path, site: dict[str, str], seaweed: Any, engine: str,
                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from blockkit.runner.session import RunRequest, run_request
+    from blockkit.runner._session import RunRequest, run_request
 
     store = Keystore(tmp_path / "keystore")
     store.add("results", S3KeyConfig(seaweed.access_key, seaweed.secret_key, seaweed.endpoint, seaweed.region))
@@ -138,7 +138,7 @@ def test_example_workflow_process_engine(s2_site: Any, tmp_path: Path, seaweed: 
 def test_example_workflow_to_webdav(s2_site: Any, tmp_path: Path, dav_server: Any,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The same workflow with its output on WsgiDAV: published, staged back from the printed URI, compared."""
-    from blockkit.runner.session import RunRequest, run_request
+    from blockkit.runner._session import RunRequest, run_request
 
     site = s2_site[1]
     store = Keystore(tmp_path / "keystore")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from blockkit.storage.errors import UnsupportedURI
-from blockkit.storage.s3 import S3Location, parse_s3_uri
+from blockkit.storage._errors import UnsupportedURI
+from blockkit.storage._s3 import S3Location, parse_s3_uri
 
 ARN = "arn:aws:s3:eu-west-2:123456789012:accesspoint/eodh-ws"
 

@@ -12,12 +12,12 @@ import pystac
 import pytest
 import rasterio
 
-from blockkit.contract.datajson import load_data_json
+from blockkit.contract._datajson import load_data_json
 from blockkit.contract.errors import ExitCode
-from blockkit.storage.errors import AccessDenied, SourceNotFound, StorageError, TransferFailed, UnsafePath, UnsupportedURI
-from blockkit.storage.keystore import Keystore, S3KeyConfig, WebDavKeyConfig
-from blockkit.storage.stagein import stage_in
-from blockkit.storage.transfer import RetryPolicy
+from blockkit.storage._errors import AccessDenied, SourceNotFound, StorageError, TransferFailed, UnsafePath, UnsupportedURI
+from blockkit.storage._keystore import Keystore, S3KeyConfig, WebDavKeyConfig
+from blockkit.storage._stagein import stage_in
+from blockkit.storage._transfer import RetryPolicy
 from tests.servers import write_geotiff
 
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
@@ -178,7 +178,7 @@ def test_malformed_uris(uri: str, fragment: str, tmp_path: Path) -> None:
 
 
 def test_missing_key_and_nonempty_target(tmp_path: Path, keystore: Keystore) -> None:
-    from blockkit.storage.errors import KeyNotFound
+    from blockkit.storage._errors import KeyNotFound
 
     with pytest.raises(KeyNotFound, match="no key named 'prod'; see `blockkit keys list`"):
         stage_in("s3://bucket/x", tmp_path / "x", keystore=keystore, key="prod", progress=False)
@@ -285,7 +285,7 @@ def test_s3_keys_escaping_target_refused(s3_keystore: Keystore, seaweed, tmp_pat
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import botocore.exceptions
 
-    from blockkit.storage import s3
+    from blockkit.storage import _s3 as s3
 
     seaweed.make_bucket("evil")
     # SeaweedFS itself refuses such keys; other stores (AWS) accept them, so fake only the listing
@@ -298,7 +298,7 @@ def test_s3_keys_escaping_target_refused(s3_keystore: Keystore, seaweed, tmp_pat
 
 
 def test_safe_join_unit(tmp_path: Path) -> None:
-    from blockkit.storage.transfer import safe_join
+    from blockkit.storage._transfer import safe_join
 
     assert safe_join(tmp_path, "a/b.tif") == tmp_path / "a/b.tif"
     for bad in ("../x", "a/../../x", "/etc/passwd", "a\\..\\x", ""):
@@ -330,7 +330,7 @@ def test_webdav_wrong_password_and_type(dav_server, keystore: Keystore, tmp_path
     with pytest.raises(AccessDenied, match="HTTP 401"):
         stage_in(uri, tmp_path / "x", keystore=keystore, key="dav-bad", progress=False)
     keystore.add("s3k", S3KeyConfig("a", "b"))
-    from blockkit.storage.errors import WrongKeyType
+    from blockkit.storage._errors import WrongKeyType
 
     with pytest.raises(WrongKeyType):
         stage_in(uri, tmp_path / "y", keystore=keystore, key="s3k", progress=False)

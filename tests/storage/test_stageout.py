@@ -12,13 +12,13 @@ import pystac
 import pytest
 import requests
 
-from blockkit.contract.datajson import write_data_json
+from blockkit.contract._datajson import write_data_json
 from blockkit.contract.errors import ExitCode
-from blockkit.storage.errors import AccessDenied, NoOutputError, TargetNotEmpty, UnsafePath, UnsupportedURI
-from blockkit.storage.keystore import Keystore, WebDavKeyConfig
-from blockkit.storage.stagein import stage_in
-from blockkit.storage.stageout import stage_out
-from blockkit.storage.transfer import Document, RetryPolicy, Upload
+from blockkit.storage._errors import AccessDenied, NoOutputError, TargetNotEmpty, UnsafePath, UnsupportedURI
+from blockkit.storage._keystore import Keystore, WebDavKeyConfig
+from blockkit.storage._stagein import stage_in
+from blockkit.storage._stageout import stage_out
+from blockkit.storage._transfer import Document, RetryPolicy, Upload
 from tests.servers import write_geotiff
 
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
@@ -176,7 +176,7 @@ def _files(tmp_path: Path) -> list[Upload]:
 @pytest.mark.parametrize("bad", ["../escape.bin", "/abs.bin", "item/../../x", "item//x", "./x", "a\x00b"])
 def test_s3_upload_refuses_paths_leaving_the_prefix_before_sending(tmp_path: Path, s3_keystore: Keystore, seaweed,
                                                                    bad: str) -> None:
-    from blockkit.storage import s3
+    from blockkit.storage import _s3 as s3
 
     seaweed.make_bucket("hostile-up")
     uploads = _files(tmp_path) + [Upload(tmp_path / "f.bin", bad, 4, "application/octet-stream")]
@@ -187,7 +187,7 @@ def test_s3_upload_refuses_paths_leaving_the_prefix_before_sending(tmp_path: Pat
 
 def test_s3_upload_writes_files_then_documents_and_refuses_a_full_prefix(tmp_path: Path, s3_keystore: Keystore,
                                                                          seaweed) -> None:
-    from blockkit.storage import s3
+    from blockkit.storage import _s3 as s3
 
     seaweed.make_bucket("twin-up")
     loc = s3.parse_s3_uri("s3://twin-up/run")
@@ -203,7 +203,7 @@ def test_s3_upload_writes_files_then_documents_and_refuses_a_full_prefix(tmp_pat
 @pytest.mark.parametrize("bad", ["../escape.bin", "/abs.bin", "item/../../x"])
 def test_webdav_upload_refuses_paths_leaving_the_collection_before_sending(tmp_path: Path, keystore: Keystore,
                                                                           dav_server, bad: str) -> None:
-    from blockkit.storage import webdav
+    from blockkit.storage import _webdav as webdav
 
     keystore.add("dav-up", WebDavKeyConfig(dav_server.endpoint, dav_server.username, dav_server.password))
     before = sorted(p.relative_to(dav_server.root) for p in dav_server.root.rglob("*"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.contract.datajson import validate_feature_collection
-from blockkit.runtime.context import BlockContext
+from blockkit.contract._datajson import validate_feature_collection
+from blockkit.runtime._context import BlockContext
 
 SQUARE = {"type": "Polygon", "coordinates": [[[13.0, 52.0], [13.5, 52.0], [13.5, 52.4], [13.0, 52.4], [13.0, 52.0]]]}
 

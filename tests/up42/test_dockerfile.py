@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blockkit.runner.build import DEV_TOOLS, dockerfile_stages, drop_dev_requirements, own_dockerfile
-from blockkit.runner.build import _offline_dockerfile, _dockerfile_lines  # noqa: PLC2701 - the build's own text
+from blockkit.runner._build import DEV_TOOLS, dockerfile_stages, drop_dev_requirements, own_dockerfile
+from blockkit.runner._build import _offline_dockerfile, _dockerfile_lines  # noqa: PLC2701 - the build's own text
 
 
 def test_stages_resolve_args_and_know_earlier_stages() -> None:

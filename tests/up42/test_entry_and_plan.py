@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import ExitCode, WorkflowError
-from blockkit.runner.plan import (
+from blockkit.runner._plan import (
     EntryPointError,
     engine_isolates_paths,
     needs_fixed_paths,
@@ -18,8 +18,8 @@ from blockkit.runner.plan import (
     prepare_for_engine,
     resolve_entry,
 )
-from blockkit.runner.process_engine import ProcessEngine
-from blockkit.runner.workflow import load_workflow
+from blockkit.runner._process_engine import ProcessEngine
+from blockkit.runner._workflow import load_workflow
 
 from .conftest import BLOCKS, EXAMPLES
 
@@ -134,7 +134,7 @@ def test_process_engine_without_isolation_refuses_fixed_path_blocks_in_one_line(
 
 
 def test_machine_types_are_capped_to_the_host_with_a_warning(tmp_path: Path) -> None:
-    from blockkit.cli.new_cmd import create_block
+    from blockkit.cli._new_cmd import create_block
 
     block = create_block("big-block", tmp_path)
     manifest = json.loads((block / "UP42Manifest.json").read_text())

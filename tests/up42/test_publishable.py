@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import ExitCode
-from blockkit.runner.build import BuildError, build_block_image
+from blockkit.runner._build import BuildError, build_block_image
 
 BLOCKKIT = Path(sys.executable).with_name("blockkit")
 

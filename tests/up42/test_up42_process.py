@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner.blockenv import ensure_block_env, env_key
-from blockkit.runner.plan import engine_isolates_paths
-from blockkit.runner.process_engine import ProcessEngine
+from blockkit.runner._blockenv import ensure_block_env, env_key
+from blockkit.runner._plan import engine_isolates_paths
+from blockkit.runner._process_engine import ProcessEngine
 
 from .conftest import in_ci
 

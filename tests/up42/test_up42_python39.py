@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import BlockkitError
-from blockkit.runner.blockenv import COMPLETE_MARK, ensure_block_env, env_key, find_interpreters
-from blockkit.runner.plan import engine_isolates_paths
-from blockkit.runner.process_engine import ProcessEngine
+from blockkit.runner._blockenv import COMPLETE_MARK, ensure_block_env, env_key, find_interpreters
+from blockkit.runner._plan import engine_isolates_paths
+from blockkit.runner._process_engine import ProcessEngine
 
 from .conftest import EXAMPLES, in_ci
 
@@ -176,7 +176,7 @@ def test_no_suitable_interpreter_is_refused_in_one_line(tmp_path: Path, monkeypa
     monkeypatch.delenv("BLOCKKIT_BLOCK_PYTHON", raising=False)
     monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr("blockkit.runner.blockenv._candidate_paths", lambda: [])
+    monkeypatch.setattr("blockkit.runner._blockenv._candidate_paths", lambda: [])
     block = tmp_path / "block"
     block.mkdir()
     (block / "requirements.txt").write_text("up42-blockutils==1.2.4\n")

@@ -1,0 +1,564 @@
+"""The Docker engine: each step runs as a locked-down container of its block image.
+
+Exit codes in `StepResult` (beyond the block's own 0..6):
+  * 124 -- the step ran past `StepSpec.timeout_s` and was killed (`timed_out=True`),
+    like GNU `timeout`;
+  * 137 -- the container was killed by the kernel's OOM killer (`oom_killed=True`),
+    i.e. OUT_OF_MEMORY; a block that catches MemoryError exits 137 by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
+
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, ExitCode
+from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the engine's errors and client
+    CONTAINER_LABEL,
+    DockerError,
+    DockerUnavailableError,
+    ImageMissingError,
+    connect_if_available,
+    docker_available,
+    docker_client,
+    error_line,
+    owner_labels,
+)
+from blockkit.runner._engine import Engine, LogSink, StepResult, StepSpec
+from blockkit.runner._isolation import Watchdog
+from blockkit.runner._logfilter import LineSplitter, LogFilter
+
+if TYPE_CHECKING:  # the docker SDK is an optional dependency
+    import docker
+
+    from blockkit.runner._plan import Plan, PlannedStep
+
+
+INPUT_DIR = "/tmp/input"
+OUTPUT_DIR = "/tmp/output"
+QUICKLOOK_DIR = "/tmp/quicklooks"
+DEFAULT_USER = "1000:1000"
+#: Processes (and threads) a step may have: per CPU of its machine type, at least MIN_PIDS.
+PIDS_PER_CPU = 256
+MIN_PIDS = 512
+#: The private /tmp of a step (scratch, HOME): at most this many MB, and half its memory.
+MAX_TMP_MB = 4096
+
+
+def _container_user() -> tuple[str, bool]:
+    """The uid:gid the block runs as, and whether output dirs must be handed to it."""
+    uid = os.getuid()
+    if uid != 0:
+        # The host user itself: output files end up owned by whoever ran blockkit.
+        return f"{uid}:{os.getgid()}", False
+    return DEFAULT_USER, True
+
+
+class DockerEngine(Engine):
+    """Runs each step as a container: read-only input, no network, limits, always removed."""
+
+    name = "docker"
+    #: Fan-in: each upstream output is bind-mounted read-only at /tmp/input/<step>/ (no links).
+    mounts_upstreams = True
+    runs_images = True
+
+    @property
+    def isolates_paths(self) -> bool:
+        """Steps see their folders at the contract paths (/tmp/input, ...): fixed-path blocks work."""
+        return True
+
+    @property
+    def isolation_note(self) -> str:
+        """How steps are isolated."""
+        return "each step in a container"
+
+    def __init__(
+        self,
+        client: "docker.DockerClient | None" = None,
+        *,
+        base_image: str = "blockkit-base:bookworm",
+        wheelhouse: Path | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        self._client = client
+        #: Masks secret values in every log line before the log file and the console see it.
+        self.redact = redact
+        # Used only when a step names a block folder but no image: it is built first.
+        self.base_image = base_image
+        self.wheelhouse = wheelhouse
+
+    @property
+    def client(self) -> "docker.DockerClient":
+        """The docker SDK client (connected on first use)."""
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def capacity(self) -> tuple[float, int] | None:
+        """(CPUs, memory MB) of the Docker daemon's machine (None when it does not say)."""
+        try:
+            info = self.client.info()
+            return float(info["NCPU"]), int(info["MemTotal"]) >> 20
+        except Exception:  # noqa: BLE001 - no answer: the runner falls back to this host
+            return None
+
+    def prepare_images(self, plan: Plan, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]]:
+        """Build (or reuse) an image per block step up front, so build errors come before any step runs."""
+        from blockkit.runner._build import build_block_image
+
+        client = self.client  # one connection for builds, lookups and steps
+        images: dict[str, tuple[str, str]] = {}
+        built_for: dict[Path, tuple[str, str]] = {}
+        for step in plan.steps:
+            if step.block_dir is not None:
+                if step.block_dir not in built_for:
+                    built = build_block_image(step.block_dir, client=client)
+                    say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
+                    built_for[step.block_dir] = (built.tag, built.image_id)
+                images[step.name] = built_for[step.block_dir]
+            elif step.image:
+                images[step.name] = (step.image, str(client.images.get(step.image).id))
+        return lambda step: images[step.name]
+
+    def gateway(self, spec: StepSpec, upstream: list[str], image: str | None) -> ContextManager[dict[str, str]]:
+        """The S3 gateway as a sidecar container whose network namespace the step joins."""
+        from blockkit.runner._sidecar import docker_gateway, process_gateway
+
+        if not image:
+            return process_gateway(spec, upstream)
+        return docker_gateway(spec, upstream, image, self.client)
+
+    def remove_orphans(self) -> list[str]:
+        """Remove containers (steps and sidecars) left by blockkit runners that no longer exist.
+
+        Only a runner of this host and this process namespace can tell that a pid is dead:
+        containers of other hosts or namespaces sharing the daemon are never touched.
+        """
+        import docker
+
+        removed = []
+        mine = owner_labels()
+        # The low-level list: no inspect per container, which fails for one removed meanwhile.
+        for entry in self.client.api.containers(all=True, filters={"label": [f"{CONTAINER_LABEL}=1"]}):
+            labels = entry.get("Labels") or {}
+            same_owner_space = all(labels.get(k) == mine[k] for k in ("blockkit.host", "blockkit.pidns"))
+            if not mine["blockkit.pidns"] or not same_owner_space or _pid_alive(labels.get("blockkit.pid", "")):
+                continue
+            try:
+                self.client.api.remove_container(entry["Id"], force=True, v=True)
+                removed.append(((entry.get("Names") or [entry["Id"][:12]])[0]).lstrip("/"))
+            except docker.errors.APIError:
+                pass  # removed meanwhile by someone else
+        return removed
+
+    def image_for(self, spec: StepSpec) -> str:
+        """The image a step runs: its own, or one built from its block folder."""
+        if spec.image:
+            return spec.image
+        if spec.block_dir is None:
+            raise DockerError(f"step {spec.name!r} names neither an image nor a block folder")
+        from blockkit.runner._build import build_block_image
+
+        built = build_block_image(
+            spec.block_dir, base_image=self.base_image, wheelhouse=self.wheelhouse, client=self.client
+        )
+        return built.tag
+
+    def run_step(self, spec: StepSpec, on_log_line: LogSink | None = None) -> StepResult:
+        """Run the step in a container to completion (or timeout) and return how it ended."""
+        import docker
+
+        client = self.client
+        image_ref = self.image_for(spec)
+        try:
+            image = client.images.get(image_ref)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissingError(
+                f"step {spec.name!r}: image {image_ref} does not exist locally; "
+                "build it with `blockkit build BLOCK_DIR`"
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise DockerError(f"step {spec.name!r}: cannot inspect image {image_ref}: {error_line(exc)}") from exc
+
+        user, hand_over = _container_user()
+        for folder in (spec.output_dir, spec.quicklook_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            if hand_over:
+                # Root on the host, uid 1000 in the container: let the block write its outputs.
+                os.chown(folder, 1000, 1000)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        name = f"blockkit-{_safe_name(spec.name)}-{secrets.token_hex(4)}"
+        kwargs = self._container_kwargs(spec, user, block_options(spec, image))
+        started = time.time()
+        container = None
+        # If this runner is killed (even by kill -9), a watchdog process removes the container.
+        assert image.id is not None  # an image the daemon returned always has one
+        socket_path = _docker_socket()
+        watchdog = Watchdog.for_container(socket_path, name) if socket_path else None
+        try:
+            try:
+                container = client.containers.create(image.id, name=name, **kwargs)
+            except docker.errors.APIError as exc:
+                raise DockerError(f"step {spec.name!r}: cannot create container: {error_line(exc)}") from exc
+            return self._run(container, spec, image.id, started, on_log_line)
+        finally:
+            if container is None:
+                # Interrupted while the daemon was creating it: find it by its unique name.
+                try:
+                    container = client.containers.get(name)
+                except Exception:  # noqa: BLE001 - not created at all
+                    container = None
+            if container is not None:
+                _remove(container)
+            if watchdog is not None:
+                watchdog.release()
+
+    def _container_kwargs(self, spec: StepSpec, user: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The container's settings: contract mounts, environment, limits and hardening.
+
+        Hardened by default: no capabilities, no privilege gain (setuid binaries do nothing),
+        a read-only root filesystem with a private tmpfs /tmp (HOME, TMPDIR), a process limit
+        per machine type. A manifest's `blockkit` object can ask for `writable_root: true` or
+        a different `pids` limit.
+        """
+        from docker.types import Mount
+
+        options = options or {}
+
+        mounts = [Mount(INPUT_DIR, str(spec.input_dir.resolve()), type="bind", read_only=True)]
+        for upstream, folder in sorted(spec.upstream_dirs.items()):
+            # The mountpoint must exist inside the (read-only) input; create it on the host.
+            (spec.input_dir / upstream).mkdir(parents=True, exist_ok=True)
+            mounts.append(
+                Mount(f"{INPUT_DIR}/{upstream}", str(Path(folder).resolve()), type="bind", read_only=True)
+            )
+        mounts.append(Mount(OUTPUT_DIR, str(spec.output_dir.resolve()), type="bind", read_only=False))
+        mounts.append(Mount(QUICKLOOK_DIR, str(spec.quicklook_dir.resolve()), type="bind", read_only=False))
+
+        environment = {
+            "UP42_TASK_PARAMETERS": json.dumps(dict(spec.params)),
+            "UP42_JOB_MODE": spec.mode,
+            "BLOCKKIT_INPUT_DIR": INPUT_DIR,
+            "BLOCKKIT_OUTPUT_DIR": OUTPUT_DIR,
+            "BLOCKKIT_QUICKLOOK_DIR": QUICKLOOK_DIR,
+            "BLOCKKIT_STEP": spec.name,
+            # The host uid may have no passwd entry in the image, so no usable home.
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
+        }
+        environment.update(spec.env)
+
+        kwargs: dict[str, Any] = {
+            "command": list(spec.command) if spec.command else None,
+            "environment": environment,
+            "mounts": mounts,
+            "user": user,
+            # Owner labels let `remove_orphans` find containers of a runner that was killed.
+            "labels": {**owner_labels(), "blockkit.step": spec.name},
+            # With an S3 sidecar the block joins the sidecar's namespace, like containers of one pod.
+            "network_mode": f"container:{spec.network_container}" if spec.network_container
+            else ("bridge" if spec.network else "none"),
+            "detach": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": pids_limit(spec, options),
+            "read_only": not bool(options.get("writable_root", False)),
+        }
+        memory_mb = spec.resources.memory_mb if spec.resources is not None else 2048
+        tmp_mb = max(64, min(MAX_TMP_MB, int(memory_mb) // 2))
+        kwargs["tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={tmp_mb}m,mode=1777"}
+        if spec.resources is not None:
+            kwargs["nano_cpus"] = int(spec.resources.cpus * 1e9)
+            memory = f"{int(spec.resources.memory_mb)}m"
+            # Same value for memory and memory+swap: no swapping past the limit.
+            kwargs["mem_limit"] = memory
+            kwargs["memswap_limit"] = memory
+        return kwargs
+
+    def _run(
+        self,
+        container: Any,
+        spec: StepSpec,
+        image_id: str,
+        started: float,
+        on_log_line: LogSink | None,
+    ) -> StepResult:
+        import docker
+
+        log = spec.log_path.open("a", encoding="utf-8")
+        lock = threading.Lock()
+        clean = LogFilter(self.redact)
+        errors = ErrorLineTracker()
+
+        def emit(raw: str, dropped: int = 0) -> None:
+            line = clean(raw, dropped)
+            with lock:
+                if log.closed:  # the step is over (e.g. Ctrl-C) and the reader still had a line
+                    return
+                log.write(line + "\n")
+                log.flush()
+                errors.see(line)
+            if on_log_line is not None:
+                try:
+                    on_log_line(spec.name, line)
+                except Exception:  # noqa: BLE001 - a faulty display must not stop log capture
+                    pass
+
+        try:
+            # Attach before starting (as `docker run` does): one stream, no line lost at start-up.
+            try:
+                sock = _attach(container)
+            except docker.errors.APIError as exc:
+                raise DockerError(f"step {spec.name!r}: cannot attach to container: {error_line(exc)}") from exc
+            reader = threading.Thread(
+                target=_pump_logs, args=(sock, emit), name=f"logs-{spec.name}", daemon=True
+            )
+            reader.start()
+            try:
+                try:
+                    container.start()
+                except docker.errors.APIError as exc:
+                    raise DockerError(f"step {spec.name!r}: cannot start container: {error_line(exc)}") from exc
+                with self.watch_cancel(spec, lambda: _kill(container)):
+                    timed_out = not _wait(container, spec.timeout_s)
+                if timed_out:
+                    _kill(container)
+                    _wait(container, 30.0)
+                # The log stream ends with the container; wait briefly for its tail.
+                reader.join(timeout=10.0)
+            finally:
+                if reader.is_alive():
+                    # Ctrl-C, an error, or a stream that did not end: stop the block, end the stream.
+                    _kill(container)
+                    _shutdown(sock)
+                    reader.join(timeout=5.0)
+                _close(sock)
+            container.reload()
+            state = container.attrs.get("State", {})
+            ended = time.time()
+            exit_code = int(state.get("ExitCode", -1))
+            oom_killed = bool(state.get("OOMKilled", False))
+            detail = ""
+            if timed_out:
+                exit_code = TIMEOUT_EXIT_CODE
+                oom_killed = False
+                detail = f"timed out after {spec.timeout_s:g}s and was killed (exit {TIMEOUT_EXIT_CODE})"
+            elif oom_killed:
+                exit_code = int(ExitCode.OUT_OF_MEMORY)
+                limit = f" of {spec.resources.memory_mb} MB" if spec.resources else ""
+                detail = f"OUT_OF_MEMORY: the container exceeded its memory limit{limit} and was killed"
+            elif exit_code != 0:
+                # The block's own last error line, as the process engine's failure line shows it.
+                detail = errors.line or f"{ExitCode.describe(exit_code)} (exit {exit_code})"
+            if detail:
+                # A block's own line is already in the log: say only how the container ended.
+                from_block = not timed_out and not oom_killed and detail == errors.line
+                emit(f"[blockkit] {ExitCode.describe(exit_code)} (exit {exit_code})" if from_block
+                     else f"[blockkit] {detail}")
+            return StepResult(
+                exit_code=exit_code,
+                started=started,
+                ended=ended,
+                image_id=image_id,
+                oom_killed=oom_killed,
+                timed_out=timed_out,
+                detail=detail,
+            )
+        finally:
+            with lock:
+                log.close()
+
+
+class ErrorLineTracker:
+    """Remembers the line that best explains a failure: the last `[..._ERROR]` line, else the last line."""
+
+    def __init__(self) -> None:
+        self._error: str | None = None
+        self._last: str | None = None
+
+    def see(self, line: str) -> None:
+        """Take one (already cleaned) log line."""
+        text = line.strip()
+        if not text or text.startswith("[blockkit]"):
+            return
+        self._last = text[:1000]
+        if text.startswith("[") and ("_ERROR]" in text or text.startswith("[OUT_OF_MEMORY]")):
+            self._error = text[:1000]
+
+    @property
+    def line(self) -> str | None:
+        """The explaining line, or None when the block printed nothing."""
+        return self._error or self._last
+
+
+def pids_limit(spec: StepSpec, options: dict[str, Any]) -> int:
+    """The step's process limit: the manifest's `blockkit.pids`, else per CPU of its machine type."""
+    asked = options.get("pids")
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        return asked
+    cpus = spec.resources.cpus if spec.resources is not None else 1.0
+    return max(MIN_PIDS, int(PIDS_PER_CPU * cpus))
+
+
+def block_options(spec: StepSpec, image: Any) -> dict[str, Any]:
+    """The `blockkit` object of the step's manifest: from its block folder, else its image label."""
+    data: Any = None
+    if spec.block_dir is not None:
+        try:
+            data = json.loads((spec.block_dir / "UP42Manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+    if data is None:
+        try:
+            data = json.loads((getattr(image, "labels", None) or {}).get("up42_manifest") or "null")
+        except ValueError:
+            data = None
+    options = data.get("blockkit") if isinstance(data, dict) else None
+    return options if isinstance(options, dict) else {}
+
+
+def _pid_alive(pid: str) -> bool:
+    """Whether a process with this id runs on this host (unknown ids count as alive: hands off)."""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _docker_socket() -> str | None:
+    """The daemon's unix socket path, when the client talks to one (None for tcp:// hosts)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    if not host and Path("/var/run/docker.sock").exists():
+        return "/var/run/docker.sock"
+    return None
+
+
+def _safe_name(step: str) -> str:
+    """A container-name-safe version of a step name."""
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in step).strip("-.")
+    return (cleaned or "step")[:40]
+
+
+def _attach(container: Any) -> Any:
+    """A socket carrying the container's stdout and stderr, including what it already wrote.
+
+    The SDK's frame reader polls the socket before each read, so a step that stays quiet
+    longer than the client's timeout keeps its stream (tested).
+    """
+    return container.client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+
+
+def _shutdown(sock: Any) -> None:
+    """End a blocked read on an attach socket (closing the SDK's wrapper alone does not)."""
+    import socket
+
+    try:
+        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
+
+
+def _close(sock: Any) -> None:
+    for layer in (sock, getattr(sock, "_sock", None)):
+        try:
+            if layer is not None:
+                layer.close()
+        except OSError:
+            pass
+
+
+def _pump_logs(sock: Any, emit: Callable[[str, int], None]) -> None:
+    """Copy the container's stdout and stderr (multiplexed frames) into lines until it exits.
+
+    Each stream has its own splitter: the daemon copies the two pipes independently, so a
+    stderr frame can arrive between two pieces of one stdout line.
+    """
+    from docker.utils.socket import frames_iter
+
+    splitters: dict[int, LineSplitter] = {}
+    try:
+        for stream, chunk in frames_iter(sock, tty=False):
+            splitter = splitters.get(stream)
+            if splitter is None:
+                splitter = splitters[stream] = LineSplitter(emit)
+            splitter.feed(chunk)
+    except Exception as exc:  # noqa: BLE001 - a broken log stream must not hide the exit code
+        for splitter in splitters.values():
+            splitter.close()
+        splitters.clear()
+        emit(f"[blockkit] log stream interrupted: {error_line(exc)}", 0)
+    finally:
+        for splitter in splitters.values():
+            splitter.close()
+
+
+def _wait(container: Any, timeout_s: float | None) -> bool:
+    """Wait until the container stops; False when `timeout_s` passed first."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        # Short polls keep Ctrl-C responsive and bound each HTTP call.
+        step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        try:
+            container.wait(timeout=max(step, 0.05))
+            return True
+        except Exception as exc:  # noqa: BLE001 - requests raises ReadTimeout/ConnectionError on timeout
+            if not _is_timeout(exc):
+                raise
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import requests
+
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    # Over the unix socket a read timeout can surface as a ConnectionError.
+    return isinstance(exc, requests.exceptions.ConnectionError) and "timed out" in str(exc).lower()
+
+
+def _kill(container: Any) -> None:
+    import docker
+
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass  # already stopped: nothing to kill
+
+
+def _remove(container: Any) -> None:
+    """Remove the container whatever state it is in (retrying briefly if the daemon is busy)."""
+    import docker
+
+    interrupted: KeyboardInterrupt | None = None
+    for attempt in range(5):
+        try:
+            container.remove(force=True, v=True)
+            break
+        except docker.errors.NotFound:
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc  # a second Ctrl-C must not leave the container behind
+        except docker.errors.APIError as exc:
+            # 409 "removal already in progress" means it is going away.
+            if getattr(exc, "status_code", None) == 409 and "in progress" in str(exc):
+                break
+            time.sleep(0.2 * (attempt + 1))
+        except Exception:  # noqa: BLE001 - e.g. a connection hiccup during shutdown
+            time.sleep(0.2 * (attempt + 1))
+    if interrupted is not None:
+        raise interrupted

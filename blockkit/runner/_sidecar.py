@@ -1,0 +1,127 @@
+"""The S3 gateway beside a step: a loopback subprocess (process engine) or a sidecar container (docker)."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from blockkit.contract.errors import GatewayStartError
+
+if TYPE_CHECKING:
+    from blockkit.runner._engine import StepSpec
+
+if TYPE_CHECKING:  # the docker SDK is an optional dependency
+    import docker
+
+GATEWAY_PORT = 9000
+
+
+def gateway_buckets(spec: StepSpec, upstream: list[str]) -> dict[str, Path]:
+    """Read-only buckets: `input` (the step's input folder) and one per upstream step."""
+    buckets = {"input": spec.input_dir}
+    for name in upstream:
+        buckets[name] = spec.upstream_dirs.get(name) or (
+            spec.input_dir / name if len(upstream) > 1 else spec.input_dir
+        )
+    return buckets
+
+
+@contextlib.contextmanager
+def process_gateway(spec: StepSpec, upstream: list[str]) -> Iterator[dict[str, str]]:
+    """Run a gateway on a free loopback port for the step; yields the env the block gets."""
+    from blockkit.gateway import start_gateway_subprocess
+
+    log = spec.log_path.with_name(f"{spec.name}.gateway.log")
+    handle = start_gateway_subprocess(gateway_buckets(spec, upstream), spec.output_dir, log)
+    try:
+        yield handle.env()
+    finally:
+        handle.stop()
+
+
+@contextlib.contextmanager
+def docker_gateway(
+    spec: StepSpec, upstream: list[str], image: str, client: docker.DockerClient
+) -> Iterator[dict[str, str]]:
+    """Start a gateway container (the block's own image has blockkit) whose network the block joins."""
+    import docker
+    from docker.types import Mount
+
+    from blockkit.gateway import client_env
+    from blockkit.runner._docker_client import error_line, owner_labels
+
+    mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
+    for name, folder in gateway_buckets(spec, upstream).items():
+        target = f"/buckets/{name}"
+        mounts.append(Mount(target, str(Path(folder).resolve()), type="bind", read_only=True))
+        args += ["--input", f"{name}={target}"]
+    mounts.append(Mount("/buckets-out", str(spec.output_dir.resolve()), type="bind", read_only=False))
+    log = spec.log_path.with_name(f"{spec.name}.gateway.log")
+    # The access log goes to the container's stderr so that container.logs() keeps it in <step>.gateway.log
+    # (a file inside the sidecar is lost when the container is removed).
+    args += ["--output", "/buckets-out", "--access-log", "/dev/stderr"]
+    container_name = f"blockkit-s3-{spec.name}-{secrets.token_hex(3)}"
+    try:
+        container: Any = client.containers.run(
+            image, args, name=container_name, detach=True,
+            network_mode="none", mounts=mounts, user="1000:1000" if _host_is_root() else None,
+            labels={**owner_labels(), "blockkit.role": "s3-gateway", "blockkit.step": spec.name},
+            # Hardened like a step: the block shares this container's network namespace.
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=256,
+        )
+    except docker.errors.DockerException as exc:
+        # `run` is create + start: a container that was created but could not start is removed here.
+        with contextlib.suppress(docker.errors.DockerException):
+            client.containers.get(container_name).remove(force=True)
+        raise GatewayStartError(_why(f"the S3 gateway sidecar could not start in {image}: {error_line(exc)}")) from exc
+    try:
+        _wait_listening(container, image)
+        spec.network_container = container.id
+        yield client_env(f"http://127.0.0.1:{GATEWAY_PORT}")
+    finally:
+        spec.network_container = None
+        with contextlib.suppress(Exception):
+            log.write_bytes(container.logs())
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+
+
+def _host_is_root() -> bool:
+    import os
+
+    return os.getuid() == 0
+
+
+def _wait_listening(container: Any, image: str, timeout: float = 30.0) -> None:
+    """Wait until the sidecar prints its endpoint; GatewayStartError (one line) when it stops or hangs."""
+    import docker
+
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            container.reload()
+            if container.status != "running":
+                raise GatewayStartError(_why(f"the S3 gateway sidecar ({image}) stopped: {_last_line(container.logs())}"))
+            if b"http://" in container.logs(stdout=True, stderr=False):
+                return
+            time.sleep(0.1)
+    except docker.errors.DockerException as exc:  # the container vanished, the daemon went away
+        raise GatewayStartError(f"the S3 gateway sidecar ({image}) could not be watched: {exc}") from exc
+    raise GatewayStartError(f"the S3 gateway sidecar ({image}) did not start listening in {timeout:g} s")
+
+
+def _last_line(logs: bytes) -> str:
+    """The sidecar's last words, as one line (its log file keeps the rest)."""
+    lines = [line.strip() for line in logs.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _why(message: str) -> str:
+    """The message, plus the likely cause when the image has no `python` or no blockkit."""
+    if "No module named" in message or "executable file not found" in message:
+        message += (" (the sidecar runs `python -m blockkit.gateway` in the block's own image, "
+                    "so that image needs python and blockkit-eo)")
+    return message

@@ -1,0 +1,143 @@
+"""Workflow-level storage: stage the `input:` URI in, the results out, and hand steps their keys."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from blockkit.runner._plan import Plan, PlannedStep
+from blockkit.runner._workflow import Workflow
+
+if TYPE_CHECKING:
+    from blockkit.runner._run import WorkflowRun
+    from blockkit.storage import Keystore, Redactor
+
+
+def _keystore() -> "Keystore":
+    from blockkit.storage import Keystore
+
+    return Keystore.from_env()
+
+
+def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None]) -> Path:
+    """Fetch the workflow's input URI into `<runs>/staged/<unique>/` and return that folder."""
+    from blockkit.storage import stage_in
+
+    assert workflow.input is not None
+    key = workflow.keys.get("input")
+    target = runs_dir / "staged" / f"{workflow.name}-{secrets.token_hex(4)}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    say(f"staging in {workflow.input}" + (f" with key {key!r}" if key else ""))
+    fc = stage_in(workflow.input, target, keystore=_keystore() if key else None, key=key)
+    seal_staged(target)
+    say(f"staged in {len(fc)} feature(s) to {target}")
+    return target
+
+
+def seal_staged(target: Path) -> None:
+    """Make a staged-in folder read-only like a step output (links and special files refused).
+
+    Files the stage-in hard-linked from a local source keep their mode: their inode is the
+    user's file, which the runner never changes.
+    """
+    from blockkit.contract.errors import WrongInputError
+    from blockkit.runner._hashing import HashCache
+    from blockkit.runner._seal import SealError, seal_tree
+
+    try:
+        seal_tree(target, HashCache(None), what="staged-in input", hash_files=False).lock()
+    except SealError as err:
+        raise WrongInputError(f"{err.message} ({target})") from None
+
+
+def output_targets(finals: list[str], target: str) -> list[tuple[str, str]]:
+    """(step, place) pairs a run's outputs go to: the target itself, or one prefix (or sub-folder) per final step.
+
+    The one naming rule for stage-out URIs and local output folders alike.
+    """
+    if len(finals) == 1:
+        return [(finals[0], target)]
+    return [(name, f"{target.rstrip('/')}/{name}/") for name in finals]
+
+
+def check_output_targets(finals: list[str], target: str, workflow: Workflow) -> None:
+    """Refuse before any step runs when a stage-out target already holds files (stage-out never overwrites)."""
+    from blockkit.storage import check_target
+
+    key = workflow.keys.get("output")
+    keystore = _keystore() if key else None
+    for _name, uri in output_targets(finals, target):
+        check_target(uri, keystore=keystore, key=key)
+
+
+def stage_out_outputs(run: "WorkflowRun", finals: list[str], target: str, workflow: Workflow,
+                      say: Callable[[str], None]) -> list[str]:
+    """Upload each final step's output to the target URI (one prefix per step when several).
+
+    Args:
+        run: the finished run (its folder holds the steps' outputs).
+        finals: the steps whose outputs are the workflow's results.
+        target: the workflow's output URI.
+        workflow: the workflow (its `keys.output` names the keystore key).
+        say: where one line per staged-out step goes.
+
+    Returns the catalog URI of each upload.
+    """
+    from blockkit.storage import stage_out
+
+    key = workflow.keys.get("output")
+    keystore = _keystore() if key else None
+    results = []
+    for name, uri in output_targets(finals, target):
+        catalog = stage_out(run.folder.output_dir(name), uri, keystore=keystore, key=key)
+        say(f"staged out {name!r}: {catalog}")
+        results.append(catalog)
+    return results
+
+
+def _env_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", key).upper()
+
+
+class StepKeys:
+    """Gives each step only the keystore keys it names, and redacts their secrets everywhere."""
+
+    def __init__(self, plan: Plan) -> None:
+        from blockkit.storage import Redactor
+
+        self.redactor: Redactor = Redactor([])
+        self._env: dict[str, dict[str, str]] = {}
+        names = {k for step in plan.steps for k in step.definition.keys} | set(plan.workflow.keys.values())
+        if not names:
+            return
+        keystore = _keystore()
+        loaded = {name: keystore.get(name) for name in sorted(names)}
+        for key in loaded.values():
+            for value in key.secrets():
+                self.redactor.add(value)
+        for step in plan.steps:
+            env: dict[str, str] = {}
+            for name in step.definition.keys:
+                key, prefix = loaded[name], f"BLOCKKIT_KEY_{_env_name(name)}_"
+                config = key.config
+                env[f"{prefix}TYPE"] = key.type
+                fields = {}
+                for field_name in ("endpoint", "region", "bucket", "access_key", "secret_key", "username", "password"):
+                    value = getattr(config, field_name, None)
+                    if value:
+                        env[prefix + field_name.upper()] = str(value)
+                        fields[field_name] = str(value)
+                # The whole key as JSON too, the form the CWL export passes (`BLOCKKIT_KEY_<NAME>`).
+                env[prefix.rstrip("_")] = json.dumps({"type": key.type, **fields})
+            self._env[step.name] = env
+
+    def env_for(self, step: PlannedStep) -> dict[str, str]:
+        """The environment variables carrying this step's keys (and no other step's)."""
+        return dict(self._env.get(step.name, {}))
+
+    def redact(self, text: str) -> str:
+        """Text with every secret value replaced."""
+        return self.redactor.redact(text)

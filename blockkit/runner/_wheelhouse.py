@@ -1,0 +1,500 @@
+"""The wheelhouse: wheels for a block image's Python, resolved on the host so that builds need no index.
+
+`resolve_wheelhouse` finds the host folder (`$BLOCKKIT_WHEELHOUSE`, else `.wheelhouse`), `resolve_wheels`
+fills it for a `PythonTarget` (the image's Python, machine and glibc) and copies the subset a build
+needs; requirements without a wheel for the target are built from their sdists (on the host when pure
+Python, else inside the base image). `WheelServer` serves a folder of wheels to a build on 127.0.0.1.
+Development tools (`DEV_TOOLS`) never reach an image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blockkit.contract.errors import BuildError, Problem
+from blockkit.runner import _image_names as image_names
+from blockkit.runner._image_names import DIST_NAME, ignore_for_copy
+
+if TYPE_CHECKING:
+    import docker
+
+_WHEEL_GLOB = "blockkit_eo-*.whl"
+#: Top-level requirements that are development tools: never installed into an image.
+DEV_TOOLS = frozenset({
+    "pytest", "pytest-cov", "pytest-mypy", "pytest-pylint", "pytest-mock", "pytest-xdist", "pytest-timeout",
+    "mypy", "mypy-extensions", "black", "pylint", "flake8", "isort", "ruff", "coverage", "coverage-badge",
+    "requests-mock", "tox", "pre-commit", "ipython", "jupyter", "types-requests",
+})
+# Fixed timestamp for the blockkit wheel, so rebuilding unchanged sources gives identical bytes.
+_SOURCE_DATE_EPOCH = "315532800"
+
+
+@dataclass(frozen=True)
+class PythonTarget:
+    """The Python inside the base image, which the wheels must fit."""
+
+    python: str  # "3.11"
+    machine: str  # "x86_64"
+    glibc: str  # "2.36"
+
+
+def resolve_wheelhouse(wheelhouse: Path | str | None, source_root: Path | None) -> Path:
+    """The host wheelhouse: the argument, else $BLOCKKIT_WHEELHOUSE, else `<repo or cwd>/.wheelhouse`."""
+    if wheelhouse is None:
+        env = os.environ.get("BLOCKKIT_WHEELHOUSE")
+        wheelhouse = Path(env) if env else (source_root or Path.cwd()) / ".wheelhouse"
+    path = Path(wheelhouse).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def host_matches(target: PythonTarget) -> bool:
+    import platform
+
+    return f"{sys.version_info[0]}.{sys.version_info[1]}" == target.python and platform.machine() == target.machine
+
+
+def pip_platform_options(target: PythonTarget) -> list[str]:
+    """pip options selecting wheels for the image's Python, not the host's."""
+    if host_matches(target):
+        return []
+    major, minor = target.python.split(".")
+    # pip does not expand a manylinux_2_N platform to the older glibc versions it covers: list them.
+    glibc_major, _, glibc_minor = target.glibc.partition(".")
+    platforms = [f"manylinux_{glibc_major}_{n}_{target.machine}" for n in range(int(glibc_minor or 0), 4, -1)]
+    platforms += [f"manylinux{legacy}_{target.machine}" for legacy in ("2014", "2010", "1")]
+    # Wheels compiled in the base image itself (`_compile_in_image`) carry the plain linux tag.
+    platforms.append(f"linux_{target.machine}")
+    args = ["--only-binary=:all:", "--python-version", target.python, "--implementation", "cp", "--abi", f"cp{major}{minor}"]
+    for platform_tag in platforms:
+        args += ["--platform", platform_tag]
+    return args
+
+
+def run_pip(args: list[str], what: str, env: dict[str, str] | None = None) -> str:
+    """Run pip with this Python; return its output, or raise BuildError with pip's last error line."""
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip() and not l.startswith("WARNING: Location")]
+        tail = lines[-12:]
+        last = next((l for l in reversed(tail) if "ERROR" in l), tail[-1] if tail else "no output")
+        raise BuildError(
+            f"{what} failed: {last.strip()}",
+            problems=[Problem("pip", l) for l in tail],
+        )
+    return proc.stdout + proc.stderr
+
+
+def drop_dev_requirements(requirements: Path) -> list[str]:
+    """Comment out development tools (DEV_TOOLS) in a copied requirements.txt; say which."""
+    if not requirements.is_file():
+        return []
+    kept: list[str] = []
+    dropped: list[str] = []
+    for line in requirements.read_text(encoding="utf-8", errors="replace").splitlines():
+        name = re.split(r"[\s\[<>=!~;@]", line.strip(), maxsplit=1)[0]
+        if name and not name.startswith(("-", "#")) and _canonical(name) in DEV_TOOLS:
+            dropped.append(name)
+            kept.append(f"# left out of the image by blockkit build (a development tool): {line}")
+        else:
+            kept.append(line)
+    if not dropped:
+        return []
+    requirements.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return [f"requirements.txt: development tools left out of the image: {', '.join(dropped)}"]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+# pip -vv names every link it skips, with the release's Requires-Python.
+_SKIPPED = re.compile(r"(\S+\.(?:whl|tar\.gz|zip))(?:#\S*)? \(from [^)]*\) \(requires-python:([^)]*)\)")
+_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
+
+
+def _python_limited(output: str, requirements: Path | None, python: str) -> dict[str, tuple[str, str]]:
+    """{project: (newest release skipped for its Requires-Python, that spec)} for top-level requirements (pip -vv)."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+    from packaging.version import Version
+
+    top = _top_level(requirements)
+    newest: dict[str, tuple[Version, str]] = {}
+    for match in _SKIPPED.finditer(output):
+        try:
+            if SpecifierSet(match.group(2)).contains(python, prereleases=True):
+                continue  # skipped for another reason (platform tags)
+        except InvalidSpecifier:
+            continue
+        filename = match.group(1).rsplit("/", 1)[-1]
+        try:
+            if filename.endswith(".whl"):
+                name, version, *_ = parse_wheel_filename(filename)
+            else:
+                name, version = parse_sdist_filename(filename)
+        except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
+            continue
+        if name in top and (name not in newest or version > newest[name][0]):
+            newest[name] = (version, match.group(2))
+    return {name: (str(version), spec) for name, (version, spec) in newest.items()}
+
+
+def _top_level(requirements: Path | None) -> set[str]:
+    """The project names a requirements file asks for (canonical), without comments and options."""
+    top = set()
+    if requirements is not None and requirements.is_file():
+        for line in requirements.read_text(encoding="utf-8", errors="replace").splitlines():
+            name = re.split(r"[\s\[<>=!~;@]", line.strip(), maxsplit=1)[0]
+            if name and not name.startswith(("-", "#")):
+                top.add(_canonical(name))
+    return top
+
+
+def _limit_warnings(
+    limited: dict[str, tuple[str, str]], subset: Path, python: str, requirements: Path | None
+) -> list[str]:
+    """A line per requirement resolved to an older release than the newest because of Requires-Python."""
+    from packaging.utils import parse_wheel_filename
+    from packaging.version import Version
+
+    asked = _top_level(requirements)
+    limited = {name: value for name, value in limited.items() if name in asked}
+
+    resolved: dict[str, Any] = {}
+    for wheel in subset.glob("*.whl"):
+        wheel_name, version, *_ = parse_wheel_filename(wheel.name)
+        resolved[str(wheel_name)] = version
+    lines = []
+    for name, (newest, spec) in sorted(limited.items()):
+        got = resolved.get(name)
+        if got is not None and got < Version(newest):
+            lines.append(
+                f"{name} resolves to {got}, far older than {newest}: newer releases need Python {spec} "
+                f"and the target is Python {python} (pin the release you mean, or use a base image or interpreter with that Python)"
+            )
+    return lines
+
+
+def resolve_wheels(
+    wanted: list[str],
+    subset: Path,
+    wheel_dir: Path,
+    target: PythonTarget,
+    *,
+    requirements: Path | None = None,
+    build_in_image: str | None = None,
+    client: "docker.DockerClient | None" = None,
+) -> list[str]:
+    """Resolve `wanted` (pip arguments) for the target Python into `subset`, filling the wheelhouse.
+
+    Everything comes from the wheelhouse when it can; otherwise from the index. A requirement
+    that has no wheel for the target is built from its sdist: on the host when it is pure
+    Python, else inside `build_in_image`.
+
+    Args:
+        wanted: pip arguments naming what to resolve (wheel paths, `-r requirements.txt`).
+        subset: the folder that receives exactly the wheels resolved (made when missing).
+        wheel_dir: the host wheelhouse, filled with whatever had to be fetched or built.
+        target: the image's Python, machine and glibc the wheels must fit.
+        requirements: the block's requirements file, to name the ones resolved far older than asked.
+        build_in_image: the image to compile sdists in (the base image, which then needs a compiler).
+        client: the Docker client for `build_in_image`.
+
+    Returns warning lines (requirements resolved far older than asked because of Requires-Python).
+    """
+    platform_args = pip_platform_options(target)
+    subset.mkdir(parents=True, exist_ok=True)
+    offline = ["download", "--no-index", "--find-links", str(wheel_dir), "-d", str(subset), *platform_args, *wanted]
+    limited: dict[str, tuple[str, str]] = {}
+    with _locked(wheel_dir):
+        record = wheel_dir / f".requires-python-{target.python}.json"
+        try:
+            limited = json.loads(record.read_text()) if record.is_file() else {}
+        except ValueError:
+            limited = {}
+        try:
+            # Everything may already be in the wheelhouse: then no network is needed at all.
+            run_pip(["--quiet", *offline], "resolving wheels offline")
+        except BuildError:
+            built_from_source: set[str] = set()
+            while True:
+                if platform_args:
+                    fill = ["download", "-vv", "--find-links", str(wheel_dir), "-d", str(wheel_dir), *platform_args, *wanted]
+                else:
+                    # Same Python as the image: pip wheel can also build wheels from sdists.
+                    fill = ["wheel", "-vv", "--find-links", str(wheel_dir), "-w", str(wheel_dir), *wanted]
+                try:
+                    output = run_pip(fill, f"fetching wheels into {wheel_dir}")
+                    limited.update(_python_limited(output, requirements, target.python))
+                    break
+                except BuildError as err:
+                    missing = next((m.group(1) for p in err.problems for m in [_NO_MATCH.search(p.message)] if m), None)
+                    if not platform_args or missing is None or missing in built_from_source:
+                        raise
+                    built_from_source.add(missing)
+                    _wheel_from_sdist(missing, wheel_dir, target, build_in_image, client)
+            record.write_text(json.dumps(limited, indent=1))
+            run_pip(["--quiet", *offline], "resolving wheels from the wheelhouse")
+    return _limit_warnings(limited, subset, target.python, requirements)
+
+
+def _wheel_from_sdist(
+    requirement: str, wheel_dir: Path, target: PythonTarget, image: str | None, client: "docker.DockerClient | None"
+) -> None:
+    """Build a wheel for the target Python from a requirement's sdist into the wheelhouse."""
+    with tempfile.TemporaryDirectory(prefix="blockkit-sdist-") as tmp:
+        work = Path(tmp)
+        run_pip(["--quiet", "download", "--no-deps", "--no-binary=:all:", "-d", str(work / "src"), requirement],
+             f"fetching the source of {requirement}")
+        sdist = next((work / "src").iterdir())
+        try:
+            run_pip(["--quiet", "wheel", "--no-deps", "-w", str(work / "out"), str(sdist)], f"building {sdist.name}")
+            wheel = next((work / "out").glob("*.whl"))
+        except (BuildError, StopIteration):
+            wheel = None
+        if wheel is not None and wheel.name.endswith("-none-any.whl"):
+            shutil.move(str(wheel), wheel_dir / wheel.name)
+            return
+        if image is None or client is None:
+            raise BuildError(
+                f"{requirement} has no wheel for Python {target.python} and needs compiling: "
+                f"put a wheel for it into {wheel_dir}"
+            )
+        _compile_in_image(sdist, wheel_dir, image, client, requirement, target)
+
+
+def _compile_in_image(
+    sdist: Path, wheel_dir: Path, image: str, client: "docker.DockerClient", requirement: str, target: PythonTarget
+) -> None:
+    """Compile an sdist into a wheel inside the base image (offline; it must have a compiler)."""
+    from docker.types import Mount
+
+    out = Path(tempfile.mkdtemp(prefix="blockkit-wheel-"))
+    try:
+        script = (
+            f"set -e; cp /src/{sdist.name} /tmp/ && cd /tmp && "
+            f"python3 -m pip wheel --no-deps --no-build-isolation --no-index -w /tmp/out /tmp/{sdist.name} >/tmp/log 2>&1 "
+            "|| { tail -n 5 /tmp/log; exit 1; }; cp /tmp/out/*.whl /out/ && chmod a+rw /out/*.whl"
+        )
+        container = client.containers.run(
+            image, ["sh", "-c", script], detach=True, network_mode="none", user="0:0",
+            mounts=[Mount(f"/src/{sdist.name}", str(sdist), type="bind", read_only=True),
+                    Mount("/out", str(out), type="bind", read_only=False)],
+        )
+        try:
+            status = container.wait(timeout=900)
+            log = container.logs().decode(errors="replace").strip().splitlines()
+        finally:
+            container.remove(force=True)
+        wheels = list(out.glob("*.whl"))
+        if status.get("StatusCode") != 0 or not wheels:
+            raise BuildError(
+                f"{requirement} has no wheel for Python {target.python}, and compiling it in {image} failed"
+                f"{': ' + log[-1] if log else ''} (does the image have a compiler?); put a wheel into {wheel_dir}",
+                problems=[Problem("compile", line) for line in log[-5:]],
+            )
+        for wheel in wheels:
+            shutil.move(str(wheel), wheel_dir / wheel.name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget) -> list[str]:
+    """Put every wheel the image needs under dest/deps and dest/blockkit, from the host wheelhouse.
+
+    Args:
+        dest: the build context's wheel folder (made here).
+        wheel_dir: the host wheelhouse.
+        block_dir: the block folder (its requirements.txt is resolved).
+        source_root: blockkit's source tree (its wheel is built) or None (the installed version's wheel).
+        target: the image's Python the wheels must fit.
+
+    Returns warning lines, as `resolve_wheels`.
+    """
+    with _locked(wheel_dir):
+        blockkit_wheel = _blockkit_wheel(wheel_dir, source_root)
+    requirements = block_dir / "requirements.txt"
+    wanted = [str(blockkit_wheel)]
+    if requirements.is_file():
+        wanted += ["-r", str(requirements)]
+    subset = dest / "all"
+    warnings = resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements)
+    (dest / "deps").mkdir()
+    (dest / "blockkit").mkdir()
+    for wheel in subset.iterdir():
+        is_blockkit = wheel.name.startswith(_WHEEL_GLOB.split("*")[0])
+        wheel.rename(dest / ("blockkit" if is_blockkit else "deps") / wheel.name)
+    subset.rmdir()
+    return warnings
+
+
+def _blockkit_wheel(wheel_dir: Path, source_root: Path | None) -> Path:
+    """The blockkit wheel for the current sources, built into the wheelhouse when they changed."""
+    existing = sorted(wheel_dir.glob(_WHEEL_GLOB))
+    if source_root is None:
+        # An installed blockkit: the wheel of the same version, from the wheelhouse or the index.
+        from importlib.metadata import version
+
+        wanted = _WHEEL_GLOB.replace("*.whl", "") + version(DIST_NAME) + "-"
+        matching = [w for w in existing if w.name.startswith(wanted)]
+        if not matching:
+            run_pip(
+                ["--quiet", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheel_dir),
+                 f"{DIST_NAME}=={version(DIST_NAME)}"],
+                f"fetching the blockkit wheel into {wheel_dir} (or put one there)",
+            )
+            matching = sorted(wheel_dir.glob(f"{wanted}*.whl"))
+        if matching:
+            return matching[-1]
+        raise BuildError(f"no {wanted}*.whl in {wheel_dir}: put the blockkit wheel there")
+    marker = wheel_dir / ".blockkit-source-hash"
+    source_hash = image_names.blockkit_source_hash(source_root)
+    if existing and marker.is_file() and marker.read_text().strip() == source_hash:
+        return existing[-1]
+    for old in existing:
+        old.unlink()
+    with tempfile.TemporaryDirectory(prefix="blockkit-src-") as tmp:
+        # A clean copy: setuptools' in-tree build/ folder would keep deleted modules in the wheel.
+        src = Path(tmp)
+        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
+            if (source_root / name).is_file():
+                shutil.copy2(source_root / name, src / name)
+        shutil.copytree(source_root / "blockkit", src / "blockkit", ignore=ignore_for_copy)
+        build = ["--quiet", "wheel", "--no-deps", "-w", str(wheel_dir), str(src)]
+        env = {"SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH}
+        try:
+            # Without build isolation first: it works offline when the host has a recent setuptools.
+            run_pip([*build, "--no-build-isolation"], "building the blockkit wheel", env=env)
+        except BuildError:
+            # An isolated build fetches setuptools itself (needs the package index).
+            run_pip(build, "building the blockkit wheel", env=env)
+    built = sorted(wheel_dir.glob(_WHEEL_GLOB))
+    if not built:
+        raise BuildError(f"building the blockkit wheel left no {_WHEEL_GLOB} in {wheel_dir}")
+    marker.write_text(source_hash + "\n")
+    return built[-1]
+
+
+class _locked:
+    """An exclusive lock on the wheelhouse, so parallel builds do not race on it."""
+
+    def __init__(self, folder: Path) -> None:
+        self._path = folder / ".lock"
+        self._handle: Any = None
+
+    def __enter__(self) -> None:
+        self._handle = self._path.open("w")
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
+def complete_in_image(
+    requirements: Path, subset: Path, wheel_dir: Path, target: PythonTarget, image: str, client: "docker.DockerClient"
+) -> None:
+    """Let the image's own pip pick the wheels, fetching what the host's pip missed.
+
+    The host's pip evaluates environment markers (`python_version < "3.10"`) for the host's
+    Python even when asked for another one, so a resolution for the image can lack a wheel.
+    The image's pip resolves against the wheelhouse (served on 127.0.0.1); each requirement it
+    cannot find is fetched for the image's Python into the wheelhouse, until it resolves.
+
+    Args:
+        requirements: the block's requirements file (mounted read-only into the container).
+        subset: the folder of wheels for the build; replaced by what the image's pip chose.
+        wheel_dir: the host wheelhouse, filled with what had to be fetched.
+        target: the image's Python.
+        image: the image whose pip resolves.
+        client: the Docker client.
+    """
+    from docker.types import Mount
+
+    fetched: set[str] = set()
+    for _attempt in range(40):
+        out = Path(tempfile.mkdtemp(prefix="blockkit-resolve-"))
+        try:
+            with WheelServer(wheel_dir) as url:
+                script = (
+                    f"python3 -m pip download --disable-pip-version-check --no-index --find-links {url} "
+                    "-d /tmp/w -r /req/requirements.txt >/tmp/log 2>&1; code=$?; "
+                    "cat /tmp/log; cp /tmp/w/* /out/ 2>/dev/null; chmod -R a+rw /out; exit $code"
+                )
+                container = client.containers.run(
+                    image, ["sh", "-c", script], detach=True, network_mode="host", user="0:0",
+                    mounts=[Mount("/req/requirements.txt", str(requirements), type="bind", read_only=True),
+                            Mount("/out", str(out), type="bind", read_only=False)],
+                )
+                try:
+                    status = container.wait(timeout=900)
+                    log = container.logs().decode(errors="replace")
+                finally:
+                    container.remove(force=True)
+            if status.get("StatusCode") == 0:
+                for old in subset.iterdir():
+                    old.unlink()
+                for wheel in out.iterdir():
+                    shutil.move(str(wheel), subset / wheel.name)
+                return
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        match = _NO_MATCH.search(log)
+        if match is None:
+            lines = [l for l in log.splitlines() if l.strip()]
+            raise BuildError(
+                f"resolving requirements.txt inside {image} failed: {lines[-1] if lines else 'no output'}",
+                problems=[Problem("pip", line) for line in lines[-8:]],
+            )
+        wanted = log[match.start(1):].splitlines()[0].split(";")[0].strip()
+        if wanted in fetched:
+            raise BuildError(f"{wanted} is needed in {image} (Python {target.python}) and cannot be fetched for it")
+        fetched.add(wanted)
+        with _locked(wheel_dir):
+            try:
+                run_pip(["--quiet", "download", "--find-links", str(wheel_dir), "-d", str(wheel_dir),
+                      *pip_platform_options(target), wanted], f"fetching {wanted} for Python {target.python}")
+            except BuildError as err:
+                if not any(_NO_MATCH.search(p.message) for p in err.problems):
+                    raise
+                _wheel_from_sdist(wanted, wheel_dir, target, image, client)
+    raise BuildError(f"resolving requirements.txt inside {image} did not settle after 40 rounds")
+
+
+class WheelServer:
+    """Serves a folder of wheels on 127.0.0.1 for one build (pip's --find-links reads the listing)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._server: Any = None
+        self._thread: Any = None
+
+    def __enter__(self) -> str:
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+        handler = functools.partial(Quiet, directory=str(self.folder))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="blockkit-wheels", daemon=True)
+        self._thread.start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,383 @@
+"""S3 locations (`s3://bucket/key`, access-point ARNs as the bucket) and boto3 clients from keystore keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from blockkit.storage._errors import AccessDenied, SourceNotFound, TransferFailed, UnsupportedURI
+from blockkit.storage._keystore import Key, S3KeyConfig
+
+if TYPE_CHECKING:
+    from blockkit.storage._transfer import Document, Upload
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_AP_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{1,48}[a-z0-9]$")
+_PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket (name or access-point ARN) and a key or prefix."""
+
+    bucket: str
+    key: str = ""
+    region: str | None = None  # from an access-point ARN; it decides where requests go
+
+    @property
+    def is_access_point(self) -> bool:
+        """True when the bucket is an access-point ARN."""
+        return self.bucket.startswith("arn:")
+
+    @property
+    def uri(self) -> str:
+        """The `s3://` URI."""
+        return f"s3://{self.bucket}/{self.key}"
+
+    def child(self, name: str) -> "S3Location":
+        """The location of `name` under this prefix."""
+        prefix = self.key if not self.key or self.key.endswith("/") else self.key + "/"
+        return S3Location(self.bucket, prefix + name.lstrip("/"), self.region)
+
+
+def parse_s3_uri(uri: str) -> S3Location:
+    """Parse `s3://bucket/key` or `s3://arn:<partition>:s3:<region>:<account>:accesspoint/<name>/key`."""
+    if not uri.startswith("s3://"):
+        raise UnsupportedURI(f"not an s3:// URI: {uri!r}")
+    rest = uri[len("s3://"):]
+    if rest.startswith("arn:"):
+        return _parse_access_point(uri, rest)
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise UnsupportedURI(f"{uri!r} names no bucket; use s3://<bucket>/<key or prefix>")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise UnsupportedURI(
+            f"{uri!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"
+        )
+    return S3Location(bucket, key)
+
+
+def _parse_access_point(uri: str, rest: str) -> S3Location:
+    # arn:partition:service:region:account:resource -- the resource keeps its '/'s,
+    # so split on ':' at most 5 times, then split the resource on '/'.
+    parts = rest.split(":", 5)
+    hint = "expected s3://arn:aws:s3:<region>:<account-id>:accesspoint/<name>/<key>"
+    if len(parts) != 6:
+        raise UnsupportedURI(f"{uri!r}: malformed access-point ARN; {hint}")
+    _, partition, service, region, account, resource = parts
+    if partition not in _PARTITIONS or service != "s3":
+        raise UnsupportedURI(f"{uri!r}: ARN partition/service {partition}:{service} is not an S3 access point; {hint}")
+    if not _REGION.match(region):
+        raise UnsupportedURI(f"{uri!r}: {region!r} is not a region; {hint}")
+    if not _ACCOUNT.match(account):
+        raise UnsupportedURI(f"{uri!r}: account {account!r} must be 12 digits; {hint}")
+    kind, _, tail = resource.partition("/")
+    name, _, key = tail.partition("/")
+    if kind != "accesspoint" or not _AP_NAME.match(name):
+        raise UnsupportedURI(f"{uri!r}: resource must be accesspoint/<name>; {hint}")
+    arn = f"arn:{partition}:s3:{region}:{account}:accesspoint/{name}"
+    return S3Location(arn, key, region)
+
+
+def s3_client(
+    key: Key | None = None, *, region: str | None = None, max_pool: int = 16, endpoint: str | None = None,
+    retries: bool = True,
+) -> Any:
+    """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None.
+
+    Without a key no ambient AWS credentials are used: a missing key never silently becomes someone else's.
+    Signatures are always SigV4.
+
+    Args:
+        key: the keystore key (an s3 key: access key, secret, endpoint, region), or None for anonymous.
+        region: the region requests go to (an access point's); default: the key's, else us-east-1.
+        max_pool: connections kept open, at least the number of parallel transfers.
+        endpoint: the endpoint of an anonymous client (a key brings its own).
+        retries: False turns botocore's own retries off, for callers that retry themselves (stage-in
+            retries in transfer.with_retries: one place, so a failing GET is tried `RetryPolicy.attempts`
+            times, not attempts x 4).
+    """
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    kwargs: dict[str, Any] = {}
+    cfg: dict[str, Any] = {
+        "max_pool_connections": max_pool,
+        "retries": {"total_max_attempts": 4 if retries else 1, "mode": "standard"},
+        "signature_version": "s3v4",
+    }
+    if key is None:
+        cfg["signature_version"] = UNSIGNED
+        region = region or "us-east-1"
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
+            cfg["s3"] = {"addressing_style": "path"}
+    else:
+        conf = key.config
+        if not isinstance(conf, S3KeyConfig):
+            from blockkit.storage._errors import WrongKeyType
+
+            raise WrongKeyType(f"key {key.name!r} is a {key.type} key; an s3 key is needed here")
+        kwargs.update(aws_access_key_id=conf.access_key, aws_secret_access_key=conf.secret_key)
+        if conf.endpoint:
+            kwargs["endpoint_url"] = conf.endpoint
+            # custom endpoints (SeaweedFS, MinIO, Ceph...) rarely have wildcard DNS
+            cfg["s3"] = {"addressing_style": "path"}
+        region = region or conf.region or "us-east-1"
+    session = boto3.session.Session()
+    return session.client("s3", region_name=region, config=Config(**cfg), **kwargs)
+
+
+def s3_error(exc: Exception, what: str) -> Exception:
+    """Map a botocore exception to a blockkit error with one line a person can act on."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket", "NoSuchKey", "404", "NotFound") or status == 404:
+            return SourceNotFound(f"{what}: not found ({code or status}); check the bucket and key")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return AccessDenied(f"{what}: the store refused the credentials ({code}); check the key's access/secret key")
+        if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or status == 403:
+            return AccessDenied(
+                f"{what}: access denied; give a keystore key with read access (--key NAME) or check the bucket policy"
+            )
+        return TransferFailed(f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": "))
+    return TransferFailed(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """A listed object: key, size and ETag (quotes stripped)."""
+
+    key: str
+    size: int
+    etag: str
+
+    def md5(self) -> str | None:
+        """The MD5 the ETag gives for a single-part upload (multipart ETags have a '-')."""
+        etag = self.etag.strip('"')
+        if len(etag) == 32 and "-" not in etag and all(c in "0123456789abcdef" for c in etag.lower()):
+            return etag.lower()
+        return None
+
+
+def _transient_or_final(exc: Exception, what: str) -> Exception:
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError, ReadTimeoutError
+
+    from blockkit.storage._transfer import TransientError
+
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError)):
+        return TransientError(type(exc).__name__)
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if status >= 500 or status == 429 or code in ("SlowDown", "InternalError", "ServiceUnavailable"):
+            return TransientError(f"{code or status}")
+    return s3_error(exc, what)
+
+
+def list_objects(client: Any, loc: S3Location, policy: Any = None) -> list[S3Object]:
+    """The object `loc.key` if it exists, else every object under the prefix `loc.key/` (retried per `policy`)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage._transfer import RetryPolicy, with_retries
+
+    policy = policy or RetryPolicy()
+    what = f"s3://{loc.bucket}/{loc.key}"
+    if loc.key and not loc.key.endswith("/"):
+
+        def head_once() -> S3Object | None:
+            try:
+                head = client.head_object(Bucket=loc.bucket, Key=loc.key)
+                return S3Object(loc.key, int(head["ContentLength"]), str(head.get("ETag", "")))
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in (404, 403):  # 403: HEAD on a missing key without ListBucket
+                    return None
+                raise _transient_or_final(exc, what) from exc
+            except BotoCoreError as exc:
+                raise _transient_or_final(exc, what) from exc
+
+        found = with_retries(head_once, policy, what)
+        if found is not None:
+            return [found]
+    prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
+
+    def list_once() -> list[S3Object]:
+        out: list[S3Object] = []
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []) or []:
+                    if not obj["Key"].endswith("/"):  # folder markers
+                        out.append(S3Object(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
+        except (ClientError, BotoCoreError) as exc:
+            raise _transient_or_final(exc, what) from exc
+        return out
+
+    out = with_retries(list_once, policy, what)
+    if not out:
+        raise SourceNotFound(f"{what}: no object and no objects under that prefix; check the bucket and key")
+    return out
+
+
+def opener(client: Any, bucket: str, key: str) -> Any:
+    """An opener for transfer.Download: GET the object and stream its body."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage._transfer import CHUNK, TransientError
+
+    what = f"s3://{bucket}/{key}"
+
+    def open_() -> tuple[int | None, Any]:
+        try:
+            resp = client.get_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _transient_or_final(exc, what) from exc
+
+        def chunks() -> Any:
+            body = resp["Body"]
+            try:
+                while data := body.read(CHUNK):
+                    yield data
+            except (BotoCoreError, OSError) as exc:
+                raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+            finally:
+                body.close()
+
+        return int(resp["ContentLength"]), chunks()
+
+    return open_
+
+
+def get_small(client: Any, loc: S3Location, limit: int, policy: Any) -> bytes:
+    """The bytes of a small object (a STAC document), at most limit + 1 of them, retried per `policy`.
+
+    Args:
+        client: a boto3 S3 client (`s3_client`).
+        loc: the object's bucket and key.
+        limit: the most bytes wanted; one more is read so that the caller sees the document is too big.
+        policy: the RetryPolicy for transient failures.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage._transfer import TransientError, with_retries
+
+    what = f"s3://{loc.bucket}/{loc.key}"
+
+    def once() -> bytes:
+        try:
+            resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _transient_or_final(exc, what) from exc
+        body = resp["Body"]
+        try:
+            return bytes(body.read(limit + 1))
+        except (BotoCoreError, OSError) as exc:
+            raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+        finally:
+            body.close()
+
+    return bytes(with_retries(once, policy, what))
+
+
+# --- stage-out: uploads ----------------------------------------------------------------------------
+
+
+def check_empty(client: Any, loc: S3Location) -> None:
+    """Raise TargetNotEmpty when any object lies under the prefix `loc.key/` (a stage-out would mix with it)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage._transfer import target_not_empty
+
+    prefix = loc.key.strip("/")
+    try:
+        listed = client.list_objects_v2(Bucket=loc.bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(exc, f"s3://{loc.bucket}/{prefix}") from exc
+    if listed.get("KeyCount") or listed.get("Contents"):
+        raise target_not_empty(f"s3://{loc.bucket}/{prefix + '/' if prefix else ''}")
+
+
+def _upload_error(exc: Exception, what: str) -> Exception:
+    """Map a failed upload (boto3 wraps a multipart failure in S3UploadFailedError) to a blockkit error."""
+    from boto3.exceptions import S3UploadFailedError
+
+    if not isinstance(exc, S3UploadFailedError):
+        return s3_error(exc, what)
+    found = re.search(r"An error occurred \((\w+)\)", str(exc))
+    code = found.group(1) if found else ""
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return AccessDenied(f"{what}: {code}; the key needs write access to this bucket")
+    if code == "NoSuchBucket":
+        from blockkit.storage._errors import StorageError
+
+        return StorageError(f"{what}: the bucket does not exist; create it first")
+    return TransferFailed(f"{what}: {code or type(exc).__name__}")
+
+
+def upload(
+    key: Key,
+    loc: S3Location,
+    uploads: list[Upload],
+    documents: list[Document],
+    *,
+    workers: int = 8,
+    progress: bool = True,
+    multipart_threshold: int = 64 * 1024 * 1024,
+    overwrite: bool = False,
+) -> str:
+    """Upload files, then documents, under the prefix `loc.key`; return the URI of the last document.
+
+    Args:
+        key: the keystore key with write access to the bucket.
+        loc: the bucket and prefix the files go under (`<prefix>/<relative>`).
+        uploads: local files, uploaded `workers` at a time (multipart above `multipart_threshold` bytes).
+        documents: small generated files written after all uploads, in order (the catalog last, so
+            that a catalog present means everything it links is present).
+        workers: files uploaded at once.
+        progress: show a progress bar over the bytes on stderr.
+        multipart_threshold: file size in bytes from which boto3 uploads in parts.
+        overwrite: False refuses a prefix that already holds objects (TargetNotEmpty), before any upload.
+    """
+    from boto3.exceptions import S3UploadFailedError
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from blockkit.storage._transfer import Progress, check_relatives, upload_all
+
+    check_relatives(uploads, documents)
+    client = s3_client(key, region=loc.region, max_pool=max(workers * 2, 10))
+    config = TransferConfig(multipart_threshold=multipart_threshold,
+                            multipart_chunksize=max(8 * 1024 * 1024, multipart_threshold // 8), max_concurrency=4)
+    prefix = loc.key.strip("/")
+
+    def key_of(rel: str) -> str:
+        return f"{prefix}/{rel}" if prefix else rel
+
+    if not overwrite:
+        check_empty(client, loc)
+    with Progress(progress, sum(u.size for u in uploads), f"uploading to s3://{loc.bucket}") as bar:
+        def put(job: Upload) -> None:
+            k = key_of(job.relative)
+            try:
+                client.upload_file(str(job.path), loc.bucket, k, ExtraArgs={"ContentType": job.content_type},
+                                   Config=config, Callback=bar.advance)
+            except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+                raise _upload_error(exc, f"s3://{loc.bucket}/{k}") from exc
+
+        upload_all(put, uploads, workers)
+    last = ""
+    for doc in documents:
+        last = key_of(doc.relative)
+        try:
+            client.put_object(Bucket=loc.bucket, Key=last, Body=doc.data, ContentType=doc.content_type)
+        except (ClientError, BotoCoreError) as exc:
+            raise s3_error(exc, f"s3://{loc.bucket}/{last}") from exc
+    return f"s3://{loc.bucket}/{last}"
