@@ -140,21 +140,36 @@ class DockerEngine(Engine):
         Only a runner of this host and this process namespace can tell that a pid is dead:
         containers of other hosts or namespaces sharing the daemon are never touched.
         """
+        # The low-level list: no inspect per container, which fails for one removed meanwhile.
+        listed = self.client.api.containers(all=True, filters={"label": [f"{CONTAINER_LABEL}=1"]})
+        return self.remove_dead_owners(listed)
+
+    def remove_dead_owners(self, listed: list[dict[str, Any]]) -> list[str]:
+        """Remove the containers of `listed` (the daemon's list entries) whose runner is dead.
+
+        The list may be stale: a container that another runner, its watchdog or a person removed
+        since it was listed is already gone, which is what the sweep wants (404, or 409 "removal
+        in progress"). Any other error of the daemon is a DockerError.
+        """
         import docker
 
         removed = []
         mine = owner_labels()
-        # The low-level list: no inspect per container, which fails for one removed meanwhile.
-        for entry in self.client.api.containers(all=True, filters={"label": [f"{CONTAINER_LABEL}=1"]}):
+        for entry in listed:
             labels = entry.get("Labels") or {}
             same_owner_space = all(labels.get(k) == mine[k] for k in ("blockkit.host", "blockkit.pidns"))
             if not mine["blockkit.pidns"] or not same_owner_space or _pid_alive(labels.get("blockkit.pid", "")):
                 continue
+            shown = ((entry.get("Names") or [entry["Id"][:12]])[0]).lstrip("/")
             try:
                 self.client.api.remove_container(entry["Id"], force=True, v=True)
-                removed.append(((entry.get("Names") or [entry["Id"][:12]])[0]).lstrip("/"))
-            except docker.errors.APIError:
-                pass  # removed meanwhile by someone else
+            except docker.errors.NotFound:
+                continue  # removed since it was listed
+            except docker.errors.APIError as exc:
+                if _removal_in_progress(exc):
+                    continue
+                raise DockerError(f"cannot remove container {shown} left by a killed run: {error_line(exc)}") from exc
+            removed.append(shown)
         return removed
 
     def image_for(self, spec: StepSpec) -> str:
@@ -554,11 +569,15 @@ def _remove(container: Any) -> None:
         except KeyboardInterrupt as exc:
             interrupted = exc  # a second Ctrl-C must not leave the container behind
         except docker.errors.APIError as exc:
-            # 409 "removal already in progress" means it is going away.
-            if getattr(exc, "status_code", None) == 409 and "in progress" in str(exc):
+            if _removal_in_progress(exc):
                 break
             time.sleep(0.2 * (attempt + 1))
         except Exception:  # noqa: BLE001 - e.g. a connection hiccup during shutdown
             time.sleep(0.2 * (attempt + 1))
     if interrupted is not None:
         raise interrupted
+
+
+def _removal_in_progress(exc: BaseException) -> bool:
+    """Whether the daemon refused because the container is already being removed (409): it is going away."""
+    return getattr(exc, "status_code", None) == 409 and "in progress" in str(exc)

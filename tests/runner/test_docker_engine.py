@@ -133,7 +133,7 @@ def report_of(spec: StepSpec) -> dict:
 
 
 def leftover_containers(client, spec: StepSpec) -> list:
-    return client.containers.list(all=True, filters={"label": [f"blockkit.step={spec.name}"]})
+    return client.containers.list(all=True, filters={"label": [f"blockkit.step={spec.name}"]}, ignore_removed=True)
 
 
 def run(engine: DockerEngine, spec: StepSpec, client) -> StepResult:
@@ -308,8 +308,9 @@ def test_orphans_of_a_dead_runner_are_removed(engine, probe_image, docker_client
     unlabelled = container(**{"blockkit.pid": str(dead.pid), "blockkit.pidns": ""})
     try:
         removed = engine.remove_orphans()
-        assert sorted(removed) == sorted([orphan.name, orphan_sidecar.name])
-        names = [c.name for c in docker_client.containers.list(all=True)]
+        # Another runner on this host may sweep the same orphans first: it is gone either way.
+        assert set(removed) <= {orphan.name, orphan_sidecar.name}
+        names = [c["Names"][0].lstrip("/") for c in docker_client.api.containers(all=True)]
         assert orphan.name not in names and orphan_sidecar.name not in names
         assert {alive.name, elsewhere.name, unlabelled.name} <= set(names)
     finally:

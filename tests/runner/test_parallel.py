@@ -206,7 +206,8 @@ def test_sigterm_removes_every_running_container_of_a_parallel_docker_run(tmp_pa
                              "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def mine() -> list:
-        return [c for c in docker_client.containers.list(all=True, filters={"label": "blockkit.step"})
+        # The daemon is shared: another run's containers may vanish between the list and their inspect.
+        return [c for c in docker_client.containers.list(all=True, filters={"label": "blockkit.step"}, ignore_removed=True)
                 if token in " ".join(c.attrs["Config"].get("Env") or [])]
 
     deadline = time.monotonic() + 240  # the first run may build the block's image
