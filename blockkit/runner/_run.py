@@ -667,9 +667,7 @@ class WorkflowRun:
             record.ended = time.time()
             self._save("failed")
             self._emit("failed", step.name, exit_code=record.exit_code, exit_name=record.exit_name, detail=record.detail)
-            message = f"step {step.name!r} failed with exit code {record.exit_code} ({record.exit_name})"
-            if record.detail:
-                message += f": {record.detail}"
+            message = failure_line(step.name, record.exit_code, record.exit_name, record.detail)
             raise RunFailed(message, step=step.name, step_exit=record.exit_code or 1, run_dir=self.folder.path)
         record.status = "ok"
         record.ended = time.time()
@@ -862,3 +860,21 @@ class WorkflowRun:
         if self.options.redact:
             text = self.options.redact(text)
         self.folder.write_text(PROVENANCE_FILE, text)
+
+
+def failure_line(step: str, code: int, name: str, detail: str | None) -> str:
+    """A failed step's message: `step 'x' failed with exit code 4: <the block's own words>`.
+
+    The exit code's name is the headline's (`[WRONG_INPUT_ERROR] ...`): it is not said again, neither
+    after the code nor as the block's own `[WRONG_INPUT_ERROR]` / `OUT_OF_MEMORY:` prefix of its last
+    error line, and a detail that only restates the code (`WRONG_INPUT_ERROR (exit 4)`) is left out.
+    """
+    text = (detail or "").strip()
+    for prefix in (f"[{name}]", f"{name}:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):].lstrip()
+            break
+    if text in (name, f"{name} (exit {code})"):
+        text = ""
+    message = f"step {step!r} failed with exit code {code}"
+    return f"{message}: {text}" if text else message

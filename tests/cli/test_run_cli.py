@@ -50,7 +50,7 @@ def test_progress_failure_line_resume_and_runs_commands(workflow: Path, tmp_path
     assert failed.returncode == 3, failed.stderr
     assert "Traceback" not in failed.stderr
     assert "✔ make done in" in failed.stderr and "make | " in failed.stderr  # a line per step, logs prefixed
-    assert "[NO_INPUT_ERROR] step 'up' failed with exit code 3 (NO_INPUT_ERROR)" in failed.stderr
+    assert "[NO_INPUT_ERROR] step 'up' failed with exit code 3: " in failed.stderr
     run_id = next(p.name for p in runs.iterdir() if (p / "run.json").exists())
     assert f"resume with: blockkit run --resume {run_id} --runs-dir {runs})" in failed.stderr
 

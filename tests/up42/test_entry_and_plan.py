@@ -172,7 +172,7 @@ def test_unknown_exit_code_is_described(tmp_path: Path) -> None:
     done = subprocess.run([str(BLOCKKIT), "run", str(block), "-e", "process", "--runs-dir", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 100
-    assert "exit code 100 (not a UP42 exit code)" in done.stderr and "EXIT_100" not in done.stderr
+    assert "[not a UP42 exit code] step" in done.stderr and "failed with exit code 100" in done.stderr and "EXIT_100" not in done.stderr
 
 
 @pytest.mark.slow
