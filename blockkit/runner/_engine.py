@@ -51,6 +51,7 @@ class StepSpec:
     resources: Resources | None = None
     timeout_s: float | None = None
     command: list[str] | None = None  # override of the block's entry command
+    venv: Path | None = None  # process engine: the block venv any entry runs in (bin first on PATH)
     network_container: str | None = None  # docker: join this container's network namespace (S3 sidecar)
     #: Set by the runner to stop the step (Ctrl-C/SIGTERM in a parallel run, --fail-fast): the
     #: engine kills its process group / container as soon as it sees it (see `Engine.watch_cancel`).

@@ -41,6 +41,9 @@ class PlannedStep:
     fixed_paths: bool = False
     #: The command the engine runs (None: the image's own CMD); set by `prepare_for_engine`.
     command: list[str] | None = None
+    #: The block venv the process engine runs any entry of the step in (its bin first on PATH,
+    #: VIRTUAL_ENV set): UP42-style blocks get one, whether the entry is `python ...` or a script.
+    venv: Path | None = None
     #: (CPUs, memory MB) the step may use: its machine type, capped to the engine's host.
     resources: tuple[float, int] = (0.5, 2048)
 
@@ -202,6 +205,7 @@ def _manifest_of(
 #: Where a block's code is looked for when neither its manifest nor its Dockerfile says.
 COMMON_ENTRIES: tuple[tuple[str, ...], ...] = (("src", "run.py"), ("run.py",), ("src", "__main__.py"))
 _PYTHON = re.compile(r"^(?:/usr(?:/local)?/bin/)?python(?:3(?:\.\d+)?)?$")
+_SHELL = re.compile(r"^(?:/usr)?(?:/bin/)?(?:ba|da)?sh$")
 _WORKDIR = re.compile(r"^\s*WORKDIR\s+(\S+)\s*$", re.IGNORECASE)
 
 
@@ -266,7 +270,13 @@ def _check_entry(block_dir: Path, command: list[str], workdir: str, source: str)
         if not (host.is_file() or (host / "__main__.py").is_file()):
             raise EntryPointError(f"{source} runs {script}, but {host} does not exist")
         return
-    host = _host_path(block_dir, program, workdir)
+    if _SHELL.match(program) and args and not args[0].startswith("-"):
+        # `sh run.sh`: the script is the block's, like python's.
+        script_host = _host_path(block_dir, args[0], workdir)
+        if script_host is not None and not script_host.is_file():
+            raise EntryPointError(f"{source} runs {args[0]}, but {script_host} does not exist")
+    # A bare name in an exec-form command is looked up on PATH, never in WORKDIR.
+    host = _host_path(block_dir, program, workdir) if "/" in program else None
     if host is not None:
         if not host.is_file():
             raise EntryPointError(f"{source} runs {program}, but {host} does not exist")
@@ -424,12 +434,15 @@ def process_command(step: PlannedStep, say: Callable[[str], None], warnings: lis
     assert step.block_dir is not None and step.entry is not None
     entry = list(step.entry)
     python = "python"
-    if step.fixed_paths and _PYTHON.match(entry[0]):
+    if step.fixed_paths:
+        # Whatever the entry (`python run.py`, `/block/run.sh`, `sh run.sh` calling python), the
+        # block runs in its own venv, as its image runs it with its requirements installed.
         from blockkit.runner._blockenv import ensure_block_env
 
         env = ensure_block_env(step.block_dir, say=say)
         warnings.extend(f"{_where(step.definition)}: {line}" for line in env.warnings)
         python = str(env.python)
+        step.venv = env.path
     command = []
     for index, part in enumerate(entry):
         if index == 0 and _PYTHON.match(part):

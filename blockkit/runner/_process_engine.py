@@ -220,7 +220,7 @@ class ProcessEngine(Engine):
         network = spec.network or uses_loopback_service(spec.env)
         scratch = None if isolated else Path(tempfile.mkdtemp(prefix=f"blockkit-{spec.name[:20]}-"))
         env = step_environment(spec, host_environment(network), isolated=isolated, scratch=scratch)
-        own = _with_own_environment(env, _own_environment(command[0]))
+        own = _with_own_environment(env, spec.venv or _own_environment(command[0]))
         if isolated:
             _check_executable(command[0], spec.block_dir, env.get("PATH", ""))
             command = bwrap_command(

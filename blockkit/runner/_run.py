@@ -381,6 +381,7 @@ class WorkflowRun:
             resources=Resources(cpus=cpus, memory_mb=memory),
             timeout_s=step.definition.timeout or step.manifest.options.get("timeout"),
             command=step.command,  # the entry resolved for this engine (plan.prepare_for_engine)
+            venv=step.venv,
         )
         record.status, record.started, record.cache_key = "running", time.time(), key
         record.exit_code = record.ended = None
