@@ -506,7 +506,8 @@ class WorkflowRun:
         failures = [(name, result) for name, result in zip(names, results) if result is not None and result.exit_code != 0]
         if failures:
             name, first = failures[0]
-            detail = f"feature {name!r}: {first.detail or ExitCode.describe(first.exit_code)}"
+            words = own_words(first.detail, ExitCode.describe(first.exit_code), first.exit_code)
+            detail = f"feature {name!r}: {words}" if words else f"feature {name!r} failed"
             if len(failures) > 1:
                 listed = ", ".join(repr(n) for n, _ in failures)
                 detail = f"{len(failures)} features failed ({listed}); {detail}"
@@ -870,12 +871,16 @@ def failure_line(step: str, code: int, name: str, detail: str | None) -> str:
     after the code nor as the block's own `[WRONG_INPUT_ERROR]` / `OUT_OF_MEMORY:` prefix of its last
     error line, and a detail that only restates the code (`WRONG_INPUT_ERROR (exit 4)`) is left out.
     """
+    text = own_words(detail, name, code)
+    message = f"step {step!r} failed with exit code {code}"
+    return f"{message}: {text}" if text else message
+
+
+def own_words(detail: str | None, name: str, code: int) -> str:
+    """A failure's detail without what the headline says: the `[NAME]`/`NAME:` prefix, or only `NAME (exit N)`."""
     text = (detail or "").strip()
     for prefix in (f"[{name}]", f"{name}:"):
         if text.startswith(prefix):
             text = text[len(prefix):].lstrip()
             break
-    if text in (name, f"{name} (exit {code})"):
-        text = ""
-    message = f"step {step!r} failed with exit code {code}"
-    return f"{message}: {text}" if text else message
+    return "" if text in (name, f"{name} (exit {code})") else text

@@ -282,6 +282,8 @@ def test_a_failing_feature_fails_the_scattered_step_naming_it(tmp_path: Path, bl
         _run(tmp_path, wf, jobs=2)
     assert caught.value.step == "see" and caught.value.step_exit == 3
     assert "feature 'item1'" in caught.value.message
+    # The exit code's name is the headline's: the message does not say it again.
+    assert caught.value.headline().count(caught.value.exit_name) == 1, caught.value.headline()
     assert not (caught.value.run_dir / "steps" / "see" / "output").exists()
 
 
