@@ -88,7 +88,7 @@ def test_failing_step_stops_the_run_and_keeps_earlier_outputs(
         _run(tmp_path, _linear(tmp_path, blocks, behaviour))
     err = info.value
     assert err.step == "up" and err.step_exit == code
-    assert words in err.message and "step 'up' failed" in err.message
+    assert err.headline() == f"[{words}] {err.message}" and err.message.startswith(f"step 'up' failed with exit code {code}: ")
     assert (err.run_dir / "steps/make/output/data.json").is_file()
     assert not (err.run_dir / "steps/up/output/data.json").exists()
     prov = json.loads((err.run_dir / "provenance.json").read_text())
@@ -104,7 +104,7 @@ def test_exit_codes_are_named(tmp_path: Path, blocks: dict[str, Path], code: int
     ))
     with pytest.raises(RunFailed) as info:
         _run(tmp_path, wf)
-    assert info.value.step_exit == code and name in info.value.message
+    assert info.value.step_exit == code and name in info.value.headline()
 
 
 def test_timeout_kills_the_step(tmp_path: Path, blocks: dict[str, Path]) -> None:
@@ -115,7 +115,7 @@ def test_timeout_kills_the_step(tmp_path: Path, blocks: dict[str, Path]) -> None
     ))
     with pytest.raises(RunFailed) as info:
         _run(tmp_path, wf)
-    assert "TIMEOUT" in info.value.message and "timeout" in info.value.message
+    assert "TIMEOUT" in info.value.headline() and "timeout" in info.value.message
 
 
 def test_resume_finishes_a_failed_run_once_fixed(tmp_path: Path, blocks: dict[str, Path]) -> None:
@@ -220,7 +220,8 @@ def test_memory_past_the_machine_type_is_out_of_memory(tmp_path: Path, blocks: d
         _run(tmp_path, _linear(tmp_path, blocks, "alloc"))  # 3 GB; machine type "small" has 2048 MB
     err = info.value
     assert err.step == "up" and err.step_exit == 137
-    assert "(OUT_OF_MEMORY)" in err.message and "more than its limit of 2048 MB" in err.message
+    assert err.headline().startswith("[OUT_OF_MEMORY] step 'up' failed with exit code 137: ")
+    assert "more than its limit of 2048 MB" in err.message and "OUT_OF_MEMORY" not in err.message
     assert json.loads((err.run_dir / "run.json").read_text())["steps"]["up"]["exit_name"] == "OUT_OF_MEMORY"
 
 
