@@ -119,7 +119,7 @@ def test_docker_stdout_and_stderr_are_split_into_lines_separately(tmp_path: Path
     with pytest.raises(RunFailed) as info:
         run_request(RunRequest(target=workflow(tmp_path, block, {"action": "interleave"}, source=False),
                                engine="docker", runs_dir=tmp_path / "runs"))
-    assert info.value.message.endswith(": [WRONG_INPUT_ERROR] band=100 does not exist in scene.tif")
+    assert info.value.message.endswith(": band=100 does not exist in scene.tif")  # [WRONG_INPUT_ERROR]: the headline's
     log = (info.value.run_dir / "logs" / "evil.log").read_text().splitlines()
     assert "progress 50% done" in log and "[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif" in log
 
