@@ -101,7 +101,7 @@ def test_the_failure_line_carries_the_blocks_error_on_both_engines(tmp_path: Pat
     assert done.returncode == 4
     headline = [line for line in done.stderr.splitlines() if line.startswith("[WRONG_INPUT_ERROR] step")]
     assert len(headline) == 1
-    assert headline[0].endswith("[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif"), headline
+    assert headline[0] == "[WRONG_INPUT_ERROR] step 'evil' failed with exit code 4: band=100 does not exist in scene.tif", headline
     run_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file())
     detail = json.loads((run_dir / "run.json").read_text())["steps"]["evil"]["detail"]
     assert detail == "[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif"
