@@ -229,7 +229,7 @@ def test_a_sidecar_that_cannot_start_fails_the_step_with_one_line_and_a_resume_h
         run = json.loads((run_dir / "run.json").read_text())
         assert run["status"] == "failed"
         assert run["steps"]["needs-s3"]["status"] == "failed" and "sidecar" in run["steps"]["needs-s3"]["detail"]
-        left = docker_client.containers.list(all=True, filters={"label": ["blockkit.step=needs-s3"]})
+        left = docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=needs-s3"]})
         assert left == [], [c.name for c in left]  # neither the sidecar nor the step outlives the run
     finally:
         for image in docker_client.images.list(filters={"label": f"blockkit.block_dir={block.resolve()}"}):

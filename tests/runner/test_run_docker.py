@@ -89,7 +89,7 @@ def test_docker_faults_stop_the_run_cleanly_and_resume_finishes_it(
     assert (err.run_dir / "steps/make/output/item1.txt").read_text() == "hello 1\n"  # earlier output intact
     prov = json.loads((err.run_dir / "provenance.json").read_text())
     assert prov["status"] == "failed" and prov["steps"][1]["exit_name"] == name
-    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=up"]}) == []
+    assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=up"]}) == []
 
     wf.write_text(wf.read_text().replace(f"params: {params}{extra}", "params: {behaviour: ok}"))
     summary = run_request(RunRequest(target=None, engine="docker", runs_dir=runs, resume=err.run_dir.name))
@@ -115,7 +115,7 @@ def test_a_docker_run_removes_containers_of_a_killed_runner_and_says_so(tmp_path
     said: list[str] = []
     try:
         run_request(RunRequest(target=blocks["source"], engine="docker", runs_dir=tmp_path / "runs", on_message=said.append))
-        assert orphan.name not in [c.name for c in docker_client.containers.list(all=True)]
+        assert orphan.name not in [c.name for c in docker_client.containers.list(ignore_removed=True, all=True)]
         assert any("left by a blockkit run that was killed" in line and orphan.name in line for line in said)
     finally:
         try:
@@ -135,4 +135,4 @@ def test_a_container_that_cannot_start_fails_the_step_cleanly(tmp_path: Path, do
     assert err.step_exit == 1 and "the docker engine could not run the step" in err.message
     assert "/nonexistent/prog" in err.message and "http+docker" not in err.message
     assert json.loads((err.run_dir / "run.json").read_text())["status"] == "failed"
-    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=source"]}) == []
+    assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=source"]}) == []

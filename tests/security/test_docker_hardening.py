@@ -56,7 +56,7 @@ def test_a_block_asking_for_more_says_so_and_gets_it(tmp_path: Path) -> None:
 
 
 def _running_container(client, step: str):
-    found = client.containers.list(filters={"label": [f"blockkit.step={step}"]})
+    found = client.containers.list(ignore_removed=True, filters={"label": [f"blockkit.step={step}"]})
     return found[0] if found else None
 
 
@@ -83,7 +83,7 @@ def test_a_running_step_is_hardened_as_docker_inspect_shows(tmp_path: Path, dock
     assert host["PidsLimit"] == 512 and host["CapDrop"] == ["ALL"]
     assert host["SecurityOpt"] == ["no-new-privileges"] and host["ReadonlyRootfs"] is True
     assert "/tmp" in host["Tmpfs"] and host["NetworkMode"] == "none"
-    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}) == []
+    assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}) == []
 
 
 @pytest.mark.docker
@@ -113,7 +113,7 @@ def test_a_fork_bomb_is_stopped_by_the_pids_limit(tmp_path: Path, docker_client,
     assert data["children"] < 512
     log = (Path(summary["run_dir"]) / "logs" / "evil.log").read_text()
     assert "fork failed after" in log
-    assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}) == []
+    assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}) == []
 
 
 @pytest.mark.docker
@@ -133,7 +133,7 @@ def test_kill_9_of_the_runner_removes_the_step_container(tmp_path: Path, docker_
         proc.wait(timeout=10)
         # The daemon may be slow to remove a running container on a loaded machine.
         assert wait_for(lambda: docker_client.containers.list(
-            all=True, filters={"label": ["blockkit.step=evil"]}) == [], timeout=90), "container left"
+            ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}) == [], timeout=90), "container left"
         assert wait_for(lambda: processes_with(marker) == [], timeout=30), "block processes left"
         out_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()) / "steps/evil"
         sizes = {p.name: p.stat().st_size for p in files_under(out_dir)}
@@ -142,7 +142,7 @@ def test_kill_9_of_the_runner_removes_the_step_container(tmp_path: Path, docker_
     finally:
         if proc.poll() is None:
             proc.kill()
-        for container in docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}):
+        for container in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}):
             container.remove(force=True)
 
 
@@ -165,12 +165,12 @@ def test_sigterm_removes_the_container_and_marks_the_run_interrupted(tmp_path: P
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 143, err
         assert [line for line in err.splitlines() if line.startswith("[INTERRUPTED]")][0].count("SIGTERM") == 1
-        assert docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}) == []
+        assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}) == []
         assert processes_with(marker) == []
         run_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file())
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     finally:
         if proc.poll() is None:
             proc.kill()
-        for container in docker_client.containers.list(all=True, filters={"label": ["blockkit.step=evil"]}):
+        for container in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}):
             container.remove(force=True)
