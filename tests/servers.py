@@ -378,6 +378,20 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return True
 
 
+def serve_in_thread(httpd: http.server.HTTPServer) -> threading.Thread:
+    """Serve `httpd` (already bound) from a daemon thread until `stop_serving`; return the thread."""
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_serving(httpd: http.server.HTTPServer, thread: threading.Thread) -> None:
+    """Stop a server started by `serve_in_thread`, close its socket and wait for its thread."""
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
 class _ThreadingServer(http.server.ThreadingHTTPServer):
     owner: "StacHttpServer"
     daemon_threads = True
@@ -407,15 +421,12 @@ class StacHttpServer:
         self._httpd = _ThreadingServer((LOOPBACK, self.port), handler)
         self._httpd.owner = self
         self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._httpd)
         return self
 
     def stop(self) -> None:
         """Stop serving."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        stop_serving(self._httpd, self._thread)
 
     def __enter__(self) -> "StacHttpServer":
         return self.start()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import gzip
 import http.server
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.servers import serve_in_thread, stop_serving
 
 Route = Callable[["_Handler"], None]
 
@@ -86,14 +87,12 @@ class HostileServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._httpd)
         return self
 
     def stop(self) -> None:
         """Stop serving."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        stop_serving(self._httpd, self._thread)
 
     def gets(self, path: str) -> list[Seen]:
         """The GET requests for a path."""
