@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.servers import serve_in_thread, stop_serving
+from tests.servers import BackgroundHttpServer
 
 Route = Callable[["_Handler"], None]
 
@@ -65,13 +65,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    owner: "HostileServer"
-    daemon_threads = True
-
-
 @dataclass
-class HostileServer:
+class HostileServer(BackgroundHttpServer):
     """Routes (path or `prefix*` -> handler) served on 127.0.0.1; `url_for` gives either loopback name."""
 
     routes: dict[str, Route] = field(default_factory=dict)
@@ -82,17 +77,9 @@ class HostileServer:
         """http://<host>:<port><path>."""
         return f"http://{host}:{self.port}{path}"
 
-    def start(self) -> "HostileServer":
-        """Serve in a background thread."""
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.owner = self
-        self.port = int(self._httpd.server_address[1])
-        self._thread = serve_in_thread(self._httpd)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        stop_serving(self._httpd, self._thread)
+    def handler(self) -> type[_Handler]:
+        """Answers by `routes`, recording every request in `seen`."""
+        return _Handler
 
     def gets(self, path: str) -> list[Seen]:
         """The GET requests for a path."""
