@@ -10,9 +10,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
+
+# The CLI run by this Python without its console script (which a test may have no PATH entry for).
+CLI_CODE = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
+
+
+def cli_command(*args: str) -> list[str]:
+    """The argv that runs `blockkit ARGS...` with this test's Python."""
+    return [sys.executable, "-c", CLI_CODE, *args]
+
 
 HOSTILE = r'''
 import json, os, sys, time

@@ -16,7 +16,7 @@ import pytest
 from blockkit.runner._isolation import bwrap_problem
 from blockkit.runner._session import RunRequest, run_request
 
-from .engine_blocks import kill_all, new_marker, processes_with, wait_for, workflow, write_hostile
+from .engine_blocks import cli_command, kill_all, new_marker, processes_with, wait_for, workflow, write_hostile
 
 BLOCKKIT = [sys.executable, "-m", "blockkit.cli.main"]
 CI = os.environ.get("CI") == "true"
@@ -45,8 +45,7 @@ def _run_dir(tmp_path: Path) -> Path:
 
 
 def _cli(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(cli_command(*args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
