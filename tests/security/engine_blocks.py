@@ -211,6 +211,14 @@ def workflow(tmp_path: Path, block: Path, params: dict, *, source: bool = True, 
     return path
 
 
+def marked_workflow(tmp_path: Path, action: str, *, source: bool = True, extra: str = "") -> tuple[str, Path]:
+    """A new marker, and a `workflow` whose `evil` step (the hostile block, written to `<tmp_path>/blocks`)
+    runs `action` tagged with that marker (find its processes with `processes_with(marker)`)."""
+    marker = new_marker()
+    block = write_hostile(tmp_path / "blocks")
+    return marker, workflow(tmp_path, block, {"action": action, "marker": marker}, source=source, extra=extra)
+
+
 def _empty_input(tmp_path: Path) -> Path:
     folder = tmp_path / "empty-input"
     folder.mkdir(exist_ok=True)

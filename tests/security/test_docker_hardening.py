@@ -16,7 +16,7 @@ from blockkit.runner._engine import Resources, StepSpec
 from blockkit.runner._run import RunFailed
 from blockkit.runner._session import RunRequest, run_request
 
-from .engine_blocks import cli_command, files_under, new_marker, processes_with, wait_for, workflow, write_hostile
+from .engine_blocks import cli_command, files_under, marked_workflow, processes_with, wait_for, workflow, write_hostile
 
 
 def _spec(tmp_path: Path, block: Path, cpus: float = 0.5, memory: int = 2048) -> StepSpec:
@@ -61,9 +61,7 @@ def _running_container(client, step: str):
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_running_step_is_hardened_as_docker_inspect_shows(tmp_path: Path, docker_client, base_image) -> None:
-    block = write_hostile(tmp_path / "blocks")
-    marker = new_marker()
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False, extra=", timeout: 60")
+    marker, wf = marked_workflow(tmp_path, "hang", source=False, extra=", timeout: 60")
     seen: dict = {}
 
     def inspect(kind: str, step: str, info: dict) -> None:
@@ -117,9 +115,7 @@ def test_a_fork_bomb_is_stopped_by_the_pids_limit(tmp_path: Path, docker_client,
 @pytest.mark.docker
 @pytest.mark.slow
 def test_kill_9_of_the_runner_removes_the_step_container(tmp_path: Path, docker_client, base_image) -> None:
-    block = write_hostile(tmp_path / "blocks")
-    marker = new_marker()
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False)
+    marker, wf = marked_workflow(tmp_path, "hang", source=False)
     env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
     proc = subprocess.Popen(cli_command("run", str(wf), "-e", "docker", "-q"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -149,9 +145,7 @@ def test_sigterm_removes_the_container_and_marks_the_run_interrupted(tmp_path: P
                                                                    base_image) -> None:
     import signal
 
-    block = write_hostile(tmp_path / "blocks")
-    marker = new_marker()
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False)
+    marker, wf = marked_workflow(tmp_path, "hang", source=False)
     env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
     proc = subprocess.Popen(cli_command("run", str(wf), "-e", "docker", "-q"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
