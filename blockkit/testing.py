@@ -57,7 +57,19 @@ def run_block(
     env: Mapping[str, str] | None = None,
     timeout: float = 300.0,
 ) -> BlockResult:
-    """Run the block in `block_dir` on `input_dir`, writing to `output_dir` (quicklooks to `<output>-quicklooks`)."""
+    """Run the block in `block_dir` on `input_dir`, writing to `output_dir` (quicklooks to `<output>-quicklooks`).
+
+    The block runs as a local process (as the process engine runs it), its streams captured.
+
+    Args:
+        block_dir: the block folder (with UP42Manifest.json).
+        input_dir: the folder the block reads as `/tmp/input` (data.json and its files).
+        output_dir: the folder the block writes as `/tmp/output` (created when missing).
+        params: the block's parameters (UP42_TASK_PARAMETERS); None: none given.
+        mode: the job mode (UP42_JOB_MODE): `DEFAULT` or `DRY_RUN`.
+        env: extra environment variables for the block.
+        timeout: seconds before the block is killed (subprocess.TimeoutExpired).
+    """
     from blockkit.contract._manifest import MANIFEST_FILE, load_manifest
     from blockkit.runner._engine import StepSpec
     from blockkit.runner._process_engine import block_command, step_environment

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 
@@ -378,13 +378,50 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return True
 
 
-class _ThreadingServer(http.server.ThreadingHTTPServer):
-    owner: "StacHttpServer"
+class _OwnedServer(http.server.ThreadingHTTPServer):
+    """A threaded HTTP server whose request handlers reach their test server as `self.server.owner`."""
+
+    owner: Any
     daemon_threads = True
 
 
+class BackgroundHttpServer:
+    """Base of the in-process loopback test servers: `start` serves `handler()` from a daemon thread on
+    `port` (0: a free one, read back), `stop` ends it; usable as a context manager."""
+
+    port: int
+
+    def handler(self) -> Callable[..., http.server.BaseHTTPRequestHandler]:
+        """The request handler class (or factory) to serve with."""
+        raise NotImplementedError
+
+    def start(self: _S) -> _S:
+        """Start serving in a background thread."""
+        self._httpd = _OwnedServer((LOOPBACK, self.port), self.handler())
+        self._httpd.owner = self
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and wait for the thread."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_S = TypeVar("_S", bound=BackgroundHttpServer)
+
+
 @dataclass
-class StacHttpServer:
+class StacHttpServer(BackgroundHttpServer):
     """A threaded static HTTP server over `root` with STAC content and failure modes."""
 
     root: Path
@@ -399,29 +436,11 @@ class StacHttpServer:
         """Base URL, no trailing slash."""
         return f"http://{LOOPBACK}:{self.port}"
 
-    def start(self) -> "StacHttpServer":
-        """Start serving in a background thread."""
+    def handler(self) -> Callable[..., http.server.BaseHTTPRequestHandler]:
+        """Static files under `root`, with the failure modes above."""
         import functools
 
-        handler = functools.partial(_Handler, directory=str(self.root))
-        self._httpd = _ThreadingServer((LOOPBACK, self.port), handler)
-        self._httpd.owner = self
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "StacHttpServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return functools.partial(_Handler, directory=str(self.root))
 
 
 # --- realistic STAC content ------------------------------------------------------------------

@@ -665,7 +665,15 @@ def key_variable(key: str) -> str:
 def check_exportable(
     plan: Plan, *, leave_output: bool = False, input_given: bool = False, images: Mapping[str, str] | None = None,
 ) -> None:
-    """Raise ExportError with every reason the plan cannot become CWL (before images are built)."""
+    """Raise ExportError with every reason the plan cannot become CWL (before images are built).
+
+    Args:
+        plan: the planned workflow to check.
+        leave_output: allow a workflow with `output:` (its result stays in the CWL engine's output folder).
+        input_given: the workflow input is given another way (`--input`), so its input key is not needed.
+        images: step name -> image, when known: a step without an image is one more problem
+            (None: images are not checked yet).
+    """
     problems: list[Problem] = []
     names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
     problems += _scatter_problems(plan, names)
@@ -684,9 +692,16 @@ def export_cwl(
 ) -> dict[str, Any]:
     """The packed CWL v1.2 document (`$graph`: Workflow `#main` + one CommandLineTool per step).
 
-    `leave_output`: export a workflow with `output:` anyway (its result stays in the CWL
-    engine's output folder); `input_given`: the workflow input is given another way
-    (`--input`), so the workflow's input key is not needed.
+    Raises ExportError (as `check_exportable`) when the plan cannot become CWL.
+
+    Args:
+        plan: the planned workflow to export.
+        images: step name -> the image its tool runs in (plus the helper image under its
+            reserved name, when a step's image has no blockkit).
+        leave_output: export a workflow with `output:` anyway (its result stays in the CWL
+            engine's output folder).
+        input_given: the workflow input is given another way (`--input`), so the workflow's
+            input key is not needed.
     """
     check_exportable(plan, leave_output=leave_output, input_given=input_given, images=images)
     problems: list[Problem] = []

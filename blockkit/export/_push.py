@@ -84,7 +84,17 @@ def _connection_problem(text: str) -> bool:
 def push_images(
     images: Iterable[str], registry: str, *, client: Any, say: Callable[[str], None] = lambda text: None,
 ) -> list[Pushed]:
-    """Tag each local image `registry/<image>` and push it; stops at the first failure with one line."""
+    """Tag each local image `registry/<image>` and push it; stops at the first failure with one line.
+
+    Args:
+        images: the local image references to push (each pushed once, in order).
+        registry: the registry prefix (`host[:port][/path]`) the images are tagged under.
+        client: a Docker client (`docker.DockerClient`) talking to the daemon that holds the images.
+        say: called with one line per pushed image (`pushed <remote> (<digest>)`).
+
+    Raises WrongInputError for an image not on the daemon, ApiConnectionError when the registry
+    cannot be reached, PushError for any other refused push; a tag made for a failed push is removed.
+    """
     from blockkit.runner._docker_engine import error_line
 
     registry = check_registry(registry)
@@ -124,7 +134,16 @@ def images_to_push(
     target: Path, *, build: bool, base_image: str, wheelhouse: Path | None = None,
     say: Callable[[str], None] = lambda text: None,
 ) -> list[str]:
-    """The local images a workflow file (every step's) or a block folder needs, built unless `build` is off."""
+    """The local images a workflow file (every step's) or a block folder needs, built unless `build` is off.
+
+    Args:
+        target: a workflow file or a block folder (one with UP42Manifest.json).
+        build: build (or reuse) the images; off, only a workflow's expected image names are
+            returned (a block folder needs building).
+        base_image: the image blocks without their own Dockerfile are built on.
+        wheelhouse: the folder of wheels the builds install from (None: $BLOCKKIT_WHEELHOUSE, else `.wheelhouse`).
+        say: called with one line per built or reused image.
+    """
     from blockkit.contract._manifest import MANIFEST_FILE
     from blockkit.export import _cwl as export
 

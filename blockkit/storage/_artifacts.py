@@ -161,7 +161,15 @@ def upload_artifact(
     path: Path | str, *, key: str, keystore: Keystore | None = None, expires: int = DEFAULT_EXPIRY,
     object_name: str | None = None,
 ) -> Artifact:
-    """Upload a file to the bucket of keystore key `key`; return its URI and a presigned URL."""
+    """Upload a file to the bucket of keystore key `key`; return its URI and a presigned URL.
+
+    Args:
+        path: the local file to upload (a folder or missing file raises ArtifactsError).
+        key: the name of the s3 keystore key whose bucket (and prefix) receives the file.
+        keystore: where `key` is looked up (default: the keystore of the environment).
+        expires: seconds the presigned URL stays valid, 1 s to 7 days (else ExpiryOutOfRange).
+        object_name: the object's name in the bucket (None: `<prefix>/YYYY/MM/DD/<short uuid>-<file name>`).
+    """
     store = ArtifactStore.from_keystore(keystore or Keystore.from_env(), key)
     return store.upload(path, object_name, expires=expires)
 

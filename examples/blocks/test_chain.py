@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from shapely.geometry import shape
 
 from blockkit.runtime.geometry import aoi_area_km2
@@ -22,6 +23,7 @@ def step(block: str, input_dir: Path, output_dir: Path, params: dict[str, Any]) 
 
 
 
+@pytest.mark.slow
 def test_scene_ndvi_threshold_vectorize(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     step("synthetic-scene", tmp_path / "empty", tmp_path / "scene", {"bbox": BBOX, "size": 384, "seed": 3})

@@ -41,6 +41,17 @@ def run(wf: Path, runs: Path, *extra: str) -> dict:
     return json.loads(done.stdout)
 
 
+def mark_running(run_dir: Path, **up_step: object) -> dict:
+    """Rewrite a finished run's run.json as if the run were still going (step `up` updated with `up_step`)."""
+    path = run_dir / "run.json"
+    data = json.loads(path.read_text())
+    data["status"] = "running"
+    if up_step:
+        data["steps"]["up"].update(up_step)
+    path.write_text(json.dumps(data))
+    return data
+
+
 def index(runs: Path) -> dict[str, str]:
     return json.loads((runs / "cache-index.json").read_text())
 
@@ -99,10 +110,7 @@ def test_latest_alias_filters_and_gc_by_age(chain: Path, tmp_path: Path) -> None
 def test_running_runs_are_never_collected_and_rm_refuses_them(chain: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     busy = run(chain, runs)
-    run_json = Path(busy["run_dir"]) / "run.json"
-    data = json.loads(run_json.read_text())
-    data["status"] = "running"
-    run_json.write_text(json.dumps(data))
+    mark_running(Path(busy["run_dir"]))
     gc = cli("runs", "gc", "--keep", "0", "--runs-dir", runs)
     assert gc.returncode == 0 and "removed 0 run(s)" in gc.stdout and Path(busy["run_dir"]).is_dir()
     rm = cli("runs", "rm", "latest", "--runs-dir", runs)
@@ -153,9 +161,7 @@ def test_logs_follow_prints_lines_as_they_come_and_stops_when_the_run_ends(chain
     runs = tmp_path / "runs"
     done = run(chain, runs)
     folder = Path(done["run_dir"])
-    data = json.loads((folder / "run.json").read_text())
-    data["status"] = "running"
-    (folder / "run.json").write_text(json.dumps(data))
+    data = mark_running(folder)
     log = folder / "logs" / "up.log"
 
     def write_more() -> None:
@@ -184,10 +190,7 @@ def test_show_of_a_running_step_gives_elapsed_time_and_progress(chain: Path, tmp
     runs = tmp_path / "runs"
     done = run(chain, runs)
     folder = Path(done["run_dir"])
-    data = json.loads((folder / "run.json").read_text())
-    data["status"] = "running"
-    data["steps"]["up"].update(status="running", started=time.time() - 42, ended=None, exit_code=None)
-    (folder / "run.json").write_text(json.dumps(data))
+    mark_running(folder, status="running", started=time.time() - 42, ended=None, exit_code=None)
     with (folder / "logs" / "up.log").open("a") as handle:
         handle.write("BLOCKKIT_PROGRESS 3/10\n")
     shown = cli("runs", "show", done["run_id"], "--runs-dir", runs)

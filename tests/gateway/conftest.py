@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,18 @@ class Served:
     @property
     def endpoint(self) -> str:
         return self.gateway.endpoint
+
+
+def raw(served: Served, method: str, path: str, body: bytes = b"",
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request sent as written (no SDK in between): status, headers (lower-case names), body."""
+    host, port = served.endpoint.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
 
 def snapshot(root: Path, exclude: Path | None = None) -> dict[str, tuple[int, str]]:

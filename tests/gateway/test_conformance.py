@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import http.client
 import os
 import time
 import zlib
@@ -21,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from blockkit.gateway import Gateway
 from blockkit.gateway._metadata import SIDECAR_DIR, XATTR
-from tests.gateway.conftest import KEYS, Served, client
+from tests.gateway.conftest import KEYS, Served, client, raw
 
 MB = 1024 * 1024
 
@@ -32,16 +31,6 @@ def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
 
 def status(exc: pytest.ExceptionInfo[ClientError]) -> int:
     return exc.value.response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def raw(served: Served, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    host, port = served.endpoint.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port))
-    conn.request(method, path, body=body, headers=headers or {})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
 
 @pytest.fixture

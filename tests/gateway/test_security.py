@@ -13,7 +13,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from tests.gateway.conftest import KEYS, Served, client, snapshot
+from tests.gateway.conftest import KEYS, Served, client, raw, snapshot
 
 MB = 1024 * 1024
 
@@ -31,16 +31,6 @@ def guard(served: Served):
     after = {k: v for k, v in after.items() if not k.startswith("logs")}
     before = {k: v for k, v in before.items() if not k.startswith("logs")}
     assert after == before
-
-
-def raw(served: Served, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    host, port = served.endpoint.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port))
-    conn.request(method, path, body=body, headers=headers or {})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, data
 
 
 def test_every_write_to_an_input_is_access_denied(s3, served: Served, guard: None, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -70,7 +60,7 @@ def test_every_write_to_an_input_is_access_denied(s3, served: Served, guard: Non
 )
 def test_traversal_keys_are_refused(served: Served, guard: None, key: str) -> None:
     for method, bucket in (("GET", "input"), ("PUT", "out"), ("DELETE", "out"), ("GET", "out")):
-        status, body = raw(served, method, f"/{bucket}/{key}", body=b"evil" if method == "PUT" else b"")
+        status, _, body = raw(served, method, f"/{bucket}/{key}", body=b"evil" if method == "PUT" else b"")
         assert status == 403, (method, key, body)
         assert b"<Code>AccessDenied</Code>" in body
     assert (served.root / "outside.txt").read_text() == "must never change"
@@ -114,15 +104,15 @@ def test_unsupported_operations_are_not_implemented(s3, served: Served, guard: N
 
 
 def test_malformed_xml_for_delete_and_complete(served: Served, s3, guard: None) -> None:
-    status, body = raw(served, "POST", "/out?delete", body=b"<Delete><Object><Key>a</Key></Object")
+    status, _, body = raw(served, "POST", "/out?delete", body=b"<Delete><Object><Key>a</Key></Object")
     assert status == 400 and b"MalformedXML" in body
     bomb = b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaa">]><Delete><Object><Key>&a;</Key></Object></Delete>'
-    status, body = raw(served, "POST", "/out?delete", body=bomb)
+    status, _, body = raw(served, "POST", "/out?delete", body=bomb)
     assert status == 400 and b"MalformedXML" in body
     up = s3.create_multipart_upload(Bucket="out", Key="x.bin")["UploadId"]
-    status, body = raw(served, "POST", f"/out/x.bin?uploadId={up}", body=b"<CompleteMultipartUpload><Part>")
+    status, _, body = raw(served, "POST", f"/out/x.bin?uploadId={up}", body=b"<CompleteMultipartUpload><Part>")
     assert status == 400 and b"MalformedXML" in body
-    status, body = raw(served, "POST", f"/out/x.bin?uploadId={up}", body=b"<CompleteMultipartUpload></CompleteMultipartUpload>")
+    status, _, body = raw(served, "POST", f"/out/x.bin?uploadId={up}", body=b"<CompleteMultipartUpload></CompleteMultipartUpload>")
     assert status == 400 and b"MalformedXML" in body
     s3.abort_multipart_upload(Bucket="out", Key="x.bin", UploadId=up)
 
@@ -187,7 +177,7 @@ def test_auth_accepts_the_right_keys_and_refuses_others(served_auth: Served) -> 
     with pytest.raises(ClientError) as exc:
         client(served_auth.endpoint, Credentials("someone-else", KEYS.secret_key)).put_object(Bucket="out", Key="x", Body=b"x")
     assert code(exc) == "InvalidAccessKeyId"
-    status, body = raw(served_auth, "GET", "/input/data.json")
+    status, _, body = raw(served_auth, "GET", "/input/data.json")
     assert status == 403 and b"AccessDenied" in body
     assert sorted(p.name for p in served_auth.output.iterdir()) == ["ok.txt"]
 

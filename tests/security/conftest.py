@@ -220,6 +220,20 @@ def blockkit(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: 
                           capture_output=True, timeout=timeout)
 
 
+def workflow_file(folder: Path, body: str) -> Path:
+    """Write a workflow's YAML `body` to `<folder>/wf.yaml`; return its path."""
+    path = folder / "wf.yaml"
+    path.write_text(body)
+    return path
+
+
+def run_workflow(folder: Path, wf: Path, engine: str = "process", *extra: str,
+                 prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`blockkit run WF -e ENGINE --runs-dir <folder>/runs EXTRA...` in `folder`, as its own process."""
+    return blockkit("run", str(wf), "-e", engine, "--runs-dir", str(folder / "runs"), *extra, cwd=folder,
+                    prefix=prefix)
+
+
 def one_line_error(stderr: str) -> str:
     """The error line of a failed `blockkit run` (one line starting with `[`), checked to be single."""
     lines = [line for line in stderr.splitlines() if line.startswith("[") and "]" in line[:30]]

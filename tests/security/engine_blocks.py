@@ -10,9 +10,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
+
+# The CLI run by this Python without its console script (which a test may have no PATH entry for).
+CLI_CODE = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
+
+
+def cli_command(*args: str) -> list[str]:
+    """The argv that runs `blockkit ARGS...` with this test's Python."""
+    return [sys.executable, "-c", CLI_CODE, *args]
+
 
 HOSTILE = r'''
 import json, os, sys, time
@@ -199,6 +209,14 @@ def workflow(tmp_path: Path, block: Path, params: dict, *, source: bool = True, 
     path = tmp_path / "attack.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def marked_workflow(tmp_path: Path, action: str, *, source: bool = True, extra: str = "") -> tuple[str, Path]:
+    """A new marker, and a `workflow` whose `evil` step (the hostile block, written to `<tmp_path>/blocks`)
+    runs `action` tagged with that marker (find its processes with `processes_with(marker)`)."""
+    marker = new_marker()
+    block = write_hostile(tmp_path / "blocks")
+    return marker, workflow(tmp_path, block, {"action": action, "marker": marker}, source=source, extra=extra)
 
 
 def _empty_input(tmp_path: Path) -> Path:

@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Victim, assert_runs_match_provenance, blockkit, write_block
-
-
-def _wf(folder: Path, body: str) -> Path:
-    path = folder / "wf.yaml"
-    path.write_text(body)
-    return path
-
-
-def _run(folder: Path, wf: Path, engine: str = "process", *extra: str, prefix: list[str] | None = None):
-    return blockkit("run", str(wf), "-e", engine, "--runs-dir", str(folder / "runs"), *extra, cwd=folder,
-                    prefix=prefix)
+from .conftest import Victim, assert_runs_match_provenance, blockkit, run_workflow, workflow_file, write_block
 
 
 def _prov(run_dir: Path) -> dict:
@@ -48,17 +37,17 @@ def _poison(path: Path, data: bytes, keep_mtime: bool) -> None:
 @pytest.mark.parametrize("keep_mtime", [False, True], ids=["edited", "edited-mtime-restored"])
 def test_a_poisoned_cache_entry_is_evicted_and_the_step_runs_again(tmp_path: Path, evil, keep_mtime: bool) -> None:
     """D4: same-size edit of a cached output (with the mtime put back, too) is never reused."""
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: cache\nsteps:\n"
         f"  a: {{block: {evil['evil']}, params: {{action: write, arg: ORIGINAL}}}}\n"
         f"  b: {{block: {evil['evilprop']}, params: {{action: many, arg: '2'}}}}\n"
     ))
-    first = _run(tmp_path, wf)
+    first = run_workflow(tmp_path, wf)
     assert first.returncode == 0, first.stderr
     run1 = _run_dir(tmp_path, first.stderr)
     _poison(run1 / "steps/a/output/result.bin", b"POISONED", keep_mtime)
 
-    second = _run(tmp_path, wf)
+    second = run_workflow(tmp_path, wf)
     assert second.returncode == 0, second.stderr
     assert "a warning: the cached output" in second.stderr and "changed since it was made" in second.stderr
     assert "changed: result.bin" in second.stderr and "evicted" in second.stderr
@@ -70,18 +59,18 @@ def test_a_poisoned_cache_entry_is_evicted_and_the_step_runs_again(tmp_path: Pat
     index = json.loads((tmp_path / "runs/cache-index.json").read_text())
     assert all(not rel.startswith(run1.name + "/steps/a/") for rel in index.values())
     # The third run reuses the fresh, verified result.
-    third = _run(tmp_path, wf)
+    third = run_workflow(tmp_path, wf)
     assert third.returncode == 0 and "a unchanged: reused" in third.stderr.replace("✔ ", "")
 
 
 @pytest.mark.slow
 def test_resume_re_verifies_finished_steps(tmp_path: Path, evil) -> None:
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: resume\nsteps:\n"
         f"  a: {{block: {evil['evil']}, params: {{action: write, arg: ORIGINAL}}}}\n"
         f"  b: {{block: {evil['evilproc']}, params: {{action: exit, arg: '3'}}}}\n"
     ))
-    failed = _run(tmp_path, wf)
+    failed = run_workflow(tmp_path, wf)
     assert failed.returncode == 3, failed.stderr
     run_dir = _run_dir(tmp_path, failed.stderr)
     _poison(run_dir / "steps/a/output/result.bin", b"POISONED", keep_mtime=True)
@@ -101,14 +90,14 @@ AS_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "
 @pytest.mark.slow
 def test_a_block_cannot_change_its_input_nor_earlier_runs_through_the_cache(tmp_path: Path, evil) -> None:
     """D5 on the process engine, the runner a normal user: cached and upstream inputs are read-only inodes."""
-    wf = _wf(tmp_path, f"name: pristine\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: write, arg: PRISTINE}}}}\n")
-    first = _run(tmp_path, wf, prefix=AS_USER)
+    wf = workflow_file(tmp_path, f"name: pristine\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: write, arg: PRISTINE}}}}\n")
+    first = run_workflow(tmp_path, wf, prefix=AS_USER)
     assert first.returncode == 0, first.stderr
     run1 = _run_dir(tmp_path, first.stderr)
     wf2 = tmp_path / "wf2.yaml"
     wf2.write_text(wf.read_text().replace("name: pristine", "name: tamper")
                    + f"  evil: {{block: {evil['evilproc']}, params: {{action: modify_input}}}}\n")
-    second = _run(tmp_path, wf2, prefix=AS_USER)
+    second = run_workflow(tmp_path, wf2, prefix=AS_USER)
     assert second.returncode == 0, second.stderr
     assert "a unchanged: reused" in second.stderr.replace("✔ ", "")
     assert "cannot modify" in second.stderr and "modified []" in second.stderr
@@ -119,18 +108,18 @@ def test_a_block_cannot_change_its_input_nor_earlier_runs_through_the_cache(tmp_
 @pytest.mark.slow
 def test_an_edited_input_is_caught_before_reuse_on_any_engine(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D5 as root: whatever a block manages to change is detected and never reused silently."""
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: tamper\nsteps:\n"
         f"  a: {{block: {evil['evil']}, params: {{action: write, arg: PRISTINE}}}}\n"
         f"  evil: {{block: {evil['evilproc']}, params: {{action: modify_input}}}}\n"
     ))
-    first = _run(tmp_path, wf, engine)
+    first = run_workflow(tmp_path, wf, engine)
     assert first.returncode == 0, first.stderr
     run1 = _run_dir(tmp_path, first.stderr)
     tampered = (run1 / "steps/a/output/result.bin").read_bytes() != b"PRISTINE"
     if engine == "docker":
         assert not tampered and "modified []" in first.stderr  # read-only mount, read-only files
-    second = _run(tmp_path, wf, engine)
+    second = run_workflow(tmp_path, wf, engine)
     assert second.returncode == 0, second.stderr
     if tampered:  # a root process block without a sandbox: caught at the next reuse
         assert "changed since it was made" in second.stderr
@@ -143,9 +132,9 @@ def test_an_edited_input_is_caught_before_reuse_on_any_engine(tmp_path: Path, ev
 
 @pytest.mark.slow
 def test_a_cache_hit_names_its_producer(tmp_path: Path, evil) -> None:
-    wf = _wf(tmp_path, f"name: prod\nsteps:\n  a: {{block: {evil['evil']}}}\n")
-    first = _run(tmp_path, wf)
-    second = _run(tmp_path, wf)
+    wf = workflow_file(tmp_path, f"name: prod\nsteps:\n  a: {{block: {evil['evil']}}}\n")
+    first = run_workflow(tmp_path, wf)
+    second = run_workflow(tmp_path, wf)
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     step = _prov(_run_dir(tmp_path, second.stderr))["steps"][0]
     assert step["status"] == "cached"
@@ -156,12 +145,12 @@ def test_a_cache_hit_names_its_producer(tmp_path: Path, evil) -> None:
 @pytest.mark.slow
 @pytest.mark.docker
 def test_a_cache_hit_never_crosses_engines(tmp_path: Path, evil, docker_client, base_image) -> None:
-    wf = _wf(tmp_path, f"name: cross\nsteps:\n  a: {{block: {evil['evil']}}}\n")
-    assert _run(tmp_path, wf, "process").returncode == 0
-    docker = _run(tmp_path, wf, "docker")
+    wf = workflow_file(tmp_path, f"name: cross\nsteps:\n  a: {{block: {evil['evil']}}}\n")
+    assert run_workflow(tmp_path, wf, "process").returncode == 0
+    docker = run_workflow(tmp_path, wf, "docker")
     assert docker.returncode == 0, docker.stderr
     assert "▶ a running" in docker.stderr  # not served from the process engine's result
-    again = _run(tmp_path, wf, "docker")
+    again = run_workflow(tmp_path, wf, "docker")
     step = _prov(_run_dir(tmp_path, again.stderr))["steps"][0]
     assert step["status"] == "cached" and step["produced_by"]["engine"] == "docker"
     assert step["produced_by"]["image_id"].startswith("sha256:")

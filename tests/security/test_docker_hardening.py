@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from blockkit.runner._engine import Resources, StepSpec
 from blockkit.runner._run import RunFailed
 from blockkit.runner._session import RunRequest, run_request
 
-from .engine_blocks import files_under, new_marker, processes_with, wait_for, workflow, write_hostile
+from .engine_blocks import cli_command, files_under, marked_workflow, processes_with, wait_for, workflow, write_hostile
 
 
 def _spec(tmp_path: Path, block: Path, cpus: float = 0.5, memory: int = 2048) -> StepSpec:
@@ -46,12 +45,11 @@ def test_a_block_asking_for_more_says_so_and_gets_it(tmp_path: Path) -> None:
     spec.network = True
     kwargs = DockerEngine(client=object())._container_kwargs(spec, "1000:1000", block_options(spec, None))
     assert kwargs["read_only"] is False and kwargs["pids_limit"] == 2000 and kwargs["network_mode"] == "bridge"
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    done = subprocess.run([sys.executable, "-c", code, "validate", str(block)], capture_output=True, text=True)
+    done = subprocess.run(cli_command("validate", str(block)), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "asks for network, writable root filesystem, 2000 processes" in done.stdout
     bad = write_hostile(tmp_path / "bad", options={"pids": 3})
-    done = subprocess.run([sys.executable, "-c", code, "validate", str(bad)], capture_output=True, text=True)
+    done = subprocess.run(cli_command("validate", str(bad)), capture_output=True, text=True)
     assert done.returncode != 0 and "pids" in done.stderr
 
 
@@ -63,9 +61,7 @@ def _running_container(client, step: str):
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_running_step_is_hardened_as_docker_inspect_shows(tmp_path: Path, docker_client, base_image) -> None:
-    block = write_hostile(tmp_path / "blocks")
-    marker = new_marker()
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False, extra=", timeout: 60")
+    marker, wf = marked_workflow(tmp_path, "hang", source=False, extra=", timeout: 60")
     seen: dict = {}
 
     def inspect(kind: str, step: str, info: dict) -> None:
@@ -119,12 +115,9 @@ def test_a_fork_bomb_is_stopped_by_the_pids_limit(tmp_path: Path, docker_client,
 @pytest.mark.docker
 @pytest.mark.slow
 def test_kill_9_of_the_runner_removes_the_step_container(tmp_path: Path, docker_client, base_image) -> None:
-    block = write_hostile(tmp_path / "blocks")
-    marker = new_marker()
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False)
+    marker, wf = marked_workflow(tmp_path, "hang", source=False)
     env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "run", str(wf), "-e", "docker", "-q"], env=env,
+    proc = subprocess.Popen(cli_command("run", str(wf), "-e", "docker", "-q"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=120)
@@ -152,12 +145,9 @@ def test_sigterm_removes_the_container_and_marks_the_run_interrupted(tmp_path: P
                                                                    base_image) -> None:
     import signal
 
-    block = write_hostile(tmp_path / "blocks")
-    marker = new_marker()
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False)
+    marker, wf = marked_workflow(tmp_path, "hang", source=False)
     env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "run", str(wf), "-e", "docker", "-q"], env=env,
+    proc = subprocess.Popen(cli_command("run", str(wf), "-e", "docker", "-q"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=120)

@@ -11,20 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import blockkit, one_line_error
-
-
-def _wf(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "wf.yaml"
-    path.write_text(body)
-    return path
+from .conftest import one_line_error, run_workflow, workflow_file
 
 
 @pytest.mark.slow
 def test_exit_0_without_data_json_is_no_output_error_and_never_cached(tmp_path: Path, evil, victim, engine: str) -> None:
-    wf = _wf(tmp_path, f"name: nodata\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: no_datajson}}}}\n")
+    wf = workflow_file(tmp_path, f"name: nodata\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: no_datajson}}}}\n")
     for _ in range(2):
-        result = blockkit("run", str(wf), "-e", engine, "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path)
+        result = run_workflow(tmp_path, wf, engine, "-q")
         assert result.returncode == 6, result.stderr
         line = one_line_error(result.stderr)
         assert "step 'a' failed with exit code 6: " in line and "wrote no data.json" in line
@@ -58,7 +52,7 @@ def test_a_full_disk_fails_the_step_by_name_with_the_resume_hint(tmp_path: Path,
     """D18: runs folder on a 24 MB tmpfs; step b fills it, then the runner's own writes fail."""
     runs = tmp_path / "runs"
     runs.mkdir()
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: full\nsteps:\n"
         f"  a: {{block: {evil['evil']}}}\n"
         f"  b: {{block: {evil['evilprop']}, params: {{action: fill}}}}\n"
@@ -92,8 +86,8 @@ def test_a_full_disk_fails_the_step_by_name_with_the_resume_hint(tmp_path: Path,
 ], ids=["list-key", "mapping-key", "5000-digits", "inf", "nan", "max-output"])
 def test_bad_workflow_values_are_one_workflow_error_line(tmp_path: Path, evil, snippet: str, words: str) -> None:
     """D16, D19: not UNEXPECTED_ERROR, not a traceback, not a step killed at once."""
-    wf = _wf(tmp_path, f"name: bad\nsteps:\n  a: {{block: {evil['evil']}, {snippet}}}\n")
-    result = blockkit("run", str(wf), "-e", "process", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    wf = workflow_file(tmp_path, f"name: bad\nsteps:\n  a: {{block: {evil['evil']}, {snippet}}}\n")
+    result = run_workflow(tmp_path, wf)
     assert result.returncode == 4, result.stderr
     line = one_line_error(result.stderr)
     assert line.startswith("[WRONG_INPUT_ERROR]") and words in result.stderr
@@ -101,7 +95,7 @@ def test_bad_workflow_values_are_one_workflow_error_line(tmp_path: Path, evil, s
 
 
 def test_max_output_overrides_the_machine_type_limit(tmp_path: Path, evil) -> None:
-    wf = _wf(tmp_path, f"name: small\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: many, arg: '50'}}, max_output: 1KB}}\n")
-    result = blockkit("run", str(wf), "-e", "process", "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path)
+    wf = workflow_file(tmp_path, f"name: small\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: many, arg: '50'}}, max_output: 1KB}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q")
     assert result.returncode == 6, result.stderr
     assert "more than its limit of 1000 B" in one_line_error(result.stderr)

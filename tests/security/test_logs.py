@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,14 +13,13 @@ import pytest
 
 from blockkit.runner._logfilter import MAX_LINE_CHARS, LineSplitter, LogFilter, neutralise
 
-from .engine_blocks import workflow, write_hostile
+from .engine_blocks import cli_command, workflow, write_hostile
 
 ENGINES = ["process", pytest.param("docker", marks=pytest.mark.docker)]
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+    return subprocess.run(cli_command(*args), env=env, capture_output=True, text=True,
                           timeout=600, cwd=cwd)
 
 

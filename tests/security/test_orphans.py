@@ -16,7 +16,7 @@ import pytest
 from blockkit.runner._isolation import bwrap_problem
 from blockkit.runner._session import RunRequest, run_request
 
-from .engine_blocks import kill_all, new_marker, processes_with, wait_for, workflow, write_hostile
+from .engine_blocks import cli_command, kill_all, marked_workflow, processes_with, wait_for
 
 BLOCKKIT = [sys.executable, "-m", "blockkit.cli.main"]
 CI = os.environ.get("CI") == "true"
@@ -45,8 +45,7 @@ def _run_dir(tmp_path: Path) -> Path:
 
 
 def _cli(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(cli_command(*args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -54,9 +53,7 @@ def _cli(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
 @pytest.mark.parametrize("no_isolation", _isolation_modes())
 def test_a_background_child_dies_when_its_step_ends(tmp_path: Path, no_isolation: str) -> None:
     env = _env(no_isolation, tmp_path)
-    marker = new_marker()
-    block = write_hostile(tmp_path / "blocks")
-    wf = workflow(tmp_path, block, {"action": "daemon", "marker": marker})
+    marker, wf = marked_workflow(tmp_path, "daemon")
     try:
         proc = _cli(["run", str(wf), "-e", "process", "-q"], env)
         out, err = proc.communicate(timeout=60)
@@ -72,9 +69,7 @@ def test_a_background_child_dies_when_its_step_ends(tmp_path: Path, no_isolation
 
 def test_a_setsid_daemon_dies_with_its_step_when_isolated(tmp_path: Path) -> None:
     env = _env("0", tmp_path)
-    marker = new_marker()
-    block = write_hostile(tmp_path / "blocks")
-    wf = workflow(tmp_path, block, {"action": "setsid-daemon", "marker": marker})
+    marker, wf = marked_workflow(tmp_path, "setsid-daemon")
     try:
         proc = _cli(["run", str(wf), "-e", "process", "-q"], env)
         _, err = proc.communicate(timeout=60)
@@ -89,9 +84,7 @@ def test_a_setsid_daemon_dies_with_its_step_when_isolated(tmp_path: Path) -> Non
 @pytest.mark.parametrize("no_isolation", _isolation_modes())
 def test_kill_9_of_the_runner_leaves_no_step_process(tmp_path: Path, no_isolation: str) -> None:
     env = _env(no_isolation, tmp_path)
-    marker = new_marker()
-    block = write_hostile(tmp_path / "blocks")
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker})
+    marker, wf = marked_workflow(tmp_path, "hang")
     proc = _cli(["run", str(wf), "-e", "process", "-q"], env)
     try:
         assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=30), proc.stderr.read() if proc.poll() else ""
@@ -114,9 +107,7 @@ def test_kill_9_of_the_runner_leaves_no_step_process(tmp_path: Path, no_isolatio
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["TERM", "HUP"])
 def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tmp_path: Path, sig: int, code: int) -> None:
     env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
-    marker = new_marker()
-    block = write_hostile(tmp_path / "blocks")
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker})
+    marker, wf = marked_workflow(tmp_path, "hang")
     proc = _cli(["run", str(wf), "-e", "process"], env)
     try:
         assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=30)
@@ -138,9 +129,7 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tmp_path: Path, sig: int, c
 @pytest.mark.slow
 def test_in_process_interrupt_kills_the_step_group(tmp_path: Path) -> None:
     """KeyboardInterrupt raised while a step runs (what Ctrl-C, SIGTERM and SIGHUP become) kills the step."""
-    marker = new_marker()
-    block = write_hostile(tmp_path / "blocks")
-    wf = workflow(tmp_path, block, {"action": "hang", "marker": marker}, source=False)
+    marker, wf = marked_workflow(tmp_path, "hang", source=False)
 
     seen: list[int] = []
 

@@ -10,17 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Victim, assert_runs_match_provenance, blockkit, one_line_error
-
-
-def _wf(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "wf.yaml"
-    path.write_text(body)
-    return path
-
-
-def _run(tmp_path: Path, wf: Path, engine: str, *extra: str):
-    return blockkit("run", str(wf), "-e", engine, "--runs-dir", str(tmp_path / "runs"), "-q", *extra, cwd=tmp_path)
+from .conftest import Victim, assert_runs_match_provenance, blockkit, one_line_error, run_workflow, workflow_file
 
 
 def _run_json(tmp_path: Path) -> dict:
@@ -31,12 +21,12 @@ def _run_json(tmp_path: Path) -> dict:
 @pytest.mark.slow
 def test_a_planted_symlink_never_lets_propagation_write_outside(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D1: `/tmp/output/x -> <host dir>`, then the runner forwards `x/payload.sh` of the upstream."""
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: escape\nsteps:\n"
         f"  a: {{block: {evil['evil']}, params: {{action: write, arg: 'echo PWNED'}}}}\n"
         f"  b: {{block: {evil['evilprop']}, params: {{action: plant_symlink, arg: '{victim.folder}'}}}}\n"
     ))
-    result = _run(tmp_path, wf, engine)
+    result = run_workflow(tmp_path, wf, engine, "-q")
     assert result.returncode == 6, result.stderr
     line = one_line_error(result.stderr)
     assert "step 'b'" in line and "symlink 'x'" in line and str(victim.folder) in line
@@ -50,12 +40,12 @@ def test_a_planted_symlink_never_lets_propagation_write_outside(tmp_path: Path, 
 @pytest.mark.slow
 def test_planted_temp_file_symlinks_never_overwrite_a_host_file(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D1: `.data.json.<pid>.tmp -> <host file>` for every likely runner pid."""
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: overwrite\nsteps:\n"
         f"  a: {{block: {evil['evil']}}}\n"
         f"  b: {{block: {evil['evilprop']}, params: {{action: plant_tmp_symlinks, arg: '{victim.file}'}}}}\n"
     ))
-    result = _run(tmp_path, wf, engine)
+    result = run_workflow(tmp_path, wf, engine, "-q")
     assert result.returncode == 6, result.stderr
     assert ".data.json." in one_line_error(result.stderr)
     victim.assert_untouched()
@@ -65,9 +55,9 @@ def test_planted_temp_file_symlinks_never_overwrite_a_host_file(tmp_path: Path, 
 @pytest.mark.slow
 def test_a_symlink_inside_a_data_path_folder_is_refused_when_sealing(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D14: refused at once with the path named, not accepted and then failing every later cache hit."""
-    wf = _wf(tmp_path, f"name: inner\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: symlink_in_dir}}}}\n")
+    wf = workflow_file(tmp_path, f"name: inner\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: symlink_in_dir}}}}\n")
     for _ in range(2):  # never cached: the second run refuses it the same way
-        result = _run(tmp_path, wf, engine)
+        result = run_workflow(tmp_path, wf, engine, "-q")
         assert result.returncode == 6, result.stderr
         line = one_line_error(result.stderr)
         assert "step 'a'" in line and "symlink 'folder/secret.txt' -> 'a.txt'" in line
@@ -77,8 +67,8 @@ def test_a_symlink_inside_a_data_path_folder_is_refused_when_sealing(tmp_path: P
 
 @pytest.mark.slow
 def test_a_fifo_in_the_output_is_refused(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
-    wf = _wf(tmp_path, f"name: fifo\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: fifo}}}}\n")
-    result = _run(tmp_path, wf, engine)
+    wf = workflow_file(tmp_path, f"name: fifo\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: fifo}}}}\n")
+    result = run_workflow(tmp_path, wf, engine, "-q")
     assert result.returncode == 6 and "fifo 'pipe'" in one_line_error(result.stderr)
     victim.assert_untouched()
     assert_runs_match_provenance(tmp_path / "runs")
@@ -87,9 +77,9 @@ def test_a_fifo_in_the_output_is_refused(tmp_path: Path, evil, victim: Victim, e
 @pytest.mark.slow
 def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     """D13: the output limit stops it before a byte is read; the timeout would bound the hashing anyway."""
-    wf = _wf(tmp_path, f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, timeout: 5}}\n")
+    wf = workflow_file(tmp_path, f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, timeout: 5}}\n")
     started = time.monotonic()
-    result = _run(tmp_path, wf, engine)
+    result = run_workflow(tmp_path, wf, engine, "-q")
     assert time.monotonic() - started < 60
     assert result.returncode == 6, result.stderr
     line = one_line_error(result.stderr)
@@ -102,10 +92,10 @@ def test_a_30_gib_sparse_file_is_refused_fast(tmp_path: Path, evil, victim: Vict
 @pytest.mark.slow
 def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil, victim: Victim) -> None:
     """With the size limit raised, hashing 30 GiB of zeros is cut at the step's timeout (124)."""
-    wf = _wf(tmp_path, (f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, "
+    wf = workflow_file(tmp_path, (f"name: sparse\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: sparse}}, "
                         "timeout: 3, max_output: 64GiB}\n"))
     started = time.monotonic()
-    result = _run(tmp_path, wf, "process")
+    result = run_workflow(tmp_path, wf, "process", "-q")
     assert time.monotonic() - started < 30
     assert result.returncode == 124, result.stderr
     assert "ran past the step's timeout" in one_line_error(result.stderr)
@@ -114,12 +104,12 @@ def test_the_timeout_covers_hashing_the_output(tmp_path: Path, evil, victim: Vic
 
 @pytest.mark.slow
 def test_sealed_outputs_are_read_only_and_owned_by_the_runner(tmp_path: Path, evil, engine: str) -> None:
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: sealed\nsteps:\n"
         f"  a: {{block: {evil['evil']}}}\n"
         f"  b: {{block: {evil['evilprop']}, params: {{action: many, arg: '3'}}}}\n"
     ))
-    result = _run(tmp_path, wf, engine)
+    result = run_workflow(tmp_path, wf, engine, "-q")
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "runs").glob("*-sealed-*")
     for step in ("a", "b"):
@@ -148,22 +138,22 @@ def test_a_hard_link_to_a_host_file_is_never_chmod_ed(tmp_path: Path, evil, vict
     # Isolated by bubblewrap the block cannot even see the host file (tests/security/test_isolation.py):
     # the sealing rule is tested where it matters, on the unisolated fallback.
     monkeypatch.setenv("BLOCKKIT_NO_ISOLATION", "1")
-    wf = _wf(tmp_path, f"name: hl\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: hardlink_victim, arg: '{victim.file}'}}}}\n")
-    result = _run(tmp_path, wf, "process")
+    wf = workflow_file(tmp_path, f"name: hl\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: hardlink_victim, arg: '{victim.file}'}}}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q")
     assert result.returncode == 0, result.stderr
     victim.assert_untouched()
 
 
 def test_the_run_folder_copy_of_the_workflow_has_secrets_redacted(tmp_path: Path, evil) -> None:
     secret = "TOKEN-s3cr3t-VALUE-42"
-    wf = _wf(tmp_path, (
+    wf = workflow_file(tmp_path, (
         "name: secrets\n"
         f"x-common: &common {{token: {secret}, action: write}}\n"
         "steps:\n"
         f"  a: {{block: {evil['secretive']}, params: *common}}  # keep this comment\n"
         f"  b: {{block: {evil['secretive']}, params: {{token: \"{secret}-2\"}}, after: []}}\n"
     ))
-    result = _run(tmp_path, wf, "process")
+    result = run_workflow(tmp_path, wf, "process", "-q")
     assert result.returncode == 0, result.stderr
     [copy] = (tmp_path / "runs").glob("*/workflow.yaml")
     text = copy.read_text()
@@ -178,8 +168,8 @@ def test_the_run_folder_copy_of_the_workflow_has_secrets_redacted(tmp_path: Path
 @pytest.mark.slow
 def test_folders_nested_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, victim: Victim, engine: str) -> None:
     # 300 levels: past the limit, yet shallow enough for pytest's own clean-up if this test fails.
-    wf = _wf(tmp_path, f"name: deep\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: deep, arg: '300'}}}}\n")
-    result = _run(tmp_path, wf, engine)
+    wf = workflow_file(tmp_path, f"name: deep\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: deep, arg: '300'}}}}\n")
+    result = run_workflow(tmp_path, wf, engine, "-q")
     assert result.returncode == 6, result.stderr
     assert "nests folders deeper than 128 levels" in one_line_error(result.stderr)
     run_id = _run_json(tmp_path)["run_id"]
@@ -194,9 +184,8 @@ def test_folders_nested_deep_are_refused_and_cleaned_up(tmp_path: Path, evil, vi
 def test_files_a_block_made_unreadable_are_still_taken_over(tmp_path: Path, evil) -> None:
     from .test_cache import AS_USER
 
-    wf = _wf(tmp_path, f"name: unreadable\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: unreadable}}}}\n")
-    result = blockkit("run", str(wf), "-e", "process", "--runs-dir", str(tmp_path / "runs"), "-q", cwd=tmp_path,
-                      prefix=AS_USER)
+    wf = workflow_file(tmp_path, f"name: unreadable\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: unreadable}}}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q", prefix=AS_USER)
     assert result.returncode == 0, result.stderr
     [out] = (tmp_path / "runs").glob("*/steps/a/output")
     assert (out / "locked/a.bin").read_text() == "hidden\n"
@@ -228,8 +217,8 @@ def test_remove_tree_copes_with_thousands_of_levels_and_read_only_folders(tmp_pa
 
 
 def test_hard_links_inside_the_output_are_sealed_once(tmp_path: Path, evil) -> None:
-    wf = _wf(tmp_path, f"name: inside\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: links_inside}}}}\n")
-    result = _run(tmp_path, wf, "process")
+    wf = workflow_file(tmp_path, f"name: inside\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: links_inside}}}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q")
     assert result.returncode == 0, result.stderr
     [out] = (tmp_path / "runs").glob("*/steps/a/output")
     for i in range(20):

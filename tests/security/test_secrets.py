@@ -15,7 +15,7 @@ from blockkit.runner._plan import plan_workflow
 from blockkit.runner._secret_params import resolve_secret_refs, secret_values
 from blockkit.runner._workflow import load_workflow
 
-from .engine_blocks import files_under, workflow, write_hostile
+from .engine_blocks import cli_command, files_under, workflow, write_hostile
 
 TOKEN = "TOKEN-s3cr3t-VALUE-42"
 PASSPHRASE = "correct horse battery staple"
@@ -23,8 +23,7 @@ S3_SECRET = "SUPERSECRETs3key/ABC+123"
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cli_command(*args), env=env, capture_output=True, text=True, timeout=600)
 
 
 def _keystore(tmp_path: Path) -> dict[str, str]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import gzip
 import http.server
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.servers import BackgroundHttpServer
 
 Route = Callable[["_Handler"], None]
 
@@ -64,13 +65,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    owner: "HostileServer"
-    daemon_threads = True
-
-
 @dataclass
-class HostileServer:
+class HostileServer(BackgroundHttpServer):
     """Routes (path or `prefix*` -> handler) served on 127.0.0.1; `url_for` gives either loopback name."""
 
     routes: dict[str, Route] = field(default_factory=dict)
@@ -81,19 +77,9 @@ class HostileServer:
         """http://<host>:<port><path>."""
         return f"http://{host}:{self.port}{path}"
 
-    def start(self) -> "HostileServer":
-        """Serve in a background thread."""
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.owner = self
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    def handler(self) -> type[_Handler]:
+        """Answers by `routes`, recording every request in `seen`."""
+        return _Handler
 
     def gets(self, path: str) -> list[Seen]:
         """The GET requests for a path."""

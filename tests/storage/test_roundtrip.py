@@ -12,29 +12,17 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from blockkit.contract._datajson import write_data_json
 from blockkit.contract.errors import ExitCode, WrongInputError
 from blockkit.storage._errors import StorageError, TargetNotEmpty
 from blockkit.storage._keystore import Keystore, S3KeyConfig, WebDavKeyConfig
 from blockkit.storage._stagein import stage_in
 from blockkit.storage._stageout import stage_out
-from tests.servers import write_geotiff
+from tests.storage.outputs import write_outputs
 
 
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
-    out = tmp_path / "output"
-    write_geotiff(out / "ndvi_a.tif", seed=1)
-    write_geotiff(out / "scene_b" / "B04.tif", seed=2)
-    (out / "scene_b" / "qa").mkdir()
-    (out / "scene_b" / "qa" / "mask.txt").write_text("ok")
-    poly = {"type": "Polygon", "coordinates": [[[13.5, 52.2], [13.6, 52.2], [13.6, 52.3], [13.5, 52.3], [13.5, 52.2]]]}
-    write_data_json(out, {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "ndvi_a", "geometry": poly,
-         "properties": {"up42.data_path": "ndvi_a.tif", "datetime": "2024-06-01T10:00:00Z"}},
-        {"type": "Feature", "id": "scene_b", "geometry": poly, "properties": {"up42.data_path": "scene_b"}},
-    ]})
-    return out
+    return write_outputs(tmp_path / "output")
 
 
 def _digests(root: Path, names: list[str]) -> dict[str, str]:

@@ -100,12 +100,13 @@ def test_stage_in_collection_of_per_band_item(s2_site: Any, tmp_path: Path) -> N
     assert (staged / "thumbnail.png").is_file() and feature["assets"]["thumbnail"]["roles"] == ["thumbnail"]
 
 
-def _workflow(tmp_path: Path, site: dict[str, str], bucket: str) -> Path:
+def _workflow(tmp_path: Path, site: dict[str, str], output: str, filename: str = "stac-s2-ndvi-s3.yaml") -> Path:
+    """The example workflow reading the local S2 site, writing to `output`, with the example's NDVI block."""
     doc = yaml.safe_load(WORKFLOW.read_text())
     doc["input"] = "stac+" + site["s2"]
-    doc["output"] = f"s3://{bucket}/ndvi/s2-run-1/"
+    doc["output"] = output
     doc["steps"]["ndvi"]["block"] = str(NDVI)
-    path = tmp_path / "stac-s2-ndvi-s3.yaml"
+    path = tmp_path / filename
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -119,7 +120,7 @@ def _run_workflow(tmp_path: Path, site: dict[str, str], seaweed: Any, engine: st
     monkeypatch.setenv("BLOCKKIT_KEYSTORE", str(tmp_path / "keystore"))
     monkeypatch.delenv("BLOCKKIT_KEYSTORE_PASSPHRASE", raising=False)
     bucket = seaweed.make_bucket("s2wf-" + secrets.token_hex(3))
-    summary = run_request(RunRequest(target=_workflow(tmp_path, site, bucket), engine=engine,
+    summary = run_request(RunRequest(target=_workflow(tmp_path, site, f"s3://{bucket}/ndvi/s2-run-1/"), engine=engine,
                                      runs_dir=tmp_path / "runs", use_cache=False))
     [catalog] = summary["outputs"]
     assert catalog == f"s3://{bucket}/ndvi/s2-run-1/catalog.json"
@@ -145,12 +146,7 @@ def test_example_workflow_to_webdav(s2_site: Any, tmp_path: Path, dav_server: An
     store.add("results", WebDavKeyConfig(dav_server.endpoint, dav_server.username, dav_server.password))
     monkeypatch.setenv("BLOCKKIT_KEYSTORE", str(tmp_path / "keystore"))
     monkeypatch.delenv("BLOCKKIT_KEYSTORE_PASSPHRASE", raising=False)
-    doc = yaml.safe_load(WORKFLOW.read_text())
-    doc["input"] = "stac+" + site["s2"]
-    doc["output"] = f"webdav://127.0.0.1:{dav_server.port}/dav/s2wf-{secrets.token_hex(3)}/"
-    doc["steps"]["ndvi"]["block"] = str(NDVI)
-    path = tmp_path / "wf.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path = _workflow(tmp_path, site, f"webdav://127.0.0.1:{dav_server.port}/dav/s2wf-{secrets.token_hex(3)}/", "wf.yaml")
     summary = run_request(RunRequest(target=path, engine="process", runs_dir=tmp_path / "runs", use_cache=False))
     [catalog] = summary["outputs"]
     back = stage_in(catalog, tmp_path / "back", keystore=store, key="results", progress=False)

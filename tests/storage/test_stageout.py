@@ -19,25 +19,16 @@ from blockkit.storage._keystore import Keystore, WebDavKeyConfig
 from blockkit.storage._stagein import stage_in
 from blockkit.storage._stageout import stage_out
 from blockkit.storage._transfer import Document, RetryPolicy, Upload
-from tests.servers import write_geotiff
+from tests.storage.outputs import write_outputs
 
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
 
 
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
-    out = tmp_path / "output"
-    write_geotiff(out / "ndvi_a.tif", seed=1)
-    write_geotiff(out / "scene_b" / "B04.tif", seed=2)
-    (out / "scene_b" / "qa").mkdir()
-    (out / "scene_b" / "qa" / "mask.txt").write_text("ok")
-    poly = {"type": "Polygon", "coordinates": [[[13.5, 52.2], [13.6, 52.2], [13.6, 52.3], [13.5, 52.3], [13.5, 52.2]]]}
-    write_data_json(out, {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "ndvi_a", "geometry": poly,
-         "properties": {"up42.data_path": "ndvi_a.tif", "datetime": "2024-06-01T10:00:00Z", "ndvi:mean": 0.41}},
-        {"type": "Feature", "id": "scene b/../x", "geometry": None, "properties": {"up42.data_path": "scene_b"}},
-    ]})
-    return out
+    # an id that is not a safe path and a feature without geometry: stage-out must cope with both
+    return write_outputs(tmp_path / "output", ndvi_properties={"ndvi:mean": 0.41}, scene_id="scene b/../x",
+                         scene_geometry=None)
 
 
 def _check_catalog(cat: pystac.Catalog, exists: Any) -> list[pystac.Item]:

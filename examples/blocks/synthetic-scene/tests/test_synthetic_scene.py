@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import rasterio
 
 from blockkit.testing import BlockResult, run_block
@@ -47,6 +48,7 @@ def test_default_scene_is_a_4_band_utm_geotiff_with_meaningful_ndvi(tmp_path: Pa
         assert max(ql.width, ql.height) == 512
 
 
+@pytest.mark.slow
 def test_same_parameters_give_the_same_pixels_and_another_seed_does_not(tmp_path: Path) -> None:
     params = {"size": 128, "seed": 7, "bbox": [10.0, -1.0, 10.02, -0.98]}
     assert run(tmp_path, params, "a").returncode == 0
@@ -82,6 +84,7 @@ def test_intersects_uses_the_geometry_bounds(tmp_path: Path) -> None:
         assert src.crs.to_epsg() == 32632  # Bergen: the 32V exception
 
 
+@pytest.mark.slow
 def test_bad_parameters_exit_2_with_one_line_naming_them(tmp_path: Path) -> None:
     for params, word in [
         ({"size": 99999}, "size"),
