@@ -541,12 +541,13 @@ def _build_own_dockerfile(
                 warnings.append(f"{final_base} has no python3: requirements.txt is left to the Dockerfile")
             else:
                 wheel_dir = resolve_wheelhouse(wheelhouse, source_root)
+                pins = Path(tmp) / "constraints.txt"
                 warnings += resolve_wheels(
                     ["-r", str(requirements)], wheels, wheel_dir, target,
-                    requirements=requirements, build_in_image=final_base, client=client,
+                    requirements=requirements, build_in_image=final_base, client=client, constraints=pins,
                 )
                 if not wheels_.host_matches(target):
-                    complete_in_image(requirements, wheels, wheel_dir, target, final_base, client)
+                    complete_in_image(requirements, wheels, wheel_dir, target, final_base, client, constraints=pins)
         generated = _offline_dockerfile(lines, "{url}")
         content_hash = own_content_hash(context, generated, args, base_ids, wheels, network)
         tag = image_tag(manifest["name"], content_hash)
