@@ -19,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from blockkit.contract.errors import BuildError, Problem
 from blockkit.runner import _image_names as image_names
@@ -448,7 +448,82 @@ def _compile_in_image(
         shutil.rmtree(out, ignore_errors=True)
 
 
-def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget) -> list[str]:
+#: Bumped when the way requirements are resolved changes (old cached resolutions no longer apply).
+_RESOLUTION_FORMAT = "blockkit-resolution-1"
+_OFFLINE_MARK = "package index could not be reached"
+
+
+def _resolution_key(parts: list[str], wheel_dir: Path, target: PythonTarget) -> str:
+    """What a resolution depends on: the inputs, the target, the wheelhouse listing, blockkit's version."""
+    import hashlib
+
+    from blockkit import __version__
+
+    digest = hashlib.sha256()
+    listing = sorted(p.name for p in wheel_dir.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip")))
+    marker = wheel_dir / ".blockkit-source-hash"
+    source = marker.read_text().strip() if marker.is_file() else ""
+    for part in [_RESOLUTION_FORMAT, __version__, source, repr(target), *parts, "\0listing", *listing]:
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def cached_resolution(
+    parts: list[str],
+    subset: Path,
+    wheel_dir: Path,
+    target: PythonTarget,
+    resolve: Callable[[], list[str]],
+    *,
+    constraints: Path | None = None,
+    use_cache: bool = True,
+) -> list[str]:
+    """`resolve()` (which fills `subset`) unless the same resolution is on record; then no pip runs.
+
+    The record (`<wheelhouse>/.resolved/<key>.json`) names the wheels and warnings of an earlier
+    resolution. Its key covers `parts` (the requirements' text and whatever else was resolved),
+    the target Python, the wheelhouse's listing and blockkit's version: a changed requirement,
+    another base image or a wheel added to or removed from the wheelhouse resolves again. A new
+    release on the index alone does not (`blockkit build --force` resolves again). Resolutions
+    made without the index (offline) are not recorded.
+    """
+    folder = wheel_dir / ".resolved"
+    entry = folder / f"{_resolution_key(parts, wheel_dir, target)}.json"
+    if use_cache and entry.is_file():
+        try:
+            record = json.loads(entry.read_text(encoding="utf-8"))
+            names = [str(n) for n in record["wheels"]]
+            warnings = [str(w) for w in record["warnings"]]
+            pins = str(record.get("constraints", ""))
+        except (ValueError, KeyError, TypeError):
+            names = []
+            warnings = []
+            pins = ""
+            record = None
+        if record is not None and all("/" not in n and (wheel_dir / n).is_file() for n in names):
+            subset.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                shutil.copyfile(wheel_dir / name, subset / name)
+            if constraints is not None and pins:
+                constraints.write_text(pins, encoding="utf-8")
+            return warnings
+    warnings = resolve()
+    names = sorted(w.name for w in subset.glob("*.whl"))
+    if any(_OFFLINE_MARK in w for w in warnings) or not all((wheel_dir / n).is_file() for n in names):
+        return warnings
+    record = {"wheels": names, "warnings": warnings,
+              "constraints": constraints.read_text(encoding="utf-8") if constraints and constraints.is_file() else ""}
+    folder.mkdir(exist_ok=True)
+    # Keyed by the listing after the resolution (which may have added wheels): what the next run sees.
+    entry = folder / f"{_resolution_key(parts, wheel_dir, target)}.json"
+    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    tmp.replace(entry)
+    return warnings
+
+
+def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget,
+                *, use_cache: bool = True) -> list[str]:
     """Put every wheel the image needs under dest/deps and dest/blockkit, from the host wheelhouse.
 
     Args:
@@ -457,6 +532,7 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
         block_dir: the block folder (its requirements.txt is resolved).
         source_root: blockkit's source tree (its wheel is built) or None (the installed version's wheel).
         target: the image's Python the wheels must fit.
+        use_cache: reuse an earlier resolution of the same inputs (`cached_resolution`).
 
     Returns warning lines, as `resolve_wheels`.
     """
@@ -467,7 +543,11 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
     if requirements.is_file():
         wanted += ["-r", str(requirements)]
     subset = dest / "all"
-    warnings = resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements)
+    text = requirements.read_text(encoding="utf-8", errors="replace") if requirements.is_file() else ""
+    warnings = cached_resolution(
+        ["base", blockkit_wheel.name, text], subset, wheel_dir, target,
+        lambda: resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements), use_cache=use_cache,
+    )
     (dest / "deps").mkdir()
     (dest / "blockkit").mkdir()
     for wheel in subset.iterdir():

@@ -11,9 +11,7 @@ project-made packages that reproduce what UP42 blocks meet on the real index:
 - `bkt-fresh` 1.0 lies in the wheelhouse (a stale wheel of an earlier build), 2.0 is on the index:
   an unpinned requirement gets 2.0, not what the wheelhouse happens to hold.
 - With the index unreachable the wheelhouse is used, and the warning says so.
-
-The last test builds a UP42-style block (own Dockerfile, no blockkit) on the Python 3.9 base
-and runs it on the Docker engine: the versions it imports are the ones asked.
+- An unchanged resolution is on record: the next image lookup runs no pip.
 """
 
 from __future__ import annotations
@@ -21,10 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import json
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -32,10 +27,9 @@ import pytest
 
 from blockkit.runner._wheelhouse import PythonTarget, WheelServer, python_capped_pins, resolve_wheels
 
-from .conftest import EXAMPLES
+pytestmark = pytest.mark.slow  # pip runs against a local index
 
 TARGET = PythonTarget(python="3.9", machine="x86_64", glibc="2.31")
-BLOCKKIT = Path(sys.executable).with_name("blockkit")
 
 # (name, version, requires-python, requires-dist)
 RELEASES = [
@@ -200,3 +194,47 @@ def test_pins_only_releases_capping_python(tmp_path: Path) -> None:
     # 3.0 does not take 3.9, 4.0rc1 is a prerelease, bkt-fresh caps nothing, bkt-other<2 allows 1.5.
     assert python_capped_pins(output, req, "3.9") == {"bkt-capped": "2.0", "bkt-other": "1.5"}
     assert python_capped_pins(output, req, "3.11") == {}
+
+
+def test_unchanged_resolution_runs_no_pip_and_a_change_resolves_again(
+    tmp_path: Path, index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockkit.runner import _wheelhouse
+
+    calls: list[list[str]] = []
+    real = _wheelhouse.run_pip
+
+    def counting(args: list[str], what: str, env: dict[str, str] | None = None) -> str:
+        calls.append(args)
+        return real(args, what, env)
+
+    monkeypatch.setattr(_wheelhouse, "run_pip", counting)
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    req = tmp_path / "requirements.txt"
+
+    def resolve(text: str, name: str) -> tuple[set[str], list[str]]:
+        req.write_text(text)
+        subset = tmp_path / name
+        pins = tmp_path / f"{name}.constraints"
+        warnings = _wheelhouse.cached_resolution(
+            ["own", text], subset, wheelhouse, TARGET,
+            lambda: resolve_wheels(["-r", str(req)], subset, wheelhouse, TARGET, requirements=req, constraints=pins),
+            constraints=pins,
+        )
+        return {w.name for w in subset.glob("*.whl")}, warnings
+
+    first, _ = resolve("bkt-sibling\nbkt-capped\n", "one")
+    assert calls and "bkt_capped-2.0-py3-none-any.whl" in first
+    calls.clear()
+    second, _ = resolve("bkt-sibling\nbkt-capped\n", "two")
+    assert calls == [] and second == first
+    assert (tmp_path / "two.constraints").read_text() == "bkt-capped==2.0\n"
+    # A changed requirement resolves again.
+    third, _ = resolve("bkt-sibling\nbkt-capped\nbkt-fresh\n", "three")
+    assert calls and third == first | {"bkt_fresh-2.0-py3-none-any.whl"}
+    # A wheel removed from the wheelhouse: the record no longer applies.
+    calls.clear()
+    (wheelhouse / "bkt_fresh-2.0-py3-none-any.whl").unlink()
+    fourth, _ = resolve("bkt-sibling\nbkt-capped\nbkt-fresh\n", "four")
+    assert calls and fourth == third
