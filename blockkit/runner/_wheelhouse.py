@@ -238,12 +238,12 @@ def python_capped_pins(output: str, requirements: Path | None, python: str) -> d
             continue
         if name not in newest or version > newest[name][0]:
             newest[name] = (version, spec or "")
-    pins = {}
-    for name, (version, spec) in newest.items():
+    pins: dict[str, str] = {}
+    for project, (version, spec) in newest.items():
         specs = SpecifierSet(spec)
         later = [Version(f"{target.major}.{minor}") for minor in _LATER_PYTHONS if minor > target.minor]
         if any(v not in specs for v in later):
-            pins[str(name)] = str(version)
+            pins[str(project)] = str(version)
     return pins
 
 
