@@ -12,6 +12,8 @@ project-made packages that reproduce what UP42 blocks meet on the real index:
   an unpinned requirement gets 2.0, not what the wheelhouse happens to hold.
 - With the index unreachable the wheelhouse is used, and the warning says so.
 - An unchanged resolution is on record: the next image lookup runs no pip.
+- A UP42-style block (own Dockerfile, no blockkit) built on the Python 3.9 base gets
+  `bkt-capped` 2.0 in its image (Docker).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -238,3 +241,38 @@ def test_unchanged_resolution_runs_no_pip_and_a_change_resolves_again(
     (wheelhouse / "bkt_fresh-2.0-py3-none-any.whl").unlink()
     fourth, _ = resolve("bkt-sibling\nbkt-capped\nbkt-fresh\n", "four")
     assert calls and fourth == third
+
+
+@pytest.mark.docker
+def test_up42_style_block_image_gets_the_release_for_its_python(
+    tmp_path: Path, index: Path, docker_client, bullseye_image: str
+) -> None:
+    """A UP42-style block (own Dockerfile, no blockkit) on the Python 3.9 base: its image has bkt-capped 2.0."""
+    from blockkit.runner._build import build_block_image
+
+    block = tmp_path / "capped-block"
+    (block / "src").mkdir(parents=True)
+    (block / "requirements.txt").write_text("bkt-sibling\nbkt-capped\npytest\n")
+    (block / "UP42Manifest.json").write_text(json.dumps({
+        "_up42_specification_version": 2, "name": "capped-block", "type": "processing", "tags": ["test"],
+        "display_name": "capped", "description": "Imports the packages it asks for.", "parameters": {},
+        "machine": {"type": "small"},
+        "input_capabilities": {"raster": {"up42_standard": {"format": "GTiff"}}},
+        "output_capabilities": {"raster": {"up42_standard": {"format": "GTiff"}}},
+    }))
+    (block / "Dockerfile").write_text(
+        "ARG BASE=blockkit-base:bullseye\nFROM $BASE\nARG manifest\nLABEL \"up42_manifest\"=$manifest\n"
+        "WORKDIR /block\nCOPY requirements.txt /block\nRUN pip install -r requirements.txt\n"
+        "COPY src /block/src\nCMD [\"python\", \"/block/src/run.py\"]\n"
+    )
+    (block / "src" / "run.py").write_text("import bkt_capped, bkt_sibling\nprint(bkt_capped.VERSION, bkt_sibling.VERSION)\n")
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    _wheel(wheelhouse, "bkt-capped", "1.0", ">=3.7", [])  # stale, from an earlier build
+    built = build_block_image(block, base_image=bullseye_image, wheelhouse=wheelhouse, client=docker_client)
+    try:
+        out = docker_client.containers.run(built.tag, remove=True, network_mode="none")
+        assert out.decode().split() == ["2.0", "1.0"]
+        assert any("development tools left out" in w for w in built.warnings)
+    finally:
+        docker_client.images.remove(built.tag, force=True)
