@@ -276,3 +276,34 @@ def test_up42_style_block_image_gets_the_release_for_its_python(
         assert any("development tools left out" in w for w in built.warnings)
     finally:
         docker_client.images.remove(built.tag, force=True)
+
+
+def test_a_corrupt_or_hostile_record_is_not_trusted(tmp_path: Path, index: Path) -> None:
+    from blockkit.runner import _wheelhouse
+
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    req = tmp_path / "requirements.txt"
+    req.write_text("bkt-fresh\n")
+    secret = tmp_path / "secret.whl"
+    secret.write_text("not for the image")
+    runs = []
+
+    def resolve(name: str) -> set[str]:
+        subset = tmp_path / name
+
+        def real() -> list[str]:
+            runs.append(name)
+            return resolve_wheels(["-r", str(req)], subset, wheelhouse, TARGET, requirements=req)
+
+        _wheelhouse.cached_resolution(["own", "bkt-fresh\n"], subset, wheelhouse, TARGET, real)
+        return {w.name for w in subset.iterdir()}
+
+    assert resolve("one") == {"bkt_fresh-2.0-py3-none-any.whl"}
+    (record,) = (wheelhouse / ".resolved").iterdir()
+    record.write_text(json.dumps({"wheels": ["../secret.whl"], "warnings": [], "constraints": ""}))
+    assert resolve("two") == {"bkt_fresh-2.0-py3-none-any.whl"}  # resolved again, nothing from outside
+    (record,) = (wheelhouse / ".resolved").iterdir()
+    record.write_text("{not json")
+    assert resolve("three") == {"bkt_fresh-2.0-py3-none-any.whl"}
+    assert runs == ["one", "two", "three"]
