@@ -228,11 +228,13 @@ def ensure_block_env(
 
 def _make(block_dir: Path, venv: Path, asked: str | None, wheelhouse: Path | None,
           say: Callable[[str], None] | None) -> list[str]:
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
-
     from blockkit.runner._image_names import blockkit_source_root
-    from blockkit.runner._wheelhouse import drop_dev_requirements, resolve_wheelhouse
+    from blockkit.runner._wheelhouse import (
+        drop_dev_requirements,
+        python_capped_pins,
+        resolve_wheelhouse,
+        write_constraints,
+    )
 
     requirements = block_dir / "requirements.txt"
     copy = None
@@ -261,10 +263,8 @@ def _make(block_dir: Path, venv: Path, asked: str | None, wheelhouse: Path | Non
             _create(chosen.command, venv)
             # The release that made the switch is the one installed: left to itself, pip's
             # resolver may backtrack to an older one that conflicts less with unpinned siblings.
-            pins = work / "constraints.txt"
-            pins.write_text("".join(f"{name}=={release}\n" for name, (release, spec) in sorted(too_new.items())
-                                    if Version(chosen.version) in SpecifierSet(spec)
-                                    and not Version(release).is_prerelease), encoding="utf-8")
+            # (the rule the image build follows too: `python_capped_pins`).
+            pins = write_constraints(python_capped_pins(output, copy, chosen.version), work / "constraints.txt")
             output, failed = _fetch(venv, copy, subset, wheel_dir, constraints=pins)
             version = chosen.version
         if failed is not None:

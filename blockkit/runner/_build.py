@@ -48,6 +48,7 @@ from blockkit.runner._wheelhouse import (
     DEV_TOOLS,
     PythonTarget,
     WheelServer,
+    cached_resolution,
     complete_in_image,
     drop_dev_requirements,
     fill_wheels,
@@ -192,7 +193,8 @@ def _build_from_base(
         context = Path(tmp)
         shutil.copytree(block_dir, context / "block", symlinks=True, ignore=ignore_for_copy)
         warnings = list(drop_dev_requirements(context / "block" / "requirements.txt"))
-        warnings += fill_wheels(context / "wheels", wheel_dir, context / "block", source_root, target)
+        warnings += fill_wheels(context / "wheels", wheel_dir, context / "block", source_root, target,
+                                use_cache=not force)
         content_hash = block_content_hash(
             context / "block", base_image_id=base_id, dockerfile=dockerfile, source_root=source_root,
             extra=f"user:{user}\0wheels:{tree_hash(context / 'wheels')}",
@@ -541,12 +543,24 @@ def _build_own_dockerfile(
                 warnings.append(f"{final_base} has no python3: requirements.txt is left to the Dockerfile")
             else:
                 wheel_dir = resolve_wheelhouse(wheelhouse, source_root)
-                warnings += resolve_wheels(
-                    ["-r", str(requirements)], wheels, wheel_dir, target,
-                    requirements=requirements, build_in_image=final_base, client=client,
+                pins = Path(tmp) / "constraints.txt"
+
+                def resolve() -> list[str]:
+                    assert target is not None and final_base is not None
+                    found = resolve_wheels(
+                        ["-r", str(requirements)], wheels, wheel_dir, target,
+                        requirements=requirements, build_in_image=final_base, client=client, constraints=pins,
+                    )
+                    if not wheels_.host_matches(target):
+                        complete_in_image(requirements, wheels, wheel_dir, target, final_base, client,
+                                          constraints=pins)
+                    return found
+
+                # An unchanged block costs no pip run (and no container) on `blockkit run`.
+                warnings += cached_resolution(
+                    ["own", requirements.read_text(encoding="utf-8", errors="replace")], wheels, wheel_dir,
+                    target, resolve, constraints=pins, use_cache=not force,
                 )
-                if not wheels_.host_matches(target):
-                    complete_in_image(requirements, wheels, wheel_dir, target, final_base, client)
         generated = _offline_dockerfile(lines, "{url}")
         content_hash = own_content_hash(context, generated, args, base_ids, wheels, network)
         tag = image_tag(manifest["name"], content_hash)

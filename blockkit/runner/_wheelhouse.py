@@ -19,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from blockkit.contract.errors import BuildError, Problem
 from blockkit.runner import _image_names as image_names
@@ -185,6 +185,76 @@ def _limit_warnings(
     return lines
 
 
+_FOUND = re.compile(r"Found link (\S+?)(?:#\S*)?(?: \(from [^)]*\))?(?: \(requires-python:([^)]*)\))?, version: (\S+)")
+#: Pythons a Requires-Python is checked against to tell whether it caps Python from above.
+_LATER_PYTHONS = range(0, 30)
+
+
+def python_capped_pins(output: str, requirements: Path | None, python: str) -> dict[str, str]:
+    """Releases to pin so that pip cannot backtrack from a release made for older Pythons.
+
+    For each top-level requirement: the newest final release pip saw (its `-vv` output, links
+    found or skipped for their Requires-Python) that Python `python` takes and the requirement
+    line allows. It is returned when its Requires-Python caps Python from above
+    (`up42-blockutils` 1.2.4: `>=3.7, <3.10`): such a release pins old versions of everything,
+    and left to itself pip's resolver goes back to a far older release (0.0.3) that conflicts
+    less with unpinned siblings or needs no sdist. Used by the image build (`resolve_wheels`)
+    and by the block environments of the process engine (`_blockenv`), written with
+    `write_constraints`.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+    from packaging.version import InvalidVersion, Version
+
+    allowed: dict[str, SpecifierSet] = {}
+    if requirements is not None and requirements.is_file():
+        for line in requirements.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if not line or line.startswith(("-", "#")):
+                continue
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            allowed[_canonical(req.name)] = req.specifier
+    target = Version(python)
+    newest: dict[str, tuple[Version, str]] = {}
+    links = [(m.group(1), m.group(2)) for m in _SKIPPED.finditer(output)]
+    links += [(m.group(1), m.group(2)) for m in _FOUND.finditer(output)]
+    for url, spec in links:
+        filename = url.rsplit("/", 1)[-1]
+        try:
+            if filename.endswith(".whl"):
+                name, version, *_ = parse_wheel_filename(filename)
+            else:
+                name, version = parse_sdist_filename(filename)
+            specs = SpecifierSet(spec or "")
+        except (InvalidWheelFilename, InvalidSdistFilename, InvalidSpecifier, InvalidVersion, ValueError):
+            continue
+        if name not in allowed or version.is_prerelease or not specs.contains(target, prereleases=True):
+            continue
+        if not allowed[name].contains(version, prereleases=True):
+            continue
+        if name not in newest or version > newest[name][0]:
+            newest[name] = (version, spec or "")
+    pins: dict[str, str] = {}
+    for project, (version, spec) in newest.items():
+        specs = SpecifierSet(spec)
+        later = [Version(f"{target.major}.{minor}") for minor in _LATER_PYTHONS if minor > target.minor]
+        if any(v not in specs for v in later):
+            pins[str(project)] = str(version)
+    return pins
+
+
+def write_constraints(pins: dict[str, str], path: Path) -> Path | None:
+    """A pip constraints file pinning `pins` ({project: release}), or None when there is nothing to pin."""
+    if not pins:
+        return None
+    path.write_text("".join(f"{name}=={release}\n" for name, release in sorted(pins.items())), encoding="utf-8")
+    return path
+
+
 def resolve_wheels(
     wanted: list[str],
     subset: Path,
@@ -194,12 +264,17 @@ def resolve_wheels(
     requirements: Path | None = None,
     build_in_image: str | None = None,
     client: "docker.DockerClient | None" = None,
+    constraints: Path | None = None,
 ) -> list[str]:
     """Resolve `wanted` (pip arguments) for the target Python into `subset`, filling the wheelhouse.
 
-    Everything comes from the wheelhouse when it can; otherwise from the index. A requirement
-    that has no wheel for the target is built from its sdist: on the host when it is pure
-    Python, else inside `build_in_image`.
+    The wheelhouse is searched together with pip's configured index, so the newest release
+    that fits the target Python wins (as in the image's own `pip install`), not a stale one
+    left in the wheelhouse. A top-level requirement whose newest fitting release caps Python
+    from above is pinned through a constraints file (`python_capped_pins`), so pip cannot
+    backtrack to a far older release. When the index cannot be reached, the wheelhouse alone
+    is used and a warning says so. A requirement that has no wheel for the target is built from
+    its sdist: on the host when it is pure Python, else inside `build_in_image`.
 
     Args:
         wanted: pip arguments naming what to resolve (wheel paths, `-r requirements.txt`).
@@ -209,12 +284,22 @@ def resolve_wheels(
         requirements: the block's requirements file, to name the ones resolved far older than asked.
         build_in_image: the image to compile sdists in (the base image, which then needs a compiler).
         client: the Docker client for `build_in_image`.
+        constraints: where to write the constraints file of the pins (kept for `complete_in_image`);
+            default: a file next to `subset`.
 
-    Returns warning lines (requirements resolved far older than asked because of Requires-Python).
+    Returns warning lines (requirements resolved far older than asked because of Requires-Python,
+    resolution from the wheelhouse only).
     """
+    if constraints is None:
+        with tempfile.TemporaryDirectory(prefix="blockkit-pins-") as tmp:
+            return resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements,
+                                  build_in_image=build_in_image, client=client,
+                                  constraints=Path(tmp) / "constraints.txt")
     platform_args = pip_platform_options(target)
     subset.mkdir(parents=True, exist_ok=True)
-    offline = ["download", "--no-index", "--find-links", str(wheel_dir), "-d", str(subset), *platform_args, *wanted]
+    pins_file = constraints
+    pins_file.unlink(missing_ok=True)
+    warnings: list[str] = []
     limited: dict[str, tuple[str, str]] = {}
     with _locked(wheel_dir):
         record = wheel_dir / f".requires-python-{target.python}.json"
@@ -222,30 +307,84 @@ def resolve_wheels(
             limited = json.loads(record.read_text()) if record.is_file() else {}
         except ValueError:
             limited = {}
+        pin_args: list[str] = []
         try:
-            # Everything may already be in the wheelhouse: then no network is needed at all.
-            run_pip(["--quiet", *offline], "resolving wheels offline")
-        except BuildError:
-            built_from_source: set[str] = set()
-            while True:
-                if platform_args:
-                    fill = ["download", "-vv", "--find-links", str(wheel_dir), "-d", str(wheel_dir), *platform_args, *wanted]
-                else:
-                    # Same Python as the image: pip wheel can also build wheels from sdists.
-                    fill = ["wheel", "-vv", "--find-links", str(wheel_dir), "-w", str(wheel_dir), *wanted]
+            output = _fill(wanted, wheel_dir, target, platform_args, build_in_image, client, [])
+            pins = python_capped_pins(output, requirements, target.python)
+            if write_constraints(pins, pins_file) is not None:
+                pin_args = ["-c", str(pins_file)]
                 try:
-                    output = run_pip(fill, f"fetching wheels into {wheel_dir}")
-                    limited.update(_python_limited(output, requirements, target.python))
-                    break
+                    output += _fill(wanted, wheel_dir, target, platform_args, build_in_image, client, pin_args)
                 except BuildError as err:
-                    missing = next((m.group(1) for p in err.problems for m in [_NO_MATCH.search(p.message)] if m), None)
-                    if not platform_args or missing is None or missing in built_from_source:
+                    if not platform_args or _unreachable(err):
                         raise
-                    built_from_source.add(missing)
-                    _wheel_from_sdist(missing, wheel_dir, target, build_in_image, client)
+                    # The host's pip evaluates markers for its own Python: the whole set may not
+                    # resolve here. The pinned releases with their dependencies go into the
+                    # wheelhouse; the image's pip (`complete_in_image`) resolves the whole set.
+                    pinned = [f"{name}=={release}" for name, release in sorted(pins.items())]
+                    output += _fill(pinned, wheel_dir, target, platform_args, build_in_image, client, [])
+            limited.update(_python_limited(output, requirements, target.python))
             record.write_text(json.dumps(limited, indent=1))
-            run_pip(["--quiet", *offline], "resolving wheels from the wheelhouse")
-    return _limit_warnings(limited, subset, target.python, requirements)
+            if _unreachable_text(output):
+                # pip goes on with the wheelhouse when the index does not answer.
+                warnings.append(f"the package index could not be reached: requirements resolved from the wheelhouse "
+                                f"{wheel_dir} only, newer releases that fit Python {target.python} may exist")
+        except BuildError as err:
+            if not _unreachable(err):
+                raise
+            warnings.append(
+                f"the package index could not be reached ({err.message}): requirements resolved from the "
+                f"wheelhouse {wheel_dir} only, newer releases that fit Python {target.python} may exist"
+            )
+            fill_offline = ["download", "--no-index", "--find-links", str(wheel_dir), "-d", str(subset),
+                            *platform_args, *wanted]
+            run_pip(["--quiet", *fill_offline], "resolving wheels from the wheelhouse (offline)")
+            return warnings + _limit_warnings(limited, subset, target.python, requirements)
+        offline = ["download", "--no-index", "--find-links", str(wheel_dir), "-d", str(subset), *platform_args]
+        try:
+            run_pip(["--quiet", *offline, *pin_args, *wanted], "resolving wheels from the wheelhouse")
+        except BuildError:
+            if not (platform_args and pin_args):
+                raise
+            # As above: the image's pip settles the pinned set (`complete_in_image`).
+            run_pip(["--quiet", *offline, *wanted], "resolving wheels from the wheelhouse")
+    return warnings + _limit_warnings(limited, subset, target.python, requirements)
+
+
+_UNREACHABLE = ("Could not fetch URL", "NewConnectionError", "Temporary failure in name resolution",
+                "Network is unreachable", "Max retries exceeded", "ConnectTimeoutError", "ProxyError")
+
+
+def _unreachable(err: BuildError) -> bool:
+    """Whether a failed pip run failed because the index could not be reached."""
+    return _unreachable_text("\n".join([err.message, *(p.message for p in err.problems)]))
+
+
+def _unreachable_text(text: str) -> bool:
+    return any(marker in text for marker in _UNREACHABLE)
+
+
+def _fill(
+    wanted: list[str], wheel_dir: Path, target: PythonTarget, platform_args: list[str],
+    build_in_image: str | None, client: "docker.DockerClient | None", pin_args: list[str],
+) -> str:
+    """Fetch (or build) the wheels of `wanted` into the wheelhouse from it and the index; pip's -vv output."""
+    built_from_source: set[str] = set()
+    while True:
+        if platform_args:
+            fill = ["download", "-vv", "--find-links", str(wheel_dir), "-d", str(wheel_dir), *platform_args,
+                    *pin_args, *wanted]
+        else:
+            # Same Python as the image: pip wheel can also build wheels from sdists.
+            fill = ["wheel", "-vv", "--find-links", str(wheel_dir), "-w", str(wheel_dir), *pin_args, *wanted]
+        try:
+            return run_pip(fill, f"fetching wheels into {wheel_dir}")
+        except BuildError as err:
+            missing = next((m.group(1) for p in err.problems for m in [_NO_MATCH.search(p.message)] if m), None)
+            if not platform_args or missing is None or missing in built_from_source:
+                raise
+            built_from_source.add(missing)
+            _wheel_from_sdist(missing, wheel_dir, target, build_in_image, client)
 
 
 def _wheel_from_sdist(
@@ -309,7 +448,82 @@ def _compile_in_image(
         shutil.rmtree(out, ignore_errors=True)
 
 
-def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget) -> list[str]:
+#: Bumped when the way requirements are resolved changes (old cached resolutions no longer apply).
+_RESOLUTION_FORMAT = "blockkit-resolution-1"
+_OFFLINE_MARK = "package index could not be reached"
+
+
+def _resolution_key(parts: list[str], wheel_dir: Path, target: PythonTarget) -> str:
+    """What a resolution depends on: the inputs, the target, the wheelhouse listing, blockkit's version."""
+    import hashlib
+
+    from blockkit import __version__
+
+    digest = hashlib.sha256()
+    listing = sorted(p.name for p in wheel_dir.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip")))
+    marker = wheel_dir / ".blockkit-source-hash"
+    source = marker.read_text().strip() if marker.is_file() else ""
+    for part in [_RESOLUTION_FORMAT, __version__, source, repr(target), *parts, "\0listing", *listing]:
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def cached_resolution(
+    parts: list[str],
+    subset: Path,
+    wheel_dir: Path,
+    target: PythonTarget,
+    resolve: Callable[[], list[str]],
+    *,
+    constraints: Path | None = None,
+    use_cache: bool = True,
+) -> list[str]:
+    """`resolve()` (which fills `subset`) unless the same resolution is on record; then no pip runs.
+
+    The record (`<wheelhouse>/.resolved/<key>.json`) names the wheels and warnings of an earlier
+    resolution. Its key covers `parts` (the requirements' text and whatever else was resolved),
+    the target Python, the wheelhouse's listing and blockkit's version: a changed requirement,
+    another base image or a wheel added to or removed from the wheelhouse resolves again. A new
+    release on the index alone does not (`blockkit build --force` resolves again). Resolutions
+    made without the index (offline) are not recorded.
+    """
+    folder = wheel_dir / ".resolved"
+    entry = folder / f"{_resolution_key(parts, wheel_dir, target)}.json"
+    if use_cache and entry.is_file():
+        try:
+            record = json.loads(entry.read_text(encoding="utf-8"))
+            names = [str(n) for n in record["wheels"]]
+            warnings = [str(w) for w in record["warnings"]]
+            pins = str(record.get("constraints", ""))
+        except (ValueError, KeyError, TypeError):
+            names = []
+            warnings = []
+            pins = ""
+            record = None
+        if record is not None and all("/" not in n and (wheel_dir / n).is_file() for n in names):
+            subset.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                shutil.copyfile(wheel_dir / name, subset / name)
+            if constraints is not None and pins:
+                constraints.write_text(pins, encoding="utf-8")
+            return warnings
+    warnings = resolve()
+    names = sorted(w.name for w in subset.glob("*.whl"))
+    if any(_OFFLINE_MARK in w for w in warnings) or not all((wheel_dir / n).is_file() for n in names):
+        return warnings
+    record = {"wheels": names, "warnings": warnings,
+              "constraints": constraints.read_text(encoding="utf-8") if constraints and constraints.is_file() else ""}
+    folder.mkdir(exist_ok=True)
+    # Keyed by the listing after the resolution (which may have added wheels): what the next run sees.
+    entry = folder / f"{_resolution_key(parts, wheel_dir, target)}.json"
+    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    tmp.replace(entry)
+    return warnings
+
+
+def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget,
+                *, use_cache: bool = True) -> list[str]:
     """Put every wheel the image needs under dest/deps and dest/blockkit, from the host wheelhouse.
 
     Args:
@@ -318,6 +532,7 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
         block_dir: the block folder (its requirements.txt is resolved).
         source_root: blockkit's source tree (its wheel is built) or None (the installed version's wheel).
         target: the image's Python the wheels must fit.
+        use_cache: reuse an earlier resolution of the same inputs (`cached_resolution`).
 
     Returns warning lines, as `resolve_wheels`.
     """
@@ -328,7 +543,11 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
     if requirements.is_file():
         wanted += ["-r", str(requirements)]
     subset = dest / "all"
-    warnings = resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements)
+    text = requirements.read_text(encoding="utf-8", errors="replace") if requirements.is_file() else ""
+    warnings = cached_resolution(
+        ["base", blockkit_wheel.name, text], subset, wheel_dir, target,
+        lambda: resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements), use_cache=use_cache,
+    )
     (dest / "deps").mkdir()
     (dest / "blockkit").mkdir()
     for wheel in subset.iterdir():
@@ -402,7 +621,8 @@ class _locked:
 
 
 def complete_in_image(
-    requirements: Path, subset: Path, wheel_dir: Path, target: PythonTarget, image: str, client: "docker.DockerClient"
+    requirements: Path, subset: Path, wheel_dir: Path, target: PythonTarget, image: str, client: "docker.DockerClient",
+    constraints: Path | None = None,
 ) -> None:
     """Let the image's own pip pick the wheels, fetching what the host's pip missed.
 
@@ -418,23 +638,28 @@ def complete_in_image(
         target: the image's Python.
         image: the image whose pip resolves.
         client: the Docker client.
+        constraints: the pins `resolve_wheels` wrote (`python_capped_pins`), applied here too.
     """
     from docker.types import Mount
 
     fetched: set[str] = set()
-    for _attempt in range(40):
+    pinned = constraints is not None and constraints.is_file()
+    pin = "-c /req/constraints.txt" if pinned else ""
+    for _attempt in range(_ROUNDS):
         out = Path(tempfile.mkdtemp(prefix="blockkit-resolve-"))
         try:
             with WheelServer(wheel_dir) as url:
                 script = (
                     f"python3 -m pip download --disable-pip-version-check --no-index --find-links {url} "
-                    "-d /tmp/w -r /req/requirements.txt >/tmp/log 2>&1; code=$?; "
+                    f"-d /tmp/w -r /req/requirements.txt {pin} >/tmp/log 2>&1; code=$?; "
                     "cat /tmp/log; cp /tmp/w/* /out/ 2>/dev/null; chmod -R a+rw /out; exit $code"
                 )
                 container = client.containers.run(
                     image, ["sh", "-c", script], detach=True, network_mode="host", user="0:0",
                     mounts=[Mount("/req/requirements.txt", str(requirements), type="bind", read_only=True),
-                            Mount("/out", str(out), type="bind", read_only=False)],
+                            Mount("/out", str(out), type="bind", read_only=False),
+                            *([Mount("/req/constraints.txt", str(constraints), type="bind", read_only=True)]
+                              if pinned else [])],
                 )
                 try:
                     status = container.wait(timeout=900)
@@ -468,7 +693,11 @@ def complete_in_image(
                 if not any(_NO_MATCH.search(p.message) for p in err.problems):
                     raise
                 _wheel_from_sdist(wanted, wheel_dir, target, image, client)
-    raise BuildError(f"resolving requirements.txt inside {image} did not settle after 40 rounds")
+    raise BuildError(f"resolving requirements.txt inside {image} did not settle after {_ROUNDS} rounds")
+
+
+#: At most this many requirements fetched one by one for the image's pip.
+_ROUNDS = 80
 
 
 class WheelServer:
