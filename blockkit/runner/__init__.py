@@ -9,8 +9,9 @@ package is internal: import from here.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from blockkit._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from blockkit.runner._session import RunRequest, run_request
@@ -94,16 +95,4 @@ __all__ = [
     "single_block_workflow",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (keeps `import blockkit` light)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

@@ -8,8 +8,9 @@ scattered CWL step. Every other module here is internal.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from blockkit._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from blockkit.runtime._block import DataBlock, ProcessingBlock, data_block, processing_block, read_input
@@ -123,16 +124,4 @@ __all__ = [
     "write_vector_quicklook",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (keeps `import blockkit` light)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

@@ -5,7 +5,7 @@ Heavy libraries (boto3, requests, pystac, cryptography) load only when used.
 
 from __future__ import annotations
 
-from typing import Any
+from blockkit._lazy import lazy_exports
 
 _EXPORTS = {
     "stage_in": "blockkit.storage._stagein",
@@ -28,10 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'blockkit.storage' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
