@@ -116,15 +116,20 @@ def _workflow(tmp_path: Path, *steps: Path) -> Path:
     return wf
 
 
-def test_process_engine_without_isolation_refuses_fixed_path_blocks_in_one_line(tmp_path: Path) -> None:
-    engine = ProcessEngine()
-    if engine_isolates_paths(engine):
-        pytest.skip("the process engine isolates paths here: test_up42_process.py runs these blocks")
+def test_process_engine_without_isolation_refuses_fixed_path_blocks_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where bubblewrap works the engine isolates paths (test_up42_process.py runs these blocks
+    # there); the engine of a host without it is ProcessEngine(isolate=False) in-process and
+    # BLOCKKIT_NO_ISOLATION for the CLI.
+    monkeypatch.setenv("BLOCKKIT_NO_ISOLATION", "1")
+    engine = ProcessEngine(isolate=False)
+    assert not engine_isolates_paths(engine)
     plan = plan_workflow(load_workflow(_workflow(tmp_path, BLOCKS / "up42-main-entry")))
     with pytest.raises(WorkflowError) as info:
         prepare_for_engine(plan, engine)
     assert "\n" not in info.value.headline()
-    assert "fixed UP42 paths" in info.value.details() and "--engine docker" in info.value.details()
+    assert "fixed UP42 paths" in info.value.headline() and "--engine docker" in info.value.headline()
 
     done = subprocess.run([str(BLOCKKIT), "run", str(_workflow(tmp_path, BLOCKS / "up42-main-entry")), "-e", "process",
                            "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
