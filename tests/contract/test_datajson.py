@@ -387,11 +387,13 @@ def _write_many(folder: Path, count: int, bad_index: int | None = None) -> Path:
 @pytest.mark.slow
 def test_100k_features_load_quickly(indir: Path) -> None:
     _write_many(indir, 100_000)
-    start = time.perf_counter()
+    # A guard against quadratic validation, not a benchmark (bench_runtime.py measures it):
+    # the process's own CPU time, which other jobs on the machine do not inflate.
+    start = time.process_time()
     fc = load_data_json(indir)
-    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - start
     assert len(fc) == 100_000
-    assert elapsed < 20, f"loading 100k features took {elapsed:.1f} s"
+    assert cpu < 20, f"loading 100k features took {cpu:.1f} s of CPU"
 
 
 @pytest.mark.slow
