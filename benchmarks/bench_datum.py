@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from statistics import median
 
+from _spin import loops_for  # benchmarks/ is on sys.path: these run as scripts
+
 SPIN = '''
 import blockkit
 from blockkit import FeatureCollection
@@ -50,15 +52,6 @@ if __name__ == "__main__":
     spin.run()
 '''
 
-
-def _loops_for(seconds: float) -> int:
-    """How many loop turns take `seconds` in this Python on one core (the block runs the same loop)."""
-    loops = 2_000_000
-    began = time.perf_counter()
-    total = 0
-    for i in range(loops):
-        total += i * i % 7
-    return int(seconds * loops / (time.perf_counter() - began))
 
 
 def _block(root: Path, machine: str | None) -> Path:
@@ -109,7 +102,7 @@ def main() -> None:
     parser.add_argument("--machine", default=None, help="the block's machine type (default: docker medium, process small)")
     args = parser.parse_args()
     machine = args.machine or ("medium" if args.engine == "docker" else None)
-    loops = _loops_for(args.seconds)
+    loops = loops_for(args.seconds)
     with tempfile.TemporaryDirectory(prefix="bench-datum-") as tmp:
         root = Path(tmp)
         block = _block(root, machine)

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from statistics import median
 
+from _spin import loops_for  # benchmarks/ is on sys.path: these run as scripts
+
 SPIN = '''
 import blockkit
 from blockkit import FeatureCollection
@@ -35,15 +37,6 @@ if __name__ == "__main__":
     spin.run()
 '''
 
-
-def _loops_for_one_second() -> int:
-    """How many loop turns take ~1 s in this Python on one core (the block runs the same loop)."""
-    loops = 2_000_000
-    began = time.perf_counter()
-    total = 0
-    for i in range(loops):
-        total += i * i % 7
-    return int(loops / (time.perf_counter() - began))
 
 
 def _block(root: Path) -> Path:
@@ -72,7 +65,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    loops = _loops_for_one_second()
+    loops = loops_for(1.0)
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
         root = Path(tmp)
         block = _block(root)

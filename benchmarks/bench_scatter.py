@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from statistics import median
 
+from _spin import loops_for  # benchmarks/ is on sys.path: these run as scripts
+
 WORK = '''
 import blockkit
 from blockkit import FeatureCollection
@@ -49,15 +51,6 @@ if __name__ == "__main__":
     work.run()
 '''
 
-
-def _loops_for(seconds: float) -> int:
-    """How many loop turns take `seconds` in this Python on one core (the block runs the same loop)."""
-    loops = 2_000_000
-    began = time.perf_counter()
-    total = 0
-    for i in range(loops):
-        total += i * i % 7
-    return int(seconds * loops / (time.perf_counter() - began))
 
 
 def _block(root: Path) -> Path:
@@ -104,7 +97,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="CPU work per feature")
     args = parser.parse_args()
-    loops = _loops_for(args.seconds)
+    loops = loops_for(args.seconds)
     with tempfile.TemporaryDirectory(prefix="bench-scatter-") as tmp:
         root = Path(tmp)
         block, data = _block(root), _input(root, args.features)
