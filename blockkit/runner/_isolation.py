@@ -21,7 +21,6 @@ the group is killed when the step ends.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
@@ -48,8 +47,6 @@ PROXY_ENV = frozenset({"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "H
 
 #: System folders bound read-only into the namespace when they exist.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys")
-
-_PR_SET_PDEATHSIG = 1
 
 
 def bwrap_path() -> str | None:
@@ -170,15 +167,6 @@ def bwrap_command(
              "--ro-bind", str(block_dir.resolve()), BLOCK_DIR,
              "--chdir", BLOCK_DIR, "--"]
     return args + command
-
-
-def set_parent_death_signal() -> None:
-    """In a child before exec: get SIGKILL when the parent (the runner) dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the watchdog still ends the group
 
 
 class Watchdog:
