@@ -315,11 +315,6 @@ _FIXED = re.compile(r"/tmp/(?:input|output|quicklooks)\b|^\s*(?:from|import)\s+b
 
 # --- preparing a plan for an engine -------------------------------------------------------------
 
-def engine_isolates_paths(engine: Engine) -> bool:
-    """Whether the engine shows each step its own /tmp/input, /tmp/output, /tmp/quicklooks and /block."""
-    return bool(engine.isolates_paths)
-
-
 def engine_capacity(engine: Engine) -> tuple[float, int]:
     """(CPUs, memory MB) of the host the engine runs steps on (the Docker daemon's for docker)."""
     capacity = engine.capacity()

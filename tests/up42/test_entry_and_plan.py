@@ -12,7 +12,6 @@ import pytest
 from blockkit.contract.errors import ExitCode, WorkflowError
 from blockkit.runner._plan import (
     EntryPointError,
-    engine_isolates_paths,
     needs_fixed_paths,
     plan_workflow,
     prepare_for_engine,
@@ -124,7 +123,7 @@ def test_process_engine_without_isolation_refuses_fixed_path_blocks_in_one_line(
     # BLOCKKIT_NO_ISOLATION for the CLI.
     monkeypatch.setenv("BLOCKKIT_NO_ISOLATION", "1")
     engine = ProcessEngine(isolate=False)
-    assert not engine_isolates_paths(engine)
+    assert not engine.isolates_paths
     plan = plan_workflow(load_workflow(_workflow(tmp_path, BLOCKS / "up42-main-entry")))
     with pytest.raises(WorkflowError) as info:
         prepare_for_engine(plan, engine)

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from blockkit.runner._blockenv import ensure_block_env, env_key
-from blockkit.runner._plan import engine_isolates_paths
 from blockkit.runner._process_engine import ProcessEngine
 
 from .conftest import in_ci
@@ -27,7 +26,7 @@ BLOCKKIT = Path(sys.executable).with_name("blockkit")
 
 
 def _require_isolation() -> None:
-    if not engine_isolates_paths(ProcessEngine()) and not in_ci():
+    if not ProcessEngine().isolates_paths and not in_ci():
         pytest.skip("the process engine cannot isolate the fixed UP42 paths here (needs the bubblewrap isolation)")
 
 

@@ -19,7 +19,6 @@ import pytest
 
 from blockkit.contract.errors import BlockkitError
 from blockkit.runner._blockenv import COMPLETE_MARK, ensure_block_env, env_key, find_interpreters
-from blockkit.runner._plan import engine_isolates_paths
 from blockkit.runner._process_engine import ProcessEngine
 
 from .conftest import EXAMPLES, in_ci
@@ -37,7 +36,7 @@ def _python39() -> str:
 
 
 def _require_isolation() -> None:
-    if not engine_isolates_paths(ProcessEngine()):
+    if not ProcessEngine().isolates_paths:
         if in_ci():
             pytest.fail("CI=true but the process engine cannot isolate steps (bubblewrap)")
         pytest.skip("the process engine cannot isolate the fixed UP42 paths here (bubblewrap)")

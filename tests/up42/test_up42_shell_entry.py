@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from blockkit.runner._plan import engine_isolates_paths
 from blockkit.runner._process_engine import ProcessEngine
 
 from .conftest import in_ci
@@ -72,7 +71,7 @@ def _block(root: Path, cmd: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", ['["/block/run.sh"]', '["sh", "run.sh"]', "sh /block/run.sh"])
 def test_a_shell_entry_runs_python_from_the_block_venv(tmp_path: Path, cmd: str) -> None:
-    if not engine_isolates_paths(ProcessEngine()) and not in_ci():
+    if not ProcessEngine().isolates_paths and not in_ci():
         pytest.skip("the process engine cannot isolate the fixed UP42 paths here (needs bubblewrap)")
     block = _block(tmp_path / "blocks", cmd)
     wf = tmp_path / "wf.yaml"
