@@ -94,11 +94,23 @@ def host_environment(network: bool, environ: Mapping[str, str] | None = None) ->
     return env
 
 
-def _readonly_mounts() -> list[str]:
-    """bwrap arguments making the host folders a step needs to run Python and blockkit visible, read-only."""
+#: Folders bubblewrap replaces with an empty tmpfs inside the step.
+_TMPFS_DIRS = ("/tmp", "/run", "/var/tmp")
+
+
+def _under_tmpfs(path: str) -> bool:
+    return any(path.startswith(d + "/") for d in _TMPFS_DIRS)
+
+
+def _readonly_mounts() -> tuple[list[str], list[str]]:
+    """bwrap arguments making the host folders a step needs to run Python and blockkit visible, read-only.
+
+    Two lists: the binds that go before the tmpfs mounts, and those of the runner's own Python
+    and blockkit folders that lie under a tmpfs folder (a checkout or venv in /tmp), which must
+    come after them or the tmpfs would hide them. Nothing else under /tmp is shown to a step.
+    """
     import blockkit
 
-    args: list[str] = []
     links: list[str] = []
     wanted: list[str] = []
     for name in SYSTEM_DIRS:
@@ -106,27 +118,30 @@ def _readonly_mounts() -> list[str]:
             links += ["--symlink", os.readlink(name), name]  # /bin -> usr/bin stays a link
         elif os.path.isdir(name):
             wanted.append(name)
-    wanted += [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent),
-               str(Path(sys.executable).resolve().parent.parent), str(Path(blockkit.__file__).resolve().parent)]
-    wanted += [p for p in sys.path if p]
+    own = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent),
+           str(Path(sys.executable).resolve().parent.parent), str(Path(blockkit.__file__).resolve().parent)]
+    own_real = {os.path.realpath(p) for p in own}
+    wanted += own + [p for p in sys.path if p]
     roots: list[str] = []
     for raw in sorted({os.path.realpath(p) for p in wanted}, key=len):
         if not os.path.exists(raw) or raw == "/" or raw in ("/tmp", "/proc", "/dev"):
             continue
-        if raw.startswith(("/tmp/", "/proc/", "/dev/")):
+        if raw.startswith(("/proc/", "/dev/")) or (_under_tmpfs(raw) and raw not in own_real):
             continue
         if os.path.isfile(raw):
             raw = os.path.dirname(raw)
         if any(raw == r or raw.startswith(r + "/") for r in roots):
             continue
         roots.append(raw)
+    early: list[str] = []
+    late: list[str] = []
     for root in roots:
-        args += ["--ro-bind", root, root]
+        (late if _under_tmpfs(root) else early).extend(["--ro-bind", root, root])
     # Paths as the runner sees them (e.g. a venv's bin/python symlink) must resolve inside too.
     for raw in (sys.prefix, str(Path(sys.executable).parent)):
-        if os.path.realpath(raw) != raw and os.path.exists(raw) and not raw.startswith("/tmp/"):
-            args += ["--ro-bind", raw, raw]
-    return args + links
+        if os.path.realpath(raw) != raw and os.path.exists(raw):
+            (late if _under_tmpfs(raw) else early).extend(["--ro-bind", raw, raw])
+    return early + links, late
 
 
 def bwrap_command(
@@ -152,8 +167,12 @@ def bwrap_command(
             "--cap-drop", "ALL"]
     if not network:
         args.append("--unshare-net")
-    args += _readonly_mounts()
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var/tmp"]
+    early, late = _readonly_mounts()
+    args += early
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for tmpfs in _TMPFS_DIRS:
+        args += ["--tmpfs", tmpfs]
+    args += late
     if network:
         # /etc/resolv.conf may point into /run (systemd-resolved).
         args += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]

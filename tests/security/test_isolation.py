@@ -13,7 +13,7 @@ from blockkit.runner._process_engine import ProcessEngine
 from blockkit.runner._run import RunFailed
 from blockkit.runner._session import RunRequest, run_request
 
-from .engine_blocks import files_under, workflow, write_hostile
+from .engine_blocks import CLI_CODE, files_under, workflow, write_hostile
 
 CI = os.environ.get("CI") == "true"
 
@@ -190,3 +190,43 @@ def test_an_engine_that_cannot_start_the_program_fails_the_step_with_one_line(tm
     with pytest.raises(RunFailed) as info:
         _run(workflow(tmp_path, block, {}, source=False), tmp_path / "runs")
     assert "cannot start '/block/src/missing.sh'" in info.value.message and "\n" not in info.value.message
+
+
+def test_a_runner_whose_python_lives_under_tmp_runs_isolated_steps_and_shows_nothing_else_of_tmp(
+    tmp_path: Path, bwrap: None
+) -> None:
+    # A clone or venv in /tmp (a new user's `git clone . /tmp/x`): the step's private /tmp must
+    # not hide the runner's own Python, and must show nothing else of the host's /tmp.
+    import subprocess
+    import sys
+    import sysconfig
+
+    assert str(tmp_path).startswith("/tmp/"), tmp_path
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    import shutil
+
+    source_root = tmp_path / "src"  # blockkit's own code under /tmp, as in such a clone
+    shutil.copytree(Path(__file__).resolve().parents[2] / "blockkit", source_root / "blockkit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (next(venv.glob("lib/python3*/site-packages")) / "blockkit-here.pth").write_text(
+        f"{source_root}\n{sysconfig.get_paths()['purelib']}\n")
+    (tmp_path / "secret.txt").write_text("not for blocks\n")
+    block = write_hostile(tmp_path / "blocks")
+    wf = workflow(tmp_path, block, {"action": "attack", "look": [str(tmp_path)],
+                                    "victims": [str(venv / "pyvenv.cfg")]})
+    scene = Path(__file__).resolve().parents[2] / "examples" / "blocks" / "synthetic-scene"  # imports blockkit
+    wf.write_text(wf.read_text() + f"  scene: {{block: {json.dumps(str(scene))}, params: {{size: 64}}, after: []}}\n")
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", CLI_CODE, "run", str(wf), "-e", "process", "--no-cache",
+         "--runs-dir", str(tmp_path / "runs"), "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["steps"]["scene"]["status"] == "ok"
+    tried = json.loads((Path(summary["steps"]["evil"]["output_dir"]) / "data.json").read_text())["tried"]
+    assert tried["ls " + str(tmp_path)] == ["src", "venv"]  # not secret.txt, blocks/ or runs/
+    assert tried[str(venv / "pyvenv.cfg")] == "Read-only file system"
+    assert (venv / "pyvenv.cfg").read_text().count("owned") == 0
