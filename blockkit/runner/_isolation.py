@@ -105,9 +105,9 @@ def _under_tmpfs(path: str) -> bool:
 def _readonly_mounts() -> tuple[list[str], list[str]]:
     """bwrap arguments making the host folders a step needs to run Python and blockkit visible, read-only.
 
-    Two lists: the binds that go before the tmpfs mounts, and those of the runner's own Python
-    and blockkit folders that lie under a tmpfs folder (a checkout or venv in /tmp), which must
-    come after them or the tmpfs would hide them. Nothing else under /tmp is shown to a step.
+    Two lists: the binds that go before the tmpfs mounts, and those of the runner's Python,
+    blockkit and import-path folders that lie under a tmpfs folder (a checkout or venv in /tmp),
+    which must come after them or the tmpfs would hide them. Nothing else under /tmp is shown.
     """
     import blockkit
 
@@ -118,15 +118,14 @@ def _readonly_mounts() -> tuple[list[str], list[str]]:
             links += ["--symlink", os.readlink(name), name]  # /bin -> usr/bin stays a link
         elif os.path.isdir(name):
             wanted.append(name)
-    own = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent),
-           str(Path(sys.executable).resolve().parent.parent), str(Path(blockkit.__file__).resolve().parent)]
-    own_real = {os.path.realpath(p) for p in own}
-    wanted += own + [p for p in sys.path if p]
+    wanted += [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).parent),
+               str(Path(sys.executable).resolve().parent.parent), str(Path(blockkit.__file__).resolve().parent)]
+    wanted += [p for p in sys.path if p]
     roots: list[str] = []
     for raw in sorted({os.path.realpath(p) for p in wanted}, key=len):
         if not os.path.exists(raw) or raw == "/" or raw in ("/tmp", "/proc", "/dev"):
             continue
-        if raw.startswith(("/proc/", "/dev/")) or (_under_tmpfs(raw) and raw not in own_real):
+        if raw.startswith(("/proc/", "/dev/")):
             continue
         if os.path.isfile(raw):
             raw = os.path.dirname(raw)
