@@ -257,3 +257,51 @@ def test_spec_v1_is_refused_saying_how_to_upgrade(tmp_path: Path) -> None:
     assert err.exit_code == ExitCode.WRONG_INPUT_ERROR
     assert len(err.problems) == 1
     assert '"_up42_specification_version": 2' in err.problems[0].message and "docs/up42.md" in err.problems[0].message
+
+
+def _variants() -> list[dict[str, Any]]:
+    """Valid and broken manifests: every one in the repository and single changes of FULL."""
+    repo = Path(__file__).resolve().parents[2]
+    found = [json.loads(p.read_text()) for p in sorted(repo.glob("examples/**/UP42Manifest.json"))]
+    found += [json.loads(p.read_text()) for p in sorted(repo.glob("blockkit/templates/**/UP42Manifest.json"))]
+    changes: list[dict[str, Any]] = [
+        {}, {"type": "transform"}, {"name": "a"}, {"name": "ab\n"}, {"name": "x" * 64}, {"tags": "raster"},
+        {"tags": [1]}, {"parameters": []}, {"parameters": {"p": {}}}, {"parameters": {"9lives": {"type": "string"}}},
+        {"parameters": {"e": {"type": "string", "enum": []}}}, {"optional_features": {"turbo": True}},
+        {"input_capabilities": {"raster": {"standard": {}}}}, {"output_capabilities": []}, {"machine": {}},
+        {"machine": {"type": "huge"}}, {"blockkit": {"command": []}}, {"blockkit": {"timeout": 0}},
+        {"blockkit": {"timeout": True}}, {"blockkit": {"timeout": 1.0}}, {"blockkit": {"s3": 1}},
+        {"_up42_specification_version": 1}, {"_up42_specification_version": 2.0},
+        {"_up42_specification_version": True}, {"colour": "blue"}, {"display_name": None},
+    ]
+    return found + [{**FULL, **change} for change in changes]
+
+
+@pytest.mark.parametrize("data", _variants())
+def test_fast_schema_check_never_passes_what_jsonschema_rejects(data: dict[str, Any]) -> None:
+    """The compiled fast path may only skip jsonschema for manifests jsonschema itself accepts."""
+    import fastjsonschema
+
+    from blockkit.contract._manifest import _fast_validator, _validator
+
+    try:
+        _fast_validator()(data)
+        fast_ok = True
+    except fastjsonschema.JsonSchemaException:
+        fast_ok = False
+    slow_ok = not list(_validator().iter_errors(data))
+    assert slow_ok or not fast_ok, data
+    # Either way validate_manifest reports what jsonschema reports.
+    assert any(True for _ in validate_manifest(data)) or slow_ok
+
+
+def test_a_valid_manifest_is_checked_without_importing_jsonschema(tmp_path: Path) -> None:
+    """A block's start (once per feature of a scattered step) must not pay for jsonschema's import."""
+    import subprocess
+    import sys
+
+    path = write_manifest(tmp_path / "block", FULL)
+    code = ("import sys; from blockkit.contract import load_manifest; "
+            f"load_manifest({str(path)!r}); print('jsonschema' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
