@@ -67,6 +67,7 @@ class DockerEngine(Engine):
     #: Fan-in: each upstream output is bind-mounted read-only at /tmp/input/<step>/ (no links).
     mounts_upstreams = True
     runs_images = True
+    caps_cpu = True
 
     @property
     def isolates_paths(self) -> bool:
@@ -290,7 +291,11 @@ class DockerEngine(Engine):
         tmp_mb = max(64, min(MAX_TMP_MB, int(memory_mb) // 2))
         kwargs["tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={tmp_mb}m,mode=1777"}
         if spec.resources is not None:
-            kwargs["nano_cpus"] = int(spec.resources.cpus * 1e9)
+            # The machine type's CPUs weigh the step against the others (1024 shares per CPU);
+            # a hard cap only when asked (--strict-cpu), so a step alone may use idle CPUs.
+            kwargs["cpu_shares"] = max(2, int(spec.resources.cpus * 1024))
+            if spec.resources.strict_cpu:
+                kwargs["nano_cpus"] = int(spec.resources.cpus * 1e9)
             memory = f"{int(spec.resources.memory_mb)}m"
             # Same value for memory and memory+swap: no swapping past the limit.
             kwargs["mem_limit"] = memory

@@ -19,10 +19,17 @@ LogSink = Callable[[str, str], None]
 
 @dataclass(frozen=True)
 class Resources:
-    """CPU and memory a step may use (from the manifest's `machine.type`)."""
+    """CPU and memory a step may use (from the manifest's `machine.type`).
+
+    Memory is a hard limit. `cpus` is what the scheduler reserves and the step's share when
+    CPUs are contended; it is a hard cap only with `strict_cpu` (`blockkit run --strict-cpu`),
+    as cwltool's `--strict-cpu-limit`: an idle machine's other CPUs are not held back from a
+    step that runs alone.
+    """
 
     cpus: float
     memory_mb: int
+    strict_cpu: bool = False
 
 
 @dataclass
@@ -87,6 +94,8 @@ class Engine(abc.ABC):
     #: True when steps run from images (the image's entry point); False when the block's
     #: command runs on this host from its folder (the plan resolves `entry` for it).
     runs_images: ClassVar[bool] = False
+    #: True when the engine can hold a step to its machine type's CPUs (`Resources.strict_cpu`).
+    caps_cpu: ClassVar[bool] = False
     #: Masks secret values in every log line (set by the session before steps run).
     redact: Callable[[str], str] | None = None
 

@@ -81,6 +81,9 @@ class RunOptions:
     #: A failing step (or feature of a scattered step) does not stop the others: every step
     #: that does not depend on a failed one runs to completion (`make -k`), then the run fails.
     keep_going: bool = False
+    #: Cap every step at its machine type's CPUs (docker), as UP42 does; by default they are
+    #: its share when CPUs are contended and what the scheduler reserves.
+    strict_cpu: bool = False
 
 
 class _Cancelled(Exception):
@@ -378,7 +381,7 @@ class WorkflowRun:
             upstream_dirs=upstream_dirs,
             mode=step.definition.mode,
             network=step.manifest.network,
-            resources=Resources(cpus=cpus, memory_mb=memory),
+            resources=Resources(cpus=cpus, memory_mb=memory, strict_cpu=self.options.strict_cpu),
             timeout_s=step.definition.timeout or step.manifest.options.get("timeout"),
             command=step.command,  # the entry resolved for this engine (plan.prepare_for_engine)
             venv=step.venv,

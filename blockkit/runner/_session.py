@@ -41,6 +41,7 @@ class RunRequest:
     jobs: int | None = None  # steps at once (--jobs); None: as many as the host's CPUs
     fail_fast: bool = False  # a failing step kills the running ones (--fail-fast)
     keep_going: bool = False  # a failing step or feature does not stop the others (--keep-going)
+    strict_cpu: bool = False  # cap each step at its machine type's CPUs (--strict-cpu, docker)
     console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
 
@@ -92,6 +93,9 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     say(f"engine: {why}")
     for line in prepare_for_engine(plan, engine, say, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
         say(f"warning: {line}")
+    if request.strict_cpu and not engine.caps_cpu:
+        say(f"warning: --strict-cpu: the {engine.name} engine cannot cap a step's CPUs; "
+            "steps use what they get (use --engine docker to cap them)")
     removed = engine.remove_orphans()
     if removed:
         say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
@@ -140,6 +144,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         input_dir=input_dir,
         budget=run_budget(engine, request),
         fail_fast=request.fail_fast,
+        strict_cpu=request.strict_cpu,
         keep_going=request.keep_going,
     )
     run = WorkflowRun(plan, options)

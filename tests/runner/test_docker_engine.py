@@ -48,6 +48,9 @@ report = {
     "input_files": sorted(os.listdir(inp)),
     "interfaces": sorted(os.listdir("/sys/class/net")),
     "memory_limit": first_readable("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+    # cgroup v2: "max 100000" or "50000 100000"; v1: the quota in us, -1 for none.
+    "cpu_max": first_readable("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+    "cpu_weight": first_readable("/sys/fs/cgroup/cpu.weight", "/sys/fs/cgroup/cpu/cpu.shares"),
 }
 for target in [inp] + [os.path.join(inp, name) for name in params.get("upstreams", [])]:
     try:
@@ -223,6 +226,23 @@ def test_memory_limit_is_applied(engine, probe_image, docker_client, tmp_path):
     spec = make_spec(tmp_path, probe_image, resources=Resources(cpus=0.5, memory_mb=256))
     assert run(engine, spec, docker_client).exit_code == 0
     assert report_of(spec)["memory_limit"] == str(256 * 1024 * 1024)
+
+
+def test_machine_type_cpus_are_a_share_not_a_cap_by_default(engine, probe_image, docker_client, tmp_path):
+    """A `small` step alone on an idle machine may use more than 0.5 CPU; contended, it weighs 0.5."""
+    spec = make_spec(tmp_path, probe_image, resources=Resources(cpus=0.5, memory_mb=256))
+    assert run(engine, spec, docker_client).exit_code == 0
+    report = report_of(spec)
+    assert report["cpu_max"] in ("-1", "max 100000"), report
+    # 512 shares (cgroup v1), or its cgroup v2 weight.
+    assert report["cpu_weight"] in ("512", "20"), report
+
+
+def test_strict_cpu_caps_the_step_at_its_machine_type(engine, probe_image, docker_client, tmp_path):
+    spec = make_spec(tmp_path, probe_image, resources=Resources(cpus=0.5, memory_mb=256, strict_cpu=True))
+    assert run(engine, spec, docker_client).exit_code == 0
+    report = report_of(spec)
+    assert report["cpu_max"] in ("50000", "50000 100000"), report
 
 
 def test_timeout_kills_and_is_reported(engine, probe_image, docker_client, tmp_path):
