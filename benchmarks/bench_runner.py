@@ -99,8 +99,8 @@ def blockkit_run(workflow: Path, runs: Path, engine: str, use_cache: bool = Fals
 def bare_docker_run(image: str, input_dir: Path, output_dir: Path) -> float:
     """`docker run` of the block image by hand, with the limits of the block's machine type.
 
-    The limits are part of "the same work": machine type `small` (the default) is half a CPU,
-    which alone makes the Python start-up inside the container ~0.1 s slower.
+    The limits are part of "the same work": the CPU share and memory limit blockkit gives a
+    machine type (`--cpu-shares`, not a `--cpus` cap, as `blockkit run` without --strict-cpu).
     """
     from blockkit.contract._manifest import parse_manifest
 
@@ -109,7 +109,7 @@ def bare_docker_run(image: str, input_dir: Path, output_dir: Path) -> float:
     os.chmod(output_dir, 0o777)
     start = time.perf_counter()
     subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "1000:1000",
-                    "--cpus", str(cpus), "--memory", f"{memory_mb}m", "--memory-swap", f"{memory_mb}m",
+                    "--cpu-shares", str(max(2, int(cpus * 1024))), "--memory", f"{memory_mb}m", "--memory-swap", f"{memory_mb}m",
                     "-v", f"{input_dir}:/tmp/input:ro", "-v", f"{output_dir}:/tmp/output",
                     "-e", 'UP42_TASK_PARAMETERS={"tag": "bare"}', image],
                    check=True, capture_output=True)
