@@ -316,13 +316,56 @@ def _base_image_id(client: "docker.DockerClient", base_image: str) -> str:
 
 
 _TARGET_CACHE: dict[str, PythonTarget] = {}
+_TARGET_FIELDS = {"python": re.compile(r"\d+\.\d+"), "machine": re.compile(r"[A-Za-z0-9_]+"),
+                  "glibc": re.compile(r"\d+(\.\d+)*")}
+
+
+def _target_record(image_id: str) -> Path:
+    """Where the answer of an image's probe is kept: `~/.cache/blockkit/base-images/<id>.json`.
+
+    An image id is the hash of the image's content, so the answer never goes stale.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "blockkit" / "base-images" / f"{image_id.replace(':', '-')}.json"
+
+
+def _recorded_target(image_id: str) -> PythonTarget | None:
+    """The probe's recorded answer, or None when there is none or it is not three plain values."""
+    try:
+        record = json.loads(_target_record(image_id).read_text(encoding="utf-8"))
+        values = {name: record[name] for name in _TARGET_FIELDS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all(isinstance(v, str) and _TARGET_FIELDS[k].fullmatch(v) for k, v in values.items()):
+        return None
+    return PythonTarget(**values)
+
+
+def _record_target(image_id: str, target: PythonTarget) -> None:
+    path = _target_record(image_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"python": target.python, "machine": target.machine, "glibc": target.glibc}),
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the image is probed again next time
 
 
 def _base_target(client: "docker.DockerClient", base_image: str) -> PythonTarget:
-    """Ask the base image which Python, machine and glibc it has (cached per image id)."""
+    """Ask the base image which Python, machine and glibc it has (kept per image id).
+
+    The probe is a container run (0.4 s); its answer is kept in memory and on disk, so a
+    `blockkit run` whose images are built already starts no container before its steps.
+    """
     image_id = _base_image_id(client, base_image)
     if image_id in _TARGET_CACHE:
         return _TARGET_CACHE[image_id]
+    recorded = _recorded_target(image_id)
+    if recorded is not None:
+        _TARGET_CACHE[image_id] = recorded
+        return recorded
     probe = (
         "import platform, sys; "
         "print('%d.%d' % sys.version_info[:2], platform.machine(), platform.libc_ver()[1] or '0')"
@@ -336,6 +379,7 @@ def _base_target(client: "docker.DockerClient", base_image: str) -> PythonTarget
         raise BuildError(f"base image {base_image} has no working python3 ({exc})") from exc
     target = PythonTarget(python=python, machine=machine, glibc=glibc)
     _TARGET_CACHE[image_id] = target
+    _record_target(image_id, target)
     return target
 
 
