@@ -45,7 +45,7 @@ def test_installed_wheel_has_template_and_dockerfile(tmp_path: Path) -> None:
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "\nName: blockkit-eo\n" in metadata
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "blockkit = blockkit.cli.main:main" in entry_points
+    assert "blockkit = blockkit.cli._entry:main" in entry_points
     assert "blockkit/docker/Dockerfile.base" in names
     assert "blockkit/templates/block/src/run.py" in names and "blockkit/schemas/data.schema.json" in names
 
@@ -73,3 +73,23 @@ def test_template_dockerfile_is_up42_ready_and_not_used_by_build(tmp_path: Path)
     assert 'ARG manifest' in text and 'LABEL "up42_manifest"=$manifest' in text
     assert 'pip install "blockkit-eo"' in text and "pip install blockkit\n" not in text
     assert own_dockerfile(block) is None  # `blockkit build` keeps using Dockerfile.base for it
+
+
+def test_the_command_without_the_runner_extra_says_what_to_install() -> None:
+    """Where only the SDK is installed (a block image), `blockkit` is one line and the contract's exit code."""
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class NoRunner(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('typer', 'rich'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoRunner())\n"
+        "sys.argv = ['blockkit', 'run', '.']\n"
+        "from blockkit.cli._entry import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.splitlines() == [
+        "[WRONG_INPUT_ERROR] the blockkit command line needs the runner (typer is not installed): "
+        "pip install 'blockkit-eo[runner]'"]

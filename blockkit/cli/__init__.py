@@ -1,6 +1,7 @@
 """The `blockkit` command (typer): thin commands that parse their options and call the layers.
 
-`blockkit.cli.main` is the console-script entry point (`blockkit = blockkit.cli.main:main`); the
+`blockkit.cli.main` holds the command line; the console script (`blockkit = blockkit.cli._entry:main`)
+runs it, or says in one line to install `blockkit-eo[runner]` where only the SDK is installed; the
 `*_cmd` modules are internal.
 """
 

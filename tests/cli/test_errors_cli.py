@@ -74,6 +74,8 @@ def test_command_modules_share_helpers_through_small_modules_not_main_or_each_ot
     allowed = {"blockkit.cli._console", "blockkit.cli._options"}
     wrong = []
     for path in _cli_modules():
+        if path.name == "_entry.py":
+            continue  # the console script: it imports main (the command line) and nothing else
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("blockkit.cli"):
                 if node.module not in allowed:

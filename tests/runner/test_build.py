@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from blockkit.contract.errors import ExitCode
 from blockkit.runner._build import (
     HASH_LABEL,
     MANIFEST_LABEL,
@@ -136,6 +137,31 @@ def test_built_image_runs_the_block_as_non_root_offline(build, docker_client, ba
     assert prefix == "/opt/venv"
     assert workdir == "/block"
     assert "python" in " ".join(docker_client.images.get(built.tag).attrs["Config"]["Cmd"])
+
+
+@pytest.mark.docker
+def test_block_images_hold_the_sdk_without_the_runner(build, docker_client, base_image, tmp_path):
+    """No boto3 (rasterio imports it when installed: 0.15 s of every block start), no CLI packages.
+
+    `blockkit` inside the image says in one line what to install instead of a traceback.
+    """
+    block = make_block(tmp_path)
+    built = build(block, base_image=base_image, client=docker_client)
+    probe = ("import importlib.util as u; "
+             "print(' '.join(m for m in ('boto3', 'typer', 'rich', 'yaml', 'cryptography', 'numpy', 'rasterio') "
+             "if u.find_spec(m)))")
+    out = docker_client.containers.run(built.tag, ["python", "-c", probe], remove=True, network_mode="none")
+    assert out.decode().split() == ["numpy", "rasterio"]
+    container = docker_client.containers.run(built.tag, ["blockkit", "run", "."], detach=True, network_mode="none")
+    try:
+        code = container.wait(timeout=60)["StatusCode"]
+        err = container.logs(stdout=False, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    assert code == int(ExitCode.WRONG_INPUT_ERROR), err
+    assert err.strip().splitlines() == [
+        "[WRONG_INPUT_ERROR] the blockkit command line needs the runner (typer is not installed): "
+        "pip install 'blockkit-eo[runner]'"]
 
 
 @pytest.mark.docker
@@ -400,3 +426,39 @@ def test_tag_only_matches_the_built_tag_and_builds_nothing(build, docker_client,
     assert built.tag == expected.tag
     again = build_block_image(block, base_image=base_image, client=docker_client, build=False)
     assert (again.tag, again.image_id) == (built.tag, built.image_id)
+
+
+@pytest.mark.docker
+def test_the_base_image_probe_runs_once_per_image_not_once_per_run(docker_client, base_image, tmp_path, monkeypatch):
+    """A `blockkit run` of built images starts no probe container: the answer is kept per image id."""
+    from blockkit.runner import _build
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(_build, "_TARGET_CACHE", {})
+    from docker.models.containers import ContainerCollection
+
+    runs: list[object] = []
+    real_run = ContainerCollection.run
+
+    def counting_run(self, *args, **kwargs):
+        runs.append(args)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "run", counting_run)
+    first = _build._base_target(docker_client, base_image)
+    assert len(runs) == 1 and first.python.count(".") == 1
+    image_id = docker_client.images.get(base_image).id
+    record = _build._target_record(image_id)
+    assert json.loads(record.read_text()) == {"python": first.python, "machine": first.machine, "glibc": first.glibc}
+
+    monkeypatch.setattr(_build, "_TARGET_CACHE", {})  # as a new `blockkit run` process
+    assert _build._base_target(docker_client, base_image) == first
+    assert len(runs) == 1
+
+    # A damaged or doctored record is not believed: the image is asked again and the record rewritten.
+    for bad in ('{"python": "3.11; rm -rf /", "machine": "x86_64", "glibc": "2.36"}', "not json", '{"python": 3}'):
+        record.write_text(bad)
+        monkeypatch.setattr(_build, "_TARGET_CACHE", {})
+        assert _build._base_target(docker_client, base_image) == first
+    assert len(runs) == 4
+    assert json.loads(record.read_text())["python"] == first.python
