@@ -110,19 +110,38 @@ class DockerEngine(Engine):
             return None
 
     def prepare_images(self, plan: Plan, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]]:
-        """Build (or reuse) an image per block step up front, so build errors come before any step runs."""
-        from blockkit.runner._build import build_block_image
+        """Build (or reuse) an image per block step up front, so build errors come before any step runs.
+
+        The blocks are checked (and built) at once, a few at a time: checking an up-to-date image
+        hashes its build context, most of a run's start. Messages and the first error come in
+        the order of the workflow's steps, as if one after another.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from blockkit.runner._build import BuiltImage, build_block_image
 
         client = self.client  # one connection for builds, lookups and steps
+        folders = list(dict.fromkeys(step.block_dir for step in plan.steps if step.block_dir is not None))
+        with ThreadPoolExecutor(max_workers=max(1, min(4, len(folders))), thread_name_prefix="image") as pool:
+            pending = [pool.submit(build_block_image, folder, client=client) for folder in folders]
+            outcomes: list[BuiltImage | BaseException] = []
+            for future in pending:
+                try:
+                    outcomes.append(future.result())
+                except BaseException as exc:  # noqa: BLE001 - raised below, in step order
+                    outcomes.append(exc)
+        built = dict(zip(folders, outcomes))
         images: dict[str, tuple[str, str]] = {}
-        built_for: dict[Path, tuple[str, str]] = {}
+        said: set[Path] = set()
         for step in plan.steps:
             if step.block_dir is not None:
-                if step.block_dir not in built_for:
-                    built = build_block_image(step.block_dir, client=client)
-                    say(f"image {built.tag} ({'built' if built.rebuilt else 'up to date'}) for step {step.name!r}")
-                    built_for[step.block_dir] = (built.tag, built.image_id)
-                images[step.name] = built_for[step.block_dir]
+                outcome = built[step.block_dir]
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if step.block_dir not in said:
+                    said.add(step.block_dir)
+                    say(f"image {outcome.tag} ({'built' if outcome.rebuilt else 'up to date'}) for step {step.name!r}")
+                images[step.name] = (outcome.tag, outcome.image_id)
             elif step.image:
                 images[step.name] = (step.image, str(client.images.get(step.image).id))
         return lambda step: images[step.name]

@@ -462,3 +462,30 @@ def test_the_base_image_probe_runs_once_per_image_not_once_per_run(docker_client
         assert _build._base_target(docker_client, base_image) == first
     assert len(runs) == 4
     assert json.loads(record.read_text())["python"] == first.python
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_workflows_images_are_prepared_at_once_and_fail_in_step_order(docker_client, base_image, tmp_path):
+    """Blocks are checked in parallel; the first failing block in step order is the error, nothing runs."""
+    from blockkit.runner._plan import plan_workflow
+    from blockkit.runner._workflow import load_workflow
+    from blockkit.runner._docker_engine import DockerEngine
+
+    from .blocks import SOURCE, UPPER, write_block
+
+    blocks = tmp_path / "blocks"
+    source = write_block(blocks, "source", kind="data", source=SOURCE,
+                         params={"count": {"type": "integer", "default": 1}, "text": {"type": "string", "default": "x"}})
+    for name, code in (("broken-one", 3), ("broken-two", 4)):
+        folder = write_block(blocks, name, kind="processing", source=UPPER, params={})
+        (folder / "Dockerfile").write_text(f"FROM {base_image}\nARG manifest\nLABEL \"up42_manifest\"=$manifest\n"
+                                           f"RUN echo {name} fails; exit {code}\n")
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"name: broken\nsteps:\n  a: {{block: {source}}}\n  b: {{block: {blocks / 'broken-one'}}}\n"
+                  f"  c: {{block: {blocks / 'broken-two'}}}\n")
+    said: list[str] = []
+    with pytest.raises(BuildError) as info:
+        DockerEngine(docker_client).prepare_images(plan_workflow(load_workflow(wf)), said.append)
+    assert "broken-one fails" in info.value.message, info.value.message
+    assert len(said) == 1 and "for step 'a'" in said[0], said
