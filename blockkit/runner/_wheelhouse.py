@@ -710,8 +710,19 @@ def complete_in_image(
         finally:
             shutil.rmtree(out, ignore_errors=True)
         match = _NO_MATCH.search(log)
+        lines = [l for l in log.splitlines() if l.strip()]
+        # What pip could not find (a dependency the host left out is fetched below), else its error lines.
+        named = [re.split(r"[\s\[<>=!~;@(]", log[match.start(1):], maxsplit=1)[0]] if match else [
+            l for l in lines[-8:] if "ERROR" in l]
+        refused = _refused_pins(named, wheel_dir, constraints if pinned else None)
+        if refused:
+            # The wheelhouse holds the host's choice and the image's pip will not take it: fetching cannot help.
+            raise BuildError(
+                f"the pip of {image} (Python {target.python}) does not take the release{'s' if len(refused) > 1 else ''} "
+                f"the host resolved, {', '.join(refused)}: {lines[-1]}",
+                problems=[Problem("pip", line) for line in lines[-8:]],
+            )
         if match is None:
-            lines = [l for l in log.splitlines() if l.strip()]
             raise BuildError(
                 f"resolving requirements.txt inside {image} failed: {lines[-1] if lines else 'no output'}",
                 problems=[Problem("pip", line) for line in lines[-8:]],
@@ -735,14 +746,14 @@ def complete_in_image(
 _ROUNDS = 80
 
 
-def _check_pinned(chosen: Path, constraints: Path | None, image: str) -> None:
-    """Raise BuildError when the image's pip chose another release than a constraint pins."""
-    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+def _pins(constraints: Path | None) -> dict[Any, Any]:
+    """{canonical project: Version} of a constraints file's `name==release` lines."""
+    from packaging.utils import canonicalize_name
     from packaging.version import InvalidVersion, Version
 
-    if constraints is None:
-        return
-    pins: dict[str, Version] = {}
+    pins: dict[Any, Any] = {}
+    if constraints is None or not constraints.is_file():
+        return pins
     for line in constraints.read_text(encoding="utf-8").splitlines():
         name, sep, release = line.partition("==")
         try:
@@ -750,6 +761,31 @@ def _check_pinned(chosen: Path, constraints: Path | None, image: str) -> None:
                 pins[canonicalize_name(name.strip())] = Version(release.strip())
         except InvalidVersion:
             continue
+    return pins
+
+
+def _refused_pins(lines: list[str], wheel_dir: Path, constraints: Path | None) -> list[str]:
+    """The pinned releases ("name release") that `lines` name and the wheelhouse holds."""
+    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+    pins = _pins(constraints)
+    named = {canonicalize_name(word) for line in lines for word in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)}
+    held = set()
+    for wheel in wheel_dir.glob("*.whl"):
+        try:
+            name, version, *_ = parse_wheel_filename(wheel.name)
+        except InvalidWheelFilename:
+            continue
+        if name in named and pins.get(name) == version:
+            held.add(f"{name} {version}")
+    return sorted(held)
+
+
+def _check_pinned(chosen: Path, constraints: Path | None, image: str) -> None:
+    """Raise BuildError when the image's pip chose another release than a constraint pins."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    pins = _pins(constraints)
     wrong = []
     for wheel in sorted(chosen.glob("*.whl")):
         try:

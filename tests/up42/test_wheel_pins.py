@@ -154,3 +154,38 @@ def test_image_keeps_the_host_resolution_beside_an_older_release_in_the_wheelhou
         assert calls == [] and again.tag == built.tag and not again.rebuilt
     finally:
         docker_client.images.remove(built.tag, force=True)
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.parametrize("refused", ["requires-python", "platform-tag"])
+def test_a_pinned_release_the_image_pip_refuses_is_one_clear_error(
+    tmp_path: Path, docker_client, bullseye_image: str, refused: str
+) -> None:
+    """The host's choice cannot be installed by the image's pip: one line naming it, no older release instead."""
+    from blockkit.runner._wheelhouse import complete_in_image
+
+    from .test_wheel_resolution import _wheel
+
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    _wheel(wheelhouse, "bkt-pinned", "1.0", ">=3.7", [])
+    # A release the image's Python 3.9 does not take (as if the host had misjudged it).
+    newer = _wheel(wheelhouse, "bkt-pinned", "2.0", ">=3.10" if refused == "requires-python" else ">=3.7", [])
+    if refused == "platform-tag":
+        newer = newer.rename(wheelhouse / "bkt_pinned-2.0-cp311-cp311-manylinux_2_17_x86_64.whl")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("bkt-pinned\n")
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("bkt-pinned==2.0\n")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / newer.name).write_bytes(newer.read_bytes())
+    listing = sorted(p.name for p in wheelhouse.iterdir())
+    with pytest.raises(BuildError) as caught:
+        complete_in_image(requirements, subset, wheelhouse, TARGET, bullseye_image, docker_client,
+                          constraints=constraints)
+    message = caught.value.message
+    assert "bkt-pinned 2.0" in message and bullseye_image in message and "\n" not in message, message
+    assert [p.name for p in subset.iterdir()] == [newer.name]  # not replaced by 1.0
+    assert sorted(p.name for p in wheelhouse.iterdir() if p.name != ".lock") == listing  # nothing fetched
