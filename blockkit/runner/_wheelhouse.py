@@ -308,6 +308,7 @@ def resolve_wheels(
         except ValueError:
             limited = {}
         pin_args: list[str] = []
+        pins: dict[str, str] = {}
         try:
             output = _fill(wanted, wheel_dir, target, platform_args, build_in_image, client, [])
             pins = python_capped_pins(output, requirements, target.python)
@@ -339,6 +340,7 @@ def resolve_wheels(
             fill_offline = ["download", "--no-index", "--find-links", str(wheel_dir), "-d", str(subset),
                             *platform_args, *wanted]
             run_pip(["--quiet", *fill_offline], "resolving wheels from the wheelhouse (offline)")
+            write_constraints(chosen_pins(subset, requirements), pins_file)
             return warnings + _limit_warnings(limited, subset, target.python, requirements)
         offline = ["download", "--no-index", "--find-links", str(wheel_dir), "-d", str(subset), *platform_args]
         try:
@@ -346,9 +348,36 @@ def resolve_wheels(
         except BuildError:
             if not (platform_args and pin_args):
                 raise
-            # As above: the image's pip settles the pinned set (`complete_in_image`).
+            # As above: the image's pip settles the pinned set (`complete_in_image`); the host's
+            # unpinned choice of the other requirements may conflict with the pins: not pinned.
             run_pip(["--quiet", *offline, *wanted], "resolving wheels from the wheelhouse")
+        else:
+            # What the host chose for the block's requirements holds in the image too.
+            write_constraints({**chosen_pins(subset, requirements), **pins}, pins_file)
     return warnings + _limit_warnings(limited, subset, target.python, requirements)
+
+
+def chosen_pins(subset: Path, requirements: Path | None) -> dict[str, str]:
+    """{project: release} of the wheels in `subset` that the requirements file asks for by name.
+
+    These become constraints for the image's own pip (`complete_in_image`): without them, a
+    dependency the host's pip left out (a `python_version < "3.10"` marker it evaluated for its own
+    Python, as `importlib-metadata` of rasterio 1.4.3) makes the image's pip backtrack silently to
+    an older release lying in the wheelhouse (rasterio 1.2.2, built against numpy 1.x, beside
+    numpy 2.0.2) instead of failing; pinned, it fails and the missing wheel is fetched.
+    """
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    asked = _top_level(requirements)
+    pins: dict[str, str] = {}
+    for wheel in subset.glob("*.whl"):
+        try:
+            name, version, *_ = parse_wheel_filename(wheel.name)
+        except InvalidWheelFilename:
+            continue
+        if str(name) in asked:
+            pins[str(name)] = str(version)
+    return pins
 
 
 _UNREACHABLE = ("Could not fetch URL", "NewConnectionError", "Temporary failure in name resolution",
@@ -449,7 +478,7 @@ def _compile_in_image(
 
 
 #: Bumped when the way requirements are resolved changes (old cached resolutions no longer apply).
-_RESOLUTION_FORMAT = "blockkit-resolution-1"
+_RESOLUTION_FORMAT = "blockkit-resolution-2"
 _OFFLINE_MARK = "package index could not be reached"
 
 
@@ -628,8 +657,11 @@ def complete_in_image(
 
     The host's pip evaluates environment markers (`python_version < "3.10"`) for the host's
     Python even when asked for another one, so a resolution for the image can lack a wheel.
-    The image's pip resolves against the wheelhouse (served on 127.0.0.1); each requirement it
-    cannot find is fetched for the image's Python into the wheelhouse, until it resolves.
+    The image's pip resolves against the wheelhouse (served on 127.0.0.1) with the releases
+    the host chose for the block's requirements as constraints (`chosen_pins`); each
+    requirement it cannot find is fetched for the image's Python into the wheelhouse, until it
+    resolves. Pinned, a missing dependency fails the image's pip (and is fetched) instead of
+    letting it backtrack to an older release of a requirement that the wheelhouse also holds.
 
     Args:
         requirements: the block's requirements file (mounted read-only into the container).
@@ -638,7 +670,9 @@ def complete_in_image(
         target: the image's Python.
         image: the image whose pip resolves.
         client: the Docker client.
-        constraints: the pins `resolve_wheels` wrote (`python_capped_pins`), applied here too.
+        constraints: the pins `resolve_wheels` wrote (`chosen_pins`, `python_capped_pins`), applied here too.
+
+    Raises BuildError when the image's pip does not settle, or settles on another release than a pin.
     """
     from docker.types import Mount
 
@@ -667,6 +701,7 @@ def complete_in_image(
                 finally:
                     container.remove(force=True)
             if status.get("StatusCode") == 0:
+                _check_pinned(out, constraints if pinned else None, image)
                 for old in subset.iterdir():
                     old.unlink()
                 for wheel in out.iterdir():
@@ -675,8 +710,19 @@ def complete_in_image(
         finally:
             shutil.rmtree(out, ignore_errors=True)
         match = _NO_MATCH.search(log)
+        lines = [l for l in log.splitlines() if l.strip()]
+        # What pip could not find (a dependency the host left out is fetched below), else its error lines.
+        named = [re.split(r"[\s\[<>=!~;@(]", log[match.start(1):], maxsplit=1)[0]] if match else [
+            l for l in lines[-8:] if "ERROR" in l]
+        refused = _refused_pins(named, wheel_dir, constraints if pinned else None)
+        if refused:
+            # The wheelhouse holds the host's choice and the image's pip will not take it: fetching cannot help.
+            raise BuildError(
+                f"the pip of {image} (Python {target.python}) does not take the release{'s' if len(refused) > 1 else ''} "
+                f"the host resolved, {', '.join(refused)}: {lines[-1]}",
+                problems=[Problem("pip", line) for line in lines[-8:]],
+            )
         if match is None:
-            lines = [l for l in log.splitlines() if l.strip()]
             raise BuildError(
                 f"resolving requirements.txt inside {image} failed: {lines[-1] if lines else 'no output'}",
                 problems=[Problem("pip", line) for line in lines[-8:]],
@@ -698,6 +744,61 @@ def complete_in_image(
 
 #: At most this many requirements fetched one by one for the image's pip.
 _ROUNDS = 80
+
+
+def _pins(constraints: Path | None) -> dict[Any, Any]:
+    """{canonical project: Version} of a constraints file's `name==release` lines."""
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    pins: dict[Any, Any] = {}
+    if constraints is None or not constraints.is_file():
+        return pins
+    for line in constraints.read_text(encoding="utf-8").splitlines():
+        name, sep, release = line.partition("==")
+        try:
+            if sep:
+                pins[canonicalize_name(name.strip())] = Version(release.strip())
+        except InvalidVersion:
+            continue
+    return pins
+
+
+def _refused_pins(lines: list[str], wheel_dir: Path, constraints: Path | None) -> list[str]:
+    """The pinned releases ("name release") that `lines` name and the wheelhouse holds."""
+    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+    pins = _pins(constraints)
+    named = {canonicalize_name(word) for line in lines for word in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)}
+    held = set()
+    for wheel in wheel_dir.glob("*.whl"):
+        try:
+            name, version, *_ = parse_wheel_filename(wheel.name)
+        except InvalidWheelFilename:
+            continue
+        if name in named and pins.get(name) == version:
+            held.add(f"{name} {version}")
+    return sorted(held)
+
+
+def _check_pinned(chosen: Path, constraints: Path | None, image: str) -> None:
+    """Raise BuildError when the image's pip chose another release than a constraint pins."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    pins = _pins(constraints)
+    wrong = []
+    for wheel in sorted(chosen.glob("*.whl")):
+        try:
+            name, version, *_ = parse_wheel_filename(wheel.name)
+        except InvalidWheelFilename:
+            continue
+        if name in pins and version != pins[name]:
+            wrong.append(f"{name} {version} instead of {pins[name]}")
+    if wrong:
+        raise BuildError(
+            f"the pip of {image} did not keep the releases the host resolved: {', '.join(wrong)}",
+            problems=[Problem("pip", line) for line in wrong],
+        )
 
 
 class WheelServer:

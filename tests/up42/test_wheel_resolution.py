@@ -232,7 +232,8 @@ def test_unchanged_resolution_runs_no_pip_and_a_change_resolves_again(
     calls.clear()
     second, _ = resolve("bkt-sibling\nbkt-capped\n", "two")
     assert calls == [] and second == first
-    assert (tmp_path / "two.constraints").read_text() == "bkt-capped==2.0\n"
+    # The release capping Python and what the host chose for the other requirement: the image's pip keeps both.
+    assert (tmp_path / "two.constraints").read_text() == "bkt-capped==2.0\nbkt-sibling==1.0\n"
     # A changed requirement resolves again.
     third, _ = resolve("bkt-sibling\nbkt-capped\nbkt-fresh\n", "three")
     assert calls and third == first | {"bkt_fresh-2.0-py3-none-any.whl"}
