@@ -42,7 +42,6 @@ from blockkit.runner._image_names import (
     ignore_for_copy,
     image_tag,
     own_content_hash,
-    tree_hash,
 )
 from blockkit.runner._wheelhouse import (
     DEV_TOOLS,
@@ -197,7 +196,7 @@ def _build_from_base(
                                 use_cache=not force)
         content_hash = block_content_hash(
             context / "block", base_image_id=base_id, dockerfile=dockerfile, source_root=source_root,
-            extra=f"user:{user}\0wheels:{tree_hash(context / 'wheels')}",
+            extra=f"user:{user}\0wheels:{wheels_.wheels_hash(context / 'wheels', wheel_dir)}",
         )
         tag = image_tag(manifest["name"], content_hash)
         if not force or not build:

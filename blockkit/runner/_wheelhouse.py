@@ -532,7 +532,7 @@ def cached_resolution(
         if record is not None and all("/" not in n and (wheel_dir / n).is_file() for n in names):
             subset.mkdir(parents=True, exist_ok=True)
             for name in names:
-                shutil.copyfile(wheel_dir / name, subset / name)
+                link_or_copy(wheel_dir / name, subset / name)
             if constraints is not None and pins:
                 constraints.write_text(pins, encoding="utf-8")
             return warnings
@@ -828,3 +828,103 @@ class WheelServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link of a wheelhouse file into a build context (a copy across file systems).
+
+    Nothing writes to a build context's wheels: docker reads them, and the link lets
+    `WheelDigests` know the file for the wheelhouse's own.
+    """
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+class WheelDigests:
+    """sha256 of the wheelhouse's wheels, kept in `<wheelhouse>/.digests.json` by file identity.
+
+    Checking whether a block's image is up to date hashes every wheel it installs (70 files,
+    0.08 s a block on each `blockkit run`). A wheel file is identified by its inode, size and
+    modification time: a wheel replaced under the same name (blockkit's own, rebuilt from
+    changed sources) has another identity and is hashed again. A file that is not a link to
+    the wheelhouse file of its name is always hashed.
+    """
+
+    def __init__(self, wheel_dir: Path) -> None:
+        self.wheel_dir = wheel_dir
+        self.path = wheel_dir / ".digests.json"
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            self._known: dict[str, list[Any]] = {
+                str(k): v for k, v in loaded.items()
+                if isinstance(v, list) and len(v) == 2 and isinstance(v[1], str) and len(v[1]) == 64
+            } if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            self._known = {}
+        self._changed = False
+
+    def of(self, path: Path) -> str:
+        """The sha256 of a file in a build context, from the record when it is the wheelhouse's file."""
+        own = self.wheel_dir / path.name
+        try:
+            if os.path.samefile(path, own):
+                stat = own.stat()
+                identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+                known = self._known.get(path.name)
+                if known is not None and known[0] == identity:
+                    return str(known[1])
+                digest = _file_sha256(own)
+                self._known[path.name] = [identity, digest]
+                self._changed = True
+                return digest
+        except OSError:
+            pass
+        return _file_sha256(path)
+
+    def tree(self, root: Path) -> str:
+        """`image_names.tree_hash` of a folder of wheels, with the recorded digests."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                digest.update(f"L\0{rel}\0{os.readlink(path)}\0".encode())
+                continue
+            digest.update(f"F\0{rel}\0{self.of(path)}\0".encode())
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        """Write the record when it changed (atomically; a read-only wheelhouse keeps none)."""
+        if not self._changed:
+            return
+        present = {p.name for p in self.wheel_dir.iterdir()}
+        record = {name: value for name, value in self._known.items() if name in present}
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+        self._changed = False
+
+
+def wheels_hash(folder: Path, wheel_dir: Path) -> str:
+    """The hash of a build context's wheels (`WheelDigests.tree`), under the wheelhouse's lock."""
+    with _locked(wheel_dir):
+        digests = WheelDigests(wheel_dir)
+        value = digests.tree(folder)
+        digests.save()
+    return value
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
