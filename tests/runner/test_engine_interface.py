@@ -129,3 +129,37 @@ def test_a_fake_engine_runs_through_plan_run_provenance_cache_and_resume(tmp_pat
     again = run_request(RunRequest(target=wf, engine="inline", runs_dir=runs))
     assert InlineEngine.calls == []  # every step served from the cache
     assert {s["status"] for s in again["steps"].values()} == {"cached"}
+
+
+def _spec_with_cancel(tmp_path: Path, cancel: threading.Event) -> StepSpec:
+    spec = StepSpec(name="w", block_dir=None, image=None, input_dir=tmp_path, output_dir=tmp_path / "o",
+                    quicklook_dir=tmp_path / "q", log_path=tmp_path / "log")
+    spec.cancel = cancel
+    return spec
+
+
+def test_watch_cancel_kills_once_while_the_block_runs(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    kills: list[int] = []
+    with Engine.watch_cancel(_spec_with_cancel(tmp_path, cancel), lambda: kills.append(1)):
+        cancel.set()
+        deadline = time.monotonic() + 10
+        while not kills and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert kills == [1]
+
+
+def test_watch_cancel_never_kills_after_the_block_is_over(tmp_path: Path) -> None:
+    """Leaving does not wait for the watcher's poll, yet a stop asked afterwards kills nothing
+    (the process group or container may be another's by then)."""
+    for _ in range(20):
+        cancel = threading.Event()
+        kills: list[int] = []
+        before = {t.ident for t in threading.enumerate()}
+        with Engine.watch_cancel(_spec_with_cancel(tmp_path, cancel), lambda: kills.append(1)):
+            pass
+        cancel.set()  # the runner is stopped just after the step ended
+        watchers = [t for t in threading.enumerate() if t.name == "cancel-w" and t.ident not in before]
+        for watcher in watchers:
+            watcher.join(timeout=5)
+        assert kills == []
