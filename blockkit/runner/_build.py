@@ -341,13 +341,12 @@ def _recorded_target(image_id: str) -> PythonTarget | None:
 
 
 def _record_target(image_id: str, target: PythonTarget) -> None:
+    from blockkit.runner._lock import replace_atomic
+
     path = _target_record(image_id)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"python": target.python, "machine": target.machine, "glibc": target.glibc}),
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        replace_atomic(path, json.dumps({"python": target.python, "machine": target.machine, "glibc": target.glibc}))
     except OSError:
         pass  # a read-only home: the image is probed again next time
 

@@ -900,14 +900,14 @@ class WheelDigests:
         """Write the record when it changed (atomically; a read-only wheelhouse keeps none)."""
         if not self._changed:
             return
+        from blockkit.runner._lock import replace_atomic
+
         present = {p.name for p in self.wheel_dir.iterdir()}
         record = {name: value for name, value in self._known.items() if name in present}
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(record), encoding="utf-8")
-            os.replace(tmp, self.path)
+            replace_atomic(self.path, json.dumps(record))
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass  # a read-only wheelhouse: hashed again next time
         self._changed = False
 
 
@@ -921,10 +921,10 @@ def wheels_hash(folder: Path, wheel_dir: Path) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    import hashlib
+    from blockkit.runner._hashing import hash_fd
 
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
