@@ -97,13 +97,17 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
+def feature_schema() -> dict[str, Any]:
+    """The schema of one feature: data.schema.json's `feature` definition, with the definitions it refers to."""
+    schema = load_schema("data.schema.json")
+    return {"definitions": schema["definitions"], **schema["definitions"]["feature"]}
+
+
 @lru_cache(maxsize=None)
 def _feature_validator() -> Callable[[Any], Any]:
-    import fastjsonschema
+    from blockkit.contract._schema_checks import schema_check
 
-    schema = load_schema("data.schema.json")
-    feature_schema = {"definitions": schema["definitions"], **schema["definitions"]["feature"]}
-    return fastjsonschema.compile(feature_schema)
+    return schema_check("feature", feature_schema())
 
 
 def _schema_problems(where: str, instance: Any, definition: str) -> list[Problem]:

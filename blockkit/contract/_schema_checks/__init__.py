@@ -1,0 +1,40 @@
+"""The shipped schemas' fastjsonschema checks, generated ahead of time so that a block's start does not compile them.
+
+Compiling the manifest and feature schemas took 35 ms of every block start (0.1 s in all),
+and each feature of a scattered step is one block start. `scripts/schema-checks` writes one
+module per schema here (`manifest.py`, `feature.py`) with the code `fastjsonschema.compile`
+would have generated, and the sha256 of the schema it was made from. A module whose digest
+is not the schema's (the schema was edited, the module not regenerated) is not used: the
+schema is compiled at run time as before, and tests/contract/test_schema_checks.py fails
+until the modules are regenerated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+#: The generated modules: name -> what they check (for the generator and the messages).
+CHECKS = ("manifest", "feature")
+
+
+def schema_digest(schema: dict[str, Any]) -> str:
+    """sha256 of a schema's canonical JSON: what a generated check was made from."""
+    return hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def schema_check(name: str, schema: dict[str, Any]) -> Callable[[Any], Any]:
+    """The check of `schema`: the generated module `name` when made from this very schema, else compiled now."""
+    try:
+        module = importlib.import_module(f"{__name__}.{name}")
+    except ImportError:
+        module = None
+    if module is not None and getattr(module, "SCHEMA_SHA256", None) == schema_digest(schema):
+        check: Callable[[Any], Any] = module.check
+        return check
+    import fastjsonschema
+
+    return fastjsonschema.compile(schema)
