@@ -323,12 +323,13 @@ _TARGET_FIELDS = {"python": re.compile(r"\d+\.\d+"), "machine": re.compile(r"[A-
 
 
 def _target_record(image_id: str) -> Path:
-    """Where the answer of an image's probe is kept: `~/.cache/blockkit/base-images/<id>.json`.
+    """Where the answer of an image's probe is kept: `<cache_root()>/base-images/<id>.json` (`~/.cache/blockkit`).
 
     An image id is the hash of the image's content, so the answer never goes stale.
     """
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "blockkit" / "base-images" / f"{image_id.replace(':', '-')}.json"
+    from blockkit.runner._blockenv import cache_root
+
+    return cache_root() / "base-images" / f"{image_id.replace(':', '-')}.json"
 
 
 def _recorded_target(image_id: str) -> PythonTarget | None:
