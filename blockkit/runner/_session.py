@@ -201,7 +201,6 @@ def resumed_strict_cpu(request: RunRequest, runs_dir: Path, say: Callable[[str],
     return request.strict_cpu
 
 
-
 def run_budget(engine: Engine, request: RunRequest) -> Budget:
     """What running steps may use at once: the engine's machine, narrowed by --jobs/--max-cpus/--max-memory."""
     import os
