@@ -7,10 +7,13 @@ in one line instead of a traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 
-#: The top-level packages of the `runner` extra the command line imports.
-RUNNER_PACKAGES = frozenset({"typer", "rich", "yaml", "cryptography", "boto3", "botocore", "requests", "packaging"})
+#: The distribution whose metadata names the `runner` extra (the import name stays `blockkit`).
+DIST_NAME = "blockkit-eo"
+_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRA = re.compile(r"""\bextra\s*==\s*["']([^"']+)["']""")
 
 
 def main() -> None:
@@ -18,7 +21,7 @@ def main() -> None:
     try:
         from blockkit.cli.main import main as command_line
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in RUNNER_PACKAGES:
+        if not needs_runner(exc.name or ""):
             raise
         from blockkit.contract.errors import WorkflowError
 
@@ -27,3 +30,64 @@ def main() -> None:
         print(err.headline(), file=sys.stderr)
         sys.exit(err.exit_status)
     command_line()
+
+
+def runner_requirements() -> list[str] | None:
+    """The distributions the `runner` extra requires, from the installed blockkit-eo's metadata.
+
+    Read from `Requires-Dist: NAME...; extra == "runner"` (plain text: `packaging`, which
+    parses markers, is itself part of the extra). None when blockkit-eo's metadata is not
+    there (a source tree on the path, not installed).
+    """
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        lines = requires(DIST_NAME) or []
+    except PackageNotFoundError:
+        return None
+    names = []
+    for line in lines:
+        spec, _, marker = line.partition(";")
+        name = _NAME.match(spec)
+        if name and "runner" in _EXTRA.findall(marker):
+            names.append(name.group(1))
+    return names
+
+
+def needs_runner(module: str) -> bool:
+    """Whether a module missing when the command line is imported means: install the `runner` extra.
+
+    Yes when a distribution of the extra is not installed (the case this exists for: a block
+    image or environment holds the SDK only), or when the missing module belongs to one of
+    them or to their dependencies (a broken install). Without blockkit-eo's metadata: yes for
+    any module that is not blockkit's own. Runs only when the import failed, so the command
+    line's start pays nothing for it.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    top = module.split(".")[0]
+    names = runner_requirements()
+    if names is None:
+        return bool(top) and top != "blockkit"
+    closure: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = _canonical(pending.pop())
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            lines = distribution(name).requires or []
+        except PackageNotFoundError:
+            if name in {_canonical(n) for n in names}:
+                return True  # a distribution of the extra is not installed
+            continue  # a dependency left out by its marker (another platform or Python)
+        pending += [m.group(1) for line in lines if not _EXTRA.search(line.partition(";")[2])
+                    for m in [_NAME.match(line.partition(";")[0])] if m]
+    from importlib.metadata import packages_distributions
+
+    return any(_canonical(owner) in closure for owner in packages_distributions().get(top, []))
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()

@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
 
             request = RunRequest(
                 max_cpus=parse_cpus(max_cpus), max_memory_mb=parse_memory(max_memory),
-                jobs=jobs, fail_fast=fail_fast, keep_going=keep_going, strict_cpu=strict_cpu,
+                jobs=jobs, fail_fast=fail_fast, keep_going=keep_going, strict_cpu=strict_cpu or None,  # None: a resume keeps the run's
                 target=target, engine=engine, input=input_, output=output,
                 params=_params_option(params), runs_dir=runs_dir, use_cache=not no_cache, resume=resume,
                 on_event=progress.event, on_log_line=progress.log,

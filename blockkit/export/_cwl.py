@@ -914,8 +914,9 @@ def helper_block_dir() -> Path:
     It holds only a manifest and a stub: the image is blockkit on the base image, so its tag
     (the content hash) changes with blockkit and the base image, as every block's does.
     """
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = cache / "blockkit" / HELPER_BLOCK
+    from blockkit.runner._blockenv import cache_root
+
+    folder = cache_root() / HELPER_BLOCK
     files = {folder / "UP42Manifest.json": json.dumps(_HELPER_MANIFEST, indent=2) + "\n",
              folder / "src" / "run.py": _HELPER_RUN}
     for path, text in files.items():

@@ -73,13 +73,21 @@ class Interpreter:
         return tuple(int(part) for part in self.version.split("."))
 
 
+def cache_root() -> Path:
+    """blockkit's per-user cache folder: `$XDG_CACHE_HOME/blockkit`, else `~/.cache/blockkit`.
+
+    Block environments (`venv_root`), base-image probes (`_build`) and the CWL helper block
+    (`export`) live below it. An empty `$XDG_CACHE_HOME` counts as unset.
+    """
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blockkit"
+
+
 def venv_root() -> Path:
-    """Where block environments are cached: `$BLOCKKIT_VENV_DIR` or `~/.cache/blockkit/venvs`."""
+    """Where block environments are cached: `$BLOCKKIT_VENV_DIR` or `<cache_root()>/venvs`."""
     env = os.environ.get("BLOCKKIT_VENV_DIR")
     if env:
         return Path(env)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "blockkit" / "venvs"
+    return cache_root() / "venvs"
 
 
 def default_python() -> str:

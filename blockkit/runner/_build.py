@@ -188,15 +188,18 @@ def _build_from_base(
     dockerfile = find_dockerfile(source_root)
     wheel_dir = resolve_wheelhouse(wheelhouse, source_root)
     target = _base_target(client, base_image)
-    with tempfile.TemporaryDirectory(prefix="blockkit-build-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="blockkit-build-") as tmp, \
+            wheels_.linked_wheels(wheel_dir, Path(tmp) / "wheels") as wheel_hashes:
+        # The context links the wheelhouse's wheels; their sha256 come from its record (`linked_wheels`).
         context = Path(tmp)
         shutil.copytree(block_dir, context / "block", symlinks=True, ignore=ignore_for_copy)
         warnings = list(drop_dev_requirements(context / "block" / "requirements.txt"))
         warnings += fill_wheels(context / "wheels", wheel_dir, context / "block", source_root, target,
-                                use_cache=not force)
+                                use_cache=not force, on_link=wheel_hashes.moved)
+        wheels_hash = wheels_.wheels_hash(context / "wheels", wheel_dir, wheel_hashes)
         content_hash = block_content_hash(
             context / "block", base_image_id=base_id, dockerfile=dockerfile, source_root=source_root,
-            extra=f"user:{user}\0wheels:{wheels_.wheels_hash(context / 'wheels', wheel_dir)}",
+            extra=f"user:{user}\0wheels:{wheels_hash}",
         )
         tag = image_tag(manifest["name"], content_hash)
         if not force or not build:
@@ -320,12 +323,13 @@ _TARGET_FIELDS = {"python": re.compile(r"\d+\.\d+"), "machine": re.compile(r"[A-
 
 
 def _target_record(image_id: str) -> Path:
-    """Where the answer of an image's probe is kept: `~/.cache/blockkit/base-images/<id>.json`.
+    """Where the answer of an image's probe is kept: `<cache_root()>/base-images/<id>.json` (`~/.cache/blockkit`).
 
     An image id is the hash of the image's content, so the answer never goes stale.
     """
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "blockkit" / "base-images" / f"{image_id.replace(':', '-')}.json"
+    from blockkit.runner._blockenv import cache_root
+
+    return cache_root() / "base-images" / f"{image_id.replace(':', '-')}.json"
 
 
 def _recorded_target(image_id: str) -> PythonTarget | None:

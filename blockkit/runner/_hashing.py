@@ -21,6 +21,11 @@ _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".git", ".mypy_cache"}
 MAX_ENTRIES = 200_000
 
 
+#: A cache file larger than this is not read (MAX_ENTRIES entries take about 22 MB).
+_MAX_FILE = 64 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
 class HashDeadline(Exception):
     """Hashing ran past the deadline it was given (the step's timeout)."""
 
@@ -28,6 +33,13 @@ class HashDeadline(Exception):
 def signature(st: os.stat_result) -> list[int]:
     """What detects a later change of a file cheaply: size, inode, mtime_ns, ctime_ns."""
     return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _well_formed(entry: object) -> bool:
+    """[size, inode, mtime_ns, ctime_ns, sha256 in hex]: anything else in a cache file is dropped."""
+    return (isinstance(entry, list) and len(entry) == 5
+            and all(type(n) is int for n in entry[:4])
+            and isinstance(entry[4], str) and len(entry[4]) == 64 and set(entry[4]) <= _HEX)
 
 
 def _key(st: os.stat_result) -> str:
@@ -61,15 +73,26 @@ class HashCache:
         self._changed: dict[str, list] = {}
 
     def _read(self) -> dict[str, list]:
-        if not self.path or not self.path.is_file():
+        """The cache file's well-formed entries; {} for a missing, broken or planted (symlink, FIFO, huge) file."""
+        if not self.path:
             return {}
         try:
-            data = json.loads(self.path.read_text())
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return {}
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
+                return {}
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                data = json.loads(handle.read(_MAX_FILE + 1))
         except (ValueError, OSError):
             return {}  # a broken cache only costs re-hashing
+        finally:
+            os.close(fd)
         if not isinstance(data, dict):
             return {}
-        return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 5}
+        return {str(k): v for k, v in data.items() if _well_formed(v)}
 
     # --- lookups --------------------------------------------------------------------------
 

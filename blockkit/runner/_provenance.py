@@ -19,7 +19,8 @@ from blockkit.runner._workflow import Workflow
 
 
 def run_document(*, run_id: str, workflow: Workflow, engine: str, status: str, started: float,
-                 runner: Mapping[str, object], records: Mapping[str, StepRecord], now: float) -> dict[str, Any]:
+                 runner: Mapping[str, object], records: Mapping[str, StepRecord], now: float,
+                 resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """run.json: the run's state and every step's record (in the order the records were made).
 
     Args:
@@ -31,6 +32,7 @@ def run_document(*, run_id: str, workflow: Workflow, engine: str, status: str, s
         runner: who runs it (`blockkit.runner._lock.runner_identity`).
         records: the steps' records by name.
         now: the time of this state (`updated`).
+        resources: the run's resource options (`WorkflowRun.resource_options`: strict_cpu, cpu_capped, budget).
     """
     return {
         "run_id": run_id,
@@ -41,6 +43,7 @@ def run_document(*, run_id: str, workflow: Workflow, engine: str, status: str, s
         "started": started,
         "updated": now,
         "runner": runner,
+        "resources": dict(resources or {}),
         "steps": {name: asdict(rec) for name, rec in records.items()},
     }
 
@@ -69,6 +72,7 @@ def provenance_document(run: Mapping[str, Any], *, workflow: Workflow, workflow_
             "output": workflow.output,
         },
         "engine": run["engine"],
+        "resources": run.get("resources", {}),
         "status": status,
         "started": run["started"],
         "ended": now if status != "running" else None,

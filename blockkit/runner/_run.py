@@ -86,6 +86,10 @@ class RunOptions:
     strict_cpu: bool = False
 
 
+#: --jobs not given: no limit on the number of steps, only on their CPUs and memory.
+UNLIMITED_JOBS = 1 << 16
+
+
 class _Cancelled(Exception):
     """A running step was stopped by the runner (Ctrl-C/SIGTERM, or --fail-fast)."""
 
@@ -365,6 +369,7 @@ class WorkflowRun:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(f"[blockkit] warning: {w}\n" for w in self._pending_warnings.pop(step.name, [])))
         cpus, memory = step.resources  # the machine type, capped to the host (plan.prepare_for_engine)
+        resources = Resources(cpus=cpus, memory_mb=memory, strict_cpu=self.options.strict_cpu)
         spec = StepSpec(
             name=step.name,
             block_dir=step.block_dir,
@@ -381,12 +386,13 @@ class WorkflowRun:
             upstream_dirs=upstream_dirs,
             mode=step.definition.mode,
             network=step.manifest.network,
-            resources=Resources(cpus=cpus, memory_mb=memory, strict_cpu=self.options.strict_cpu),
+            resources=resources,
             timeout_s=step.definition.timeout or step.manifest.options.get("timeout"),
             command=step.command,  # the entry resolved for this engine (plan.prepare_for_engine)
             venv=step.venv,
         )
         record.status, record.started, record.cache_key = "running", time.time(), key
+        record.resources = step_resources(resources, engine)
         record.exit_code = record.ended = None
         record.cached_from = record.produced_by = None
         record.detail = ""
@@ -632,6 +638,7 @@ class WorkflowRun:
         lock_tree(output_dir)
         record.status, record.cached_from = "cached", rel
         record.parts = []  # the whole step came from the cache; its producer's record lists its features
+        record.resources = {}  # nothing ran here: its producer's record says what it ran with
         record.produced_by = producer.get("produced_by") or {
             "run_id": rel.split("/")[0], "step": producer.get("name"), "engine": producer.get("engine"),
             "image": producer.get("image"), "image_id": producer.get("image_id")}
@@ -840,6 +847,25 @@ class WorkflowRun:
         remove_tree(path)
         path.mkdir(parents=True)
 
+    def resource_options(self) -> dict[str, Any]:
+        """run.json's `resources`: the options that bound what steps use (this session's; see `step_resources`).
+
+        `strict_cpu` is what was asked (`--strict-cpu`), `cpu_capped` whether the engine enforces
+        it (the process engine cannot); `budget` is what running steps may use at once (`jobs`
+        null: as many as their CPUs and memory fit; null budget: one step after another). None of
+        it is in a cache key: a cap or a budget changes no output.
+        """
+        budget = self.options.budget
+        return {
+            "strict_cpu": self.options.strict_cpu,
+            "cpu_capped": self.options.strict_cpu and self.options.engine.caps_cpu,
+            "budget": None if budget is None else {
+                "jobs": budget.jobs if budget.jobs < UNLIMITED_JOBS else None,
+                "cpus": budget.cpus,
+                "memory_mb": budget.memory_mb,
+            },
+        }
+
     def _save_quietly(self, status: str) -> None:
         """Record the final state if the disk lets us (a failure must not hide the first error)."""
         try:
@@ -855,7 +881,8 @@ class WorkflowRun:
         workflow = self.plan.workflow
         now = time.time()
         run = run_document(run_id=self.folder.run_id, workflow=workflow, engine=self.options.engine.name,
-                           status=status, started=self.started, runner=self.runner, records=self.records, now=now)
+                           status=status, started=self.started, runner=self.runner, records=self.records, now=now,
+                           resources=self.resource_options())
         self.folder.write_json(RUN_FILE, run)
         provenance = provenance_document(
             run, workflow=workflow, blockkit_version=blockkit.__version__, now=now,
@@ -865,6 +892,12 @@ class WorkflowRun:
         if self.options.redact:
             text = self.options.redact(text)
         self.folder.write_text(PROVENANCE_FILE, text)
+
+
+def step_resources(resources: Resources, engine: Engine) -> dict[str, Any]:
+    """A step record's `resources`: the CPUs and memory it ran with and whether its CPUs were capped."""
+    return {"cpus": resources.cpus, "memory_mb": resources.memory_mb, "strict_cpu": resources.strict_cpu,
+            "cpu_capped": resources.strict_cpu and engine.caps_cpu}
 
 
 def failure_line(step: str, code: int, name: str, detail: str | None) -> str:

@@ -57,6 +57,9 @@ class StepRecord:
     #: name, feature id, status (pending | ran | reused | failed | interrupted), cache key, exit code,
     #: `from` (the part folder it was reused from), and the hashes of its output and quicklooks.
     parts: list[dict[str, Any]] = field(default_factory=list)
+    #: What the step ran with (`_run.step_resources`): cpus, memory_mb, strict_cpu (asked) and
+    #: cpu_capped (enforced by the engine); {} when it did not run here (cached, pending).
+    resources: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StepRecord:

@@ -12,7 +12,7 @@ from blockkit.contract._progress import parse_progress
 from blockkit.runner._engine import Engine
 from blockkit.runner._engines import select_engine
 from blockkit.runner._plan import Plan, PlannedStep, plan_workflow, prepare_for_engine
-from blockkit.runner._run import RunInterrupted, RunOptions, WorkflowRun
+from blockkit.runner._run import UNLIMITED_JOBS, RunInterrupted, RunOptions, WorkflowRun
 from blockkit.runner._run_folder import RUN_FILE, default_runs_dir, find_run
 from blockkit.runner._schedule import Budget
 from blockkit.runner._workflow import Workflow, load_workflow, single_block_workflow
@@ -41,7 +41,9 @@ class RunRequest:
     jobs: int | None = None  # steps at once (--jobs); None: as many as the host's CPUs
     fail_fast: bool = False  # a failing step kills the running ones (--fail-fast)
     keep_going: bool = False  # a failing step or feature does not stop the others (--keep-going)
-    strict_cpu: bool = False  # cap each step at its machine type's CPUs (--strict-cpu, docker)
+    #: Cap each step at its machine type's CPUs (--strict-cpu, docker). None: a resumed run keeps
+    #: what it was started with (run.json `resources`), a new run is not capped.
+    strict_cpu: bool | None = None
     console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
 
@@ -93,7 +95,8 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     say(f"engine: {why}")
     for line in prepare_for_engine(plan, engine, say, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
         say(f"warning: {line}")
-    if request.strict_cpu and not engine.caps_cpu:
+    strict_cpu = resumed_strict_cpu(request, runs_dir, say)
+    if strict_cpu and not engine.caps_cpu:
         say(f"warning: --strict-cpu: the {engine.name} engine cannot cap a step's CPUs; "
             "steps use what they get (use --engine docker to cap them)")
     removed = engine.remove_orphans()
@@ -144,7 +147,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         input_dir=input_dir,
         budget=run_budget(engine, request),
         fail_fast=request.fail_fast,
-        strict_cpu=request.strict_cpu,
+        strict_cpu=strict_cpu,
         keep_going=request.keep_going,
     )
     run = WorkflowRun(plan, options)
@@ -177,8 +180,25 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     }
 
 
-#: --jobs not given: no limit on the number of steps, only on their CPUs and memory.
-UNLIMITED_JOBS = 1 << 16
+def resumed_strict_cpu(request: RunRequest, runs_dir: Path, say: Callable[[str], None]) -> bool:
+    """Whether steps are capped at their machine type's CPUs: as asked, else as the resumed run was started.
+
+    A resume continues a run under the CPU cap it was started with (run.json `resources.strict_cpu`)
+    unless the request says otherwise; then the steps still to run follow the request, a warning
+    says so, and each step's record keeps what it ran with (`resources`). A cap changes no output,
+    so cache keys do not cover it and a resume never re-runs a finished step for it.
+    """
+    if not request.resume:
+        return bool(request.strict_cpu)
+    resources = find_run(runs_dir, request.resume).read_json(RUN_FILE).get("resources")
+    recorded = resources.get("strict_cpu") if isinstance(resources, dict) else None
+    if request.strict_cpu is None:
+        return recorded is True
+    if isinstance(recorded, bool) and recorded != request.strict_cpu:
+        say(f"warning: run {request.resume} was started {'with' if recorded else 'without'} --strict-cpu; the "
+            f"steps still to run are {'capped' if request.strict_cpu else 'not capped'} (run.json records each "
+            "step's resources)")
+    return request.strict_cpu
 
 
 def run_budget(engine: Engine, request: RunRequest) -> Budget:

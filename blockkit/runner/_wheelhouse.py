@@ -4,7 +4,8 @@
 fills it for a `PythonTarget` (the image's Python, machine and glibc) and copies the subset a build
 needs; requirements without a wheel for the target are built from their sdists (on the host when pure
 Python, else inside the base image). `WheelServer` serves a folder of wheels to a build on 127.0.0.1.
-Development tools (`DEV_TOOLS`) never reach an image.
+A build context links the wheelhouse's wheels; `linked_wheels` and `wheels_hash` take their sha256 from
+the wheelhouse's `HashCache` record (`.digests.json`). Development tools (`DEV_TOOLS`) never reach an image.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from blockkit.contract.errors import BuildError, Problem
 from blockkit.runner import _image_names as image_names
@@ -28,6 +30,8 @@ from blockkit.runner._image_names import DIST_NAME, ignore_for_copy
 if TYPE_CHECKING:
     import docker
 
+    from blockkit.runner._hashing import HashCache
+
 _WHEEL_GLOB = "blockkit_eo-*.whl"
 #: Top-level requirements that are development tools: never installed into an image.
 DEV_TOOLS = frozenset({
@@ -35,6 +39,10 @@ DEV_TOOLS = frozenset({
     "mypy", "mypy-extensions", "black", "pylint", "flake8", "isort", "ruff", "coverage", "coverage-badge",
     "requests-mock", "tox", "pre-commit", "ipython", "jupyter", "types-requests",
 })
+#: The wheelhouse's record of its wheels' sha256: a `HashCache` file (keyed by device and inode).
+DIGESTS = ".digests.json"
+#: `on_link(before, after)`: a file's stat before and after the runner linked, moved or unlinked it.
+LinkHook = Callable[[os.stat_result, os.stat_result], None]
 # Fixed timestamp for the blockkit wheel, so rebuilding unchanged sources gives identical bytes.
 _SOURCE_DATE_EPOCH = "315532800"
 
@@ -506,6 +514,7 @@ def cached_resolution(
     *,
     constraints: Path | None = None,
     use_cache: bool = True,
+    on_link: LinkHook | None = None,
 ) -> list[str]:
     """`resolve()` (which fills `subset`) unless the same resolution is on record; then no pip runs.
 
@@ -514,7 +523,8 @@ def cached_resolution(
     the target Python, the wheelhouse's listing and blockkit's version: a changed requirement,
     another base image or a wheel added to or removed from the wheelhouse resolves again. A new
     release on the index alone does not (`blockkit build --force` resolves again). Resolutions
-    made without the index (offline) are not recorded.
+    made without the index (offline) are not recorded. A recorded resolution links the wheelhouse's
+    wheels into `subset` (`link_or_copy` with `on_link`).
     """
     folder = wheel_dir / ".resolved"
     entry = folder / f"{_resolution_key(parts, wheel_dir, target)}.json"
@@ -532,7 +542,7 @@ def cached_resolution(
         if record is not None and all("/" not in n and (wheel_dir / n).is_file() for n in names):
             subset.mkdir(parents=True, exist_ok=True)
             for name in names:
-                link_or_copy(wheel_dir / name, subset / name)
+                link_or_copy(wheel_dir / name, subset / name, on_link)
             if constraints is not None and pins:
                 constraints.write_text(pins, encoding="utf-8")
             return warnings
@@ -552,7 +562,7 @@ def cached_resolution(
 
 
 def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget,
-                *, use_cache: bool = True) -> list[str]:
+                *, use_cache: bool = True, on_link: LinkHook | None = None) -> list[str]:
     """Put every wheel the image needs under dest/deps and dest/blockkit, from the host wheelhouse.
 
     Args:
@@ -562,6 +572,8 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
         source_root: blockkit's source tree (its wheel is built) or None (the installed version's wheel).
         target: the image's Python the wheels must fit.
         use_cache: reuse an earlier resolution of the same inputs (`cached_resolution`).
+        on_link: `on_link(before, after)` for each wheelhouse file linked into dest (`HashCache.moved`
+            of the wheelhouse's record, `linked_wheels`).
 
     Returns warning lines, as `resolve_wheels`.
     """
@@ -576,12 +588,17 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
     warnings = cached_resolution(
         ["base", blockkit_wheel.name, text], subset, wheel_dir, target,
         lambda: resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements), use_cache=use_cache,
+        on_link=on_link,
     )
     (dest / "deps").mkdir()
     (dest / "blockkit").mkdir()
     for wheel in subset.iterdir():
         is_blockkit = wheel.name.startswith(_WHEEL_GLOB.split("*")[0])
-        wheel.rename(dest / ("blockkit" if is_blockkit else "deps") / wheel.name)
+        moved = dest / ("blockkit" if is_blockkit else "deps") / wheel.name
+        before = os.stat(wheel, follow_symlinks=False)
+        wheel.rename(moved)  # a rename moves the file's ctime too
+        if on_link is not None:
+            on_link(before, os.stat(moved, follow_symlinks=False))
     subset.rmdir()
     return warnings
 
@@ -830,101 +847,116 @@ class WheelServer:
         self._thread.join(timeout=5)
 
 
-def link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path, on_link: LinkHook | None = None) -> None:
     """A hard link of a wheelhouse file into a build context (a copy across file systems).
 
-    Nothing writes to a build context's wheels: docker reads them, and the link lets
-    `WheelDigests` know the file for the wheelhouse's own.
+    Nothing writes to a build context's wheels: docker reads them. A link moves the file's
+    ctime, which a `HashCache` entry checks: `on_link(before, after)` (`HashCache.moved`)
+    sees the file's stat before and after the link, so its recorded sha256 stays valid.
+    A copy is another file: `on_link` is not called.
     """
+    before = os.stat(source)
     try:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+        return
+    if on_link is not None:
+        on_link(before, os.stat(target))
 
 
-class WheelDigests:
-    """sha256 of the wheelhouse's wheels, kept in `<wheelhouse>/.digests.json` by file identity.
+def unlink_wheels(folder: Path, wheel_dir: Path, on_unlink: LinkHook | None = None) -> None:
+    """Remove the files of a build context's wheel folder; `on_unlink(before, after)` sees each wheelhouse file's stat.
 
-    Checking whether a block's image is up to date hashes every wheel it installs (70 files,
-    0.08 s a block on each `blockkit run`). A wheel file is identified by its inode, size and
-    modification time: a wheel replaced under the same name (blockkit's own, rebuilt from
-    changed sources) has another identity and is hashed again. A file that is not a link to
-    the wheelhouse file of its name is always hashed.
+    Removing a link moves the ctime of the wheelhouse file it shares an inode with, as making it
+    did: without `on_unlink` (`HashCache.moved`) every build would leave every recorded wheel
+    stale. Nothing is followed: a symlink is removed as such.
     """
-
-    def __init__(self, wheel_dir: Path) -> None:
-        self.wheel_dir = wheel_dir
-        self.path = wheel_dir / ".digests.json"
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        before = os.stat(path, follow_symlinks=False)
+        path.unlink()
+        if on_unlink is None:
+            continue
         try:
-            loaded = json.loads(self.path.read_text(encoding="utf-8"))
-            self._known: dict[str, list[Any]] = {
-                str(k): v for k, v in loaded.items()
-                if isinstance(v, list) and len(v) == 2 and isinstance(v[1], str) and len(v[1]) == 64
-            } if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            self._known = {}
-        self._changed = False
-
-    def of(self, path: Path) -> str:
-        """The sha256 of a file in a build context, from the record when it is the wheelhouse's file."""
-        own = self.wheel_dir / path.name
-        try:
-            if os.path.samefile(path, own):
-                stat = own.stat()
-                identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
-                known = self._known.get(path.name)
-                if known is not None and known[0] == identity:
-                    return str(known[1])
-                digest = _file_sha256(own)
-                self._known[path.name] = [identity, digest]
-                self._changed = True
-                return digest
+            after = os.stat(wheel_dir / path.name, follow_symlinks=False)
         except OSError:
-            pass
-        return _file_sha256(path)
-
-    def tree(self, root: Path) -> str:
-        """`image_names.tree_hash` of a folder of wheels, with the recorded digests."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                digest.update(f"L\0{rel}\0{os.readlink(path)}\0".encode())
-                continue
-            digest.update(f"F\0{rel}\0{self.of(path)}\0".encode())
-        return digest.hexdigest()
-
-    def save(self) -> None:
-        """Write the record when it changed (atomically; a read-only wheelhouse keeps none)."""
-        if not self._changed:
-            return
-        from blockkit.runner._lock import replace_atomic
-
-        present = {p.name for p in self.wheel_dir.iterdir()}
-        record = {name: value for name, value in self._known.items() if name in present}
-        try:
-            replace_atomic(self.path, json.dumps(record))
-        except OSError:
-            pass  # a read-only wheelhouse: hashed again next time
-        self._changed = False
+            continue
+        if (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino):
+            on_unlink(before, after)
 
 
-def wheels_hash(folder: Path, wheel_dir: Path) -> str:
-    """The hash of a build context's wheels (`WheelDigests.tree`), under the wheelhouse's lock."""
-    with _locked(wheel_dir):
-        digests = WheelDigests(wheel_dir)
-        value = digests.tree(folder)
-        digests.save()
-    return value
+def wheel_hashes(wheel_dir: Path) -> HashCache:
+    """The wheelhouse's digest record (`<wheelhouse>/.digests.json`), as a `HashCache`."""
+    from blockkit.runner._hashing import HashCache
+
+    return HashCache(wheel_dir / DIGESTS)
 
 
-def _file_sha256(path: Path) -> str:
-    from blockkit.runner._hashing import hash_fd
+def save_wheel_hashes(hashes: HashCache) -> None:
+    """Merge new digests into the wheelhouse's record (`HashCache.save`); a wheelhouse that cannot take it keeps none.
 
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    A read-only wheelhouse, or a symlink planted at the record's lock, only costs hashing again
+    next time; the record itself is replaced by a rename, so a symlink there is never written through.
+    """
     try:
-        return hash_fd(fd)
+        hashes.save()
+    except OSError:
+        pass
+
+
+@contextmanager
+def linked_wheels(wheel_dir: Path, folder: Path) -> Iterator[HashCache]:
+    """The wheelhouse's digest record while a build context's wheel folder links the wheelhouse's wheels.
+
+    Link the wheels with `on_link=hashes.moved` (`fill_wheels`) and hash them with
+    `wheels_hash(folder, wheel_dir, hashes)`. On leaving, the folder's files are removed
+    (`unlink_wheels`, so the ctimes the links moved are followed) and the record is saved.
+    Checking an up-to-date image then hashes no unchanged wheel (70 files, 0.08 s a block).
+    """
+    hashes = wheel_hashes(wheel_dir)
+    try:
+        yield hashes
     finally:
-        os.close(fd)
+        try:
+            if folder.is_dir():
+                unlink_wheels(folder, wheel_dir, hashes.moved)
+        except OSError:
+            pass  # the temporary build context goes anyway; only the record's freshness is lost
+        save_wheel_hashes(hashes)
+
+
+def wheels_hash(folder: Path, wheel_dir: Path, hashes: HashCache | None = None) -> str:
+    """sha256 over the names and bytes of a build context's wheels (symlinks by their target).
+
+    A file that is the wheelhouse's file of its name (a link, same inode) takes its sha256 from
+    `hashes` (the wheelhouse's record, `HashCache.file_sha256`: valid while size, inode, mtime
+    and ctime match, so a wheel replaced under its name is hashed again). Any other file is
+    hashed and not recorded. The value does not depend on the record: a full hash of every byte
+    gives the same.
+    """
+    import hashlib
+
+    from blockkit.runner._hashing import HashCache
+
+    record = hashes if hashes is not None else wheel_hashes(wheel_dir)
+    loose = HashCache()
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            digest.update(f"L\0{rel}\0{os.readlink(path)}\0".encode())
+            continue
+        digest.update(f"F\0{rel}\0{(record if _is_own(path, wheel_dir) else loose).file_sha256(path)}\0".encode())
+    if hashes is None:
+        save_wheel_hashes(record)
+    return digest.hexdigest()
+
+
+def _is_own(path: Path, wheel_dir: Path) -> bool:
+    """Whether `path` is the wheelhouse's file of its name (the same inode), not a copy or another file."""
+    try:
+        return os.path.samefile(path, wheel_dir / path.name)
+    except OSError:
+        return False

@@ -1,29 +1,46 @@
-"""The wheelhouse's digest record: an up-to-date check of a block image hashes no unchanged wheel twice."""
+"""The wheelhouse's digest record (a `HashCache` file): an up-to-date image check hashes no unchanged wheel twice."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Callable
 
-from blockkit.runner._wheelhouse import WheelDigests, link_or_copy, wheels_hash
+import pytest
+
+from blockkit.runner import _hashing
+from blockkit.runner._hashing import HashCache, signature
+from blockkit.runner._wheelhouse import (
+    DIGESTS,
+    cached_resolution,
+    link_or_copy,
+    linked_wheels,
+    wheel_hashes,
+    wheels_hash,
+)
+
+NAMES = {"a-1.0-py3-none-any.whl": b"a" * 5000, "b-2.0-py3-none-any.whl": b"b" * 7000}
 
 
 def _wheelhouse(tmp_path: Path) -> Path:
     house = tmp_path / "house"
     house.mkdir()
-    for name, body in (("a-1.0-py3-none-any.whl", b"a" * 5000), ("b-2.0-py3-none-any.whl", b"b" * 7000)):
+    for name, body in NAMES.items():
         (house / name).write_bytes(body)
     return house
 
 
-def _context(tmp_path: Path, house: Path, name: str = "ctx") -> Path:
-    folder = tmp_path / name / "deps"
-    folder.mkdir(parents=True)
-    for wheel in house.glob("*.whl"):
-        link_or_copy(wheel, folder / wheel.name)
-    return folder.parent
+def _link(house: Path, folder: Path, hashes: HashCache | None = None) -> Path:
+    """A build context's wheel folder linking the wheelhouse's wheels (as `fill_wheels` does)."""
+    (folder / "deps").mkdir(parents=True)
+    for wheel in sorted(house.glob("*.whl")):
+        link_or_copy(wheel, folder / "deps" / wheel.name, hashes.moved if hashes is not None else None)
+    return folder
 
 
 def _full(root: Path) -> str:
@@ -34,60 +51,252 @@ def _full(root: Path) -> str:
     return digest.hexdigest()
 
 
-def test_the_hash_equals_a_full_hash_of_the_same_tree_and_is_recorded(tmp_path: Path) -> None:
+def _build_check(house: Path, context: Path) -> str:
+    """What `_build_from_base` does with the wheels of one block: link, hash, remove, save the record."""
+    with linked_wheels(house, context / "wheels") as hashes:
+        _link(house, context / "wheels", hashes)
+        return wheels_hash(context / "wheels", house, hashes)
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the files whose bytes are read (`_hashing.hash_fd`)."""
+    calls: list[int] = []
+    real = _hashing.hash_fd
+
+    def counting(fd: int, deadline: float | None = None) -> str:
+        calls.append(fd)
+        return real(fd, deadline)
+
+    monkeypatch.setattr(_hashing, "hash_fd", counting)
+    return calls
+
+
+def test_the_hash_equals_a_full_hash_and_the_record_is_a_hash_cache(tmp_path: Path) -> None:
     house = _wheelhouse(tmp_path)
-    ctx = _context(tmp_path, house)
-    plain = _context(tmp_path, house, "plain")
-    assert os.path.samefile(ctx / "deps" / "a-1.0-py3-none-any.whl", house / "a-1.0-py3-none-any.whl")
-    first = wheels_hash(ctx, house)
-    record = json.loads((house / ".digests.json").read_text())
-    assert record["a-1.0-py3-none-any.whl"][1] == hashlib.sha256(b"a" * 5000).hexdigest()
-    assert wheels_hash(ctx, house) == first == wheels_hash(plain, house)
-    # The same value a full hash of every byte gives: image tags do not depend on the record.
-    assert first == _full(ctx)
+    first = _build_check(house, tmp_path / "one")
+    record = json.loads((house / DIGESTS).read_text())
+    for name, body in NAMES.items():
+        st = os.stat(house / name)
+        assert record[f"{st.st_dev}:{st.st_ino}"] == [*signature(st), hashlib.sha256(body).hexdigest()]
+    assert len(record) == len(NAMES)  # the build context's files are the wheelhouse's: no other entry
+    # A context of copies and a plain full hash of every byte give the same value: tags do not depend on the record.
+    copies = tmp_path / "copies" / "deps"
+    copies.mkdir(parents=True)
+    for name, body in NAMES.items():
+        (copies / name).write_bytes(body)
+    assert wheels_hash(copies.parent, house) == first == _full(copies.parent)
+    assert json.loads((house / DIGESTS).read_text()) == record  # copies are hashed, never recorded
+
+
+def test_an_up_to_date_check_reads_no_wheel(tmp_path: Path, hashed: list[int]) -> None:
+    """Linking, and removing the links with the build context, move the wheels' ctime: the record follows."""
+    house = _wheelhouse(tmp_path)
+    first = _build_check(house, tmp_path / "one")
+    assert len(hashed) == len(NAMES)
+    hashed.clear()
+    for run in range(3):  # each as a new `blockkit run` (the record read from disk)
+        assert _build_check(house, tmp_path / f"again{run}") == first
+        assert not list((tmp_path / f"again{run}" / "wheels").rglob("*.whl"))  # the links went with the check
+    assert hashed == []
+    # The wheelhouse files' state is the one recorded: another process believes it too.
+    record = json.loads((house / DIGESTS).read_text())
+    for name in NAMES:
+        st = os.stat(house / name)
+        assert record[f"{st.st_dev}:{st.st_ino}"][:4] == signature(st)
+
+
+def test_a_recorded_resolution_links_with_the_hook(tmp_path: Path, hashed: list[int]) -> None:
+    """`cached_resolution` (what `fill_wheels` uses) passes `on_link` to every link it makes."""
+    from blockkit.runner._wheelhouse import PythonTarget
+
+    house = _wheelhouse(tmp_path)
+    target = PythonTarget("3.11", "x86_64", "2.36")
+
+    def resolve(subset: Path) -> list[str]:
+        subset.mkdir(parents=True, exist_ok=True)
+        for name, body in NAMES.items():
+            (subset / name).write_bytes(body)  # as pip download: copies
+        return []
+
+    first = tmp_path / "first" / "wheels"
+    cached_resolution(["base"], first, house, target, lambda: resolve(first))
+    value = wheels_hash(first.parent, house)
+    hashed.clear()
+    for run in range(2):
+        context = tmp_path / f"ctx{run}" / "wheels"
+        with linked_wheels(house, context) as hashes:
+            cached_resolution(["base"], context, house, target, lambda: pytest.fail("resolved again"),
+                              on_link=hashes.moved)
+            assert all(os.path.samefile(context / n, house / n) for n in NAMES)
+            assert wheels_hash(context.parent, house, hashes) == value
+    assert len(hashed) == len(NAMES)  # the first linked check records, the second reads nothing
 
 
 def test_a_wheel_replaced_under_its_name_is_hashed_again(tmp_path: Path) -> None:
     """blockkit's own wheel keeps its name when rebuilt from changed sources."""
     house = _wheelhouse(tmp_path)
-    before = wheels_hash(_context(tmp_path, house, "one"), house)
+    before = _build_check(house, tmp_path / "one")
     wheel = house / "a-1.0-py3-none-any.whl"
     replacement = house / "a.tmp"
     replacement.write_bytes(b"A" * 5000)  # same size
     os.utime(replacement, ns=(wheel.stat().st_atime_ns, wheel.stat().st_mtime_ns))  # same mtime
     os.replace(replacement, wheel)  # a new inode
-    after = wheels_hash(_context(tmp_path, house, "two"), house)
+    after = _build_check(house, tmp_path / "two")
     assert after != before
+    assert after == wheels_hash(_copies(tmp_path / "three", house), house)
 
 
-def test_a_doctored_record_or_a_copied_file_is_not_believed(tmp_path: Path) -> None:
+def test_a_wheel_rewritten_in_place_with_its_mtime_restored_is_hashed_again(tmp_path: Path) -> None:
     house = _wheelhouse(tmp_path)
-    ctx = _context(tmp_path, house)
-    honest = wheels_hash(ctx, house)
-    record = json.loads((house / ".digests.json").read_text())
-    # The record says other bytes for an identity that still matches: only a tampered record can.
-    record["a-1.0-py3-none-any.whl"][1] = "0" * 64
-    (house / ".digests.json").write_text(json.dumps(record))
-    copied = tmp_path / "copied" / "deps"
-    copied.mkdir(parents=True)
+    before = _build_check(house, tmp_path / "one")
+    wheel = house / "b-2.0-py3-none-any.whl"
+    st = wheel.stat()
+    wheel.write_bytes(b"B" * 7000)  # same inode, same size
+    os.utime(wheel, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the ctime tells
+    assert _build_check(house, tmp_path / "two") != before
+
+
+def _copies(folder: Path, house: Path) -> Path:
+    (folder / "deps").mkdir(parents=True)
     for wheel in house.glob("*.whl"):
-        copied.joinpath(wheel.name).write_bytes(wheel.read_bytes())  # not the wheelhouse's file
-    assert wheels_hash(copied.parent, house) == honest
-    for garbage in ("not json", "[]", '{"a-1.0-py3-none-any.whl": [1, 2, 3]}'):
-        (house / ".digests.json").write_text(garbage)
-        assert WheelDigests(house).tree(ctx) == honest
+        (folder / "deps" / wheel.name).write_bytes(wheel.read_bytes())
+    return folder
+
+
+def test_a_doctored_or_garbage_record_and_a_copied_file_are_not_believed(tmp_path: Path) -> None:
+    house = _wheelhouse(tmp_path)
+    honest = _build_check(house, tmp_path / "one")
+    record = json.loads((house / DIGESTS).read_text())
+    # Other bytes for a state that still matches: only a tampered record can say that, and a
+    # file that is not the wheelhouse's (a copy) is hashed whatever the record says.
+    (house / DIGESTS).write_text(json.dumps({k: [*v[:4], "0" * 64] for k, v in record.items()}))
+    assert wheels_hash(_copies(tmp_path / "copied", house), house) == honest
+    garbages: list[Callable[[str, list[int]], str]] = [
+        lambda key, sig: "not json", lambda key, sig: "[]", lambda key, sig: "{}",
+        lambda key, sig: '{"a-1.0-py3-none-any.whl": [1, 2, 3]}',
+        lambda key, sig: json.dumps({key: [*sig, "not a sha256"]}),
+        lambda key, sig: json.dumps({key: [*map(str, sig), "0" * 64]}),
+        lambda key, sig: json.dumps({key: [*sig, "Z" * 64]}),
+        lambda key, sig: json.dumps({key: [*sig[:3], 1.5, "0" * 64]}),
+        lambda key, sig: json.dumps({key: [*sig, "0" * 64, "extra"]}),
+    ]
+    for n, garbage in enumerate(garbages):
+        ctx = _link(house, tmp_path / f"garbage{n}")
+        # The state the file has now, after the link: an entry for it would be believed if well formed.
+        a = os.stat(ctx / "deps" / "a-1.0-py3-none-any.whl")
+        key, sig = f"{a.st_dev}:{a.st_ino}", signature(a)
+        (house / DIGESTS).write_text(garbage(key, sig))
+        assert wheels_hash(ctx, house, wheel_hashes(house)) == honest, garbage(key, sig)
+    # The same entries well formed are believed: the garbage above was refused for its form, not its state.
+    (house / DIGESTS).write_text(json.dumps({key: [*sig, "0" * 64]}))
+    assert wheels_hash(ctx, house, wheel_hashes(house)) != honest
 
 
 def test_a_read_only_wheelhouse_still_hashes(tmp_path: Path) -> None:
     house = _wheelhouse(tmp_path)
-    ctx = _context(tmp_path, house)
-    expected = wheels_hash(ctx, house)
-    (house / ".digests.json").unlink()
-    digests = WheelDigests(house)
+    expected = _build_check(house, tmp_path / "one")
+    (house / DIGESTS).unlink()
     os.chmod(house, 0o555)
     try:
-        assert digests.tree(ctx) == expected
-        digests.save()  # cannot write: no error, no record
+        assert _build_check(house, tmp_path / "two") == expected  # cannot save: no error
     finally:
         os.chmod(house, 0o755)
-    assert not (house / ".digests.json").exists() or os.geteuid() == 0  # root may write anyway
+    assert not (house / DIGESTS).exists() or os.geteuid() == 0  # root may write anyway
+
+
+def test_a_symlink_planted_at_the_record_is_neither_believed_nor_written_through(tmp_path: Path) -> None:
+    house = _wheelhouse(tmp_path)
+    honest = _build_check(house, tmp_path / "one")
+    record = json.loads((house / DIGESTS).read_text())
+    victim = tmp_path / "victim.json"
+    # A doctored record elsewhere, planted by a symlink: a wheelhouse's record is only its own file.
+    victim.write_text(json.dumps({k: [*v[:4], "0" * 64] for k, v in record.items()}))
+    before = victim.read_bytes()
+    (house / DIGESTS).unlink()
+    (house / DIGESTS).symlink_to(victim)
+    assert _build_check(house, tmp_path / "two") == honest
+    assert victim.read_bytes() == before
+    assert not (house / DIGESTS).is_symlink()  # replaced by the record, the symlink's target untouched
+    assert len(json.loads((house / DIGESTS).read_text())) == len(NAMES)
+
+
+def test_a_symlink_at_the_records_lock_or_a_fifo_at_the_record_does_no_harm(tmp_path: Path) -> None:
+    house = _wheelhouse(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    lock = (house / DIGESTS).with_suffix(".lock")
+    lock.symlink_to(victim)
+    honest = _build_check(house, tmp_path / "one")  # the record cannot be locked: not saved, no error
+    assert victim.read_text() == "keep" and not (house / DIGESTS).exists()
+    lock.unlink()
+    os.mkfifo(house / DIGESTS)  # reading it must not hang
+    assert _build_check(house, tmp_path / "two") == honest
+
+
+WRITER = r"""
+import sys
+from pathlib import Path
+from blockkit.runner._wheelhouse import wheel_hashes, save_wheel_hashes
+house, names = Path(sys.argv[1]), sys.argv[2:]
+for name in names:  # one save per file: many merges under the lock
+    hashes = wheel_hashes(house)
+    hashes.file_sha256(house / name)
+    save_wheel_hashes(hashes)
+"""
+
+
+def test_concurrent_saves_lose_no_entry_and_leave_valid_json(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    house.mkdir()
+    names = [f"w{i:03d}-1.0-py3-none-any.whl" for i in range(48)]
+    for i, name in enumerate(names):
+        (house / name).write_bytes(os.urandom(2000 + i))
+    # Two processes and two threads, each recording its own quarter of the wheels.
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(house), *names[i::4]]) for i in (0, 1)]
+
+    def thread_writer(part: list[str]) -> None:
+        for name in part:
+            hashes = wheel_hashes(house)
+            hashes.file_sha256(house / name)
+            hashes.save()
+
+    threads = [threading.Thread(target=thread_writer, args=(names[i::4],)) for i in (2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [proc.wait(timeout=120) for proc in procs] == [0, 0]
+    record = json.loads((house / DIGESTS).read_text())
+    for name in names:
+        st = os.stat(house / name)
+        assert record[f"{st.st_dev}:{st.st_ino}"] == [*signature(st), hashlib.sha256((house / name).read_bytes()).hexdigest()]
+    assert not [p for p in house.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_checking_an_up_to_date_block_image_reads_no_wheel(docker_client, base_image, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, hashed: list[int]) -> None:
+    """`build_block_image(build=False)` as every `blockkit run` does: the second check reads no wheel's bytes."""
+    from blockkit.runner import _image_names
+    from blockkit.runner._build import blockkit_source_root, build_block_image, resolve_wheelhouse
+    from tests.runner.test_build import make_block
+
+    real = _image_names.blockkit_source_hash
+    memo: dict[object, str] = {}
+    monkeypatch.setattr(_image_names, "blockkit_source_hash", lambda root: memo.setdefault(root, real(root)))
+    block = make_block(tmp_path)
+    (block / "requirements.txt").write_text("affine\n")
+    house = resolve_wheelhouse(None, blockkit_source_root())
+    first = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    build_block_image(block, base_image=base_image, client=docker_client, build=False)  # links: records
+    hashed.clear()
+    again = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    assert again.tag == first.tag
+    assert hashed == []
+    # The record holds the wheelhouse files as they are now (linked, moved and unlinked by the checks).
+    record = json.loads((house / DIGESTS).read_text())
+    blockkit_wheel = next(house.glob("blockkit_eo-*.whl"))
+    st = os.stat(blockkit_wheel)
+    assert record[f"{st.st_dev}:{st.st_ino}"][:4] == signature(st)
