@@ -30,7 +30,7 @@ def test_the_generated_modules_are_those_of_the_shipped_schemas() -> None:
 
 
 def test_the_package_uses_the_generated_checks() -> None:
-    from blockkit.contract._schema_checks import feature, manifest
+    from blockkit.contract._schema_checks import _feature as feature, _manifest as manifest
 
     assert _fast_validator() is manifest.check
     assert _feature_validator() is feature.check
@@ -39,7 +39,7 @@ def test_the_package_uses_the_generated_checks() -> None:
 
 def test_a_schema_that_differs_from_the_generated_module_is_compiled_instead() -> None:
     """A stale module must not check against the old schema: the changed rule applies."""
-    from blockkit.contract._schema_checks import manifest
+    from blockkit.contract._schema_checks import _manifest as manifest
 
     changed = copy.deepcopy(load_schema("UP42Manifest.schema.json"))
     changed["properties"]["name"]["maxLength"] = 3
@@ -51,7 +51,7 @@ def test_a_schema_that_differs_from_the_generated_module_is_compiled_instead() -
 
 
 def test_a_missing_or_doctored_module_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    from blockkit.contract._schema_checks import feature
+    from blockkit.contract._schema_checks import _feature as feature
 
     schema = feature_schema()
     assert _schema_checks.schema_check("no-such-module", schema) is not feature.check

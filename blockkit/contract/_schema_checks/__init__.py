@@ -27,9 +27,9 @@ def schema_digest(schema: dict[str, Any]) -> str:
 
 
 def schema_check(name: str, schema: dict[str, Any]) -> Callable[[Any], Any]:
-    """The check of `schema`: the generated module `name` when made from this very schema, else compiled now."""
+    """The check of `schema`: the generated module `_<name>` when made from this very schema, else compiled now."""
     try:
-        module = importlib.import_module(f"{__name__}.{name}")
+        module = importlib.import_module(f"{__name__}._{name}")
     except ImportError:
         module = None
     if module is not None and getattr(module, "SCHEMA_SHA256", None) == schema_digest(schema):
