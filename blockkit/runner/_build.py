@@ -19,6 +19,7 @@ in the image). Development tools listed in requirements.txt (pytest, mypy, black
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -576,10 +577,11 @@ def _build_own_dockerfile(
 
     source_root = blockkit_source_root()
     warnings: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="blockkit-build-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="blockkit-build-") as tmp, contextlib.ExitStack() as linked:
         context = Path(tmp) / "context"
         wheels = Path(tmp) / "wheels"
         wheels.mkdir()
+        wheels_digest = "none"  # no requirements resolved: no wheels
         shutil.copytree(block_dir, context, symlinks=True, ignore=ignore_for_copy)
         requirements = context / "requirements.txt"
         warnings += drop_dev_requirements(requirements)
@@ -589,6 +591,8 @@ def _build_own_dockerfile(
                 warnings.append(f"{final_base} has no python3: requirements.txt is left to the Dockerfile")
             else:
                 wheel_dir = resolve_wheelhouse(wheelhouse, source_root)
+                # The wheels are the wheelhouse's, linked: their sha256 come from its record.
+                hashes = linked.enter_context(wheels_.linked_wheels(wheel_dir, wheels))
                 pins = Path(tmp) / "constraints.txt"
 
                 def resolve() -> list[str]:
@@ -605,10 +609,11 @@ def _build_own_dockerfile(
                 # An unchanged block costs no pip run (and no container) on `blockkit run`.
                 warnings += cached_resolution(
                     ["own", requirements.read_text(encoding="utf-8", errors="replace")], wheels, wheel_dir,
-                    target, resolve, constraints=pins, use_cache=not force,
+                    target, resolve, constraints=pins, use_cache=not force, on_link=hashes.moved,
                 )
+                wheels_digest = wheels_.wheels_hash(wheels, wheel_dir, hashes)
         generated = _offline_dockerfile(lines, "{url}")
-        content_hash = own_content_hash(context, generated, args, base_ids, wheels, network)
+        content_hash = own_content_hash(context, generated, args, base_ids, wheels_digest, network)
         tag = image_tag(manifest["name"], content_hash)
         if not force or not build:
             existing = _image_or_none(client, tag)

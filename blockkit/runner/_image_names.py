@@ -66,7 +66,7 @@ def block_content_hash(
 
 
 def own_content_hash(
-    context: Path, generated: str, args: dict[str, str], base_ids: list[str], wheels: Path, network: bool
+    context: Path, generated: str, args: dict[str, str], base_ids: list[str], wheels: str, network: bool
 ) -> str:
     """The content hash of an image built from a block's own Dockerfile.
 
@@ -75,7 +75,7 @@ def own_content_hash(
         generated: the Dockerfile actually built (pip pointed at the wheel server).
         args: the build args (`manifest` included).
         base_ids: the image ids of the Dockerfile's external FROM images.
-        wheels: the folder of wheels served to the build.
+        wheels: the hash of the wheels served to the build (`_wheelhouse.wheels_hash`), "none" without.
         network: whether the build may reach the network.
     """
     digest = hashlib.sha256()
@@ -84,7 +84,7 @@ def own_content_hash(
     digest.update(b"dockerfile\0" + generated.encode() + b"\0")
     digest.update(b"args\0" + json.dumps(args, sort_keys=True).encode() + b"\0")
     digest.update(b"block\0" + tree_hash(context).encode() + b"\0")
-    digest.update(b"wheels\0" + tree_hash(wheels).encode() + b"\0")
+    digest.update(b"wheels\0" + wheels.encode() + b"\0")
     return digest.hexdigest()
 
 

@@ -300,3 +300,39 @@ def test_checking_an_up_to_date_block_image_reads_no_wheel(docker_client, base_i
     blockkit_wheel = next(house.glob("blockkit_eo-*.whl"))
     st = os.stat(blockkit_wheel)
     assert record[f"{st.st_dev}:{st.st_ino}"][:4] == signature(st)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_checking_an_up_to_date_own_dockerfile_image_reads_no_wheel(docker_client, base_image, tmp_path: Path,
+                                                                   hashed: list[int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block with its own Dockerfile and requirements: its wheels' sha256 come from the record too."""
+    from blockkit.runner._build import BLOCK_DOCKERFILE, build_block_image
+    from tests.runner.test_build import make_block
+
+    opened: list[str] = []  # wheels read through Path.open (a tree hash of the wheel folder)
+    real_open = Path.open
+
+    def counting_open(self: Path, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if self.suffix == ".whl" and "r" in mode:
+            opened.append(self.name)
+        return real_open(self, mode, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", counting_open)
+
+    block = make_block(tmp_path)
+    (block / "requirements.txt").write_text("affine\n")
+    (block / "Dockerfile").write_text(f"FROM {base_image}\nARG manifest\nLABEL \"up42_manifest\"=$manifest\n"
+                                      "COPY requirements.txt /block/\nRUN pip install -r /block/requirements.txt\n")
+    first = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    assert first.dockerfile == BLOCK_DOCKERFILE
+    build_block_image(block, base_image=base_image, client=docker_client, build=False)  # links: records
+    hashed.clear()
+    opened.clear()
+    again = build_block_image(block, base_image=base_image, client=docker_client, build=False)
+    assert again.tag == first.tag
+    assert hashed == [] and opened == []
+    # Another requirement is another image: the record does not stand for the wheels' names.
+    (block / "requirements.txt").write_text("affine\nclick\n")
+    assert build_block_image(block, base_image=base_image, client=docker_client, build=False).tag != first.tag
