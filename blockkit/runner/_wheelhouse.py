@@ -10,11 +10,11 @@ the wheelhouse's `HashCache` record (`.digests.json`). Development tools (`DEV_T
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -479,7 +479,7 @@ def _compile_in_image(
                 f"{': ' + log[-1] if log else ''} (does the image have a compiler?); put a wheel into {wheel_dir}",
                 problems=[Problem("compile", line) for line in log[-5:]],
             )
-        for wheel in wheels:
+        for wheel in image_outputs(out, image, wheels):
             shutil.move(str(wheel), wheel_dir / wheel.name)
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -651,19 +651,42 @@ def _blockkit_wheel(wheel_dir: Path, source_root: Path | None) -> Path:
 
 
 class _locked:
-    """An exclusive lock on the wheelhouse, so parallel builds do not race on it."""
+    """An exclusive lock on the wheelhouse, so parallel builds do not race on it.
+
+    The lock file is opened without following a symlink and never truncated: a wheelhouse
+    comes with a cloned repository, and `.lock -> ~/.bashrc` must not empty the target.
+    """
 
     def __init__(self, folder: Path) -> None:
-        self._path = folder / ".lock"
-        self._handle: Any = None
+        from blockkit.runner._lock import FileLock
+
+        self._lock = FileLock(folder / ".lock")
 
     def __enter__(self) -> None:
-        self._handle = self._path.open("w")
-        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        try:
+            self._lock.__enter__()
+        except OSError as exc:
+            raise BuildError(f"cannot lock the wheelhouse: {self._lock.path}: {exc.strerror or exc} "
+                             "(a symlink there is refused; remove it)") from None
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
+        self._lock.__exit__(None, None, None)
+
+
+def image_outputs(out: Path, image: str, names: list[Path] | None = None) -> list[Path]:
+    """What a base image's container left in its output mount (`names`, else all of it): regular files only.
+
+    The container ran as root in that mount: it can leave a symlink to any host file
+    (`~/.ssh/id_rsa`), which a build context or the wheelhouse would then serve to a build.
+    Anything that is not a regular file is refused with one error line, before anything is read
+    or moved.
+    """
+    entries = sorted(out.iterdir()) if names is None else names
+    for entry in entries:
+        if not stat.S_ISREG(os.lstat(entry).st_mode):
+            raise BuildError(f"{image} left {entry.name!r} in its output, which is not a regular file "
+                             "(a symlink, folder or device): refused")
+    return entries
 
 
 def complete_in_image(
@@ -718,10 +741,11 @@ def complete_in_image(
                 finally:
                     container.remove(force=True)
             if status.get("StatusCode") == 0:
+                wheels = image_outputs(out, image)
                 _check_pinned(out, constraints if pinned else None, image)
                 for old in subset.iterdir():
                     old.unlink()
-                for wheel in out.iterdir():
+                for wheel in wheels:
                     shutil.move(str(wheel), subset / wheel.name)
                 return
         finally:
@@ -831,9 +855,22 @@ class WheelServer:
         import threading
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+        root = os.path.realpath(self.folder)
+
         class Quiet(SimpleHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
                 pass
+
+            def translate_path(self, path: str) -> str:
+                # Never through a symlink: a build (the block's own Dockerfile) may ask for any name.
+                local = super().translate_path(path)
+                rel = os.path.relpath(local, root)
+                here = root
+                for part in [] if rel == "." else rel.split(os.sep):
+                    here = os.path.join(here, part)
+                    if part == ".." or os.path.islink(here):
+                        return os.path.join(root, ".refused", "symlink")  # no such file: 404
+                return local
 
         handler = functools.partial(Quiet, directory=str(self.folder))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -853,16 +890,26 @@ def link_or_copy(source: Path, target: Path, on_link: LinkHook | None = None) ->
     Nothing writes to a build context's wheels: docker reads them. A link moves the file's
     ctime, which a `HashCache` entry checks: `on_link(before, after)` (`HashCache.moved`)
     sees the file's stat before and after the link, so its recorded sha256 stays valid.
-    A copy is another file: `on_link` is not called.
+    A copy is another file: `on_link` is not called. A source that is not a regular file (a
+    symlink planted in the wheelhouse, pointing anywhere) is refused: linking or copying it
+    would put its target into the build context, where the wheel server hands it out.
     """
-    before = os.stat(source)
+    before = os.lstat(source)
+    if not stat.S_ISREG(before.st_mode):
+        raise BuildError(f"{source} is not a regular file (a symlink?): a wheelhouse holds wheels as files; "
+                         "replace it by the file it points to")
     try:
-        os.link(source, target)
+        os.link(source, target, follow_symlinks=False)
     except OSError:
-        shutil.copyfile(source, target)
+        with open(source, "rb", opener=_nofollow_opener) as handle, open(target, "xb") as copy:
+            shutil.copyfileobj(handle, copy)
         return
     if on_link is not None:
         on_link(before, os.stat(target))
+
+
+def _nofollow_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def unlink_wheels(folder: Path, wheel_dir: Path, on_unlink: LinkHook | None = None) -> None:
