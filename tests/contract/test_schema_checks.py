@@ -29,6 +29,15 @@ def test_the_generated_modules_are_those_of_the_shipped_schemas() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_another_fastjsonschema_release_does_not_make_the_modules_stale() -> None:
+    """pyproject allows other releases; only a module made from another schema is stale."""
+    code = ("import runpy, sys, fastjsonschema\n"
+            "fastjsonschema.VERSION = '9.9.9'\n"
+            f"sys.argv = ['schema-checks', '--check']\nrunpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_package_uses_the_generated_checks() -> None:
     from blockkit.contract._schema_checks import _feature as feature, _manifest as manifest
 

@@ -2,7 +2,7 @@
 
 Compiling the manifest and feature schemas took 35 ms of every block start (0.1 s in all),
 and each feature of a scattered step is one block start. `scripts/schema-checks` writes one
-module per schema here (`manifest.py`, `feature.py`) with the code `fastjsonschema.compile`
+module per schema here (`_manifest.py`, `_feature.py`) with the code `fastjsonschema.compile`
 would have generated, and the sha256 of the schema it was made from. A module whose digest
 is not the schema's (the schema was edited, the module not regenerated) is not used: the
 schema is compiled at run time as before, and tests/contract/test_schema_checks.py fails
@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-#: The generated modules: name -> what they check (for the generator and the messages).
+#: The names of the generated modules (`_<name>.py`), one per schema.
 CHECKS = ("manifest", "feature")
 
 
