@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 import sys
 
-#: The distribution whose metadata names the `runner` extra (the import name stays `blockkit`).
-DIST_NAME = "blockkit-eo"
+# Both are stdlib-only (the runner package imports its modules lazily): they load without the extra.
+from blockkit.runner._image_names import DIST_NAME  # the distribution whose metadata names the extra
+from blockkit.runner._image_names import canonical_name as _canonical
+
 _NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _EXTRA = re.compile(r"""\bextra\s*==\s*["']([^"']+)["']""")
 
@@ -70,6 +72,7 @@ def needs_runner(module: str) -> bool:
     if names is None:
         return bool(top) and top != "blockkit"
     closure: set[str] = set()
+    absent: set[str] = set()  # dependencies not installed: left out by a marker, or a broken install
     pending = list(names)
     while pending:
         name = _canonical(pending.pop())
@@ -81,13 +84,12 @@ def needs_runner(module: str) -> bool:
         except PackageNotFoundError:
             if name in {_canonical(n) for n in names}:
                 return True  # a distribution of the extra is not installed
-            continue  # a dependency left out by its marker (another platform or Python)
+            absent.add(name)  # left out by its marker (another platform or Python), or missing
+            continue
         pending += [m.group(1) for line in lines if not _EXTRA.search(line.partition(";")[2])
                     for m in [_NAME.match(line.partition(";")[0])] if m]
+    if _canonical(top) in absent:
+        return True  # a dependency of the extra that is not installed, imported under its own name
     from importlib.metadata import packages_distributions
 
     return any(_canonical(owner) in closure for owner in packages_distributions().get(top, []))
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()

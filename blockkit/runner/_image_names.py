@@ -134,6 +134,11 @@ def ignore_for_copy(folder: str, names: list[str]) -> set[str]:
     return {n for n in names if n in _SKIP_DIRS or n.endswith(_SKIP_SUFFIXES) or n.endswith(".egg-info")}
 
 
+def canonical_name(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): `PyYAML`, `pyyaml` and `py_yaml` are one."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def repo_name(name: str) -> str:
     """A manifest name as a valid Docker repository component."""
     cleaned = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from blockkit.contract.errors import BuildError, Problem
 from blockkit.runner import _image_names as image_names
 from blockkit.runner._image_names import DIST_NAME, ignore_for_copy
+from blockkit.runner._image_names import canonical_name as _canonical
 
 if TYPE_CHECKING:
     import docker
@@ -123,8 +124,6 @@ def drop_dev_requirements(requirements: Path) -> list[str]:
     return [f"requirements.txt: development tools left out of the image: {', '.join(dropped)}"]
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 # pip -vv names every link it skips, with the release's Requires-Python.
 _SKIPPED = re.compile(r"(\S+\.(?:whl|tar\.gz|zip))(?:#\S*)? \(from [^)]*\) \(requires-python:([^)]*)\)")
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")

@@ -39,6 +39,23 @@ def test_a_missing_module_of_the_extra_or_its_dependencies_means_the_runner(modu
     assert needs_runner(module) is expected
 
 
+def test_a_dependency_of_the_extra_that_is_not_installed_means_the_runner(tmp_path: Path) -> None:
+    """A broken install: boto3 there, botocore gone. The old hand-kept list named botocore; the metadata must too."""
+    site = tmp_path / "site"
+    for name, requires in (("blockkit-eo", ['fakerunnerdep; extra == "runner"']),
+                           ("fakerunnerdep", ["fakemissingdep>=1"])):
+        info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+                                       + "".join(f"Requires-Dist: {r}\n" for r in requires))
+        (info / "RECORD").write_text("")
+    code = (f"import sys\nsys.path.insert(0, {str(site)!r})\nsys.path.insert(1, {str(REPO)!r})\n"
+            "from blockkit.cli._entry import needs_runner\n"
+            "print(needs_runner('fakemissingdep'), needs_runner('fakemissingdep.sub'), needs_runner('unrelated'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "True", "False"], done.stderr
+
+
 SCRIPT = r"""
 import json, sys, time
 sys.argv = ["blockkit", "run", "."]
