@@ -2,7 +2,9 @@
 
 A cache entry is keyed by (device, inode) and holds the file's size, `mtime_ns`, `ctime_ns`
 and sha256. Any write to a file moves its ctime (even one that restores the mtime), so a
-file whose four values still match is unchanged; anything else is hashed again.
+file whose four values still match is unchanged; anything else is hashed again. The limit is
+the timestamps' granularity: a same-size rewrite within one tick of the file system's clock
+keeps all four values (docs/runner.md, "cache").
 """
 
 from __future__ import annotations
