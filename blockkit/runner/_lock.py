@@ -100,14 +100,22 @@ class RunLock:
         os.pwrite(fd, json.dumps(runner_identity()).encode(), 0)
         self._fd = fd
 
-    def holder_text(self) -> str:
-        """'pid N on host H since T' from the lock file (or 'another runner')."""
-        try:
-            who = json.loads(self.path.read_text())
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(who["started"])))
-            return f"pid {int(who['pid'])} on host {who['host']} since {since}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another runner"
+    def holder_text(self, wait_s: float = 0.5) -> str:
+        """'pid N on host H since T' from the lock file (or 'another runner').
+
+        The holder writes its identity just after taking the lock: a runner refused in between
+        reads an empty file, so it looks again for up to `wait_s` seconds.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                who = json.loads(self.path.read_text())
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(who["started"])))
+                return f"pid {int(who['pid'])} on host {who['host']} since {since}"
+            except (OSError, ValueError, KeyError, TypeError):
+                if time.monotonic() >= deadline:
+                    return "another runner"
+                time.sleep(0.02)
 
     def release(self) -> None:
         """Let another runner take the folder."""

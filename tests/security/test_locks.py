@@ -109,3 +109,26 @@ def test_runs_list_marks_a_run_whose_runner_was_killed_as_interrupted(tmp_path: 
                        cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(run_json.read_text())["status"] == "ok"
+
+
+def test_a_runner_refused_while_the_holder_writes_its_name_still_names_it(tmp_path: Path) -> None:
+    """The holder takes the lock, then writes who it is: a runner refused in between must not say 'another runner'."""
+    import fcntl
+    import threading
+
+    from blockkit.contract.errors import WorkflowError
+    from blockkit.runner._lock import RUN_LOCK, RunLock, runner_identity
+
+    run = tmp_path / "20261201-000000-x-0000"
+    run.mkdir()
+    fd = os.open(run / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the holder, its name not yet written
+    try:
+        writer = threading.Timer(0.15, lambda: os.pwrite(fd, json.dumps(runner_identity()).encode(), 0))
+        writer.start()
+        with pytest.raises(WorkflowError) as info:
+            RunLock(run).acquire()
+        writer.join()
+        assert f"is being run by pid {os.getpid()} on host " in info.value.message
+    finally:
+        os.close(fd)
