@@ -27,6 +27,7 @@ from blockkit.contract.errors import BuildError, Problem
 from blockkit.runner import _image_names as image_names
 from blockkit.runner._image_names import DIST_NAME, ignore_for_copy
 from blockkit.runner._image_names import canonical_name as _canonical
+from blockkit.runtime._propagation import LinkHook, link_tree
 
 if TYPE_CHECKING:
     import docker
@@ -42,8 +43,6 @@ DEV_TOOLS = frozenset({
 })
 #: The wheelhouse's record of its wheels' sha256: a `HashCache` file (keyed by device and inode).
 DIGESTS = ".digests.json"
-#: `on_link(before, after)`: a file's stat before and after the runner linked, moved or unlinked it.
-LinkHook = Callable[[os.stat_result, os.stat_result], None]
 # Fixed timestamp for the blockkit wheel, so rebuilding unchanged sources gives identical bytes.
 _SOURCE_DATE_EPOCH = "315532800"
 
@@ -891,24 +890,13 @@ def link_or_copy(source: Path, target: Path, on_link: LinkHook | None = None) ->
     sees the file's stat before and after the link, so its recorded sha256 stays valid.
     A copy is another file: `on_link` is not called. A source that is not a regular file (a
     symlink planted in the wheelhouse, pointing anywhere) is refused: linking or copying it
-    would put its target into the build context, where the wheel server hands it out.
+    would put its target into the build context, where the wheel server hands it out. The
+    link or copy is `link_tree`'s (never through a symlink, O_EXCL), as for run folders.
     """
-    before = os.lstat(source)
-    if not stat.S_ISREG(before.st_mode):
+    if not stat.S_ISREG(os.lstat(source).st_mode):
         raise BuildError(f"{source} is not a regular file (a symlink?): a wheelhouse holds wheels as files; "
                          "replace it by the file it points to")
-    try:
-        os.link(source, target, follow_symlinks=False)
-    except OSError:
-        with open(source, "rb", opener=_nofollow_opener) as handle, open(target, "xb") as copy:
-            shutil.copyfileobj(handle, copy)
-        return
-    if on_link is not None:
-        on_link(before, os.stat(target))
-
-
-def _nofollow_opener(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+    link_tree(source, target, on_link=on_link)
 
 
 def unlink_wheels(folder: Path, wheel_dir: Path, on_unlink: LinkHook | None = None) -> None:
