@@ -47,13 +47,18 @@ def runner_requirements() -> list[str] | None:
         lines = requires(DIST_NAME) or []
     except PackageNotFoundError:
         return None
-    names = []
+    return [name for name, marker in _requirements(lines) if "runner" in _EXTRA.findall(marker)]
+
+
+def _requirements(lines: list[str]) -> list[tuple[str, str]]:
+    """(name, marker) of each `Requires-Dist` line of a distribution's metadata."""
+    found = []
     for line in lines:
         spec, _, marker = line.partition(";")
         name = _NAME.match(spec)
-        if name and "runner" in _EXTRA.findall(marker):
-            names.append(name.group(1))
-    return names
+        if name:
+            found.append((name.group(1), marker))
+    return found
 
 
 def needs_runner(module: str) -> bool:
@@ -71,9 +76,10 @@ def needs_runner(module: str) -> bool:
     names = runner_requirements()
     if names is None:
         return bool(top) and top != "blockkit"
+    extra = {_canonical(n) for n in names}
     closure: set[str] = set()
     absent: set[str] = set()  # dependencies not installed: left out by a marker, or a broken install
-    pending = list(names)
+    pending = list(extra)
     while pending:
         name = _canonical(pending.pop())
         if name in closure:
@@ -82,12 +88,11 @@ def needs_runner(module: str) -> bool:
         try:
             lines = distribution(name).requires or []
         except PackageNotFoundError:
-            if name in {_canonical(n) for n in names}:
+            if name in extra:
                 return True  # a distribution of the extra is not installed
             absent.add(name)  # left out by its marker (another platform or Python), or missing
             continue
-        pending += [m.group(1) for line in lines if not _EXTRA.search(line.partition(";")[2])
-                    for m in [_NAME.match(line.partition(";")[0])] if m]
+        pending += [dep for dep, marker in _requirements(lines) if not _EXTRA.search(marker)]
     if _canonical(top) in absent:
         return True  # a dependency of the extra that is not installed, imported under its own name
     from importlib.metadata import packages_distributions

@@ -83,15 +83,13 @@ class HashCache:
         except OSError:
             return {}
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
-                return {}
-            with os.fdopen(os.dup(fd), "rb") as handle:
+            with os.fdopen(fd, "rb") as handle:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
+                    return {}
                 data = json.loads(handle.read(_MAX_FILE + 1))
         except (ValueError, OSError):
             return {}  # a broken cache only costs re-hashing
-        finally:
-            os.close(fd)
         if not isinstance(data, dict):
             return {}
         return {str(k): v for k, v in data.items() if _well_formed(v)}

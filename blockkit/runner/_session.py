@@ -42,7 +42,7 @@ class RunRequest:
     fail_fast: bool = False  # a failing step kills the running ones (--fail-fast)
     keep_going: bool = False  # a failing step or feature does not stop the others (--keep-going)
     #: Cap each step at its machine type's CPUs (--strict-cpu, docker). None: a resumed run keeps
-    #: what it was started with (run.json `resources`), a new run is not capped.
+    #: what run.json records (`resources`: the session it resumes), a new run is not capped.
     strict_cpu: bool | None = None
     console: Any = None  # a rich Console on a terminal: running steps get a live bar and elapsed time
 
@@ -181,10 +181,11 @@ def run_request(request: RunRequest) -> dict[str, Any]:
 
 
 def resumed_strict_cpu(request: RunRequest, runs_dir: Path, say: Callable[[str], None]) -> bool:
-    """Whether steps are capped at their machine type's CPUs: as asked, else as the resumed run was started.
+    """Whether steps are capped at their machine type's CPUs: as asked, else as run.json records.
 
-    A resume continues a run under the CPU cap it was started with (run.json `resources.strict_cpu`)
-    unless the request says otherwise; then the steps still to run follow the request, a warning
+    A resume continues a run under the CPU cap of the session it resumes (run.json
+    `resources.strict_cpu`, written by every session) unless the request says otherwise; then
+    the steps still to run follow the request, a warning
     says so, and each step's record keeps what it ran with (`resources`). A cap changes no output,
     so cache keys do not cover it and a resume never re-runs a finished step for it.
     """
