@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from blockkit.contract._datajson import DATA_JSON
 from blockkit.contract.errors import WorkflowError
@@ -119,8 +119,12 @@ class CacheIndex:
 
     def store(self, key: str, output_dir: Path) -> None:
         """Remember that this output folder is the result for this key."""
-        rel = output_dir.relative_to(self.root).as_posix()
-        self.update(lambda entries: entries.__setitem__(key, rel))
+        self.store_many([(key, output_dir)])
+
+    def store_many(self, results: Sequence[tuple[str, Path]]) -> None:
+        """Remember several (key, output folder) results in one read-merge-write of the index."""
+        rels = [(key, output_dir.relative_to(self.root).as_posix()) for key, output_dir in results]
+        self.update(lambda entries: entries.update(rels))
 
     def evict(self, key: str, rel: str) -> None:
         """Forget this key's entry if it still names `rel`."""
@@ -152,18 +156,27 @@ def producer_record(root: Path, rel: str, key: str) -> dict[str, Any] | None:
     return rec
 
 
-def part_producer(root: Path, rel: str, key: str) -> dict[str, Any] | None:
+def part_producer(root: Path, rel: str, key: str, runs: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The run.json entry of the feature a cache entry names (`<run>/steps/<step>/parts/<name>`).
 
-    None if gone, not that key, not finished, or without recorded hashes.
+    None if gone, not that key, not finished, or without recorded hashes. `runs` keeps each
+    run.json read (run folder name -> its document, or None): a scattered step looks up
+    every feature, mostly in the same few runs, and reads each of their run.json once.
     """
     segments = rel.split("/")
     if len(segments) != 5 or segments[1] != "steps" or segments[3] != "parts" or ".." in segments:
         return None
+    run = runs.get(segments[0], False) if runs is not None else False
+    if run is False:
+        try:
+            run = json.loads((root / segments[0] / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            run = None
+        if runs is not None:
+            runs[segments[0]] = run
     try:
-        run = json.loads((root / segments[0] / RUN_FILE).read_text())
-        parts = run["steps"][segments[2]]["parts"]
-    except (OSError, ValueError, KeyError, TypeError):
+        parts = run["steps"][segments[2]]["parts"]  # type: ignore[index]
+    except (KeyError, TypeError):
         return None
     if not isinstance(parts, list):
         return None

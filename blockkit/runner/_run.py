@@ -89,6 +89,11 @@ class RunOptions:
 #: --jobs not given: no limit on the number of steps, only on their CPUs and memory.
 UNLIMITED_JOBS = 1 << 16
 
+#: A scattered step's feature records reach run.json at most this long (s) after they change:
+#: features that end together (reused ones by the hundred) share one write of run.json,
+#: instead of one each, which made a step of N features write O(N²) bytes.
+PART_SAVE_INTERVAL = 0.25
+
 
 class _Cancelled(Exception):
     """A running step was stopped by the runner (Ctrl-C/SIGTERM, or --fail-fast)."""
@@ -129,6 +134,14 @@ class WorkflowRun:
         #: Steps the runner stopped, and why (the record says "interrupted" with this detail).
         self._cancelled: dict[str, str] = {}
         self._cancel_events: dict[str, threading.Event] = {}
+        #: When run.json was last written (monotonic), whether part records changed since, and
+        #: the timer that writes them (see PART_SAVE_INTERVAL).
+        self._saved_at = 0.0
+        self._unsaved_parts = False
+        self._save_timer: threading.Timer | None = None
+        #: Cache entries whose records are not on disk yet: written to the index right after
+        #: the next run.json, so the index never names a result its run.json does not record.
+        self._pending_stores: list[tuple[str, Path]] = []
 
     # --- events ---------------------------------------------------------------------------
 
@@ -199,6 +212,7 @@ class WorkflowRun:
             self._save_quietly("failed")
             raise
         finally:
+            self._stop_save_timer()
             try:
                 self.hashes.save()
             except OSError:
@@ -454,6 +468,9 @@ class WorkflowRun:
             if old.name not in names:
                 remove_tree(old)  # a feature no longer in the input (a resumed run's changed input)
         earlier = {str(p.get("name")): p for p in record.parts if isinstance(p, dict)}
+        # The cache index and the producers' run.json are read once for the whole step, not per feature.
+        known = self.cache.entries if self.options.use_cache else {}
+        producers: dict[str, Any] = {}
         entries: list[dict[str, Any]] = []
         for name, folder in parts:
             feature = load_data_json(folder, required=False, check_files=False).features[0]
@@ -474,7 +491,7 @@ class WorkflowRun:
         def one(index: int) -> StepResult | None:
             entry = entries[index]
             name, folder = parts[index]
-            if self._reuse_part(step, entry, earlier.get(name)):
+            if self._reuse_part(step, entry, earlier.get(name), known, producers):
                 return StepResult(0, time.time(), time.time())
             if (failed.is_set() and not keep_going) or (spec.cancel is not None and spec.cancel.is_set()):
                 return None  # a feature failed, or the step is being stopped: no new one starts
@@ -504,12 +521,18 @@ class WorkflowRun:
             return result
 
         workers = self._part_workers(step, len(parts))
-        if workers == 1:
-            # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
-            results = [one(index) for index in range(len(parts))]
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
-                results = list(pool.map(one, range(len(parts))))
+        try:
+            if workers == 1:
+                # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
+                results = [one(index) for index in range(len(parts))]
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
+                    results = list(pool.map(one, range(len(parts))))
+        except BaseException:
+            with contextlib.suppress(OSError):  # the first error is the one to see
+                self._flush_parts()
+            raise
+        self._flush_parts()
         remove_tree(split_dir)
         image_id = next((r.image_id for r in results if r is not None and r.image_id), None)
         failures = [(name, result) for name, result in zip(names, results) if result is not None and result.exit_code != 0]
@@ -545,10 +568,42 @@ class WorkflowRun:
             log.write(f"[blockkit] warning: {message}\n")
 
     def _set_part(self, entry: dict[str, Any], **change: Any) -> None:
-        """Update a part's entry in run.json (under the state lock: parts end in worker threads)."""
+        """Update a part's entry (under the state lock: parts end in worker threads) for run.json.
+
+        run.json is written now, or, if it was written less than PART_SAVE_INTERVAL ago, by a
+        timer at the end of that interval, with every change made meanwhile.
+        """
         with self._state:
             entry.update(change)
-            self._save_locked("running")
+            wait = self._saved_at + PART_SAVE_INTERVAL - time.monotonic()
+            if wait <= 0:
+                self._save_locked("running")
+                return
+            self._unsaved_parts = True
+            if self._save_timer is None:
+                self._save_timer = threading.Timer(wait, self._timed_save)
+                self._save_timer.daemon = True
+                self._save_timer.start()
+
+    def _timed_save(self) -> None:
+        """The timer's write of part records that changed since run.json was last written."""
+        with self._state:
+            self._save_timer = None
+            if self._unsaved_parts:
+                with contextlib.suppress(OSError):  # a full disk: the step's end writes again and says so
+                    self._save_locked("running")
+
+    def _flush_parts(self) -> None:
+        """Write part records and pending cache entries now (a scattered step's features are done)."""
+        with self._state:
+            if self._unsaved_parts or self._pending_stores:
+                self._save_locked("running")
+
+    def _stop_save_timer(self) -> None:
+        with self._state:
+            if self._save_timer is not None:
+                self._save_timer.cancel()
+                self._save_timer = None
 
     def _seal_part(self, step: PlannedStep, entry: dict[str, Any], part_dir: Path) -> None:
         """Take a part's output over like a step's (renamed, checked, hashed, read-only) and cache it."""
@@ -560,13 +615,20 @@ class WorkflowRun:
         sealed.lock()
         quicklooks.lock()
         remove_tree(part_dir / "input")
-        self._set_part(entry, status="ran", exit_code=0, exit_name="OK", outputs=sealed.files,
-                       quicklooks=quicklooks.files)
-        # Stored even with --no-cache (as steps are): a forced run refreshes the cache.
-        self.cache.store(entry["cache_key"], part_dir)
+        with self._state:
+            # Stored even with --no-cache (as steps are): a forced run refreshes the cache;
+            # in the index once run.json records the part.
+            self._pending_stores.append((entry["cache_key"], part_dir))
+            self._set_part(entry, status="ran", exit_code=0, exit_name="OK", outputs=sealed.files,
+                           quicklooks=quicklooks.files)
 
-    def _reuse_part(self, step: PlannedStep, entry: dict[str, Any], earlier: Mapping[str, Any] | None) -> bool:
-        """Serve a part from this run's earlier attempt (--resume) or from the cache, when its files check out."""
+    def _reuse_part(self, step: PlannedStep, entry: dict[str, Any], earlier: Mapping[str, Any] | None,
+                    known: Mapping[str, str], producers: dict[str, Any]) -> bool:
+        """Serve a part from this run's earlier attempt (--resume) or from the cache, when its files check out.
+
+        `known` is the cache index as the step began; `producers` keeps the run.json documents
+        read (see `part_producer`).
+        """
         name, key = entry["name"], entry["cache_key"]
         part_dir = self.folder.part_dir(step.name, name)
         rel_here = part_dir.relative_to(self.root).as_posix()
@@ -581,10 +643,10 @@ class WorkflowRun:
                                           "running the feature again")
         if not self.options.use_cache:
             return False
-        rel = self.cache.lookup(key)
+        rel = known.get(key)
         if not rel or rel == rel_here:
             return False
-        producer = part_producer(self.root, rel, key)
+        producer = part_producer(self.root, rel, key, producers)
         if producer is None:
             self.cache.evict(key, rel)
             return False
@@ -688,9 +750,11 @@ class WorkflowRun:
             record.detail = detail  # which features ran, how many were reused
             extra = {"features_ran": sum(p.get("status") == "ran" for p in record.parts),
                      "features_reused": sum(p.get("status") == "reused" for p in record.parts)}
-        # Stored even with --no-cache: a forced run refreshes the cache for the next one.
-        self.cache.store(record.cache_key or "", output_dir)
-        self._save("running")
+        with self._state:
+            # Stored even with --no-cache: a forced run refreshes the cache for the next one;
+            # in the index once run.json records the step.
+            self._pending_stores.append((record.cache_key or "", output_dir))
+            self._save_locked("running")
         self._emit("done", step.name, seconds=record.ended - record.started, features=record.features_out, **extra)
 
     def _seal_output(self, step: PlannedStep, record: StepRecord, result: StepResult, spec: StepSpec,
@@ -892,6 +956,10 @@ class WorkflowRun:
         if self.options.redact:
             text = self.options.redact(text)
         self.folder.write_text(PROVENANCE_FILE, text)
+        self._saved_at, self._unsaved_parts = time.monotonic(), False
+        if self._pending_stores:
+            stores, self._pending_stores = self._pending_stores, []
+            self.cache.store_many(stores)
 
 
 def step_resources(resources: Resources, engine: Engine) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from blockkit.contract.errors import BlockkitError, SealError, SealTimeout
@@ -222,8 +222,10 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
         walk.run(root_fd)
         files: dict[str, str] = {}
         by_inode: dict[tuple[int, int], str] = {}  # several names of one inode: taken over once
-        workers = min(os.cpu_count() or 1, 8)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        # Files are hashed in threads only when several in one folder need reading: a tree
+        # whose hashes the cache knows (a reused feature's) is checked without starting any.
+        pool: ThreadPoolExecutor | None = None
+        try:
             for folder in walk.dirs:
                 if not folder.files:
                     continue
@@ -235,8 +237,18 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
                         if inode not in by_inode and inode not in jobs:
                             jobs[inode] = (dir_fd, name, st, walk.names[inode], read_only, hash_files, deadline)
                     todo = list(jobs.values())
-                    results = pool.map(lambda job: _take_file(hashes, *job), todo) if len(todo) > 1 \
-                        else [_take_file(hashes, *job) for job in todo]
+                    unknown = sum(hash_files and hashes.known(job[2]) is None for job in todo)
+                    if unknown > 1:
+                        pool = pool or ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8))
+                        futures = [pool.submit(_take_file, hashes, *job) for job in todo]
+                        try:
+                            results = [future.result() for future in futures]
+                        finally:  # none may still use dir_fd once it is closed below
+                            for future in futures:
+                                future.cancel()
+                            wait(futures)
+                    else:
+                        results = [_take_file(hashes, *job) for job in todo]
                     by_inode.update(zip(jobs, results))
                     for name, st in folder.files:
                         files[f"{folder.rel}/{name}" if folder.rel else name] = by_inode[(st.st_dev, st.st_ino)]
@@ -248,6 +260,9 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
                                     "(a process of the step is still writing)") from None
                 finally:
                     os.close(dir_fd)
+        finally:
+            if pool is not None:
+                pool.shutdown()
         return SealedTree(root, dict(sorted(files.items())), [d.rel for d in walk.dirs], walk.total)
     finally:
         os.close(root_fd)

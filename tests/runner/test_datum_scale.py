@@ -1,0 +1,180 @@
+"""The datum cache at scale: the bookkeeping of a scattered step grows with its features, not their square.
+
+Real runs on the process engine. Before this, every feature's change of state rewrote the
+whole run.json and provenance.json, and every reused feature read the whole cache index and
+its producer's whole run.json again: a re-run of 400 features with one changed took 6.9 s,
+of which 6 s were those reads and writes (benchmarks/bench_datum.py --features 400).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import blockkit.runner._run as run_module
+from blockkit.runner._cache import CacheIndex
+from blockkit.runner._run_folder import RUN_FILE, RunFolder
+
+from .blocks import write_block
+from .test_datum import (
+    assert_same_as_full_run,
+    features_run,
+    record,
+    run,
+    statuses,
+    workflow,
+    write_input,
+)
+
+FORTY = [(f"s{i}", f"scene {i}") for i in range(40)]
+
+
+class _Count:
+    """Counts calls of a method and still calls it (a spy: nothing is replaced)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: type, name: str, when=lambda *a, **k: True) -> None:
+        self.calls = 0
+        real = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            if when(*args, **kwargs):
+                self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+
+def test_a_rerun_of_forty_features_writes_run_json_a_few_times_and_reads_the_index_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = tmp_path / "input"
+    write_input(inp, FORTY)
+    wf = workflow(tmp_path, inp)
+    run(tmp_path, wf, jobs=2)
+    write_input(inp, [*FORTY[:7], ("s7", "scene 7, changed"), *FORTY[8:]])
+    writes = _Count(monkeypatch, RunFolder, "write_json", lambda folder, name, *_: name == RUN_FILE)
+    reads = _Count(monkeypatch, CacheIndex, "_read")
+    again = run(tmp_path, wf, jobs=2)
+    assert features_run(again) == ["s7"]
+    assert sum(s == "reused" for s in statuses(again).values()) == 39
+    # Once per feature state change before (80 and more); now the run's own few plus a handful.
+    assert writes.calls <= 12, writes.calls
+    # The step's lookup, the scattered step's one read, the one write of the new entries.
+    assert reads.calls <= 4, reads.calls
+    assert_same_as_full_run(tmp_path, wf, again)
+
+
+WAITER = '''
+import time
+import blockkit
+from blockkit import FeatureCollection
+
+@blockkit.processing_block
+def wait(fc, ctx):
+    out = []
+    for f in fc:
+        text = ctx.input_path(f).read_text()
+        if text.startswith("SLEEP "):
+            time.sleep(float(text.split()[1]))
+        ctx.output_path("out.txt").write_text(text)
+        out.append(ctx.derive_feature(f, data_path="out.txt"))
+    return FeatureCollection(out)
+
+if __name__ == "__main__":
+    wait.run()
+'''
+
+
+def test_a_finished_feature_reaches_run_json_while_another_still_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records are written late only by the save interval: a timer writes them, not the next event.
+
+    With a 1 s interval the quick feature ends within the interval of the first write; without
+    the timer its record would reach disk only when the slow feature (6 s) ended.
+    """
+    monkeypatch.setattr(run_module, "PART_SAVE_INTERVAL", 1.0)
+    inp = tmp_path / "input"
+    write_input(inp, [("quick", "quick"), ("slow", "SLEEP 6")])
+    block = write_block(tmp_path / "blocks", "wait", kind="processing", source=WAITER, params={})
+    wf = tmp_path / "wait.yaml"
+    wf.write_text(f"name: wait\ninput: {inp}\nsteps:\n  wait: {{block: {block}, scatter: features}}\n")
+    done: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: done.update(run_dir=run(tmp_path, wf, jobs=2)))
+    runner.start()
+    try:
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            found = list((tmp_path / "runs").glob("*/run.json"))
+            if found:
+                try:
+                    seen = statuses(found[0].parent, "wait")
+                except (ValueError, KeyError):
+                    seen = {}
+                if len(seen) == 2 and seen.get("quick") == "ran":
+                    break
+            time.sleep(0.05)
+        assert seen.get("quick") == "ran", seen
+        assert seen.get("slow") == "running", seen
+    finally:
+        runner.join(60)
+    run_dir = done["run_dir"]
+    assert isinstance(run_dir, Path)
+    assert statuses(run_dir, "wait") == {"quick": "ran", "slow": "ran"}
+
+
+def test_the_cache_index_names_only_results_their_run_json_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every entry the index gets is already recorded on disk, finished, with that key.
+
+    A runner sharing the cache reads the producer's run.json to check an entry; an entry
+    ahead of its record would be evicted as unfinished. The step's own entry used to be
+    written before its record said "ok".
+    """
+    checked: list[str] = []
+    real = CacheIndex.store_many
+
+    def checking(index: CacheIndex, results) -> None:
+        for key, folder in results:
+            rel = folder.relative_to(index.root).as_posix().split("/")
+            steps = json.loads((index.root / rel[0] / RUN_FILE).read_text())["steps"]
+            if rel[3] == "parts":
+                part = next(p for p in steps[rel[2]]["parts"] if p["name"] == rel[4])
+                assert (part["status"], part["cache_key"]) == ("ran", key), part
+            else:
+                assert (steps[rel[2]]["status"], steps[rel[2]]["cache_key"]) == ("ok", key), steps[rel[2]]
+            checked.append("/".join(rel))
+        real(index, results)
+
+    monkeypatch.setattr(CacheIndex, "store_many", checking)
+    inp = tmp_path / "input"
+    write_input(inp, FORTY[:5])
+    wf = workflow(tmp_path, inp)
+    run_dir = run(tmp_path, wf, jobs=2)
+    assert sum("/parts/" in c for c in checked) == 5
+    assert f"{run_dir.name}/steps/echo/output" in checked
+    assert record(run_dir)["status"] == "ok"
+
+
+def test_checking_a_tree_the_hash_cache_knows_starts_no_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused feature is checked in the calling thread; files that need reading are still hashed at once."""
+    import blockkit.runner._seal as seal
+    from blockkit.runner._hashing import HashCache
+
+    pools = _Count(monkeypatch, seal.ThreadPoolExecutor, "__init__")
+    folder = tmp_path / "tree"
+    (folder / "sub").mkdir(parents=True)
+    for n in range(4):
+        (folder / f"f{n}.bin").write_bytes(bytes([n]) * 4096)
+        (folder / "sub" / f"g{n}.bin").write_bytes(bytes([n + 9]) * 4096)
+    hashes = HashCache(tmp_path / "hash-cache.json")
+    sealed = seal.seal_tree(folder, hashes, read_only=False)
+    assert pools.calls == 1  # eight unknown files in two folders: one pool for both
+    assert seal.verify_tree(folder, sealed.files, hashes) is None
+    assert pools.calls == 1
+    (folder / "sub" / "g2.bin").write_bytes(b"changed")
+    assert seal.verify_tree(folder, sealed.files, hashes) == "changed: sub/g2.bin"
+    assert pools.calls == 1  # one file to read: no pool either
