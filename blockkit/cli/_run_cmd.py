@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="at most N steps at once (default: as many as the CPUs and memory allow; 1: one after another)"),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="when a step fails, stop the steps still running"),
         keep_going: bool = typer.Option(False, "--keep-going", "-k", help="when a step or feature fails, finish every other one that does not depend on it"),
-        strict_cpu: bool = typer.Option(False, "--strict-cpu", help="cap each step at its machine type's CPUs, as UP42 does (docker); default: they are its share when CPUs are busy"),
+        strict_cpu: Optional[bool] = typer.Option(None, "--strict-cpu/--no-strict-cpu", show_default=False, help="cap each step at its machine type's CPUs, as UP42 does (docker); default: they are its share when CPUs are busy, and --resume keeps what the run had"),
     ) -> None:
         """Run a workflow (or one block) and write a run folder with outputs, logs and provenance."""
         from blockkit.contract.errors import RunFailed, RunInterrupted
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
 
             request = RunRequest(
                 max_cpus=parse_cpus(max_cpus), max_memory_mb=parse_memory(max_memory),
-                jobs=jobs, fail_fast=fail_fast, keep_going=keep_going, strict_cpu=strict_cpu or None,  # None: a resume keeps the run's
+                jobs=jobs, fail_fast=fail_fast, keep_going=keep_going, strict_cpu=strict_cpu,  # None: a resume keeps the run's
                 target=target, engine=engine, input=input_, output=output,
                 params=_params_option(params), runs_dir=runs_dir, use_cache=not no_cache, resume=resume,
                 on_event=progress.event, on_log_line=progress.log,

@@ -196,7 +196,7 @@ def resumed_strict_cpu(request: RunRequest, runs_dir: Path, say: Callable[[str],
     if request.strict_cpu is None:
         return recorded is True
     if isinstance(recorded, bool) and recorded != request.strict_cpu:
-        say(f"warning: run {request.resume} was started {'with' if recorded else 'without'} --strict-cpu; the "
+        say(f"warning: run {request.resume} ran {'with' if recorded else 'without'} --strict-cpu so far; the "
             f"steps still to run are {'capped' if request.strict_cpu else 'not capped'} (run.json records each "
             "step's resources)")
     return request.strict_cpu

@@ -85,7 +85,7 @@ def test_a_resume_keeps_the_cap_it_was_started_with_and_says_when_told_otherwise
     wf.write_text(wf.read_text().replace("behaviour: exit", "behaviour: ok"))
     resumed = cli("run", "--resume", run_id, "--runs-dir", runs, "--engine", "process")  # no --strict-cpu given
     assert resumed.returncode == 0, resumed.stderr
-    assert "started with --strict-cpu" not in resumed.stdout + resumed.stderr
+    assert "--strict-cpu so far" not in resumed.stdout + resumed.stderr
     run, prov = _run_json(runs, run_id)
     assert run["resources"]["strict_cpu"] is True and prov["resources"]["strict_cpu"] is True
     assert run["steps"]["up"]["status"] == "ok" and run["steps"]["up"]["resources"]["strict_cpu"] is True
@@ -99,12 +99,37 @@ def test_a_resume_keeps_the_cap_it_was_started_with_and_says_when_told_otherwise
     wf.write_text(wf.read_text().replace("behaviour: exit", "behaviour: ok"))
     resumed = cli("run", "--resume", first["run_id"], "--runs-dir", other, "--engine", "process", "--strict-cpu")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"run {first['run_id']} was started without --strict-cpu; the steps still to run are capped" in (
+    assert f"run {first['run_id']} ran without --strict-cpu so far; the steps still to run are capped" in (
         resumed.stdout + resumed.stderr)
     run, _ = _run_json(other, first["run_id"])
     assert run["resources"]["strict_cpu"] is True
     assert run["steps"]["make"]["resources"]["strict_cpu"] is False  # what it ran with, in the first session
     assert run["steps"]["up"]["resources"]["strict_cpu"] is True
+
+
+@pytest.mark.slow
+def test_no_strict_cpu_on_a_resume_lifts_the_cap_for_the_steps_still_to_run(tmp_path: Path) -> None:
+    wf = _workflow(tmp_path, behaviour="exit")
+    runs = tmp_path / "runs"
+    failed = cli("run", wf, "--engine", "process", "--runs-dir", runs, "--strict-cpu")
+    assert failed.returncode != 0
+    run_id = _run_json(runs)[0]["run_id"]
+    # A second failing session keeps the cap (nothing said): the warning names the last session's.
+    again = cli("run", "--resume", run_id, "--runs-dir", runs, "--engine", "process")
+    assert again.returncode != 0 and "so far" not in again.stdout + again.stderr
+    wf.write_text(wf.read_text().replace("behaviour: exit", "behaviour: ok"))
+    resumed = cli("run", "--resume", run_id, "--runs-dir", runs, "--engine", "process", "--no-strict-cpu")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"run {run_id} ran with --strict-cpu so far; the steps still to run are not capped" in (
+        resumed.stdout + resumed.stderr)
+    run, prov = _run_json(runs, run_id)
+    assert run["resources"]["strict_cpu"] is False and prov["resources"]["strict_cpu"] is False
+    assert run["steps"]["make"]["resources"]["strict_cpu"] is True  # what it ran with, in the first session
+    assert run["steps"]["up"]["resources"]["strict_cpu"] is False
+    # A new run given --no-strict-cpu is simply uncapped (the default), with nothing said.
+    plain = cli("run", wf, "--engine", "process", "--runs-dir", tmp_path / "plain", "--no-strict-cpu")
+    assert plain.returncode == 0 and "strict-cpu" not in plain.stdout + plain.stderr
+    assert _run_json(tmp_path / "plain")[0]["resources"]["strict_cpu"] is False
 
 
 @pytest.mark.slow
