@@ -39,6 +39,8 @@ def echo(fc, ctx):
             sys.exit(3)
         if "SLOW" in text:
             time.sleep(120)
+        if text.startswith("SLEEP "):
+            time.sleep(float(text.split()[1]))
         ctx.output_path("echo.txt").write_text(text.upper() + ctx.params["suffix"])
         ctx.quicklook_path("ql").write_bytes(b"PNG" + text.encode())
         out.append(ctx.derive_feature(f, data_path="echo.txt", properties={"echoed": True},

@@ -19,7 +19,6 @@ import blockkit.runner._run as run_module
 from blockkit.runner._cache import CacheIndex
 from blockkit.runner._run_folder import RUN_FILE, RunFolder
 
-from .blocks import write_block
 from .test_datum import (
     assert_same_as_full_run,
     features_run,
@@ -67,27 +66,6 @@ def test_a_rerun_of_forty_features_writes_run_json_a_few_times_and_reads_the_ind
     assert_same_as_full_run(tmp_path, wf, again)
 
 
-WAITER = '''
-import time
-import blockkit
-from blockkit import FeatureCollection
-
-@blockkit.processing_block
-def wait(fc, ctx):
-    out = []
-    for f in fc:
-        text = ctx.input_path(f).read_text()
-        if text.startswith("SLEEP "):
-            time.sleep(float(text.split()[1]))
-        ctx.output_path("out.txt").write_text(text)
-        out.append(ctx.derive_feature(f, data_path="out.txt"))
-    return FeatureCollection(out)
-
-if __name__ == "__main__":
-    wait.run()
-'''
-
-
 def test_a_finished_feature_reaches_run_json_while_another_still_runs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Records are written late only by the save interval: a timer writes them, not the next event.
@@ -98,9 +76,7 @@ def test_a_finished_feature_reaches_run_json_while_another_still_runs(
     monkeypatch.setattr(run_module, "PART_SAVE_INTERVAL", 1.0)
     inp = tmp_path / "input"
     write_input(inp, [("quick", "quick"), ("slow", "SLEEP 6")])
-    block = write_block(tmp_path / "blocks", "wait", kind="processing", source=WAITER, params={})
-    wf = tmp_path / "wait.yaml"
-    wf.write_text(f"name: wait\ninput: {inp}\nsteps:\n  wait: {{block: {block}, scatter: features}}\n")
+    wf = workflow(tmp_path, inp)
     done: dict[str, object] = {}
     runner = threading.Thread(target=lambda: done.update(run_dir=run(tmp_path, wf, jobs=2)))
     runner.start()
@@ -111,7 +87,7 @@ def test_a_finished_feature_reaches_run_json_while_another_still_runs(
             found = list((tmp_path / "runs").glob("*/run.json"))
             if found:
                 try:
-                    seen = statuses(found[0].parent, "wait")
+                    seen = statuses(found[0].parent)
                 except (ValueError, KeyError):
                     seen = {}
                 if len(seen) == 2 and seen.get("quick") == "ran":
@@ -123,7 +99,7 @@ def test_a_finished_feature_reaches_run_json_while_another_still_runs(
         runner.join(60)
     run_dir = done["run_dir"]
     assert isinstance(run_dir, Path)
-    assert statuses(run_dir, "wait") == {"quick": "ran", "slow": "ran"}
+    assert statuses(run_dir) == {"quick": "ran", "slow": "ran"}
 
 
 def test_the_cache_index_names_only_results_their_run_json_records(

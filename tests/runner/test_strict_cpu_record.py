@@ -73,35 +73,40 @@ def test_a_process_run_with_and_without_strict_cpu(tmp_path: Path) -> None:
     assert all(s["resources"]["strict_cpu"] is False for s in run3["steps"].values())
 
 
+def _failed_run(wf: Path, runs: Path, *flags: str) -> str:
+    """A run whose step `up` fails (the workflow's behaviour is `exit`); its run id."""
+    wf.write_text(wf.read_text().replace("behaviour: ok", "behaviour: exit"))
+    failed = cli("run", wf, "--engine", "process", "--runs-dir", runs, *flags)
+    assert failed.returncode != 0
+    return _run_json(runs)[0]["run_id"]
+
+
+def _resumed(wf: Path, runs: Path, run_id: str, *flags: str) -> str:
+    """Resume the run with `up` fixed; what it printed."""
+    wf.write_text(wf.read_text().replace("behaviour: exit", "behaviour: ok"))
+    resumed = cli("run", "--resume", run_id, "--runs-dir", runs, "--engine", "process", *flags)
+    assert resumed.returncode == 0, resumed.stderr
+    return resumed.stdout + resumed.stderr
+
+
 @pytest.mark.slow
 def test_a_resume_keeps_the_cap_it_was_started_with_and_says_when_told_otherwise(tmp_path: Path) -> None:
     wf = _workflow(tmp_path, behaviour="exit")
     runs = tmp_path / "runs"
-    failed = cli("run", wf, "--engine", "process", "--runs-dir", runs, "--strict-cpu")
-    assert failed.returncode != 0
-    run, _ = _run_json(runs)
-    run_id = run["run_id"]
+    run_id = _failed_run(wf, runs, "--strict-cpu")
+    run, _ = _run_json(runs, run_id)
     assert run["steps"]["up"]["status"] == "failed" and run["resources"]["strict_cpu"] is True
-    wf.write_text(wf.read_text().replace("behaviour: exit", "behaviour: ok"))
-    resumed = cli("run", "--resume", run_id, "--runs-dir", runs, "--engine", "process")  # no --strict-cpu given
-    assert resumed.returncode == 0, resumed.stderr
-    assert "--strict-cpu so far" not in resumed.stdout + resumed.stderr
+    assert "--strict-cpu so far" not in _resumed(wf, runs, run_id)  # no --strict-cpu given
     run, prov = _run_json(runs, run_id)
     assert run["resources"]["strict_cpu"] is True and prov["resources"]["strict_cpu"] is True
     assert run["steps"]["up"]["status"] == "ok" and run["steps"]["up"]["resources"]["strict_cpu"] is True
 
     # A run started without the cap, resumed with it: the steps still to run are capped, and it is said.
-    wf.write_text(wf.read_text().replace("behaviour: ok", "behaviour: exit"))
     other = tmp_path / "other"
-    failed = cli("run", wf, "--engine", "process", "--runs-dir", other)
-    assert failed.returncode != 0
-    first, _ = _run_json(other)
-    wf.write_text(wf.read_text().replace("behaviour: exit", "behaviour: ok"))
-    resumed = cli("run", "--resume", first["run_id"], "--runs-dir", other, "--engine", "process", "--strict-cpu")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"run {first['run_id']} ran without --strict-cpu so far; the steps still to run are capped" in (
-        resumed.stdout + resumed.stderr)
-    run, _ = _run_json(other, first["run_id"])
+    first = _failed_run(wf, other)
+    said = _resumed(wf, other, first, "--strict-cpu")
+    assert f"run {first} ran without --strict-cpu so far; the steps still to run are capped" in said
+    run, _ = _run_json(other, first)
     assert run["resources"]["strict_cpu"] is True
     assert run["steps"]["make"]["resources"]["strict_cpu"] is False  # what it ran with, in the first session
     assert run["steps"]["up"]["resources"]["strict_cpu"] is True
@@ -111,17 +116,12 @@ def test_a_resume_keeps_the_cap_it_was_started_with_and_says_when_told_otherwise
 def test_no_strict_cpu_on_a_resume_lifts_the_cap_for_the_steps_still_to_run(tmp_path: Path) -> None:
     wf = _workflow(tmp_path, behaviour="exit")
     runs = tmp_path / "runs"
-    failed = cli("run", wf, "--engine", "process", "--runs-dir", runs, "--strict-cpu")
-    assert failed.returncode != 0
-    run_id = _run_json(runs)[0]["run_id"]
+    run_id = _failed_run(wf, runs, "--strict-cpu")
     # A second failing session keeps the cap (nothing said): the warning names the last session's.
     again = cli("run", "--resume", run_id, "--runs-dir", runs, "--engine", "process")
     assert again.returncode != 0 and "so far" not in again.stdout + again.stderr
-    wf.write_text(wf.read_text().replace("behaviour: exit", "behaviour: ok"))
-    resumed = cli("run", "--resume", run_id, "--runs-dir", runs, "--engine", "process", "--no-strict-cpu")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"run {run_id} ran with --strict-cpu so far; the steps still to run are not capped" in (
-        resumed.stdout + resumed.stderr)
+    said = _resumed(wf, runs, run_id, "--no-strict-cpu")
+    assert f"run {run_id} ran with --strict-cpu so far; the steps still to run are not capped" in said
     run, prov = _run_json(runs, run_id)
     assert run["resources"]["strict_cpu"] is False and prov["resources"]["strict_cpu"] is False
     assert run["steps"]["make"]["resources"]["strict_cpu"] is True  # what it ran with, in the first session
