@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -436,17 +437,51 @@ def test_failed_write_keeps_previous_data_json_and_no_temp_file(tmp_path: Path, 
     assert sorted(p.name for p in out.iterdir()) == ["data.json"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions")
+_WRITE_NEW = """
+import sys
+from pathlib import Path
+from blockkit.contract._datajson import FeatureCollection, write_data_json
+try:
+    write_data_json(Path(sys.argv[1]), FeatureCollection([{"type": "Feature", "id": "new", "geometry": None,
+                                                          "properties": {}}]))
+except OSError as exc:
+    print(type(exc).__name__, exc.errno)
+    sys.exit(0)
+sys.exit("the write into a read-only folder succeeded")
+"""
+
+
 def test_failed_write_in_read_only_folder_keeps_previous(tmp_path: Path) -> None:
+    """A folder the writer may not write to: a chmod for a user, a read-only bind mount for root.
+
+    Root ignores folder permissions, so as root the write runs under bubblewrap with the
+    folder mounted read-only (never skipped under CI=true: CI installs bubblewrap).
+    """
     out = tmp_path / "out"
     write_data_json(out, FeatureCollection([feature(geometry=None, fid="old")]))
     previous = (out / "data.json").read_bytes()
-    out.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        with pytest.raises(OSError):
-            write_data_json(out, FeatureCollection([feature(geometry=None, fid="new")]))
-    finally:
-        out.chmod(stat.S_IRWXU)
+    if os.geteuid() != 0:
+        out.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            with pytest.raises(OSError):
+                write_data_json(out, FeatureCollection([feature(geometry=None, fid="new")]))
+        finally:
+            out.chmod(stat.S_IRWXU)
+    else:
+        import shutil
+        import subprocess
+        import sys
+
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("CI=true but bubblewrap (bwrap) is not installed")
+            pytest.skip("root ignores folder permissions and bubblewrap (bwrap) is not installed")
+        done = subprocess.run([bwrap, "--dev-bind", "/", "/", "--ro-bind", str(out), str(out),
+                               sys.executable, "-c", _WRITE_NEW, str(out)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["OSError", str(errno.EROFS)]
     assert (out / "data.json").read_bytes() == previous
     assert sorted(p.name for p in out.iterdir()) == ["data.json"]
 
