@@ -160,28 +160,37 @@ def part_producer(root: Path, rel: str, key: str, runs: dict[str, Any] | None = 
     """The run.json entry of the feature a cache entry names (`<run>/steps/<step>/parts/<name>`).
 
     None if gone, not that key, not finished, or without recorded hashes. `runs` keeps each
-    run.json read (run folder name -> its document, or None): a scattered step looks up
-    every feature, mostly in the same few runs, and reads each of their run.json once.
+    run.json read (run folder name -> its document): a scattered step looks up every
+    feature, mostly in the same few runs, and reads each of their run.json once; a feature
+    not in the kept document is looked up in a fresh read (that run may have written since).
     """
     segments = rel.split("/")
     if len(segments) != 5 or segments[1] != "steps" or segments[3] != "parts" or ".." in segments:
         return None
-    run = runs.get(segments[0], False) if runs is not None else False
-    if run is False:
-        try:
-            run = json.loads((root / segments[0] / RUN_FILE).read_text())
-        except (OSError, ValueError):
-            run = None
-        if runs is not None:
-            runs[segments[0]] = run
+    memo = runs.get(segments[0]) if runs is not None else None
+    found = _finished_part(memo, segments[2], segments[4], key) if memo is not None else None
+    if found is not None:
+        return found
+    # Not in the document read earlier (or none read yet): that run may have written since.
     try:
-        parts = run["steps"][segments[2]]["parts"]  # type: ignore[index]
+        run = json.loads((root / segments[0] / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if runs is not None:
+        runs[segments[0]] = run
+    return _finished_part(run, segments[2], segments[4], key)
+
+
+def _finished_part(run: Any, step: str, name: str, key: str) -> dict[str, Any] | None:
+    """The finished feature `name` of `step` with this key in a run.json document, or None."""
+    try:
+        parts = run["steps"][step]["parts"]
     except (KeyError, TypeError):
         return None
     if not isinstance(parts, list):
         return None
     for part in parts:
-        if (isinstance(part, dict) and part.get("name") == segments[4] and part.get("cache_key") == key
+        if (isinstance(part, dict) and part.get("name") == name and part.get("cache_key") == key
                 and part.get("status") in ("ran", "reused") and isinstance(part.get("outputs"), dict)
                 and isinstance(part.get("quicklooks"), dict)):
             return part

@@ -480,8 +480,15 @@ class WorkflowRun:
                 remove_tree(split_dir)
                 return StepResult(int(ExitCode.WRONG_INPUT_ERROR), started, time.time(),
                                   detail=f"feature {name!r}: {err.message.replace('output may', 'input may')}")
-            entries.append({"name": name, "feature": feature.get("id"), "status": "pending",
-                            "cache_key": part_key(identity, inputs)})
+            key = part_key(identity, inputs)
+            done = earlier.get(name)
+            if (self.options.resume and done is not None and done.get("cache_key") == key
+                    and done.get("status") in ("ran", "reused")):
+                # A resumed run's finished feature stays recorded as finished until it is checked
+                # again: the cache index may name it, and another runner reads this run.json.
+                entries.append({**done, "feature": feature.get("id")})
+            else:
+                entries.append({"name": name, "feature": feature.get("id"), "status": "pending", "cache_key": key})
         with self._state:
             record.parts = entries
         sink = self._log_sink(step.name)
@@ -503,7 +510,10 @@ class WorkflowRun:
                                "output_dir": part_dir / "work", "quicklook_dir": part_dir / "quicklooks"})
             with spec.log_path.open("a", encoding="utf-8") as log:
                 log.write(f"[blockkit] feature {name}\n")
-            self._set_part(entry, status="running")
+            with self._state:
+                for stale in ("outputs", "quicklooks", "from", "exit_code", "exit_name", "detail"):
+                    entry.pop(stale, None)  # a resumed feature whose output changed runs afresh
+                self._set_part(entry, status="running")
             with self._gateway(step, part, image):
                 result = engine.run_step(part, sink)
             if result.exit_code == 0:
@@ -581,17 +591,28 @@ class WorkflowRun:
                 return
             self._unsaved_parts = True
             if self._save_timer is None:
-                self._save_timer = threading.Timer(wait, self._timed_save)
-                self._save_timer.daemon = True
-                self._save_timer.start()
+                self._arm_save_timer(wait)
+
+    def _arm_save_timer(self, wait: float) -> None:
+        self._save_timer = threading.Timer(wait, self._timed_save)
+        self._save_timer.daemon = True
+        self._save_timer.start()
 
     def _timed_save(self) -> None:
-        """The timer's write of part records that changed since run.json was last written."""
+        """The timer's write of part records that changed since run.json was last written.
+
+        A write that fails (a full disk) is tried again after another interval, so a long
+        feature running on does not keep the records of those that ended off the disk; the
+        step's end writes once more and reports the error.
+        """
         with self._state:
             self._save_timer = None
-            if self._unsaved_parts:
-                with contextlib.suppress(OSError):  # a full disk: the step's end writes again and says so
-                    self._save_locked("running")
+            if not self._unsaved_parts:
+                return
+            try:
+                self._save_locked("running")
+            except Exception:  # noqa: BLE001 - this thread has no one to tell; the step's end does
+                self._arm_save_timer(PART_SAVE_INTERVAL)
 
     def _flush_parts(self) -> None:
         """Write part records and pending cache entries now (a scattered step's features are done)."""
@@ -636,8 +657,11 @@ class WorkflowRun:
                 and earlier.get("status") in ("ran", "reused")):
             problem = verify_part(part_dir, earlier, self.hashes)
             if problem is None:
-                self._set_part(entry, **{k: earlier.get(k) for k in ("status", "exit_code", "exit_name", "from",
-                                                                     "outputs", "quicklooks")})
+                with self._state:
+                    if earlier.get("status") == "ran":  # made by this run: its cache entry may not have been written
+                        self._pending_stores.append((key, part_dir))
+                    self._set_part(entry, **{k: earlier.get(k) for k in ("status", "exit_code", "exit_name", "from",
+                                                                         "outputs", "quicklooks")})
                 return True
             self._part_warning(step.name, f"the output of feature {name!r} changed since it finished ({problem}); "
                                           "running the feature again")

@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from blockkit.contract.errors import BlockkitError, SealError, SealTimeout
@@ -225,6 +225,7 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
         # Files are hashed in threads only when several in one folder need reading: a tree
         # whose hashes the cache knows (a reused feature's) is checked without starting any.
         pool: ThreadPoolExecutor | None = None
+        busy: list[Future[str]] = []  # hashing jobs still running when waiting for them was interrupted
         try:
             for folder in walk.dirs:
                 if not folder.files:
@@ -246,7 +247,9 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
                         finally:  # none may still use dir_fd once it is closed below
                             for future in futures:
                                 future.cancel()
-                            wait(futures)
+                            busy = futures
+                            wait(futures)  # a second Ctrl-C here leaves dir_fd open (see below)
+                            busy = []
                     else:
                         results = [_take_file(hashes, *job) for job in todo]
                     by_inode.update(zip(jobs, results))
@@ -259,7 +262,8 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
                     raise SealError(f"{rel!r} in the {what} changed while the runner took it over "
                                     "(a process of the step is still writing)") from None
                 finally:
-                    os.close(dir_fd)
+                    if all(future.done() for future in busy):
+                        os.close(dir_fd)  # else a hashing thread still reads through it: left to the exit
         finally:
             if pool is not None:
                 pool.shutdown()

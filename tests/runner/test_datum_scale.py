@@ -154,3 +154,94 @@ def test_checking_a_tree_the_hash_cache_knows_starts_no_thread(tmp_path: Path, m
     (folder / "sub" / "g2.bin").write_bytes(b"changed")
     assert seal.verify_tree(folder, sealed.files, hashes) == "changed: sub/g2.bin"
     assert pools.calls == 1  # one file to read: no pool either
+
+
+def test_a_failed_timed_write_is_tried_again_while_a_long_feature_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timer's first write of the quick feature's record fails (a full disk): it tries again."""
+    import errno
+
+    monkeypatch.setattr(run_module, "PART_SAVE_INTERVAL", 1.0)
+    failed: list[float] = []
+    real = RunFolder.write_json
+
+    def full_disk_once(folder: RunFolder, name: str, data) -> None:
+        if name == RUN_FILE and isinstance(threading.current_thread(), threading.Timer) and not failed:
+            failed.append(time.monotonic())
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(folder, name, data)
+
+    monkeypatch.setattr(RunFolder, "write_json", full_disk_once)
+    inp = tmp_path / "input"
+    write_input(inp, [("quick", "quick"), ("slow", "SLEEP 8")])
+    wf = workflow(tmp_path, inp)
+    done: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: done.update(run_dir=run(tmp_path, wf, jobs=2)))
+    runner.start()
+    try:
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and seen.get("quick") != "ran":
+            found = list((tmp_path / "runs").glob("*/run.json"))
+            try:
+                seen = statuses(found[0].parent) if found else {}
+            except (ValueError, KeyError):
+                seen = {}
+            time.sleep(0.05)
+        assert failed, "the timer never wrote"
+        assert (seen.get("quick"), seen.get("slow")) == ("ran", "running"), seen
+    finally:
+        runner.join(60)
+    assert statuses(done["run_dir"]) == {"quick": "ran", "slow": "ran"}  # type: ignore[arg-type]
+
+
+def test_a_resume_keeps_finished_features_recorded_and_puts_their_cache_entries_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run.json the resumed run writes records the features its first attempt finished.
+
+    The cache index names them: a runner sharing the cache that read a run.json saying
+    `pending` would evict them as unfinished. A cache entry the first attempt never wrote
+    (here: the index removed) is written when the resumed run checks the feature again.
+    """
+    from blockkit.runner._run import RunFailed
+
+    inp = tmp_path / "input"
+    write_input(inp, [*FORTY[:5], ("s5", "FAIL")])
+    wf = workflow(tmp_path, inp)
+    with pytest.raises(RunFailed) as caught:
+        run(tmp_path, wf, jobs=2, keep_going=True)
+    run_dir = caught.value.run_dir
+    assert statuses(run_dir) == {**{f"s{i}": "ran" for i in range(5)}, "s5": "failed"}
+    (tmp_path / "runs" / "cache-index.json").unlink()
+    write_input(inp, [*FORTY[:5], ("s5", "fine now")])
+    written: list[dict[str, str]] = []
+    real = RunFolder.write_json
+
+    def watching(folder: RunFolder, name: str, data) -> None:
+        if name == RUN_FILE and data["steps"]["echo"].get("parts"):
+            written.append({p["name"]: p["status"] for p in data["steps"]["echo"]["parts"]})
+        real(folder, name, data)
+
+    monkeypatch.setattr(RunFolder, "write_json", watching)
+    assert run(tmp_path, wf, jobs=2, resume=run_dir.name) == run_dir
+    assert written
+    for document in written:
+        assert all(document[f"s{i}"] in ("ran", "reused") for i in range(5)), document
+    assert features_run(run_dir)[-1:] == ["s5"]
+    index = CacheIndex(tmp_path / "runs").entries
+    parts = {p["name"]: p["cache_key"] for p in record(run_dir)["parts"]}
+    assert {name: index.get(key) for name, key in parts.items()} == {
+        name: f"{run_dir.name}/steps/echo/parts/{name}" for name in parts}
+
+
+def test_a_producer_read_before_it_recorded_a_feature_is_read_again(tmp_path: Path) -> None:
+    from blockkit.runner._cache import part_producer
+
+    folder = tmp_path / "r1"
+    folder.mkdir()
+    part = {"name": "s0", "cache_key": "k", "status": "ran", "outputs": {"data.json": "x"}, "quicklooks": {}}
+    (folder / RUN_FILE).write_text(json.dumps({"steps": {"echo": {"parts": [part]}}}))
+    kept = {"r1": {"steps": {"echo": {"parts": [{**part, "status": "pending"}]}}}}
+    assert part_producer(tmp_path, "r1/steps/echo/parts/s0", "k", kept) == part
+    assert kept["r1"]["steps"]["echo"]["parts"] == [part]  # the fresh read is kept
+    assert part_producer(tmp_path, "r1/steps/echo/parts/s0", "other key", kept) is None
