@@ -8,7 +8,6 @@ import os
 import posixpath
 import shutil
 import stat
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,12 +37,16 @@ def make_feature(
         properties: the feature's properties.
         feature_id: the feature id (default: a new UUID).
     """
+    if feature_id is None:
+        import uuid  # only here: every block imports this module, and most features keep their id
+
+        feature_id = str(uuid.uuid4())
     props = dict(properties or {})
     if data_path is not None:
         props[DATA_PATH] = data_path
     return {
         "type": "Feature",
-        "id": feature_id if feature_id is not None else str(uuid.uuid4()),
+        "id": feature_id,
         "geometry": geometry,
         "properties": props,
     }
