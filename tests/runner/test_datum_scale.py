@@ -66,6 +66,30 @@ def test_a_rerun_of_forty_features_writes_run_json_a_few_times_and_reads_the_ind
     assert_same_as_full_run(tmp_path, wf, again)
 
 
+def _quick_while_slow(tmp_path: Path, slow_s: int, within_s: float) -> tuple[dict[str, str], Path]:
+    """Run features `quick` and `slow` (sleeps slow_s) at once; run.json's statuses once `quick`
+    reads `ran` there (or after within_s), and the run folder once the run ended."""
+    inp = tmp_path / "input"
+    write_input(inp, [("quick", "quick"), ("slow", f"SLEEP {slow_s}")])
+    wf = workflow(tmp_path, inp)
+    done: dict[str, Path] = {}
+    runner = threading.Thread(target=lambda: done.update(run_dir=run(tmp_path, wf, jobs=2)))
+    runner.start()
+    try:
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and seen.get("quick") != "ran":
+            found = list((tmp_path / "runs").glob("*/run.json"))
+            try:
+                seen = statuses(found[0].parent) if found else {}
+            except (ValueError, KeyError):
+                seen = {}
+            time.sleep(0.05)
+    finally:
+        runner.join(60)
+    return seen, done["run_dir"]
+
+
 def test_a_finished_feature_reaches_run_json_while_another_still_runs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Records are written late only by the save interval: a timer writes them, not the next event.
@@ -74,31 +98,8 @@ def test_a_finished_feature_reaches_run_json_while_another_still_runs(
     the timer its record would reach disk only when the slow feature (6 s) ended.
     """
     monkeypatch.setattr(run_module, "PART_SAVE_INTERVAL", 1.0)
-    inp = tmp_path / "input"
-    write_input(inp, [("quick", "quick"), ("slow", "SLEEP 6")])
-    wf = workflow(tmp_path, inp)
-    done: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: done.update(run_dir=run(tmp_path, wf, jobs=2)))
-    runner.start()
-    try:
-        seen: dict[str, str] = {}
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            found = list((tmp_path / "runs").glob("*/run.json"))
-            if found:
-                try:
-                    seen = statuses(found[0].parent)
-                except (ValueError, KeyError):
-                    seen = {}
-                if len(seen) == 2 and seen.get("quick") == "ran":
-                    break
-            time.sleep(0.05)
-        assert seen.get("quick") == "ran", seen
-        assert seen.get("slow") == "running", seen
-    finally:
-        runner.join(60)
-    run_dir = done["run_dir"]
-    assert isinstance(run_dir, Path)
+    seen, run_dir = _quick_while_slow(tmp_path, slow_s=6, within_s=5)
+    assert (seen.get("quick"), seen.get("slow")) == ("ran", "running"), seen
     assert statuses(run_dir) == {"quick": "ran", "slow": "ran"}
 
 
@@ -172,27 +173,10 @@ def test_a_failed_timed_write_is_tried_again_while_a_long_feature_runs(
         real(folder, name, data)
 
     monkeypatch.setattr(RunFolder, "write_json", full_disk_once)
-    inp = tmp_path / "input"
-    write_input(inp, [("quick", "quick"), ("slow", "SLEEP 8")])
-    wf = workflow(tmp_path, inp)
-    done: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: done.update(run_dir=run(tmp_path, wf, jobs=2)))
-    runner.start()
-    try:
-        seen: dict[str, str] = {}
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline and seen.get("quick") != "ran":
-            found = list((tmp_path / "runs").glob("*/run.json"))
-            try:
-                seen = statuses(found[0].parent) if found else {}
-            except (ValueError, KeyError):
-                seen = {}
-            time.sleep(0.05)
-        assert failed, "the timer never wrote"
-        assert (seen.get("quick"), seen.get("slow")) == ("ran", "running"), seen
-    finally:
-        runner.join(60)
-    assert statuses(done["run_dir"]) == {"quick": "ran", "slow": "ran"}  # type: ignore[arg-type]
+    seen, run_dir = _quick_while_slow(tmp_path, slow_s=8, within_s=6)
+    assert failed, "the timer never wrote"
+    assert (seen.get("quick"), seen.get("slow")) == ("ran", "running"), seen
+    assert statuses(run_dir) == {"quick": "ran", "slow": "ran"}
 
 
 def test_a_resume_keeps_finished_features_recorded_and_puts_their_cache_entries_back(
