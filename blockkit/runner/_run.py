@@ -467,11 +467,12 @@ class WorkflowRun:
         for old in base.iterdir():
             if old.name not in names:
                 remove_tree(old)  # a feature no longer in the input (a resumed run's changed input)
-        earlier = {str(p.get("name")): p for p in record.parts if isinstance(p, dict)}
+        earlier = {str(p.get("name")): p for p in record.parts if isinstance(p, dict)} if self.options.resume else {}
         # The cache index and the producers' run.json are read once for the whole step, not per feature.
         known = self.cache.entries if self.options.use_cache else {}
         producers: dict[str, Any] = {}
         entries: list[dict[str, Any]] = []
+        finished: list[Mapping[str, Any] | None] = []  # per feature: its record if a resumed attempt finished it
         for name, folder in parts:
             feature = load_data_json(folder, required=False, check_files=False).features[0]
             try:
@@ -482,12 +483,13 @@ class WorkflowRun:
                                   detail=f"feature {name!r}: {err.message.replace('output may', 'input may')}")
             key = part_key(identity, inputs)
             done = earlier.get(name)
-            if (self.options.resume and done is not None and done.get("cache_key") == key
-                    and done.get("status") in ("ran", "reused")):
+            if done is not None and done.get("cache_key") == key and done.get("status") in ("ran", "reused"):
                 # A resumed run's finished feature stays recorded as finished until it is checked
                 # again: the cache index may name it, and another runner reads this run.json.
+                finished.append(done)
                 entries.append({**done, "feature": feature.get("id")})
             else:
+                finished.append(None)
                 entries.append({"name": name, "feature": feature.get("id"), "status": "pending", "cache_key": key})
         with self._state:
             record.parts = entries
@@ -498,7 +500,7 @@ class WorkflowRun:
         def one(index: int) -> StepResult | None:
             entry = entries[index]
             name, folder = parts[index]
-            if self._reuse_part(step, entry, earlier.get(name), known, producers):
+            if self._reuse_part(step, entry, finished[index], known, producers):
                 return StepResult(0, time.time(), time.time())
             if (failed.is_set() and not keep_going) or (spec.cancel is not None and spec.cancel.is_set()):
                 return None  # a feature failed, or the step is being stopped: no new one starts
@@ -643,25 +645,23 @@ class WorkflowRun:
             self._set_part(entry, status="ran", exit_code=0, exit_name="OK", outputs=sealed.files,
                            quicklooks=quicklooks.files)
 
-    def _reuse_part(self, step: PlannedStep, entry: dict[str, Any], earlier: Mapping[str, Any] | None,
+    def _reuse_part(self, step: PlannedStep, entry: dict[str, Any], finished: Mapping[str, Any] | None,
                     known: Mapping[str, str], producers: dict[str, Any]) -> bool:
         """Serve a part from this run's earlier attempt (--resume) or from the cache, when its files check out.
 
-        `known` is the cache index as the step began; `producers` keeps the run.json documents
-        read (see `part_producer`).
+        `finished` is the feature's record when a resumed attempt finished it with this key (the
+        entry starts as its copy); `known` is the cache index as the step began; `producers`
+        keeps the run.json documents read (see `part_producer`).
         """
         name, key = entry["name"], entry["cache_key"]
         part_dir = self.folder.part_dir(step.name, name)
         rel_here = part_dir.relative_to(self.root).as_posix()
-        if (self.options.resume and earlier is not None and earlier.get("cache_key") == key
-                and earlier.get("status") in ("ran", "reused")):
-            problem = verify_part(part_dir, earlier, self.hashes)
+        if finished is not None:
+            problem = verify_part(part_dir, finished, self.hashes)
             if problem is None:
-                with self._state:
-                    if earlier.get("status") == "ran":  # made by this run: its cache entry may not have been written
-                        self._pending_stores.append((key, part_dir))
-                    self._set_part(entry, **{k: earlier.get(k) for k in ("status", "exit_code", "exit_name", "from",
-                                                                         "outputs", "quicklooks")})
+                if finished.get("status") == "ran":  # made by this run: its cache entry may not have been written
+                    with self._state:
+                        self._pending_stores.append((key, part_dir))  # written with the next run.json
                 return True
             self._part_warning(step.name, f"the output of feature {name!r} changed since it finished ({problem}); "
                                           "running the feature again")
