@@ -23,7 +23,7 @@ def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
             "the docker SDK is not installed: pip install 'blockkit-eo[docker]'"
         ) from exc
     try:
-        client = docker.from_env(timeout=int(timeout))
+        client = _local(docker.from_env(timeout=int(timeout)))
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure here means no usable daemon
         where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -43,7 +43,7 @@ def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
     try:
         import docker
 
-        client = docker.from_env(timeout=max(1, int(timeout)))
+        client = _local(docker.from_env(timeout=max(1, int(timeout))))
     except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
         return None
     try:
@@ -55,6 +55,18 @@ def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
         pass
     client.close()
     return None
+
+
+def _local(client: "docker.DockerClient") -> "docker.DockerClient":
+    """A client of a daemon on a unix socket does not look up proxies and .netrc before each request.
+
+    The SDK's HTTP session does by default (`trust_env`): a scan of the whole environment per
+    request, a tenth of what the runner itself spends on a short container. No proxy applies to
+    a unix socket; a daemon reached over tcp:// keeps the default.
+    """
+    if str(getattr(client.api, "base_url", "")).startswith("http+docker://localhost"):
+        client.api.trust_env = False
+    return client
 
 
 def docker_available(timeout: float = 2.0) -> bool:

@@ -211,9 +211,10 @@ class Watchdog:
         return cls(["/bin/sh", "-c", 'read x || kill -KILL "-$1"', "blockkit-watchdog", str(pgid)])
 
     @classmethod
-    def for_container(cls, docker_socket: str, container: str) -> "Watchdog":
-        """Remove a container (through the daemon's unix socket) if the runner dies."""
-        return cls([sys.executable, "-S", "-I", "-c", _REMOVE_CONTAINER, docker_socket, container])
+    def for_containers(cls, docker_socket: str, labels: Mapping[str, str]) -> "Watchdog":
+        """Remove every container with all these labels (through the daemon's unix socket) if the runner dies."""
+        return cls([sys.executable, "-S", "-I", "-c", _REMOVE_CONTAINERS, docker_socket,
+                    *(f"{key}={value}" for key, value in sorted(labels.items()))])
 
     def release(self) -> None:
         """The step is over: let the watchdog exit without acting."""
@@ -226,23 +227,41 @@ class Watchdog:
         self._proc.poll()
 
 
-# Run by `python -S -I -c`: no imports beyond the standard library, so it starts in milliseconds.
-_REMOVE_CONTAINER = """
+# Run by `python -S -I -c`: only the standard library, imported after the wait, so it starts in
+# milliseconds. The runner's containers (steps, network holders, sidecars) are found by its owner
+# labels; the list is read again a few times, for containers whose creation was under way.
+_REMOVE_CONTAINERS = """
 import socket, sys, time
 if sys.stdin.readline():
     sys.exit(0)
-for attempt in range(10):  # the daemon may be busy or the container not created yet
+import json, urllib.parse
+
+def call(method, path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(120)
         sock.connect(sys.argv[1])
-        sock.sendall(("DELETE /containers/%s?force=1&v=1 HTTP/1.0\\r\\nHost: docker\\r\\n\\r\\n" % sys.argv[2]).encode())
-        status = sock.recv(1024).split(b" ", 2)[1:2]
-        if status in ([b"204"], [b"404"]) and (status == [b"204"] or attempt >= 3):
-            break
-    except OSError:
+        sock.sendall(("%s %s HTTP/1.0\\r\\nHost: docker\\r\\n\\r\\n" % (method, path)).encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    head, _, body = b"".join(chunks).partition(b"\\r\\n\\r\\n")
+    return head.split(b" ", 2)[1:2] == [b"200"], body
+
+filters = urllib.parse.quote(json.dumps({"label": sys.argv[2:]}))
+for pause in (0, 1, 2, 3, 5):
+    time.sleep(pause)
+    try:
+        ok, body = call("GET", "/containers/json?all=1&filters=" + filters)
+        for entry in json.loads(body) if ok else []:
+            call("DELETE", "/containers/%s?force=1&v=1" % entry["Id"])
+    except (OSError, ValueError, KeyError, TypeError):
         pass
-    time.sleep(1 + attempt)
 """
 
 

@@ -533,13 +533,16 @@ class WorkflowRun:
             return result
 
         workers = self._part_workers(step, len(parts))
+        # Features neither a resumed attempt finished nor the cache knows: they are expected to run.
+        expected = sum(1 for entry, done in zip(entries, finished) if done is None and not known.get(entry["cache_key"]))
         try:
-            if workers == 1:
-                # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
-                results = [one(index) for index in range(len(parts))]
-            else:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
-                    results = list(pool.map(one, range(len(parts))))
+            with engine.parts_scope(spec, expected):
+                if workers == 1:
+                    # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
+                    results = [one(index) for index in range(len(parts))]
+                else:
+                    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
+                        results = list(pool.map(one, range(len(parts))))
         except BaseException:
             with contextlib.suppress(OSError):  # the first error is the one to see
                 self._flush_parts()

@@ -52,6 +52,7 @@ def docker_gateway(
 
     from blockkit.gateway import client_env
     from blockkit.runner._docker_client import error_line, owner_labels
+    from blockkit.runner._docker_engine import watch_owned_containers
 
     mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
     for name, folder in gateway_buckets(spec, upstream).items():
@@ -64,6 +65,7 @@ def docker_gateway(
     # (a file inside the sidecar is lost when the container is removed).
     args += ["--output", "/buckets-out", "--access-log", "/dev/stderr"]
     container_name = f"blockkit-s3-{spec.name}-{secrets.token_hex(3)}"
+    watch_owned_containers()  # a killed runner's sidecar is removed with its step container
     try:
         container: Any = client.containers.run(
             image, args, name=container_name, detach=True,
