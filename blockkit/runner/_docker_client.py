@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blockkit.contract.errors import DockerError, DockerUnavailableError, ImageMissingError, ManifestError
+from blockkit.runner._isolation import Watchdog
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
@@ -122,3 +124,33 @@ def owner_labels() -> dict[str, str]:
         pidns = ""  # no /proc: such containers are never swept as orphans
     return {CONTAINER_LABEL: "1", "blockkit.host": socket.gethostname(), "blockkit.pidns": pidns,
             "blockkit.pid": str(os.getpid())}
+
+
+_WATCHDOGS: dict[tuple[int, str], Watchdog] = {}
+_WATCHDOGS_LOCK = threading.Lock()
+
+
+def watch_owned_containers() -> None:
+    """Make sure a watchdog removes this process's containers if it dies, even by kill -9.
+
+    One per process and daemon, started before its first container: it finds them by their
+    owner labels, so a container costs no process of its own. It is never told to stop: when
+    the process ends, it looks once more and finds nothing left, or what an error left behind.
+    """
+    socket_path = _docker_socket()
+    if socket_path is None:
+        return  # a tcp:// daemon: the next run's orphan sweep removes them
+    key = (os.getpid(), socket_path)
+    with _WATCHDOGS_LOCK:
+        if key not in _WATCHDOGS:
+            _WATCHDOGS[key] = Watchdog.for_containers(socket_path, owner_labels())
+
+
+def _docker_socket() -> str | None:
+    """The daemon's unix socket path, when the client talks to one (None for tcp:// hosts)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    if not host and Path("/var/run/docker.sock").exists():
+        return "/var/run/docker.sock"
+    return None

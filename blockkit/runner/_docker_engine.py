@@ -30,9 +30,9 @@ from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the en
     docker_client,
     error_line,
     owner_labels,
+    watch_owned_containers,
 )
 from blockkit.runner._engine import Engine, LogSink, StepResult, StepSpec
-from blockkit.runner._isolation import Watchdog
 from blockkit.runner._logfilter import LineSplitter, LogFilter
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
@@ -583,36 +583,6 @@ def _pid_alive(pid: str) -> bool:
     except PermissionError:
         return True  # it exists, owned by someone else
     return True
-
-
-_WATCHDOGS: dict[tuple[int, str], Watchdog] = {}
-_WATCHDOGS_LOCK = threading.Lock()
-
-
-def watch_owned_containers() -> None:
-    """Make sure a watchdog removes this process's containers if it dies, even by kill -9.
-
-    One per process and daemon, started before its first container: it finds them by their
-    owner labels, so a container costs no process of its own. It is never told to stop: when
-    the process ends, it looks once more and finds nothing left, or what an error left behind.
-    """
-    socket_path = _docker_socket()
-    if socket_path is None:
-        return  # a tcp:// daemon: the next run's orphan sweep removes them
-    key = (os.getpid(), socket_path)
-    with _WATCHDOGS_LOCK:
-        if key not in _WATCHDOGS:
-            _WATCHDOGS[key] = Watchdog.for_containers(socket_path, owner_labels())
-
-
-def _docker_socket() -> str | None:
-    """The daemon's unix socket path, when the client talks to one (None for tcp:// hosts)."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("unix://"):
-        return host[len("unix://"):]
-    if not host and Path("/var/run/docker.sock").exists():
-        return "/var/run/docker.sock"
-    return None
 
 
 def _safe_name(step: str) -> str:

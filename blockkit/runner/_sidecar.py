@@ -51,8 +51,7 @@ def docker_gateway(
     from docker.types import Mount
 
     from blockkit.gateway import client_env
-    from blockkit.runner._docker_client import error_line, owner_labels
-    from blockkit.runner._docker_engine import watch_owned_containers
+    from blockkit.runner._docker_client import error_line, owner_labels, watch_owned_containers
 
     mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
     for name, folder in gateway_buckets(spec, upstream).items():
