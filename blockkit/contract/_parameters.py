@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from blockkit.contract.errors import InputParametersError, Problem
 from blockkit.contract._manifest import Manifest, ParameterSpec
+
+if TYPE_CHECKING:  # imported when a date is parsed: most blocks never do
+    from datetime import datetime
 
 MAX_PARAMETERS_BYTES = 10 << 20
 REDACTED = "***"
@@ -42,6 +44,8 @@ def parse_datetime(text: str) -> datetime:
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
+    from datetime import datetime
+
     return datetime.fromisoformat(value)
 
 

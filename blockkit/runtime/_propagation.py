@@ -6,7 +6,6 @@ import copy
 import errno
 import os
 import posixpath
-import shutil
 import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -189,6 +188,8 @@ def _copy_entry(src_dir: int, name: str, dst_dir: int, dst_name: str, where: Pat
                           0o644, dir_fd=dst_dir)
         except FileExistsError:
             raise WrongInputError(f"cannot forward {where}: {dst_name!r} already exists in the target") from None
+        import shutil
+
         try:
             with os.fdopen(src_fd, "rb", closefd=False) as reader, os.fdopen(out, "wb", closefd=False) as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from blockkit.contract.errors import InputParametersError, Problem
 from blockkit.contract._parameters import geometry_problem, parse_date_range
+
+if TYPE_CHECKING:  # datetime is imported by the parsing, when a query has a time
+    from datetime import datetime
 
 QUERY_KEYS = ("ids", "bbox", "intersects", "contains", "time", "time_series", "limit")
 
