@@ -492,15 +492,11 @@ class NetworkHolder:
         name = self._name = f"blockkit-net-{_safe_name(self._step)}-{secrets.token_hex(4)}"
         watch_owned_containers()
         try:
-            from docker.types import LogConfig
-
             image_id = str(self._client.images.get(self._image).id)  # the very image the parts run
             self._container = self._client.containers.run(
                 image_id, ["2147483647"], entrypoint=["sleep"], name=name, detach=True,
                 network_mode="none", user=_container_user()[0], read_only=True,
                 cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=8, mem_limit="32m",
-                # Whatever the image's `sleep` prints is not kept: no log of it fills the daemon's disk.
-                log_config=LogConfig(type="none"),
                 labels={**owner_labels(), "blockkit.role": "network", "blockkit.step": self._step},
             )
             self._container.reload()

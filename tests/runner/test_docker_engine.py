@@ -374,3 +374,34 @@ def test_no_daemon_is_a_clear_error(monkeypatch, tmp_path):
     assert docker_available(timeout=1) is False
     with pytest.raises(DockerUnavailableError, match="no Docker daemon answers"):
         docker_client(timeout=1)
+
+
+def test_a_flood_of_output_reaches_the_log_file_and_no_daemon_copy(engine, probe_image, docker_client, tmp_path):
+    """17 MB of output as fast as a block can write it: every line reaches the log file, the daemon stays responsive.
+
+    With the log driver `none` (tried to keep the daemon from storing its own copy), this
+    flood stalled the attached stream and left the daemon unable to inspect the container
+    (Docker 20.10 here): steps keep the default driver.
+    """
+    flood = 'import sys\nfor i in range(200000):\n    sys.stdout.write("flood %06d %s\\n" % (i, "x" * 80))\nsys.stdout.flush()\nimport time; time.sleep(3)\n'
+    spec = make_spec(tmp_path, probe_image, command=["python", "-c", flood])
+    seen: dict = {}
+
+    def watch() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not seen:
+            for container in leftover_containers(docker_client, spec):
+                container.reload()
+                if container.status == "running":
+                    seen.update(log_type=container.attrs["HostConfig"]["LogConfig"]["Type"],
+                                log_path=container.attrs.get("LogPath") or "")
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    result = run(engine, spec, docker_client)
+    watcher.join()
+    assert result.exit_code == 0
+    assert seen
+    lines = spec.log_path.read_text().splitlines()
+    assert sum(1 for line in lines if line.startswith("flood ")) == 200000  # ~17 MB, none lost

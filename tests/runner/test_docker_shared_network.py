@@ -143,7 +143,7 @@ def test_the_holder_is_labelled_hardened_and_removed_with_the_step(docker_client
         config = holders[0].attrs["HostConfig"]
         assert config["NetworkMode"] == "none" and config["CapDrop"] == ["ALL"] and config["ReadonlyRootfs"]
         assert config["Binds"] in (None, []) and not holders[0].attrs["Mounts"]
-        assert config["LogConfig"]["Type"] == "none" and config["PidsLimit"] == 8
+        assert config["PidsLimit"] == 8 and config["Memory"] == 32 << 20
         assert holders[0].attrs["Image"] == docker_client.images.get(netns_image).id
         assert holders[0].attrs["Config"]["Labels"]["blockkit.pid"] == str(os.getpid())
     assert _containers(docker_client, spec.name) == []
