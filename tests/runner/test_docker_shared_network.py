@@ -40,17 +40,22 @@ with open(os.path.join(out, "data.json"), "w") as handle:
 '''
 
 
+def _write_block(folder: Path) -> Path:
+    """The netns probe as a block folder (machine type `small`)."""
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "run.py").write_text(NETNS_RUN_PY)
+    (folder / "UP42Manifest.json").write_text(json.dumps({
+        "_up42_specification_version": 2, "name": "netns-probe", "type": "processing",
+        "parameters": {"hang": {"type": "string"}}, "machine": {"type": "small"},
+        "input_capabilities": {}, "output_capabilities": {}}))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def netns_image(docker_client, base_image, tmp_path_factory) -> str:
     from blockkit.runner._build import build_block_image
 
-    block = tmp_path_factory.mktemp("netns-block")
-    (block / "src").mkdir()
-    (block / "src" / "run.py").write_text(NETNS_RUN_PY)
-    (block / "UP42Manifest.json").write_text(json.dumps({
-        "_up42_specification_version": 2, "name": "netns-probe", "type": "processing",
-        "parameters": {"hang": {"type": "string"}},
-        "input_capabilities": {}, "output_capabilities": {}}))
+    block = _write_block(tmp_path_factory.mktemp("netns") / "block")
     return build_block_image(block, base_image=base_image, client=docker_client).tag
 
 
@@ -213,16 +218,8 @@ def _wait_for(predicate, timeout: float) -> bool:
 @pytest.mark.slow
 def test_kill_9_of_the_runner_removes_parts_and_holder(docker_client, netns_image, tmp_path) -> None:
     """One watchdog per runner finds its containers by their labels: every part and the holder go."""
-    from blockkit.runner._build import build_block_image  # noqa: F401 - the image exists (fixture)
-
     marker = f"blockkit-marker-{uuid.uuid4().hex}"
-    block = tmp_path / "block"
-    (block / "src").mkdir(parents=True)
-    (block / "src" / "run.py").write_text(NETNS_RUN_PY)
-    (block / "UP42Manifest.json").write_text(json.dumps({
-        "_up42_specification_version": 2, "name": "netns-probe", "type": "processing",
-        "parameters": {"hang": {"type": "string"}}, "machine": {"type": "small"},
-        "input_capabilities": {}, "output_capabilities": {}}))
+    block = _write_block(tmp_path / "block")  # the fixture's image: the same folder content
     data = tmp_path / "input"
     data.mkdir()
     features = []
