@@ -376,7 +376,7 @@ def test_no_daemon_is_a_clear_error(monkeypatch, tmp_path):
         docker_client(timeout=1)
 
 
-def test_a_flood_of_output_reaches_the_log_file_and_no_daemon_copy(engine, probe_image, docker_client, tmp_path):
+def test_a_flood_of_output_reaches_the_log_file_whole(engine, probe_image, docker_client, tmp_path):
     """17 MB of output as fast as a block can write it: every line reaches the log file, the daemon stays responsive.
 
     With the log driver `none` (tried to keep the daemon from storing its own copy), this
