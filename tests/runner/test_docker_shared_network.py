@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from blockkit.runner._docker_engine import SHARED_NETWORK_MIN_PARTS, DockerEngine
 from blockkit.runner._engine import StepSpec
+from tests.security.engine_blocks import cli_command, new_marker, processes_with, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -194,31 +194,10 @@ def test_a_sleep_that_stops_early_makes_later_parts_fall_back(docker_client, net
         docker_client.images.remove(image, force=True)
 
 
-def _marked(pid_marker: str) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if pid_marker.encode() in Path(entry.path, "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
-
-
-def _wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.slow
 def test_kill_9_of_the_runner_removes_parts_and_holder(docker_client, netns_image, tmp_path) -> None:
     """One watchdog per runner finds its containers by their labels: every part and the holder go."""
-    marker = f"blockkit-marker-{uuid.uuid4().hex}"
+    marker = new_marker()
     block = _write_block(tmp_path / "block")  # the fixture's image: the same folder content
     data = tmp_path / "input"
     data.mkdir()
@@ -232,17 +211,16 @@ def test_kill_9_of_the_runner_removes_parts_and_holder(docker_client, netns_imag
     workflow.write_text(f"name: killed\ninput: {json.dumps(str(data))}\nsteps:\n"
                         f"  hang: {{block: {json.dumps(str(block))}, params: {{hang: {marker}}}, scatter: features}}\n")
     env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs")}
-    code = "import sys; from blockkit.cli.main import main; sys.argv[0] = 'blockkit'; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "run", str(workflow), "-e", "docker", "-q", "--jobs", "2"],
+    proc = subprocess.Popen(cli_command("run", str(workflow), "-e", "docker", "-q", "--jobs", "2"),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     labels = {"blockkit.pid": str(proc.pid)}
     try:
-        assert _wait_for(lambda: len(_marked(marker)) >= 2, timeout=180), "the parts did not start"
+        assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=180), "the parts did not start"
         assert len(_containers(docker_client, "hang", **labels, **{"blockkit.role": "network"})) == 1
         proc.kill()
         proc.wait(timeout=10)
-        assert _wait_for(lambda: _containers(docker_client, "hang", **labels) == [], timeout=90), "containers left"
-        assert _wait_for(lambda: _marked(marker) == [], timeout=30), "block processes left"
+        assert wait_for(lambda: _containers(docker_client, "hang", **labels) == [], timeout=90), "containers left"
+        assert wait_for(lambda: processes_with(marker) == [], timeout=30), "block processes left"
     finally:
         if proc.poll() is None:
             proc.kill()
