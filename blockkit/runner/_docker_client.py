@@ -126,6 +126,16 @@ def owner_labels() -> dict[str, str]:
             "blockkit.pid": str(os.getpid())}
 
 
+def helper_container_options(role: str, step: str, pids: int) -> dict[str, Any]:
+    """Settings of a container started beside a step (S3 sidecar, network holder).
+
+    No network of its own, hardened like a step, and labelled with its owner, role and step,
+    so that the runner's watchdog and the orphan sweep find it.
+    """
+    return {"network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "pids_limit": pids,
+            "labels": {**owner_labels(), "blockkit.role": role, "blockkit.step": step}}
+
+
 _WATCHDOGS: dict[tuple[int, str], Watchdog] = {}
 _WATCHDOGS_LOCK = threading.Lock()
 

@@ -29,6 +29,7 @@ from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the en
     docker_available,
     docker_client,
     error_line,
+    helper_container_options,
     owner_labels,
     watch_owned_containers,
 )
@@ -495,9 +496,8 @@ class NetworkHolder:
             image_id = str(self._client.images.get(self._image).id)  # the very image the parts run
             self._container = self._client.containers.run(
                 image_id, ["2147483647"], entrypoint=["sleep"], name=name, detach=True,
-                network_mode="none", user=_container_user()[0], read_only=True,
-                cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=8, mem_limit="32m",
-                labels={**owner_labels(), "blockkit.role": "network", "blockkit.step": self._step},
+                user=_container_user()[0], read_only=True, mem_limit="32m",
+                **helper_container_options("network", self._step, pids=8),
             )
             self._container.reload()
             if self._container.status != "running":

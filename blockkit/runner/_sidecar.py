@@ -51,7 +51,7 @@ def docker_gateway(
     from docker.types import Mount
 
     from blockkit.gateway import client_env
-    from blockkit.runner._docker_client import error_line, owner_labels, watch_owned_containers
+    from blockkit.runner._docker_client import error_line, helper_container_options, watch_owned_containers
 
     mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
     for name, folder in gateway_buckets(spec, upstream).items():
@@ -68,10 +68,9 @@ def docker_gateway(
     try:
         container: Any = client.containers.run(
             image, args, name=container_name, detach=True,
-            network_mode="none", mounts=mounts, user="1000:1000" if _host_is_root() else None,
-            labels={**owner_labels(), "blockkit.role": "s3-gateway", "blockkit.step": spec.name},
+            mounts=mounts, user="1000:1000" if _host_is_root() else None,
             # Hardened like a step: the block shares this container's network namespace.
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=256,
+            **helper_container_options("s3-gateway", spec.name, pids=256),
         )
     except docker.errors.DockerException as exc:
         # `run` is create + start: a container that was created but could not start is removed here.
