@@ -39,6 +39,7 @@ from blockkit.runner._image_names import (
     OPTIONS_LABEL,
     SOURCE_LABEL,
     block_content_hash,
+    blockkit_source_hash,
     blockkit_source_root,
     ignore_for_copy,
     image_tag,
@@ -195,12 +196,14 @@ def _build_from_base(
         context = Path(tmp)
         shutil.copytree(block_dir, context / "block", symlinks=True, ignore=ignore_for_copy)
         warnings = list(drop_dev_requirements(context / "block" / "requirements.txt"))
+        # blockkit's own sources: hashed once, for its wheel and for the tag alike.
+        source_hash = blockkit_source_hash(source_root)
         warnings += fill_wheels(context / "wheels", wheel_dir, context / "block", source_root, target,
-                                use_cache=not force, on_link=wheel_hashes.moved)
+                                use_cache=not force, on_link=wheel_hashes.moved, source_hash=source_hash)
         wheels_hash = wheels_.wheels_hash(context / "wheels", wheel_dir, wheel_hashes)
         content_hash = block_content_hash(
             context / "block", base_image_id=base_id, dockerfile=dockerfile, source_root=source_root,
-            extra=f"user:{user}\0wheels:{wheels_hash}",
+            extra=f"user:{user}\0wheels:{wheels_hash}", source_hash=source_hash,
         )
         tag = image_tag(manifest["name"], content_hash)
         if not force or not build:

@@ -100,6 +100,10 @@ class DockerEngine(Engine):
         self.wheelhouse = wheelhouse
         #: Scattered steps being run: step name -> the network namespace their parts share.
         self._holders: dict[str, NetworkHolder] = {}
+        #: Image id -> the daemon's image object (an id's image never changes).
+        self._images: dict[str, Any] = {}
+        self._images_lock = threading.Lock()
+        self._capacity: tuple[float, int] | None = None
 
     @property
     def client(self) -> "docker.DockerClient":
@@ -110,11 +114,13 @@ class DockerEngine(Engine):
 
     def capacity(self) -> tuple[float, int] | None:
         """(CPUs, memory MB) of the Docker daemon's machine (None when it does not say)."""
-        try:
-            info = self.client.info()
-            return float(info["NCPU"]), int(info["MemTotal"]) >> 20
-        except Exception:  # noqa: BLE001 - no answer: the runner falls back to this host
-            return None
+        if self._capacity is None:  # asked by the plan's caps and the run's budget: one question
+            try:
+                info = self.client.info()
+                self._capacity = float(info["NCPU"]), int(info["MemTotal"]) >> 20
+            except Exception:  # noqa: BLE001 - no answer: the runner falls back to this host
+                return None
+        return self._capacity
 
     def prepare_images(self, plan: Plan, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]]:
         """Build (or reuse) an image per block step up front, so build errors come before any step runs.
@@ -171,7 +177,7 @@ class DockerEngine(Engine):
         if expected < SHARED_NETWORK_MIN_PARTS or spec.network:
             yield
             return
-        holder = NetworkHolder(self.client, self.image_for(spec), spec.name)
+        holder = NetworkHolder(self.client, spec.image_id or self.image_for(spec), spec.name)
         self._holders[spec.name] = holder
         try:
             yield
@@ -230,22 +236,43 @@ class DockerEngine(Engine):
         )
         return built.tag
 
+    def _image(self, spec: StepSpec) -> Any:
+        """The image the step runs: the one the run prepared (`spec.image_id`), else its reference's now.
+
+        A tag can be moved while a run goes on (a rebuild, `docker tag`); the step still runs
+        the image its cache key and run.json name. An id names one image for good, so its
+        inspection is kept for the engine's life: the parts of a scattered step ask once.
+        """
+        import docker
+
+        ref = spec.image_id or self.image_for(spec)
+        known = self._images.get(ref)
+        if known is not None:
+            return known
+        try:
+            image = self.client.images.get(ref)
+        except docker.errors.ImageNotFound as exc:
+            if spec.image_id:
+                raise ImageMissingError(
+                    f"step {spec.name!r}: image {spec.image or ''} ({spec.image_id[:19]}) was removed "
+                    "after the run began; run again to rebuild it"
+                ) from exc
+            raise ImageMissingError(
+                f"step {spec.name!r}: image {ref} does not exist locally; build it with `blockkit build BLOCK_DIR`"
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise DockerError(f"step {spec.name!r}: cannot inspect image {ref}: {error_line(exc)}") from exc
+        if spec.image_id:
+            with self._images_lock:
+                self._images[ref] = image
+        return image
+
     def run_step(self, spec: StepSpec, on_log_line: LogSink | None = None) -> StepResult:
         """Run the step in a container to completion (or timeout) and return how it ended."""
         import docker
 
         client = self.client
-        image_ref = self.image_for(spec)
-        try:
-            image = client.images.get(image_ref)
-        except docker.errors.ImageNotFound as exc:
-            raise ImageMissingError(
-                f"step {spec.name!r}: image {image_ref} does not exist locally; "
-                "build it with `blockkit build BLOCK_DIR`"
-            ) from exc
-        except docker.errors.APIError as exc:
-            raise DockerError(f"step {spec.name!r}: cannot inspect image {image_ref}: {error_line(exc)}") from exc
-
+        image = self._image(spec)
         user, hand_over = _container_user()
         for folder in (spec.output_dir, spec.quicklook_dir):
             folder.mkdir(parents=True, exist_ok=True)

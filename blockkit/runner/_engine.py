@@ -63,6 +63,9 @@ class StepSpec:
     #: Set by the runner to stop the step (Ctrl-C/SIGTERM in a parallel run, --fail-fast): the
     #: engine kills its process group / container as soon as it sees it (see `Engine.watch_cancel`).
     cancel: threading.Event | None = None
+    #: docker: the id `image` had when the run prepared its images. The step runs exactly this
+    #: image, the one its cache key and run.json name, even if the tag is moved meanwhile.
+    image_id: str | None = None
 
 
 @dataclass

@@ -46,6 +46,7 @@ def block_content_hash(
     dockerfile: Path,
     source_root: Path | None,
     extra: str = "",
+    source_hash: str | None = None,
 ) -> str:
     """sha256 over the block's files, blockkit's source, Dockerfile.base, the base image id and `extra`.
 
@@ -55,11 +56,12 @@ def block_content_hash(
         dockerfile: the Dockerfile built with (Dockerfile.base).
         source_root: blockkit's source tree, or None for an installed blockkit (its version counts then).
         extra: what else goes into the image (the wheels' hash, the user).
+        source_hash: `blockkit_source_hash(source_root)`, when the caller has it already.
     """
     digest = hashlib.sha256()
     digest.update(f"{_BUILD_FORMAT}\0base:{base_image_id}\0".encode())
     digest.update(b"dockerfile\0" + dockerfile.read_bytes() + b"\0")
-    digest.update(b"blockkit\0" + blockkit_source_hash(source_root).encode() + b"\0")
+    digest.update(b"blockkit\0" + (source_hash or blockkit_source_hash(source_root)).encode() + b"\0")
     digest.update(b"block\0" + tree_hash(block_dir).encode() + b"\0")
     digest.update(b"extra\0" + extra.encode() + b"\0")
     return digest.hexdigest()
@@ -103,26 +105,32 @@ def blockkit_source_hash(source_root: Path | None) -> str:
     return digest.hexdigest()
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Every file (or symlink) under root in a stable order, skipping caches."""
-    for dirpath, dirnames, filenames in os.walk(root):
+def _walk(root: Path) -> Iterator[tuple[str, str]]:
+    """(path, path relative to root with "/") of every file or symlink under root in a stable order, skipping caches.
+
+    Plain strings, not Path objects: the runner hashes blockkit's own sources this way before
+    every run from a source checkout.
+    """
+    base = os.fspath(root)
+    for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
+        rel_dir = os.path.relpath(dirpath, base)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
         for name in sorted(filenames):
             if not name.endswith(_SKIP_SUFFIXES):
-                yield Path(dirpath) / name
+                yield os.path.join(dirpath, name), prefix + name
 
 
 def tree_hash(root: Path) -> str:
     """sha256 over the names, modes, link targets and bytes of the files under root (caches skipped)."""
     digest = hashlib.sha256()
-    for path in _walk(root):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
+    for path, rel in _walk(root):
+        if os.path.islink(path):
             digest.update(f"L\0{rel}\0{os.readlink(path)}\0".encode())
             continue
         executable = "x" if os.access(path, os.X_OK) else "-"
         digest.update(f"F\0{rel}\0{executable}\0".encode())
-        with path.open("rb") as handle:
+        with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
         digest.update(b"\0")

@@ -388,6 +388,7 @@ class WorkflowRun:
             name=step.name,
             block_dir=step.block_dir,
             image=image,
+            image_id=image_id,
             input_dir=input_dir,
             output_dir=work_dir,
             quicklook_dir=self.folder.quicklook_dir(step.name),

@@ -560,7 +560,8 @@ def cached_resolution(
 
 
 def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget,
-                *, use_cache: bool = True, on_link: LinkHook | None = None) -> list[str]:
+                *, use_cache: bool = True, on_link: LinkHook | None = None,
+                source_hash: str | None = None) -> list[str]:
     """Put every wheel the image needs under dest/deps and dest/blockkit, from the host wheelhouse.
 
     Args:
@@ -572,11 +573,12 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
         use_cache: reuse an earlier resolution of the same inputs (`cached_resolution`).
         on_link: `on_link(before, after)` for each wheelhouse file linked into dest (`HashCache.moved`
             of the wheelhouse's record, `linked_wheels`).
+        source_hash: `blockkit_source_hash(source_root)`, when the caller has it already.
 
     Returns warning lines, as `resolve_wheels`.
     """
     with _locked(wheel_dir):
-        blockkit_wheel = _blockkit_wheel(wheel_dir, source_root)
+        blockkit_wheel = _blockkit_wheel(wheel_dir, source_root, source_hash)
     requirements = block_dir / "requirements.txt"
     wanted = [str(blockkit_wheel)]
     if requirements.is_file():
@@ -601,7 +603,7 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
     return warnings
 
 
-def _blockkit_wheel(wheel_dir: Path, source_root: Path | None) -> Path:
+def _blockkit_wheel(wheel_dir: Path, source_root: Path | None, source_hash: str | None = None) -> Path:
     """The blockkit wheel for the current sources, built into the wheelhouse when they changed."""
     existing = sorted(wheel_dir.glob(_WHEEL_GLOB))
     if source_root is None:
@@ -621,7 +623,7 @@ def _blockkit_wheel(wheel_dir: Path, source_root: Path | None) -> Path:
             return matching[-1]
         raise BuildError(f"no {wanted}*.whl in {wheel_dir}: put the blockkit wheel there")
     marker = wheel_dir / ".blockkit-source-hash"
-    source_hash = image_names.blockkit_source_hash(source_root)
+    source_hash = source_hash or image_names.blockkit_source_hash(source_root)
     if existing and marker.is_file() and marker.read_text().strip() == source_hash:
         return existing[-1]
     for old in existing:
