@@ -94,6 +94,10 @@ UNLIMITED_JOBS = 1 << 16
 #: instead of one each, which made a step of N features write O(N²) bytes.
 PART_SAVE_INTERVAL = 0.25
 
+#: What a scattered part's record keeps when its feature runs (again); every other field told
+#: of an earlier outcome (a resumed attempt's outputs, exit, detail, where it was reused from).
+PART_IDENTITY = frozenset({"name", "feature", "cache_key"})
+
 
 class _Cancelled(Exception):
     """A running step was stopped by the runner (Ctrl-C/SIGTERM, or --fail-fast)."""
@@ -514,8 +518,8 @@ class WorkflowRun:
             with spec.log_path.open("a", encoding="utf-8") as log:
                 log.write(f"[blockkit] feature {name}\n")
             with self._state:
-                for stale in ("outputs", "quicklooks", "from", "exit_code", "exit_name", "detail"):
-                    entry.pop(stale, None)  # a resumed feature whose output changed runs afresh
+                for stale in [field for field in entry if field not in PART_IDENTITY]:
+                    del entry[stale]  # a resumed feature whose output changed runs afresh
                 self._set_part(entry, status="running")
             with self._gateway(step, part, image):
                 result = engine.run_step(part, sink)

@@ -67,7 +67,7 @@ def docker_gateway(
     watch_owned_containers()  # a killed runner's sidecar is removed with its step container
     try:
         container: Any = client.containers.run(
-            image, args, name=container_name, detach=True,
+            spec.image_id or image, args, name=container_name, detach=True,  # the step's very image
             mounts=mounts, user="1000:1000" if _host_is_root() else None,
             # Hardened like a step: the block shares this container's network namespace.
             **helper_container_options("s3-gateway", spec.name, pids=256),
