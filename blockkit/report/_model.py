@@ -18,6 +18,7 @@ from typing import Any, Iterable
 from urllib.parse import quote
 
 from blockkit.contract._datajson import DATA_JSON, DATA_PATH, check_data_path
+from blockkit.runner._logfilter import is_error_line
 from blockkit.runner._run import PROVENANCE_FILE, RUN_FILE, RunFolder
 
 # Caps that keep a hostile or huge run folder from making a huge (or slow) report.
@@ -205,7 +206,7 @@ def error_line_index(lines: list[str], detail: str) -> int | None:
             return i
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i]
-        if line.startswith("[") and ("_ERROR]" in line or line.startswith("[OUT_OF_MEMORY]")):
+        if is_error_line(line):
             return i
     return None
 

@@ -34,7 +34,7 @@ from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the en
     watch_owned_containers,
 )
 from blockkit.runner._engine import Engine, LogSink, StepResult, StepSpec
-from blockkit.runner._logfilter import LineSplitter, LogFilter
+from blockkit.runner._logfilter import LineSplitter, LogFilter, StepLog, is_error_line
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
@@ -384,7 +384,7 @@ class DockerEngine(Engine):
     ) -> StepResult:
         import docker
 
-        log = spec.log_path.open("a", encoding="utf-8")
+        log = StepLog(spec.log_path)
         lock = threading.Lock()
         clean = LogFilter(self.redact)
         errors = ErrorLineTracker()
@@ -394,8 +394,7 @@ class DockerEngine(Engine):
             with lock:
                 if log.closed:  # the step is over (e.g. Ctrl-C) and the reader still had a line
                     return
-                log.write(line + "\n")
-                log.flush()
+                log.write_line(line)
                 errors.see(line)
             if on_log_line is not None:
                 try:
@@ -565,7 +564,7 @@ class ErrorLineTracker:
         if not text or text.startswith("[blockkit]"):
             return
         self._last = text[:1000]
-        if text.startswith("[") and ("_ERROR]" in text or text.startswith("[OUT_OF_MEMORY]")):
+        if is_error_line(text):
             self._error = text[:1000]
 
     @property

@@ -29,7 +29,7 @@ from blockkit.runner._isolation import (
     isolation_available,
     kill_group,
 )
-from blockkit.runner._logfilter import LineSplitter, LogFilter
+from blockkit.runner._logfilter import LineSplitter, LogFilter, StepLog
 
 
 def _own_environment(program: str) -> Path | None:
@@ -232,23 +232,20 @@ class ProcessEngine(Engine):
         clean = LogFilter(self.redact)
         started = time.time()
         try:
-            with open(spec.log_path, "a", encoding="utf-8") as log:
+            log = StepLog(spec.log_path)
+            try:
                 return self._run(spec, command, env, isolated, log, clean, on_log_line, started)
+            finally:
+                log.close()
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    def _run(self, spec: StepSpec, command: list[str], env: dict[str, str], isolated: bool, log: IO[str],
+    def _run(self, spec: StepSpec, command: list[str], env: dict[str, str], isolated: bool, log: StepLog,
              clean: LogFilter, on_log_line: LogSink | None, started: float) -> StepResult:
-        lock = threading.Lock()
-
         def emit(line: str, dropped: int) -> None:
             text = clean(line, dropped)
-            with lock:
-                if log.closed:
-                    return
-                log.write(text + "\n")
-                log.flush()
+            log.write_line(text)
             if on_log_line:
                 try:
                     on_log_line(spec.name, text)
@@ -309,8 +306,6 @@ class ProcessEngine(Engine):
                 reader.join(timeout=1.0)
             if watchdog is not None:
                 watchdog.release()
-            with lock:
-                log.flush()
         ended = time.time()
         if timed_out.is_set():
             return StepResult(TIMEOUT_EXIT_CODE, started, ended, timed_out=True,

@@ -41,6 +41,7 @@ from blockkit.runner._cache import (
 )
 from blockkit.runner._hashing import HashCache, source_hash
 from blockkit.runner._lock import RunLock, replace_atomic, runner_identity
+from blockkit.runner._logfilter import is_error_line
 from blockkit.runner._plan import Plan, PlannedStep
 from blockkit.runner._provenance import provenance_document, redact_workflow_text, run_document
 from blockkit.runner._run_folder import (
@@ -934,7 +935,7 @@ class WorkflowRun:
         except OSError:
             return ""
         for line in reversed(lines):
-            if line.startswith("[") and ("_ERROR]" in line or line.startswith("[OUT_OF_MEMORY]")):
+            if is_error_line(line):
                 return line.strip()
         return lines[-1].strip() if lines else ""
 

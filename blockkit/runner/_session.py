@@ -89,6 +89,9 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     runs_dir = (request.runs_dir or default_runs_dir()).resolve()
     if request.fail_fast and request.keep_going:
         raise WorkflowError("--fail-fast and --keep-going contradict each other; give one")
+    from blockkit.runner._logfilter import max_log_bytes
+
+    max_log_bytes()  # a wrong $BLOCKKIT_MAX_LOG_MB fails the run now, not each step
     workflow = load_target(request, runs_dir)
     plan = plan_workflow(workflow)
     engine, why = select_engine(request.engine)

@@ -158,6 +158,13 @@ elif action == "interleave":
     sys.stdout.write(" done\n")
     sys.stdout.flush()
     sys.exit(4)
+elif action == "flood":
+    # `long` lines of 100 bytes as fast as it can, then its error as the very last line.
+    for i in range(params.get("long", 0)):
+        sys.stdout.write("flood %07d %s\n" % (i, "x" * 86))
+    sys.stdout.flush()
+    print("[WRONG_INPUT_ERROR] the last line, after the flood", file=sys.stderr, flush=True)
+    sys.exit(4)
 elif action == "error":
     print("working...", flush=True)
     print("[WRONG_INPUT_ERROR] band=100 does not exist in scene.tif", file=sys.stderr, flush=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from blockkit.runner._logfilter import MAX_LINE_CHARS, LineSplitter, LogFilter, neutralise
+from blockkit.runner._logfilter import MAX_LINE_CHARS, LineSplitter, LogFilter, StepLog, neutralise
 
 from .engine_blocks import cli_command, workflow, write_hostile
 
@@ -137,3 +138,79 @@ def test_paths_with_brackets_are_printed_verbatim(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "MarkupError" not in done.stderr and f"{odd}/" in done.stderr
     assert any((p / "run.json").is_file() for p in odd.iterdir())
+
+
+def test_a_step_log_keeps_its_first_and_last_lines_and_says_what_it_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "step.log"
+    path.write_text("[blockkit] a line the runner wrote before\n")  # counts toward the limit
+    log = StepLog(path, limit=64 << 10)
+    for i in range(10_000):
+        log.write_line(f"line {i:05d} " + "x" * 40)
+        if i == 5000:
+            log.write_line("[NO_INPUT_ERROR] an error in the middle")  # left out with it, yet kept
+    log.write_line("[WRONG_INPUT_ERROR] the end")
+    log.close()
+    log.write_line("after close")  # a reader thread's late line: dropped, no error
+    text = path.read_text()
+    lines = text.splitlines()
+    assert len(text.encode()) <= (64 << 10) + 200
+    assert lines[0] == "[blockkit] a line the runner wrote before" and lines[1].startswith("line 00000 ")
+    assert lines[-1] == "[WRONG_INPUT_ERROR] the end" and "after close" not in text
+    marker = next(line for line in lines if line.startswith("[blockkit] ") and "left out" in line)
+    left_out = int(marker.split()[1])
+    kept = [int(line.split()[1]) for line in lines if line.startswith("line ")]
+    assert len(kept) + left_out == 10_001  # every line is either kept or counted (the middle error: both)
+    assert marker.endswith("the last 1 error line(s) among them follow")
+    assert lines[lines.index(marker) + 1] == "[NO_INPUT_ERROR] an error in the middle"
+    first_gap = next(i for i, n in enumerate(kept) if n != i)
+    assert kept[first_gap:] == list(range(10_000 - len(kept) + first_gap, 10_000))  # the head, then the tail
+    assert "BLOCKKIT_MAX_LOG_MB" in marker
+
+
+def test_a_step_log_written_from_many_threads_loses_no_count(tmp_path: Path) -> None:
+    log = StepLog(tmp_path / "step.log", limit=32 << 10)
+    threads = [threading.Thread(target=lambda t=t: [log.write_line(f"t{t} {i}") for i in range(5000)])
+               for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    lines = (tmp_path / "step.log").read_text().splitlines()
+    left_out = int(next(line for line in lines if "left out" in line).split()[1])
+    assert sum(1 for line in lines if line.startswith("t")) + left_out == 20_000
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "0.5"])
+def test_a_wrong_log_limit_fails_the_run_before_any_step(tmp_path: Path, value: str) -> None:
+    env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs"), "BLOCKKIT_MAX_LOG_MB": value}
+    block = write_hostile(tmp_path / "blocks")
+    done = _cli(["run", str(workflow(tmp_path, block, {"action": "ok"}, source=False)), "-e", "process"], env)
+    assert done.returncode == 4, done.stderr  # as a wrong BLOCKKIT_MAX_CPUS: WRONG_INPUT_ERROR
+    assert f"BLOCKKIT_MAX_LOG_MB={value!r} must be a number of MB from 1 to 1048576" in done.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("run.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_block_flooding_its_output_cannot_fill_the_disk_with_its_log(tmp_path: Path, engine: str, request) -> None:
+    """30 MB of lines into a 1 MB log: the first and last lines kept, the rest counted, the failure line intact."""
+    _engine(engine, request)
+    env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs"), "BLOCKKIT_MAX_LOG_MB": "1"}
+    block = write_hostile(tmp_path / "blocks")
+    done = _cli(["run", str(workflow(tmp_path, block, {"action": "flood", "long": 300_000}, source=False)),
+                 "-e", engine], env)
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert "[WRONG_INPUT_ERROR] step 'evil' failed with exit code 4: the last line, after the flood" in done.stderr
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file())
+    log = run_dir / "logs" / "evil.log"
+    assert log.stat().st_size <= (1 << 20) + 1024
+    lines = log.read_text().splitlines()
+    flood = [int(line.split()[1]) for line in lines if line.startswith("flood ")]
+    left_out = int(next(line for line in lines if "left out" in line).split()[1])
+    error = "[WRONG_INPUT_ERROR] the last line, after the flood"
+    # Docker copies stderr beside stdout: the error may overtake the end of the flood and be
+    # left out with it; the log keeps it anyway, after the line that counts what was left out.
+    overtaken = lines.index(error) < lines.index(next(line for line in lines if "left out" in line)) + 2
+    assert flood[0] == 0 and flood[-1] == 299_999 and len(flood) + left_out == 300_000 + overtaken
+    assert lines.count(error) == 1
