@@ -10,6 +10,7 @@ file, bounded: a block printing without end cannot fill the disk with it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -165,6 +166,10 @@ class StepLog:
         self._errors: deque[str] = deque(maxlen=KEPT_ERROR_LINES)
         self._lock = threading.Lock()
         self.closed = False
+        #: Why the file could not be written (a full disk): later lines are only counted, and
+        #: the block's output is still read to its end, so that the block never blocks on it.
+        self.write_error: OSError | None = None
+        self._lost_lines = 0
 
     def write_line(self, line: str) -> None:
         """Append one (already cleaned) line; ignored once the log is closed."""
@@ -173,9 +178,17 @@ class StepLog:
         with self._lock:
             if self.closed:
                 return
+            if self.write_error is not None:
+                self._lost_lines += 1
+                return
             if not self._tail and size <= self._head_room:
-                self._file.write(data)
-                self._file.flush()
+                try:
+                    self._file.write(data)
+                    self._file.flush()
+                except OSError as exc:
+                    self.write_error = exc
+                    self._lost_lines += 1
+                    return
                 self._head_room -= size
                 return
             self._tail.append((data, size))
@@ -195,6 +208,11 @@ class StepLog:
                 return
             self.closed = True
             try:
+                if self.write_error is not None:
+                    why = self.write_error.strerror or str(self.write_error)
+                    self._file.write(f"[blockkit] writing this log failed ({why}): the {self._lost_lines} "
+                                     "line(s) of output after this point are lost\n")
+                    return
                 if self._left_out_lines:
                     errors = f"; the last {len(self._errors)} error line(s) among them follow" if self._errors else ""
                     self._file.write(
@@ -204,5 +222,8 @@ class StepLog:
                     self._file.writelines(self._errors)
                 self._file.writelines(data for data, _ in self._tail)
                 self._tail.clear()
+            except OSError as exc:
+                self.write_error = self.write_error or exc
             finally:
-                self._file.close()
+                with contextlib.suppress(OSError):  # what could not be flushed is lost with the disk
+                    self._file.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -214,3 +215,36 @@ def test_a_block_flooding_its_output_cannot_fill_the_disk_with_its_log(tmp_path:
     overtaken = lines.index(error) < lines.index(next(line for line in lines if "left out" in line)) + 2
     assert flood[0] == 0 and flood[-1] == 299_999 and len(flood) + left_out == 300_000 + overtaken
     assert lines.count(error) == 1
+
+
+@pytest.mark.slow
+def test_a_log_that_fills_the_disk_never_leaves_the_block_blocked(tmp_path: Path) -> None:
+    """The runs folder on an 8 MB tmpfs, 30 MB of output: the step ends with the disk's error, at once.
+
+    A log write that failed used to stop the reader: the block then blocked on its full pipe
+    for ever (here: until `timeout` killed the run after 60 s).
+    """
+    from .test_halfstate import _namespace_prefix
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    block = write_hostile(tmp_path / "blocks")
+    wf = workflow(tmp_path, block, {"action": "flood", "long": 300_000}, source=False)
+    exe = Path(sys.executable).parent / "blockkit"
+    script = (f"mount -t tmpfs -o size=8m tmpfs {runs} && timeout -s KILL 60 {exe} run {wf} -e process "
+              f"--runs-dir {runs} -q; echo \"RC=$?\"")
+    began = time.monotonic()
+    done = subprocess.run([*_namespace_prefix(), "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "RC=1" in done.stdout, (done.stdout, done.stderr[-2000:])
+    assert time.monotonic() - began < 30
+    assert ("[UNEXPECTED_ERROR] step 'evil' failed: the runner failed at this step: "
+            "OSError: [Errno 28] No space left on device") in done.stderr
+
+
+def test_a_step_log_on_a_full_device_counts_its_lines_and_never_raises() -> None:
+    log = StepLog(Path("/dev/full"), limit=1 << 20)  # every write: ENOSPC
+    for i in range(1000):
+        log.write_line(f"line {i}")
+    log.close()
+    assert log.write_error is not None and log.write_error.errno == 28
+    assert log.closed
