@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -33,19 +34,62 @@ DRAIN_LIMIT = 1024 * 1024
 DIGITS = re.compile(r"[0-9]{1,19}")
 
 
-class AccessLog:
-    """One JSON line per request, appended to a file."""
+#: What the access log holds at most: a block making requests without end (or with 64 KiB
+#: paths) cannot fill the disk, or the Docker daemon's copy of a sidecar's stderr, with it.
+ACCESS_LOG_LIMIT = 64 << 20
 
-    def __init__(self, stream: TextIO) -> None:
+#: A request path longer than this is cut in its record (`"path_cut": <characters left out>`).
+MAX_LOGGED_PATH = 1024
+
+
+class AccessLog:
+    """One JSON line per request, appended to a file, up to `limit` bytes.
+
+    The record that would pass the limit is replaced by one saying the limit was reached;
+    later requests are only counted, and `close()` adds a record with their number. (A
+    sidecar killed with its step never closes: the first of those records is already there.)
+    A log that cannot be written (a full disk) stops being written; requests go on.
+    """
+
+    def __init__(self, stream: TextIO, limit: int = ACCESS_LOG_LIMIT) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._room = limit
+        self.limit = limit
+        self.left_out = 0
+        self._full = False
 
     def write(self, record: dict[str, object]) -> None:
-        """Append one record."""
+        """Append one record (its path cut to MAX_LOGGED_PATH characters)."""
+        path = record.get("path")
+        if isinstance(path, str) and len(path) > MAX_LOGGED_PATH:
+            record = {**record, "path": path[:MAX_LOGGED_PATH], "path_cut": len(path) - MAX_LOGGED_PATH}
         line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
-            self._stream.write(line)
-            self._stream.flush()
+            if self._full:
+                self.left_out += 1
+                return
+            if len(line) > self._room:
+                self._full = True
+                self.left_out += 1
+                line = json.dumps({"time": record.get("time"), "note": f"access log limit of {self.limit} bytes "
+                                   "reached: later requests are counted, not logged"}, separators=(",", ":")) + "\n"
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._full = True  # a full disk, or a closed stream: the requests still get answers
+            self._room -= len(line)
+
+    def close(self) -> None:
+        """Add the number of requests left out, if any (the stream is the caller's to close)."""
+        with self._lock:
+            if self.left_out:
+                with contextlib.suppress(OSError, ValueError):
+                    self._stream.write(json.dumps({"note": "requests left out of this log", "left_out": self.left_out},
+                                                  separators=(",", ":")) + "\n")
+                    self._stream.flush()
+            self.left_out = 0
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Mapping, TextIO
 from blockkit.gateway._buckets import OUTPUT_BUCKET, Bucket
 from blockkit.gateway._errors import GatewayConfigError, GatewayStartError
 from blockkit.gateway._etags import ETagCache
-from blockkit.gateway._exchange import AccessLog, Counters, GatewayState
+from blockkit.gateway._exchange import ACCESS_LOG_LIMIT, AccessLog, Counters, GatewayState
 from blockkit.gateway._handler import S3Handler
 from blockkit.gateway._multipart import MIN_PART_SIZE, MultipartStore
 from blockkit.gateway._sigv4 import Credentials, Verifier
@@ -48,6 +48,7 @@ class Gateway:
         access_log: Path | TextIO | None = None,
         region: str = "us-east-1",
         min_part_size: int = MIN_PART_SIZE,
+        access_log_limit: int = ACCESS_LOG_LIMIT,
     ) -> None:
         if min_part_size < 0:
             raise GatewayConfigError("min_part_size must not be negative")
@@ -77,9 +78,9 @@ class Gateway:
         if isinstance(access_log, (str, Path)):
             Path(access_log).parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(access_log, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-            log = AccessLog(self._log_file)
+            log = AccessLog(self._log_file, access_log_limit)
         elif access_log is not None:
-            log = AccessLog(access_log)
+            log = AccessLog(access_log, access_log_limit)
         multipart = MultipartStore(out_bucket) if out_bucket else None
         if multipart is not None:
             multipart.min_part_size = min_part_size
@@ -163,6 +164,8 @@ class Gateway:
         if self.state.multipart is not None:
             self.state.multipart.close()
         self.state.hash_pool.shutdown(wait=False)
+        if self.state.access_log is not None:
+            self.state.access_log.close()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -83,8 +83,9 @@ def docker_gateway(
         yield client_env(f"http://127.0.0.1:{GATEWAY_PORT}")
     finally:
         spec.network_container = None
-        with contextlib.suppress(Exception):
-            log.write_bytes(container.logs())
+        with contextlib.suppress(Exception), log.open("wb") as out:
+            for chunk in container.logs(stream=True, follow=False):  # in pieces: never the whole log in memory
+                out.write(chunk)
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
 

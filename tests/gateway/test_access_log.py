@@ -1,0 +1,54 @@
+"""The access log is bounded: a block making requests without end, or with 64 KiB paths, cannot fill the disk."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+from pathlib import Path
+
+from blockkit.gateway import Gateway
+from blockkit.gateway._exchange import MAX_LOGGED_PATH, AccessLog
+
+
+def _get(endpoint: str, path: str) -> int:
+    host, port = endpoint.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_requests_past_the_limit_are_counted_and_long_paths_cut(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    log = tmp_path / "access.log"
+    long_path = "/input/" + "k" * 20_000
+    with Gateway({"input": tmp_path / "in"}, access_log=log, access_log_limit=64 << 10) as gateway:
+        endpoint = gateway.start()
+        statuses = [_get(endpoint, long_path if i % 2 else f"/input/missing-{i}") for i in range(600)]
+    assert set(statuses) <= {400, 404}  # no such key; a key past S3's 1024 bytes
+    text = log.read_text()
+    assert len(text) <= (64 << 10) + 300  # the limit, and the closing count
+    records = [json.loads(line) for line in text.splitlines()]
+    requests = [r for r in records if "method" in r]
+    notes = [r for r in records if "note" in r]
+    assert "access log limit of 65536 bytes reached" in notes[0]["note"]
+    assert notes[-1]["note"] == "requests left out of this log"
+    assert len(requests) + notes[-1]["left_out"] == 600  # every request logged or counted
+    cut = [r for r in requests if r.get("path_cut")]
+    assert cut and all(len(r["path"]) == MAX_LOGGED_PATH and r["path_cut"] == len(long_path) - MAX_LOGGED_PATH
+                       for r in cut)
+
+
+def test_an_access_log_that_cannot_be_written_never_fails_a_request() -> None:
+    full = open("/dev/full", "a", encoding="utf-8")  # noqa: SIM115 - every write: ENOSPC
+    log = AccessLog(full)
+    for i in range(100):
+        log.write({"method": "GET", "path": f"/input/{i}", "status": 200})
+    log.close()
+    with contextlib.suppress(OSError):  # what the stream still buffers cannot be flushed either
+        full.close()
