@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +40,8 @@ DIGITS = re.compile(r"[0-9]{1,19}")
 #: paths) cannot fill the disk, or the Docker daemon's copy of a sidecar's stderr, with it.
 ACCESS_LOG_LIMIT = 64 << 20
 
-#: A request path longer than this is cut in its record (`"path_cut": <characters left out>`).
+#: A text field (path, range, ...) longer than this is cut in its record
+#: (`"<field>_cut": <characters left out>`).
 MAX_LOGGED_PATH = 1024
 
 
@@ -48,7 +51,8 @@ class AccessLog:
     The record that would pass the limit is replaced by one saying the limit was reached;
     later requests are only counted, and `close()` adds a record with their number. (A
     sidecar killed with its step never closes: the first of those records is already there.)
-    A log that cannot be written (a full disk) stops being written; requests go on.
+    What a file already holds counts: the gateways of a scattered step's features append to
+    one log. A log that cannot be written (a full disk) stops being written; requests go on.
     """
 
     def __init__(self, stream: TextIO, limit: int = ACCESS_LOG_LIMIT) -> None:
@@ -58,17 +62,26 @@ class AccessLog:
         self.limit = limit
         self.left_out = 0
         self._full = False
+        try:
+            # A file (not a pipe, as a sidecar's stderr): its size counts, also as others append to it.
+            info = os.fstat(stream.fileno())
+            self._fd: int | None = stream.fileno() if stat.S_ISREG(info.st_mode) else None
+        except (OSError, ValueError, AttributeError):
+            self._fd = None
 
     def write(self, record: dict[str, object]) -> None:
-        """Append one record (its path cut to MAX_LOGGED_PATH characters)."""
-        path = record.get("path")
-        if isinstance(path, str) and len(path) > MAX_LOGGED_PATH:
-            record = {**record, "path": path[:MAX_LOGGED_PATH], "path_cut": len(path) - MAX_LOGGED_PATH}
+        """Append one record (its text fields cut to MAX_LOGGED_PATH characters)."""
+        for key, value in list(record.items()):
+            if isinstance(value, str) and len(value) > MAX_LOGGED_PATH:
+                record = {**record, key: value[:MAX_LOGGED_PATH], f"{key}_cut": len(value) - MAX_LOGGED_PATH}
         line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
             if self._full:
                 self.left_out += 1
                 return
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    self._room = min(self._room, self.limit - os.fstat(self._fd).st_size)
             if len(line) > self._room:
                 self._full = True
                 self.left_out += 1

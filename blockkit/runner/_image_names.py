@@ -108,15 +108,18 @@ def blockkit_source_hash(source_root: Path | None) -> str:
 def _walk(root: Path) -> Iterator[tuple[str, str]]:
     """(path, path relative to root with "/") of every file or symlink under root in a stable order, skipping caches.
 
-    Plain strings, not Path objects: the runner hashes blockkit's own sources this way before
-    every run from a source checkout.
+    A symlink to a folder is an entry of its own (its target is hashed), not a folder to walk:
+    an image holds the link, so pointing it elsewhere is another image. Plain strings, not Path
+    objects: the runner hashes blockkit's own sources this way before every run from a source
+    checkout.
     """
     base = os.fspath(root)
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
+        linked = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         rel_dir = os.path.relpath(dirpath, base)
         prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        for name in sorted(filenames):
+        for name in sorted(filenames + linked):
             if not name.endswith(_SKIP_SUFFIXES):
                 yield os.path.join(dirpath, name), prefix + name
 

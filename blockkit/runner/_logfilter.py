@@ -16,7 +16,7 @@ import re
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from blockkit.contract.errors import WorkflowError
 
@@ -141,89 +141,172 @@ def max_log_bytes() -> int:
     return int(megabytes * (1 << 20))
 
 
+class SharedLog:
+    """What the writers of one log file in this process share: a lock, and the file's size as they wrote it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.size = 0
+
+
+@contextlib.contextmanager
+def shared_log(path: Path) -> Iterator[SharedLog]:
+    """The `SharedLog` of this file (by its real path), for as long as the caller writes it.
+
+    The parts of a scattered step append to their step's log at once; so do the docker
+    sidecars of its parts to `<step>.gateway.log`. Writers that take the lock keep their lines
+    whole, and the step log's size limit counts what all of them wrote.
+    """
+    key = os.path.realpath(path)
+    with _SHARED_GUARD:
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = _SHARED[key] = SharedLog()
+        shared.users += 1
+    try:
+        yield shared
+    finally:
+        with _SHARED_GUARD:
+            shared.users -= 1
+            if shared.users == 0:
+                del _SHARED[key]
+
+
+_SHARED: dict[str, SharedLog] = {}
+_SHARED_GUARD = threading.Lock()
+
+#: The longest error line kept from the part of a log that is left out.
+KEPT_ERROR_CHARS = 1000
+
+
 class StepLog:
     """A step's log file that keeps the first and the last lines of a block's output, within a limit.
 
-    Lines are appended (and flushed) as they come until three quarters of the limit are used,
-    counting what the file already held (the other features of a scattered step, the runner's
-    own lines). Later lines go to a ring of the last quarter's worth; closing the log writes a
-    line saying how many lines and bytes were left out, then that ring: the beginning and the
-    end of the output, where a failure shows, stay. The last error lines (`is_error_line`)
-    among those left out are kept too, after that line: Docker copies stderr beside stdout,
-    so a block's error can arrive before the end of its output. Lines may come from several
-    threads.
+    Lines are appended (and flushed) as they come while the file stays within three quarters
+    of the limit; the file's own size decides, so the features of a scattered step, whose
+    logs share the file, share the limit too. Later lines go to a ring of the last quarter's
+    worth, kept as chunks of text (not an object per line: a block printing empty lines costs
+    the runner what the ring holds). Closing the log writes a line saying how many lines and
+    bytes were left out, the last error lines (`is_error_line`) among them (Docker copies
+    stderr beside stdout, so a block's error can arrive before the end of its output), then
+    as much of the ring as the limit still allows. Lines may come from several threads.
     """
 
     def __init__(self, path: Path, limit: int | None = None) -> None:
         self.limit = max_log_bytes() if limit is None else limit
         self._tail_limit = self.limit // 4
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self._head_room = self.limit - self._tail_limit - self._file.tell()
-        self._tail: deque[tuple[str, int]] = deque()
+        self._chunk_limit = max(1, min(64 << 10, self._tail_limit // 8))
+        self._share = shared_log(path)
+        self._shared = self._share.__enter__()
+        self._lock = self._shared.lock
+        try:
+            with self._lock:
+                # errors="replace": a lone surrogate must not stop the log (nor the reader behind it).
+                self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by close()
+                # The runner writes its own lines between features: the file says how big it is now.
+                self._shared.size = os.fstat(self._file.fileno()).st_size
+        except BaseException:
+            self._share.__exit__(None, None, None)
+            raise
+        self._tailing = False
+        self._chunks: deque[tuple[str, int, int]] = deque()  # (whole lines, bytes, lines), oldest first
+        self._current: list[str] = []
+        self._current_bytes = 0
         self._tail_bytes = 0
         self._left_out_lines = 0
         self._left_out_bytes = 0
         self._errors: deque[str] = deque(maxlen=KEPT_ERROR_LINES)
-        self._lock = threading.Lock()
         self.closed = False
         #: Why the file could not be written (a full disk): later lines are only counted, and
         #: the block's output is still read to its end, so that the block never blocks on it.
-        self.write_error: OSError | None = None
+        self.write_error: Exception | None = None
         self._lost_lines = 0
 
     def write_line(self, line: str) -> None:
         """Append one (already cleaned) line; ignored once the log is closed."""
         data = line + "\n"
-        size = len(data.encode("utf-8", errors="replace"))
+        size = len(data) if data.isascii() else len(data.encode("utf-8", errors="replace"))
         with self._lock:
             if self.closed:
                 return
             if self.write_error is not None:
                 self._lost_lines += 1
                 return
-            if not self._tail and size <= self._head_room:
+            if not self._tailing:
                 try:
-                    self._file.write(data)
-                    self._file.flush()
-                except OSError as exc:
+                    if self._shared.size + size <= self.limit - self._tail_limit:
+                        self._file.write(data)
+                        self._file.flush()
+                        self._shared.size += size
+                        return
+                except (OSError, ValueError) as exc:
                     self.write_error = exc
                     self._lost_lines += 1
                     return
-                self._head_room -= size
-                return
-            self._tail.append((data, size))
+                self._tailing = True
+            self._current.append(data)
+            self._current_bytes += size
             self._tail_bytes += size
-            while self._tail_bytes > self._tail_limit and self._tail:
-                text, dropped = self._tail.popleft()
-                self._tail_bytes -= dropped
-                self._left_out_lines += 1
-                self._left_out_bytes += dropped
-                if is_error_line(text.strip()):
-                    self._errors.append(text)
+            if self._current_bytes >= self._chunk_limit:
+                self._seal_chunk()
+            while self._tail_bytes > self._tail_limit and self._chunks:
+                self._leave_out_oldest()
+
+    def _seal_chunk(self) -> None:
+        if self._current:
+            self._chunks.append(("".join(self._current), self._current_bytes, len(self._current)))
+            self._current, self._current_bytes = [], 0
+
+    def _leave_out_oldest(self) -> None:
+        text, size, lines = self._chunks.popleft()
+        self._tail_bytes -= size
+        self._left_out_lines += lines
+        self._left_out_bytes += size
+        for line in text.splitlines():
+            if is_error_line(line.strip()):
+                self._errors.append(line[:KEPT_ERROR_CHARS] + "\n")
 
     def close(self) -> None:
-        """Write the kept last lines (after a line about those left out) and close the file."""
+        """Write what was left out (counted), its last error lines and the kept last lines; close the file."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             try:
                 if self.write_error is not None:
-                    why = self.write_error.strerror or str(self.write_error)
+                    why = getattr(self.write_error, "strerror", None) or str(self.write_error)
                     self._file.write(f"[blockkit] writing this log failed ({why}): the {self._lost_lines} "
                                      "line(s) of output after this point are lost\n")
                     return
+                self._seal_chunk()
+                # Only what the limit still allows (other features may have used it; 400 bytes are
+                # the line about what was left out): its error lines, then the last lines.
+                room = self.limit - max(self._shared.size, os.fstat(self._file.fileno()).st_size) - 400
+                while self._tail_bytes + _size(self._errors) > room and self._chunks:
+                    self._leave_out_oldest()
+                kept = list(self._errors)
+                while kept and _size(kept) > room - self._tail_bytes:
+                    kept.pop(0)
                 if self._left_out_lines:
-                    errors = f"; the last {len(self._errors)} error line(s) among them follow" if self._errors else ""
+                    errors = "".join(kept)
+                    said = f"; the last {len(kept)} error line(s) among them follow" if kept else ""
                     self._file.write(
                         f"[blockkit] {self._left_out_lines} line(s) of output ({self._left_out_bytes} bytes) left out "
-                        f"here: a step's log keeps its first and last lines, {self.limit >> 20} MB in all "
-                        f"({MAX_LOG_ENV}){errors}\n")
-                    self._file.writelines(self._errors)
-                self._file.writelines(data for data, _ in self._tail)
-                self._tail.clear()
-            except OSError as exc:
+                        f"here: a step's log keeps its first and last lines, {self.limit / (1 << 20):g} MB in all "
+                        f"({MAX_LOG_ENV}){said}\n")
+                    self._file.write(errors)
+                self._file.writelines(text for text, _, _ in self._chunks)
+                self._chunks.clear()
+                self._file.flush()
+                self._shared.size = os.fstat(self._file.fileno()).st_size
+            except (OSError, ValueError) as exc:
                 self.write_error = self.write_error or exc
             finally:
-                with contextlib.suppress(OSError):  # what could not be flushed is lost with the disk
+                with contextlib.suppress(OSError, ValueError):  # what could not be flushed is lost with the disk
                     self._file.close()
+                self._share.__exit__(None, None, None)
+
+
+def _size(lines: "deque[str] | list[str]") -> int:
+    return sum(len(line.encode("utf-8", errors="replace")) for line in lines)

@@ -51,6 +51,7 @@ from blockkit.runner._run_folder import (
     StepRecord,
     default_runs_dir,
     find_run,
+    gateway_log_path,
 )
 from blockkit.runner._schedule import Budget, Scheduler, Task
 from blockkit.runner._seal import SealError, SealTimeout, lock_tree, output_limit, remove_tree, seal_tree, verify_tree
@@ -387,6 +388,7 @@ class WorkflowRun:
         log_path = self.folder.log_path(step.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(f"[blockkit] warning: {w}\n" for w in self._pending_warnings.pop(step.name, [])))
+        gateway_log_path(log_path).unlink(missing_ok=True)  # an earlier attempt's (--resume)
         cpus, memory = step.resources  # the machine type, capped to the host (plan.prepare_for_engine)
         resources = Resources(cpus=cpus, memory_mb=memory, strict_cpu=self.options.strict_cpu)
         spec = StepSpec(
@@ -923,7 +925,11 @@ class WorkflowRun:
         """Rewrite a step's logs without secret values (a block may print what it was given)."""
         if self.options.redact is None:
             return
-        for path in self.folder.log_path(step).parent.glob(f"{step}*.log"):
+        # Its own files only: a glob on the name would take `scene2.log`, still being written,
+        # for a log of `scene`.
+        for path in self.folder.log_paths(step):
+            if not path.is_file():
+                continue
             text = path.read_text(errors="replace")
             clean = self.options.redact(text)
             if clean != text:

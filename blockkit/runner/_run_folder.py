@@ -120,6 +120,11 @@ class RunFolder:
         """A step's log file."""
         return self.path / "logs" / f"{step}.log"
 
+    def log_paths(self, step: str) -> list[Path]:
+        """Every log file of a step: its own and its S3 gateway's (`gateway_log_path`)."""
+        own = self.log_path(step)
+        return [own, gateway_log_path(own)]
+
     def write_json(self, name: str, data: Any) -> None:
         """Write a JSON file of the run atomically.
 
@@ -168,3 +173,8 @@ def find_run(root: Path, run_id: str) -> RunFolder:
         what = "no run" if not matches else f"{len(matches)} runs"
         raise WorkflowError(f"{what} matching {run_id!r} in {root}; see `blockkit runs list`")
     return RunFolder(matches[0])
+
+
+def gateway_log_path(step_log: Path) -> Path:
+    """The S3 gateway's log beside a step's log: `<step>.gateway.log`."""
+    return step_log.with_name(step_log.stem + ".gateway.log")

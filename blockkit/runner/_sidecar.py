@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from blockkit.contract.errors import GatewayStartError
+from blockkit.runner._logfilter import shared_log
+from blockkit.runner._run_folder import gateway_log_path
 
 if TYPE_CHECKING:
     from blockkit.runner._engine import StepSpec
@@ -34,7 +36,7 @@ def process_gateway(spec: StepSpec, upstream: list[str]) -> Iterator[dict[str, s
     """Run a gateway on a free loopback port for the step; yields the env the block gets."""
     from blockkit.gateway import start_gateway_subprocess
 
-    log = spec.log_path.with_name(f"{spec.name}.gateway.log")
+    log = gateway_log_path(spec.log_path)
     handle = start_gateway_subprocess(gateway_buckets(spec, upstream), spec.output_dir, log)
     try:
         yield handle.env()
@@ -59,7 +61,7 @@ def docker_gateway(
         mounts.append(Mount(target, str(Path(folder).resolve()), type="bind", read_only=True))
         args += ["--input", f"{name}={target}"]
     mounts.append(Mount("/buckets-out", str(spec.output_dir.resolve()), type="bind", read_only=False))
-    log = spec.log_path.with_name(f"{spec.name}.gateway.log")
+    log = gateway_log_path(spec.log_path)
     # The access log goes to the container's stderr so that container.logs() keeps it in <step>.gateway.log
     # (a file inside the sidecar is lost when the container is removed).
     args += ["--output", "/buckets-out", "--access-log", "/dev/stderr"]
@@ -83,8 +85,10 @@ def docker_gateway(
         yield client_env(f"http://127.0.0.1:{GATEWAY_PORT}")
     finally:
         spec.network_container = None
-        with contextlib.suppress(Exception), log.open("wb") as out:
-            for chunk in container.logs(stream=True, follow=False):  # in pieces: never the whole log in memory
+        # Appended under the file's lock, in pieces: the sidecars of a scattered step's parts share
+        # the file, and the log never passes through memory whole.
+        with contextlib.suppress(Exception), shared_log(log) as shared, shared.lock, log.open("ab") as out:
+            for chunk in container.logs(stream=True, follow=False):
                 out.write(chunk)
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)

@@ -52,3 +52,21 @@ def test_an_access_log_that_cannot_be_written_never_fails_a_request() -> None:
     log.close()
     with contextlib.suppress(OSError):  # what the stream still buffers cannot be flushed either
         full.close()
+
+
+def test_gateways_appending_to_one_log_share_its_limit_and_every_long_field_is_cut(tmp_path: Path) -> None:
+    """The process engine starts a gateway per feature of a scattered step, all on one log file."""
+    path = tmp_path / "step.gateway.log"
+    for part in range(5):
+        with path.open("a", encoding="utf-8") as stream:
+            log = AccessLog(stream, limit=16 << 10)
+            for i in range(200):
+                log.write({"method": "GET", "path": f"/input/{part}-{i}", "range": "bytes=" + "9" * 5000, "status": 206})
+            log.close()
+    text = path.read_text()
+    assert len(text) <= (16 << 10) + 5 * 300  # one limit for all five, and each one's closing count
+    records = [json.loads(line) for line in text.splitlines()]
+    logged = [r for r in records if "method" in r]
+    assert logged and all(len(r["range"]) == MAX_LOGGED_PATH and r["range_cut"] == 5006 - MAX_LOGGED_PATH
+                          for r in logged)
+    assert len(logged) + sum(r.get("left_out", 0) for r in records) == 1000

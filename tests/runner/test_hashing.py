@@ -85,3 +85,19 @@ def test_concurrent_saves_keep_every_entry(tmp_path: Path) -> None:
     for f in root.iterdir():
         assert final.known(f.stat()) == hashlib.sha256(f.read_bytes()).hexdigest()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_image_content_hash_covers_where_a_folder_link_points(tmp_path: Path) -> None:
+    """A block's build context keeps symlinks as links: re-pointing one to a folder is another image."""
+    from blockkit.runner._image_names import tree_hash
+
+    root = tmp_path / "block"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        (root / name / "x.txt").write_text("same")
+    (root / "data").symlink_to("a")
+    first = tree_hash(root)
+    assert tree_hash(root) == first
+    (root / "data").unlink()
+    (root / "data").symlink_to("b")
+    assert tree_hash(root) != first

@@ -128,6 +128,13 @@ elif action == "print-secrets":
     print("ENV", json.dumps(dict(os.environ)), flush=True)
     print("STDERR TOKEN", params.get("token"), file=sys.stderr, flush=True)
     write_output([], {"env": sorted(os.environ)})
+elif action == "slow-secret":
+    # Prints its secret, waits `long` ms (another step ends meanwhile), then more, and fails.
+    print("early", params.get("token"), flush=True)
+    time.sleep(params.get("long", 0) / 1000)
+    print("late line", flush=True)
+    print("[WRONG_INPUT_ERROR] the final error", file=sys.stderr, flush=True)
+    sys.exit(4)
 elif action == "escapes":
     sys.stdout.write("clear\x1b[2Jscreen \x1b]0;pwned-title\x07 bell\x07 nul\x00 csi\x9b31m end\n")
     sys.stdout.write("x" * params.get("long", 0) + "\n")

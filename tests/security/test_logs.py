@@ -248,3 +248,43 @@ def test_a_step_log_on_a_full_device_counts_its_lines_and_never_raises() -> None
     log.close()
     assert log.write_error is not None and log.write_error.errno == 28
     assert log.closed
+
+
+FLOOD_FEATURE = '''
+import sys
+import blockkit
+from blockkit import FeatureCollection
+
+@blockkit.processing_block
+def flood(fc, ctx):
+    for i in range(20000):
+        sys.stdout.write("flood %07d %s\\n" % (i, "x" * 86))
+    sys.stdout.flush()
+    return FeatureCollection([])
+
+if __name__ == "__main__":
+    flood.run()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, None], ids=["one-at-a-time", "at-once"])
+def test_the_features_of_a_scattered_step_share_its_log_limit(tmp_path: Path, monkeypatch, jobs) -> None:
+    """8 features of 2 MB of output each, one after another or at once: one 1 MB log for the step."""
+    from blockkit.runner._session import RunRequest, run_request
+    from tests.runner.blocks import write_block
+    from tests.runner.test_datum import write_input
+
+    monkeypatch.setenv("BLOCKKIT_MAX_LOG_MB", "1")
+    write_input(tmp_path / "input", [(f"s{i}", f"scene {i}") for i in range(8)])
+    block = write_block(tmp_path / "blocks", "flood", kind="processing", source=FLOOD_FEATURE, params={})
+    workflow = tmp_path / "scatter.yaml"
+    workflow.write_text(f"name: f\ninput: {tmp_path / 'input'}\nsteps:\n  flood: {{block: {block}, scatter: features}}\n")
+    summary = run_request(RunRequest(target=workflow, runs_dir=tmp_path / "runs", engine="process", jobs=jobs))
+    log = Path(summary["run_dir"]) / "logs" / "flood.log"
+    assert log.stat().st_size <= (1 << 20) + 8 * 400  # the limit, and a line per feature saying what it left out
+    lines = log.read_text().splitlines()
+    left_out = sum(int(line.split()[1]) for line in lines if line.startswith("[blockkit] ") and "left out" in line)
+    kept = sum(1 for line in lines if line.startswith("flood "))
+    # Every flood line is kept or counted (the counts also hold the framework's few INFO lines).
+    assert 8 * 20000 <= kept + left_out <= 8 * 20000 + 8 * 5 and lines.count("flood 0000000 " + "x" * 86) >= 1

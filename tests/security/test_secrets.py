@@ -117,3 +117,31 @@ def test_references_only_for_secret_parameters(tmp_path: Path) -> None:
     assert len(problems) == 1 and "only for parameters the block declares secret" in problems[0].message
     resolved, problems = resolve_secret_refs({"token": {"from_env": "T"}}, manifest, environ={"T": "v"})
     assert resolved == {"token": "v"} and problems == []
+
+
+def test_masking_one_steps_log_leaves_another_running_steps_log_alone(tmp_path: Path) -> None:
+    """`scene` ends while `scene2` (whose name starts the same) still writes its log.
+
+    A secret of two lines passes the per-line filter and is masked in the whole log when its
+    step ends. Masking `scene`'s logs once rewrote every `scene*.log`: `scene2.log` was
+    replaced under the open log, and all that `scene2` printed afterwards, its error
+    included, was lost.
+    """
+    from blockkit.runner._run import RunFailed
+    from blockkit.runner._session import RunRequest, run_request
+
+    from .engine_blocks import _empty_input
+
+    token = '"s3cr3t-token-value\\nsecond-line-of-it"'  # YAML: two lines
+    block = write_hostile(tmp_path / "blocks")
+    workflow = tmp_path / "prefix.yaml"
+    workflow.write_text(
+        f"name: prefix\ninput: {_empty_input(tmp_path)}\nsteps:\n"
+        f"  scene: {{block: {block}, params: {{action: print-secrets, token: {token}}}}}\n"
+        f"  scene2: {{block: {block}, params: {{action: slow-secret, token: {token}, long: 3000}}, after: []}}\n")
+    with pytest.raises(RunFailed) as failed:
+        run_request(RunRequest(target=workflow, engine="process", runs_dir=tmp_path / "runs"))
+    assert failed.value.step == "scene2"
+    log = (failed.value.run_dir / "logs" / "scene2.log").read_text()
+    assert "s3cr3t-token-value" not in log
+    assert "late line" in log and "[WRONG_INPUT_ERROR] the final error" in log
