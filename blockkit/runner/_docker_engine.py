@@ -253,10 +253,7 @@ class DockerEngine(Engine):
             image = self.client.images.get(ref)
         except docker.errors.ImageNotFound as exc:
             if spec.image_id:
-                raise ImageMissingError(
-                    f"step {spec.name!r}: image {spec.image or ''} ({spec.image_id[:19]}) was removed "
-                    "after the run began; run again to rebuild it"
-                ) from exc
+                raise ImageMissingError(self._removed(spec)) from exc
             raise ImageMissingError(
                 f"step {spec.name!r}: image {ref} does not exist locally; build it with `blockkit build BLOCK_DIR`"
             ) from exc
@@ -266,6 +263,11 @@ class DockerEngine(Engine):
             with self._images_lock:
                 self._images[ref] = image
         return image
+
+    @staticmethod
+    def _removed(spec: StepSpec) -> str:
+        shown = f"{spec.image} ({(spec.image_id or '')[:19]})" if spec.image_id else str(spec.image)
+        return f"step {spec.name!r}: image {shown} was removed after the run began; run again to rebuild it"
 
     def run_step(self, spec: StepSpec, on_log_line: LogSink | None = None) -> StepResult:
         """Run the step in a container to completion (or timeout) and return how it ended."""
@@ -295,6 +297,10 @@ class DockerEngine(Engine):
         try:
             try:
                 container = client.containers.create(image.id, name=name, **kwargs)
+            except docker.errors.ImageNotFound as exc:
+                with self._images_lock:
+                    self._images.pop(str(image.id), None)
+                raise ImageMissingError(self._removed(spec)) from exc
             except docker.errors.APIError as exc:
                 raise DockerError(f"step {spec.name!r}: cannot create container: {error_line(exc)}") from exc
             return self._run(container, spec, image.id, started, on_log_line)

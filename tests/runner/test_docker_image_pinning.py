@@ -144,3 +144,28 @@ def test_an_image_removed_after_the_run_began_is_a_clear_error(docker_client, im
                     quicklook_dir=tmp_path / "quicklooks", log_path=tmp_path / "step.log")
     with pytest.raises(ImageMissingError, match=r"was removed after the run began; run again"):
         DockerEngine(docker_client).run_step(spec)
+
+
+def test_an_image_removed_between_two_parts_is_the_same_clear_error(docker_client, images, tmp_path) -> None:
+    """The engine keeps an id's inspection: the second part finds out from the daemon, and says so."""
+    a, _ = images
+    base = docker_client.containers.run(a, ["true"], entrypoint=[], detach=True, network_mode="none")
+    base.wait()
+    image = base.commit(changes=[f"ENTRYPOINT {json.dumps(docker_client.images.get(a).attrs['Config']['Entrypoint'] or [])}",
+                                 f"CMD {json.dumps(docker_client.images.get(a).attrs['Config']['Cmd'])}",
+                                 f"USER {docker_client.images.get(a).attrs['Config']['User'] or 'root'}"])
+    base.remove(force=True)
+    engine = DockerEngine(docker_client)
+
+    def spec(name: str) -> StepSpec:
+        (tmp_path / name / "input").mkdir(parents=True)
+        (tmp_path / name / "input" / "data.json").write_text('{"type": "FeatureCollection", "features": []}')
+        return StepSpec(name="gone-later", block_dir=None, image="blockkit-test/gone:2", image_id=str(image.id),
+                        input_dir=tmp_path / name / "input", output_dir=tmp_path / name / "output",
+                        quicklook_dir=tmp_path / name / "quicklooks", log_path=tmp_path / name / "step.log")
+
+    first = spec("first")
+    assert engine.run_step(first).exit_code == 0, first.log_path.read_text()
+    docker_client.images.remove(str(image.id), force=True)
+    with pytest.raises(ImageMissingError, match=r"was removed after the run began; run again"):
+        engine.run_step(spec("second"))
