@@ -258,12 +258,23 @@ class StepLog:
             self._chunks.append(("".join(self._current), self._current_bytes, len(self._current)))
             self._current, self._current_bytes = [], 0
 
-    def _leave_out_oldest(self) -> None:
+    def _leave_out_oldest(self, excess: int | None = None) -> None:
+        """Leave out the oldest chunk of the tail, or only its first lines up to `excess` bytes."""
         text, size, lines = self._chunks.popleft()
+        if excess is not None and excess < size:
+            cut = gone = count = 0
+            while gone < excess:
+                end = text.index("\n", cut) + 1
+                gone += len(text[cut:end].encode("utf-8", errors="replace"))
+                count += 1
+                cut = end
+            if cut < len(text):
+                self._chunks.appendleft((text[cut:], size - gone, lines - count))
+            text, size, lines = text[:cut], gone, count
         self._tail_bytes -= size
         self._left_out_lines += lines
         self._left_out_bytes += size
-        for line in text.splitlines():
+        for line in text.split("\n"):  # only "\n" ends a line here (U+2028 stays inside one)
             if is_error_line(line.strip()):
                 self._errors.append(line[:KEPT_ERROR_CHARS] + "\n")
 
@@ -281,13 +292,15 @@ class StepLog:
                     return
                 self._seal_chunk()
                 # Only what the limit still allows (other features may have used it; 400 bytes are
-                # the line about what was left out): its error lines, then the last lines.
+                # the line about what was left out): its error lines, then the last lines, line by line.
                 room = self.limit - max(self._shared.size, os.fstat(self._file.fileno()).st_size) - 400
-                while self._tail_bytes + _size(self._errors) > room and self._chunks:
-                    self._leave_out_oldest()
+                while self._chunks and self._tail_bytes + _size(self._errors) > room:
+                    self._leave_out_oldest(self._tail_bytes + _size(self._errors) - room)
                 kept = list(self._errors)
                 while kept and _size(kept) > room - self._tail_bytes:
                     kept.pop(0)
+                if not kept and self._errors:
+                    kept = [self._errors[-1]]  # a feature's reason, even in a full log: 1000 characters at most
                 if self._left_out_lines:
                     errors = "".join(kept)
                     said = f"; the last {len(kept)} error line(s) among them follow" if kept else ""

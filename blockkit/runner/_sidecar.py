@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from blockkit.contract.errors import GatewayStartError
+from blockkit.gateway._exchange import ACCESS_LOG_LIMIT
 from blockkit.runner._logfilter import shared_log
 from blockkit.runner._run_folder import gateway_log_path
 
@@ -85,13 +87,33 @@ def docker_gateway(
         yield client_env(f"http://127.0.0.1:{GATEWAY_PORT}")
     finally:
         spec.network_container = None
-        # Appended under the file's lock, in pieces: the sidecars of a scattered step's parts share
-        # the file, and the log never passes through memory whole.
-        with contextlib.suppress(Exception), shared_log(log) as shared, shared.lock, log.open("ab") as out:
-            for chunk in container.logs(stream=True, follow=False):
-                out.write(chunk)
+        with contextlib.suppress(Exception):
+            _append_sidecar_log(log, container.logs(stream=True, follow=False))
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
+
+
+def _append_sidecar_log(log: Path, chunks: Iterable[bytes], limit: int = ACCESS_LOG_LIMIT) -> None:
+    """Append a sidecar's log to `<step>.gateway.log`, within one access log's limit for the whole file.
+
+    Each sidecar bounds its own log, but writes it to a pipe, not to this file: the sidecars
+    of a scattered step's parts would each add their limit. So the file is appended to under
+    its lock, in pieces (never the whole log in memory), and what would pass the limit is
+    counted in a closing record instead.
+    """
+    with shared_log(log) as shared, shared.lock, log.open("ab") as out:
+        room = limit - out.tell()
+        left_out = 0
+        for chunk in chunks:
+            if left_out or len(chunk) > room:
+                left_out += len(chunk)
+                continue
+            out.write(chunk)
+            room -= len(chunk)
+        if left_out:
+            note = {"note": f"{left_out} bytes of this sidecar's log left out: the step's gateway log holds {limit} "
+                            "bytes at most", "left_out_bytes": left_out}
+            out.write(json.dumps(note, separators=(",", ":")).encode() + b"\n")
 
 
 def _host_is_root() -> bool:

@@ -288,3 +288,37 @@ def test_the_features_of_a_scattered_step_share_its_log_limit(tmp_path: Path, mo
     kept = sum(1 for line in lines if line.startswith("flood "))
     # Every flood line is kept or counted (the counts also hold the framework's few INFO lines).
     assert 8 * 20000 <= kept + left_out <= 8 * 20000 + 8 * 5 and lines.count("flood 0000000 " + "x" * 86) >= 1
+
+
+def test_a_full_shared_log_still_keeps_each_features_error_and_last_lines_that_fit(tmp_path: Path) -> None:
+    path = tmp_path / "step.log"
+    path.write_text("x" * ((64 << 10) - 1500) + "\n")  # other features left ~1.5 KB of the limit
+    for feature in range(5):
+        log = StepLog(path, limit=64 << 10)
+        for i in range(3000):
+            log.write_line(f"f{feature} line {i:04d}")
+            if i == 10:
+                log.write_line(f"[WRONG_INPUT_ERROR] feature {feature} failed")
+                log.write_line("progress 10%\u2028[FAKE_ERROR] not an error line of its own")
+        log.close()
+    lines = path.read_text().splitlines()
+    for feature in range(5):  # the reason of every feature, even with the limit used up
+        assert f"[WRONG_INPUT_ERROR] feature {feature} failed" in lines
+    assert not any(line.startswith("[FAKE_ERROR]") for line in lines)
+    assert "f0 line 2999" in lines  # the first feature's last lines fit in what was left, line by line
+    assert path.stat().st_size <= (64 << 10) + 5 * 1500
+
+
+def test_the_sidecars_of_a_scattered_step_share_one_gateway_log_limit(tmp_path: Path) -> None:
+    """Each docker sidecar bounds its own log, written to a pipe; the copies share one file's limit."""
+    from blockkit.runner._sidecar import _append_sidecar_log
+
+    path = tmp_path / "step.gateway.log"
+    record = b'{"method":"GET","path":"/input/x","status":200}\n'
+    for _ in range(8):
+        _append_sidecar_log(path, (record for _ in range(2000)), limit=32 << 10)
+    text = path.read_text()
+    assert len(text) <= (32 << 10) + 8 * 200
+    records = [json.loads(line) for line in text.splitlines()]  # every line whole
+    kept = sum(1 for r in records if "method" in r)
+    assert kept * len(record) + sum(r.get("left_out_bytes", 0) for r in records) == 8 * 2000 * len(record)
