@@ -40,6 +40,10 @@ DIGITS = re.compile(r"[0-9]{1,19}")
 #: paths) cannot fill the disk, or the Docker daemon's copy of a sidecar's stderr, with it.
 ACCESS_LOG_LIMIT = 64 << 20
 
+#: Internal errors whose traceback goes to stderr (the gateway's log); later ones are only
+#: counted: a block that found a way to make the gateway fail must not fill the disk with it.
+MAX_PRINTED_TRACEBACKS = 20
+
 #: A text field (path, range, ...) longer than this is cut in its record
 #: (`"<field>_cut": <characters left out>`).
 MAX_LOGGED_PATH = 1024
@@ -134,6 +138,8 @@ class GatewayState:
     access_log: AccessLog | None
     counters: Counters
     hash_pool: ThreadPoolExecutor
+    #: Requests answered 500 so far: only the first MAX_PRINTED_TRACEBACKS print their traceback.
+    internal_errors: int = 0
 
 
 class Exchange(BaseHTTPRequestHandler):

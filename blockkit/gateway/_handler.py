@@ -18,7 +18,7 @@ from blockkit.gateway import _s3xml as s3xml
 from blockkit.gateway._bucket_ops import BucketOps
 from blockkit.gateway._buckets import Bucket, decode_key, key_too_long
 from blockkit.gateway._errors import S3Error, access_denied, not_implemented
-from blockkit.gateway._exchange import DIGITS
+from blockkit.gateway._exchange import DIGITS, MAX_PRINTED_TRACEBACKS
 from blockkit.gateway._multipart_ops import MultipartOps
 from blockkit.gateway._sigv4 import SignatureContext
 
@@ -203,7 +203,12 @@ class S3Handler(BucketOps, MultipartOps):
                 )
 
     def _internal_error(self) -> None:
-        traceback.print_exc(file=sys.stderr)
+        self.state.internal_errors += 1  # (a lost count between threads only prints one more)
+        if self.state.internal_errors <= MAX_PRINTED_TRACEBACKS:
+            traceback.print_exc(file=sys.stderr)
+            if self.state.internal_errors == MAX_PRINTED_TRACEBACKS:
+                print(f"blockkit gateway: {MAX_PRINTED_TRACEBACKS} internal errors printed; later ones are only "
+                      "counted (status 500 in the access log)", file=sys.stderr, flush=True)
         try:
             self._send_error(S3Error(500, "InternalError", "We encountered an internal error. Please try again."), self.path)
         except OSError:

@@ -70,3 +70,22 @@ def test_gateways_appending_to_one_log_share_its_limit_and_every_long_field_is_c
     assert logged and all(len(r["range"]) == MAX_LOGGED_PATH and r["range_cut"] == 5006 - MAX_LOGGED_PATH
                           for r in logged)
     assert len(logged) + sum(r.get("left_out", 0) for r in records) == 1000
+
+
+def test_only_the_first_internal_errors_print_a_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A block that found a request making the gateway fail cannot fill the log with tracebacks."""
+    from blockkit.gateway._exchange import MAX_PRINTED_TRACEBACKS
+    from blockkit.gateway._handler import S3Handler
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a bug the block found")
+
+    monkeypatch.setattr(S3Handler, "_list_buckets", broken)  # a fault injected into the real server
+    (tmp_path / "in").mkdir()
+    with Gateway({"input": tmp_path / "in"}) as gateway:
+        endpoint = gateway.start()
+        statuses = [_get(endpoint, "/") for _ in range(3 * MAX_PRINTED_TRACEBACKS)]
+    assert set(statuses) == {500}
+    err = capsys.readouterr().err
+    assert err.count("RuntimeError: a bug the block found") == MAX_PRINTED_TRACEBACKS
+    assert err.count("internal errors printed; later ones are only counted") == 1
