@@ -206,6 +206,9 @@ class StepLog:
                 self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by close()
                 # The runner writes its own lines between features: the file says how big it is now.
                 self._shared.size = os.fstat(self._file.fileno()).st_size
+                # The file only grows: no more of the ring than fits now can ever be written. (A
+                # feature whose step log is full already holds about one chunk, not a quarter.)
+                self._ring_limit = min(self._tail_limit, max(self._chunk_limit, self.limit - self._shared.size))
         except BaseException:
             self._share.__exit__(None, None, None)
             raise
@@ -250,7 +253,7 @@ class StepLog:
             self._tail_bytes += size
             if self._current_bytes >= self._chunk_limit:
                 self._seal_chunk()
-            while self._tail_bytes > self._tail_limit and self._chunks:
+            while self._tail_bytes > self._ring_limit and self._chunks:
                 self._leave_out_oldest()
 
     def _seal_chunk(self) -> None:
