@@ -42,12 +42,24 @@ def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
     # Without DOCKER_HOST the SDK talks to the default socket: no socket, no daemon.
     if not host and not Path("/var/run/docker.sock").exists():
         return None
-    try:
-        import docker
+    answer: list[Any] = []
 
-        # The client asks the daemon for its API version as it is made: that is the question.
-        client = _local(docker.from_env(timeout=max(1, int(timeout)), version="auto"))
-    except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
+    def ask() -> None:
+        try:
+            import docker
+
+            # The client asks the daemon for its API version as it is made: that is the question.
+            answer.append(_local(docker.from_env(timeout=max(1, int(timeout)), version="auto")))
+        except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
+            answer.append(None)
+
+    # The socket timeout bounds each read, not the answer: a daemon (or anything on its socket)
+    # sending a byte now and then would hold the question for ever. It gets `timeout` in all.
+    asking = threading.Thread(target=ask, name="docker-probe", daemon=True)
+    asking.start()
+    asking.join(timeout + 0.5)
+    client = answer[0] if answer else None
+    if client is None:
         return None
     # The short timeout was for the question; steps and builds need a patient client.
     client.api.timeout = 120
