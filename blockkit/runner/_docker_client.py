@@ -154,13 +154,30 @@ def watch_owned_containers() -> None:
     owner labels, so a container costs no process of its own. It is never told to stop: when
     the process ends, it looks once more and finds nothing left, or what an error left behind.
     """
-    socket_path = _docker_socket()
-    if socket_path is None:
-        return  # a tcp:// daemon: the next run's orphan sweep removes them
-    key = (os.getpid(), socket_path)
+    address = _daemon_address()
+    if address is None:
+        return  # a daemon over TLS or ssh: the next run's orphan sweep removes them
+    key = (os.getpid(), address)
     with _WATCHDOGS_LOCK:
         if key not in _WATCHDOGS:
-            _WATCHDOGS[key] = Watchdog.for_containers(socket_path, owner_labels())
+            _WATCHDOGS[key] = Watchdog.for_containers(address, owner_labels())
+
+
+def _daemon_address() -> str | None:
+    """Where the watchdog reaches the daemon: its unix socket's path, or `tcp:HOST:PORT` for a
+    plain tcp:// daemon; None for one over TLS (DOCKER_TLS_VERIFY or DOCKER_CERT_PATH set, as the
+    SDK decides) or ssh, which the watchdog's few lines of standard library do not speak."""
+    socket_path = _docker_socket()
+    if socket_path is not None:
+        return socket_path
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host.startswith("tcp://") or os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
+        return None
+    netloc = host[len("tcp://"):].split("/", 1)[0]
+    name, _, port = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
+    if not name or not port.isdigit():
+        name, port = netloc, "2375"  # the daemon's plain port when none is given
+    return f"tcp:{name.strip('[]')}:{port}"
 
 
 def _docker_socket() -> str | None:

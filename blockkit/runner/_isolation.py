@@ -212,7 +212,10 @@ class Watchdog:
 
     @classmethod
     def for_containers(cls, docker_socket: str, labels: Mapping[str, str]) -> "Watchdog":
-        """Remove every container with all these labels (through the daemon's unix socket) if the runner dies."""
+        """Remove every container with all these labels if the runner dies.
+
+        `docker_socket` is the daemon's unix socket path, or `tcp:HOST:PORT` for a plain tcp:// daemon.
+        """
         return cls([sys.executable, "-S", "-I", "-c", _REMOVE_CONTAINERS, docker_socket,
                     *(f"{key}={value}" for key, value in sorted(labels.items()))])
 
@@ -237,10 +240,14 @@ if sys.stdin.readline():
 import json, urllib.parse
 
 def call(method, path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    if sys.argv[1].startswith("tcp:"):
+        host, port = sys.argv[1][4:].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=120)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(120)
         sock.connect(sys.argv[1])
+    try:
         sock.sendall(("%s %s HTTP/1.0\\r\\nHost: docker\\r\\n\\r\\n" % (method, path)).encode())
         chunks = []
         while True:

@@ -164,3 +164,89 @@ def test_sigterm_removes_the_container_and_marks_the_run_interrupted(tmp_path: P
             proc.kill()
         for container in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}):
             container.remove(force=True)
+
+
+def _relay(port_holder: list[int], stop: threading.Event, target: str = "/var/run/docker.sock") -> threading.Thread:
+    """A plain tcp:// endpoint for the real daemon: each connection relayed to its unix socket, both ways."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port_holder.append(server.getsockname()[1])
+    server.settimeout(0.2)
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            daemon = socket.socket(socket.AF_UNIX)
+            daemon.connect(target)
+            for src, dst in ((client, daemon), (daemon, client)):
+                threading.Thread(target=pump, args=(src, dst), daemon=True).start()
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(("host", "env", "expected"), [
+    ("tcp://10.0.0.5:2375", {}, "tcp:10.0.0.5:2375"),
+    ("tcp://daemon", {}, "tcp:daemon:2375"),
+    ("tcp://[::1]:2380", {}, "tcp:::1:2380"),
+    ("tcp://daemon:2376", {"DOCKER_TLS_VERIFY": "1"}, None),
+    ("tcp://daemon:2376", {"DOCKER_CERT_PATH": "/certs"}, None),
+    ("ssh://me@daemon", {}, None),
+])
+def test_where_the_kill_9_watchdog_reaches_the_daemon(monkeypatch, host, env, expected) -> None:
+    from blockkit.runner._docker_client import _daemon_address
+
+    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOCKER_HOST", host)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _daemon_address() == expected
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_kill_9_of_a_runner_on_a_tcp_daemon_removes_the_step_container(tmp_path: Path, docker_client, base_image) -> None:
+    """The watchdog also speaks plain tcp:// (the daemon here is reached through a relay to its socket)."""
+    port: list[int] = []
+    stop = threading.Event()
+    _relay(port, stop)
+    marker, wf = marked_workflow(tmp_path, "hang", source=False)
+    env = {**os.environ, "BLOCKKIT_RUNS_DIR": str(tmp_path / "runs"), "DOCKER_HOST": f"tcp://127.0.0.1:{port[0]}"}
+    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+        env.pop(name, None)
+    proc = subprocess.Popen(cli_command("run", str(wf), "-e", "docker", "-q"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(processes_with(marker)) >= 2, timeout=120)
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_for(lambda: docker_client.containers.list(
+            ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}) == [], timeout=60), "container left"
+        assert wait_for(lambda: processes_with(marker) == [], timeout=30), "block processes left"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop.set()
+        for container in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=evil"]}):
+            container.remove(force=True)
