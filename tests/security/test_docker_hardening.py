@@ -170,9 +170,10 @@ def _relay(port_holder: list[int], stop: threading.Event, target: str = "/var/ru
     """A plain tcp:// endpoint for the real daemon: each connection relayed to its unix socket, both ways."""
     import socket
 
+    from tests.servers import serve_connections
+
     server = socket.create_server(("127.0.0.1", 0))
     port_holder.append(server.getsockname()[1])
-    server.settimeout(0.2)
 
     def pump(src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -186,23 +187,13 @@ def _relay(port_holder: list[int], stop: threading.Event, target: str = "/var/ru
             except OSError:
                 pass
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                client, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            daemon = socket.socket(socket.AF_UNIX)
-            daemon.connect(target)
-            for src, dst in ((client, daemon), (daemon, client)):
-                threading.Thread(target=pump, args=(src, dst), daemon=True).start()
-        server.close()
+    def relay(client: socket.socket) -> None:
+        daemon = socket.socket(socket.AF_UNIX)
+        daemon.connect(target)
+        threading.Thread(target=pump, args=(daemon, client), daemon=True).start()
+        pump(client, daemon)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return thread
+    return serve_connections(server, stop, relay)
 
 
 @pytest.mark.parametrize(("host", "env", "expected"), [
