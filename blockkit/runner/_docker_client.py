@@ -133,14 +133,33 @@ def owner_labels() -> dict[str, str]:
             "blockkit.pid": str(os.getpid())}
 
 
-def helper_container_options(role: str, step: str, pids: int) -> dict[str, Any]:
-    """Settings of a container started beside a step (S3 sidecar, network holder).
+#: The /etc/hosts of a container without network (Docker writes none for it): localhost only.
+HOSTS_FILE = Path(__file__).resolve().parent.parent / "docker" / "hosts"
 
-    No network of its own, hardened like a step, and labelled with its owner, role and step,
-    so that the runner's watchdog and the orphan sweep find it.
+
+def no_network(mounts: list[Any]) -> dict[str, Any]:
+    """Container settings for a network namespace of its own with only loopback, and `mounts` with its /etc/hosts.
+
+    `network_disabled` leaves the namespace to runc: Docker makes no network sandbox for it and
+    adds no prestart hook (a run of dockerd's own binary per container), so the container
+    starts in about 55 ms here instead of 130 ms with `--network none`, whose namespace is
+    the same: loopback up, nothing else. Docker then writes no /etc/hosts, so `localhost`
+    gets one, read-only, as `--network none` writes it.
     """
-    return {"network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "pids_limit": pids,
-            "labels": {**owner_labels(), "blockkit.role": role, "blockkit.step": step}}
+    from docker.types import Mount
+
+    hosts = Mount("/etc/hosts", str(HOSTS_FILE), type="bind", read_only=True)
+    return {"network_mode": "none", "network_disabled": True, "mounts": [*mounts, hosts]}
+
+
+def helper_container_options(role: str, step: str, pids: int, mounts: list[Any] | None = None) -> dict[str, Any]:
+    """Settings of a container started beside a step (the S3 sidecar), with `mounts`.
+
+    No network of its own (see `no_network`), hardened like a step, and labelled with its
+    owner, role and step, so that the runner's watchdog and the orphan sweep find it.
+    """
+    return {**no_network(mounts or []), "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+            "pids_limit": pids, "labels": {**owner_labels(), "blockkit.role": role, "blockkit.step": step}}
 
 
 _WATCHDOGS: dict[tuple[int, str], Watchdog] = {}

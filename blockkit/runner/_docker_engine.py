@@ -30,6 +30,7 @@ from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the en
     docker_client,
     error_line,
     helper_container_options,
+    no_network,
     owner_labels,
     watch_owned_containers,
 )
@@ -51,9 +52,6 @@ PIDS_PER_CPU = 256
 MIN_PIDS = 512
 #: The private /tmp of a step (scratch, HOME): at most this many MB, and half its memory.
 MAX_TMP_MB = 4096
-#: A scattered step's parts share one network namespace when at least this many are expected
-#: to run: the holder container costs about what two parts' own namespaces cost.
-SHARED_NETWORK_MIN_PARTS = 3
 
 
 def _container_user() -> tuple[str, bool]:
@@ -98,8 +96,6 @@ class DockerEngine(Engine):
         # Used only when a step names a block folder but no image: it is built first.
         self.base_image = base_image
         self.wheelhouse = wheelhouse
-        #: Scattered steps being run: step name -> the network namespace their parts share.
-        self._holders: dict[str, NetworkHolder] = {}
         #: Image id -> the daemon's image object (an id's image never changes).
         self._images: dict[str, Any] = {}
         self._images_lock = threading.Lock()
@@ -167,26 +163,8 @@ class DockerEngine(Engine):
             return process_gateway(spec, upstream)
         return docker_gateway(spec, upstream, image, self.client)
 
-    @contextlib.contextmanager
-    def parts_scope(self, spec: StepSpec, expected: int) -> Iterator[None]:
-        """The parts of a scattered step share one network namespace (see `NetworkHolder`).
-
-        Only parts without network (the default) and only when at least
-        `SHARED_NETWORK_MIN_PARTS` are expected to run; the holder starts with the first part.
-        """
-        if expected < SHARED_NETWORK_MIN_PARTS or spec.network:
-            yield
-            return
-        holder = NetworkHolder(self.client, spec.image_id or self.image_for(spec), spec.name)
-        self._holders[spec.name] = holder
-        try:
-            yield
-        finally:
-            del self._holders[spec.name]
-            holder.close()
-
     def remove_orphans(self) -> list[str]:
-        """Remove containers (steps, sidecars, network holders) left by blockkit runners that no longer exist.
+        """Remove containers (steps, sidecars) left by blockkit runners that no longer exist.
 
         Only a runner of this host and this process namespace can tell that a pid is dead:
         containers of other hosts or namespaces sharing the daemon are never touched.
@@ -285,11 +263,6 @@ class DockerEngine(Engine):
 
         name = f"blockkit-{_safe_name(spec.name)}-{secrets.token_hex(4)}"
         kwargs = self._container_kwargs(spec, user, block_options(spec, image))
-        holder = self._holders.get(spec.name)
-        if holder is not None and kwargs["network_mode"] == "none":
-            shared = holder.namespace()
-            if shared is not None:
-                kwargs["network_mode"] = f"container:{shared}"
         started = time.time()
         container = None
         assert image.id is not None  # an image the daemon returned always has one
@@ -352,19 +325,23 @@ class DockerEngine(Engine):
         kwargs: dict[str, Any] = {
             "command": list(spec.command) if spec.command else None,
             "environment": environment,
-            "mounts": mounts,
             "user": user,
             # Owner labels let `remove_orphans` find containers of a runner that was killed.
             "labels": {**owner_labels(), "blockkit.step": spec.name},
-            # With an S3 sidecar the block joins the sidecar's namespace, like containers of one pod.
-            "network_mode": f"container:{spec.network_container}" if spec.network_container
-            else ("bridge" if spec.network else "none"),
             "detach": True,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "pids_limit": pids_limit(spec, options),
             "read_only": not bool(options.get("writable_root", False)),
         }
+        if spec.network_container:
+            # With an S3 sidecar the block joins the sidecar's namespace, like containers of one pod
+            # (its /etc/hosts too: the sidecar has none from Docker, see `no_network`).
+            kwargs.update(no_network(mounts), network_mode=f"container:{spec.network_container}", network_disabled=False)
+        elif spec.network:
+            kwargs.update(mounts=mounts, network_mode="bridge")
+        else:
+            kwargs.update(no_network(mounts))
         memory_mb = spec.resources.memory_mb if spec.resources is not None else 2048
         tmp_mb = max(64, min(MAX_TMP_MB, int(memory_mb) // 2))
         kwargs["tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={tmp_mb}m,mode=1777"}
@@ -471,90 +448,6 @@ class DockerEngine(Engine):
         finally:
             with lock:
                 log.close()
-
-
-class NetworkHolder:
-    """A network-less container whose network namespace the parts of one scattered step join.
-
-    A container's own empty network namespace is about half the CPU Docker spends on a
-    short container here (0.10 of 0.20 CPU-s: the namespace and its sandbox are made and
-    torn down each time). The parts of a scattered step join this one instead, as the
-    containers of a pod do. It has a loopback interface and nothing else, and no mounts;
-    only the parts of this one step (the same block, on other features of the same input)
-    share it, and they could reach each other over loopback, nothing more.
-
-    It runs `sleep` of the step's own image, started when the first part asks. An image
-    that cannot (no `sleep`, or it stops) gets a namespace per part, as without a holder.
-    Labelled like a step and watched like one: a killed runner's watchdog or the next
-    run's orphan sweep removes it.
-    """
-
-    def __init__(self, client: "docker.DockerClient", image: str, step: str) -> None:
-        self._client = client
-        self._image = image
-        self._step = step
-        self._lock = threading.Lock()
-        self._container: Any = None
-        self._name: str | None = None
-        self._failed = False
-
-    def namespace(self) -> str | None:
-        """The holder's container id for `container:<id>`, or None: each part gets its own namespace."""
-        import docker
-
-        with self._lock:
-            if self._failed:
-                return None
-            if self._container is None:
-                self._start()
-                return None if self._container is None else str(self._container.id)
-            try:
-                # Its `sleep` is the image's own: make sure it still runs (a part could not join otherwise).
-                self._container.reload()
-                running = self._container.status == "running"
-            except docker.errors.DockerException:
-                running = False
-            if not running:
-                self._failed = True
-                return None
-            return str(self._container.id)
-
-    def _start(self) -> None:
-        import docker
-
-        name = self._name = f"blockkit-net-{_safe_name(self._step)}-{secrets.token_hex(4)}"
-        watch_owned_containers()
-        try:
-            image_id = str(self._client.images.get(self._image).id)  # the very image the parts run
-            self._container = self._client.containers.run(
-                image_id, ["2147483647"], entrypoint=["sleep"], name=name, detach=True,
-                user=_container_user()[0], read_only=True, mem_limit="32m",
-                **helper_container_options("network", self._step, pids=8),
-            )
-            self._container.reload()
-            if self._container.status != "running":
-                raise docker.errors.APIError(f"its sleep ended at once ({self._container.status})")
-        except docker.errors.DockerException:
-            self._failed = True
-            self._remove()
-
-    def close(self) -> None:
-        """Remove the holder: the step is over."""
-        with self._lock:
-            self._failed = True
-            self._remove()
-
-    def _remove(self) -> None:
-        import docker
-
-        container, self._container = self._container, None
-        if container is None and self._name is not None:
-            with contextlib.suppress(docker.errors.DockerException):
-                # `run` may have created it and failed to start it, or been interrupted.
-                container = self._client.containers.get(self._name)
-        if container is not None:
-            _remove(container)
-        self._name = None
 
 
 class ErrorLineTracker:

@@ -132,11 +132,6 @@ class Engine(abc.ABC):
         """
         return None
 
-    def parts_scope(self, spec: StepSpec, expected: int) -> ContextManager[None]:
-        """Around the parts of a scattered step: set up what they may share (`expected`: how many
-        the runner expects to run, the others being reused). The default shares nothing."""
-        return contextlib.nullcontext()
-
     def remove_orphans(self) -> list[str]:
         """Remove what runners killed earlier left behind (containers...); the names removed."""
         return []

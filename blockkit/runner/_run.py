@@ -541,16 +541,23 @@ class WorkflowRun:
             return result
 
         workers = self._part_workers(step, len(parts))
-        # Features neither a resumed attempt finished nor the cache knows: they are expected to run.
-        expected = sum(1 for entry, done in zip(entries, finished) if done is None and not known.get(entry["cache_key"]))
+        # Features neither a resumed attempt finished nor the cache knows start first: they are
+        # expected to run, and the checks of the others then go on beside them.
+        order = sorted(range(len(parts)), key=lambda i: finished[i] is not None or entries[i]["cache_key"] in known)
+        results: list[StepResult | None] = [None] * len(parts)
+
+        def place(index: int) -> None:
+            results[index] = one(index)
+
         try:
-            with engine.parts_scope(spec, expected):
-                if workers == 1:
-                    # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
-                    results = [one(index) for index in range(len(parts))]
-                else:
-                    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
-                        results = list(pool.map(one, range(len(parts))))
+            if workers == 1:
+                # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
+                for index in order:
+                    place(index)
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
+                    for future in [pool.submit(place, index) for index in order]:
+                        future.result()
         except BaseException:
             with contextlib.suppress(OSError):  # the first error is the one to see
                 self._flush_parts()

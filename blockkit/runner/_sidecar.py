@@ -72,9 +72,9 @@ def docker_gateway(
     try:
         container: Any = client.containers.run(
             spec.image_id or image, args, name=container_name, detach=True,  # the step's very image
-            mounts=mounts, user="1000:1000" if _host_is_root() else None,
+            user="1000:1000" if _host_is_root() else None,
             # Hardened like a step: the block shares this container's network namespace.
-            **helper_container_options("s3-gateway", spec.name, pids=256),
+            **helper_container_options("s3-gateway", spec.name, pids=256, mounts=mounts),
         )
     except docker.errors.DockerException as exc:
         # `run` is create + start: a container that was created but could not start is removed here.

@@ -148,6 +148,39 @@ def test_a_rerun_executes_only_the_changed_feature(tmp_path: Path, change: str) 
     assert_same_as_full_run(tmp_path, wf, second)
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_changed_feature_starts_before_the_others_are_checked(tmp_path: Path, monkeypatch, jobs: int) -> None:
+    """The block of a feature to run starts first; checking the reused ones goes on beside it (or after, --jobs 1)."""
+    from blockkit.runner._process_engine import ProcessEngine
+    from blockkit.runner._run import WorkflowRun
+
+    inp = tmp_path / "input"
+    write_input(inp, EIGHT[:4])
+    wf = workflow(tmp_path, inp)
+    run(tmp_path, wf, jobs=jobs)
+    write_input(inp, [*EIGHT[:3], ("s3", "scene 3, changed")])
+    order: list[str] = []
+    run_step, reuse_part = ProcessEngine.run_step, WorkflowRun._reuse_part
+
+    def running(self, spec, *args, **kwargs):
+        order.append(f"run {spec.input_dir.parent.name}")
+        return run_step(self, spec, *args, **kwargs)
+
+    def reusing(self, step, entry, *args, **kwargs):
+        reused = reuse_part(self, step, entry, *args, **kwargs)
+        if reused:
+            order.append(f"reused {entry['name']}")
+        return reused
+
+    monkeypatch.setattr(ProcessEngine, "run_step", running)
+    monkeypatch.setattr(WorkflowRun, "_reuse_part", reusing)
+    second = run(tmp_path, wf, jobs=jobs)
+    assert order[0] == "run s3" and sorted(order[1:]) == ["reused s0", "reused s1", "reused s2"], order
+    assert features_run(second) == ["s3"]
+    assert [p["name"] for p in record(second)["parts"]] == ["s0", "s1", "s2", "s3"]  # recorded in input order
+    assert_same_as_full_run(tmp_path, wf, second)
+
+
 @pytest.mark.slow
 def test_provenance_says_which_features_ran_and_which_were_reused(tmp_path: Path) -> None:
     inp = tmp_path / "input"
