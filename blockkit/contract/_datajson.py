@@ -378,8 +378,12 @@ def dumps(fc: FeatureCollection | dict[str, Any]) -> str:
         raise WrongInputError(f"cannot write data.json: {exc}") from None
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write text to path atomically (temp file in the same folder, fsync, rename)."""
+def write_atomic(path: Path, text: str, *, durable: bool = True) -> Path:
+    """Write text to path atomically (temp file in the same folder, fsync, rename).
+
+    `durable=False` skips the fsync: for scratch files that a crash makes worthless anyway
+    (the runner makes them again), never for a result.
+    """
     path = Path(path)
     # A fresh random name, created exclusively and never through a symlink someone planted there.
     tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
@@ -388,7 +392,8 @@ def write_atomic(path: Path, text: str) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
@@ -396,11 +401,11 @@ def write_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def write_data_json(directory: Path, fc: FeatureCollection | dict[str, Any]) -> Path:
-    """Write `<directory>/data.json` atomically; a failure never leaves a partial file."""
+def write_data_json(directory: Path, fc: FeatureCollection | dict[str, Any], *, durable: bool = True) -> Path:
+    """Write `<directory>/data.json` atomically; a failure never leaves a partial file (see `write_atomic`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    return write_atomic(directory / DATA_JSON, dumps(fc))
+    return write_atomic(directory / DATA_JSON, dumps(fc), durable=durable)
 
 
 def is_finite_number(value: Any) -> bool:

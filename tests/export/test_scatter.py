@@ -238,6 +238,19 @@ def test_split_gives_each_feature_its_own_files_hard_linked(tmp_path) -> None:
     assert load_data_json(two).features[0]["properties"] == {"k": 2, "up42.data_path": "b.txt"}
 
 
+def test_split_writes_scratch_without_fsync_and_results_keep_it(tmp_path, monkeypatch) -> None:
+    """The split folders are made again on every attempt: no fsync per feature; data.json as a result keeps it."""
+    source = make_input(tmp_path / "in")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    parts = scatter.split(source, tmp_path / "parts")
+    assert len(parts) == 3 and synced == []
+    assert [p.name for p in (tmp_path / "parts" / "one").iterdir() if p.name.startswith(".")] == []  # no temp file left
+    write_data_json(tmp_path / "result", load_data_json(parts[0][1]))
+    assert len(synced) == 1
+
+
 def test_split_refuses_a_symlinked_data_file_and_an_empty_input(tmp_path) -> None:
     outside = tmp_path / "secret.txt"
     outside.write_text("host file")
