@@ -80,8 +80,9 @@ def _from_env(timeout: int) -> "docker.DockerClient":
     that does not answer raises, as the SDK does.
     """
     import docker
+    from docker.constants import MINIMUM_DOCKER_API_VERSION
 
-    probe = docker.from_env(timeout=timeout, version=docker.constants.MINIMUM_DOCKER_API_VERSION)
+    probe = docker.from_env(timeout=timeout, version=MINIMUM_DOCKER_API_VERSION)
     try:
         answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
         answer.raise_for_status()
