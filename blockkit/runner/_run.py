@@ -166,6 +166,7 @@ class WorkflowRun:
     def execute(self) -> RunFolder:
         """Run every step; raise RunFailed at the first failing step (earlier outputs stay)."""
         self._pending_warnings: dict[str, list[str]] = {}
+        succeeded = False
         try:
             if not (self.folder.path / "workflow.yaml").exists():
                 self._copy_workflow()
@@ -217,14 +218,19 @@ class WorkflowRun:
                     record.status, record.detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
             self._save_quietly("failed")
             raise
+        else:
+            succeeded = True
         finally:
             self._stop_save_timer()
             try:
                 self.hashes.save()
             except OSError:
                 pass  # the hash cache only saves re-reading files
-            self.lock.release()
-        self._save("ok")
+            try:
+                if succeeded:
+                    self._save("ok")  # still under the lock: a --resume waiting for it reads the final state
+            finally:
+                self.lock.release()
         return self.folder
 
     def _execute_parallel(self, budget: Budget) -> None:
@@ -796,7 +802,9 @@ class WorkflowRun:
             # Stored even with --no-cache: a forced run refreshes the cache for the next one;
             # in the index once run.json records the step.
             self._pending_stores.append((record.cache_key or "", output_dir))
-            self._save_locked("running")
+            if any(other.status not in ("ok", "cached") for other in self.records.values()):
+                self._save_locked("running")
+            # else the run's last step is done: the run's final save follows at once and writes this too.
         self._emit("done", step.name, seconds=record.ended - record.started, features=record.features_out, **extra)
 
     def _seal_output(self, step: PlannedStep, record: StepRecord, result: StepResult, spec: StepSpec,

@@ -265,3 +265,41 @@ def test_a_symlinked_workflow_file_runs(tmp_path: Path, blocks: dict[str, Path])
     import hashlib
 
     assert prov["workflow"]["sha256"] == hashlib.sha256(real.read_bytes()).hexdigest()
+
+
+def test_the_final_state_is_written_before_the_run_lock_is_released(tmp_path: Path, blocks: dict[str, Path],
+                                                                     monkeypatch) -> None:
+    """A --resume waiting for the lock must find the run as it ended, not "running" (it once was saved after)."""
+    from blockkit.runner._lock import RunLock
+
+    seen: list[str] = []
+    release = RunLock.release
+
+    def releasing(self) -> None:
+        seen.append(json.loads((self.path.parent / "run.json").read_text())["status"])
+        release(self)
+
+    monkeypatch.setattr(RunLock, "release", releasing)
+    summary = _run(tmp_path, _linear(tmp_path, blocks))
+    assert seen == ["ok"]
+    run = json.loads((Path(summary["run_dir"]) / "run.json").read_text())
+    assert run["status"] == "ok" and {s["status"] for s in run["steps"].values()} == {"ok"}
+
+
+def test_an_interrupt_right_after_the_last_step_keeps_its_record_and_cache_entry(tmp_path: Path,
+                                                                                 blocks: dict[str, Path]) -> None:
+    """The last step's record is written by the run's final save: an interrupt between the two still writes both."""
+    from blockkit.contract.errors import RunInterrupted
+
+    def interrupt_when_done(kind: str, step: str, info: dict) -> None:
+        if kind == "done" and step == "up":
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted):
+        run_request(RunRequest(target=_linear(tmp_path, blocks), runs_dir=tmp_path / "runs", engine="process",
+                               on_event=interrupt_when_done))
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if (p / "run.json").is_file()]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["steps"]["up"]["status"] == "ok"
+    again = _run(tmp_path, _linear(tmp_path, blocks))  # both steps come from the cache
+    assert [kind for kind, _ in again["events"] if kind in ("cached", "started")] == ["cached", "cached"]
