@@ -100,6 +100,7 @@ class DockerEngine(Engine):
         self._images: dict[str, Any] = {}
         self._images_lock = threading.Lock()
         self._capacity: tuple[float, int] | None = None
+        self._capacity_lock = threading.Lock()
 
     @property
     def client(self) -> "docker.DockerClient":
@@ -110,20 +111,22 @@ class DockerEngine(Engine):
 
     def capacity(self) -> tuple[float, int] | None:
         """(CPUs, memory MB) of the Docker daemon's machine (None when it does not say)."""
-        if self._capacity is None:  # asked by the plan's caps and the run's budget: one question
-            try:
-                info = self.client.info()
-                self._capacity = float(info["NCPU"]), int(info["MemTotal"]) >> 20
-            except Exception:  # noqa: BLE001 - no answer: the runner falls back to this host
-                return None
-        return self._capacity
+        with self._capacity_lock:  # asked by the plan's caps and the run's budget: one question
+            if self._capacity is None:
+                try:
+                    info = self.client.info()
+                    self._capacity = float(info["NCPU"]), int(info["MemTotal"]) >> 20
+                except Exception:  # noqa: BLE001 - no answer: the runner falls back to this host
+                    return None
+            return self._capacity
 
     def prepare_images(self, plan: Plan, say: Callable[[str], None]) -> Callable[[PlannedStep], tuple[str, str]]:
         """Build (or reuse) an image per block step up front, so build errors come before any step runs.
 
         The blocks are checked (and built) at once, a few at a time: checking an up-to-date image
         hashes its build context, most of a run's start. Messages and the first error come in
-        the order of the workflow's steps, as if one after another.
+        the order of the workflow's steps, as if one after another. The daemon's size
+        (`capacity`, which the session asks next) is asked meanwhile.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -132,6 +135,7 @@ class DockerEngine(Engine):
         client = self.client  # one connection for builds, lookups and steps
         folders = list(dict.fromkeys(step.block_dir for step in plan.steps if step.block_dir is not None))
         with ThreadPoolExecutor(max_workers=max(1, min(4, len(folders))), thread_name_prefix="image") as pool:
+            sizing = pool.submit(self.capacity)  # ~5 ms of the daemon's time, beside the checks
             pending = [pool.submit(build_block_image, folder, client=client) for folder in folders]
             outcomes: list[BuiltImage | BaseException] = []
             for future in pending:
@@ -139,6 +143,7 @@ class DockerEngine(Engine):
                     outcomes.append(future.result())
                 except BaseException as exc:  # noqa: BLE001 - raised below, in step order
                     outcomes.append(exc)
+            sizing.result()  # never raises: no answer is None
         built = dict(zip(folders, outcomes))
         images: dict[str, tuple[str, str]] = {}
         said: set[Path] = set()

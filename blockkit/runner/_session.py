@@ -96,15 +96,18 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     plan = plan_workflow(workflow)
     engine, why = select_engine(request.engine)
     say(f"engine: {why}")
+    removed = engine.remove_orphans()
+    if removed:
+        say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
+    # Before the plan is fitted to the engine: the docker engine asks its daemon's size (the
+    # caps below) while it checks the images. Fitting refuses only what runs on this host.
+    image_for_step = engine.prepare_images(plan, say)
     for line in prepare_for_engine(plan, engine, say, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
         say(f"warning: {line}")
     strict_cpu = resumed_strict_cpu(request, runs_dir, say)
     if strict_cpu and not engine.caps_cpu:
         say(f"warning: --strict-cpu: the {engine.name} engine cannot cap a step's CPUs; "
             "steps use what they get (use --engine docker to cap them)")
-    removed = engine.remove_orphans()
-    if removed:
-        say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
     if workflow.output and is_uri(workflow.output) and not request.resume:
         # Stage-out never overwrites: a full target fails now, not after every step has run.
         from blockkit.runner._staging import check_output_targets
@@ -146,7 +149,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         on_log_line=live.wrap_log(request.on_log_line),
         env_for_step=env_for_step,
         redact=redact,
-        image_for_step=engine.prepare_images(plan, say),
+        image_for_step=image_for_step,
         input_dir=input_dir,
         budget=run_budget(engine, request),
         fail_fast=request.fail_fast,

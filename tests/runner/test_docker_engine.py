@@ -405,3 +405,30 @@ def test_a_flood_of_output_reaches_the_log_file_whole(engine, probe_image, docke
     assert seen
     lines = spec.log_path.read_text().splitlines()
     assert sum(1 for line in lines if line.startswith("flood ")) == 200000  # ~17 MB, none lost
+
+
+def test_the_daemons_size_is_asked_once_while_the_images_are_checked(docker_client, base_image, tmp_path, monkeypatch):
+    """`prepare_images` asks the daemon's size beside its checks: the caps after it ask nothing more."""
+    from blockkit.runner._build import build_block_image
+    from blockkit.runner._plan import plan_workflow
+    from blockkit.runner._workflow import load_workflow
+
+    block = tmp_path / "probe"
+    (block / "src").mkdir(parents=True)
+    (block / "src" / "run.py").write_text(PROBE_RUN_PY)
+    (block / "UP42Manifest.json").write_text(json.dumps({
+        "_up42_specification_version": 2, "name": "probe", "type": "processing", "parameters": {},
+        "machine": {"type": "small"}, "input_capabilities": {}, "output_capabilities": {}}))
+    build_block_image(block, base_image=base_image, client=docker_client)
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(f"name: sizes\nsteps:\n  probe: {{block: {json.dumps(str(block))}}}\n")
+    asked: list[float] = []
+    info = docker_client.info
+    monkeypatch.setattr(docker_client, "info", lambda: (asked.append(time.monotonic()), info())[1])
+    engine = DockerEngine(docker_client)
+    images = engine.prepare_images(plan_workflow(load_workflow(workflow)), lambda line: None)
+    assert len(asked) == 1  # asked during the checks
+    expected = info()
+    assert engine.capacity() == (float(expected["NCPU"]), int(expected["MemTotal"]) >> 20)
+    assert engine.capacity() == engine.capacity() and len(asked) == 1
+    assert images is not None
