@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from blockkit.contract.errors import BaseImageMissingError, BuildError, ManifestError, Problem
 from blockkit.runner import _wheelhouse as wheels_
-from blockkit.runner._docker_client import DockerError, docker_client, error_line
+from blockkit.runner._docker_client import DockerError, docker_client, error_line, no_network
 from blockkit.runner._image_names import (
     BLOCK_LABEL,
     HASH_LABEL,
@@ -189,7 +189,7 @@ def _build_from_base(
     source_root = blockkit_source_root()
     dockerfile = find_dockerfile(source_root)
     wheel_dir = resolve_wheelhouse(wheelhouse, source_root)
-    target = _base_target(client, base_image)
+    target = _base_target(client, base_image, base_id)
     with tempfile.TemporaryDirectory(prefix="blockkit-build-") as tmp, \
             wheels_.linked_wheels(wheel_dir, Path(tmp) / "wheels") as wheel_hashes:
         # The context links the wheelhouse's wheels; their sha256 come from its record (`linked_wheels`).
@@ -359,13 +359,14 @@ def _record_target(image_id: str, target: PythonTarget) -> None:
         pass  # a read-only home: the image is probed again next time
 
 
-def _base_target(client: "docker.DockerClient", base_image: str) -> PythonTarget:
+def _base_target(client: "docker.DockerClient", base_image: str, image_id: str | None = None) -> PythonTarget:
     """Ask the base image which Python, machine and glibc it has (kept per image id).
 
     The probe is a container run (0.4 s); its answer is kept in memory and on disk, so a
     `blockkit run` whose images are built already starts no container before its steps.
+    `image_id` is the base image's id when the caller has just inspected it.
     """
-    image_id = _base_image_id(client, base_image)
+    image_id = image_id or _base_image_id(client, base_image)
     if image_id in _TARGET_CACHE:
         return _TARGET_CACHE[image_id]
     recorded = _recorded_target(image_id)
@@ -378,7 +379,7 @@ def _base_target(client: "docker.DockerClient", base_image: str) -> PythonTarget
     )
     try:
         out = client.containers.run(
-            image_id, ["python3", "-c", probe], remove=True, network_mode="none", stdout=True, stderr=True
+            image_id, ["python3", "-c", probe], remove=True, stdout=True, stderr=True, **no_network([])
         )
         python, machine, glibc = out.decode().split()
     except Exception as exc:  # noqa: BLE001 - any failure means the base image is unusable
