@@ -1,4 +1,4 @@
-"""The wheel carries what installed users need: schemas, the block template, Dockerfile.base and the hosts file."""
+"""The wheel carries what installed users need: schemas, the block template and Dockerfile.base."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import blockkit
 from blockkit.cli._new_cmd import create_block
 from blockkit.contract._manifest import load_manifest
 from blockkit.runner._build import blockkit_source_root, find_dockerfile
-from blockkit.runner._docker_client import HOSTS_FILE
 
 here = Path(sys.argv[1])
 assert Path(blockkit.__file__).resolve().is_relative_to(here), blockkit.__file__
@@ -26,7 +25,6 @@ assert blockkit_source_root() is None  # an installed copy, not the repository
 block = create_block("wheel-block", Path(sys.argv[2]))
 print(json.dumps({
     "dockerfile": str(find_dockerfile(None)),
-    "hosts": str(HOSTS_FILE), "hosts_text": HOSTS_FILE.read_text(),
     "manifest": load_manifest(block / "UP42Manifest.json").name,
     "files": sorted(p.relative_to(block).as_posix() for p in block.rglob("*") if p.is_file()),
 }))
@@ -48,7 +46,7 @@ def test_installed_wheel_has_template_and_dockerfile(tmp_path: Path) -> None:
     assert "\nName: blockkit-eo\n" in metadata
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "blockkit = blockkit.cli._entry:main" in entry_points
-    assert "blockkit/docker/Dockerfile.base" in names and "blockkit/docker/hosts" in names
+    assert "blockkit/docker/Dockerfile.base" in names
     assert "blockkit/templates/block/src/run.py" in names and "blockkit/schemas/data.schema.json" in names
 
     site = tmp_path / "site"
@@ -62,9 +60,6 @@ def test_installed_wheel_has_template_and_dockerfile(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert Path(result["dockerfile"]) == site / "blockkit" / "docker" / "Dockerfile.base"
-    # The /etc/hosts of containers without network (docs/docker.md): the installed copy's own.
-    assert Path(result["hosts"]) == site / "blockkit" / "docker" / "hosts"
-    assert result["hosts_text"].startswith("127.0.0.1\tlocalhost\n")
     assert result["manifest"] == "wheel-block"
     assert {"UP42Manifest.json", "src/run.py", "tests/test_block.py", "Dockerfile"} <= set(result["files"])
 

@@ -402,7 +402,11 @@ def write_atomic(path: Path, text: str, *, durable: bool = True) -> Path:
 
 
 def write_data_json(directory: Path, fc: FeatureCollection | dict[str, Any], *, durable: bool = True) -> Path:
-    """Write `<directory>/data.json` atomically; a failure never leaves a partial file (see `write_atomic`)."""
+    """Write `<directory>/data.json` atomically; a failure never leaves a partial file.
+
+    `durable=False` skips the fsync, for scratch copies a crash makes worthless anyway (the
+    runner's per-feature split); never for a result.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return write_atomic(directory / DATA_JSON, dumps(fc), durable=durable)

@@ -198,19 +198,37 @@ def _build_from_base(
         warnings = list(drop_dev_requirements(context / "block" / "requirements.txt"))
         # blockkit's own sources: hashed once, for its wheel and for the tag alike.
         source_hash = blockkit_source_hash(source_root)
+
+        def tag_of(wheels_hash: str) -> tuple[str, str]:
+            content_hash = block_content_hash(
+                context / "block", base_image_id=base_id, dockerfile=dockerfile, source_root=source_root,
+                extra=f"user:{user}\0wheels:{wheels_hash}", source_hash=source_hash,
+            )
+            return image_tag(manifest["name"], content_hash), content_hash
+
+        def up_to_date(tag: str, content_hash: str, warnings: list[str]) -> BuiltImage | None:
+            existing = _image_or_none(client, tag)
+            if existing is None and build:
+                return None
+            image_id = str(existing.id) if existing is not None else ""
+            return BuiltImage(tag, image_id, content_hash, False, DOCKERFILE_NAME, tuple(warnings))
+
+        recorded = None if force else wheels_.recorded_wheels(
+            wheel_dir, context / "block", source_root, target, source_hash=source_hash)
+        if recorded is not None:
+            # The usual case, an image built already: its tag from the recorded wheels, none linked.
+            names, resolved = recorded
+            tag, content_hash = tag_of(wheels_.named_wheels_hash(names, wheel_dir, wheel_hashes))
+            found = up_to_date(tag, content_hash, warnings + resolved)
+            if found is not None:
+                return found
         warnings += fill_wheels(context / "wheels", wheel_dir, context / "block", source_root, target,
                                 use_cache=not force, on_link=wheel_hashes.moved, source_hash=source_hash)
-        wheels_hash = wheels_.wheels_hash(context / "wheels", wheel_dir, wheel_hashes)
-        content_hash = block_content_hash(
-            context / "block", base_image_id=base_id, dockerfile=dockerfile, source_root=source_root,
-            extra=f"user:{user}\0wheels:{wheels_hash}", source_hash=source_hash,
-        )
-        tag = image_tag(manifest["name"], content_hash)
+        tag, content_hash = tag_of(wheels_.wheels_hash(context / "wheels", wheel_dir, wheel_hashes))
         if not force or not build:
-            existing = _image_or_none(client, tag)
-            if existing is not None or not build:
-                image_id = str(existing.id) if existing is not None else ""
-                return BuiltImage(tag, image_id, content_hash, False, DOCKERFILE_NAME, tuple(warnings))
+            found = up_to_date(tag, content_hash, warnings)
+            if found is not None:
+                return found
         shutil.copy2(dockerfile, context / "Dockerfile")
         _make_world_readable(context / "block")
         labels = {
@@ -379,7 +397,7 @@ def _base_target(client: "docker.DockerClient", base_image: str, image_id: str |
     )
     try:
         out = client.containers.run(
-            image_id, ["python3", "-c", probe], remove=True, stdout=True, stderr=True, **no_network([])
+            image_id, ["python3", "-c", probe], remove=True, stdout=True, stderr=True, **no_network([], None)
         )
         python, machine, glibc = out.decode().split()
     except Exception as exc:  # noqa: BLE001 - any failure means the base image is unusable

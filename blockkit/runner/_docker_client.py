@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from blockkit.contract.errors import DockerError, DockerUnavailableError, ImageMissingError, ManifestError
 from blockkit.runner._isolation import Watchdog
@@ -77,11 +78,14 @@ def _from_env(timeout: int) -> "docker.DockerClient":
     5 ms (it asks containerd for its version too): a run asks once, so that was 5 ms of each
     run. `/_ping` answers in under 1 ms and carries the version in its `Api-Version` header.
     A daemon that sends no such header, or something else in it, is asked the SDK's way; one
-    that does not answer raises, as the SDK does.
+    that does not answer raises, as the SDK does. Over ssh:// the SDK's way too: a second
+    client would be a second ssh connection.
     """
     import docker
     from docker.constants import MINIMUM_DOCKER_API_VERSION
 
+    if os.environ.get("DOCKER_HOST", "").startswith("ssh://"):
+        return _local(docker.from_env(timeout=timeout, version="auto"))  # one ssh connection, not two
     probe = docker.from_env(timeout=timeout, version=MINIMUM_DOCKER_API_VERSION)
     try:
         answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
@@ -89,7 +93,7 @@ def _from_env(timeout: int) -> "docker.DockerClient":
         version = answer.headers.get("Api-Version", "")
     finally:
         probe.close()
-    return _local(docker.from_env(timeout=timeout, version=version if _API_VERSION.match(version) else "auto"))
+    return _local(docker.from_env(timeout=timeout, version=version if _API_VERSION.fullmatch(version) else "auto"))
 
 
 def _local(client: "docker.DockerClient") -> "docker.DockerClient":
@@ -159,32 +163,67 @@ def owner_labels() -> dict[str, str]:
             "blockkit.pid": str(os.getpid())}
 
 
-#: The /etc/hosts of a container without network (Docker writes none for it): localhost only.
-HOSTS_FILE = Path(__file__).resolve().parent.parent / "docker" / "hosts"
+#: The /etc/hosts of a container without network, as `--network none` writes it (Docker writes
+#: none when the network is disabled): localhost and the IPv6 names.
+HOSTS_TEXT = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n"
+              "ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
 
 
-def no_network(mounts: list[Any]) -> dict[str, Any]:
-    """Container settings for a network namespace of its own with only loopback, and `mounts` with its /etc/hosts.
+@contextlib.contextmanager
+def hosts_file(folder: Path, name: str) -> Iterator[Path]:
+    """A container's own /etc/hosts in `folder`, removed on leaving (after the container is).
 
-    `network_disabled` leaves the namespace to runc: Docker makes no network sandbox for it and
-    adds no prestart hook (a run of dockerd's own binary per container), so the container
-    starts in about 55 ms here instead of 130 ms with `--network none`, whose namespace is
-    the same: loopback up, nothing else. Docker then writes no /etc/hosts, so `localhost`
-    gets one, read-only, as `--network none` writes it.
+    `folder` is beside the container's output folder: the daemon sees the run folder already,
+    wherever it runs (a file of the runner's installation may not be there). One file per
+    container, 0644 whatever the umask (the block runs as another user), never written through
+    a planted link.
+    """
+    path = folder / f".blockkit-hosts-{name}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, HOSTS_TEXT.encode())
+    finally:
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def no_network(mounts: list[Any], hosts: Path | None) -> dict[str, Any]:
+    """Container settings for a network namespace of its own with only loopback; `mounts` plus `hosts` at /etc/hosts.
+
+    `network_disabled` leaves the namespace to runc: Docker 20.10 then makes no network sandbox
+    and adds no prestart hook (a run of dockerd's own binary per container), so the container
+    starts in about 55 ms here instead of 130 ms with `--network none`, whose namespace is the
+    same: loopback up, nothing else. Docker then writes no /etc/hosts, so `hosts_file` gives it
+    one, read-only (None: none, for a container that resolves no name). Such a container
+    cannot join another's namespace (Docker then ignores `container:`): see `join_network`.
     """
     from docker.types import Mount
 
-    hosts = Mount("/etc/hosts", str(HOSTS_FILE), type="bind", read_only=True)
-    return {"network_mode": "none", "network_disabled": True, "mounts": [*mounts, hosts]}
+    extra = [Mount("/etc/hosts", str(hosts), type="bind", read_only=True)] if hosts is not None else []
+    return {"network_mode": "none", "network_disabled": True, "mounts": [*mounts, *extra]}
 
 
-def helper_container_options(role: str, step: str, pids: int, mounts: list[Any] | None = None) -> dict[str, Any]:
-    """Settings of a container started beside a step (the S3 sidecar), with `mounts`.
+def join_network(container: str, mounts: list[Any], hosts: Path | None) -> dict[str, Any]:
+    """Container settings for joining `container`'s network namespace (a sidecar's), with its own /etc/hosts.
+
+    `network_disabled` must be False here: with it Docker would ignore `container:` and give
+    the container an empty namespace of its own, without a word.
+    """
+    return {**no_network(mounts, hosts), "network_mode": f"container:{container}", "network_disabled": False}
+
+
+def helper_container_options(role: str, step: str, pids: int, mounts: list[Any] | None = None,
+                             hosts: Path | None = None) -> dict[str, Any]:
+    """Settings of a container started beside a step (the S3 sidecar), with `mounts` and its /etc/hosts.
 
     No network of its own (see `no_network`), hardened like a step, and labelled with its
     owner, role and step, so that the runner's watchdog and the orphan sweep find it.
     """
-    return {**no_network(mounts or []), "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+    return {**no_network(mounts or [], hosts), "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
             "pids_limit": pids, "labels": {**owner_labels(), "blockkit.role": role, "blockkit.step": step}}
 
 

@@ -30,6 +30,8 @@ from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the en
     docker_client,
     error_line,
     helper_container_options,
+    hosts_file,
+    join_network,
     no_network,
     owner_labels,
     watch_owned_containers,
@@ -134,8 +136,8 @@ class DockerEngine(Engine):
 
         client = self.client  # one connection for builds, lookups and steps
         folders = list(dict.fromkeys(step.block_dir for step in plan.steps if step.block_dir is not None))
-        with ThreadPoolExecutor(max_workers=max(1, min(4, len(folders))), thread_name_prefix="image") as pool:
-            sizing = pool.submit(self.capacity)  # ~5 ms of the daemon's time, beside the checks
+        with ThreadPoolExecutor(max_workers=min(4, len(folders)) + 1, thread_name_prefix="image") as pool:
+            sizing = pool.submit(self.capacity)  # ~5 ms of the daemon's time, beside the checks (its own worker)
             pending = [pool.submit(build_block_image, folder, client=client) for folder in folders]
             outcomes: list[BuiltImage | BaseException] = []
             for future in pending:
@@ -267,32 +269,38 @@ class DockerEngine(Engine):
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
 
         name = f"blockkit-{_safe_name(spec.name)}-{secrets.token_hex(4)}"
-        kwargs = self._container_kwargs(spec, user, block_options(spec, image))
-        started = time.time()
-        container = None
-        assert image.id is not None  # an image the daemon returned always has one
-        watch_owned_containers()
-        try:
+        with contextlib.ExitStack() as stack:
+            # The container's own /etc/hosts (without a network of its own Docker writes none),
+            # beside its output: removed after the container.
+            bridged = spec.network and not spec.network_container  # Docker writes its /etc/hosts then
+            hosts = None if bridged else stack.enter_context(hosts_file(spec.output_dir.parent, name))
+            kwargs = self._container_kwargs(spec, user, block_options(spec, image), hosts)
+            started = time.time()
+            container = None
+            assert image.id is not None  # an image the daemon returned always has one
+            watch_owned_containers()
             try:
-                container = client.containers.create(image.id, name=name, **kwargs)
-            except docker.errors.ImageNotFound as exc:
-                with self._images_lock:
-                    self._images.pop(str(image.id), None)
-                raise ImageMissingError(self._removed(spec)) from exc
-            except docker.errors.APIError as exc:
-                raise DockerError(f"step {spec.name!r}: cannot create container: {error_line(exc)}") from exc
-            return self._run(container, spec, image.id, started, on_log_line)
-        finally:
-            if container is None:
-                # Interrupted while the daemon was creating it: find it by its unique name.
                 try:
-                    container = client.containers.get(name)
-                except Exception:  # noqa: BLE001 - not created at all
-                    container = None
-            if container is not None:
-                _remove(container)
+                    container = client.containers.create(image.id, name=name, **kwargs)
+                except docker.errors.ImageNotFound as exc:
+                    with self._images_lock:
+                        self._images.pop(str(image.id), None)
+                    raise ImageMissingError(self._removed(spec)) from exc
+                except docker.errors.APIError as exc:
+                    raise DockerError(f"step {spec.name!r}: cannot create container: {error_line(exc)}") from exc
+                return self._run(container, spec, image.id, started, on_log_line)
+            finally:
+                if container is None:
+                    # Interrupted while the daemon was creating it: find it by its unique name.
+                    try:
+                        container = client.containers.get(name)
+                    except Exception:  # noqa: BLE001 - not created at all
+                        container = None
+                if container is not None:
+                    _remove(container)
 
-    def _container_kwargs(self, spec: StepSpec, user: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _container_kwargs(self, spec: StepSpec, user: str, options: dict[str, Any] | None = None,
+                          hosts: Path | None = None) -> dict[str, Any]:
         """The container's settings: contract mounts, environment, limits and hardening.
 
         Hardened by default: no capabilities, no privilege gain (setuid binaries do nothing),
@@ -340,13 +348,13 @@ class DockerEngine(Engine):
             "read_only": not bool(options.get("writable_root", False)),
         }
         if spec.network_container:
-            # With an S3 sidecar the block joins the sidecar's namespace, like containers of one pod
-            # (its /etc/hosts too: the sidecar has none from Docker, see `no_network`).
-            kwargs.update(no_network(mounts), network_mode=f"container:{spec.network_container}", network_disabled=False)
+            # With an S3 sidecar the block joins the sidecar's namespace, like containers of one pod,
+            # with an /etc/hosts of its own (`hosts`: the sidecar has none from Docker either).
+            kwargs.update(join_network(spec.network_container, mounts, hosts))
         elif spec.network:
             kwargs.update(mounts=mounts, network_mode="bridge")
         else:
-            kwargs.update(no_network(mounts))
+            kwargs.update(no_network(mounts, hosts))
         memory_mb = spec.resources.memory_mb if spec.resources is not None else 2048
         tmp_mb = max(64, min(MAX_TMP_MB, int(memory_mb) // 2))
         kwargs["tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={tmp_mb}m,mode=1777"}

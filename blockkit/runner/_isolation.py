@@ -231,7 +231,7 @@ class Watchdog:
 
 
 # Run by `python -S -I -c`: only the standard library, imported after the wait, so it starts in
-# milliseconds. The runner's containers (steps, network holders, sidecars) are found by its owner
+# milliseconds. The runner's containers (steps, parts, sidecars) are found by its owner
 # labels; the list is read again a few times, for containers whose creation was under way.
 _REMOVE_CONTAINERS = """
 import socket, sys, time

@@ -362,6 +362,7 @@ def prepare_for_engine(
     *,
     max_cpus: float | None = None,
     max_memory_mb: int | None = None,
+    cap: bool = True,
 ) -> list[str]:
     """Make the plan runnable on this engine; return warning lines (raise WorkflowError when it cannot).
 
@@ -377,27 +378,17 @@ def prepare_for_engine(
         say: where progress lines go (making a block's environment can take a while).
         max_cpus: `--max-cpus` (default: `$BLOCKKIT_MAX_CPUS`, else the engine's host).
         max_memory_mb: `--max-memory` in MB (default: `$BLOCKKIT_MAX_MEMORY`, else the engine's host).
+        cap: False leaves the caps to a later `cap_resources` (a run asks the engine's size while
+            it checks images, after the cheap checks).
     """
     say = say or (lambda text: None)
     warnings = list(plan.warnings)
-    max_cpus = max_cpus if max_cpus is not None else parse_cpus(os.environ.get("BLOCKKIT_MAX_CPUS"))
-    if max_memory_mb is None:
-        max_memory_mb = parse_memory(os.environ.get("BLOCKKIT_MAX_MEMORY"))
-    host_cpus, host_memory = engine_capacity(engine)
-    cap_cpus = min(max_cpus, host_cpus) if max_cpus is not None else host_cpus
-    cap_memory = min(max_memory_mb, host_memory) if max_memory_mb is not None else host_memory
+    if cap:
+        warnings += cap_resources(plan, engine, max_cpus=max_cpus, max_memory_mb=max_memory_mb)
     problems: list[Problem] = []
     process = not engine.runs_images  # the block's own command runs on this host
     for step in plan.steps:
         where = _where(step.definition)
-        cpus, memory = step.manifest.resources
-        if cpus > cap_cpus or memory > cap_memory:
-            step.resources = (min(cpus, cap_cpus), min(memory, cap_memory))
-            why = "--max-cpus/--max-memory" if (max_cpus is not None or max_memory_mb is not None) else "this host"
-            warnings.append(
-                f"{where}: machine type {step.manifest.machine_type!r} asks for {cpus:g} CPUs and {memory} MB; "
-                f"capped to {step.resources[0]:g} CPUs and {step.resources[1]} MB ({why})"
-            )
         if not process or step.block_dir is None:
             continue
         if step.fixed_paths and not engine.isolates_paths:
@@ -412,6 +403,35 @@ def prepare_for_engine(
             step.command = process_command(step, say, warnings, isolated=engine.isolates_paths)
     if problems:
         raise WorkflowError.from_problems(f"workflow {plan.workflow.name!r} cannot run on the {engine.name} engine", problems)
+    return warnings
+
+
+def cap_resources(plan: Plan, engine: Engine, *, max_cpus: float | None = None,
+                  max_memory_mb: int | None = None) -> list[str]:
+    """Cap each step's machine type to what the engine's host has, or to `max_cpus`/`max_memory_mb`; warning lines.
+
+    Args:
+        plan: the validated plan; its steps' resources are set here.
+        engine: the engine the steps will run on (its `capacity()`, else this host's).
+        max_cpus: `--max-cpus` (default: `$BLOCKKIT_MAX_CPUS`, else the engine's host).
+        max_memory_mb: `--max-memory` in MB (default: `$BLOCKKIT_MAX_MEMORY`, else the engine's host).
+    """
+    warnings = []
+    max_cpus = max_cpus if max_cpus is not None else parse_cpus(os.environ.get("BLOCKKIT_MAX_CPUS"))
+    if max_memory_mb is None:
+        max_memory_mb = parse_memory(os.environ.get("BLOCKKIT_MAX_MEMORY"))
+    host_cpus, host_memory = engine_capacity(engine)
+    cap_cpus = min(max_cpus, host_cpus) if max_cpus is not None else host_cpus
+    cap_memory = min(max_memory_mb, host_memory) if max_memory_mb is not None else host_memory
+    for step in plan.steps:
+        cpus, memory = step.manifest.resources
+        if cpus > cap_cpus or memory > cap_memory:
+            step.resources = (min(cpus, cap_cpus), min(memory, cap_memory))
+            why = "--max-cpus/--max-memory" if (max_cpus is not None or max_memory_mb is not None) else "this host"
+            warnings.append(
+                f"{_where(step.definition)}: machine type {step.manifest.machine_type!r} asks for {cpus:g} CPUs "
+                f"and {memory} MB; capped to {step.resources[0]:g} CPUs and {step.resources[1]} MB ({why})"
+            )
     return warnings
 
 

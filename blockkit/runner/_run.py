@@ -223,12 +223,12 @@ class WorkflowRun:
         finally:
             self._stop_save_timer()
             try:
-                self.hashes.save()
-            except OSError:
-                pass  # the hash cache only saves re-reading files
-            try:
                 if succeeded:
                     self._save("ok")  # still under the lock: a --resume waiting for it reads the final state
+                try:
+                    self.hashes.save()
+                except OSError:
+                    pass  # the hash cache only saves re-reading files
             finally:
                 self.lock.release()
         return self.folder
@@ -802,9 +802,10 @@ class WorkflowRun:
             # Stored even with --no-cache: a forced run refreshes the cache for the next one;
             # in the index once run.json records the step.
             self._pending_stores.append((record.cache_key or "", output_dir))
-            if any(other.status not in ("ok", "cached") for other in self.records.values()):
+            if self.options.resume or any(other.status not in ("ok", "cached") for other in self.records.values()):
                 self._save_locked("running")
-            # else the run's last step is done: the run's final save follows at once and writes this too.
+            # else every step of this run is done (a resumed run's records may say ok before their
+            # steps are checked again): the run's final save follows at once and writes this too.
         self._emit("done", step.name, seconds=record.ended - record.started, features=record.features_out, **extra)
 
     def _seal_output(self, step: PlannedStep, record: StepRecord, result: StepResult, spec: StepSpec,

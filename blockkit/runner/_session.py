@@ -11,7 +11,7 @@ from blockkit.contract._manifest import MANIFEST_FILE
 from blockkit.contract._progress import parse_progress
 from blockkit.runner._engine import Engine
 from blockkit.runner._engines import select_engine
-from blockkit.runner._plan import Plan, PlannedStep, plan_workflow, prepare_for_engine
+from blockkit.runner._plan import Plan, PlannedStep, cap_resources, plan_workflow, prepare_for_engine
 from blockkit.runner._run import UNLIMITED_JOBS, RunInterrupted, RunOptions, WorkflowRun
 from blockkit.runner._run_folder import RUN_FILE, default_runs_dir, find_run
 from blockkit.runner._schedule import Budget
@@ -96,18 +96,17 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     plan = plan_workflow(workflow)
     engine, why = select_engine(request.engine)
     say(f"engine: {why}")
-    removed = engine.remove_orphans()
-    if removed:
-        say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
-    # Before the plan is fitted to the engine: the docker engine asks its daemon's size (the
-    # caps below) while it checks the images. Fitting refuses only what runs on this host.
-    image_for_step = engine.prepare_images(plan, say)
-    for line in prepare_for_engine(plan, engine, say, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
+    # The machine-type caps come after the images are checked (`cap_resources` below): the
+    # docker engine asks its daemon's size meanwhile.
+    for line in prepare_for_engine(plan, engine, say, cap=False):
         say(f"warning: {line}")
     strict_cpu = resumed_strict_cpu(request, runs_dir, say)
     if strict_cpu and not engine.caps_cpu:
         say(f"warning: --strict-cpu: the {engine.name} engine cannot cap a step's CPUs; "
             "steps use what they get (use --engine docker to cap them)")
+    removed = engine.remove_orphans()
+    if removed:
+        say(f"removed {len(removed)} container(s) left by a blockkit run that was killed: {', '.join(removed)}")
     if workflow.output and is_uri(workflow.output) and not request.resume:
         # Stage-out never overwrites: a full target fails now, not after every step has run.
         from blockkit.runner._staging import check_output_targets
@@ -140,6 +139,9 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     def env_for_step(step: PlannedStep) -> dict[str, str]:
         return {ENV_PROGRESS: "1", **(dict(extra_env(step)) if extra_env else {}), **keys.env_for(step)}
 
+    image_for_step = engine.prepare_images(plan, say)  # after the cheap checks: a build can take minutes
+    for line in cap_resources(plan, engine, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
+        say(f"warning: {line}")
     options = RunOptions(
         engine=engine,
         runs_dir=runs_dir,

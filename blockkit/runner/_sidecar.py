@@ -51,11 +51,9 @@ def docker_gateway(
     spec: StepSpec, upstream: list[str], image: str, client: docker.DockerClient
 ) -> Iterator[dict[str, str]]:
     """Start a gateway container (the block's own image has blockkit) whose network the block joins."""
-    import docker
     from docker.types import Mount
 
-    from blockkit.gateway import client_env
-    from blockkit.runner._docker_client import error_line, helper_container_options, watch_owned_containers
+    from blockkit.runner._docker_client import hosts_file, watch_owned_containers
 
     mounts, args = [], ["python", "-m", "blockkit.gateway", "--host", "127.0.0.1", "--port", str(GATEWAY_PORT)]
     for name, folder in gateway_buckets(spec, upstream).items():
@@ -69,12 +67,24 @@ def docker_gateway(
     args += ["--output", "/buckets-out", "--access-log", "/dev/stderr"]
     container_name = f"blockkit-s3-{spec.name}-{secrets.token_hex(3)}"
     watch_owned_containers()  # a killed runner's sidecar is removed with its step container
+    with hosts_file(spec.output_dir.parent, container_name) as hosts:
+        yield from _run_sidecar(spec, image, client, container_name, args, mounts, hosts, log)
+
+
+def _run_sidecar(spec: StepSpec, image: str, client: docker.DockerClient, container_name: str, args: list[str],
+                 mounts: list[Any], hosts: Path, log: Path) -> Iterator[dict[str, str]]:
+    """Start the sidecar container, yield the block's environment while it serves, then remove it."""
+    import docker
+
+    from blockkit.gateway import client_env
+    from blockkit.runner._docker_client import error_line, helper_container_options
+
     try:
         container: Any = client.containers.run(
             spec.image_id or image, args, name=container_name, detach=True,  # the step's very image
             user="1000:1000" if _host_is_root() else None,
             # Hardened like a step: the block shares this container's network namespace.
-            **helper_container_options("s3-gateway", spec.name, pids=256, mounts=mounts),
+            **helper_container_options("s3-gateway", spec.name, pids=256, mounts=mounts, hosts=hosts),
         )
     except docker.errors.DockerException as exc:
         # `run` is create + start: a container that was created but could not start is removed here.

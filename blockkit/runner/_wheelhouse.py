@@ -603,6 +603,47 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
     return warnings
 
 
+def recorded_wheels(wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget,
+                    *, source_hash: str | None = None) -> tuple[list[str], list[str]] | None:
+    """The wheels (names) and warnings `fill_wheels` would give this block from a recorded resolution; None without one.
+
+    Nothing is linked: checking whether an image is up to date needs only the wheels' names
+    and hashes (`named_wheels_hash`), and linking them moved every wheel's ctime, which the
+    wheelhouse's digest record then had to follow and be written again. Any doubt (no record,
+    a broken one, a wheel missing) is None: `fill_wheels` then links (and resolves) as before.
+    """
+    with _locked(wheel_dir):
+        blockkit_wheel = _blockkit_wheel(wheel_dir, source_root, source_hash)
+    requirements = block_dir / "requirements.txt"
+    text = requirements.read_text(encoding="utf-8", errors="replace") if requirements.is_file() else ""
+    entry = wheel_dir / ".resolved" / f"{_resolution_key(['base', blockkit_wheel.name, text], wheel_dir, target)}.json"
+    try:
+        record = json.loads(entry.read_text(encoding="utf-8"))
+        names = [str(n) for n in record["wheels"]]
+        warnings = [str(w) for w in record["warnings"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(set(names)) != len(names) or not all("/" not in n and (wheel_dir / n).is_file() for n in names):
+        return None
+    return names, warnings
+
+
+def named_wheels_hash(names: list[str], wheel_dir: Path, hashes: HashCache) -> str:
+    """`wheels_hash` of the build context `fill_wheels` makes of these wheelhouse wheels, without making it.
+
+    The context holds `blockkit/<name>` for blockkit's wheel and `deps/<name>` for the others,
+    each the wheelhouse's file; their sha256 come from the wheelhouse's record (`hashes`), as
+    `wheels_hash` takes them, so the two values are equal.
+    """
+    import hashlib
+
+    prefix = _WHEEL_GLOB.split("*")[0]
+    digest = hashlib.sha256()
+    for folder, name in sorted(("blockkit" if n.startswith(prefix) else "deps", n) for n in names):
+        digest.update(f"F\0{folder}/{name}\0{hashes.file_sha256(wheel_dir / name)}\0".encode())
+    return digest.hexdigest()
+
+
 def _blockkit_wheel(wheel_dir: Path, source_root: Path | None, source_hash: str | None = None) -> Path:
     """The blockkit wheel for the current sources, built into the wheelhouse when they changed."""
     existing = sorted(wheel_dir.glob(_WHEEL_GLOB))

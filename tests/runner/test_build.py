@@ -98,6 +98,30 @@ def test_build_is_cached_and_a_change_gives_a_new_tag(build, docker_client, base
     assert not second.rebuilt
     assert (second.tag, second.image_id) == (first.tag, first.image_id)
 
+
+@pytest.mark.docker
+def test_an_up_to_date_check_links_no_wheel_and_gives_the_linked_tag(build, docker_client, base_image, tmp_path,
+                                                                     monkeypatch):
+    """The usual check hashes the recorded wheels in place; the tag is the one linking them gives."""
+    from blockkit.runner import _wheelhouse
+    from blockkit.runner._wheelhouse import DIGESTS, resolve_wheelhouse
+
+    block = make_block(tmp_path)
+    first = build(block, base_image=base_image, client=docker_client)
+    from blockkit.runner._image_names import blockkit_source_root
+
+    record = resolve_wheelhouse(None, blockkit_source_root()) / DIGESTS
+    before = record.stat().st_mtime_ns
+    links: list[object] = []
+    real = _wheelhouse.link_or_copy
+    monkeypatch.setattr(_wheelhouse, "link_or_copy", lambda *a, **k: (links.append(a), real(*a, **k))[1])
+    checked = build(block, base_image=base_image, client=docker_client)
+    assert (checked.tag, checked.image_id, checked.rebuilt) == (first.tag, first.image_id, False)
+    assert links == [] and record.stat().st_mtime_ns == before
+    monkeypatch.setattr(_wheelhouse, "recorded_wheels", lambda *a, **k: None)  # the linking way
+    linked = build(block, base_image=base_image, client=docker_client)
+    assert (linked.tag, linked.rebuilt) == (first.tag, False) and len(links) > 0
+
     # Caches and bytecode do not count as content.
     (block / "src" / "__pycache__").mkdir()
     (block / "src" / "__pycache__" / "run.cpython-311.pyc").write_bytes(b"\0junk")

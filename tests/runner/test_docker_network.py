@@ -1,12 +1,13 @@
 """A step without network gets a namespace of its own: loopback only, `localhost` known, cheap.
 
 The engine asks Docker for `network_disabled` (runc makes the namespace, no network sandbox,
-no prestart hook: docs/docker.md) and mounts an /etc/hosts of its own. These tests check what
-that must give a block: its own namespace, not the host's nor another part's (two parts
-running at once cannot reach each other over loopback), nothing but a loopback that is up,
-`localhost` resolving, an /etc/hosts it cannot change; a sidecar's namespace joined with the
-same /etc/hosts; bridge networking for a block that asks for it; nothing left behind, even
-when the runner is killed with kill -9.
+no prestart hook: docs/docker.md) and mounts an /etc/hosts it writes for the container. These
+tests check what that must give a block: its own namespace, not the host's nor another part's
+(two parts running at once cannot reach each other over loopback), nothing but a loopback
+that is up, `localhost` resolving, an /etc/hosts of its own it cannot change (a file beside
+its output, gone with it); a sidecar's namespace joined with such an /etc/hosts; bridge
+networking for a block that asks for it; nothing left behind, even when the runner is killed
+with kill -9.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ if params.get("hang"):
     os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", params["hang"]])
 report = {"netns": os.readlink("/proc/self/ns/net"), "interfaces": sorted(os.listdir("/sys/class/net"))}
 report["lo_flags"] = int(open("/sys/class/net/lo/flags").read(), 16)
+own = socket.socket()
+own.bind(("127.0.0.1", 0))
+own.listen()
+socket.create_connection(own.getsockname(), timeout=2).close()  # its own loopback works
+report["own_loopback"] = True
 try:
     report["localhost"] = socket.gethostbyname("localhost")
 except OSError as exc:
@@ -58,21 +64,25 @@ if params.get("listen"):
     server.bind(("127.0.0.1", int(params["listen"])))
     server.listen()
     open(os.path.join(out, "listening"), "w").close()
+    report["listening_from"] = time.time()
     server.settimeout(float(params.get("wait", 6)))
     try:
         server.accept()
         report["accepted"] = True
     except socket.timeout:
         report["accepted"] = False
+    report["listening_to"] = time.time()
 if params.get("connect"):
     deadline = time.monotonic() + float(params.get("wait", 6))
     report["connected"] = False
+    report["connecting_from"] = time.time()
     while time.monotonic() < deadline and not report["connected"]:
         try:
             socket.create_connection(("127.0.0.1", int(params["connect"])), timeout=1).close()
             report["connected"] = True
         except OSError:
             time.sleep(0.1)
+    report["connecting_to"] = time.time()
 with open(os.path.join(out, "report.json"), "w") as handle:
     json.dump(report, handle)
 with open(os.path.join(out, "data.json"), "w") as handle:
@@ -119,7 +129,7 @@ def _containers(docker_client, step: str, **labels: str) -> list:
 def _sees_only_its_loopback(report: dict) -> None:
     assert report["interfaces"] == ["lo"] and report["lo_flags"] & 0x1  # IFF_UP
     assert report["localhost"] == "127.0.0.1"
-    assert report["hosts_written"] in ("EROFS", "EACCES")
+    assert report["hosts_written"] in ("EROFS", "EACCES") and report["own_loopback"]
 
 
 def test_a_step_without_network_has_its_own_namespace_with_only_loopback(docker_client, netns_image, tmp_path) -> None:
@@ -130,6 +140,7 @@ def test_a_step_without_network_has_its_own_namespace_with_only_loopback(docker_
     _sees_only_its_loopback(report)
     assert report["netns"] != os.readlink("/proc/self/ns/net")  # not the host's
     assert _containers(docker_client, spec.name) == []
+    assert list(tmp_path.glob(".blockkit-hosts-*")) == []  # the container's /etc/hosts went with it
 
 
 def _scatter_workflow(tmp_path: Path, block: Path, probes: list[dict], params: str = "{}") -> Path:
@@ -161,8 +172,13 @@ def test_two_parts_running_at_once_cannot_reach_each_other(docker_client, netns_
     summary = run_request(RunRequest(target=workflow, engine="docker", runs_dir=tmp_path / "runs", jobs=3))
     parts = Path(summary["run_dir"]) / "steps" / "probe" / "parts"
     listener, talker, third = (json.loads((parts / f"f{i}" / "output" / "report.json").read_text()) for i in range(3))
+    # At the same time: the talker kept trying for seconds while the listener listened.
+    overlap = (min(talker["connecting_to"], listener["listening_to"])
+               - max(talker["connecting_from"], listener["listening_from"]))
+    assert overlap > 2.0, (listener, talker)
     assert listener["accepted"] is False and talker["connected"] is False
     assert listener["netns"] != talker["netns"]  # both alive at once: namespace numbers are not reused yet
+    assert list(Path(summary["run_dir"]).rglob(".blockkit-hosts-*")) == []  # each container's went with it
     for report in (listener, talker, third):
         _sees_only_its_loopback(report)
     assert _containers(docker_client, "probe", **{"blockkit.pid": str(os.getpid())}) == []
@@ -174,14 +190,16 @@ def test_a_step_joins_its_sidecars_namespace_and_knows_localhost(docker_client, 
     sidecar = docker_client.containers.run(netns_image, ["2147483647"], entrypoint=["sleep"], detach=True,
                                            **helper_container_options("s3-gateway", name, pids=8))
     try:
-        sidecar.reload()
-        sidecar_netns = os.readlink(f"/proc/{sidecar.attrs['State']['Pid']}/ns/net")
+        # Read inside the sidecar: its process may be another user's than the test's.
+        code, out = sidecar.exec_run(["python3", "-c", "import os; print(os.readlink('/proc/self/ns/net'))"])
+        assert code == 0, out
         spec = _spec(tmp_path, name, netns_image)
         spec.network_container = sidecar.id
         assert DockerEngine(docker_client).run_step(spec).exit_code == 0, spec.log_path.read_text()
         report = _report(spec)
-        assert report["netns"] == sidecar_netns != os.readlink("/proc/self/ns/net")
+        assert report["netns"] == out.decode().strip() != os.readlink("/proc/self/ns/net")
         _sees_only_its_loopback(report)
+        assert list(tmp_path.glob(".blockkit-hosts-*")) == []
     finally:
         sidecar.remove(force=True)
 
@@ -239,3 +257,46 @@ def test_a_unix_socket_client_skips_the_proxy_and_netrc_lookups(docker_client) -
     remote = _local(docker.DockerClient(base_url="tcp://127.0.0.1:9", version="1.41"))  # never connects
     assert remote.api.trust_env is True  # a proxy may be what reaches a daemon over tcp://
     remote.close()
+
+
+# --- without Docker: the settings and the hosts file ----------------------------------------
+
+@pytest.mark.parametrize("case", ["alone", "sidecar", "network", "network and sidecar"])
+def test_the_container_settings_never_disable_the_network_of_a_joining_container(tmp_path: Path, case: str) -> None:
+    """Docker ignores `container:` without a word when the network is disabled: the join must never carry it."""
+    spec = _spec(tmp_path, "s", "img", network="network" in case,
+                 network_container="abc123" if "sidecar" in case else None)
+    hosts = tmp_path / ".blockkit-hosts-x"
+    kwargs = DockerEngine(client=object())._container_kwargs(spec, "1000:1000", {}, hosts)
+    targets = {m["Target"]: m for m in kwargs["mounts"]}
+    if "sidecar" in case:
+        assert (kwargs["network_mode"], kwargs["network_disabled"]) == ("container:abc123", False)
+    elif case == "network":
+        assert kwargs["network_mode"] == "bridge" and "network_disabled" not in kwargs
+    else:
+        assert (kwargs["network_mode"], kwargs["network_disabled"]) == ("none", True)
+    if case == "network":
+        assert "/etc/hosts" not in targets  # Docker writes the bridge's own
+    else:
+        assert targets["/etc/hosts"]["Source"] == str(hosts) and targets["/etc/hosts"]["ReadOnly"]
+
+
+def test_a_hosts_file_is_readable_by_the_block_whatever_the_umask_and_never_written_through_a_link(tmp_path) -> None:
+    from blockkit.runner._docker_client import HOSTS_TEXT, hosts_file
+
+    old = os.umask(0o077)
+    try:
+        with hosts_file(tmp_path, "c1") as path:
+            assert path.parent == tmp_path and path.read_text() == HOSTS_TEXT
+            assert (path.stat().st_mode & 0o777) == 0o644
+            assert HOSTS_TEXT.startswith("127.0.0.1\tlocalhost\n")
+    finally:
+        os.umask(old)
+    assert not path.exists()
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    (tmp_path / ".blockkit-hosts-c2").symlink_to(target)
+    with pytest.raises(FileExistsError):
+        with hosts_file(tmp_path, "c2"):
+            pass
+    assert target.read_text() == "keep"

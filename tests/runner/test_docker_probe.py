@@ -143,7 +143,9 @@ def test_the_real_daemons_api_version_comes_from_its_ping(docker_client) -> None
 
     from blockkit.runner._docker_client import docker_client as connect
 
-    expected = docker.APIClient(version="auto").api_version  # the SDK's way: /version
+    sdk = docker.from_env(version="auto")  # the SDK's way, /version, of the daemon DOCKER_HOST names
+    expected = sdk.api.api_version
+    sdk.close()
     client = connect()
     assert client.api.api_version == expected
     assert client.containers.list(limit=1) is not None  # it speaks to the daemon with it

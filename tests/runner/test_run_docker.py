@@ -136,3 +136,28 @@ def test_a_container_that_cannot_start_fails_the_step_cleanly(tmp_path: Path, do
     assert "/nonexistent/prog" in err.message and "http+docker" not in err.message
     assert json.loads((err.run_dir / "run.json").read_text())["status"] == "failed"
     assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": ["blockkit.step=source"]}) == []
+
+
+@pytest.mark.parametrize("mistake", ["output not empty", "input missing"])
+def test_a_cheap_check_fails_before_any_image_is_checked_or_built(tmp_path: Path, docker_client, base_image,
+                                                                   monkeypatch, mistake: str) -> None:
+    """A typo is reported at once, not after the blocks' images are built (minutes, for a new block)."""
+    from blockkit.contract.errors import WorkflowError
+    from blockkit.runner import _build
+
+    blocks = make_blocks(tmp_path / "blocks")
+    built: list[object] = []
+    monkeypatch.setattr(_build, "build_block_image", lambda *a, **k: built.append(a) or pytest.fail("built"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data.json").write_text('{"type": "FeatureCollection", "features": []}')
+    source = ("input: nowhere\n" if mistake == "input missing"
+              else f"input: {json.dumps(str(data))}\noutput: {json.dumps(str(out))}\n")
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(f"name: early\n{source}steps:\n  up: {{block: {json.dumps(str(blocks['upper']))}}}\n")
+    with pytest.raises(WorkflowError, match="is not empty|is not a folder"):
+        run_request(RunRequest(target=workflow, engine="docker", runs_dir=tmp_path / "runs"))
+    assert built == []

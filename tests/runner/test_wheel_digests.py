@@ -336,3 +336,97 @@ def test_checking_an_up_to_date_own_dockerfile_image_reads_no_wheel(docker_clien
     # Another requirement is another image: the record does not stand for the wheels' names.
     (block / "requirements.txt").write_text("affine\nclick\n")
     assert build_block_image(block, base_image=base_image, client=docker_client, build=False).tag != first.tag
+
+
+def _installed_house(tmp_path: Path) -> tuple[Path, "object", Path]:
+    """A wheelhouse with an (installed-version) blockkit wheel and two deps, a block folder, a target."""
+    from importlib.metadata import version
+
+    from blockkit.runner._wheelhouse import DIST_NAME, PythonTarget
+
+    house = _wheelhouse(tmp_path)
+    (house / f"blockkit_eo-{version(DIST_NAME)}-py3-none-any.whl").write_bytes(b"k" * 3000)
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "requirements.txt").write_text("a\nb\n")
+    return house, PythonTarget("3.11", "x86_64", "2.36"), block
+
+
+def _fill(house: Path, block: Path, target, dest: Path, hashes: HashCache | None = None) -> list[str]:
+    """`fill_wheels` for an installed blockkit; a resolution picks every wheel of the house (as pip would)."""
+    from blockkit.runner import _wheelhouse
+
+    def resolve(wanted, subset, wheel_dir, target, requirements=None):
+        subset.mkdir(parents=True, exist_ok=True)
+        for wheel in wheel_dir.glob("*.whl"):
+            (subset / wheel.name).write_bytes(wheel.read_bytes())
+        return []
+
+    real = _wheelhouse.resolve_wheels
+    _wheelhouse.resolve_wheels = resolve
+    try:
+        return _wheelhouse.fill_wheels(dest, house, block, None, target,
+                                       on_link=hashes.moved if hashes is not None else None)
+    finally:
+        _wheelhouse.resolve_wheels = real
+
+
+def test_the_recorded_wheels_hash_equals_the_linked_contexts(tmp_path: Path, hashed: list[int]) -> None:
+    """An up-to-date check hashes the recorded wheels without linking them: the same value, no record written."""
+    from blockkit.runner._wheelhouse import named_wheels_hash, recorded_wheels
+
+    house, target, block = _installed_house(tmp_path)
+    assert recorded_wheels(house, block, None, target) is None  # nothing resolved yet
+    _fill(house, block, target, tmp_path / "first" / "wheels")
+    linked = wheels_hash(tmp_path / "first" / "wheels", house)
+    assert sorted(p.relative_to(tmp_path / "first" / "wheels").as_posix()
+                  for p in (tmp_path / "first" / "wheels").rglob("*.whl"))[0].startswith("blockkit/")
+    names, warnings = recorded_wheels(house, block, None, target)
+    assert sorted(names) == sorted(p.name for p in house.glob("*.whl")) and warnings == []
+    hashes = wheel_hashes(house)
+    assert named_wheels_hash(names, house, hashes) == linked == _full(tmp_path / "first" / "wheels")
+    hashes.save()
+    record = (house / DIGESTS).read_bytes()
+    hashed.clear()
+    for run in range(2):  # as new runs: nothing read, nothing linked, the record untouched
+        hashes = wheel_hashes(house)
+        assert named_wheels_hash(names, house, hashes) == linked
+        hashes.save()
+    assert hashed == [] and (house / DIGESTS).read_bytes() == record
+
+
+def test_a_wheel_replaced_under_its_name_changes_the_recorded_wheels_hash(tmp_path: Path) -> None:
+    from blockkit.runner._wheelhouse import named_wheels_hash, recorded_wheels
+
+    house, target, block = _installed_house(tmp_path)
+    _fill(house, block, target, tmp_path / "first" / "wheels")
+    names, _ = recorded_wheels(house, block, None, target)
+    before = named_wheels_hash(names, house, wheel_hashes(house))
+    (house / "a-1.0-py3-none-any.whl").write_bytes(b"A" * 5000)  # same name and size, other bytes
+    after = named_wheels_hash(names, house, wheel_hashes(house))
+    assert after != before
+    _fill(house, block, target, tmp_path / "second" / "wheels")
+    assert after == wheels_hash(tmp_path / "second" / "wheels", house)
+
+
+@pytest.mark.parametrize("damage", ["broken", "missing wheel", "wheel path", "duplicate"])
+def test_a_doubtful_resolution_record_is_no_shortcut(tmp_path: Path, damage: str) -> None:
+    """No record, a broken one, a wheel gone or a name with a folder in it: the check links and resolves as before."""
+    from blockkit.runner._wheelhouse import recorded_wheels
+
+    house, target, block = _installed_house(tmp_path)
+    _fill(house, block, target, tmp_path / "first" / "wheels")
+    (entry,) = (house / ".resolved").glob("*.json")
+    record = json.loads(entry.read_text())
+    if damage == "broken":
+        entry.write_text("{not json")
+    elif damage == "missing wheel":
+        record["wheels"].append("gone-1.0-py3-none-any.whl")
+        entry.write_text(json.dumps(record))
+    elif damage == "wheel path":
+        record["wheels"].append("../../etc/passwd")
+        entry.write_text(json.dumps(record))
+    else:
+        record["wheels"].append(record["wheels"][0])
+        entry.write_text(json.dumps(record))
+    assert recorded_wheels(house, block, None, target) is None
