@@ -217,7 +217,7 @@ def run_budget(engine: Engine, request: RunRequest) -> Budget:
     from blockkit.runner._plan import engine_capacity, parse_cpus, parse_memory
 
     cpus, memory = engine_capacity(engine)
-    # The same limits as the machine types' caps (prepare_for_engine): options, else the environment.
+    # The same limits as the machine types' caps (`cap_resources`): options, else the environment.
     max_cpus = request.max_cpus if request.max_cpus is not None else parse_cpus(os.environ.get("BLOCKKIT_MAX_CPUS"))
     max_memory = request.max_memory_mb if request.max_memory_mb is not None else parse_memory(
         os.environ.get("BLOCKKIT_MAX_MEMORY"))
