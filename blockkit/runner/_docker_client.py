@@ -47,8 +47,6 @@ def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
 
     def ask() -> None:
         try:
-            import docker
-
             # The client asks the daemon for its API version as it is made: that is the question.
             answer.append(_from_env(max(1, int(timeout))))
         except Exception:  # noqa: BLE001 - "not available" is the answer to any failure

@@ -395,7 +395,7 @@ class WorkflowRun:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(f"[blockkit] warning: {w}\n" for w in self._pending_warnings.pop(step.name, [])))
         gateway_log_path(log_path).unlink(missing_ok=True)  # an earlier attempt's (--resume)
-        cpus, memory = step.resources  # the machine type, capped to the host (plan.prepare_for_engine)
+        cpus, memory = step.resources  # the machine type, capped to the host (plan.cap_resources)
         resources = Resources(cpus=cpus, memory_mb=memory, strict_cpu=self.options.strict_cpu)
         spec = StepSpec(
             name=step.name,
@@ -551,19 +551,15 @@ class WorkflowRun:
         # expected to run, and the checks of the others then go on beside them.
         order = sorted(range(len(parts)), key=lambda i: finished[i] is not None or entries[i]["cache_key"] in known)
         results: list[StepResult | None] = [None] * len(parts)
-
-        def place(index: int) -> None:
-            results[index] = one(index)
-
         try:
             if workers == 1:
                 # In the calling thread: with --jobs 1 that is the main one, where Ctrl-C stops the block.
                 for index in order:
-                    place(index)
+                    results[index] = one(index)
             else:
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"part-{step.name}") as pool:
-                    for future in [pool.submit(place, index) for index in order]:
-                        future.result()
+                    for index, result in zip(order, pool.map(one, order)):
+                        results[index] = result
         except BaseException:
             with contextlib.suppress(OSError):  # the first error is the one to see
                 self._flush_parts()

@@ -526,24 +526,15 @@ def cached_resolution(
     """
     folder = wheel_dir / ".resolved"
     entry = folder / f"{_resolution_key(parts, wheel_dir, target)}.json"
-    if use_cache and entry.is_file():
-        try:
-            record = json.loads(entry.read_text(encoding="utf-8"))
-            names = [str(n) for n in record["wheels"]]
-            warnings = [str(w) for w in record["warnings"]]
-            pins = str(record.get("constraints", ""))
-        except (ValueError, KeyError, TypeError):
-            names = []
-            warnings = []
-            pins = ""
-            record = None
-        if record is not None and all("/" not in n and (wheel_dir / n).is_file() for n in names):
-            subset.mkdir(parents=True, exist_ok=True)
-            for name in names:
-                link_or_copy(wheel_dir / name, subset / name, on_link)
-            if constraints is not None and pins:
-                constraints.write_text(pins, encoding="utf-8")
-            return warnings
+    recorded = _recorded_resolution(entry, wheel_dir) if use_cache and entry.is_file() else None
+    if recorded is not None:
+        names, warnings, pins = recorded
+        subset.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            link_or_copy(wheel_dir / name, subset / name, on_link)
+        if constraints is not None and pins:
+            constraints.write_text(pins, encoding="utf-8")
+        return warnings
     warnings = resolve()
     names = sorted(w.name for w in subset.glob("*.whl"))
     if any(_OFFLINE_MARK in w for w in warnings) or not all((wheel_dir / n).is_file() for n in names):
@@ -557,6 +548,36 @@ def cached_resolution(
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     tmp.replace(entry)
     return warnings
+
+
+def _recorded_resolution(entry: Path, wheel_dir: Path) -> tuple[list[str], list[str], str] | None:
+    """A resolution record's wheels, warnings and constraints; None for a malformed record or one
+    naming anything but wheels the wheelhouse holds (plain names)."""
+    try:
+        record = json.loads(entry.read_text(encoding="utf-8"))
+        names = [str(n) for n in record["wheels"]]
+        warnings = [str(w) for w in record["warnings"]]
+        pins = str(record.get("constraints", ""))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not all("/" not in n and (wheel_dir / n).is_file() for n in names):
+        return None
+    return names, warnings, pins
+
+
+def _block_resolution(wheel_dir: Path, block_dir: Path, source_root: Path | None,
+                      source_hash: str | None) -> tuple[Path, Path, list[str]]:
+    """blockkit's wheel for these sources, the block's requirements file, and what their resolution is keyed by."""
+    with _locked(wheel_dir):
+        blockkit_wheel = _blockkit_wheel(wheel_dir, source_root, source_hash)
+    requirements = block_dir / "requirements.txt"
+    text = requirements.read_text(encoding="utf-8", errors="replace") if requirements.is_file() else ""
+    return blockkit_wheel, requirements, ["base", blockkit_wheel.name, text]
+
+
+def _context_folder(wheel: str) -> str:
+    """Where a build context keeps a wheel: `blockkit` for blockkit's own, `deps` for the others."""
+    return "blockkit" if wheel.startswith(_WHEEL_GLOB.split("*")[0]) else "deps"
 
 
 def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path | None, target: PythonTarget,
@@ -577,24 +598,20 @@ def fill_wheels(dest: Path, wheel_dir: Path, block_dir: Path, source_root: Path 
 
     Returns warning lines, as `resolve_wheels`.
     """
-    with _locked(wheel_dir):
-        blockkit_wheel = _blockkit_wheel(wheel_dir, source_root, source_hash)
-    requirements = block_dir / "requirements.txt"
+    blockkit_wheel, requirements, parts = _block_resolution(wheel_dir, block_dir, source_root, source_hash)
     wanted = [str(blockkit_wheel)]
     if requirements.is_file():
         wanted += ["-r", str(requirements)]
     subset = dest / "all"
-    text = requirements.read_text(encoding="utf-8", errors="replace") if requirements.is_file() else ""
     warnings = cached_resolution(
-        ["base", blockkit_wheel.name, text], subset, wheel_dir, target,
+        parts, subset, wheel_dir, target,
         lambda: resolve_wheels(wanted, subset, wheel_dir, target, requirements=requirements), use_cache=use_cache,
         on_link=on_link,
     )
     (dest / "deps").mkdir()
     (dest / "blockkit").mkdir()
     for wheel in subset.iterdir():
-        is_blockkit = wheel.name.startswith(_WHEEL_GLOB.split("*")[0])
-        moved = dest / ("blockkit" if is_blockkit else "deps") / wheel.name
+        moved = dest / _context_folder(wheel.name) / wheel.name
         before = os.stat(wheel, follow_symlinks=False)
         wheel.rename(moved)  # a rename moves the file's ctime too
         if on_link is not None:
@@ -612,19 +629,15 @@ def recorded_wheels(wheel_dir: Path, block_dir: Path, source_root: Path | None, 
     wheelhouse's digest record then had to follow and be written again. Any doubt (no record,
     a broken one, a wheel missing) is None: `fill_wheels` then links (and resolves) as before.
     """
-    with _locked(wheel_dir):
-        blockkit_wheel = _blockkit_wheel(wheel_dir, source_root, source_hash)
-    requirements = block_dir / "requirements.txt"
-    text = requirements.read_text(encoding="utf-8", errors="replace") if requirements.is_file() else ""
-    entry = wheel_dir / ".resolved" / f"{_resolution_key(['base', blockkit_wheel.name, text], wheel_dir, target)}.json"
+    _, _, parts = _block_resolution(wheel_dir, block_dir, source_root, source_hash)
+    entry = wheel_dir / ".resolved" / f"{_resolution_key(parts, wheel_dir, target)}.json"
     try:
-        record = json.loads(entry.read_text(encoding="utf-8"))
-        names = [str(n) for n in record["wheels"]]
-        warnings = [str(w) for w in record["warnings"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = _recorded_resolution(entry, wheel_dir)
+    except OSError:
         return None
-    if len(set(names)) != len(names) or not all("/" not in n and (wheel_dir / n).is_file() for n in names):
+    if recorded is None or len(set(recorded[0])) != len(recorded[0]):
         return None
+    names, warnings, _ = recorded
     return names, warnings
 
 
@@ -637,9 +650,8 @@ def named_wheels_hash(names: list[str], wheel_dir: Path, hashes: HashCache) -> s
     """
     import hashlib
 
-    prefix = _WHEEL_GLOB.split("*")[0]
     digest = hashlib.sha256()
-    for folder, name in sorted(("blockkit" if n.startswith(prefix) else "deps", n) for n in names):
+    for folder, name in sorted((_context_folder(n), n) for n in names):
         digest.update(f"F\0{folder}/{name}\0{hashes.file_sha256(wheel_dir / name)}\0".encode())
     return digest.hexdigest()
 
