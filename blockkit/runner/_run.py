@@ -653,8 +653,18 @@ class WorkflowRun:
         limit = output_limit(step.manifest.machine_type, step.definition.max_output)
         output = part_dir / "output"
         os.rename(part_dir / "work", output)
-        sealed = seal_tree(output, self.hashes, limit=limit)
-        quicklooks = seal_tree(part_dir / "quicklooks", self.hashes, what="quicklooks", limit=limit)
+        try:
+            sealed = seal_tree(output, self.hashes, limit=limit)
+            quicklooks = seal_tree(part_dir / "quicklooks", self.hashes, what="quicklooks", limit=limit)
+            # Checked as a step's output is, before it is recorded or cached: a feature must
+            # never drop out of the merge, nor a broken result be reused.
+            if DATA_JSON not in sealed.files:
+                raise SealError("it wrote no data.json (an empty result is a data.json with no features)")
+            load_data_json(output, required=False)
+        except BaseException:
+            with contextlib.suppress(OSError):  # only accepted results live in parts/<name>/output
+                os.rename(output, part_dir / "work")
+            raise
         sealed.lock()
         quicklooks.lock()
         remove_tree(part_dir / "input")

@@ -2,15 +2,17 @@
 
 `python -m blockkit.runtime.scatter split ...` runs in the block's image before the
 scattered step: it writes one folder per input feature (`<parts>/<name>/`: a data.json
-with that one feature and only that feature's files, hard-linked when the engine staged
-the input on the same file system, else copied) and a `cwl.output.json` that lists the
-parts in input order, with their names. The engine then runs the block once per part
-(CWL `scatter`, ScatterFeatureRequirement), and `python -m blockkit.runtime.scatter merge ...`
-joins the per-feature outputs into one folder:
+with that one feature and only that feature's files: its data path, local STAC asset files
+and item file, hard-linked when the engine staged the input on the same file system, else
+copied) and a `cwl.output.json` that lists the parts in input order, with their names.
+The engine then runs the block once per part (CWL `scatter`, ScatterFeatureRequirement),
+and `python -m blockkit.runtime.scatter merge ...` joins the per-feature outputs into one
+folder:
 
 * one data.json: the parts' features in input order; ids are kept, except that an id an
   earlier part already produced becomes `<name>-<id>` (ids stay unique);
-* every file of part `<name>` under `<name>/`, and its `up42.data_path` prefixed `<name>/`;
+* every file of part `<name>` under `<name>/`, and its `up42.data_path` and local STAC asset
+  hrefs prefixed `<name>/`;
 * each part's quicklooks under `<quicklooks>/<name>/`;
 * a STAC catalog.json of the merged features (as every exported step writes).
 
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from blockkit.contract._datajson import DATA_JSON, DATA_PATH, FeatureCollection, check_data_path, data_path_of, load_data_json, write_data_json
-from blockkit.contract.errors import BlockkitError, NoInputError, WrongInputError
+from blockkit.contract.errors import BlockkitError, NoInputError, NoOutputError, WrongInputError
 
 PARTS_INDEX = "cwl.output.json"
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -81,11 +83,14 @@ def _read_features(input_dir: Path) -> FeatureCollection:
 
 
 def _feature_files(feature: dict[str, Any], input_dir: Path) -> list[str]:
-    """Relative paths a feature owns in its folder: its data path and its STAC item file."""
+    """Relative paths a feature owns in its folder: its data path, its local STAC asset files and item file."""
+    from blockkit.runtime._propagation import local_assets
+
     paths = []
     data_path = data_path_of(feature)
     if data_path:
         paths.append(data_path)
+    paths.extend(asset["href"] for asset in local_assets(feature) if asset["href"] not in paths)
     item = (feature.get("properties") or {}).get("up42.stac_item")
     if isinstance(item, str) and item and check_data_path(item, input_dir) is None:
         paths.append(item)
@@ -119,6 +124,9 @@ def split(input_dir: Path, parts_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _prefixed(feature: dict[str, Any], name: str) -> dict[str, Any]:
+    """The feature as the merged folder holds it: its data path, item and local asset hrefs under `<name>/`."""
+    from blockkit.runtime._propagation import local_assets
+
     out = dict(feature)
     props = dict(out.get("properties") or {})
     if DATA_PATH in props:
@@ -126,6 +134,10 @@ def _prefixed(feature: dict[str, Any], name: str) -> dict[str, Any]:
     if isinstance(props.get("up42.stac_item"), str):
         props["up42.stac_item"] = f"{name}/{props['up42.stac_item']}"
     out["properties"] = props
+    if isinstance(out.get("assets"), dict):
+        out["assets"] = {key: dict(asset) if isinstance(asset, dict) else asset for key, asset in out["assets"].items()}
+        for asset in local_assets(out):
+            asset["href"] = f"{name}/{asset['href']}"
     return out
 
 
@@ -150,6 +162,8 @@ def merge(
         if name in seen_names:
             raise WrongInputError(f"part {name!r} is given twice")
         seen_names.add(name)
+        if not os.path.lexists(folder / DATA_JSON):  # never a feature silently dropped from the result
+            raise NoOutputError(f"feature {name!r}: its run wrote no data.json")
         try:
             fc = load_data_json(folder, required=False)
         except BlockkitError as err:

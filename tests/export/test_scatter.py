@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from blockkit.contract._datajson import load_data_json, write_data_json
-from blockkit.contract.errors import ExitCode, NoInputError, WrongInputError
+from blockkit.contract.errors import ExitCode, NoInputError, NoOutputError, WrongInputError
 from blockkit.runtime import scatter
 from blockkit.export._cwl import export_cwl
 from blockkit.runner._plan import plan_workflow
@@ -365,3 +365,42 @@ steps:
                        "--job", str(tmp_path / "job.yml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "cwltool and Toil cannot: stage it in first (blockkit stage-in URL DIR) and export with --input DIR" in result.stderr
+
+
+def test_merge_refuses_a_part_that_wrote_no_data_json(tmp_path) -> None:
+    p1, q1 = make_part(tmp_path / "1", "x", "one")
+    p2, q2 = make_part(tmp_path / "2", "y", "two")
+    (p2 / "data.json").unlink()  # its block exited 0 without a result: the feature must not just vanish
+    with pytest.raises(NoOutputError, match="feature 'y': its run wrote no data.json"):
+        scatter.merge([("x", p1, q1), ("y", p2, q2)], tmp_path / "merged")
+    assert not (tmp_path / "merged" / "data.json").exists()
+
+
+def _stac_feature(ident: str, folder: str) -> dict:
+    return {"type": "Feature", "id": ident, "geometry": None,
+            "properties": {"up42.data_path": f"{folder}/B04.txt"},
+            "assets": {"red": {"href": f"{folder}/B04.txt"}, "nir": {"href": f"{folder}/B08.txt"},
+                       "meta": {"href": "https://example.invalid/meta.xml"}}}
+
+
+def test_split_gives_each_feature_its_asset_files_and_merge_prefixes_their_hrefs(tmp_path) -> None:
+    source = tmp_path / "in"
+    for ident in ("s1", "s2"):
+        (source / ident).mkdir(parents=True)
+        for band in ("B04", "B08"):
+            (source / ident / f"{band}.txt").write_text(f"{band} of {ident}")
+    write_data_json(source, {"type": "FeatureCollection", "features": [_stac_feature("s1", "s1"),
+                                                                       _stac_feature("s2", "s2")]})
+    parts = scatter.split(source, tmp_path / "parts")
+    for name, folder in parts:
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")) == [
+            f"{name}/B04.txt", f"{name}/B08.txt"]  # every band of its own, none of the other's
+        assert load_data_json(folder).features[0]["assets"]["nir"]["href"] == f"{name}/B08.txt"
+    merged = scatter.merge([(name, folder, None) for name, folder in parts], tmp_path / "merged")
+    for feature in merged:
+        name = feature["id"]
+        assets = feature["assets"]
+        assert assets["nir"]["href"] == f"{name}/{name}/B08.txt" and assets["red"]["href"] == f"{name}/{name}/B04.txt"
+        assert assets["meta"]["href"] == "https://example.invalid/meta.xml"  # a URL is left alone
+        assert (tmp_path / "merged" / assets["nir"]["href"]).read_text() == f"B08 of {name}"
+    assert [f["assets"]["nir"]["href"] for f in load_data_json(parts[0][1])] == ["s1/B08.txt"]  # inputs untouched

@@ -42,6 +42,14 @@ def echo(fc, ctx):
             time.sleep(120)
         if text.startswith("SLEEP "):
             time.sleep(float(text.split()[1]))
+        if text in ("NODATA", "BADDATA"):  # exits 0 with no data.json, or one naming a missing file
+            out_dir = ctx.output_path("x").parent
+            (out_dir / "left.txt").write_text("half a result")
+            if text == "BADDATA":
+                (out_dir / "data.json").write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                                                   '"geometry": null, "properties": {"up42.data_path": "gone.txt"}}]}')
+            import os
+            os._exit(0)
         ctx.output_path("echo.txt").write_text(text.upper() + ctx.params["suffix"])
         ctx.quicklook_path("ql").write_bytes(b"PNG" + text.encode())
         out.append(ctx.derive_feature(f, data_path="echo.txt", properties={"echoed": True},
@@ -363,6 +371,29 @@ def test_keep_going_runs_every_feature_names_each_failure_and_caches_the_rest(tm
     again = run(tmp_path, wf, jobs=2, keep_going=True)
     assert sorted(features_run(again)) == ["s1", "s3"]
     assert_same_as_full_run(tmp_path, wf, again)
+
+
+@pytest.mark.parametrize("how", ["NODATA", "BADDATA"])
+def test_a_feature_without_a_valid_output_fails_the_step_and_is_never_cached(tmp_path: Path, how: str) -> None:
+    inp = tmp_path / "input"
+    write_input(inp, [EIGHT[0], ("s1", how), EIGHT[2]])
+    wf = workflow(tmp_path, inp)
+    for attempt in range(2):
+        with pytest.raises(RunFailed) as caught:
+            run(tmp_path, wf, jobs=1, keep_going=True)
+        err = caught.value
+        assert err.step == "echo" and err.step_exit == 6, err.message  # NO_OUTPUT_ERROR, not a merged result
+        assert "feature 's1'" in err.message
+        assert ("wrote no data.json" if how == "NODATA" else "'gone.txt' does not exist") in err.message
+        # The feature ran again on the second attempt: its result was never recorded or cached.
+        assert features_run(err.run_dir) == (["s0", "s1", "s2"] if attempt == 0 else ["s1"])
+        assert statuses(err.run_dir)["s1"] == "failed"
+        assert not (err.run_dir / "steps/echo/output").exists()
+        part = err.run_dir / "steps/echo/parts/s1"
+        assert not (part / "output").exists() and (part / "work/left.txt").is_file()  # rejected: left in work/
+    with pytest.raises(RunFailed) as caught:
+        run(tmp_path, wf, jobs=1, resume=err.run_dir.name)
+    assert features_run(caught.value.run_dir) == ["s1"] and caught.value.step_exit == 6
 
 
 @pytest.mark.slow
