@@ -19,6 +19,10 @@ DATA_PATH = "up42.data_path"
 RESERVED_PREFIXES = ("up42.", "custom.")
 # A data.json this large is refused before parsing: it is surely not metadata.
 MAX_DATA_JSON_BYTES = 1 << 30
+#: Objects and arrays nested deeper than this in a feature's members (its properties, assets,
+#: a GeometryCollection's members; a geometry's coordinates are bounded by its type) are
+#: refused: whatever reads the feature later (schema checks, copies, writers) stays bounded.
+MAX_NESTING = 64
 _MAX_PROBLEMS = 50
 
 
@@ -285,6 +289,9 @@ def validate_feature_collection(
     features = data.get("features")
     if not isinstance(features, list):
         return [Problem("data.json", "'features' must be a list")]
+    nested = _nesting_problem([v for k, v in data.items() if k != "features"], 2)  # the collection's own members
+    if nested:
+        return [Problem("data.json", nested)]
     validate = _feature_validator()
     problems: list[Problem] = []
     seen_ids: dict[Any, int] = {}
@@ -292,6 +299,10 @@ def validate_feature_collection(
         if len(problems) >= _MAX_PROBLEMS:
             problems.append(Problem("data.json", f"more problems not listed (stopped after {_MAX_PROBLEMS})"))
             break
+        nested = _nesting_problem([feature], 3, geometry=True) if isinstance(feature, dict) else None
+        if nested:
+            problems.append(Problem(feature_label(index, feature), nested))
+            continue
         try:
             validate(feature)
         except Exception:  # noqa: BLE001 - fastjsonschema raises JsonSchemaValueException
@@ -319,11 +330,67 @@ def validate_feature_collection(
             path_problem = check_data_path(props[DATA_PATH], base_dir if check_files else None)
             if path_problem:
                 problems.append(Problem(label or feature_label(index, feature), path_problem))
+        href_problem = _asset_href_problem(feature)
+        if href_problem:
+            problems.append(Problem(label or feature_label(index, feature), href_problem))
     return problems
+
+
+def _nesting_problem(values: list[Any], depth: int, *, geometry: bool = False) -> str | None:
+    """Why `values` (at level `depth`: the collection is 1, a feature 3) nest too deep, iteratively (see MAX_NESTING).
+
+    With `geometry`, `values` are features: their `geometry` is walked as geometries (through a
+    GeometryCollection's members, not into coordinates), the rest of their members fully.
+    """
+    stack: list[tuple[Any, int, bool]] = [(v, depth, False) for v in values]
+    if geometry:
+        stack = [(v, depth + 1, False) for f in values for k, v in f.items() if k != "geometry"]
+        stack += [(f.get("geometry"), depth + 1, True) for f in values]
+    while stack:
+        value, level, is_geometry = stack.pop()
+        if type(value) is dict:
+            if level > MAX_NESTING:
+                break
+            for key, member in value.items():
+                if is_geometry and key == "coordinates":
+                    continue  # the schema bounds them by the geometry's type
+                if is_geometry and key == "geometries" and type(member) is list:
+                    stack.extend((m, level + 2, True) for m in member)  # member geometries
+                elif type(member) in (dict, list):
+                    stack.append((member, level + 1, False))
+        elif type(value) is list:
+            if level > MAX_NESTING:
+                break
+            stack.extend((m, level + 1, False) for m in value if type(m) in (dict, list))
+    else:
+        return None
+    return f"nested deeper than {MAX_NESTING} levels of objects and arrays"
+
+
+def _asset_href_problem(feature: dict[str, Any]) -> str | None:
+    """Why a local STAC asset href of a feature is unsafe (absolute, `..`, NUL, backslash), or None."""
+    assets = feature.get("assets")
+    if not isinstance(assets, dict):
+        return None
+    for key, asset in assets.items():
+        href = asset.get("href") if isinstance(asset, dict) else None
+        if isinstance(href, str) and "://" not in href:
+            problem = check_data_path(href, None)
+            if problem:
+                return f"asset {key!r}: {problem.replace('up42.data_path', 'href')}"
+    return None
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, refusing one too large for a float (`1e400` would read as infinity)."""
+    value = float(text)
+    if value - value != 0:  # inf - inf is nan
+        raise ValueError(f"number {text[:40]} is out of range (only finite numbers are valid)")
+    return value
 
 
 def parse_data_json(raw: bytes, where: str = "data.json") -> Any:
@@ -333,7 +400,7 @@ def parse_data_json(raw: bytes, where: str = "data.json") -> Any:
     except UnicodeDecodeError as exc:
         raise WrongInputError(f"{where} is not UTF-8 text (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise WrongInputError(f"{where} is not valid JSON: {exc}") from None
 

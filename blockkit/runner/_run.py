@@ -785,10 +785,13 @@ class WorkflowRun:
             except BlockkitError as err:
                 record.exit_code, record.exit_name = int(ExitCode.NO_OUTPUT_ERROR), "NO_OUTPUT_ERROR"
                 detail = f"the step exited 0 but its output is invalid: {err.message}"
-            if record.exit_code != 0 and output_dir.exists():
-                # Only sealed, accepted results live in steps/<step>/output.
-                remove_tree(spec.output_dir)
-                os.rename(output_dir, spec.output_dir)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the first error is the one to see
+                    self._put_back(output_dir, spec.output_dir)
+                raise
+            if record.exit_code != 0:
+                self._put_back(output_dir, spec.output_dir)
+                detail = detail.replace(str(output_dir), str(spec.output_dir))  # where the rejected output is now
         if record.exit_code != 0:
             record.status = "failed"
             record.detail = detail or self._last_error_line(step.name)
@@ -813,6 +816,13 @@ class WorkflowRun:
             # else every step of this run is done (a resumed run's records may say ok before their
             # steps are checked again): the run's final save follows at once and writes this too.
         self._emit("done", step.name, seconds=record.ended - record.started, features=record.features_out, **extra)
+
+    @staticmethod
+    def _put_back(output_dir: Path, work_dir: Path) -> None:
+        """Move a rejected output back where the block wrote it: only accepted results live in steps/<step>/output."""
+        if output_dir.exists():
+            remove_tree(work_dir)
+            os.rename(output_dir, work_dir)
 
     def _seal_output(self, step: PlannedStep, record: StepRecord, result: StepResult, spec: StepSpec,
                      input_dir: Path, output_dir: Path, upstream_dirs: Mapping[str, Path]) -> None:

@@ -78,6 +78,20 @@ def open_nofollow(name: str, dir_fd: int, flags: int, fix_modes: bool = True) ->
         return os.open(name, flags, dir_fd=dir_fd)
 
 
+def _open_root(root: Path, fix_modes: bool = True) -> int:
+    """Open a folder to take over (or delete), never through a link; one its owner made mode 000 too."""
+    try:
+        return os.open(root, _DIR_FLAGS)
+    except PermissionError:
+        if not fix_modes:
+            raise
+    parent = os.open(root.parent, _DIR_FLAGS)
+    try:
+        return open_nofollow(root.name, parent, _DIR_FLAGS)
+    finally:
+        os.close(parent)
+
+
 def open_dir(base_fd: int, rel: str) -> int:
     """Open a folder below an open folder, refusing a symlink at every component."""
     fd = os.dup(base_fd)
@@ -212,7 +226,7 @@ def seal_tree(root: Path, hashes: HashCache, *, what: str = "output", limit: int
     Folders stay writable until `SealedTree.lock()`, so the runner can forward into them.
     """
     try:
-        root_fd = os.open(root, _DIR_FLAGS)
+        root_fd = _open_root(root, fix_modes=read_only)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SealError(f"the {what} {root} is a symlink") from None
@@ -339,7 +353,7 @@ def verify_tree(root: Path, expected: dict[str, str], hashes: HashCache,
 def make_writable(root: Path) -> None:
     """Give the owner write access to every folder below root again (so it can be deleted)."""
     try:
-        root_fd = os.open(root, _DIR_FLAGS)
+        root_fd = _open_root(root)
     except OSError:
         return
     try:
@@ -359,7 +373,7 @@ def _unlock(fd: int) -> None:
         return
     for name in names:
         try:
-            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            sub = open_nofollow(name, fd, _DIR_FLAGS)  # a folder the block made mode 000 too
         except OSError:
             continue
         try:

@@ -157,10 +157,16 @@ def test_data_path_forms_that_stay_inside(indir: Path) -> None:
         (b'{"type": "FeatureCollection"}', "'features' must be a list"),
         (b'{"type": "FeatureCollection", "features": {}}', "'features' must be a list"),
         (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (b'{"type": "FeatureCollection", "features": [], "x": 1e400}', "number 1e400 is out of range"),
+        (b'{"type": "FeatureCollection", "features": [], "x": -2.5E+999}', "number -2.5E+999 is out of range"),
+        (b'{"type": "FeatureCollection", "features": [], "x": 1' + b"0" * 400 + b'.5}', "is out of range"),
+        (b'{"type": "FeatureCollection", "features": [], "x": ' + b'{"a": ' * 64 + b"1" + b"}" * 64 + b"}",
+         "data.json: nested deeper than 64 levels"),
     ],
     ids=[
         "garbage", "empty", "non-utf8", "nan", "infinity", "minus-infinity", "list", "string", "null",
-        "a-feature", "no-type", "no-features", "features-object", "deep-nesting",
+        "a-feature", "no-type", "no-features", "features-object", "deep-nesting", "huge-exponent",
+        "huge-negative-exponent", "huge-digits", "deep-foreign-member",
     ],
 )
 def test_not_a_feature_collection(indir: Path, raw: bytes, expected: str) -> None:
@@ -521,3 +527,57 @@ def test_coerce_accepts_collection_like_values(value: Any) -> None:
 def test_coerce_refuses_values_that_are_not_collections(value: Any) -> None:
     with pytest.raises(TypeError):
         FeatureCollection.coerce(value)
+
+
+# --- bounded nesting and asset hrefs -------------------------------------------------------------
+
+
+def _deep_properties(levels: int) -> dict[str, Any]:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"k": value}
+    return {"type": "Feature", "geometry": None, "properties": {"k": value}}
+
+
+def _collection_of_collections(levels: int) -> dict[str, Any]:
+    geometry: dict[str, Any] = {"type": "Point", "coordinates": [0, 0]}
+    for _ in range(levels):
+        geometry = {"type": "GeometryCollection", "geometries": [geometry]}
+    return {"type": "Feature", "geometry": geometry, "properties": {}}
+
+
+@pytest.mark.parametrize(("feature", "ok"), [
+    (_deep_properties(60), True),  # collection 1, features 2, feature 3, properties 4, then 60 more: 64
+    (_deep_properties(61), False),
+    (_deep_properties(900), False),
+    (_collection_of_collections(30), True),
+    (_collection_of_collections(40), False),
+    (_collection_of_collections(400), False),  # was a RecursionError in the schema's error report
+    ({"type": "Feature", "geometry": None, "properties": 5, "x": _deep_properties(100)}, False),  # invalid as well
+], ids=["props-60", "props-61", "props-900", "collections-30", "collections-40", "collections-400", "invalid-and-deep"])
+def test_nesting_is_bounded_without_recursion(feature: dict[str, Any], ok: bool) -> None:
+    problems = datajson.validate_feature_collection({"type": "FeatureCollection", "features": [feature]})
+    if ok:
+        assert problems == []
+    else:
+        assert [str(p) for p in problems] == ["feature 0: nested deeper than 64 levels of objects and arrays"]
+
+
+def test_coordinates_are_not_walked_as_nesting() -> None:
+    ring = [[float(i % 7), float(i % 5)] for i in range(1000)]
+    feature = {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": ring}, "properties": {}}
+    assert datajson.validate_feature_collection({"type": "FeatureCollection", "features": [feature]}) == []
+
+
+@pytest.mark.parametrize(("href", "expected"), [
+    ("../../etc/hostname", "asset 'b': href '../../etc/hostname' leaves its folder (through '..')"),
+    ("/etc/hostname", "asset 'b': href '/etc/hostname' is absolute"),
+    ("a\\b.tif", "asset 'b': href 'a\\\\b.tif' must be a POSIX path"),
+    ("sub/../../x", "leaves its folder"),
+], ids=["dotdot", "absolute", "backslash", "dotdot-inside"])
+def test_an_asset_href_that_leaves_the_folder_is_refused(indir: Path, href: str, expected: str) -> None:
+    (indir / "a.tif").write_bytes(b"x")
+    feature = {"type": "Feature", "geometry": None, "properties": {"up42.data_path": "a.tif"},
+               "assets": {"a": {"href": "a.tif"}, "b": {"href": href}, "c": {"href": "https://example.invalid/c.tif"}}}
+    (indir / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    assert expected in load_error(indir).headline() + " ".join(str(p) for p in load_error(indir).problems)

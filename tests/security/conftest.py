@@ -111,6 +111,16 @@ elif action == "links_inside":
     fc([feat(f"b{i}.bin", f"b{i}") for i in range(20)])
 elif action == "exit":
     sys.exit(int(arg))
+elif action == "raw_datajson":
+    open(out("data.json"), "w").write(arg)
+elif action == "lock_output":
+    fc([])
+    os.chmod(OUT, 0)
+elif action == "lock_sub_fail":
+    os.makedirs(out("sub/deeper"))
+    open(out("sub/deeper/f"), "w").write("f\n")
+    os.chmod(out("sub"), 0)
+    sys.exit(3)
 elif action == "sleep_write":
     time.sleep(float(arg))
     for i in range(200):

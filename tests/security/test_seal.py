@@ -192,6 +192,76 @@ def test_files_a_block_made_unreadable_are_still_taken_over(tmp_path: Path, evil
     assert stat.S_IMODE((out / "b.bin").stat().st_mode) == 0o444
 
 
+def test_an_output_folder_the_block_made_mode_000_is_still_taken_over(tmp_path: Path, evil) -> None:
+    from .test_cache import AS_USER
+
+    wf = workflow_file(tmp_path, f"name: locked\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: lock_output}}}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q", prefix=AS_USER)
+    assert result.returncode == 0, result.stderr  # was: exit 1, PermissionError on steps/a/output
+    [out] = (tmp_path / "runs").glob("*/steps/a/output")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o555 and json.loads((out / "data.json").read_text())["features"] == []
+
+
+def test_a_folder_a_failed_block_made_mode_000_never_blocks_resume_or_removal(tmp_path: Path, evil) -> None:
+    from .test_cache import AS_USER
+
+    wf = workflow_file(tmp_path, f"name: locked\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: lock_sub_fail}}}}\n")
+    first = run_workflow(tmp_path, wf, "process", "-q", prefix=AS_USER)
+    assert first.returncode == 3, first.stderr
+    [run_dir] = [path.parent for path in (tmp_path / "runs").glob("*/run.json")]
+    again = run_workflow(tmp_path, wf, "process", "-q", "--resume", run_dir.name, prefix=AS_USER)
+    assert again.returncode == 3, again.stderr  # the block ran again (was: exit 1, PermissionError on 'sub')
+    assert "step 'a'" in one_line_error(again.stderr)
+    removed = blockkit("runs", "rm", run_dir.name, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, prefix=AS_USER)
+    assert removed.returncode == 0, removed.stderr
+    assert not run_dir.exists()
+
+
+def _nested_geometry(levels: int) -> dict:
+    geometry: dict = {"type": "Point", "coordinates": [0, 0]}
+    for _ in range(levels):
+        geometry = {"type": "GeometryCollection", "geometries": [geometry]}
+    return geometry
+
+
+def _nested_value(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"k": [value]}
+    return value
+
+
+@pytest.mark.parametrize("body, said", [
+    ('{"type": "Point", "coordinates": [1e400, 0]}', "number 1e400 is out of range"),
+    (json.dumps(_nested_geometry(150)), "nested deeper than 64 levels"),
+], ids=["huge-number", "deep-geometry"])
+def test_a_data_json_the_runner_could_not_handle_later_is_refused_when_sealing(tmp_path: Path, evil, body, said) -> None:
+    """Numbers Python reads as infinity and nesting that recursive readers cannot follow: the block's fault, exit 6."""
+    bad = '{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": ' + body + ', "properties": 5}]}'
+    wf = workflow_file(tmp_path, f"name: odd\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: raw_datajson, arg: '{bad}'}}}}\n"
+                                 f"  b: {{block: {evil['evilprop']}}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q")
+    assert result.returncode == 6, result.stderr  # was: exit 0 and the next step blamed, or RecursionError (exit 1)
+    line = one_line_error(result.stderr)
+    assert "step 'a'" in line and said in line
+    run = _run_json(tmp_path)
+    assert run["steps"]["a"]["exit_name"] == "NO_OUTPUT_ERROR" and run["steps"]["b"]["status"] == "pending"
+    [step] = (tmp_path / "runs").glob("*/steps/a")
+    assert not (step / "output").exists() and (step / "work/data.json").is_file()  # rejected: left where it was written
+    assert str(step / "output") not in line  # the line names where the rejected file is now
+
+
+def test_deep_properties_are_refused_when_sealing_not_when_the_next_step_copies_them(tmp_path: Path, evil) -> None:
+    props = json.dumps({"deep": _nested_value(300)})
+    bad = '{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": null, "properties": ' + props + '}]}'
+    wf = workflow_file(tmp_path, f"name: odd\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: raw_datajson, arg: '{bad}'}}}}\n"
+                                 f"  c: {{block: {evil['evil']}, after: []}}\n"
+                                 f"  r: {{block: {evil['evilproc']}, after: [a, c]}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q", "--jobs", "1")
+    assert result.returncode == 6, result.stderr  # was: accepted, then the fan-in step r failed with RecursionError
+    assert "step 'a'" in one_line_error(result.stderr) and "nested deeper than 64 levels" in result.stderr
+
+
 def test_remove_tree_copes_with_thousands_of_levels_and_read_only_folders(tmp_path: Path) -> None:
     import subprocess
 
