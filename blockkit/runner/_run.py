@@ -381,6 +381,9 @@ class WorkflowRun:
         if self.options.resume and record.status in ("ok", "cached") and record.cache_key == key and output_dir.is_dir():
             problem = verify_tree(output_dir, record.outputs, self.hashes)
             if problem is None:
+                problem = verify_tree(self.folder.quicklook_dir(step.name), record.quicklooks, self.hashes)
+                problem = problem and f"quicklooks: {problem}"
+            if problem is None:
                 self._emit("skipped", step.name, reason="done in the resumed run", features=record.features_out)
                 return
             self._warn(step.name, f"the output of step {step.name!r} changed since it finished ({problem}); "
@@ -741,7 +744,14 @@ class WorkflowRun:
         if producer is None:
             self.cache.evict(key, rel)
             return False
+        cached_quicklooks = cached.parent / "quicklooks"
+        recorded_quicklooks = producer.get("quicklooks")
+        if not isinstance(recorded_quicklooks, dict):
+            return False  # made before quicklooks were recorded: run the step, which records them
         problem = verify_tree(cached, producer["outputs"], self.hashes)
+        if problem is None and (recorded_quicklooks or cached_quicklooks.is_dir()):
+            problem = verify_tree(cached_quicklooks, recorded_quicklooks, self.hashes)
+            problem = problem and f"quicklooks: {problem}"
         if problem is not None:
             # Never reuse a changed result silently: drop it from the cache and run the step.
             self.cache.evict(key, rel)
@@ -752,6 +762,14 @@ class WorkflowRun:
         remove_tree(self.folder.work_dir(step.name))
         link_tree(cached, output_dir, on_link=self.hashes.moved)
         lock_tree(output_dir)
+        quicklook_dir = self.folder.quicklook_dir(step.name)
+        remove_tree(quicklook_dir)
+        if recorded_quicklooks:  # the block's quicklooks come with its result, as from a run
+            link_tree(cached_quicklooks, quicklook_dir, on_link=self.hashes.moved)
+        else:
+            quicklook_dir.mkdir(parents=True)
+        lock_tree(quicklook_dir)
+        record.quicklooks = dict(recorded_quicklooks)
         record.status, record.cached_from = "cached", rel
         record.parts = []  # the whole step came from the cache; its producer's record lists its features
         record.resources = {}  # nothing ran here: its producer's record says what it ran with
@@ -834,8 +852,9 @@ class WorkflowRun:
         limit = output_limit(step.manifest.machine_type, step.definition.max_output)
         os.rename(spec.output_dir, output_dir)  # same folder, atomic, no byte copied
         sealed = seal_tree(output_dir, self.hashes, limit=limit, deadline=deadline)
-        seal_tree(spec.quicklook_dir, self.hashes, what="quicklooks", limit=limit, deadline=deadline,
-                  hash_files=False).lock()
+        quicklooks = seal_tree(spec.quicklook_dir, self.hashes, what="quicklooks", limit=limit, deadline=deadline)
+        quicklooks.lock()
+        record.quicklooks = quicklooks.files  # a cache hit checks and links them with the output
         if DATA_JSON not in sealed.files:
             raise SealError("it wrote no data.json (an empty result is a data.json with no features)")
         fc = load_data_json(output_dir, required=False)

@@ -51,6 +51,8 @@ class StepRecord:
     upstream: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    #: The hashes of its quicklooks (`steps/<step>/quicklooks`), checked and linked with the output on a cache hit.
+    quicklooks: dict[str, str] = field(default_factory=dict)
     features_out: int | None = None
     detail: str = ""
     #: A scattered step: one entry per input feature, in input order (see `WorkflowRun._run_scattered`):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from blockkit.contract.errors import BlockkitError, SealError, SealTimeout
 from blockkit.runner._hashing import HashCache, HashDeadline, hash_fd
+from blockkit.runner._logfilter import neutralise
 
 GIB = 1 << 30
 #: Default output size limit per machine type (bytes a step's output may hold, sparse files at
@@ -346,7 +347,9 @@ def verify_tree(root: Path, expected: dict[str, str], hashes: HashCache,
     parts = []
     for label, names in (("changed", changed), ("missing", missing), ("added", extra)):
         if names:
-            parts.append(f"{label}: {', '.join(names[:3])}" + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
+            # The block chose the names: control and bidi characters are shown, never sent to a terminal.
+            shown = neutralise(", ".join(names[:3]))
+            parts.append(f"{label}: {shown}" + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
     return "; ".join(parts)
 
 

@@ -111,6 +111,11 @@ elif action == "links_inside":
     fc([feat(f"b{i}.bin", f"b{i}") for i in range(20)])
 elif action == "exit":
     sys.exit(int(arg))
+elif action == "with_quicklook":
+    open(out("result.bin"), "w").write("result\n")
+    ql = os.environ.get("BLOCKKIT_QUICKLOOK_DIR", "/tmp/quicklooks")
+    open(os.path.join(ql, "a.png"), "wb").write(b"\x89PNG " + arg.encode())
+    fc([feat("result.bin", "r")])
 elif action == "raw_datajson":
     open(out("data.json"), "w").write(arg)
 elif action == "lock_output":

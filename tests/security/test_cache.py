@@ -154,3 +154,42 @@ def test_a_cache_hit_never_crosses_engines(tmp_path: Path, evil, docker_client, 
     step = _prov(_run_dir(tmp_path, again.stderr))["steps"][0]
     assert step["status"] == "cached" and step["produced_by"]["engine"] == "docker"
     assert step["produced_by"]["image_id"].startswith("sha256:")
+
+
+@pytest.mark.slow
+def test_a_cache_hit_brings_the_step_quicklooks_checked_like_its_output(tmp_path: Path, evil) -> None:
+    wf = workflow_file(tmp_path, f"name: ql\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: with_quicklook, arg: ORIGINAL}}}}\n")
+    first = run_workflow(tmp_path, wf)
+    assert first.returncode == 0, first.stderr
+    run1 = _run_dir(tmp_path, first.stderr)
+    second = run_workflow(tmp_path, wf)
+    assert second.returncode == 0 and "a unchanged: reused" in second.stderr.replace("✔ ", ""), second.stderr
+    run2 = _run_dir(tmp_path, second.stderr)
+    # Was: no quicklooks folder at all in the run that reused the step.
+    assert (run2 / "steps/a/quicklooks/a.png").read_bytes() == b"\x89PNG ORIGINAL"
+    assert os.stat(run2 / "steps/a/quicklooks/a.png").st_ino == os.stat(run1 / "steps/a/quicklooks/a.png").st_ino
+    assert _prov(run2)["steps"][0]["quicklooks"] == _prov(run1)["steps"][0]["quicklooks"] == {
+        "a.png": hashlib.sha256(b"\x89PNG ORIGINAL").hexdigest()}
+    # A quicklook changed after the step: never reused silently.
+    _poison(run1 / "steps/a/quicklooks/a.png", b"\x89PNG POISONED", keep_mtime=True)
+    third = run_workflow(tmp_path, wf)
+    assert third.returncode == 0, third.stderr
+    assert "quicklooks: changed: a.png" in third.stderr and "evicted" in third.stderr
+    run3 = _run_dir(tmp_path, third.stderr)
+    assert (run3 / "steps/a/quicklooks/a.png").read_bytes() == b"\x89PNG ORIGINAL"
+
+
+def test_names_in_a_cache_warning_never_reach_the_terminal_raw(tmp_path: Path, evil) -> None:
+    wf = workflow_file(tmp_path, f"name: names\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: write, arg: ORIGINAL}}}}\n")
+    first = run_workflow(tmp_path, wf)
+    assert first.returncode == 0, first.stderr
+    out = _run_dir(tmp_path, first.stderr) / "steps/a/output"
+    out.chmod(0o755)
+    (out / "x\x1b]8;;evil.invalid\x07y\u202e").write_text("planted")
+    out.chmod(0o555)
+    second = run_workflow(tmp_path, wf)
+    assert second.returncode == 0, second.stderr
+    assert "added: x\\x1b]8;;evil.invalid\\x07y\\u202e" in second.stderr
+    log = (_run_dir(tmp_path, second.stderr) / "logs/a.log").read_text()
+    for text in (second.stderr, log):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
