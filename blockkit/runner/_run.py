@@ -55,7 +55,7 @@ from blockkit.runner._run_folder import (
 )
 from blockkit.runner._schedule import Budget, Scheduler, Task
 from blockkit.runner._seal import SealError, SealTimeout, lock_tree, output_limit, remove_tree, seal_tree, verify_tree
-from blockkit.runtime._propagation import fan_in_feature, forward_all, forward_fan_in, link_tree
+from blockkit.runtime._propagation import fan_in_features, forward_all, forward_fan_in, link_tree
 
 Event = Callable[[str, str, dict[str, Any]], None]  # (kind, step, info)
 
@@ -902,12 +902,12 @@ class WorkflowRun:
             return self.folder.output_dir(step.upstream[0]), {}
         folder = self.folder.input_dir(step.name)
         self._reset_dir(folder)
-        merged = FeatureCollection()
+        upstream_features = []
         mounts: dict[str, Path] = {}
         mounts_upstreams = self.options.engine.mounts_upstreams
         for up in step.upstream:
             up_dir = self.folder.output_dir(up)
-            merged.features.extend(fan_in_feature(up, f) for f in load_data_json(up_dir, required=False))
+            upstream_features.append((up, load_data_json(up_dir, required=False).features))
             if mounts_upstreams and step.definition.scatter is None:
                 (folder / up).mkdir()
                 mounts[up] = up_dir
@@ -915,7 +915,7 @@ class WorkflowRun:
                 link_tree(up_dir, folder / up, on_link=self.hashes.moved)  # hard links: no bytes copied
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            replace_atomic(folder / DATA_JSON, dumps(merged), dir_fd=fd)
+            replace_atomic(folder / DATA_JSON, dumps(FeatureCollection(fan_in_features(upstream_features))), dir_fd=fd)
         finally:
             os.close(fd)
         seal_tree(folder, self.hashes, what="fan-in input", hash_files=False).lock()

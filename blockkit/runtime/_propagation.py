@@ -8,7 +8,7 @@ import os
 import posixpath
 import stat
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from blockkit.contract._datajson import DATA_PATH, RESERVED_PREFIXES, FeatureCollection, check_data_path, data_path_of
 from blockkit.contract.errors import WrongInputError
@@ -291,12 +291,13 @@ def forward_fan_in(
     """
     from blockkit.contract._datajson import load_data_json
 
-    forwarded = []
+    seen = []
     for step, folder in upstreams.items():
-        for feature in load_data_json(folder, required=False).features:
+        features = load_data_json(folder, required=False).features
+        for feature in features:
             forward_feature(feature, folder, output_dir, prefix=step, on_link=on_link)  # links <folder>/x to <output>/<step>/x
-            forwarded.append(fan_in_feature(step, feature))
-    return _unclash(forwarded, existing)
+        seen.append((step, features))
+    return _unclash(fan_in_features(seen), existing)
 
 
 def _unclash(forwarded: list[dict[str, Any]], existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -317,19 +318,42 @@ def merge_upstreams(folder: Path, upstreams: Sequence[str]) -> FeatureCollection
     """
     from blockkit.contract._datajson import load_data_json, write_data_json
 
-    merged = FeatureCollection()
-    for up in upstreams:
-        merged.features.extend(fan_in_feature(up, f) for f in load_data_json(folder / up, required=False))
+    merged = FeatureCollection(fan_in_features([(up, load_data_json(folder / up, required=False).features)
+                                                for up in upstreams]))
     write_data_json(folder, merged)
+    return merged
+
+
+def fan_in_features(upstreams: Iterable[tuple[str, Iterable[Mapping[str, Any]]]]) -> list[dict[str, Any]]:
+    """Every upstream's features (step, features), in order, as the fan-in step sees them (`fan_in_feature`).
+
+    Ids stay unique: two upstream ids that read the same as text (`1` and `"1"`) would both
+    become `<step>:1`; the later one is `<step>:1-2` (then `-3`, ...).
+    """
+    merged: list[dict[str, Any]] = []
+    taken: set[Any] = set()
+    for step, features in upstreams:
+        for feature in features:
+            out = fan_in_feature(step, feature)
+            ident = out.get("id")
+            if ident is not None:
+                candidate, n = ident, 2
+                while candidate in taken:
+                    candidate, n = f"{ident}-{n}", n + 1
+                out["id"] = candidate
+                taken.add(candidate)
+            merged.append(out)
     return merged
 
 
 def fan_in_feature(step: str, feature: Mapping[str, Any]) -> dict[str, Any]:
     """An upstream feature as a fan-in step sees it: data path under `<step>/`, id `<step>:<id>`."""
-    out = copy.deepcopy(dict(feature))
-    props = out.get("properties") or {}
+    out = dict(feature)  # copies of what changes only: the rest is shared, never modified
+    props = dict(out.get("properties") or {})
     if DATA_PATH in props:
         props[DATA_PATH] = f"{step}/{props[DATA_PATH]}"
+    if isinstance(out.get("assets"), dict):
+        out["assets"] = {key: dict(asset) if isinstance(asset, dict) else asset for key, asset in out["assets"].items()}
     for asset in local_assets(out):
         asset["href"] = f"{step}/{asset['href']}"
     props.setdefault("blockkit.step", step)

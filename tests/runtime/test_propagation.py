@@ -171,3 +171,20 @@ def test_forwarding_refuses_an_asset_leaving_its_folder(tmp_path: Path) -> None:
     with pytest.raises(WrongInputError, match="leaves its folder"):
         forward_feature(feature, src, dst)
     assert list(dst.iterdir()) == []
+
+
+def test_ids_that_read_alike_stay_unique_through_every_fan_in_path(tmp_path: Path) -> None:
+    """`1` and `"1"` both read `a:1` as fan-in ids: the merged input (runner, CWL) and mounted forwarding agree."""
+    from blockkit.contract._datajson import FeatureCollection, load_data_json, write_data_json
+    from blockkit.runtime._propagation import forward_fan_in, merge_upstreams
+
+    ups = {"a": tmp_path / "in" / "a", "b": _upstream(tmp_path / "in" / "b", ["1"])}
+    ups["a"].mkdir(parents=True)
+    write_data_json(ups["a"], FeatureCollection([{"type": "Feature", "id": 1, "geometry": None, "properties": {}},
+                                                 {"type": "Feature", "id": "1", "geometry": None, "properties": {}}]))
+    merged = merge_upstreams(tmp_path / "in", ["a", "b"])
+    assert [f["id"] for f in merged] == ["a:1", "a:1-2", "b:1"]
+    assert [f["id"] for f in load_data_json(tmp_path / "in")] == ["a:1", "a:1-2", "b:1"]  # a valid data.json
+    forwarded = forward_fan_in(ups, [], tmp_path / "out")
+    assert [f["id"] for f in forwarded] == ["a:1", "a:1-2", "b:1"]
+    assert load_data_json(ups["a"]).features[0]["id"] == 1  # the upstream's own features are left alone

@@ -295,3 +295,19 @@ def test_hard_links_inside_the_output_are_sealed_once(tmp_path: Path, evil) -> N
         assert (out / f"a{i}.bin").stat().st_ino == (out / f"b{i}.bin").stat().st_ino
         assert stat.S_IMODE((out / f"a{i}.bin").stat().st_mode) == 0o444
     assert_runs_match_provenance(tmp_path / "runs")
+
+
+def test_ids_that_read_alike_stay_unique_in_the_fan_in_input_and_its_forwarding(tmp_path: Path, evil) -> None:
+    """Ids `1` and `"1"` are different in GeoJSON; as `<step>:<id>` they would read the same."""
+    two = ('{"type": "FeatureCollection", "features": [{"type": "Feature", "id": 1, "geometry": null, "properties": {}}, '
+           '{"type": "Feature", "id": "1", "geometry": null, "properties": {}}]}')
+    wf = workflow_file(tmp_path, f"name: ids\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: raw_datajson, arg: '{two}'}}}}\n"
+                                 f"  c: {{block: {evil['evil']}, after: []}}\n"
+                                 f"  r: {{block: {evil['evilprop']}, after: [a, c]}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q")
+    assert result.returncode == 0, result.stderr  # was: the fan-in input had 'a:1' twice and step r failed (6)
+    [run_dir] = [path.parent for path in (tmp_path / "runs").glob("*/run.json")]
+    seen = json.loads((run_dir / "steps/r/input/data.json").read_text())["features"]
+    assert [f["id"] for f in seen] == ["a:1", "a:1-2", "c:x", "c:r"]
+    out = json.loads((run_dir / "steps/r/output/data.json").read_text())["features"]
+    assert [f["id"] for f in out][-4:] == ["a:1", "a:1-2", "c:x", "c:r"]  # forwarded as the step saw them
