@@ -42,6 +42,7 @@ def list_runs(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
               status: Optional[str] = typer.Option(None, "--status", help="only runs with this status (ok, failed, running, interrupted; comma-separated)"),
               workflow: Optional[str] = typer.Option(None, "--workflow", help="only runs of this workflow (its name)")) -> None:
     """List runs, newest first: id, workflow, status, engine, steps done, start time."""
+    from blockkit.runner._logfilter import neutralise
     from blockkit.runner._run import RUN_FILE
 
     root = _root(runs_dir)
@@ -57,7 +58,8 @@ def list_runs(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
     # `run --resume` take, so nothing is ever cut to fit a terminal.
     header = {"run_id": "RUN ID", "workflow": "WORKFLOW", "status": "STATUS", "engine": "ENGINE",
               "steps": "STEPS", "started": "STARTED"}
-    table = [header] + [{k: str(row.get(k, "")) for k in header} for row in rows]
+    # run.json holds what a workflow file named (its `name:` may be any text): no terminal escapes.
+    table = [header] + [{k: neutralise(str(row.get(k, ""))) for k in header} for row in rows]
     widths = {k: max(len(r[k]) for r in table) for k in header}
     for r in table:
         typer.echo("  ".join(r[k].ljust(widths[k]) for k in header).rstrip())
@@ -108,6 +110,7 @@ def show_run(run_id: str, runs_dir: Optional[Path] = typer.Option(None, "--runs-
              provenance: bool = typer.Option(False, "--provenance", help="print provenance.json")) -> None:
     """Show a run's steps (status, exit code, features, time) or its provenance."""
     from blockkit.contract.errors import WorkflowError
+    from blockkit.runner._logfilter import neutralise
     from blockkit.runner._run import PROVENANCE_FILE, RUN_FILE
 
     folder = _find(runs_dir, run_id)
@@ -123,7 +126,7 @@ def show_run(run_id: str, runs_dir: Optional[Path] = typer.Option(None, "--runs-
         fail(WorkflowError(f"{folder.path / RUN_FILE} is damaged ({type(exc).__name__}: {exc}); "
                            "the run folder's outputs and logs are still there"))
     for line in lines:
-        typer.echo(line)
+        typer.echo(neutralise(line))  # the workflow name and step details come from run.json as written
 
 
 def _show_lines(run: dict[str, Any], path: Path) -> list[str]:

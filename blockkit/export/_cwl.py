@@ -260,6 +260,48 @@ def _tool_inputs(step: PlannedStep, workflow_input: bool, problems: list[Problem
     return names
 
 
+def cwl_directive(value: Any, at: str = "") -> str | None:
+    """Where a parameter value holds a key a CWL engine acts on (`class`, `$include`, ...), or None.
+
+    A mapping with `class: File|Directory` is staged from the host and `$include`/`$import`
+    are resolved when the document loads, at any depth of an `Any` value: such a value is not
+    data to the engine, so the export refuses it rather than hand host files to a block.
+    """
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key == "class" or str(key).startswith("$"):
+                return f"{at}.{key}" if at else str(key)
+            found = cwl_directive(item, f"{at}.{key}" if at else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = cwl_directive(item, f"{at}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _value_problems(plan: Plan) -> list[Problem]:
+    """Parameter values (the workflow's and the manifests' defaults) a CWL engine would not pass as data."""
+    problems: list[Problem] = []
+    for step in plan.steps:
+        for name, spec in step.manifest.parameters.items():
+            if spec.secret:
+                continue  # never written to the document or the job file
+            # The plan fills manifest defaults into the values: name the block's default when it is the source.
+            values = [("manifest default", spec.default)] if spec.has_default else []
+            values.append(("value", step.params.get(name)))
+            for what, value in values:
+                found = cwl_directive(value)
+                if found is not None:
+                    problems.append(Problem(f"step {step.name!r}", (
+                        f"the {what} of parameter {name!r} has the key {found!r}, which a CWL engine reads as a "
+                        "File/Directory or a schema-salad directive, not as data")))
+                    break
+    return problems
+
+
 def _param_type(spec: ParameterSpec, *, optional: bool) -> str:
     base = "string" if spec.secret else CWL_TYPES.get(spec.type, "Any")
     return f"{base}?" if optional else base
@@ -678,6 +720,7 @@ def check_exportable(
     names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
     problems += _scatter_problems(plan, names)
     problems += _direct_problems(plan, direct_runs(plan), names)
+    problems += _value_problems(plan)
     io = io_problems(plan.workflow, leave_output=leave_output)
     problems += [p for p in io if not (input_given and p.where == "keys")]
     if images is not None:
@@ -827,7 +870,9 @@ def export_cwl(
 def job_order(plan: Plan, *, input_location: str | None = None) -> dict[str, Any]:
     """A job order for the exported workflow: the workflow input and every non-secret parameter."""
     job: dict[str, Any] = {}
-    problems: list[Problem] = []
+    problems = _value_problems(plan)
+    if problems:
+        raise ExportError.from_problems(f"workflow {plan.workflow.name!r} cannot be exported to CWL", problems)
     names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
     if any(up == "" for n in names.values() for up in n.directories.values()) and input_location:
         if "://" in input_location:
@@ -857,6 +902,8 @@ def dump_cwl(document: Mapping[str, Any], *, source: str | None = None) -> str:
     import yaml
 
     header = ["#!/usr/bin/env cwl-runner"]
+    if source and not source.isprintable():
+        source = repr(source)  # a line break (or NEL, U+2028) in a file name would end the comment
     header.append(f"# Exported by `blockkit export cwl{' ' + source if source else ''}`; re-export instead of editing.")
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:  # a CWL file reads better without &id001 anchors

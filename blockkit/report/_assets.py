@@ -262,7 +262,7 @@ SCRIPT = r"""
       canvas.addEventListener("wheel", function (e) { e.preventDefault(); st.view.scale *= e.deltaY < 0 ? 1.25 : 0.8; draw(); }, {passive: false});
     }
     st.draw = draw;
-    var legend = el("div", {cls: "legend", text: footprints + " footprint(s) (blue), " + step.vectors.length + " vector ring(s) from output files (orange)" + (step.vectors_cut ? ", cut to fit" : "") + ", " + step.quicklooks.filter(function (q) { return q.bbox; }).length + " quicklook(s) at their feature's bounds. Drag to pan, wheel to zoom."});
+    var legend = el("div", {cls: "legend", text: footprints + " footprint(s) (blue)" + (step.footprints_cut ? ", " + step.footprints_cut + " cut to fit" : "") + ", " + step.vectors.length + " vector ring(s) from output files (orange)" + (step.vectors_cut ? ", cut to fit" : "") + ", " + step.quicklooks.filter(function (q) { return q.bbox; }).length + " quicklook(s) at their feature's bounds. Drag to pan, wheel to zoom."});
     return {node: el("div", null, [el("div", {cls: "mapwrap"}, [canvas, readout]), legend]), state: st};
   }
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import math
+import stat
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote
 
 from blockkit.contract._datajson import DATA_JSON, DATA_PATH, check_data_path
@@ -25,14 +27,21 @@ from blockkit.runner._run import PROVENANCE_FILE, RUN_FILE, RunFolder
 MAX_FEATURES_PER_STEP = 5_000
 MAX_DATA_JSON_BYTES = 64 << 20
 MAX_VERTICES_PER_RING = 400
+# Geometry the maps hold (every map redraw draws all of it); a ring or part counts one vertex more.
+MAX_VERTICES_PER_FEATURE = 4_000  # a feature's footprint
+MAX_FOOTPRINT_VERTICES = 200_000  # per step, all its features' footprints
 MAX_VECTOR_VERTICES = 200_000  # per step, drawn from GeoJSON output files
+MAX_REPORT_VERTICES = 500_000  # footprints and vector files of all steps together
 MAX_VECTOR_FILE_BYTES = 16 << 20
+MAX_VECTOR_BYTES = 128 << 20  # GeoJSON parsed for one report (each file once, however many features name it)
 MAX_PROPERTIES = 12
 MAX_TEXT = 300
 LOG_TAIL_LINES = 200
 LOG_TAIL_BYTES = 64 << 10
 MAX_OUTPUT_HASHES = 500
 MAX_QUICKLOOK_BYTES = 8 << 20
+MAX_QUICKLOOK_PIXELS = 4096 * 4096  # as the PNG or JPEG header declares them: the map draws every quicklook
+MAX_QUICKLOOK_SIDE = 16384
 MAX_INLINE_IMAGE_BYTES = 64 << 20  # all data-URI images of one report together
 IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 VECTOR_SUFFIXES = (".geojson", ".json")
@@ -47,6 +56,7 @@ class ImageBudget:
     run_dir: Path
     inline_left: int = MAX_INLINE_IMAGE_BYTES
     skipped: int = 0
+    too_large: int = 0  # more pixels than MAX_QUICKLOOK_PIXELS
 
     def reference(self, path: Path) -> str | None:
         """A URL for the image that needs no request leaving the report's folder, or None."""
@@ -55,6 +65,13 @@ class ImageBudget:
         except OSError:
             return None
         if not path.is_file() or path.is_symlink() or st.st_size > MAX_QUICKLOOK_BYTES or st.st_size == 0:
+            return None
+        size = image_size(path)
+        if size is None:
+            return None  # not a PNG or JPEG whose size can be read
+        width, height = size
+        if width * height > MAX_QUICKLOOK_PIXELS or max(width, height) > MAX_QUICKLOOK_SIDE:
+            self.too_large += 1
             return None
         if self.report_dir == self.run_dir and _inside(path, self.run_dir):
             rel = path.resolve().relative_to(self.run_dir.resolve())
@@ -68,6 +85,60 @@ class ImageBudget:
             return None
         self.inline_left -= len(data)
         return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+_JPEG_MAX_SEGMENTS = 512
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) a PNG or JPEG file declares in its header, or None for anything else."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(24)
+            if head.startswith(b"\x89PNG\r\n\x1a\n"):
+                if len(head) < 24 or head[12:16] != b"IHDR":
+                    return None
+                width, height = struct.unpack(">II", head[16:24])
+                return (width, height) if width and height else None
+            if head.startswith(b"\xff\xd8\xff"):
+                handle.seek(2)
+                return _jpeg_size(handle)
+    except OSError:
+        return None
+    return None
+
+
+def _jpeg_size(handle: BinaryIO) -> tuple[int, int] | None:
+    """The size in a JPEG's frame header (SOFn), walking at most _JPEG_MAX_SEGMENTS segments."""
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        byte = handle.read(1)
+        if byte != b"\xff":
+            return None
+        while byte == b"\xff":  # fill bytes before a marker
+            byte = handle.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        length_bytes = handle.read(2)
+        if len(length_bytes) < 2:
+            return None
+        (length,) = struct.unpack(">H", length_bytes)
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            frame = handle.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return (width, height) if width and height else None
+        handle.seek(length - 2, 1)
+    return None
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -130,24 +201,53 @@ def _ring(coords: Any) -> list[float]:
     return flat
 
 
-def rings(geometry: Any, depth: int = 0) -> list[list[float]]:
-    """Every ring, line and point of a GeoJSON geometry as flat coordinate lists."""
+def _parts(geometry: Any, depth: int = 0) -> Iterator[list[float]]:
+    """Every ring, line and point of a GeoJSON geometry as flat coordinate lists, lazily.
+
+    An empty list is yielded for each geometry and polygon too, so that a consumer with a
+    budget pays for parts that hold no usable vertex (a million empty rings cost as much).
+    """
     if not isinstance(geometry, dict) or depth > 4:
-        return []
+        return
+    yield []
     kind, coords = geometry.get("type"), geometry.get("coordinates")
     if kind == "Point":
         pos = _position(coords)
-        return [[round(pos[0], 6), round(pos[1], 6)]] if pos else []
-    if kind in ("MultiPoint", "LineString"):
-        return [r for r in [_ring(coords)] if r]
-    if kind in ("Polygon", "MultiLineString"):
-        return [r for r in map(_ring, coords if isinstance(coords, list) else []) if r]
-    if kind == "MultiPolygon":
-        return [r for poly in (coords if isinstance(coords, list) else []) for r in map(_ring, poly if isinstance(poly, list) else []) if r]
-    if kind == "GeometryCollection":
-        parts = geometry.get("geometries")
-        return [r for g in (parts if isinstance(parts, list) else [])[:1000] for r in rings(g, depth + 1)]
-    return []
+        yield [round(pos[0], 6), round(pos[1], 6)] if pos else []
+    elif kind in ("MultiPoint", "LineString"):
+        yield _ring(coords)
+    elif kind in ("Polygon", "MultiLineString"):
+        yield from map(_ring, _list(coords))
+    elif kind == "MultiPolygon":
+        for poly in _list(coords):
+            yield []
+            yield from map(_ring, _list(poly))
+    elif kind == "GeometryCollection":
+        for part in _list(geometry.get("geometries"))[:1000]:
+            yield from _parts(part, depth + 1)
+
+
+@dataclass
+class Rings:
+    """Some geometry as flat coordinate lists, what it cost (vertices, plus one a part) and whether some was left out."""
+
+    rings: list[list[float]] = field(default_factory=list)
+    cost: int = 0
+    cut: bool = False
+
+
+def rings(geometry: Any, limit: int = MAX_VERTICES_PER_FEATURE) -> Rings:
+    """The rings, lines and points of a GeoJSON geometry, up to `limit` (vertices plus one a part)."""
+    out = Rings()
+    for ring in _parts(geometry):
+        cost = len(ring) // 2 + 1
+        if out.cost + cost > limit:
+            out.cut = True
+            break
+        out.cost += cost
+        if ring:
+            out.rings.append(ring)
+    return out
 
 
 def bbox_of(flat_rings: Iterable[list[float]]) -> list[float] | None:
@@ -220,25 +320,64 @@ def _read_json_file(path: Path, limit: int) -> Any:
         return None
 
 
-def _vector_rings(output_dir: Path, data_path: str, budget: list[int]) -> list[list[float]]:
-    """The geometries of a GeoJSON output file (a vector result), within the step's vertex budget."""
-    if not data_path.lower().endswith(VECTOR_SUFFIXES) or budget[0] <= 0:
-        return []
-    if check_data_path(data_path, output_dir) is not None:
-        return []
-    doc = _read_json_file(output_dir / data_path, MAX_VECTOR_FILE_BYTES)
+def _file_rings(doc: Any) -> Rings:
+    """The geometries of a parsed GeoJSON file, up to what one step may draw (MAX_VECTOR_VERTICES)."""
+    out = Rings()
     if not isinstance(doc, dict):
-        return []
+        return out
     features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
-    out: list[list[float]] = []
-    for feat in features if isinstance(features, list) else []:
+    for feat in _list(features):
         geometry = feat.get("geometry") if isinstance(feat, dict) and feat.get("type") == "Feature" else feat
-        for ring in rings(geometry):
-            budget[0] -= len(ring) // 2
-            if budget[0] < 0:
-                return out
-            out.append(ring)
+        found = rings(geometry, MAX_VECTOR_VERTICES - out.cost)
+        out.rings += found.rings
+        out.cost += found.cost + 1  # a feature that holds nothing usable costs too
+        if found.cut or out.cost >= MAX_VECTOR_VERTICES:
+            out.cut = True
+            break
     return out
+
+
+@dataclass
+class GeometryBudget:
+    """The geometry one report's maps may still hold, and the GeoJSON files it has parsed.
+
+    A data path is parsed at most once a report (files are known by device and inode, so
+    other names and hard links of the same file count once), and only MAX_VECTOR_BYTES in all.
+    """
+
+    vertices_left: int = MAX_REPORT_VERTICES
+    vector_bytes_left: int = MAX_VECTOR_BYTES
+    vector_files_skipped: int = 0
+    footprints_cut: int = 0
+    parsed: dict[tuple[int, int], Rings] = field(default_factory=dict)
+
+    def footprint(self, geometry: Any, step_left: int) -> Rings:
+        """A feature's footprint within the feature's, the step's (`step_left`) and the report's budget."""
+        found = rings(geometry, min(MAX_VERTICES_PER_FEATURE, step_left, self.vertices_left))
+        self.vertices_left -= found.cost
+        self.footprints_cut += found.cut
+        return found
+
+    def vector_file(self, output_dir: Path, data_path: str) -> tuple[tuple[int, int], Rings] | None:
+        """A GeoJSON output file (a vector result) as rings, and which file it is; None when it is not read."""
+        if not data_path.lower().endswith(VECTOR_SUFFIXES) or check_data_path(data_path, output_dir) is not None:
+            return None
+        path = output_dir / data_path
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_VECTOR_FILE_BYTES:
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key not in self.parsed:
+            if st.st_size > self.vector_bytes_left:
+                self.vector_files_skipped += 1
+                self.parsed[key] = Rings(cut=True)
+            else:
+                self.vector_bytes_left -= st.st_size
+                self.parsed[key] = _file_rings(_read_json_file(path, MAX_VECTOR_FILE_BYTES))
+        return key, self.parsed[key]
 
 
 def _key_properties(props: dict[str, Any]) -> dict[str, str]:
@@ -290,18 +429,24 @@ def _features(output_dir: Path) -> tuple[list[dict[str, Any]], int, str]:
     return features[:MAX_FEATURES_PER_STEP], len(features), ""
 
 
-def step_section(folder: RunFolder, name: str, record: dict[str, Any], images: ImageBudget) -> dict[str, Any]:
-    """Everything the report shows about one step."""
+def step_section(folder: RunFolder, name: str, record: dict[str, Any], images: ImageBudget,
+                 geometry: GeometryBudget | None = None) -> dict[str, Any]:
+    """Everything the report shows about one step (`geometry`: the report's budget, shared by its steps)."""
+    geometry = geometry if geometry is not None else GeometryBudget()
     cached_from = record.get("cached_from") if isinstance(record.get("cached_from"), str) else None
     files = step_files(folder, name, cached_from)
     raw_features, total, problem = _features(files.output_dir)
     features: list[dict[str, Any]] = []
     by_id: dict[str, list[float] | None] = {}
     vectors: list[list[float]] = []
-    budget = [MAX_VECTOR_VERTICES]
+    footprints_left, vectors_left, vectors_cut, footprints_cut = MAX_FOOTPRINT_VERTICES, MAX_VECTOR_VERTICES, False, 0
+    vector_files: set[tuple[int, int]] = set()
     for index, feature in enumerate(raw_features):
         props = _dict(feature.get("properties"))
-        geometry_rings = rings(feature.get("geometry"))
+        footprint = geometry.footprint(feature.get("geometry"), footprints_left)
+        footprints_left -= footprint.cost
+        footprints_cut += footprint.cut
+        geometry_rings = footprint.rings
         box = _feature_bbox(feature, geometry_rings)
         fid = text(feature.get("id") if feature.get("id") is not None else f"#{index}", 200)
         data_path = props.get(DATA_PATH)
@@ -313,8 +458,18 @@ def step_section(folder: RunFolder, name: str, record: dict[str, Any], images: I
             "rings": geometry_rings,
         })
         by_id.setdefault(fid, box)
-        if isinstance(data_path, str):
-            vectors += _vector_rings(files.output_dir, data_path, budget)
+        found = geometry.vector_file(files.output_dir, data_path) if isinstance(data_path, str) else None
+        if found is not None and found[0] not in vector_files:  # a file named by many features is drawn once
+            vector_files.add(found[0])
+            vectors_cut = vectors_cut or found[1].cut
+            for ring in found[1].rings:
+                cost = len(ring) // 2 + 1
+                if cost > min(vectors_left, geometry.vertices_left):
+                    vectors_cut = True
+                    break
+                vectors_left -= cost
+                geometry.vertices_left -= cost
+                vectors.append(ring)
     quicklooks = []
     if files.quicklook_dir.is_dir() and not files.quicklook_dir.is_symlink():
         for path in sorted(files.quicklook_dir.iterdir())[:MAX_FEATURES_PER_STEP]:
@@ -350,7 +505,8 @@ def step_section(folder: RunFolder, name: str, record: dict[str, Any], images: I
         "features_problem": problem,
         "features": features,
         "vectors": vectors,
-        "vectors_cut": budget[0] < 0,
+        "vectors_cut": vectors_cut,
+        "footprints_cut": footprints_cut,
         "quicklooks": quicklooks,
         "outputs": [[text(k, 300), text(v, 80)] for k, v in list(outputs.items())[:MAX_OUTPUT_HASHES]],
         "outputs_total": len(outputs),
@@ -403,7 +559,8 @@ def read_report(run_dir: Path, report_dir: Path | None = None) -> ReportData:
     provenance = provenance if isinstance(provenance, dict) else {}
     records = _dict(run.get("steps"))
     images = ImageBudget(report_dir or run_dir, run_dir)
-    steps = [step_section(folder, str(name), rec if isinstance(rec, dict) else {}, images)
+    geometry = GeometryBudget()
+    steps = [step_section(folder, str(name), rec if isinstance(rec, dict) else {}, images, geometry)
              for name, rec in list(records.items())[:1000]]
     workflow = _dict(provenance.get("workflow"))
     ended = [s["ended"] for s in steps if s["ended"] is not None]
@@ -425,6 +582,16 @@ def read_report(run_dir: Path, report_dir: Path | None = None) -> ReportData:
     if images.skipped:
         notes.append(f"{images.skipped} quicklook(s) left out: more than {MAX_INLINE_IMAGE_BYTES >> 20} MB of images "
                      "to inline; open report.html inside the run folder to see them all")
+    if images.too_large:
+        notes.append(f"{images.too_large} quicklook(s) left out: more than {MAX_QUICKLOOK_PIXELS:,} pixels "
+                     f"or {MAX_QUICKLOOK_SIDE:,} pixels a side")
+    if geometry.footprints_cut:
+        notes.append(f"{geometry.footprints_cut} footprint(s) cut or left out on the map: at most "
+                     f"{MAX_VERTICES_PER_FEATURE:,} vertices a feature, {MAX_FOOTPRINT_VERTICES:,} a step and "
+                     f"{MAX_REPORT_VERTICES:,} in the report")
+    if geometry.vector_files_skipped:
+        notes.append(f"{geometry.vector_files_skipped} vector file(s) not drawn: more than "
+                     f"{MAX_VECTOR_BYTES >> 20} MB of GeoJSON to read for one report")
     if len(records) > 1000:
         notes.append(f"only the first 1000 of {len(records)} steps are shown")
     return ReportData(summary, steps, notes)

@@ -151,3 +151,25 @@ def test_ctrl_c_stops_the_run_with_a_resume_hint(tmp_path: Path) -> None:
     run_id = next(p.name for p in runs.iterdir() if (p / "run.json").exists())
     assert f"[INTERRUPTED] run {run_id} interrupted; resume with: blockkit run --resume {run_id} --runs-dir {runs}" in err
     assert json.loads((runs / run_id / "run.json").read_text())["status"] == "interrupted"
+
+
+HOSTILE_NAME = "wf\x1b]8;;http://evil.example\x07click\x1b]8;;\x07\x1b[2J\x9b2J\r\u202egnp"
+
+
+@pytest.mark.slow
+def test_runs_list_and_show_neutralise_terminal_escapes_in_the_workflow_name(tmp_path: Path) -> None:
+    blocks = make_blocks(tmp_path / "blocks")
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"name: {json.dumps(HOSTILE_NAME)}\nsteps:\n  make: {{block: {blocks['source']}, params: {{count: 1}}}}\n")
+    runs = tmp_path / "runs"
+    ran = cli("run", wf, "--engine", "process", "--runs-dir", runs)
+    assert ran.returncode == 0, ran.stderr
+    shown_name = r"wf\x1b]8;;http://evil.example\x07click\x1b]8;;\x07\x1b[2J\x9b2J\x0d\u202egnp"
+    for args in (("runs", "list"), ("runs", "show", "latest")):
+        result = cli(*args, "--runs-dir", runs)
+        assert result.returncode == 0, result.stderr
+        assert not any(c in result.stdout for c in "\x1b\x07\x9b\r\u202e"), repr(result.stdout)
+        assert shown_name in result.stdout  # visible as text, as the runner's console shows block output
+    # Machines still get the name exactly as written.
+    [row] = json.loads(cli("runs", "list", "--json", "--runs-dir", runs).stdout)
+    assert row["workflow"] == HOSTILE_NAME
