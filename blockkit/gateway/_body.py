@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import zlib
 from typing import BinaryIO, Protocol
 
@@ -11,6 +12,10 @@ from blockkit.gateway._errors import S3Error
 from blockkit.gateway._sigv4 import SignatureContext, chunk_signature, trailer_signature
 
 MAX_LINE = 8192
+# RFC 9112: chunk-size = 1*HEXDIG (no sign, "0x", "_" or spaces, which int(..., 16) would take).
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# The whole trailer section of an aws-chunked body (S3 sends one checksum and a signature).
+MAX_TRAILERS = 16 * 1024
 CHECKSUM_PREFIX = "x-amz-checksum-"
 # Algorithms S3 knows; the header names are x-amz-checksum-<name>.
 CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
@@ -222,10 +227,9 @@ class HttpChunkedBody:
             return 0
         if self._left == 0:
             size_line = self._src.readline().split(b";", 1)[0].strip()
-            try:
-                self._left = int(size_line, 16)
-            except ValueError:
-                raise S3Error(400, "IncompleteBody", "malformed chunked encoding") from None
+            if not _CHUNK_SIZE.fullmatch(size_line):
+                raise S3Error(400, "IncompleteBody", "malformed chunked encoding")
+            self._left = int(size_line, 16)
             if self._left == 0:
                 while self._src.readline():
                     pass
@@ -273,10 +277,9 @@ class AwsChunkedBody:
         if self._left == 0:
             header = self._src.readline()
             size_part, _, ext = header.partition(b";")
-            try:
-                self._left = int(size_part.strip(), 16)
-            except ValueError:
-                raise S3Error(400, "IncompleteBody", "malformed aws-chunked encoding") from None
+            if not _CHUNK_SIZE.fullmatch(size_part.strip()):
+                raise S3Error(400, "IncompleteBody", "malformed aws-chunked encoding")
+            self._left = int(size_part.strip(), 16)
             self._chunk_sig = ext.partition(b"chunk-signature=")[2].strip().decode("ascii", "replace")
             if self._verify and not self._chunk_sig:
                 raise _chunk_mismatch()
@@ -307,20 +310,24 @@ class AwsChunkedBody:
         self._chunk_hash = hashlib.sha256()
 
     def _read_trailers(self) -> None:
-        raw = b""
+        raw: list[bytes] = []
+        total = 0
         while True:
             line = self._src.readline()
             if not line:
                 break
+            total += len(line) + 2
+            if total > MAX_TRAILERS:
+                raise S3Error(400, "InvalidRequest", f"The trailers of the aws-chunked body exceed {MAX_TRAILERS} bytes.")
             name, _, value = line.decode("latin-1").partition(":")
             name = name.strip().lower()
             if name == "x-amz-trailer-signature":
                 if self._verify and self._ctx is not None:
-                    expected = trailer_signature(self._ctx, self._previous, raw)
+                    expected = trailer_signature(self._ctx, self._previous, b"".join(raw))
                     if expected != value.strip().lower():
                         raise _chunk_mismatch()
                 continue
-            raw += f"{name}:{value.strip()}\n".encode("latin-1")
+            raw.append(f"{name}:{value.strip()}\n".encode("latin-1"))
             self.trailers[name] = value.strip()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote_to_bytes
 
+from blockkit.gateway._beneath import open_file, open_folder
 from blockkit.gateway._errors import GatewayConfigError, S3Error, access_denied, invalid_argument, no_such_key
 from blockkit.gateway._metadata import MetaStore
 
@@ -44,13 +45,25 @@ def decode_key(raw: str) -> str:
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ObjectFile:
-    """A key that resolved to a regular file."""
+    """A key that resolved to a regular file, open for reading (close it, or use it as a context manager)."""
 
     key: str
-    path: Path
+    fd: int
     st: os.stat_result
+
+    def close(self) -> None:
+        """Close the file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "ObjectFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -105,34 +118,16 @@ class Bucket:
                 )
         return inner
 
-    def path_for(self, key: str) -> Path:
-        """The file path of a key; raises AccessDenied if it resolves outside the folder."""
-        parts = self.check_key(key)
-        path = self.root.joinpath(*parts)
-        self._check_inside(path)
-        return path
-
-    def _check_inside(self, path: Path) -> None:
-        # Resolve the deepest existing ancestor so symlinks pointing out of the root are caught.
-        probe = path
-        while not os.path.lexists(probe) and probe != self.root:
-            probe = probe.parent
-        real = os.path.realpath(probe)
-        if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
-            raise access_denied("the key resolves outside the bucket folder (symlink)")
-
     def open_object(self, key: str) -> ObjectFile:
-        """Resolve a key to an existing regular file or raise NoSuchKey."""
-        path = self.path_for(key)
+        """Open a key's regular file beneath the folder, or raise NoSuchKey (AccessDenied for a link out of it)."""
+        parts = self.check_key(key)
         if key.endswith("/"):
             raise no_such_key(key)
         try:
-            st = path.stat()
+            fd, st = open_file(self.root, parts)
         except (FileNotFoundError, NotADirectoryError):
             raise no_such_key(key) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise no_such_key(key)
-        return ObjectFile(key, path, st)
+        return ObjectFile(key, fd, st)
 
     # -- listing ----------------------------------------------------------
     def walk(self, prefix: str = "", after: str = "") -> "KeyWalk":
@@ -141,11 +136,15 @@ class Bucket:
 
 
 class KeyWalk:
-    """A depth-first walk yielding (key, path, stat) in lexicographic key order.
+    """A depth-first walk yielding (key, stat) in lexicographic key order.
 
     Directory entries are sorted by `name + "/"` so that `a/b` comes after
     `a-b`, exactly like S3 sorts flat keys. `skip(prefix)` prunes the rest of
     a subtree once the lister has rolled it into a common prefix.
+
+    Folders are opened by descriptor, each inside the one before; symlinks are resolved beneath
+    the bucket folder (one leading out of it is skipped), and a folder already open further up
+    (a cycle such as `latest -> .`) is not entered again. A folder that cannot be read is skipped.
     """
 
     def __init__(self, bucket: Bucket, prefix: str, after: str) -> None:
@@ -159,7 +158,11 @@ class KeyWalk:
         self._skip = prefix
 
     def __iter__(self) -> Iterator[tuple[str, os.stat_result]]:
-        return self._walk(str(self.bucket.root), "", 0)
+        try:
+            fd = open_folder(self.bucket.root, [])
+        except OSError:
+            return iter(())
+        return self._folder(fd, [], set())
 
     def _wanted_dir(self, dir_key: str) -> bool:
         # dir_key ends with "/"; every key inside starts with it.
@@ -169,52 +172,79 @@ class KeyWalk:
             return False
         return True
 
-    def _walk(self, folder: str, rel: str, depth: int) -> Iterator[tuple[str, os.stat_result]]:
+    def _folder(self, fd: int, rel: list[str], above: set[tuple[int, int]]) -> Iterator[tuple[str, os.stat_result]]:
+        """Walk the open folder fd (key parts `rel`) and close it; `above` holds the folders it is inside."""
         try:
-            with os.scandir(folder) as it:
-                entries = []
+            st = os.fstat(fd)
+            here = (st.st_dev, st.st_ino)
+            if here in above or len(rel) > 64:
+                return
+            yield from self._entries(fd, rel, above | {here})
+        finally:
+            os.close(fd)
+
+    def _entries(self, fd: int, rel: list[str], above: set[tuple[int, int]]) -> Iterator[tuple[str, os.stat_result]]:
+        entries: list[tuple[str, str, os.stat_result | None]] = []  # sort name, name, stat of a file
+        try:
+            with os.scandir(fd) as it:
                 for e in it:
                     if e.name.startswith(INTERNAL_PREFIX):
                         continue
                     try:
-                        is_dir = e.is_dir()  # follows symlinks inside the folder
-                    except OSError:
+                        if e.is_symlink():
+                            kind = self._link_kind(rel + [e.name])
+                        elif e.is_dir(follow_symlinks=False):
+                            kind = "/"
+                        else:
+                            kind = e.stat(follow_symlinks=False)
+                    except (OSError, S3Error):
                         continue
-                    entries.append((e.name + "/" if is_dir else e.name, e, is_dir))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+                    if kind is None:
+                        continue
+                    if kind == "/":
+                        entries.append((e.name + "/", e.name, None))
+                    elif isinstance(kind, os.stat_result) and stat.S_ISREG(kind.st_mode):
+                        entries.append((e.name, e.name, kind))
+        except OSError:
             return
         entries.sort(key=lambda t: t[0])
-        for sort_name, entry, is_dir in entries:
-            key = rel + sort_name
+        prefix = "".join(p + "/" for p in rel)
+        for sort_name, name, st in entries:
+            key = prefix + sort_name
             try:
                 key.encode("utf-8")
             except UnicodeEncodeError:
                 continue  # names that are not UTF-8 cannot be S3 keys
             if self._skip is not None and key.startswith(self._skip):
                 continue
-            if is_dir:
-                if depth > 64 or not self._wanted_dir(key):
+            if st is None:
+                if not self._wanted_dir(key):
                     continue
-                if entry.is_symlink() and not self._inside(entry.path):
+                try:
+                    child = open_folder(self.bucket.root, rel + [name])
+                except (OSError, S3Error):
                     continue
-                yield from self._walk(entry.path, key, depth + 1)
+                yield from self._folder(child, rel + [name], above)
             else:
                 if not key.startswith(self.prefix) or (self.after and key <= self.after):
                     continue
-                try:
-                    st = entry.stat()
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if entry.is_symlink() and not self._inside(entry.path):
-                    continue
                 yield key, st
 
-    def _inside(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        root = str(self.bucket.root)
-        return real == root or real.startswith(root + os.sep)
+    def _link_kind(self, parts: list[str]) -> str | os.stat_result | None:
+        """What a symlink beneath the bucket folder names: "/" for a folder, a file's stat, None for neither."""
+        try:
+            fd = open_folder(self.bucket.root, parts)
+        except NotADirectoryError:
+            pass
+        else:
+            os.close(fd)
+            return "/"
+        try:
+            fd, st = open_file(self.bucket.root, parts)
+        except FileNotFoundError:
+            return None
+        os.close(fd)
+        return st
 
 
 def parse_inputs(values: list[str]) -> dict[str, Path]:

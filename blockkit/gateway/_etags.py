@@ -6,7 +6,6 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 CHUNK = 1024 * 1024
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
@@ -49,9 +48,8 @@ class ETagCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def etag_of(self, path: Path, st: os.stat_result | None = None) -> str:
-        """The ETag of a file: from the cache, else its MD5 computed in chunks."""
-        st = st or path.stat()
+    def etag_of(self, fd: int, st: os.stat_result) -> str:
+        """The ETag of an open file (as stat'ed): from the cache, else its MD5 computed in chunks."""
         key = identity(st)
         cached = self.get(key)
         if cached is not None:
@@ -61,14 +59,15 @@ class ETagCache:
         digest = hashlib.md5()
         buf = bytearray(CHUNK)
         view = memoryview(buf)
-        with open(path, "rb", buffering=0) as fh:
-            while True:
-                n = fh.readinto(buf)
-                if not n:
-                    break
-                digest.update(view[:n])
+        pos = 0
+        while True:
+            n = os.preadv(fd, [buf], pos)
+            if not n:
+                break
+            digest.update(view[:n])
+            pos += n
         etag = digest.hexdigest()
         # Only cache if the file did not change while we read it.
-        if identity(path.stat()) == key:
+        if identity(os.fstat(fd)) == key:
             self.put(key, etag)
         return etag

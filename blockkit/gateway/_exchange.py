@@ -138,6 +138,8 @@ class GatewayState:
     access_log: AccessLog | None
     counters: Counters
     hash_pool: ThreadPoolExecutor
+    #: Seconds a connection may send or take nothing before it is closed.
+    idle_timeout: float = 300.0
     #: Requests answered 500 so far: only the first MAX_PRINTED_TRACEBACKS print their traceback.
     internal_errors: int = 0
 

@@ -7,12 +7,14 @@ listing pages are pure functions in `listing`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import secrets
 import sys
 import time
 import traceback
+from typing import Callable
 
 from blockkit.gateway import _s3xml as s3xml
 from blockkit.gateway._bucket_ops import BucketOps
@@ -86,6 +88,19 @@ class _Request:
         return f"/{self.bucket}/{self.key}" if self.key else f"/{self.bucket}"
 
 
+def request_timeout() -> S3Error:
+    """400 RequestTimeout: the client sent nothing for the idle timeout."""
+    return S3Error(400, "RequestTimeout", "Your socket connection to the server was not read from or written to within the timeout period.")
+
+
+# File-system errors a hostile or mistaken request can cause, as the S3 errors they are.
+_OS_ERRORS: dict[int, Callable[[], S3Error]] = {
+    errno.ENAMETOOLONG: lambda: key_too_long("a file or folder name of this key is too long for the folder's file system"),
+    errno.EFBIG: lambda: S3Error(400, "EntityTooLarge", "Your proposed upload exceeds the maximum file size of the output folder."),
+    errno.ELOOP: lambda: access_denied("the key goes through a symlink the gateway does not follow"),
+}
+
+
 class S3Handler(BucketOps, MultipartOps):
     """Serves one connection; each request is dispatched to an S3 operation."""
 
@@ -97,6 +112,11 @@ class S3Handler(BucketOps, MultipartOps):
         return self.server_version
 
     # -- plumbing ---------------------------------------------------------
+
+    def setup(self) -> None:
+        """Every read and write of the connection waits at most the gateway's idle timeout."""
+        self.timeout = self.state.idle_timeout  # type: ignore[misc]  # stdlib: a class attribute read in setup()
+        super().setup()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         """Silence the stdlib's stderr log; the access log records requests."""
@@ -175,11 +195,16 @@ class S3Handler(BucketOps, MultipartOps):
             self._send_error(err, req.resource if req else self.path)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except TimeoutError:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._send_error(request_timeout(), self.path)
         except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG:
+            known = _OS_ERRORS.get(exc.errno or 0)
+            if known is None:
                 self._internal_error()
             else:
-                self._send_error(key_too_long("a file or folder name of this key is too long for the folder's file system"), self.path)
+                self._send_error(known(), self.path)
         except Exception:  # noqa: BLE001 - one failing request must not kill the server
             self._internal_error()
         finally:

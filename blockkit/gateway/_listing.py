@@ -112,9 +112,12 @@ def encode_token(last: str) -> str:
 def decode_token(token: str) -> str:
     """The key or common prefix a continuation token names; InvalidArgument for a token we did not make."""
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+        last = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         raise invalid_argument("The continuation token provided is incorrect") from None
+    if not last or encode_token(last) != token:
+        raise invalid_argument("The continuation token provided is incorrect")
+    return last
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,14 @@ import json
 import os
 import re
 import secrets
+import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from blockkit.gateway._beneath import NEW_FILE_FLAGS, own_folder, read_small
 from blockkit.gateway._errors import S3Error
 
 XATTR = "user.blockkit.s3"
@@ -47,6 +49,9 @@ MAX_STORED_HEADERS = 8192
 # Parsed documents cached by (device, inode, size, mtime, ctime): setting an xattr or writing
 # the file changes ctime, so a cached answer (also "no metadata") is never stale.
 CACHE_ENTRIES = 10_000
+# A sidecar is read only if it is a regular file of at most this size (10,000 part sizes and
+# part checksums fit); anything else under that name is ignored.
+MAX_SIDECAR = 1024 * 1024
 _NOT_SUPPORTED = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS, errno.EACCES}
 
 
@@ -179,15 +184,27 @@ class MetaStore:
         # (a probe at start-up could run before the folder is writable for us).
         self.xattrs = hasattr(os, "setxattr")
         # Sidecars are consulted only where they can exist: no xattrs, or a folder that has them.
-        self.use_sidecars = not self.xattrs or self.sidecars.is_dir()
+        # (A real folder only: a symlink under that name is the block's, never followed.)
+        try:
+            self.use_sidecars = not self.xattrs or stat.S_ISDIR(os.lstat(self.sidecars).st_mode)
+        except OSError:
+            self.use_sidecars = not self.xattrs
         self._cache: OrderedDict[tuple[int, int, int, int, int], ObjectMeta | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _sidecar(self, key: str) -> Path:
-        return self.sidecars / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + ".json")
+    def _sidecar(self, key: str) -> str:
+        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + ".json"
 
-    def read(self, key: str, path: Path, st: os.stat_result) -> ObjectMeta | None:
-        """The metadata of the file at path (as stat'ed), or None when there is none or it is stale."""
+    def _sidecar_folder(self, create: bool) -> int | None:
+        """The sidecar folder, opened beneath the bucket folder and never through a link (None: none)."""
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return own_folder(root, SIDECAR_DIR, create)
+        finally:
+            os.close(root)
+
+    def read(self, key: str, path: Path | int, st: os.stat_result) -> ObjectMeta | None:
+        """The metadata of the file at path or open as fd (as stat'ed), or None when there is none or it is stale."""
         # Sidecars are found by key, not inode: only the xattr answers can be cached by identity.
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if not self.use_sidecars:
@@ -203,7 +220,7 @@ class MetaStore:
                     self._cache.popitem(last=False)
         return meta
 
-    def _read(self, key: str, path: Path, st: os.stat_result) -> ObjectMeta | None:
+    def _read(self, key: str, path: Path | int, st: os.stat_result) -> ObjectMeta | None:
         data: bytes | None = None
         if self.xattrs:
             try:
@@ -214,9 +231,15 @@ class MetaStore:
                     self.use_sidecars = True
         if data is None and self.use_sidecars:
             try:
-                data = self._sidecar(key).read_bytes()
+                folder = self._sidecar_folder(create=False)
             except OSError:
                 return None
+            if folder is None:
+                return None
+            try:
+                data = read_small(folder, self._sidecar(key), MAX_SIDECAR)
+            finally:
+                os.close(folder)
         if data is None:
             return None
         meta = ObjectMeta.loads(data)
@@ -242,24 +265,32 @@ class MetaStore:
                 return False  # this document does not fit in an xattr here: a sidecar for this one
             raise
 
-    def attach_path(self, path: Path, meta: ObjectMeta) -> bool:
-        """Like attach, for a file that is not open (the in-place multipart assembly)."""
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return self.attach(fd, meta)
-        finally:
-            os.close(fd)
-
     def write_sidecar(self, key: str, meta: ObjectMeta) -> None:
         """Store metadata beside the bucket after the object was renamed into place."""
-        self.sidecars.mkdir(exist_ok=True)
+        folder = self._sidecar_folder(create=True)
+        assert folder is not None
         self.use_sidecars = True
-        target = self._sidecar(key)
-        tmp = self.sidecars / f".tmp-{secrets.token_hex(8)}"
-        tmp.write_bytes(meta.dumps())
-        os.replace(tmp, target)
+        try:
+            tmp = f".tmp-{secrets.token_hex(8)}"
+            fd = os.open(tmp, NEW_FILE_FLAGS, 0o644, dir_fd=folder)
+            try:
+                os.write(fd, meta.dumps())  # a few KB: one write
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._sidecar(key), src_dir_fd=folder, dst_dir_fd=folder)
+        finally:
+            os.close(folder)
 
     def forget(self, key: str) -> None:
         """Drop the sidecar of a deleted object (xattrs go with the file)."""
-        if self.use_sidecars:
-            self._sidecar(key).unlink(missing_ok=True)
+        if not self.use_sidecars:
+            return
+        folder = self._sidecar_folder(create=False)
+        if folder is None:
+            return
+        try:
+            os.unlink(self._sidecar(key), dir_fd=folder)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(folder)

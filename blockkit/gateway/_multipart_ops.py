@@ -18,7 +18,7 @@ from blockkit.gateway._body import (
 from blockkit.gateway._buckets import Bucket
 from blockkit.gateway._errors import S3Error, access_denied, invalid_argument
 from blockkit.gateway._etags import identity
-from blockkit.gateway._multipart import MultipartStore, Upload
+from blockkit.gateway._multipart import MultipartStore, Upload, no_such_upload
 from blockkit.gateway._object_ops import ObjectOps
 from blockkit.gateway._s3xml import el
 from blockkit.gateway._sigv4 import SignatureContext
@@ -102,26 +102,26 @@ class MultipartOps(ObjectOps):
 
     def _upload_part_copy(self, store: MultipartStore, upload: Upload, number: int) -> None:
         _, src, _, _ = self._copy_source()
-        first, count = self._copy_source_range(src.st.st_size)
-        md5 = hashlib.md5()
-        writer = store.part_writer(upload, number, count)
-        try:
-            with open(src.path, "rb") as fh:
+        with src:
+            first, count = self._copy_source_range(src.st.st_size)
+            md5 = hashlib.md5()
+            writer = store.part_writer(upload, number, count)
+            try:
                 buf = bytearray(CHUNK)
                 view = memoryview(buf)
                 pos, left = first, count
                 while left:
-                    n = os.preadv(fh.fileno(), [view[: min(CHUNK, left)]], pos)
+                    n = os.preadv(src.fd, [view[: min(CHUNK, left)]], pos)
                     if not n:
                         raise S3Error(500, "InternalError", "source changed while copying")
                     md5.update(view[:n])
                     writer.write(view[:n])
                     pos += n
                     left -= n
-            part = writer.commit(md5.digest())
-        except BaseException:
-            writer.abort()
-            raise
+                part = writer.commit(md5.digest())
+            except BaseException:
+                writer.abort()
+                raise
         self._finish_unread_body()
         self._send_xml(
             s3xml.document("CopyPartResult", [el("LastModified", s3xml.iso8601(part.last_modified)), el("ETag", f'"{part.etag}"')])
@@ -137,16 +137,23 @@ class MultipartOps(ObjectOps):
         except S3Error:
             # A repeated Complete of an upload that already finished answers 200 again, as S3 does.
             listed = s3xml.parse_complete(self._read_small_body(ctx, object_checksums=True))
-            done = store.completed(key, upload_id, listed)
-            if done is None:
-                raise
-            return self._send_complete(bucket, key, done[0], done[1])
+            return self._complete_again(store, bucket, key, upload_id, listed)
         listed = s3xml.parse_complete(self._read_small_body(ctx, object_checksums=True), part_checksums)
-        target = prepare_target(bucket, key)
-        precheck = self._write_conditions(bucket, key, target)
-        _, etag, st, _ = store.complete(upload, listed, precheck, part_checksums, expected)
+        with upload.completion:
+            if upload.done:
+                # Another Complete of this upload ran while this one waited for it.
+                return self._complete_again(store, bucket, key, upload_id, listed)
+            with prepare_target(bucket, key) as target:
+                precheck = self._write_conditions(bucket, key)
+                etag, st, _ = store.complete(upload, listed, target, precheck, part_checksums, expected)
         self.state.etags.put(identity(st), etag)
         self._send_complete(bucket, key, etag, dict(upload.meta.checksums))
+
+    def _complete_again(self, store: MultipartStore, bucket: Bucket, key: str, upload_id: str, listed: list[tuple[int, str]]) -> None:
+        done = store.completed(key, upload_id, listed)
+        if done is None:
+            raise no_such_upload(upload_id)
+        self._send_complete(bucket, key, done[0], done[1])
 
     def _send_complete(self, bucket: Bucket, key: str, etag: str, headers: dict[str, str]) -> None:
         host = self._headers.get("host", "localhost")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import mimetypes
+import os
 import re
+import stat
 import time
 from email.utils import formatdate, parsedate_to_datetime
-from pathlib import Path
 from typing import Callable
 
 from blockkit.gateway import _conditions as conditions, _s3xml as s3xml
@@ -20,7 +21,8 @@ from blockkit.gateway._exchange import DIGITS, Exchange
 from blockkit.gateway._metadata import ObjectMeta
 from blockkit.gateway._s3xml import el
 from blockkit.gateway._sigv4 import SignatureContext
-from blockkit.gateway._writes import AtomicFile, copy_range, prepare_target, pump
+from blockkit.gateway._beneath import open_folder
+from blockkit.gateway._writes import AtomicFile, Target, copy_range, prepare_target, pump
 
 
 RESPONSE_OVERRIDES = {
@@ -61,14 +63,14 @@ class ObjectOps(Exchange):
 
     def _meta_and_etag(self, bucket: Bucket, obj: ObjectFile) -> tuple[ObjectMeta | None, str]:
         """The stored metadata of an object (if current) and its ETag: cached, stored, or hashed."""
-        meta = bucket.meta.read(obj.key, obj.path, obj.st)
+        meta = bucket.meta.read(obj.key, obj.fd, obj.st)
         cache = self.state.etags
         etag = cache.get(identity(obj.st))
         if etag is None and meta is not None and meta.etag:
             etag = meta.etag
             cache.put(identity(obj.st), etag)
         if etag is None:
-            etag = cache.etag_of(obj.path, obj.st)
+            etag = cache.etag_of(obj.fd, obj.st)
         return meta, etag
 
     def _object_headers(self, obj: ObjectFile, etag: str, meta: ObjectMeta | None) -> dict[str, str]:
@@ -99,7 +101,10 @@ class ObjectOps(Exchange):
         return {} if meta.parts else dict(meta.checksums)
 
     def _get_object(self, bucket: Bucket, key: str, q: dict[str, str], head: bool) -> None:
-        obj = bucket.open_object(key)
+        with bucket.open_object(key) as obj:
+            self._send_object(bucket, obj, q, head)
+
+    def _send_object(self, bucket: Bucket, obj: ObjectFile, q: dict[str, str], head: bool) -> None:
         meta, etag = self._meta_and_etag(bucket, obj)
         headers = self._object_headers(obj, etag, meta)
         verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=True)
@@ -125,7 +130,7 @@ class ObjectOps(Exchange):
         headers.update(self._checksum_headers(meta, q))
         if head:
             return self._send(status, headers, length=count)
-        with open(obj.path, "rb") as fh:
+        with open(obj.fd, "rb", buffering=0, closefd=False) as fh:
             self._send(status, headers, length=count)
             sent = self.connection.sendfile(fh, first, count) if count else 0
             self._bytes_out += sent
@@ -138,7 +143,10 @@ class ObjectOps(Exchange):
         known = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
         if not wanted or not wanted <= known:
             raise invalid_argument("x-amz-object-attributes must name some of: " + ", ".join(sorted(known)))
-        obj = bucket.open_object(key)
+        with bucket.open_object(key) as obj:
+            self._send_attributes(bucket, obj, wanted)
+
+    def _send_attributes(self, bucket: Bucket, obj: ObjectFile, wanted: set[str]) -> None:
         meta, etag = self._meta_and_etag(bucket, obj)
         verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=True)
         if verdict == 304:
@@ -213,8 +221,11 @@ class ObjectOps(Exchange):
         if key.endswith("/"):
             return self._put_folder_marker(bucket, key, ctx)
         check_content_md5(self._headers.get("content-md5"))
-        target = prepare_target(bucket, key)
-        precheck = self._write_conditions(bucket, key, target)
+        with prepare_target(bucket, key) as target:
+            self._put_body(bucket, key, ctx, target)
+
+    def _put_body(self, bucket: Bucket, key: str, ctx: SignatureContext | None, target: Target) -> None:
+        precheck = self._write_conditions(bucket, key)
         meta = self._request_meta()
         body, declared = self._body(ctx)
         checks = self._checksums()
@@ -238,27 +249,24 @@ class ObjectOps(Exchange):
         data = self._read_small_body(ctx)
         if data:
             raise invalid_argument("a key ending in '/' is a folder here and cannot hold data")
-        path = bucket.path_for(key)
-        if path.exists() and not path.is_dir():
-            raise invalid_argument(f"{key!r} is an object; it cannot also be a folder")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            os.close(open_folder(bucket.root, bucket.check_key(key), create=True))
         except (FileExistsError, NotADirectoryError):
-            raise invalid_argument(f"a parent of key {key!r} is an object; it cannot also be a folder") from None
-        bucket.path_for(key)
+            raise invalid_argument(f"{key!r} or a parent of it is an object; it cannot also be a folder") from None
         self._send(200, {"ETag": f'"{EMPTY_MD5}"'})
 
-    def _current_etag(self, bucket: Bucket, key: str, target: Path) -> str | None:
+    def _current_etag(self, bucket: Bucket, key: str) -> str | None:
         try:
-            st = target.stat()
-        except OSError:
-            return None
-        if not target.is_file():
-            return None
-        _, etag = self._meta_and_etag(bucket, ObjectFile(key, target, st))
+            obj = bucket.open_object(key)
+        except S3Error as err:
+            if err.code == "NoSuchKey":
+                return None
+            raise
+        with obj:
+            _, etag = self._meta_and_etag(bucket, obj)
         return etag
 
-    def _write_conditions(self, bucket: Bucket, key: str, target: Path) -> Callable[[], None] | None:
+    def _write_conditions(self, bucket: Bucket, key: str) -> Callable[[], None] | None:
         """Check If-Match / If-None-Match of a write now; returns the re-check to run right before the rename."""
         if_none = self._headers.get("if-none-match")
         if_match = self._headers.get("if-match")
@@ -266,7 +274,7 @@ class ObjectOps(Exchange):
             return None
 
         def check() -> None:
-            etag = self._current_etag(bucket, key, target)
+            etag = self._current_etag(bucket, key)
             if if_match is not None:
                 if etag is None:
                     raise no_such_key(key)
@@ -280,6 +288,7 @@ class ObjectOps(Exchange):
         return check
 
     def _copy_source(self) -> tuple[Bucket, ObjectFile, str, ObjectMeta | None]:
+        """The source of a copy, open (the caller closes it), checked against the x-amz-copy-source-if-* conditions."""
         raw = self._headers["x-amz-copy-source"]
         raw = raw.split("?versionId=", 1)[0]
         src = decode_key(raw).lstrip("/")
@@ -288,10 +297,14 @@ class ObjectOps(Exchange):
             raise invalid_argument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey")
         bucket = self._bucket(name)
         obj = bucket.open_object(key)
-        meta, etag = self._meta_and_etag(bucket, obj)
-        verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=False, prefix="x-amz-copy-source-if-")
-        if verdict is not None:
-            raise conditions.precondition_failed()
+        try:
+            meta, etag = self._meta_and_etag(bucket, obj)
+            verdict = conditions.evaluate(self._headers, etag, obj.st.st_mtime, read=False, prefix="x-amz-copy-source-if-")
+            if verdict is not None:
+                raise conditions.precondition_failed()
+        except BaseException:
+            obj.close()
+            raise
         return bucket, obj, etag, meta
 
     def _copy_object(self, bucket: Bucket, key: str) -> None:
@@ -299,6 +312,12 @@ class ObjectOps(Exchange):
         if directive not in ("COPY", "REPLACE"):
             raise invalid_argument("Unknown metadata directive: use COPY or REPLACE.")
         src_bucket, src, _, src_meta = self._copy_source()
+        with src, prepare_target(bucket, key) as target:
+            self._copy_into(bucket, key, directive, src_bucket, src, src_meta, target)
+
+    def _copy_into(
+        self, bucket: Bucket, key: str, directive: str, src_bucket: Bucket, src: ObjectFile, src_meta: ObjectMeta | None, target: Target
+    ) -> None:
         if src_bucket is bucket and src.key == key and directive != "REPLACE":
             raise S3Error(
                 400,
@@ -313,11 +332,10 @@ class ObjectOps(Exchange):
             if src_meta is not None:
                 meta.headers, meta.user = dict(src_meta.headers), dict(src_meta.user)
             meta.headers.setdefault("content-type", mimetypes.guess_type(src.key)[0] or "application/octet-stream")
-        target = prepare_target(bucket, key)
-        precheck = self._write_conditions(bucket, key, target)
+        precheck = self._write_conditions(bucket, key)
         md5 = hashlib.md5()
-        with AtomicFile(target) as out, open(src.path, "rb") as fh:
-            copy_range(fh.fileno(), out.fd, 0, src.st.st_size, md5.update)
+        with AtomicFile(target) as out:
+            copy_range(src.fd, out.fd, 0, src.st.st_size, md5.update)
             meta.etag = md5.hexdigest()
             st = out.commit(bucket, key, meta, precheck)
         self.state.etags.put(identity(st), meta.etag)
@@ -339,38 +357,50 @@ class ObjectOps(Exchange):
 
     def _remove(self, bucket: Bucket, key: str, etag: str | None = None, mtime: str | None = None, size: str | None = None) -> None:
         """Delete a key (missing keys are fine, as in S3); the conditions apply only to an existing object."""
-        path = bucket.path_for(key)
+        *folders, name = bucket.check_key(key)
+        try:
+            folder = open_folder(bucket.root, folders)
+        except (FileNotFoundError, NotADirectoryError):
+            return
         try:
             if key.endswith("/"):
-                path.rmdir()
-            elif path.is_file() or path.is_symlink():
-                if etag is not None or mtime is not None or size is not None:
-                    self._check_delete_conditions(bucket, key, path, etag, mtime, size)
-                path.unlink()
-                bucket.meta.forget(key)
+                os.rmdir(name, dir_fd=folder)
             else:
-                return
+                if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                    return
+                if etag is not None or mtime is not None or size is not None:
+                    self._check_delete_conditions(bucket, key, etag, mtime, size)
+                os.unlink(name, dir_fd=folder)
+                bucket.meta.forget(key)
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise
             return
+        finally:
+            os.close(folder)
         # Empty folders are invisible in S3; remove the ones this delete emptied.
-        parent = path.parent
-        while parent != bucket.root and bucket.root in parent.parents:
+        for depth in range(len(folders), 0, -1):
             try:
-                parent.rmdir()
+                parent = open_folder(bucket.root, folders[: depth - 1])
+            except (OSError, S3Error):
+                break
+            try:
+                os.rmdir(folders[depth - 1], dir_fd=parent)
             except OSError:
                 break
-            parent = parent.parent
+            finally:
+                os.close(parent)
 
-    def _check_delete_conditions(
-        self, bucket: Bucket, key: str, path: Path, etag: str | None, mtime: str | None, size: str | None
-    ) -> None:
-        st = path.stat()
+    def _check_delete_conditions(self, bucket: Bucket, key: str, etag: str | None, mtime: str | None, size: str | None) -> None:
+        with bucket.open_object(key) as obj:
+            st = obj.st
+            if etag is None:
+                current = ""
+            else:
+                _, current = self._meta_and_etag(bucket, obj)
         if etag is not None:
-            _, current = self._meta_and_etag(bucket, ObjectFile(key, path, st))
             if conditions.evaluate({"if-match": etag}, current, 0, read=False) == 412:
                 raise conditions.precondition_failed()
         if mtime is not None:

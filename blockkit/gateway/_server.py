@@ -18,6 +18,9 @@ from blockkit.gateway._handler import S3Handler
 from blockkit.gateway._multipart import MIN_PART_SIZE, MultipartStore
 from blockkit.gateway._sigv4 import Credentials, Verifier
 
+# A connection that sends or takes no byte for this long is closed (a stalled client holds a thread).
+IDLE_TIMEOUT = 300.0
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -49,9 +52,12 @@ class Gateway:
         region: str = "us-east-1",
         min_part_size: int = MIN_PART_SIZE,
         access_log_limit: int = ACCESS_LOG_LIMIT,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if min_part_size < 0:
             raise GatewayConfigError("min_part_size must not be negative")
+        if idle_timeout <= 0:
+            raise GatewayConfigError("idle_timeout must be positive")
         buckets: dict[str, Bucket] = {}
         for name, folder in inputs.items():
             folder = Path(folder)
@@ -88,12 +94,13 @@ class Gateway:
             buckets=buckets,
             output=out_bucket,
             multipart=multipart,
-            verifier=Verifier(credentials) if credentials else None,
+            verifier=Verifier(credentials, region) if credentials else None,
             region=region,
             etags=ETagCache(),
             access_log=log,
             counters=Counters(),
             hash_pool=ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-md5"),
+            idle_timeout=idle_timeout,
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -132,6 +132,7 @@ class Verifier:
     """Checks SigV4 on a request against the configured credentials."""
 
     credentials: Credentials
+    region: str = "us-east-1"
 
     def verify(
         self,
@@ -172,6 +173,12 @@ class Verifier:
             raise S3Error(
                 403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."
             )
+        if region != self.region:
+            raise S3Error(
+                400, "AuthorizationHeaderMalformed", f"the region '{region}' is wrong; expecting '{self.region}'", Region=self.region
+            )
+        if service != "s3":
+            raise S3Error(400, "AuthorizationHeaderMalformed", f"the service '{service}' in the credential scope is wrong; expecting 's3'")
         return access_key, date, region, service
 
     def _verify_header(

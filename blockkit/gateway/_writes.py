@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import threading
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
+from blockkit.gateway._beneath import NEW_FILE_FLAGS, open_folder
 from blockkit.gateway._body import Body
 from blockkit.gateway._buckets import INTERNAL_PREFIX, Bucket
 from blockkit.gateway._errors import S3Error, invalid_argument
@@ -19,28 +21,62 @@ CHUNK = 1024 * 1024
 COMMIT_LOCK = threading.Lock()
 
 
-def prepare_target(bucket: Bucket, key: str) -> Path:
-    """The path a key will be written to, with its parent folders created inside the bucket."""
-    path = bucket.path_for(key)
-    if path.is_dir():
-        raise invalid_argument(f"key {key!r} names a folder in the output; it cannot also be an object")
-    parent = path.parent
+@dataclass
+class Target:
+    """Where a key is written: its folder, open beneath the bucket folder, and the file name in it."""
+
+    key: str
+    folder: int
+    name: str
+
+    def close(self) -> None:
+        """Close the folder."""
+        if self.folder >= 0:
+            os.close(self.folder)
+            self.folder = -1
+
+    def __enter__(self) -> "Target":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def names_a_folder(key: str) -> S3Error:
+    """400 InvalidArgument: a key that is a folder in the output cannot also be an object."""
+    return invalid_argument(f"key {key!r} names a folder in the output; it cannot also be an object")
+
+
+def prepare_target(bucket: Bucket, key: str) -> Target:
+    """The folder (created inside the bucket) and file name a key will be written to."""
+    *folders, name = bucket.check_key(key)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        fd = open_folder(bucket.root, folders, create=True)
     except (FileExistsError, NotADirectoryError):
         raise invalid_argument(f"a parent of key {key!r} is an object; it cannot also be a folder") from None
-    bucket.path_for(key)  # re-check: the folders we just made must still be inside the bucket
-    return path
+    target = Target(key, fd, name)
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return target
+    except BaseException:
+        target.close()
+        raise
+    if stat.S_ISDIR(st.st_mode):
+        target.close()
+        raise names_a_folder(key)
+    return target
 
 
 class AtomicFile:
     """A temp file in the target's folder that becomes the target on commit and vanishes otherwise."""
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
-        self.tmp = target.parent / f"{INTERNAL_PREFIX}tmp-{secrets.token_hex(8)}"
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.tmp = f"{INTERNAL_PREFIX}tmp-{secrets.token_hex(8)}"
+        self.fd = os.open(self.tmp, NEW_FILE_FLAGS, 0o644, dir_fd=target.folder)
         self._open = True
+        self._exists = True
 
     def write(self, data: memoryview) -> None:
         """Append bytes (all of them)."""
@@ -74,29 +110,39 @@ class AtomicFile:
         if precheck is not None:
             with COMMIT_LOCK:
                 precheck()
-                os.replace(self.tmp, self.target)
+                self._rename()
         else:
-            os.replace(self.tmp, self.target)
+            self._rename()
         if sidecar and bucket is not None and meta is not None:
             bucket.meta.write_sidecar(key, meta)
         return st
+
+    def _rename(self) -> None:
+        folder = self.target.folder
+        try:
+            os.replace(self.tmp, self.target.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except IsADirectoryError:
+            # a folder of that name appeared while the body arrived (someone wrote `key/...`)
+            raise names_a_folder(self.target.key) from None
+        self._exists = False
 
     def abort(self) -> None:
         """Close and delete the temp file."""
         if self._open:
             os.close(self.fd)
             self._open = False
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        if self._exists:
+            try:
+                os.unlink(self.tmp, dir_fd=self.target.folder)
+            except FileNotFoundError:
+                pass
+            self._exists = False
 
     def __enter__(self) -> "AtomicFile":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._open or self.tmp.exists():
-            self.abort()
+        self.abort()
 
 
 def pump(body: Body, sink: Callable[[memoryview], None], observe: Callable[[memoryview], None]) -> int:
