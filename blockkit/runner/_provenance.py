@@ -54,12 +54,14 @@ def provenance_document(run: Mapping[str, Any], *, workflow: Workflow, workflow_
 
     Args:
         run: the run.json document (`run_document`).
-        workflow: the workflow (its `input` and `output` are kept).
+        workflow: the workflow (its `input` and `output` are kept, URLs without `user:password@` and query).
         workflow_sha256: the workflow file's sha256 (None without a file).
         blockkit_version: the runner's version.
         step_order: the steps' names in plan order.
         now: the time of this state (`ended` once the run is no longer running).
     """
+    from blockkit.storage import public_url
+
     status = run["status"]
     return {
         "run_id": run["run_id"],
@@ -68,8 +70,8 @@ def provenance_document(run: Mapping[str, Any], *, workflow: Workflow, workflow_
             "name": workflow.name,
             "path": run["workflow_path"],
             "sha256": workflow_sha256,
-            "input": workflow.input,
-            "output": workflow.output,
+            "input": public_url(workflow.input) if workflow.input else workflow.input,
+            "output": public_url(workflow.output) if workflow.output else workflow.output,
         },
         "engine": run["engine"],
         "resources": run.get("resources", {}),
@@ -81,28 +83,37 @@ def provenance_document(run: Mapping[str, Any], *, workflow: Workflow, workflow_
 
 
 def redact_workflow_text(text: str, plan: Plan) -> str:
-    """The workflow file's text with the value of every secret parameter replaced by '***'.
+    """The workflow file's text with the value of every secret parameter replaced by '***', and the
+    `input:` and `output:` URLs without `user:password@` and query (`blockkit.storage.public_url`).
 
     The values are found by their position in the YAML (so comments and layout stay), also
     when they come through an anchor; a file that does not parse is kept out entirely.
     """
+    import json
+
     import yaml
 
+    from blockkit.storage import public_url
+
     secret = {step.name: step.manifest.secret_parameters for step in plan.steps if step.manifest}
-    if not any(secret.values()):
+    if not any(secret.values()) and "://" not in text:
         return text
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return "# (the workflow file could not be re-read to redact its secrets)\n"
-    spans: set[tuple[int, int]] = set()
+    spans: dict[tuple[int, int], str] = {}
     for step_name, step_node in _mapping_items(_mapping_get(root, "steps")):
         names = secret.get(step_name) or set()
         for param, value_node in _mapping_items(_mapping_get(step_node, "params")):
             if param in names:
-                spans.add((value_node.start_mark.index, value_node.end_mark.index))
-    for start, end in sorted(spans, reverse=True):
-        text = text[:start] + "'***'" + text[end:]
+                spans[(value_node.start_mark.index, value_node.end_mark.index)] = "'***'"
+    for field in ("input", "output"):
+        node = _mapping_get(root, field)
+        if isinstance(node, yaml.ScalarNode) and public_url(str(node.value)) != node.value:
+            spans[(node.start_mark.index, node.end_mark.index)] = json.dumps(public_url(str(node.value)), ensure_ascii=False)
+    for (start, end), value in sorted(spans.items(), reverse=True):
+        text = text[:start] + value + text[end:]
     return text
 
 

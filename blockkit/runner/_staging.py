@@ -24,13 +24,14 @@ def _keystore() -> "Keystore":
 
 def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None]) -> Path:
     """Fetch the workflow's input URI into `<runs>/staged/<unique>/` and return that folder."""
-    from blockkit.storage import stage_in
+    from blockkit.storage import public_url, stage_in
 
     assert workflow.input is not None
     key = workflow.keys.get("input")
     target = runs_dir / "staged" / f"{workflow.name}-{secrets.token_hex(4)}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    say(f"staging in {workflow.input}" + (f" with key {key!r}" if key else ""))
+    # the URL without user:password@ and without its query (a presigned URL's signature)
+    say(f"staging in {public_url(workflow.input)}" + (f" with key {key!r}" if key else ""))
     fc = stage_in(workflow.input, target, keystore=_keystore() if key else None, key=key)
     seal_staged(target)
     say(f"staged in {len(fc)} feature(s) to {target}")

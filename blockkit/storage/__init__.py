@@ -22,6 +22,7 @@ _EXPORTS = {
     "presigned_url": "blockkit.storage._artifacts",
     "Redactor": "blockkit.storage._redact",
     "redact": "blockkit.storage._redact",
+    "public_url": "blockkit.storage._transfer",
     "RetryPolicy": "blockkit.storage._transfer",
     "TransferLimits": "blockkit.storage._transfer",
 }

@@ -138,22 +138,26 @@ class Watchdog:
             _local.watch = None
 
 
+def watched(cls: Any) -> Any:
+    """A subclass of a urllib3 connection class that reports its socket to this thread's Watchdog before
+    each response (also used for botocore's connections, see `_s3.watch_sockets`)."""
+
+    class Watched(cls):  # type: ignore[misc,valid-type]
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            watch = getattr(_local, "watch", None)
+            if watch is not None:
+                watch.attach(self.sock)
+            return super().getresponse(*args, **kwargs)
+
+    return Watched
+
+
 @functools.lru_cache(maxsize=1)
 def _adapter_class() -> Any:
     """An HTTPAdapter whose connections report their socket to this thread's Watchdog before each response."""
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
-    def watched(cls: Any) -> Any:
-        class Watched(cls):  # type: ignore[misc,valid-type]
-            def getresponse(self) -> Any:  # type: ignore[override]
-                watch = getattr(_local, "watch", None)
-                if watch is not None:
-                    watch.attach(self.sock)
-                return super().getresponse()
-
-        return Watched
 
     class WatchedHTTPPool(HTTPConnectionPool):
         ConnectionCls = watched(HTTPConnection)
@@ -248,7 +252,8 @@ def _get(sess: Any, url: str, stream: bool) -> Any:
     return resp
 
 
-def _too_slow(url: str, seconds: float | None) -> TransferFailed:
+def too_slow(url: str, seconds: float | None) -> TransferFailed:
+    """The error for a transfer its watchdog cut off (file_deadline)."""
     within = f" within {seconds:g} s" if seconds else ""
     return TransferFailed(f"{public_url(url)}: not finished{within} (file_deadline); the server sends too slowly")
 
@@ -269,18 +274,18 @@ def raw_chunks(resp: Any, size: int = CHUNK, watch: Watchdog | None = None, url:
             data = resp.raw.read1(size, decode_content=False)
             if not data:
                 if watch is not None and watch.fired:
-                    raise _too_slow(url, None)
+                    raise too_slow(url, None)
                 return
             yield data
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
         if watch is not None and watch.fired:
-            raise _too_slow(url, None) from exc
+            raise too_slow(url, None) from exc
         raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
     except TransferFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - urllib3 protocol/timeout errors while reading
         if watch is not None and watch.fired:
-            raise _too_slow(url, None) from exc
+            raise too_slow(url, None) from exc
         raise TransientError(f"{type(exc).__name__}") from exc
     finally:
         if watch is not None:
@@ -300,7 +305,7 @@ def opener(sess: Any, url: str) -> Opener:
             if watch is not None:
                 watch.stop()
                 if watch.fired:
-                    raise _too_slow(url, None) from exc
+                    raise too_slow(url, None) from exc
             raise
         length = resp.headers.get("Content-Length")
         declared = int(length) if length and length.isdigit() else None

@@ -119,6 +119,9 @@ def config_from_dict(key_type: str, data: Mapping[str, Any]) -> KeyConfig:
     missing = [n for n in required if not data.get(n)]
     if missing:
         raise KeystoreError(f"{key_type} key: missing {', '.join(missing)}")
+    wrong = sorted(k for k, v in data.items() if v is not None and not isinstance(v, str))
+    if wrong:
+        raise KeystoreError(f"{key_type} key: field(s) {', '.join(wrong)} must be text")
     return cls(**{k: v for k, v in data.items() if v is not None})
 
 
@@ -229,7 +232,13 @@ def unseal(record: Mapping[str, Any], private_key: Any, *, fmt: str, where: str)
         )
     except (InvalidTag, ValueError) as exc:
         raise TamperedEntry(f"{where}: authentication failed; the entry was modified or swapped") from exc
-    return Key(name, config_from_dict(key_type, json.loads(plaintext)))
+    try:
+        data = json.loads(plaintext)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise TamperedEntry(f"{where}: the decrypted key is not JSON; not a blockkit key") from exc
+    if not isinstance(data, dict):
+        raise TamperedEntry(f"{where}: the decrypted key is not a JSON object; not a blockkit key")
+    return Key(name, config_from_dict(key_type, data))
 
 
 @dataclass
@@ -536,8 +545,10 @@ def _check_name(name: str) -> None:
 def _read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
-    except ValueError as exc:
+    except ValueError as exc:  # also bytes that are not UTF-8
         raise TamperedEntry(f"{path}: not JSON; the entry was modified") from exc
+    except OSError as exc:  # a folder, or a file this user may not read
+        raise KeystoreError(f"{path}: cannot read the entry ({exc.strerror or type(exc).__name__})") from exc
     if not isinstance(record, dict):
         raise TamperedEntry(f"{path}: not a keystore entry")
     return record

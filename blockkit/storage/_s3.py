@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,10 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _AP_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{1,48}[a-z0-9]$")
 _PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+MAX_OBJECTS = 100_000  # objects of one stage-in listing (as WebDAV's MAX_ENTRIES)
+PAGES_PER_OBJECTS = 100  # a listing may take max_objects / 100 pages (a full page holds 1000 keys): a hostile
+# store may send empty truncated pages forever
+LIST_DEADLINE = 600.0  # seconds for one whole listing (HEAD and every page, all attempts together)
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def _parse_access_point(uri: str, rest: str) -> S3Location:
 
 def s3_client(
     key: Key | None = None, *, region: str | None = None, max_pool: int = 16, endpoint: str | None = None,
-    retries: bool = True,
+    retries: bool = True, watched: bool = False,
 ) -> Any:
     """A boto3 S3 client for a keystore key, or an anonymous (unsigned) one when key is None.
 
@@ -99,6 +104,8 @@ def s3_client(
         retries: False turns botocore's own retries off, for callers that retry themselves (stage-in
             retries in transfer.with_retries: one place, so a failing GET is tried `RetryPolicy.attempts`
             times, not attempts x 4).
+        watched: True makes the client's connections obey this thread's `http.Watchdog` (stage-in's
+            deadlines: a store that trickles headers or body is cut off when the deadline passes).
     """
     import boto3
     from botocore import UNSIGNED
@@ -129,7 +136,33 @@ def s3_client(
             cfg["s3"] = {"addressing_style": "path"}
         region = region or conf.region or "us-east-1"
     session = boto3.session.Session()
-    return session.client("s3", region_name=region, config=Config(**cfg), **kwargs)
+    client = session.client("s3", region_name=region, config=Config(**cfg), **kwargs)
+    if watched:
+        watch_sockets(client)
+    return client
+
+
+def watch_sockets(client: Any) -> None:
+    """Make a boto3 client's connections report their socket to this thread's `http.Watchdog`.
+
+    botocore has no public hook for its connection classes, so the pool classes of the client's own
+    urllib3 session are replaced by watched subclasses of botocore's (an AttributeError here means a
+    botocore release moved them: the stage-in tests of slow S3 servers fail loudly then).
+    """
+    from botocore.awsrequest import AWSHTTPConnectionPool, AWSHTTPSConnectionPool
+
+    from blockkit.storage._http import watched
+
+    class WatchedPool(AWSHTTPConnectionPool):
+        ConnectionCls = watched(AWSHTTPConnectionPool.ConnectionCls)
+
+    class WatchedHTTPSPool(AWSHTTPSConnectionPool):
+        ConnectionCls = watched(AWSHTTPSConnectionPool.ConnectionCls)
+
+    classes = {"http": WatchedPool, "https": WatchedHTTPSPool}
+    http_session = client._endpoint.http_session
+    http_session._pool_classes_by_scheme = classes  # proxy managers made later
+    http_session._manager.pool_classes_by_scheme = classes
 
 
 def s3_error(exc: Exception, what: str) -> Exception:
@@ -183,10 +216,40 @@ def _transient_or_final(exc: Exception, what: str) -> Exception:
     return s3_error(exc, what)
 
 
-def list_objects(client: Any, loc: S3Location, policy: Any = None) -> list[S3Object]:
-    """The object `loc.key` if it exists, else every object under the prefix `loc.key/` (retried per `policy`)."""
+def list_objects(
+    client: Any, loc: S3Location, policy: Any = None, *, max_objects: int = MAX_OBJECTS,
+    deadline: float = LIST_DEADLINE,
+) -> list[S3Object]:
+    """The object `loc.key` if it exists, else every object under the prefix `loc.key/` (retried per `policy`).
+
+    Args:
+        client: a boto3 S3 client (`s3_client`, `watched=True` for the deadline to cut a trickling store off).
+        loc: the bucket and key or prefix.
+        policy: the RetryPolicy for transient failures.
+        max_objects: more objects, or more than max_objects / 100 pages, is a StorageError: a store that
+            lists forever is refused, not held in memory.
+        deadline: seconds for the whole listing, all attempts together; then TransferFailed.
+    """
+    from blockkit.storage._http import Watchdog
+
+    what = f"s3://{loc.bucket}/{loc.key}"
+    watch = Watchdog(deadline).start()
+    try:
+        return _list_objects(client, loc, policy, max_objects)
+    except Exception as exc:
+        if watch.fired:
+            raise TransferFailed(
+                f"{what}: listing not finished within {deadline:g} s; the server sends too slowly"
+            ) from exc
+        raise
+    finally:
+        watch.stop()
+
+
+def _list_objects(client: Any, loc: S3Location, policy: Any, max_objects: int) -> list[S3Object]:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from blockkit.storage._errors import StorageError
     from blockkit.storage._transfer import RetryPolicy, with_retries
 
     policy = policy or RetryPolicy()
@@ -212,9 +275,18 @@ def list_objects(client: Any, loc: S3Location, policy: Any = None) -> list[S3Obj
 
     def list_once() -> list[S3Object]:
         out: list[S3Object] = []
+        listed, max_pages = 0, max(1, max_objects // PAGES_PER_OBJECTS)
         try:
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []) or []:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix)
+            for number, page in enumerate(pages, 1):
+                contents = page.get("Contents", []) or []
+                listed += len(contents)
+                if listed > max_objects or number > max_pages:
+                    raise StorageError(
+                        f"{what}: more than {max_objects} objects (or {max_pages} listing pages) under the prefix; "
+                        f"stage in a smaller prefix"
+                    )
+                for obj in contents:
                     if not obj["Key"].endswith("/"):  # folder markers
                         out.append(S3Object(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
         except (ClientError, BotoCoreError) as exc:
@@ -227,62 +299,124 @@ def list_objects(client: Any, loc: S3Location, policy: Any = None) -> list[S3Obj
     return out
 
 
+class _Body:
+    """The body of a GET, CHUNK bytes at a time; the watchdog of its file stops with it."""
+
+    def __init__(self, body: Any, watch: Any, what: str) -> None:
+        self._body, self._watch, self._what = body, watch, what
+
+    def __iter__(self) -> "_Body":
+        return self
+
+    def __next__(self) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        from blockkit.storage._http import too_slow
+        from blockkit.storage._transfer import CHUNK, TransientError
+
+        try:
+            data = self._body.read(CHUNK)
+        except (BotoCoreError, OSError) as exc:
+            self.close()
+            if self._fired():
+                raise too_slow(self._what, None) from exc
+            raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+        if not data:
+            self.close()
+            if self._fired():  # a shut socket may read as the end of the body
+                raise too_slow(self._what, None)
+            raise StopIteration
+        return bytes(data)
+
+    def _fired(self) -> bool:
+        return self._watch is not None and bool(self._watch.fired)
+
+    def close(self) -> None:
+        """Stop the watchdog and close the connection's body."""
+        if self._watch is not None:
+            self._watch.stop()
+        self._body.close()
+
+
 def opener(client: Any, bucket: str, key: str) -> Any:
-    """An opener for transfer.Download: GET the object and stream its body."""
+    """An opener for transfer.Download: GET the object and stream its body, watched until the file's deadline.
+
+    The client must be made with `watched=True`: the watchdog then shuts the socket of a store that
+    trickles its headers or body (botocore's 60 s read timeout restarts with every byte).
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from blockkit.storage._transfer import CHUNK, TransientError
+    from blockkit.storage._http import Watchdog, too_slow
+    from blockkit.storage._transfer import current_deadline
 
     what = f"s3://{bucket}/{key}"
 
     def open_() -> tuple[int | None, Any]:
+        deadline = current_deadline()
+        watch = Watchdog(deadline - time.monotonic()).start() if deadline is not None else None
         try:
             resp = client.get_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
+            if watch is not None:
+                watch.stop()
+                if watch.fired:
+                    raise too_slow(what, None) from exc
             raise _transient_or_final(exc, what) from exc
-
-        def chunks() -> Any:
-            body = resp["Body"]
-            try:
-                while data := body.read(CHUNK):
-                    yield data
-            except (BotoCoreError, OSError) as exc:
-                raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
-            finally:
-                body.close()
-
-        return int(resp["ContentLength"]), chunks()
+        except BaseException:
+            if watch is not None:
+                watch.stop()
+            raise
+        body = _Body(resp["Body"], watch, what)
+        if watch is not None and watch.fired:  # cut off in the headers, which may then look complete
+            body.close()
+            raise too_slow(what, None)
+        length = resp.get("ContentLength")
+        return (int(length) if isinstance(length, int) else None), body
 
     return open_
 
 
-def get_small(client: Any, loc: S3Location, limit: int, policy: Any) -> bytes:
+def get_small(client: Any, loc: S3Location, limit: int, policy: Any, deadline: float | None = None) -> bytes:
     """The bytes of a small object (a STAC document), at most limit + 1 of them, retried per `policy`.
 
     Args:
-        client: a boto3 S3 client (`s3_client`).
+        client: a boto3 S3 client (`s3_client`, `watched=True` for the deadline to cut a trickling store off).
         loc: the object's bucket and key.
         limit: the most bytes wanted; one more is read so that the caller sees the document is too big.
         policy: the RetryPolicy for transient failures.
+        deadline: seconds for one attempt (default `http.JSON_DEADLINE`); then TransferFailed.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from blockkit.storage._http import JSON_DEADLINE, Watchdog
     from blockkit.storage._transfer import TransientError, with_retries
 
     what = f"s3://{loc.bucket}/{loc.key}"
+    seconds = JSON_DEADLINE if deadline is None else deadline
 
     def once() -> bytes:
+        watch = Watchdog(seconds).start()
         try:
-            resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
-        except (ClientError, BotoCoreError) as exc:
-            raise _transient_or_final(exc, what) from exc
-        body = resp["Body"]
-        try:
-            return bytes(body.read(limit + 1))
-        except (BotoCoreError, OSError) as exc:
-            raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+            try:
+                resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
+            except (ClientError, BotoCoreError) as exc:
+                raise _transient_or_final(exc, what) from exc
+            body = resp["Body"]
+            try:
+                data = bytes(body.read(limit + 1))
+            except (BotoCoreError, OSError) as exc:
+                raise TransientError(f"connection broke mid-body ({type(exc).__name__})") from exc
+            finally:
+                body.close()
+            if watch.fired:
+                raise TransientError("cut off")
+            return data
+        except Exception as exc:
+            if watch.fired:
+                raise TransferFailed(f"{what}: not received within {seconds:g} s; the server sends too slowly") from exc
+            raise
         finally:
-            body.close()
+            watch.stop()
 
     return bytes(with_retries(once, policy, what))
 

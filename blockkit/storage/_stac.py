@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +16,18 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from blockkit.stac import is_stac, item_feature
-from blockkit.storage._errors import StorageError, UnsafePath
+from blockkit.storage._errors import StorageError, TransferFailed, UnsafePath
 from blockkit.storage._transfer import check_component, public_url
 
 __all__ = ["collect_items", "is_stac", "parse_multihash", "plan_item", "resolve_href", "write_layout"]
 
 CATALOG_ID = "catalog"
 STRUCTURAL_RELS = {"self", "root", "parent", "child", "item", "collection", "items"}
+LAYOUT_FILES = ("catalog.json", "data.json")  # beside the item folders: no item may be named so
 MAX_ITEMS = 10_000
 MAX_DEPTH = 10
+MAX_DOCUMENTS = 2 * MAX_ITEMS  # documents fetched by one walk: a tree of catalogs without items is bounded too
+WALK_DEADLINE = 3600.0  # seconds for one walk (each document also has its own http.JSON_DEADLINE)
 
 # multihash codes (https://github.com/multiformats/multicodec) -> hashlib names
 _MULTIHASH = {0x11: "sha1", 0x12: "sha256", 0x13: "sha512", 0x16: "sha3_256", 0x14: "sha3_512", 0xD5: "md5"}
@@ -88,11 +92,22 @@ class RemoteItem:
 
 
 def collect_items(
-    doc: Any, url: str, fetch_json: Callable[[str], Any], *, max_items: int = MAX_ITEMS
+    doc: Any, url: str, fetch_json: Callable[[str], Any], *, max_items: int = MAX_ITEMS,
+    max_documents: int = MAX_DOCUMENTS, deadline: float = WALK_DEADLINE,
 ) -> list[RemoteItem]:
-    """Every item reachable from an Item, ItemCollection, Catalog or Collection (child links followed)."""
+    """Every item reachable from an Item, ItemCollection, Catalog or Collection (child links followed).
+
+    Args:
+        doc: the document at `url`, parsed.
+        url: where it came from (relative links resolve against it).
+        fetch_json: fetches and parses a linked document.
+        max_items: more items is a StorageError.
+        max_documents: more linked documents to fetch is a StorageError (a hostile tree of catalogs).
+        deadline: seconds for the whole walk; then TransferFailed.
+    """
     items: list[RemoteItem] = []
     seen: set[str] = set()
+    end = time.monotonic() + deadline
 
     def visit(node: Any, base: str, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -114,6 +129,13 @@ def collect_items(
                 if target in seen:
                     continue
                 seen.add(target)
+                if len(seen) > max_documents + 1:  # + 1: the document at `url`
+                    raise StorageError(
+                        f"{public_url(url)}: links more than {max_documents} STAC documents; stage in a smaller catalog"
+                    )
+                if time.monotonic() > end:
+                    raise TransferFailed(f"{public_url(url)}: reading the catalog's documents took more than "
+                                         f"{deadline:g} s; stage in a smaller catalog")
                 visit(fetch_json(target), target, depth + 1)
         else:
             raise StorageError(f"{public_url(base)}: STAC type {kind!r} is not an Item, Catalog or Collection")
@@ -177,7 +199,9 @@ def _local_name(href: str, taken: set[str], asset_key: str, item_id: str, raw_hr
         name = check_component(asset_key, f"item {item_id!r} asset key")
     check_component(name, what)
     if name in taken or name == f"{item_id}.json":
-        name = f"{check_component(asset_key.replace('/', '_'), 'asset key')}-{name}"
+        name = check_component(f"{check_component(asset_key.replace('/', '_'), 'asset key')}-{name}", what)
+        if name in taken or name == f"{item_id}.json":
+            raise UnsafePath(f"{what} {name!r} is the item's own document or another asset's file; refusing it")
     taken.add(name)
     return name
 
@@ -189,6 +213,8 @@ def plan_item(remote: RemoteItem, target: Path, *, remote_source: bool) -> Plann
     if not isinstance(item_id, str):
         raise StorageError(f"{public_url(remote.base)}: STAC item without a string id")
     check_component(item_id, "STAC item id")
+    if item_id in LAYOUT_FILES:
+        raise UnsafePath(f"STAC item id {item_id!r} is a file of the stage-in layout; refusing it")
     assets = data.get("assets")
     if not isinstance(assets, dict) or not assets:
         raise StorageError(f"STAC item {item_id!r} has no assets; nothing to stage in")

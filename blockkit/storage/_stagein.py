@@ -191,13 +191,20 @@ def _stage_local(src: Path, target: Path, cred: Key | None, opts: StageOptions) 
 
 
 def _check_symlinks(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            if p.is_symlink():
-                real = p.resolve()
-                if real != root and root not in real.parents:
-                    raise UnsafePath(f"{p} is a symlink to {real}, outside {root}; refusing to follow it")
+    """Refuse symlinks that leave root, and folder symlinks that lead back into a folder holding them (the
+    copy, which follows links, would never end); walked as the copy walks, links followed."""
+
+    def walk(folder: Path, above: frozenset[Path]) -> None:
+        for p in sorted(folder.iterdir()):
+            real = p.resolve()
+            if p.is_symlink() and real != root and root not in real.parents:
+                raise UnsafePath(f"{p} is a symlink to {real}, outside {root}; refusing to follow it")
+            if p.is_dir():
+                if real in above:
+                    raise UnsafePath(f"{p} is a symlink to {real}, a folder that holds it (a loop); refusing it")
+                walk(p, above | {real})
+
+    walk(root, frozenset({root}))
 
 
 # --- describing a staged folder --------------------------------------------------------------
@@ -275,7 +282,7 @@ class _Sources:
         if region not in self._s3:
             key = self.cred if self.cred is not None and self.cred.type == "s3" else None
             self._s3[region] = s3.s3_client(key, region=region, max_pool=max(self.opts.workers, 4),
-                                            endpoint=self.opts.endpoint, retries=False)
+                                            endpoint=self.opts.endpoint, retries=False, watched=True)
         return self._s3[region]
 
     def _local(self, url: str) -> Path:
@@ -365,9 +372,9 @@ def _stage_http_file(url: str, target: Path, sess: Any, opts: StageOptions) -> F
 
 
 def _stage_stac(doc: Any, url: str, target: Path, sources: _Sources, opts: StageOptions) -> FeatureCollection:
-    remote = urlsplit(url).scheme != "file"
     items = stac.collect_items(doc, url, sources.get_json)
-    planned = [stac.plan_item(it, target, remote_source=remote) for it in items]
+    # remote-ness per item: a remote document under a local catalog may not point at local files either
+    planned = [stac.plan_item(it, target, remote_source=urlsplit(it.base).scheme != "file") for it in items]
     stac.check_unique_ids(planned)  # before a single byte is downloaded
     tasks = []
     for p in planned:

@@ -11,11 +11,13 @@ Items are written with `blockkit.stac` (pystac), the same model as output catalo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,16 +256,40 @@ def _to_local(uploads: list[Upload], documents: list[Document], target: Path, ov
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     for job in uploads:
-        dest = target / job.relative
+        dest = _local_dest(target, job.relative)
         if root not in dest.resolve().parents:
             raise UnsafePath(f"{job.relative!r} would write outside {target}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(job.path, tmp)
-        os.replace(tmp, dest)
+        _replace(dest, functools.partial(shutil.copyfile, job.path))
     for doc in documents:
-        (target / doc.relative).parent.mkdir(parents=True, exist_ok=True)
-        tmp = target / (doc.relative + ".part")
-        tmp.write_bytes(doc.data)
-        os.replace(tmp, target / doc.relative)
+        _replace(_local_dest(target, doc.relative), functools.partial(_write_bytes, doc.data))
     return str((target / "catalog.json").absolute())
+
+
+def _local_dest(target: Path, relative: str) -> Path:
+    """target/relative, its folders made; refuses a path through or onto a symlink (a target reused with
+    --overwrite may hold links planted to lead outside it)."""
+    path = target
+    for part in relative.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise UnsafePath(f"{path} is a symlink; refusing to write through it (stage out to a new folder)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    path.write_bytes(data)
+
+
+def _replace(dest: Path, write: Callable[[Path], object]) -> None:
+    """Write dest through a new temporary file beside it (made with O_EXCL: never a planted one), then rename."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -111,23 +111,32 @@ def with_retries(fn: Callable[[], T], policy: RetryPolicy, label: str) -> T:
     raise TransferFailed(f"{label}: failed after {policy.attempts} attempts: {last}")
 
 
+NAME_MAX = 255  # bytes of one file name on Linux filesystems
+
+
 def check_component(name: str, what: str) -> str:
     """Return name if it is a single safe path component, else raise UnsafePath."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise UnsafePath(f"{what} {name!r} is not a plain file or folder name; refusing to write it")
+    if len(os.fsencode(name + ".part")) > NAME_MAX:  # the download's `.part` file must fit too
+        raise UnsafePath(f"{what} {name[:40]!r}… is longer than {NAME_MAX - len('.part')} bytes; refusing it")
     return name
 
 
 def safe_join(root: Path, relative: str, what: str = "path") -> Path:
-    """root/relative, refusing absolute paths, `..`, backslashes and NULs (nothing may land outside root)."""
+    """root/relative, a path strictly inside root: refuses absolute paths, `..`, backslashes, NULs, and paths
+    that name root itself (`.`, `./.`: its `.part` file would be written beside root)."""
     if not relative or relative.startswith("/") or "\\" in relative or "\x00" in relative:
         raise UnsafePath(f"{what} {relative!r} would write outside {root}; refusing it")
-    parts = PurePosixPath(relative).parts
+    parts = [p for p in PurePosixPath(relative).parts if p != "."]
     if ".." in parts:
         raise UnsafePath(f"{what} {relative!r} would write outside {root}; refusing it")
-    target = root.joinpath(*[p for p in parts if p != "."])
-    resolved_root = root.resolve()
-    if resolved_root not in target.resolve().parents and target.resolve() != resolved_root:
+    if not parts:
+        raise UnsafePath(f"{what} {relative!r} names the target folder itself, not a file in it; refusing it")
+    for part in parts:
+        check_component(part, f"{what}: part")
+    target = root.joinpath(*parts)
+    if root.resolve() not in target.resolve().parents:
         raise UnsafePath(f"{what} {relative!r} resolves outside {root}; refusing it")
     return target
 
@@ -301,6 +310,7 @@ def download_all(
     policy = policy or RetryPolicy()
     budget = Budget(limits or TransferLimits())
     check_destinations(tasks)
+    check_sizes(tasks, budget.limits)
     sizes = [t.size for t in tasks]
     total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
     done = 0
@@ -335,6 +345,21 @@ def check_destinations(tasks: list[Download]) -> None:
                 raise UnsafePath(
                     f"{seen[parent]} is a file but {t.label} needs it as a folder; they cannot both be staged in"
                 )
+
+
+def check_sizes(tasks: list[Download], limits: TransferLimits) -> None:
+    """Refuse, before a byte is fetched, a file listed larger than max_file_bytes or listed sizes over max_total_bytes."""
+    total = 0
+    for t in tasks:
+        if t.size is None:
+            continue
+        if t.size > limits.max_file_bytes:
+            raise TooLarge(f"{t.label}: listed as {limits.describe_size(t.size)}, larger than the limit of "
+                           f"{limits.describe_size(limits.max_file_bytes)} per file (max_file_bytes)")
+        total += t.size
+    if total > limits.max_total_bytes:
+        raise TooLarge(f"the {len(tasks)} files listed hold {limits.describe_size(total)}, more than the stage-in "
+                       f"limit of {limits.describe_size(limits.max_total_bytes)} (max_total_bytes); raise it to fetch more")
 
 
 def iter_file(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:

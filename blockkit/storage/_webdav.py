@@ -148,19 +148,22 @@ def members(sess: Any, url: str, policy: RetryPolicy) -> int:
     return len(listing) - len(own)
 
 
-def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy, made: set[str]) -> None:
+def mkcol_tree(sess: Any, base_url: str, relative_dir: str, policy: RetryPolicy, made: set[str], *,
+               encoded: bool = False) -> None:
     """Create base_url/relative_dir and its parents (MKCOL), skipping ones made before.
 
     Args:
         sess: the requests session (`session_for`).
         base_url: the collection the folders go under (it must exist).
-        relative_dir: '/'-separated folders to create below it, parents first.
+        relative_dir: '/'-separated folders to create below it, parents first: folder names, quoted here
+            the way `upload` quotes the PUT paths (a folder named `%2e%2e` stays that name, never `..`).
         policy: retries of transient failures, per MKCOL.
         made: URLs created so far by this upload; updated, so each folder is made once.
+        encoded: relative_dir is already a URL path (the target's own), used as given, as PUT uses it.
     """
     url = base_url.rstrip("/")
     for part in [p for p in relative_dir.split("/") if p]:
-        url = f"{url}/{quote(unquote(part))}"
+        url = f"{url}/{part if encoded else quote(part)}"
         if url in made:
             continue
 
@@ -277,7 +280,7 @@ def upload(
     scheme_host = base[: len(base) - len(base_path)] if base_path else base
     relatives = [u.relative for u in uploads] + [d.relative for d in documents]
     webdav_dirs = sorted({posixpath.dirname(rel) for rel in relatives} - {""})
-    mkcol_tree(sess, scheme_host, base_path, policy, made)  # the target collection itself
+    mkcol_tree(sess, scheme_host, base_path, policy, made, encoded=True)  # the target collection itself
     for folder in webdav_dirs:
         mkcol_tree(sess, base, folder, policy, made)
     with Progress(progress, sum(u.size for u in uploads), f"uploading to {public_url(base)}") as bar:

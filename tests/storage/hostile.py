@@ -221,3 +221,44 @@ def s3_failing_get(bucket: str, key: str, size: int = 10) -> Route:
                {"Content-Type": "application/xml"})
 
     return route
+
+
+def s3_endless_listing(bucket: str, per_page: int = 1000) -> Route:
+    """ListObjectsV2 that is always truncated, with `per_page` new keys and a new continuation token each page."""
+    import itertools
+    from urllib.parse import parse_qs, urlsplit
+
+    pages = itertools.count()
+
+    def route(h: _Handler) -> None:
+        if not parse_qs(urlsplit(h.path).query).get("list-type"):
+            h.send(404, b"<Error><Code>NoSuchKey</Code></Error>", {"Content-Type": "application/xml"})
+            return
+        n = next(pages)
+        contents = "".join(f"<Contents><Key>p/{n}-{i}</Key><Size>1</Size><ETag>\"x\"</ETag></Contents>"
+                           for i in range(per_page))
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Name>{bucket}</Name><Prefix>p/</Prefix><KeyCount>{per_page}</KeyCount><MaxKeys>1000</MaxKeys>"
+            f"<IsTruncated>true</IsTruncated><NextContinuationToken>token{n}</NextContinuationToken>{contents}"
+            "</ListBucketResult>"
+        ).encode()
+        h.send(200, xml, {"Content-Type": "application/xml"})
+
+    return route
+
+
+def stac_catalog_tree(children: int = 50, levels: int = 5, delay: float = 0.0) -> Route:
+    """A STAC catalog at every path: each links `children` child catalogs below it (`levels` deep, so
+    children ** levels documents), and never an item; each answer waits `delay` seconds."""
+    import json
+
+    def route(h: _Handler) -> None:
+        time.sleep(delay)
+        path = h.path.split("?")[0].removesuffix(".json")
+        below = range(children) if path.count("/") < levels else range(0)
+        doc = {"type": "Catalog", "stac_version": "1.0.0", "id": "c", "description": "d",
+               "links": [{"rel": "child", "href": f"{path}/{i}.json"} for i in below]}
+        h.send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+
+    return route

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from blockkit.contract.errors import ExitCode
-from blockkit.storage import _http as http
+from blockkit.storage import _http as http, _s3 as s3, _stac as stac
 from blockkit.storage._errors import InsecureCredentials, StorageError, TooLarge, TransferFailed, UnsafePath
 from blockkit.storage._keystore import Keystore, WebDavKeyConfig
 from blockkit.storage._stagein import stage_in
@@ -26,10 +26,12 @@ from tests.storage.hostile import (
     endless_webdav,
     gzip_bomb,
     redirect,
+    s3_endless_listing,
     s3_failing_get,
     s3_listing,
     slow_headers,
     slow_loris,
+    stac_catalog_tree,
     status,
 )
 
@@ -266,3 +268,168 @@ def test_http_404_asset_leaves_nothing(hostile: HostileServer, tmp_path: Path) -
     with pytest.raises(StorageError, match="gone.bin"):
         stage_in(hostile.url("/item.json"), tmp_path / "in", progress=False, retry=FAST, workers=1)
     assert not (tmp_path / "in").exists()
+
+
+# --- S3: bounded listings, deadlines that hold -------------------------------------------------------
+
+
+def test_s3_endless_listing_is_refused(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/bkt*"] = s3_endless_listing("bkt")
+    start = time.monotonic()
+    with pytest.raises(StorageError) as err:
+        stage_in("s3://bkt/p/", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url())
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "s3://bkt/p/", f"more than {s3.MAX_OBJECTS} objects")
+    assert time.monotonic() - start < 30 and not (tmp_path / "in").exists()
+    assert len([s for s in hostile.seen if "list-type" in s.path]) <= s3.MAX_OBJECTS // 1000 + 1
+    assert not [s for s in hostile.seen if s.method == "GET" and "list-type" not in s.path]
+
+
+def test_s3_endless_empty_pages_are_refused(hostile: HostileServer) -> None:
+    # stage-in's listing allows MAX_OBJECTS / 100 = 1000 pages (45 s on loopback): the same code, a smaller cap
+    hostile.routes["/bkt*"] = s3_endless_listing("bkt", per_page=0)
+    client = s3.s3_client(None, endpoint=hostile.url(), retries=False, watched=True)
+    with pytest.raises(StorageError) as err:
+        s3.list_objects(client, s3.S3Location("bkt", "p/"), FAST, max_objects=2000)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "more than 2000 objects (or 20 listing pages)")
+    assert len([s for s in hostile.seen if "list-type" in s.path]) == 21
+
+
+def test_s3_listed_sizes_over_the_total_limit_download_nothing(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/bkt*"] = s3_listing({f"p/f{i}": bytes([i]) * 600 for i in range(3)}, "bkt")
+    with pytest.raises(TooLarge) as err:
+        stage_in("s3://bkt/p/", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url(),
+                 limits=TransferLimits(max_total_bytes=1000))
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "1800 bytes", "max_total_bytes")
+    assert not hostile.gets("/bkt/p/f0") and not (tmp_path / "in").exists()
+
+
+def test_s3_slow_loris_hits_the_file_deadline(hostile: HostileServer, tmp_path: Path) -> None:
+    # one GET reads up to 1 MiB: without a watchdog it waits for all 60 bytes (12 s), per attempt
+    hostile.routes["/bkt/slow.bin"] = slow_loris(length=60, every=0.2)
+    start = time.monotonic()
+    with pytest.raises(TransferFailed) as err:
+        stage_in("s3://bkt/slow.bin", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url(),
+                 limits=TransferLimits(file_deadline=1.5))
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "s3://bkt/slow.bin", "file_deadline")
+    assert time.monotonic() - start < 6 and not (tmp_path / "in").exists()
+
+
+def test_s3_slow_headers_hit_the_file_deadline(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/bkt/trickle.bin"] = slow_headers(every=0.1)
+    start = time.monotonic()
+    with pytest.raises(TransferFailed) as err:
+        stage_in("s3://bkt/trickle.bin", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url(),
+                 limits=TransferLimits(file_deadline=1.5))
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "s3://bkt/trickle.bin", "file_deadline")
+    assert time.monotonic() - start < 6 and not (tmp_path / "in").exists()
+
+
+def test_s3_slow_listing_and_document_hit_their_deadline(hostile: HostileServer) -> None:
+    hostile.routes["/bkt"] = slow_headers(every=0.1)
+    hostile.routes["/bkt/doc.json"] = slow_loris(length=60, every=0.2)
+    client = s3.s3_client(None, endpoint=hostile.url(), retries=False, watched=True)
+    start = time.monotonic()
+    with pytest.raises(TransferFailed) as err:
+        s3.list_objects(client, s3.S3Location("bkt", "p/"), FAST, deadline=1.5)
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "s3://bkt/p/", "listing not finished within 1.5 s")
+    assert time.monotonic() - start < 6
+    start = time.monotonic()
+    with pytest.raises(TransferFailed) as err:
+        s3.get_small(client, s3.S3Location("bkt", "doc.json"), 1000, FAST, deadline=1.5)
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "s3://bkt/doc.json", "not received within 1.5 s")
+    assert time.monotonic() - start < 6
+
+
+@pytest.mark.parametrize("key", ["p/.", "p/./."])
+def test_s3_key_naming_the_target_itself_touches_nothing_beside_it(hostile: HostileServer, tmp_path: Path,
+                                                                  key: str) -> None:
+    hostile.routes["/bkt*"] = s3_listing({key: b"server bytes"}, "bkt")
+    mine = tmp_path / "in.part"  # a file of the user's own, where `<target>.part` would be written
+    mine.write_text("mine")
+    with pytest.raises(UnsafePath) as err:
+        stage_in("s3://bkt/p/", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url())
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, repr(key), "target folder itself")
+    assert mine.read_text() == "mine" and not (tmp_path / "in").exists()
+    assert not [s for s in hostile.seen if s.method == "GET" and "list-type" not in s.path]
+
+
+def test_remote_item_under_a_local_catalog_may_not_read_local_files(hostile: HostileServer, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "private-notes.txt").write_text("PRIVATE")
+    (home / "catalog.json").write_text(json.dumps({
+        "type": "Catalog", "stac_version": "1.0.0", "id": "mine", "description": "d",
+        "links": [{"rel": "child", "href": hostile.url("/remote-catalog.json")}]}))
+    hostile.routes["/remote-catalog.json"] = body(json.dumps({
+        "type": "Catalog", "stac_version": "1.0.0", "id": "r", "description": "d",
+        "links": [{"rel": "item", "href": hostile.url("/item.json")}]}).encode())
+    hostile.routes["/item.json"] = body(_item("grab", {"data": (home / "private-notes.txt").as_uri()}))
+    with pytest.raises(UnsafePath) as err:
+        stage_in(str(home / "catalog.json"), tmp_path / "in", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "'grab'", "local href", "remote catalog")
+    assert not (tmp_path / "in").exists()
+
+
+# --- STAC: a walk of catalogs is bounded ------------------------------------------------------------
+
+
+def test_stac_tree_of_catalogs_without_items_is_bounded(hostile: HostileServer) -> None:
+    # 50 ** 5 catalogs and no item; stage-in allows MAX_DOCUMENTS (20000): the same walk, a smaller cap
+    hostile.routes["/c*"] = stac_catalog_tree(children=50, levels=5)
+    url, sess = hostile.url("/c.json"), http.session()
+    start = time.monotonic()
+    with pytest.raises(StorageError) as err:
+        stac.collect_items(http.get_json(sess, url, FAST), url, lambda u: http.get_json(sess, u, FAST),
+                           max_documents=60)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "/c.json", "more than 60 STAC documents")
+    assert len(hostile.gets("/c.json")) == 1 and len(hostile.seen) == 61
+    assert time.monotonic() - start < 20
+
+
+def test_stac_walk_has_a_deadline(hostile: HostileServer, tmp_path: Path) -> None:
+    hostile.routes["/c*"] = stac_catalog_tree(children=50, levels=5, delay=0.1)
+    url, sess = hostile.url("/c.json"), http.session()
+    with pytest.raises(TransferFailed) as err:
+        stac.collect_items(http.get_json(sess, url, FAST), url, lambda u: http.get_json(sess, u, FAST), deadline=1)
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, "/c.json", "more than 1 s")
+    assert len(hostile.seen) < 20
+
+
+# --- names the layout or the filesystem cannot take ----------------------------------------------------
+
+
+@pytest.mark.parametrize("item_id", ["catalog.json", "data.json"])
+def test_stac_item_id_naming_a_layout_file_is_refused(hostile: HostileServer, tmp_path: Path, item_id: str) -> None:
+    hostile.routes["/item.json"] = body(_item(item_id, {"data": hostile.url("/a.bin")}))
+    hostile.routes["/a.bin"] = body(b"a")
+    with pytest.raises(UnsafePath) as err:
+        stage_in(hostile.url("/item.json"), tmp_path / "in", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, repr(item_id), "layout")
+    assert not (tmp_path / "in").exists() and not hostile.gets("/a.bin")
+
+
+def test_asset_renamed_onto_the_item_document_is_refused(hostile: HostileServer, tmp_path: Path) -> None:
+    # `a` -> other/b.json clashes with `k`'s b.json; prefixed with its key it would be a-b.json, the item itself
+    hostile.routes["/item.json"] = body(_item("a-b", {"k": hostile.url("/b.json"), "a": hostile.url("/other/b.json")}))
+    hostile.routes["/b.json"] = body(b"{}")
+    hostile.routes["/other/b.json"] = body(b"{}")
+    with pytest.raises(UnsafePath) as err:
+        stage_in(hostile.url("/item.json"), tmp_path / "in", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "'a-b.json'", "item's own document")
+    assert not (tmp_path / "in").exists() and not hostile.gets("/b.json")
+
+
+def test_file_names_too_long_for_the_filesystem_are_refused(hostile: HostileServer, tmp_path: Path) -> None:
+    long = "n" * 300
+    hostile.routes[f"/{long}"] = body(b"x")
+    with pytest.raises(UnsafePath) as err:
+        stage_in(hostile.url(f"/{long}"), tmp_path / "a", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "longer than 250 bytes")
+    hostile.routes["/bkt*"] = s3_listing({f"p/{'m' * 248}": b"x"}, "bkt")  # 248 + ".part" = 253: fits
+    stage_in("s3://bkt/p/", tmp_path / "b", progress=False, retry=FAST, endpoint=hostile.url())
+    hostile.routes["/bkt*"] = s3_listing({f"p/sub/{'m' * 251}": b"x"}, "bkt")
+    with pytest.raises(UnsafePath) as err:
+        stage_in("s3://bkt/p/", tmp_path / "c", progress=False, retry=FAST, endpoint=hostile.url())
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "s3 key", "longer than 250 bytes")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert not hostile.gets(f"/{long}") and not hostile.gets(f"/bkt/p/sub/{'m' * 251}")

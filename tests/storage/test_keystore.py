@@ -338,3 +338,41 @@ def test_cli_keys_missing_private_key(tmp_path: Path, monkeypatch: pytest.Monkey
     assert r.exit_code == 4 and "private_key.pem is missing" in r.output
     assert (tmp_path / "ks" / "public_key.pem").read_bytes() == pub
     assert not (tmp_path / "ks" / "entries" / "k2.json").exists()
+
+
+def _crafted_share(recipient: Keystore, plaintext: bytes) -> bytes:
+    """A share file anyone holding the recipient's public key can make: it authenticates, whatever it holds."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from blockkit.storage._keystore import SHARE_FORMAT, _aad, _b64, _oaep
+
+    public = serialization.load_pem_public_key(recipient.public_key_pem())
+    data_key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+    return json.dumps({
+        "format": SHARE_FORMAT, "name": "t", "type": "s3", "endpoint": "",
+        "wrapped_key": _b64(public.encrypt(data_key, _oaep())),  # type: ignore[union-attr]
+        "nonce": _b64(nonce),
+        "ciphertext": _b64(AESGCM(data_key).encrypt(nonce, plaintext, _aad(SHARE_FORMAT, "t", "s3", ""))),
+    }).encode()
+
+
+@pytest.mark.parametrize("plaintext", [
+    "not json".encode("utf-16"), b"[1, 2]", b'{"access_key": 1, "secret_key": {"a": 1}}', b"[" * 100_000,
+])
+def test_crafted_share_files_are_one_line_errors(store: Keystore, plaintext: bytes) -> None:
+    with pytest.raises(KeystoreError) as err:
+        store.import_shared(_crafted_share(store, plaintext))
+    line = err.value.headline()
+    assert "\n" not in line and line.startswith("[WRONG_INPUT_ERROR]") and err.value.exit_code == 4
+    assert store.list() == []
+
+
+def test_an_entry_that_is_a_folder_is_a_one_line_error(store: Keystore) -> None:
+    store.add("prod", S3)
+    entry = store.path / "entries" / "prod.json"
+    entry.unlink()
+    entry.mkdir()
+    with pytest.raises(KeystoreError) as err:
+        store.get("prod")
+    assert "\n" not in err.value.headline() and err.value.exit_code == 4 and "cannot read" in err.value.headline()

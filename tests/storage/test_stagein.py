@@ -301,7 +301,7 @@ def test_safe_join_unit(tmp_path: Path) -> None:
     from blockkit.storage._transfer import safe_join
 
     assert safe_join(tmp_path, "a/b.tif") == tmp_path / "a/b.tif"
-    for bad in ("../x", "a/../../x", "/etc/passwd", "a\\..\\x", ""):
+    for bad in ("../x", "a/../../x", "/etc/passwd", "a\\..\\x", "", ".", "./.", "a/.."):
         with pytest.raises(UnsafePath):
             safe_join(tmp_path, bad)
 
@@ -353,3 +353,20 @@ def test_no_secret_in_logs(caplog: pytest.LogCaptureFixture, s3_keystore: Keysto
     assert caplog.records  # boto/urllib3 debug logs were captured
     for secret in (seaweed.secret_key, dav_server.password, *s3_keystore.get("dav").secrets()):
         assert secret not in text
+
+
+@pytest.mark.parametrize("loop", ["sub/loop -> ..", "a/to-b -> ../b, b/to-a -> ../a"])
+def test_local_source_with_a_symlink_loop_is_refused(tmp_path: Path, loop: str) -> None:
+    import os
+
+    src = tmp_path / "src"
+    for link in loop.split(", "):
+        name, _, points_to = link.partition(" -> ")
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).parent.joinpath("f.txt").write_text("f")
+        os.symlink(points_to, src / name)
+    with pytest.raises(UnsafePath) as err:
+        stage_in(str(src), tmp_path / "in", progress=False)
+    line = err.value.headline()
+    assert "\n" not in line and line.startswith("[WRONG_INPUT_ERROR]") and "loop" in line and len(line) < 400
+    assert not (tmp_path / "in").exists()

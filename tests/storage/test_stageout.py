@@ -203,3 +203,58 @@ def test_webdav_upload_refuses_paths_leaving_the_collection_before_sending(tmp_p
     with pytest.raises(UnsafePath):
         webdav.upload(keystore.get("dav-up"), target, uploads, [], progress=False, policy=FAST)
     assert sorted(p.relative_to(dav_server.root) for p in dav_server.root.rglob("*")) == before
+
+
+def test_webdav_folder_names_with_percent_stay_inside_the_target_and_come_back(tmp_path: Path, keystore: Keystore,
+                                                                             dav_server) -> None:
+    # MKCOL and PUT quote a folder name the same way: `%2e%2e` is a name, never `..`; `my%20dir` is not `my dir`
+    keystore.add("dav-pct", WebDavKeyConfig(dav_server.endpoint, dav_server.username, dav_server.password))
+    out = tmp_path / "out"
+    for sub in ("my%20dir", "%2e%2e/%2e%2e/%2e%2e/ESCAPED"):
+        (out / "res" / sub).mkdir(parents=True)
+        (out / "res" / sub / "f.txt").write_text(sub)
+    write_data_json(out, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "r", "geometry": None, "properties": {"up42.data_path": "res"}}]})
+    (dav_server.root / "pct" / "tenant").mkdir(parents=True)
+    before = {p for p in dav_server.root.rglob("*") if "pct/tenant/run" not in p.as_posix()}
+    target = dav_server.endpoint.replace("http://", "webdav://") + "/pct/tenant/run"
+    uri = stage_out(out, target, keystore=keystore, key="dav-pct", progress=False, retry=FAST)
+    after = {p for p in dav_server.root.rglob("*") if "pct/tenant/run" not in p.as_posix()}
+    assert after == before  # nothing made outside the target
+    on_disk = dav_server.root / "pct" / "tenant" / "run" / "r"
+    assert (on_disk / "my%20dir" / "f.txt").read_text() == "my%20dir"
+    assert (on_disk / "%2e%2e" / "%2e%2e" / "%2e%2e" / "ESCAPED" / "f.txt").is_file()
+    assert not (on_disk / "my dir").exists()
+    staged = tmp_path / "in"
+    stage_in(uri, staged, keystore=keystore, key="dav-pct", progress=False)
+    assert (staged / "r" / "my%20dir" / "f.txt").read_text() == "my%20dir"
+    assert (staged / "r" / "%2e%2e" / "%2e%2e" / "%2e%2e" / "ESCAPED" / "f.txt").read_text().endswith("ESCAPED")
+
+
+def test_local_overwrite_never_writes_through_symlinks_in_the_target(tmp_path: Path) -> None:
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "r.txt").write_text("new result")
+    write_data_json(out, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "r", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("VICTIM")
+    target = tmp_path / "target"
+    (target / "r").mkdir(parents=True)
+    os.symlink(outside / "victim.txt", target / "r" / "r.txt.part")  # a planted `.part` file
+    stage_out(out, str(target), progress=False, overwrite=True)
+    assert (outside / "victim.txt").read_text() == "VICTIM"
+    assert (target / "r" / "r.txt").read_text() == "new result" and not (target / "r" / "r.txt").is_symlink()
+    os.symlink(outside, target / "r2")  # an item folder that leads outside
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / "r.txt").write_text("second")
+    write_data_json(out2, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "r2", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    with pytest.raises(UnsafePath) as err:
+        stage_out(out2, str(target), progress=False, overwrite=True)
+    assert err.value.exit_code == ExitCode.WRONG_INPUT_ERROR and "symlink" in err.value.headline()
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
