@@ -260,16 +260,23 @@ def _tool_inputs(step: PlannedStep, workflow_input: bool, problems: list[Problem
     return names
 
 
-def cwl_directive(value: Any, at: str = "") -> str | None:
-    """Where a parameter value holds a key a CWL engine acts on (`class`, `$include`, ...), or None.
+#: Keys a CWL engine acts on inside an `Any` value: `class` (File/Directory staging), and those
+#: schema-salad resolves as identifiers or links (cwltool turns `{name: a, path: d}` into
+#: `{name: "file:///…/app.cwl#v/a", path: "file:///…/d"}`). Any key starting with `$` too.
+CWL_KEYS = frozenset({"class", "location", "path", "id", "name", "run"})
 
-    A mapping with `class: File|Directory` is staged from the host and `$include`/`$import`
-    are resolved when the document loads, at any depth of an `Any` value: such a value is not
-    data to the engine, so the export refuses it rather than hand host files to a block.
+
+def cwl_directive(value: Any, at: str = "") -> str | None:
+    """Where a parameter value holds a key a CWL engine acts on (`class`, `$include`, `path`, ...), or None.
+
+    A mapping with `class: File|Directory` is staged from the host, `$include`/`$import` are
+    resolved when the document loads, and identifier or link keys are rewritten into URIs, at
+    any depth of an `Any` value: such a value is not data to the engine, so the export refuses
+    it rather than hand host files to a block or change a value without a word.
     """
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if key == "class" or str(key).startswith("$"):
+            if key in CWL_KEYS or str(key).startswith("$"):
                 return f"{at}.{key}" if at else str(key)
             found = cwl_directive(item, f"{at}.{key}" if at else str(key))
             if found is not None:
@@ -297,7 +304,7 @@ def _value_problems(plan: Plan) -> list[Problem]:
                 if found is not None:
                     problems.append(Problem(f"step {step.name!r}", (
                         f"the {what} of parameter {name!r} has the key {found!r}, which a CWL engine reads as a "
-                        "File/Directory or a schema-salad directive, not as data")))
+                        "File/Directory, a schema-salad directive or an identifier to rewrite, not as data")))
                     break
     return problems
 

@@ -40,6 +40,9 @@ def blocks(tmp_path: Path) -> dict[str, Path]:
     ('[{class: Directory, location: /home}]', "[0].class"),
     ('[a, {nested: [{$include: host-secret.txt}]}]', "[1].nested[0].$include"),
     ('[{$import: "http://evil.example/x.yml"}]', "[0].$import"),
+    ('[{kind: band, path: data/b04.tif}]', "[0].path"),
+    ('[x, {name: red}]', "[1].name"),
+    ('[{id: 7}]', "[0].id"),
 ])
 def test_a_workflow_value_a_cwl_engine_would_stage_or_resolve_is_refused_in_one_line(tmp_path, blocks, tags,
                                                                                       key) -> None:
@@ -55,9 +58,9 @@ def test_a_workflow_value_a_cwl_engine_would_stage_or_resolve_is_refused_in_one_
     assert f"parameter 'tags' has the key {key!r}" in message[0] and "step 'up'" in message[0]
     assert not out.exists() and not job.exists()
     plan = _plan(workflow)
-    with pytest.raises(ExportError, match="File/Directory or a schema-salad directive"):
+    with pytest.raises(ExportError, match="File/Directory, a schema-salad directive or an identifier"):
         export_cwl(plan, images=_images(plan))
-    with pytest.raises(ExportError, match="File/Directory or a schema-salad directive"):
+    with pytest.raises(ExportError, match="File/Directory, a schema-salad directive or an identifier"):
         job_order(plan)
 
 
@@ -106,3 +109,26 @@ def test_a_line_break_in_the_workflow_file_name_stays_inside_the_header_comment(
     document = yaml.safe_load(text)
     assert "hints" not in document
     assert document["cwlVersion"] == "v1.2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["name", "id", "location", "path", "run"])
+def test_cwltool_rewrites_the_keys_the_export_refuses(tmp_path, key) -> None:
+    """Why `name`, `id`, `location`, `path` and `run` are refused: cwltool hands the block another value."""
+    tool = tmp_path / "t.cwl"
+    tool.write_text(f"""cwlVersion: v1.2
+class: CommandLineTool
+requirements: {{InlineJavascriptRequirement: {{}}}}
+inputs:
+  v: {{type: Any, default: [{{{key}: plain, other: plain}}]}}
+arguments: [python3, -c, "import sys; print(sys.argv[1])", $(JSON.stringify(inputs.v))]
+stdout: out.txt
+outputs: {{o: {{type: stdout}}}}
+""")
+    result = subprocess.run([str(CWLTOOL), "--quiet", "--outdir", str(tmp_path / "out"), str(tool)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    [seen] = json.loads((tmp_path / "out" / "out.txt").read_text())
+    assert seen["other"] == "plain" and seen[key] != "plain" and seen[key].startswith("file://")
