@@ -104,7 +104,8 @@ class Progress:
             self.console.print(f"[bold cyan]▶ {step}[/] running")
         elif kind == "done":
             if "features_reused" in info:  # a scattered step: how much the datum cache saved
-                feats += f" ({info.get('features_ran')} ran, {info['features_reused']} reused)"
+                kept = f", {info['features_kept']} finished before the resume" if info.get("features_kept") else ""
+                feats += f" ({info.get('features_ran')} ran{kept}, {info['features_reused']} reused)"
             self.console.print(f"[bold green]✔ {step}[/] done in {info.get('seconds', 0):.1f} s{feats}")
         elif kind == "cached":
             self.console.print(f"[bold green]✔ {step}[/] unchanged: reused {escape(str(info.get('source')))}{feats}")

@@ -166,6 +166,8 @@ class WorkflowRun:
     def execute(self) -> RunFolder:
         """Run every step; raise RunFailed at the first failing step (earlier outputs stay)."""
         self._pending_warnings: dict[str, list[str]] = {}
+        #: Per scattered step: features a resumed attempt had finished, kept in this one without running.
+        self._kept_parts: dict[str, int] = {}
         succeeded = False
         try:
             if not (self.folder.path / "workflow.yaml").exists():
@@ -513,11 +515,14 @@ class WorkflowRun:
         sink = self._log_sink(step.name)
         failed = threading.Event()
         keep_going = self.options.keep_going
+        kept: list[str] = []  # finished by the resumed attempt and still as it left them
 
         def one(index: int) -> StepResult | None:
             entry = entries[index]
             name, folder = parts[index]
             if self._reuse_part(step, entry, finished[index], known, producers):
+                if finished[index] is not None and entry.get("status") == "ran":
+                    kept.append(name)
                 return StepResult(0, time.time(), time.time())
             if (failed.is_set() and not keep_going) or (spec.cancel is not None and spec.cancel.is_set()):
                 return None  # a feature failed, or the step is being stopped: no new one starts
@@ -589,11 +594,14 @@ class WorkflowRun:
         except BlockkitError as err:
             return StepResult(int(err.exit_code), started, time.time(), image_id=image_id,
                               detail=f"scatter merge: {err.message}")
-        ran = [e["name"] for e in entries if e["status"] == "ran"]
+        ran = [e["name"] for e in entries if e["status"] == "ran" and e["name"] not in kept]
+        self._kept_parts[step.name] = len(kept)
         summary = f"{len(entries)} feature(s): {len(ran)} ran"
         if ran and len(ran) < len(entries):
             summary += f" ({', '.join(ran[:5])}{', ...' if len(ran) > 5 else ''})"
-        summary += f", {len(entries) - len(ran)} reused"
+        if kept:
+            summary += f", {len(kept)} finished before the resume"
+        summary += f", {len(entries) - len(ran) - len(kept)} reused"
         return StepResult(0, started, time.time(), image_id=image_id, detail=summary)
 
     def _part_warning(self, step: str, message: str) -> None:
@@ -823,8 +831,11 @@ class WorkflowRun:
         extra: dict[str, Any] = {}
         if step.definition.scatter:
             record.detail = detail  # which features ran, how many were reused
-            extra = {"features_ran": sum(p.get("status") == "ran" for p in record.parts),
+            kept = self._kept_parts.get(step.name, 0)  # ran in the attempt this one resumes, not now
+            extra = {"features_ran": sum(p.get("status") == "ran" for p in record.parts) - kept,
                      "features_reused": sum(p.get("status") == "reused" for p in record.parts)}
+            if kept:
+                extra["features_kept"] = kept
         with self._state:
             # Stored even with --no-cache: a forced run refreshes the cache for the next one;
             # in the index once run.json records the step.

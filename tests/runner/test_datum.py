@@ -346,6 +346,9 @@ def test_resume_after_an_interrupt_mid_scatter_runs_only_the_missing_features(tm
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert features_run(run_dir) == ["s1", "s2"]
+    # The console counts what ran now, not what the interrupted attempt had finished (was: "3 ran").
+    assert "3 feature(s) out (2 ran, 1 finished before the resume, 0 reused)" in done.stderr
+    assert record(run_dir)["detail"] == "3 feature(s): 2 ran (s1, s2), 1 finished before the resume, 0 reused"
     assert_same_as_full_run(tmp_path, wf, run_dir)
 
 
