@@ -239,6 +239,8 @@ def check_data_path(value: Any, base_dir: Path | None, *, must_exist: bool = Tru
     parts = value.split("/")
     if ".." in parts:
         return f"up42.data_path {value!r} leaves its folder (through '..')"
+    if posixpath.normpath(value) in (".", DATA_JSON):
+        return f"up42.data_path {value!r} names the folder holding data.json or data.json itself, not a feature's data"
     if base_dir is None:
         return None
     target = base_dir / posixpath.normpath(value)
@@ -393,6 +395,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _float_sized_int(text: str) -> int:
+    """A JSON integer, refusing one beyond a float's range (every reader converts numbers to floats somewhere)."""
+    value = int(text)
+    if len(text) > 300:  # a float reaches 1.8e308: only a long literal can be out of range
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"number {text[:40]}... is out of range (only finite numbers are valid)") from None
+    return value
+
+
 def parse_data_json(raw: bytes, where: str = "data.json") -> Any:
     """Parse data.json bytes strictly (UTF-8, no NaN/Infinity), raising WrongInputError."""
     try:
@@ -400,7 +413,7 @@ def parse_data_json(raw: bytes, where: str = "data.json") -> Any:
     except UnicodeDecodeError as exc:
         raise WrongInputError(f"{where} is not UTF-8 text (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_float_sized_int)
     except (ValueError, RecursionError) as exc:
         raise WrongInputError(f"{where} is not valid JSON: {exc}") from None
 

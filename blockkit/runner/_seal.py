@@ -79,6 +79,14 @@ def open_nofollow(name: str, dir_fd: int, flags: int, fix_modes: bool = True) ->
         return os.open(name, flags, dir_fd=dir_fd)
 
 
+def _enterable(fd: int) -> None:
+    """Give a folder of the runner's own user its owner's bits back: a block may leave one readable
+    but not enterable (0400, 0600), whose entries then cannot be opened."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and (st.st_mode & stat.S_IRWXU) != stat.S_IRWXU:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+
+
 def _open_root(root: Path, fix_modes: bool = True) -> int:
     """Open a folder to take over (or delete), never through a link; one its owner made mode 000 too."""
     try:
@@ -179,6 +187,8 @@ class _Walk:
         folder = _Dir(rel)
         self.dirs.append(folder)
         subdirs: list[str] = []
+        if self.fix_modes:
+            _enterable(fd)
         with os.scandir(fd) as entries:
             for entry in entries:
                 self.count += 1

@@ -90,7 +90,10 @@ def _feature_files(feature: dict[str, Any], input_dir: Path) -> list[str]:
     data_path = data_path_of(feature)
     if data_path:
         paths.append(data_path)
-    paths.extend(asset["href"] for asset in local_assets(feature) if asset["href"] not in paths)
+    # An asset file the feature names but nobody wrote (a thumbnail never made) is left out, as a
+    # plain step would see it missing; only the data path must exist.
+    paths.extend(asset["href"] for asset in local_assets(feature)
+                 if asset["href"] not in paths and check_data_path(asset["href"], input_dir) is None)
     item = (feature.get("properties") or {}).get("up42.stac_item")
     if isinstance(item, str) and item and check_data_path(item, input_dir) is None:
         paths.append(item)

@@ -160,13 +160,14 @@ def test_data_path_forms_that_stay_inside(indir: Path) -> None:
         (b'{"type": "FeatureCollection", "features": [], "x": 1e400}', "number 1e400 is out of range"),
         (b'{"type": "FeatureCollection", "features": [], "x": -2.5E+999}', "number -2.5E+999 is out of range"),
         (b'{"type": "FeatureCollection", "features": [], "x": 1' + b"0" * 400 + b'.5}', "is out of range"),
+        (b'{"type": "FeatureCollection", "features": [], "bbox": [0, 0, 1' + b"0" * 400 + b', 1]}', "is out of range"),
         (b'{"type": "FeatureCollection", "features": [], "x": ' + b'{"a": ' * 64 + b"1" + b"}" * 64 + b"}",
          "data.json: nested deeper than 64 levels"),
     ],
     ids=[
         "garbage", "empty", "non-utf8", "nan", "infinity", "minus-infinity", "list", "string", "null",
         "a-feature", "no-type", "no-features", "features-object", "deep-nesting", "huge-exponent",
-        "huge-negative-exponent", "huge-digits", "deep-foreign-member",
+        "huge-negative-exponent", "huge-digits", "huge-integer", "deep-foreign-member",
     ],
 )
 def test_not_a_feature_collection(indir: Path, raw: bytes, expected: str) -> None:
@@ -247,6 +248,10 @@ def test_broken_geometry_is_named(indir: Path, geometry: dict[str, Any], expecte
         ("", "non-empty"),
         ("missing.tif", "does not exist"),
         ("sub/missing.tif", "does not exist"),
+        (".", "names the folder holding data.json or data.json itself"),
+        ("./", "names the folder holding data.json or data.json itself"),
+        ("data.json", "names the folder holding data.json or data.json itself"),
+        ("./data.json", "names the folder holding data.json or data.json itself"),
     ],
 )
 def test_unsafe_or_dangling_data_path(indir: Path, value: str, expected: str) -> None:
@@ -581,3 +586,9 @@ def test_an_asset_href_that_leaves_the_folder_is_refused(indir: Path, href: str,
                "assets": {"a": {"href": "a.tif"}, "b": {"href": href}, "c": {"href": "https://example.invalid/c.tif"}}}
     (indir / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     assert expected in load_error(indir).headline() + " ".join(str(p) for p in load_error(indir).problems)
+
+
+def test_long_integers_within_a_floats_range_are_kept_exactly() -> None:
+    big = "9" * 300  # 1e300: long, but a float can hold it
+    parsed = datajson.parse_data_json(('{"type": "FeatureCollection", "features": [], "n": ' + big + "}").encode())
+    assert parsed["n"] == int(big)

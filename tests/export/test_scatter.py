@@ -404,3 +404,14 @@ def test_split_gives_each_feature_its_asset_files_and_merge_prefixes_their_hrefs
         assert assets["meta"]["href"] == "https://example.invalid/meta.xml"  # a URL is left alone
         assert (tmp_path / "merged" / assets["nir"]["href"]).read_text() == f"B08 of {name}"
     assert [f["assets"]["nir"]["href"] for f in load_data_json(parts[0][1])] == ["s1/B08.txt"]  # inputs untouched
+
+
+def test_split_leaves_out_an_asset_file_nobody_wrote_as_a_plain_step_would_see_it(tmp_path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a.tif").write_text("a")
+    write_data_json(source, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "a", "geometry": None, "properties": {"up42.data_path": "a.tif"},
+         "assets": {"data": {"href": "a.tif"}, "thumbnail": {"href": "thumb.png"}}}]})
+    [(name, part)] = scatter.split(source, tmp_path / "parts")  # was: "up42.data_path 'thumb.png' does not exist"
+    assert sorted(p.name for p in part.iterdir()) == ["a.tif", "data.json"]

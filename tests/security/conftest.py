@@ -120,7 +120,12 @@ elif action == "raw_datajson":
     open(out("data.json"), "w").write(arg)
 elif action == "lock_output":
     fc([])
-    os.chmod(OUT, 0)
+    os.chmod(OUT, int(arg or "0", 8))
+elif action == "lock_sub":
+    os.makedirs(out("sub"))
+    open(out("sub/f"), "w").write("f\n")
+    fc([feat("sub/f", "f")])
+    os.chmod(out("sub"), int(arg, 8))
 elif action == "lock_sub_fail":
     os.makedirs(out("sub/deeper"))
     open(out("sub/deeper/f"), "w").write("f\n")

@@ -192,14 +192,19 @@ def test_files_a_block_made_unreadable_are_still_taken_over(tmp_path: Path, evil
     assert stat.S_IMODE((out / "b.bin").stat().st_mode) == 0o444
 
 
-def test_an_output_folder_the_block_made_mode_000_is_still_taken_over(tmp_path: Path, evil) -> None:
+@pytest.mark.parametrize("action, mode", [("lock_output", "000"), ("lock_output", "400"), ("lock_output", "600"),
+                                          ("lock_sub", "000"), ("lock_sub", "400"), ("lock_sub", "600")])
+def test_an_output_folder_the_block_made_unreadable_or_unenterable_is_still_taken_over(tmp_path: Path, evil,
+                                                                                       action: str, mode: str) -> None:
     from .test_cache import AS_USER
 
-    wf = workflow_file(tmp_path, f"name: locked\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: lock_output}}}}\n")
+    wf = workflow_file(tmp_path, f"name: locked\nsteps:\n  a: {{block: {evil['evil']}, params: {{action: {action}, arg: '{mode}'}}}}\n")
     result = run_workflow(tmp_path, wf, "process", "-q", prefix=AS_USER)
-    assert result.returncode == 0, result.stderr  # was: exit 1, PermissionError on steps/a/output
+    assert result.returncode == 0, result.stderr  # was: exit 1, PermissionError on steps/a/output, 'f' or 'data.json'
     [out] = (tmp_path / "runs").glob("*/steps/a/output")
-    assert stat.S_IMODE(out.stat().st_mode) == 0o555 and json.loads((out / "data.json").read_text())["features"] == []
+    assert stat.S_IMODE(out.stat().st_mode) == 0o555 and (out / "data.json").is_file()
+    if action == "lock_sub":
+        assert stat.S_IMODE((out / "sub").stat().st_mode) == 0o555 and (out / "sub/f").read_text() == "f\n"
 
 
 def test_a_folder_a_failed_block_made_mode_000_never_blocks_resume_or_removal(tmp_path: Path, evil) -> None:
