@@ -144,7 +144,10 @@ class KeyWalk:
 
     Folders are opened by descriptor, each inside the one before; symlinks are resolved beneath
     the bucket folder (one leading out of it is skipped), and a folder already open further up
-    (a cycle such as `latest -> .`) is not entered again. A folder that cannot be read is skipped.
+    (a cycle such as `latest -> .`) is not entered again. A key goes through at most one
+    symlinked folder: links inside a linked folder are not listed, so links that never loop
+    (each folder linking the next one twice) cannot multiply the listing beyond one copy of a
+    folder per link. A folder that cannot be read is skipped.
     """
 
     def __init__(self, bucket: Bucket, prefix: str, after: str) -> None:
@@ -162,7 +165,7 @@ class KeyWalk:
             fd = open_folder(self.bucket.root, [])
         except OSError:
             return iter(())
-        return self._folder(fd, [], set())
+        return self._folder(fd, [], set(), linked=False)
 
     def _wanted_dir(self, dir_key: str) -> bool:
         # dir_key ends with "/"; every key inside starts with it.
@@ -172,26 +175,30 @@ class KeyWalk:
             return False
         return True
 
-    def _folder(self, fd: int, rel: list[str], above: set[tuple[int, int]]) -> Iterator[tuple[str, os.stat_result]]:
-        """Walk the open folder fd (key parts `rel`) and close it; `above` holds the folders it is inside."""
+    def _folder(self, fd: int, rel: list[str], above: set[tuple[int, int]],
+                linked: bool) -> Iterator[tuple[str, os.stat_result]]:
+        """Walk the open folder fd (key parts `rel`) and close it; `above` holds the folders it is inside,
+        `linked` says whether a symlinked folder is on the way."""
         try:
             st = os.fstat(fd)
             here = (st.st_dev, st.st_ino)
             if here in above or len(rel) > 64:
                 return
-            yield from self._entries(fd, rel, above | {here})
+            yield from self._entries(fd, rel, above | {here}, linked)
         finally:
             os.close(fd)
 
-    def _entries(self, fd: int, rel: list[str], above: set[tuple[int, int]]) -> Iterator[tuple[str, os.stat_result]]:
-        entries: list[tuple[str, str, os.stat_result | None]] = []  # sort name, name, stat of a file
+    def _entries(self, fd: int, rel: list[str], above: set[tuple[int, int]],
+                 linked: bool) -> Iterator[tuple[str, os.stat_result]]:
+        entries: list[tuple[str, str, os.stat_result | None, bool]] = []  # sort name, name, a file's stat, a link
         try:
             with os.scandir(fd) as it:
                 for e in it:
                     if e.name.startswith(INTERNAL_PREFIX):
                         continue
                     try:
-                        if e.is_symlink():
+                        link = e.is_symlink()
+                        if link:
                             kind = self._link_kind(rel + [e.name])
                         elif e.is_dir(follow_symlinks=False):
                             kind = "/"
@@ -202,14 +209,15 @@ class KeyWalk:
                     if kind is None:
                         continue
                     if kind == "/":
-                        entries.append((e.name + "/", e.name, None))
+                        if not (link and linked):  # at most one symlinked folder on a key's way
+                            entries.append((e.name + "/", e.name, None, link))
                     elif isinstance(kind, os.stat_result) and stat.S_ISREG(kind.st_mode):
-                        entries.append((e.name, e.name, kind))
+                        entries.append((e.name, e.name, kind, link))
         except OSError:
             return
         entries.sort(key=lambda t: t[0])
         prefix = "".join(p + "/" for p in rel)
-        for sort_name, name, st in entries:
+        for sort_name, name, st, link in entries:
             key = prefix + sort_name
             try:
                 key.encode("utf-8")
@@ -224,7 +232,7 @@ class KeyWalk:
                     child = open_folder(self.bucket.root, rel + [name])
                 except (OSError, S3Error):
                     continue
-                yield from self._folder(child, rel + [name], above)
+                yield from self._folder(child, rel + [name], above, linked or link)
             else:
                 if not key.startswith(self.prefix) or (self.after and key <= self.after):
                     continue

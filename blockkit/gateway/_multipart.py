@@ -245,7 +245,8 @@ class MultipartStore:
     def open_assembly(self, upload: Upload, folder: int, flags: int) -> int:
         """The upload's assembly file, checked to be the one made for it (else NoSuchUpload)."""
         try:
-            fd = os.open("assembly", flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            # O_NONBLOCK: a FIFO planted in its place must not hold the request (the check below refuses it).
+            fd = os.open("assembly", flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
         except OSError:
             raise no_such_upload(upload.upload_id) from None
         if _ident(os.fstat(fd)) != upload.assembly_ident:
@@ -543,7 +544,8 @@ class MultipartStore:
                         assert slot is not None
                         copy_range(assembly, out.fd, (part.number - 1) * slot, part.size, None)
                     else:
-                        fd = os.open(part_name(part.number), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+                        fd = os.open(part_name(part.number), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                     dir_fd=folder)
                         try:
                             if _ident(os.fstat(fd)) != part.ident:
                                 raise S3Error(400, "InvalidPart", "a part's staged file was replaced", PartNumber=str(part.number))

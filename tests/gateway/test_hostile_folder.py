@@ -396,3 +396,53 @@ def test_credential_scope_must_name_this_region_and_s3(served_auth: Served, regi
         assert status == 200, body
     else:
         assert status == 400 and b"<Code>AuthorizationHeaderMalformed</Code>" in body, body
+
+
+# -- review of the fixes: links that never loop, a FIFO for the assembly file ------------------
+
+
+def test_folder_links_that_never_loop_cannot_multiply_a_listing(served: Served) -> None:
+    """Each folder links the next one twice: 2**12 keys for one file, with no cycle for the ancestor check."""
+    levels = 12
+    base = served.output / "dag"
+    for i in range(levels + 1):
+        (base / f"d{i}").mkdir(parents=True)
+    for i in range(levels):
+        for name in ("x", "y"):
+            os.symlink(f"../d{i + 1}", base / f"d{i}" / name)
+    (base / f"d{levels}" / "f.txt").write_bytes(b"f")
+    s3 = client(served.endpoint)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="out", Prefix="dag/")
+            for o in page.get("Contents", [])]
+    # A key goes through at most one linked folder: the file itself and the two links to its folder.
+    assert keys == [f"dag/d{levels - 1}/x/f.txt", f"dag/d{levels - 1}/y/f.txt", f"dag/d{levels}/f.txt"]
+    # Not listed, still served: a GET follows links beneath the bucket folder (up to 40).
+    assert s3.get_object(Bucket="out", Key=f"dag/d{levels - 2}/x/y/f.txt")["Body"].read() == b"f"
+
+
+def test_a_fifo_in_place_of_the_assembly_file_never_holds_a_request(served_small_parts: Served) -> None:
+    served = served_small_parts
+    s3 = client(served.endpoint)
+    upload = s3.create_multipart_upload(Bucket="out", Key="mp.bin")["UploadId"]
+    s3.upload_part(Bucket="out", Key="mp.bin", UploadId=upload, PartNumber=1, Body=b"1" * 1024)
+    [assembly] = list((served.output / ".blockkit-gateway" / "uploads").glob("*/assembly"))
+    assembly.unlink()
+    os.mkfifo(assembly)
+    answer: list[object] = []
+
+    def part_two() -> None:
+        try:
+            s3.upload_part(Bucket="out", Key="mp.bin", UploadId=upload, PartNumber=2, Body=b"2" * 1024)
+            answer.append("200")
+        except ClientError as exc:
+            answer.append(exc.response["Error"]["Code"])
+
+    worker = threading.Thread(target=part_two, daemon=True)
+    worker.start()
+    worker.join(timeout=15)
+    try:
+        assert answer == ["NoSuchUpload"]  # was: the request waited on the FIFO for ever
+    finally:
+        if worker.is_alive():  # release a gateway thread stuck on the FIFO (the code before the fix)
+            fd = os.open(assembly, os.O_RDONLY | os.O_NONBLOCK)
+            os.close(fd)
