@@ -19,6 +19,7 @@ _ACCOUNT = re.compile(r"^\d{12}$")
 _AP_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{1,48}[a-z0-9]$")
 _PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 MAX_OBJECTS = 100_000  # objects of one stage-in listing (as WebDAV's MAX_ENTRIES)
+MAX_PAGE_BYTES = 16 << 20  # one listing page's XML (1000 keys take about 300 KB)
 PAGES_PER_OBJECTS = 100  # a listing may take max_objects / 100 pages (a full page holds 1000 keys): a hostile
 # store may send empty truncated pages forever
 LIST_DEADLINE = 600.0  # seconds for one whole listing (HEAD and every page, all attempts together)
@@ -140,6 +141,19 @@ def s3_client(
     if watched:
         watch_sockets(client)
     return client
+
+
+class _PageTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _page_bound(response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore's before-parse hook: refuse a listing page larger than MAX_PAGE_BYTES before it is parsed."""
+    body = response_dict.get("body")
+    if isinstance(body, (bytes, bytearray)) and len(body) > MAX_PAGE_BYTES:
+        raise _PageTooLarge(len(body))
 
 
 def watch_sockets(client: Any) -> None:
@@ -273,6 +287,9 @@ def _list_objects(client: Any, loc: S3Location, policy: Any, max_objects: int) -
             return [found]
     prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
 
+    # Checked before botocore parses a page into objects: a server's page has no size of its own.
+    client.meta.events.register("before-parse.s3.ListObjectsV2", _page_bound, unique_id="blockkit-page-bound")
+
     def list_once() -> list[S3Object]:
         out: list[S3Object] = []
         listed, max_pages = 0, max(1, max_objects // PAGES_PER_OBJECTS)
@@ -289,6 +306,9 @@ def _list_objects(client: Any, loc: S3Location, policy: Any, max_objects: int) -
                 for obj in contents:
                     if not obj["Key"].endswith("/"):  # folder markers
                         out.append(S3Object(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
+        except _PageTooLarge as exc:
+            raise StorageError(f"{what}: a listing page of {exc.size} bytes (a page of 1000 keys is well under "
+                               f"{MAX_PAGE_BYTES >> 20} MiB); stage in a smaller prefix") from None
         except (ClientError, BotoCoreError) as exc:
             raise _transient_or_final(exc, what) from exc
         return out

@@ -31,6 +31,10 @@ from blockkit.storage._transfer import (
 log = logging.getLogger("blockkit.storage")
 SCHEMES = ("file", "http", "https", "stac+http", "stac+https", "s3", "stac+s3", "webdav", "webdavs")
 RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img", ".nc", ".hdf", ".h5"}
+#: Every JSON document one stage-in reads (a STAC tree), added up: they stay parsed until the walk ends.
+MAX_DOCUMENT_BYTES = 256 << 20
+#: How many times copying a local source may reach one folder (through symlinks to it).
+MAX_FOLDER_COPIES = 8
 
 
 @dataclass
@@ -194,14 +198,25 @@ def _check_symlinks(root: Path) -> None:
     """Refuse symlinks that leave root, and folder symlinks that lead back into a folder holding them (the
     copy, which follows links, would never end); walked as the copy walks, links followed."""
 
+    # How often the copy would enter each folder: links may lead to one twice (`latest -> v2`), but links
+    # that fan out, level after level, would copy the deepest ones 2^levels times.
+    reached: dict[Path, int] = {}
+
     def walk(folder: Path, above: frozenset[Path]) -> None:
         for p in sorted(folder.iterdir()):
-            real = p.resolve()
+            try:
+                real = p.resolve(strict=p.is_symlink())
+            except (OSError, RuntimeError):  # a link to itself or a chain of links that loops; a dangling one
+                raise UnsafePath(f"{p} is a symlink that loops or leads nowhere; refusing to follow it") from None
             if p.is_symlink() and real != root and root not in real.parents:
                 raise UnsafePath(f"{p} is a symlink to {real}, outside {root}; refusing to follow it")
             if p.is_dir():
                 if real in above:
                     raise UnsafePath(f"{p} is a symlink to {real}, a folder that holds it (a loop); refusing it")
+                reached[real] = reached.get(real, 0) + 1
+                if reached[real] > MAX_FOLDER_COPIES:
+                    raise UnsafePath(f"{p} leads to {real}, a folder the copy would reach more than "
+                                     f"{MAX_FOLDER_COPIES} times through symlinks; refusing it")
                 walk(p, above | {real})
 
     walk(root, frozenset({root}))
@@ -268,6 +283,7 @@ class _Sources:
         self.cred, self.opts, self.local_root = cred, opts, local_root
         self._session: Any = None
         self._s3: dict[str | None, Any] = {}
+        self.json_bytes = 0  # of every JSON document read: they stay parsed until the walk ends
 
     @property
     def session(self) -> Any:
@@ -299,8 +315,8 @@ class _Sources:
         """A (small) JSON document by URL."""
         scheme = urlsplit(url).scheme
         if scheme in ("http", "https"):
-            return http.get_json(self.session, url, self.opts.retry)
-        if scheme == "s3":
+            body, _ = http.get_bytes(self.session, url, self.opts.retry)
+        elif scheme == "s3":
             loc = s3.parse_s3_uri(url)
             body = s3.get_small(self.s3_client(loc.region), loc, http.MAX_JSON_BYTES, self.opts.retry)
         elif scheme == "file":
@@ -312,6 +328,10 @@ class _Sources:
             raise UnsafePath(f"{public_url(url)}: not an http(s), s3 or local document; refusing it")
         if len(body) > http.MAX_JSON_BYTES:
             raise TooLarge(f"{public_url(url)}: more than {http.MAX_JSON_BYTES} bytes; not a STAC document")
+        self.json_bytes += len(body)
+        if self.json_bytes > MAX_DOCUMENT_BYTES:
+            raise TooLarge(f"{public_url(url)}: the STAC documents read add up to more than "
+                           f"{MAX_DOCUMENT_BYTES >> 20} MiB; stage in a smaller catalog")
         doc = _parse_json(body)
         if doc is None:
             raise StorageError(f"{public_url(url)}: not JSON")

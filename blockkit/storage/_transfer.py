@@ -86,14 +86,8 @@ def public_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "s3" or not parts.netloc:
         return url  # s3 URIs carry no credentials; their "netloc" may be an ARN
-    host = parts.hostname or ""
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port:
-        host = f"{host}:{port}"
-    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+    host = parts.netloc.rpartition("@")[2]  # as written: case, port and [IPv6] brackets kept
+    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", parts.fragment))
 
 
 def with_retries(fn: Callable[[], T], policy: RetryPolicy, label: str) -> T:
@@ -118,6 +112,10 @@ def check_component(name: str, what: str) -> str:
     """Return name if it is a single safe path component, else raise UnsafePath."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise UnsafePath(f"{what} {name!r} is not a plain file or folder name; refusing to write it")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a server's escaped name): no file system name is that
+        raise UnsafePath(f"{what} {name!r} is not valid Unicode text; refusing to write it") from None
     if len(os.fsencode(name + ".part")) > NAME_MAX:  # the download's `.part` file must fit too
         raise UnsafePath(f"{what} {name[:40]!r}… is longer than {NAME_MAX - len('.part')} bytes; refusing it")
     return name

@@ -433,3 +433,40 @@ def test_file_names_too_long_for_the_filesystem_are_refused(hostile: HostileServ
     _one_line(err, ExitCode.WRONG_INPUT_ERROR, "s3 key", "longer than 250 bytes")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
     assert not hostile.gets(f"/{long}") and not hostile.gets(f"/bkt/p/sub/{'m' * 251}")
+
+
+def test_s3_one_huge_listing_page_is_refused_before_it_is_parsed(hostile: HostileServer, monkeypatch) -> None:
+    """A page has no size of its own: 20,000 keys in one page (the cap lowered to 1 MiB to keep it small)."""
+    monkeypatch.setattr(s3, "MAX_PAGE_BYTES", 1 << 20)
+    hostile.routes["/bkt*"] = s3_endless_listing("bkt", per_page=20_000)
+    client = s3.s3_client(None, endpoint=hostile.url(), retries=False, watched=True)
+    with pytest.raises(StorageError) as err:
+        s3.list_objects(client, s3.S3Location("bkt", "p/"), FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "a listing page of", "stage in a smaller prefix")
+    assert len([s for s in hostile.seen if "list-type" in s.path]) == 1
+
+
+def test_stac_documents_that_add_up_to_too_many_bytes_are_refused(hostile: HostileServer, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Each item document is under its own cap, but they stay parsed until the walk ends (cap lowered to 1 MiB)."""
+    from blockkit.storage import _stagein
+
+    monkeypatch.setattr(_stagein, "MAX_DOCUMENT_BYTES", 1 << 20)
+    padding = "x" * 300_000
+
+    def route(h) -> None:
+        name = h.path.split("?")[0].rsplit("/", 1)[-1]
+        if name == "cat.json":
+            doc = {"type": "Catalog", "stac_version": "1.0.0", "id": "c", "description": "d",
+                   "links": [{"rel": "item", "href": f"item{i}.json"} for i in range(20)]}
+        else:
+            doc = {"type": "Feature", "stac_version": "1.0.0", "id": name.removesuffix(".json"), "geometry": None,
+                   "properties": {"datetime": "2026-01-01T00:00:00Z", "padding": padding},
+                   "assets": {"data": {"href": "data.tif"}}, "links": []}
+        h.send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+
+    hostile.routes["/stac/*"] = route
+    with pytest.raises(TooLarge) as err:
+        stage_in(hostile.url("/stac/cat.json"), tmp_path / "in", progress=False, retry=FAST)
+    _one_line(err, ExitCode.WRONG_INPUT_ERROR, "add up to more than 1 MiB")
+    assert len([s for s in hostile.seen if "item" in s.path]) <= 4 and not (tmp_path / "in").exists()

@@ -67,3 +67,15 @@ def test_run_input_url_secrets_are_not_printed_or_recorded(hostile: HostileServe
     [copy] = runs.rglob("workflow.yaml")
     assert "# a presigned URL" in copy.read_text()  # the layout stays
     assert _leaks(runs, messages) == []
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://alice:pw@[::1]:8080/x?sig=1#frag", "http://[::1]:8080/x?…#frag"),
+    ("https://Data.Example/Path/Item.json", "https://Data.Example/Path/Item.json"),
+    ("https://u@host.example:443/a", "https://host.example:443/a"),
+    ("s3://bucket/key?versionId=1", "s3://bucket/key?versionId=1"),
+])
+def test_public_url_drops_only_credentials_and_the_query(url: str, shown: str) -> None:
+    from blockkit.storage._transfer import public_url
+
+    assert public_url(url) == shown

@@ -370,3 +370,44 @@ def test_local_source_with_a_symlink_loop_is_refused(tmp_path: Path, loop: str) 
     line = err.value.headline()
     assert "\n" not in line and line.startswith("[WRONG_INPUT_ERROR]") and "loop" in line and len(line) < 400
     assert not (tmp_path / "in").exists()
+
+
+def test_local_source_links_that_loop_fan_out_or_dangle_are_one_line_errors(tmp_path: Path) -> None:
+    import os
+    import time
+
+    def refused(src: Path, said: str) -> None:
+        started = time.monotonic()
+        with pytest.raises(UnsafePath) as err:
+            stage_in(str(src), tmp_path / f"in-{src.name}", progress=False)
+        line = err.value.headline()
+        assert "\n" not in line and line.startswith("[WRONG_INPUT_ERROR]") and said in line, line
+        assert time.monotonic() - started < 10 and not (tmp_path / f"in-{src.name}").exists()
+
+    selfish = tmp_path / "selfish"
+    selfish.mkdir()
+    (selfish / "f.txt").write_text("f")
+    os.symlink("x", selfish / "x")  # was: RuntimeError from Path.resolve, exit 1
+    refused(selfish, "loops or leads nowhere")
+    fan = tmp_path / "fan"  # each level links the next twice: 2^14 copies of the deepest folder
+    for i in range(15):
+        (fan / f"d{i}").mkdir(parents=True)
+    for i in range(14):
+        for name in ("x", "y"):
+            os.symlink(f"../d{i + 1}", fan / f"d{i}" / name)
+    (fan / "d14" / "f.txt").write_text("f")
+    refused(fan, "more than 8 times through symlinks")
+    latest = tmp_path / "latest"  # one extra way into a folder is still copied, as before
+    (latest / "v2").mkdir(parents=True)
+    (latest / "v2" / "f.txt").write_text("f")
+    os.symlink("v2", latest / "current")
+    stage_in(str(latest), tmp_path / "in-latest", progress=False)
+    assert (tmp_path / "in-latest" / "current" / "f.txt").read_text() == "f"
+
+
+def test_a_name_that_is_not_valid_unicode_is_refused_in_one_line() -> None:
+    from blockkit.storage._transfer import check_component
+
+    with pytest.raises(UnsafePath) as err:
+        check_component("item\ud800.tif", "STAC item id")  # was: UnicodeEncodeError, exit 1
+    assert "not valid Unicode text" in err.value.headline()

@@ -258,3 +258,22 @@ def test_local_overwrite_never_writes_through_symlinks_in_the_target(tmp_path: P
         stage_out(out2, str(target), progress=False, overwrite=True)
     assert err.value.exit_code == ExitCode.WRONG_INPUT_ERROR and "symlink" in err.value.headline()
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+
+
+def test_local_stage_out_files_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """Written through a private temporary file (0600), published with the umask's mode, as before."""
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "r.txt").write_text("result")
+    write_data_json(out, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "r", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    old = os.umask(0o022)
+    try:
+        stage_out(out, str(tmp_path / "target"), progress=False)
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "target").rglob("*") if p.is_file()]
+    assert written and {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}, written
