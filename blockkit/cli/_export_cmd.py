@@ -55,6 +55,7 @@ def cwl(
     from blockkit.export import _cwl as export
     from blockkit.runner._plan import plan_workflow
     from blockkit.runner._workflow import load_workflow
+    from blockkit.storage._transfer import public_url
 
     with reported_errors():
         workflow = load_workflow(workflow_file)
@@ -83,7 +84,8 @@ def cwl(
         document = export.export_cwl(plan, images=images, leave_output=leave_output,
                                      input_given=input_location is not None)
         if workflow.output and leave_output:
-            say(f"note: the workflow's output {workflow.output!r} is not exported; stage the result out after the run")
+            say(f"note: the workflow's output {public_url(workflow.output)!r} is not exported; "
+                "stage the result out after the run")
         text = export.dump_cwl(document, source=str(workflow_file))
         if output is None:
             typer.echo(text, nl=False)
@@ -102,7 +104,7 @@ def cwl(
                         local = workflow.base_dir / local
                     location = str(local.resolve())
             if location and "://" in location:
-                say(f"note: the job file gives the input as a URL ({location}); a platform (ADES) stages it in, "
+                say(f"note: the job file gives the input as a URL ({public_url(location)}); a platform (ADES) stages it in, "
                     "but cwltool and Toil cannot: stage it in first (blockkit stage-in URL DIR) and export "
                     "with --input DIR")
             job_text = export.dump_job(export.job_order(plan, input_location=location),

@@ -49,17 +49,20 @@ CWL_VERSION = "v1.2"
 CWLTOOL_NAMESPACE = "http://commonwl.org/cwltool#"
 WORKFLOW_ID = "main"
 ENTRYPOINT = ["python", "-m", "blockkit.export.step"]
-#: Manifest parameter type -> CWL type. Geometries and arrays are JSON values (`Any`),
-#: so a job file gives them as YAML/JSON objects and lists, exactly as in workflow.yaml.
+#: Manifest parameter type -> CWL type. Geometries and arrays are JSON text (`JSON_TYPES`): a
+#: CWL engine does not pass an `Any` value as data (it stages `{class: File}` from the host,
+#: resolves `$include`, rewrites `name`, `id`, `path`, `format`, ... into URIs), but a string it
+#: leaves alone; the tool's expression parses it back for UP42_TASK_PARAMETERS.
 CWL_TYPES: dict[str, str] = {
     "string": "string",
     "dateRange": "string",
     "number": "double",
     "integer": "int",
     "boolean": "boolean",
-    "array": "Any",
-    "geometry": "Any",
+    "array": "string",
+    "geometry": "string",
 }
+JSON_TYPES = frozenset({"array", "geometry"})
 FAN_IN_DIR = "_input"  # step names start with a letter: these never clash with a step's output folder
 QUICKLOOK_DIR = "_quicklooks"
 SCATTER_ENTRYPOINT = ["python", "-m", "blockkit.runtime.scatter"]
@@ -260,53 +263,18 @@ def _tool_inputs(step: PlannedStep, workflow_input: bool, problems: list[Problem
     return names
 
 
-#: Keys a CWL engine acts on inside an `Any` value: `class` (File/Directory staging), and those
-#: schema-salad resolves as identifiers or links (cwltool turns `{name: a, path: d}` into
-#: `{name: "file:///…/app.cwl#v/a", path: "file:///…/d"}`). Any key starting with `$` too.
-CWL_KEYS = frozenset({"class", "location", "path", "id", "name", "run"})
+def cwl_value(spec: ParameterSpec, value: Any) -> Any:
+    """A parameter value as the CWL document and job order carry it: arrays and geometries as JSON text."""
+    if spec.type in JSON_TYPES and not spec.secret and value is not None:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value
 
 
-def cwl_directive(value: Any, at: str = "") -> str | None:
-    """Where a parameter value holds a key a CWL engine acts on (`class`, `$include`, `path`, ...), or None.
-
-    A mapping with `class: File|Directory` is staged from the host, `$include`/`$import` are
-    resolved when the document loads, and identifier or link keys are rewritten into URIs, at
-    any depth of an `Any` value: such a value is not data to the engine, so the export refuses
-    it rather than hand host files to a block or change a value without a word.
-    """
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if key in CWL_KEYS or str(key).startswith("$"):
-                return f"{at}.{key}" if at else str(key)
-            found = cwl_directive(item, f"{at}.{key}" if at else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = cwl_directive(item, f"{at}[{index}]")
-            if found is not None:
-                return found
-    return None
-
-
-def _value_problems(plan: Plan) -> list[Problem]:
-    """Parameter values (the workflow's and the manifests' defaults) a CWL engine would not pass as data."""
-    problems: list[Problem] = []
-    for step in plan.steps:
-        for name, spec in step.manifest.parameters.items():
-            if spec.secret:
-                continue  # never written to the document or the job file
-            # The plan fills manifest defaults into the values: name the block's default when it is the source.
-            values = [("manifest default", spec.default)] if spec.has_default else []
-            values.append(("value", step.params.get(name)))
-            for what, value in values:
-                found = cwl_directive(value)
-                if found is not None:
-                    problems.append(Problem(f"step {step.name!r}", (
-                        f"the {what} of parameter {name!r} has the key {found!r}, which a CWL engine reads as a "
-                        "File/Directory, a schema-salad directive or an identifier to rewrite, not as data")))
-                    break
-    return problems
+def _param_js(spec: ParameterSpec, ident: str) -> str:
+    """The JavaScript expression giving a parameter's value for UP42_TASK_PARAMETERS (JSON text parsed back)."""
+    if spec.type in JSON_TYPES and not spec.secret:
+        return f"(inputs.{ident} === null ? null : JSON.parse(inputs.{ident}))"
+    return f"inputs.{ident}"
 
 
 def _param_type(spec: ParameterSpec, *, optional: bool) -> str:
@@ -324,6 +292,8 @@ def _param_doc(spec: ParameterSpec) -> str:
         facts.append(f"range [{low}, {high}]")
     if spec.secret:
         facts.append("secret: give it in the job order; it is never written to the CWL document")
+    elif spec.type in JSON_TYPES:
+        facts.append("given as JSON text, e.g. '[1, 2]'; parsed back for the block")
     text = spec.description.strip().rstrip(".")
     return f"{text} ({'; '.join(facts)})" if text else "; ".join(facts)
 
@@ -338,7 +308,8 @@ def _tool(step: PlannedStep, image: str, names: _ToolInputs, *, scattered: bool 
     manifest = step.manifest
     cpus, memory_mb = manifest.resources
     inputs = _tool_input_list(step, names, scattered=scattered)
-    public = ", ".join(f"{_js_key(name)}: inputs.{ident}" for name, ident in names.params.items())
+    public = ", ".join(f"{_js_key(name)}: {_param_js(manifest.parameters[name], ident)}"
+                       for name, ident in names.params.items())
     env: dict[str, str] = {
         "UP42_TASK_PARAMETERS": f"$(JSON.stringify({{{public}}}))",
         "UP42_JOB_MODE": step.definition.mode,
@@ -413,7 +384,7 @@ def _tool_input_list(step: PlannedStep, names: _ToolInputs, *, scattered: bool) 
         entry: dict[str, Any] = {"id": ident, "doc": _param_doc(spec)}
         if spec.has_default and spec.default is not None:
             entry["type"] = _param_type(spec, optional=False)
-            entry["default"] = spec.default
+            entry["default"] = cwl_value(spec, spec.default)
         else:
             entry["type"] = _param_type(spec, optional=not spec.required)
         inputs.append(entry)
@@ -435,7 +406,8 @@ def _direct_tool(step: PlannedStep, image: str, names: _ToolInputs, run: DirectR
     """
     manifest = step.manifest
     cpus, memory_mb = manifest.resources
-    public = ", ".join(f"{_js_key(name)}: inputs.{ident}" for name, ident in names.params.items())
+    public = ", ".join(f"{_js_key(name)}: {_param_js(manifest.parameters[name], ident)}"
+                       for name, ident in names.params.items())
     env: dict[str, str] = {
         "UP42_TASK_PARAMETERS": f"$(JSON.stringify({{{public}}}))",
         "UP42_JOB_MODE": step.definition.mode,
@@ -690,17 +662,20 @@ def io_problems(workflow: Any, *, leave_output: bool = False) -> list[Problem]:
     `--outdir` or the platform's stage-out. A keystore key cannot travel either. Rather
     than drop them silently, the export refuses, and says what to do instead.
     """
+    from blockkit.storage._transfer import public_url  # URLs as printed: no password, no signed query
+
     problems: list[Problem] = []
     if workflow.output and not leave_output:
+        output = public_url(workflow.output)
         problems.append(Problem("output", (
-            f"the workflow publishes its result to {workflow.output!r}; CWL has no stage-out: export with "
+            f"the workflow publishes its result to {output!r}; CWL has no stage-out: export with "
             "--leave-output and stage the result out after the run (blockkit stage-out RESULTS_DIR "
-            f"{workflow.output}{' --key ' + workflow.keys['output'] if workflow.keys.get('output') else ''}) "
+            f"{output}{' --key ' + workflow.keys['output'] if workflow.keys.get('output') else ''}) "
             "or let the platform do it")))
     input_key = workflow.keys.get("input")
     if input_key and workflow.input and "://" in workflow.input:
         problems.append(Problem("keys", (
-            f"the workflow reads {workflow.input!r} with keystore key {input_key!r}, which a CWL engine cannot "
+            f"the workflow reads {public_url(workflow.input)!r} with keystore key {input_key!r}, which a CWL engine cannot "
             f"use: stage it in first (blockkit stage-in {workflow.input} DIR --key {input_key}) and export "
             "with --input DIR")))
     return problems
@@ -727,7 +702,6 @@ def check_exportable(
     names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
     problems += _scatter_problems(plan, names)
     problems += _direct_problems(plan, direct_runs(plan), names)
-    problems += _value_problems(plan)
     io = io_problems(plan.workflow, leave_output=leave_output)
     problems += [p for p in io if not (input_given and p.where == "keys")]
     if images is not None:
@@ -802,7 +776,7 @@ def export_cwl(
             entry: dict[str, Any] = {"id": wf_id, "doc": f"step {step.name!r}: {_param_doc(spec)}"}
             entry["type"] = _param_type(spec, optional=value is None)
             if value is not None:
-                entry["default"] = value
+                entry["default"] = cwl_value(spec, value)
             wf_inputs.append(entry)
             step_in.append({"id": ident, "source": wf_id})
         for name, ident in step_names.secret_params.items():
@@ -877,9 +851,7 @@ def export_cwl(
 def job_order(plan: Plan, *, input_location: str | None = None) -> dict[str, Any]:
     """A job order for the exported workflow: the workflow input and every non-secret parameter."""
     job: dict[str, Any] = {}
-    problems = _value_problems(plan)
-    if problems:
-        raise ExportError.from_problems(f"workflow {plan.workflow.name!r} cannot be exported to CWL", problems)
+    problems: list[Problem] = []
     names = {step.name: _tool_inputs(step, bool(plan.workflow.input), problems) for step in plan.steps}
     if any(up == "" for n in names.values() for up in n.directories.values()) and input_location:
         if "://" in input_location:
@@ -890,7 +862,7 @@ def job_order(plan: Plan, *, input_location: str | None = None) -> dict[str, Any
         for name, ident in names[step.name].params.items():
             value = step.params.get(name)
             if value is not None:
-                job[workflow_input_id(step.name, ident)] = value
+                job[workflow_input_id(step.name, ident)] = cwl_value(step.manifest.parameters[name], value)
     return job
 
 

@@ -42,7 +42,8 @@ def upper(fc, ctx):
     for f in fc:
         rel = f["properties"]["up42.data_path"].replace("/", "_") + ".upper"
         ctx.output_path(rel).write_text(ctx.input_path(f).read_text().upper())
-        out.append(ctx.derive_feature(f, data_path=rel, properties={"upper": True, "scale": ctx.params["scale"]}))
+        out.append(ctx.derive_feature(f, data_path=rel, properties={"upper": True, "scale": ctx.params["scale"],
+                                                                    "tags": ctx.params["tags"], "aoi": ctx.params["aoi"]}))
     return FeatureCollection(out)
 
 if __name__ == "__main__":

@@ -113,17 +113,19 @@ def test_linear_document_maps_steps_images_params_resources_and_network(tmp_path
     # Typed parameters with the manifest's defaults on the tool...
     assert up_inputs["scale"] == {**up_inputs["scale"], "type": "double", "default": 1.5}
     assert up_inputs["fail_with"]["type"] == "int"
-    assert up_inputs["tags"]["type"] == "Any" and up_inputs["tags"]["default"] == ["a", "b"]
-    assert up_inputs["aoi"]["type"] == "Any?" and "default" not in up_inputs["aoi"]
+    # Arrays and geometries as JSON text: a CWL engine passes a string as data, not an `Any` value.
+    assert up_inputs["tags"]["type"] == "string" and up_inputs["tags"]["default"] == '["a","b"]'
+    assert up_inputs["aoi"]["type"] == "string?" and "default" not in up_inputs["aoi"]
     assert up_inputs["dotted_name"]["default"] == "x"
     # ...and the workflow file's values as the defaults of the workflow inputs.
     wf_inputs = {i["id"]: i for i in main["inputs"]}
     assert wf_inputs["src__count"]["default"] == 3
     assert wf_inputs["up__scale"]["default"] == 2.5
-    assert wf_inputs["up__aoi"]["default"] == {"type": "Point", "coordinates": [13.4, 52.5]}
+    assert wf_inputs["up__aoi"]["default"] == '{"type":"Point","coordinates":[13.4,52.5]}'
     # UP42_TASK_PARAMETERS names the manifest's parameter names, not the CWL ids.
     params_js = up["requirements"]["EnvVarRequirement"]["envDef"]["UP42_TASK_PARAMETERS"]
     assert '"dotted.name": inputs.dotted_name' in params_js
+    assert '"tags": (inputs.tags === null ? null : JSON.parse(inputs.tags))' in params_js
     assert up["requirements"]["ToolTimeLimit"]["timelimit"] >= 30
     assert "--timeout" in up["arguments"]
     assert [o["outputSource"] for o in main["outputs"]] == ["up/output"]
@@ -215,7 +217,7 @@ steps:
     assert {i["id"]: i["type"] for i in graph(document)["main"]["inputs"]}["input"] == "Directory"
     job = yaml.safe_load((tmp_path / "job.yml").read_text())
     assert job["input"] == {"class": "Directory", "path": str(input_dir.resolve())}
-    assert job["up__scale"] == 3 and job["up__tags"] == ["a", "b"]
+    assert job["up__scale"] == 3 and job["up__tags"] == '["a","b"]'
     assert "aoi" not in " ".join(job)  # optional, no value: left to the block
 
 

@@ -188,3 +188,25 @@ steps:
     assert secret not in result.stderr and secret not in result.stdout
     (feature,) = json.loads((tmp_path / "cwl-out" / "priv" / "data.json").read_text())["features"]
     assert feature["properties"]["password_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+
+
+def test_arrays_and_geometries_reach_the_block_unchanged_whatever_keys_they_hold(test_images, tmp_path) -> None:
+    """Keys a CWL engine acts on in an `Any` value (class, $include, name, path, format) travel as JSON text."""
+    blocks, images = test_images
+    tags = [{"class": "File", "location": "/etc/passwd"}, {"name": "red", "format": "GTiff", "path": "b04.tif"},
+            {"$include": "host-secret.txt", "id": 7}, "plain"]
+    aoi = {"type": "Feature", "id": "aoi-1", "geometry": {"type": "Point", "coordinates": [13.4, 52.5]}, "properties": {}}
+    workflow = tmp_path / "values.yaml"
+    workflow.write_text(f"""
+name: values
+steps:
+  src: {{block: {blocks['source']}, params: {{count: 1}}}}
+  up:  {{block: {blocks['upper']}, params: {{tags: {json.dumps(tags)}, aoi: {json.dumps(aoi)}}}}}
+""")
+    (tmp_path / "host-secret.txt").write_text("HOST-SECRET")
+    app, job = export_with(workflow, {"src": images["source"], "up": images["upper"]}, tmp_path)
+    result, _ = cwltool(tmp_path, app, job)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (feature,) = json.loads((tmp_path / "cwl-out" / "up" / "data.json").read_text())["features"]
+    assert feature["properties"]["tags"] == tags and feature["properties"]["aoi"] == aoi
+    assert "HOST-SECRET" not in (tmp_path / "cwl-out" / "up" / "data.json").read_text()
