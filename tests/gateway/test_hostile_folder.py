@@ -54,6 +54,16 @@ def _response(sock: socket.socket) -> bytes:
     return data
 
 
+def _wait_until_writing(served: Served, key: str, upload: str, done: bool = False) -> None:
+    """Until the gateway is writing a part of the upload (a request is inside its body), or with `done`
+    until it no longer is; at most 5 s."""
+    store = served.gateway.state.multipart
+    assert store is not None
+    deadline = time.monotonic() + 5
+    while bool(store.get(key, upload).writing) == done and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def outside(served: Served) -> Path:
     """A folder beside the bucket folders holding a file the block must never reach."""
@@ -204,11 +214,7 @@ def test_part_still_uploading_during_complete_never_reaches_the_object(served_sm
     ]
     late = _sock(served)
     late.sendall(f"PUT /out/mp.bin?partNumber=3&uploadId={upload} HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\n\r\n".encode() + b"3" * 512)
-    store = served.gateway.state.multipart
-    assert store is not None
-    deadline = time.monotonic() + 5
-    while not store.get("mp.bin", upload).writing and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until_writing(served, "mp.bin", upload)
     done = s3.complete_multipart_upload(Bucket="out", Key="mp.bin", UploadId=upload, MultipartUpload={"Parts": parts})
     late.sendall(b"3" * 512)
     answer = _response(late)
@@ -297,15 +303,9 @@ def test_a_failed_huge_first_part_does_not_fix_the_slot_size(served_small_parts:
     upload = s3.create_multipart_upload(Bucket="out", Key="mp.bin")["UploadId"]
     liar = _sock(served)
     liar.sendall(f"PUT /out/mp.bin?partNumber=1&uploadId={upload} HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 40}\r\n\r\n".encode() + b"x" * 10)
-    store = served.gateway.state.multipart
-    assert store is not None
-    deadline = time.monotonic() + 5
-    while not store.get("mp.bin", upload).writing and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until_writing(served, "mp.bin", upload)
     liar.close()  # hang up: the part fails
-    deadline = time.monotonic() + 5
-    while store.get("mp.bin", upload).writing and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until_writing(served, "mp.bin", upload, done=True)
     parts = []
     for n in (1, 17, 10000):
         parts.append({"PartNumber": n, "ETag": s3.upload_part(Bucket="out", Key="mp.bin", UploadId=upload, PartNumber=n, Body=b"p" * 100)["ETag"]})

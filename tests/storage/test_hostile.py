@@ -303,24 +303,18 @@ def test_s3_listed_sizes_over_the_total_limit_download_nothing(hostile: HostileS
     assert not hostile.gets("/bkt/p/f0") and not (tmp_path / "in").exists()
 
 
-def test_s3_slow_loris_hits_the_file_deadline(hostile: HostileServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, route", [
     # one GET reads up to 1 MiB: without a watchdog it waits for all 60 bytes (12 s), per attempt
-    hostile.routes["/bkt/slow.bin"] = slow_loris(length=60, every=0.2)
+    ("slow.bin", lambda: slow_loris(length=60, every=0.2)),
+    ("trickle.bin", lambda: slow_headers(every=0.1)),
+], ids=["slow-body", "slow-headers"])
+def test_s3_slow_senders_hit_the_file_deadline(hostile: HostileServer, tmp_path: Path, name: str, route) -> None:
+    hostile.routes[f"/bkt/{name}"] = route()
     start = time.monotonic()
     with pytest.raises(TransferFailed) as err:
-        stage_in("s3://bkt/slow.bin", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url(),
+        stage_in(f"s3://bkt/{name}", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url(),
                  limits=TransferLimits(file_deadline=1.5))
-    _one_line(err, ExitCode.API_CONNECTION_ERROR, "s3://bkt/slow.bin", "file_deadline")
-    assert time.monotonic() - start < 6 and not (tmp_path / "in").exists()
-
-
-def test_s3_slow_headers_hit_the_file_deadline(hostile: HostileServer, tmp_path: Path) -> None:
-    hostile.routes["/bkt/trickle.bin"] = slow_headers(every=0.1)
-    start = time.monotonic()
-    with pytest.raises(TransferFailed) as err:
-        stage_in("s3://bkt/trickle.bin", tmp_path / "in", progress=False, retry=FAST, endpoint=hostile.url(),
-                 limits=TransferLimits(file_deadline=1.5))
-    _one_line(err, ExitCode.API_CONNECTION_ERROR, "s3://bkt/trickle.bin", "file_deadline")
+    _one_line(err, ExitCode.API_CONNECTION_ERROR, f"s3://bkt/{name}", "file_deadline")
     assert time.monotonic() - start < 6 and not (tmp_path / "in").exists()
 
 
