@@ -39,7 +39,10 @@ def docker_client(timeout: float = 120.0) -> "docker.DockerClient":
 
 def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
     """A client of a daemon that answers within `timeout` seconds, else None (no exception)."""
-    host = os.environ.get("DOCKER_HOST", "")
+    # The environment as it is now: a question left behind after its timeout must never read a
+    # DOCKER_HOST set later and talk to another daemon.
+    environment = dict(os.environ)
+    host = environment.get("DOCKER_HOST", "")
     # Without DOCKER_HOST the SDK talks to the default socket: no socket, no daemon.
     if not host and not Path("/var/run/docker.sock").exists():
         return None
@@ -48,7 +51,7 @@ def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
     def ask() -> None:
         try:
             # The client asks the daemon for its API version as it is made: that is the question.
-            answer.append(_from_env(max(1, int(timeout))))
+            answer.append(_from_env(max(1, int(timeout)), environment))
         except Exception:  # noqa: BLE001 - "not available" is the answer to any failure
             answer.append(None)
 
@@ -69,7 +72,7 @@ def connect_if_available(timeout: float = 2.0) -> "docker.DockerClient | None":
 _API_VERSION = re.compile(r"^1\.[0-9]{1,3}$")
 
 
-def _from_env(timeout: int) -> "docker.DockerClient":
+def _from_env(timeout: int, environment: dict[str, str] | None = None) -> "docker.DockerClient":
     """A client of the daemon the environment names, speaking the daemon's API version.
 
     The SDK's own way (`version="auto"`) asks `/version`, which Docker 20.10 answers in about
@@ -77,21 +80,24 @@ def _from_env(timeout: int) -> "docker.DockerClient":
     run. `/_ping` answers in under 1 ms and carries the version in its `Api-Version` header.
     A daemon that sends no such header, or something else in it, is asked the SDK's way; one
     that does not answer raises, as the SDK does. Over ssh:// the SDK's way too: a second
-    client would be a second ssh connection.
+    client would be a second ssh connection. Both clients read `environment` (default: the
+    process's now), so they talk to one daemon even if DOCKER_HOST changes meanwhile.
     """
     import docker
     from docker.constants import MINIMUM_DOCKER_API_VERSION
 
-    if os.environ.get("DOCKER_HOST", "").startswith("ssh://"):
-        return _local(docker.from_env(timeout=timeout, version="auto"))  # one ssh connection, not two
-    probe = docker.from_env(timeout=timeout, version=MINIMUM_DOCKER_API_VERSION)
+    env = dict(os.environ) if environment is None else environment
+    if env.get("DOCKER_HOST", "").startswith("ssh://"):
+        return _local(docker.from_env(timeout=timeout, version="auto", environment=env))  # one ssh connection, not two
+    probe = docker.from_env(timeout=timeout, version=MINIMUM_DOCKER_API_VERSION, environment=env)
     try:
         answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
         answer.raise_for_status()
         version = answer.headers.get("Api-Version", "")
     finally:
         probe.close()
-    return _local(docker.from_env(timeout=timeout, version=version if _API_VERSION.fullmatch(version) else "auto"))
+    return _local(docker.from_env(timeout=timeout, version=version if _API_VERSION.fullmatch(version) else "auto",
+                                  environment=env))
 
 
 def _local(client: "docker.DockerClient") -> "docker.DockerClient":

@@ -60,7 +60,8 @@ def test_a_daemon_answering_a_byte_at_a_time_is_no_daemon_within_the_timeout(dri
 class _FakeDaemon:
     """An HTTP server on a unix socket answering `/_ping` and `/version` as told; it records the paths asked."""
 
-    def __init__(self, path: Path, ping_status: int = 200, ping_version: str | None = "1.40") -> None:
+    def __init__(self, path: Path, ping_status: int = 200, ping_version: str | None = "1.40",
+                 ping_delay: float = 0.0) -> None:
         import http.server
         import socketserver
 
@@ -71,6 +72,7 @@ class _FakeDaemon:
             def do_GET(self) -> None:  # noqa: N802 - the http.server name
                 daemon.paths.append(self.path)
                 if self.path.endswith("/_ping"):
+                    time.sleep(ping_delay)
                     status, body, headers = ping_status, b"OK", {"Api-Version": ping_version} if ping_version else {}
                 elif self.path.endswith("/version"):
                     status, body, headers = 200, b'{"ApiVersion": "1.39", "Version": "fake"}', {"Content-Type": "application/json"}
@@ -121,6 +123,26 @@ def test_the_client_speaks_the_api_version_the_daemons_ping_gives(tmp_path: Path
             client.close()
     finally:
         fake.close()
+
+
+def test_a_question_still_going_talks_to_the_daemon_it_began_with(tmp_path: Path, monkeypatch) -> None:
+    """DOCKER_HOST changes while the ping is answered (a test's monkeypatch, a caller's own change): the
+    fallback question goes to the same daemon, never to the one named later."""
+    first = _FakeDaemon(tmp_path / "first.sock", ping_version=None, ping_delay=0.6)  # no header: /version next
+    later = _FakeDaemon(tmp_path / "later.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'first.sock'}")
+    switch = threading.Timer(0.2, lambda: monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'later.sock'}"))
+    switch.start()
+    try:
+        client = connect_if_available(timeout=3.0)
+        assert client is not None
+        client.close()
+        assert first.paths == ["/_ping", "/version"]
+        assert later.paths == []  # was: ["/version"], the rest of the question sent to another daemon
+    finally:
+        switch.cancel()
+        first.close()
+        later.close()
 
 
 def test_a_daemon_whose_ping_fails_is_no_daemon(tmp_path: Path, monkeypatch) -> None:
