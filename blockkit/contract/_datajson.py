@@ -344,10 +344,11 @@ def _nesting_problem(values: list[Any], depth: int, *, geometry: bool = False) -
     With `geometry`, `values` are features: their `geometry` is walked as geometries (through a
     GeometryCollection's members, not into coordinates), the rest of their members fully.
     """
-    stack: list[tuple[Any, int, bool]] = [(v, depth, False) for v in values]
+    stack: list[tuple[Any, int, bool]]
     if geometry:
-        stack = [(v, depth + 1, False) for f in values for k, v in f.items() if k != "geometry"]
-        stack += [(f.get("geometry"), depth + 1, True) for f in values]
+        stack = [(v, depth + 1, k == "geometry") for f in values for k, v in f.items()]
+    else:
+        stack = [(v, depth, False) for v in values]
     while stack:
         value, level, is_geometry = stack.pop()
         if type(value) is dict:

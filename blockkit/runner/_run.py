@@ -674,7 +674,7 @@ class WorkflowRun:
             load_data_json(output, required=False)
         except BaseException:
             with contextlib.suppress(OSError):  # only accepted results live in parts/<name>/output
-                os.rename(output, part_dir / "work")
+                self._put_back(output, part_dir / "work")
             raise
         sealed.lock()
         quicklooks.lock()

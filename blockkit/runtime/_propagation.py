@@ -243,6 +243,14 @@ def local_assets(feature: Mapping[str, Any]) -> list[dict[str, Any]]:
             and not a["href"].startswith("/")]
 
 
+def prefix_local_assets(out: dict[str, Any], prefix: str) -> None:
+    """Put `prefix/` before every local asset href of `out`, on copies of its assets (the input's are kept)."""
+    if isinstance(out.get("assets"), dict):
+        out["assets"] = {key: dict(asset) if isinstance(asset, dict) else asset for key, asset in out["assets"].items()}
+    for asset in local_assets(out):
+        asset["href"] = f"{prefix}/{asset['href']}"
+
+
 def _forward_assets(out: dict[str, Any], input_dir: Path, output_dir: Path, prefix: str,
                     on_link: LinkHook | None) -> None:
     """Forward every local asset file of a feature too, so no forwarded href dangles."""
@@ -352,10 +360,7 @@ def fan_in_feature(step: str, feature: Mapping[str, Any]) -> dict[str, Any]:
     props = dict(out.get("properties") or {})
     if DATA_PATH in props:
         props[DATA_PATH] = f"{step}/{props[DATA_PATH]}"
-    if isinstance(out.get("assets"), dict):
-        out["assets"] = {key: dict(asset) if isinstance(asset, dict) else asset for key, asset in out["assets"].items()}
-    for asset in local_assets(out):
-        asset["href"] = f"{step}/{asset['href']}"
+    prefix_local_assets(out, step)
     props.setdefault("blockkit.step", step)
     out["properties"] = props
     if out.get("id") is not None:

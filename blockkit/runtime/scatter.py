@@ -128,7 +128,7 @@ def split(input_dir: Path, parts_dir: Path) -> list[tuple[str, Path]]:
 
 def _prefixed(feature: dict[str, Any], name: str) -> dict[str, Any]:
     """The feature as the merged folder holds it: its data path, item and local asset hrefs under `<name>/`."""
-    from blockkit.runtime._propagation import local_assets
+    from blockkit.runtime._propagation import prefix_local_assets
 
     out = dict(feature)
     props = dict(out.get("properties") or {})
@@ -137,10 +137,7 @@ def _prefixed(feature: dict[str, Any], name: str) -> dict[str, Any]:
     if isinstance(props.get("up42.stac_item"), str):
         props["up42.stac_item"] = f"{name}/{props['up42.stac_item']}"
     out["properties"] = props
-    if isinstance(out.get("assets"), dict):
-        out["assets"] = {key: dict(asset) if isinstance(asset, dict) else asset for key, asset in out["assets"].items()}
-        for asset in local_assets(out):
-            asset["href"] = f"{name}/{asset['href']}"
+    prefix_local_assets(out, name)
     return out
 
 
