@@ -76,9 +76,7 @@ class _Walk:
             if exc.errno in (errno.EINVAL, errno.ENOENT):
                 return None
             raise
-        self.links += 1
-        if self.links > MAX_LINKS:
-            raise link_loop()
+        self._budget()
         if target.startswith("/"):
             if target != self.root and not target.startswith(self.root + "/"):
                 raise escaped()

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from blockkit.gateway._beneath import DIR_FLAGS, NEW_FILE_FLAGS, own_folder
+from blockkit.gateway._beneath import DIR_FLAGS, FILE_FLAGS, NEW_FILE_FLAGS, own_folder
 from blockkit.gateway._body import CHECKSUM_PREFIX, crc_combine, new_checksum
 from blockkit.gateway._buckets import STAGING_DIR, Bucket
 from blockkit.gateway._errors import S3Error, invalid_argument
@@ -246,7 +246,7 @@ class MultipartStore:
         """The upload's assembly file, checked to be the one made for it (else NoSuchUpload)."""
         try:
             # O_NONBLOCK: a FIFO planted in its place must not hold the request (the check below refuses it).
-            fd = os.open("assembly", flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+            fd = os.open("assembly", flags | FILE_FLAGS, dir_fd=folder)
         except OSError:
             raise no_such_upload(upload.upload_id) from None
         if _ident(os.fstat(fd)) != upload.assembly_ident:
@@ -544,8 +544,7 @@ class MultipartStore:
                         assert slot is not None
                         copy_range(assembly, out.fd, (part.number - 1) * slot, part.size, None)
                     else:
-                        fd = os.open(part_name(part.number), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                     dir_fd=folder)
+                        fd = os.open(part_name(part.number), FILE_FLAGS, dir_fd=folder)
                         try:
                             if _ident(os.fstat(fd)) != part.ident:
                                 raise S3Error(400, "InvalidPart", "a part's staged file was replaced", PartNumber=str(part.number))
