@@ -110,8 +110,9 @@ def redact_workflow_text(text: str, plan: Plan) -> str:
                 spans[(value_node.start_mark.index, value_node.end_mark.index)] = "'***'"
     for field in ("input", "output"):
         node = _mapping_get(root, field)
-        if isinstance(node, yaml.ScalarNode) and public_url(str(node.value)) != node.value:
-            spans[(node.start_mark.index, node.end_mark.index)] = json.dumps(public_url(str(node.value)), ensure_ascii=False)
+        shown = public_url(str(node.value)) if isinstance(node, yaml.ScalarNode) else None
+        if shown is not None and shown != node.value:
+            spans[(node.start_mark.index, node.end_mark.index)] = json.dumps(shown, ensure_ascii=False)
     for (start, end), value in sorted(spans.items(), reverse=True):
         text = text[:start] + value + text[end:]
     return text

@@ -204,11 +204,14 @@ def _check_symlinks(root: Path) -> None:
 
     def walk(folder: Path, above: frozenset[Path]) -> None:
         for p in sorted(folder.iterdir()):
+            link = p.is_symlink()
+            if not link and not p.is_dir():
+                continue  # a plain file: nothing to follow
             try:
-                real = p.resolve(strict=p.is_symlink())
+                real = p.resolve(strict=link)
             except (OSError, RuntimeError):  # a link to itself or a chain of links that loops; a dangling one
                 raise UnsafePath(f"{p} is a symlink that loops or leads nowhere; refusing to follow it") from None
-            if p.is_symlink() and real != root and root not in real.parents:
+            if link and real != root and root not in real.parents:
                 raise UnsafePath(f"{p} is a symlink to {real}, outside {root}; refusing to follow it")
             if p.is_dir():
                 if real in above:

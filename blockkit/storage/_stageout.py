@@ -282,26 +282,14 @@ def _write_bytes(data: bytes, path: Path) -> None:
 
 
 def _replace(dest: Path, write: Callable[[Path], object]) -> None:
-    """Write dest through a new temporary file beside it (made with O_EXCL: never a planted one), then rename."""
-    import tempfile
+    """Write dest through a new temporary file beside it (made with O_EXCL: never a planted one), then rename.
 
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")
-    os.close(fd)
-    tmp = Path(name)
+    Made 0666 so the umask gives it the mode any new file gets (as `write_atomic`'s temporary file).
+    """
+    tmp = dest.with_name(f".{dest.name}.{os.urandom(8).hex()}.part")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode any new file gets
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
