@@ -8,6 +8,7 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -342,32 +343,40 @@ def _nesting_problem(values: list[Any], depth: int, *, geometry: bool = False) -
     """Why `values` (at level `depth`: the collection is 1, a feature 3) nest too deep, iteratively (see MAX_NESTING).
 
     With `geometry`, `values` are features: their `geometry` is walked as geometries (through a
-    GeometryCollection's members, not into coordinates), the rest of their members fully.
+    GeometryCollection's members, not into coordinates), the rest of their members fully. The
+    walk keeps one iterator per open level, so its memory grows with the depth, not the breadth.
     """
-    stack: list[tuple[Any, int, bool]]
+    stack: list[Iterator[tuple[Any, int, bool]]]  # (member, its level, is it a geometry) of each open level
     if geometry:
-        stack = [(v, depth + 1, k == "geometry") for f in values for k, v in f.items()]
+        stack = [((v, depth + 1, k == "geometry") for f in values for k, v in f.items())]
     else:
-        stack = [(v, depth, False) for v in values]
+        stack = [((v, depth, False) for v in values)]
     while stack:
-        value, level, is_geometry = stack.pop()
-        if type(value) is dict:
-            if level > MAX_NESTING:
+        for value, level, is_geometry in stack[-1]:
+            if type(value) is dict:
+                if level > MAX_NESTING:
+                    return f"nested deeper than {MAX_NESTING} levels of objects and arrays"
+                stack.append(_members(value, level, is_geometry))
                 break
-            for key, member in value.items():
-                if is_geometry and key == "coordinates":
-                    continue  # the schema bounds them by the geometry's type
-                if is_geometry and key == "geometries" and type(member) is list:
-                    stack.extend((m, level + 2, True) for m in member)  # member geometries
-                elif type(member) in (dict, list):
-                    stack.append((member, level + 1, False))
-        elif type(value) is list:
-            if level > MAX_NESTING:
+            if type(value) is list:
+                if level > MAX_NESTING:
+                    return f"nested deeper than {MAX_NESTING} levels of objects and arrays"
+                stack.append(zip(value, repeat(level + 1), repeat(False)))
                 break
-            stack.extend((m, level + 1, False) for m in value if type(m) in (dict, list))
-    else:
-        return None
-    return f"nested deeper than {MAX_NESTING} levels of objects and arrays"
+        else:
+            stack.pop()
+    return None
+
+
+def _members(value: dict[str, Any], level: int, is_geometry: bool) -> Iterator[tuple[Any, int, bool]]:
+    """The members of an object at `level` to walk for nesting (a geometry's coordinates are not)."""
+    for key, member in value.items():
+        if is_geometry and key == "coordinates":
+            continue  # the schema bounds them by the geometry's type
+        if is_geometry and key == "geometries" and type(member) is list:
+            yield from zip(member, repeat(level + 2), repeat(True))  # member geometries
+        else:
+            yield member, level + 1, False
 
 
 def _asset_href_problem(feature: dict[str, Any]) -> str | None:
@@ -459,8 +468,8 @@ def dumps(fc: FeatureCollection | dict[str, Any]) -> str:
         raise WrongInputError(f"cannot write data.json: {exc}") from None
 
 
-def write_atomic(path: Path, text: str, *, durable: bool = True) -> Path:
-    """Write text to path atomically (temp file in the same folder, fsync, rename).
+def write_atomic(path: Path, text: str | Iterable[str], *, durable: bool = True) -> Path:
+    """Write text (or its pieces, in order) to path atomically (temp file in the same folder, fsync, rename).
 
     `durable=False` skips the fsync: for scratch files that a crash makes worthless anyway
     (the runner makes them again), never for a result.
@@ -471,7 +480,10 @@ def write_atomic(path: Path, text: str, *, durable: bool = True) -> Path:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            if isinstance(text, str):
+                fh.write(text)
+            else:
+                fh.writelines(text)
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
@@ -491,6 +503,14 @@ def write_data_json(directory: Path, fc: FeatureCollection | dict[str, Any], *, 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return write_atomic(directory / DATA_JSON, dumps(fc), durable=durable)
+
+
+def collection_text(features: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """The text `dumps` gives a FeatureCollection of `features`, a feature at a time (never all in memory)."""
+    yield '{"type":"FeatureCollection","features":['
+    for n, feature in enumerate(features):
+        yield "," + dumps(feature) if n else dumps(feature)
+    yield "]}"
 
 
 def is_finite_number(value: Any) -> bool:

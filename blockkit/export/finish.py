@@ -100,12 +100,12 @@ def finish_parts(
             raise type(err)(f"feature {name!r}: {err.message}", problems=err.problems) from None
         parts.append((name, folder, quicklooks))
     quicklook_dir.mkdir(parents=True, exist_ok=True)
-    merged = merge(parts, output_dir, quicklook_dir)
+    count = merge(parts, output_dir, quicklook_dir)
     if stac:
         from blockkit.runtime._stac import write_catalog
 
-        write_catalog(output_dir, merged)
-    return len(merged.features)
+        write_catalog(output_dir, load_data_json(output_dir, required=False))
+    return count
 
 
 def _argument_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ from blockkit.runner._lock import RunLock, replace_atomic, runner_identity
 from blockkit.runner._logfilter import is_error_line
 from blockkit.runner._plan import Plan, PlannedStep
 from blockkit.runner._provenance import provenance_document, redact_workflow_text, run_document
+from blockkit.runner._output_json import load_output
 from blockkit.runner._run_folder import (
     PROVENANCE_FILE,
     RUN_FILE,
@@ -671,7 +672,7 @@ class WorkflowRun:
             # never drop out of the merge, nor a broken result be reused.
             if DATA_JSON not in sealed.files:
                 raise SealError("it wrote no data.json (an empty result is a data.json with no features)")
-            load_data_json(output, required=False)
+            load_output(output, step.resources[1])  # within the step's memory
         except BaseException:
             with contextlib.suppress(OSError):  # only accepted results live in parts/<name>/output
                 self._put_back(output, part_dir / "work")
@@ -868,7 +869,7 @@ class WorkflowRun:
         record.quicklooks = quicklooks.files  # a cache hit checks and links them with the output
         if DATA_JSON not in sealed.files:
             raise SealError("it wrote no data.json (an empty result is a data.json with no features)")
-        fc = load_data_json(output_dir, required=False)
+        fc = load_output(output_dir, step.resources[1], deadline)  # within the step's memory
         files = sealed.files
         if step.propagate:
             if upstream_dirs:  # mounted fan-in: the files are still in each upstream's folder

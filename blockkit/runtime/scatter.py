@@ -33,9 +33,19 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from blockkit.contract._datajson import DATA_JSON, DATA_PATH, FeatureCollection, check_data_path, data_path_of, load_data_json, write_data_json
+from blockkit.contract._datajson import (
+    DATA_JSON,
+    DATA_PATH,
+    FeatureCollection,
+    check_data_path,
+    collection_text,
+    data_path_of,
+    load_data_json,
+    write_atomic,
+    write_data_json,
+)
 from blockkit.contract.errors import BlockkitError, NoInputError, NoOutputError, WrongInputError
 
 PARTS_INDEX = "cwl.output.json"
@@ -144,48 +154,55 @@ def _prefixed(feature: dict[str, Any], name: str) -> dict[str, Any]:
 def merge(
     parts: Sequence[tuple[str, Path, Path | None]], output_dir: Path, quicklook_dir: Path | None = None,
     *, on_link: Callable[[os.stat_result, os.stat_result], None] | None = None,
-) -> FeatureCollection:
+) -> int:
     """Join per-feature outputs (name, output folder, quicklook folder) into output_dir (see the module doc).
 
     The files are hard-linked (copied only across file systems); `on_link(before, after)` sees
-    each linked file's stat, as `blockkit.runtime._propagation.link_tree` gives it.
+    each linked file's stat, as `blockkit.runtime._propagation.link_tree` gives it. The merged
+    data.json is written a part at a time, so its memory is one part's, not all of them.
+    Returns how many features it holds.
     """
     from blockkit.runtime._propagation import link_tree
 
     seen_names: set[str] = set()
-    merged = FeatureCollection()
     taken: set[Any] = set()
+    count = 0
+
+    def features() -> Iterator[dict[str, Any]]:
+        nonlocal count
+        for name, folder, quicklooks in parts:
+            if not _NAME.match(name):
+                raise WrongInputError(f"part name {name!r} is not a plain folder name")
+            if name in seen_names:
+                raise WrongInputError(f"part {name!r} is given twice")
+            seen_names.add(name)
+            if not os.path.lexists(folder / DATA_JSON):  # never a feature silently dropped from the result
+                raise NoOutputError(f"feature {name!r}: its run wrote no data.json")
+            try:
+                fc = load_data_json(folder, required=False)
+            except BlockkitError as err:
+                raise type(err)(f"feature {name!r}: {err.message}", problems=err.problems) from None
+            for child in sorted(folder.iterdir()):
+                if child.name == DATA_JSON:
+                    continue
+                link_tree(child, output_dir / name / child.name, on_link=on_link)
+            for feature in fc.features:
+                out = _prefixed(feature, name)
+                ident = out.get("id")
+                if ident is not None:
+                    candidate, n = (ident if ident not in taken else f"{name}-{ident}"), 2
+                    while candidate in taken:
+                        candidate, n = f"{name}-{ident}-{n}", n + 1
+                    out["id"] = candidate
+                    taken.add(candidate)
+                count += 1
+                yield out
+            if quicklook_dir is not None and quicklooks is not None and quicklooks.is_dir() and any(quicklooks.iterdir()):
+                link_tree(quicklooks, quicklook_dir / name, on_link=on_link)
+
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name, folder, quicklooks in parts:
-        if not _NAME.match(name):
-            raise WrongInputError(f"part name {name!r} is not a plain folder name")
-        if name in seen_names:
-            raise WrongInputError(f"part {name!r} is given twice")
-        seen_names.add(name)
-        if not os.path.lexists(folder / DATA_JSON):  # never a feature silently dropped from the result
-            raise NoOutputError(f"feature {name!r}: its run wrote no data.json")
-        try:
-            fc = load_data_json(folder, required=False)
-        except BlockkitError as err:
-            raise type(err)(f"feature {name!r}: {err.message}", problems=err.problems) from None
-        for child in sorted(folder.iterdir()):
-            if child.name == DATA_JSON:
-                continue
-            link_tree(child, output_dir / name / child.name, on_link=on_link)
-        for feature in fc.features:
-            out = _prefixed(feature, name)
-            ident = out.get("id")
-            if ident is not None:
-                candidate, n = (ident if ident not in taken else f"{name}-{ident}"), 2
-                while candidate in taken:
-                    candidate, n = f"{name}-{ident}-{n}", n + 1
-                out["id"] = candidate
-                taken.add(candidate)
-            merged.features.append(out)
-        if quicklook_dir is not None and quicklooks is not None and quicklooks.is_dir() and any(quicklooks.iterdir()):
-            link_tree(quicklooks, quicklook_dir / name, on_link=on_link)
-    write_data_json(output_dir, merged)
-    return merged
+    write_atomic(output_dir / DATA_JSON, collection_text(features()))
+    return count
 
 
 def _argument_parser() -> argparse.ArgumentParser:
@@ -238,12 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   f"{len(args.part_quicklooks)} --part-quicklooks do not match")
         quicklooks = args.part_quicklooks or [None] * len(args.name)
         args.quicklooks.mkdir(parents=True, exist_ok=True)
-        merged = merge(list(zip(args.name, args.part, quicklooks)), args.output, args.quicklooks)
+        count = merge(list(zip(args.name, args.part, quicklooks)), args.output, args.quicklooks)
         if args.stac:
             from blockkit.runtime._stac import write_catalog
 
-            write_catalog(args.output, merged)
-        print(f"[blockkit] step {args.step!r}: merged {len(args.name)} part(s), {len(merged.features)} feature(s)",
+            write_catalog(args.output, load_data_json(args.output, required=False))
+        print(f"[blockkit] step {args.step!r}: merged {len(args.name)} part(s), {count} feature(s)",
               file=sys.stderr, flush=True)
         return 0
     except BlockkitError as err:

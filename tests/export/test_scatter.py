@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockkit.contract._datajson import load_data_json, write_data_json
+from blockkit.contract._datajson import dumps, load_data_json, write_data_json
 from blockkit.contract.errors import ExitCode, NoInputError, NoOutputError, WrongInputError
 from blockkit.runtime import scatter
 from blockkit.export._cwl import export_cwl
@@ -296,10 +296,12 @@ def test_merge_prefixes_paths_keeps_ids_unique_and_quicklooks(tmp_path) -> None:
     p1, q1 = make_part(tmp_path / "1", "x", "one")
     p2, q2 = make_part(tmp_path / "2", "y", "two", quicklook=False)
     out, ql = tmp_path / "merged", tmp_path / "quicklooks"
-    merged = scatter.merge([("x", p1, q1), ("y", p2, q2)], out, ql)
+    assert scatter.merge([("x", p1, q1), ("y", p2, q2)], out, ql) == 4
+    merged = load_data_json(out)  # written, and every data path exists
     assert [f["id"] for f in merged] == ["x", "shared", "y", "y-shared"]
     assert [f["properties"].get("up42.data_path") for f in merged] == ["x/sub/r.tif", None, "y/sub/r.tif", None]
-    assert load_data_json(out).features == merged.features  # written, and every data path exists
+    # Written a feature at a time, byte for byte what writing the whole collection gives.
+    assert (out / "data.json").read_text() == dumps(merged)
     assert (out / "x" / "aux.txt").read_text() == "aux one" and (out / "y" / "sub" / "r.tif").read_text() == "two"
     assert not (out / "x" / "data.json").exists()
     assert sorted(p.relative_to(ql).as_posix() for p in ql.rglob("*")) == ["x", "x/q.png"]
@@ -344,6 +346,29 @@ def test_example_scatter_and_fan_out_workflows_validate() -> None:
         assert result.returncode == 0, result.stderr
 
 
+def test_merge_holds_one_part_in_memory_at_a_time(tmp_path) -> None:
+    """Each part's data.json fits the step's memory; all of them at once need not (the runner merges in its own process)."""
+    import tracemalloc
+
+    wide = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "w", "geometry": None, "properties": {"wide": [[] for _ in range(100_000)]}}]}
+    parts = []
+    for n in range(6):
+        write_data_json(tmp_path / f"p{n}", wide)
+        parts.append((f"p{n}", tmp_path / f"p{n}", None))
+    tracemalloc.start()
+    try:
+        load_data_json(tmp_path / "p0", required=False)
+        one = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert scatter.merge(parts, tmp_path / "merged") == 6
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * one, (peak, one)  # was: all 6 parts' features, then the whole text at once
+    assert len(load_data_json(tmp_path / "merged")) == 6
+
+
 def test_merge_refuses_a_part_that_holds_a_symlink_and_writes_nothing_outside(tmp_path) -> None:
     part, ql = make_part(tmp_path / "1", "x", "one")
     (part / "evil").symlink_to("/etc/passwd")
@@ -374,6 +399,7 @@ def test_merge_refuses_a_part_that_wrote_no_data_json(tmp_path) -> None:
     with pytest.raises(NoOutputError, match="feature 'y': its run wrote no data.json"):
         scatter.merge([("x", p1, q1), ("y", p2, q2)], tmp_path / "merged")
     assert not (tmp_path / "merged" / "data.json").exists()
+    assert not list((tmp_path / "merged").glob(".data.json*"))  # nor a half-written one
 
 
 def _stac_feature(ident: str, folder: str) -> dict:
@@ -396,8 +422,8 @@ def test_split_gives_each_feature_its_asset_files_and_merge_prefixes_their_hrefs
         assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")) == [
             f"{name}/B04.txt", f"{name}/B08.txt"]  # every band of its own, none of the other's
         assert load_data_json(folder).features[0]["assets"]["nir"]["href"] == f"{name}/B08.txt"
-    merged = scatter.merge([(name, folder, None) for name, folder in parts], tmp_path / "merged")
-    for feature in merged:
+    scatter.merge([(name, folder, None) for name, folder in parts], tmp_path / "merged")
+    for feature in load_data_json(tmp_path / "merged"):
         name = feature["id"]
         assets = feature["assets"]
         assert assets["nir"]["href"] == f"{name}/{name}/B08.txt" and assets["red"]["href"] == f"{name}/{name}/B04.txt"

@@ -267,6 +267,35 @@ def test_deep_properties_are_refused_when_sealing_not_when_the_next_step_copies_
     assert "step 'a'" in one_line_error(result.stderr) and "nested deeper than 64 levels" in result.stderr
 
 
+@pytest.mark.parametrize("scatter", [False, True], ids=["step", "scattered"])
+def test_a_data_json_needing_more_memory_than_the_step_has_is_refused_not_read_by_the_runner(
+        tmp_path: Path, evil, scatter) -> None:
+    """12 MB of `[]` take about 330 MB as Python objects: more than the step's 256 MB, so the runner must not read it."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": f"f{n}", "geometry": None, "properties": {}} for n in range(2)]}))
+    step = f"{{block: {evil['evilproc']}, params: {{action: wide_datajson, arg: 'lists:4000000'}}{', scatter: features' if scatter else ''}}}"
+    wf = workflow_file(tmp_path, f"name: wide\ninput: {inp}\nsteps:\n  a: {step}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q", "--max-memory", "256")
+    assert result.returncode == 6, result.stderr  # was: read in the runner's own memory (and accepted)
+    line = one_line_error(result.stderr)
+    assert "step 'a'" in line and "needs more than the step's memory of 256 MB" in line
+    [step_dir] = (tmp_path / "runs").glob("*/steps/a")
+    rejected = step_dir / "parts/f0/work" if scatter else step_dir / "work"
+    assert (rejected / "data.json").is_file() and not (step_dir / "output").exists()
+
+
+def test_a_big_data_json_that_fits_the_step_memory_is_accepted(tmp_path: Path, evil) -> None:
+    """12 MB of text (past the size read without a check) take about 12 MB of memory: accepted."""
+    wf = workflow_file(tmp_path, f"name: big\nsteps:\n  a: {{block: {evil['evil']}, "
+                                 f"params: {{action: wide_datajson, arg: 'text:12000000'}}}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q", "--max-memory", "256")
+    assert result.returncode == 0, result.stderr
+    [output] = (tmp_path / "runs").glob("*/steps/a/output")
+    assert len(json.loads((output / "data.json").read_text())["features"][0]["properties"]["wide"]) == 12_000_000
+
+
 def test_remove_tree_copes_with_thousands_of_levels_and_read_only_folders(tmp_path: Path) -> None:
     import subprocess
 
