@@ -5,9 +5,9 @@
 # the base image is bootstrapped from the Debian mirror this machine's apt
 # already uses, read at run time so no host name is written down anywhere.
 #
-#   bash .ci/docker-setup.sh            # engine + blockkit-base:bookworm
-#   BLOCKKIT_BASE_IMAGE=name:tag bash .ci/docker-setup.sh
-#   BLOCKKIT_BASE_SUITE=bullseye BLOCKKIT_BASE_IMAGE=blockkit-base:bullseye bash .ci/docker-setup.sh
+#   bash .ci/docker-setup.sh                              # engine + blockkit-base:bookworm
+#   BLOCKKIT_BASE_SUITE=bullseye bash .ci/docker-setup.sh # engine + blockkit-base:bullseye
+#   BLOCKKIT_BASE_IMAGE=name:tag bash .ci/docker-setup.sh # another name (default blockkit-base:<suite>)
 #
 # bullseye (Python 3.9) is the base for UP42-style blocks whose requirements need
 # Python < 3.10 (e.g. up42-blockutils 1.2.4): it also carries pip, a `python`
@@ -15,8 +15,8 @@
 # did (`blockkit build` compiles requirements that have no wheel for 3.9 in it).
 set -euo pipefail
 
-BASE_IMAGE="${BLOCKKIT_BASE_IMAGE:-blockkit-base:bookworm}"
 SUITE="${BLOCKKIT_BASE_SUITE:-bookworm}"
+BASE_IMAGE="${BLOCKKIT_BASE_IMAGE:-blockkit-base:$SUITE}"
 case "$SUITE" in
     bookworm) INCLUDE="python3,python3-venv" ;;
     bullseye) INCLUDE="python3,python3-venv,python3-pip,python-is-python3,python3-dev,gcc,libc6-dev" ;;

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -329,12 +330,21 @@ def _image_or_none(client: "docker.DockerClient", ref: str) -> Any:
         raise DockerError(f"cannot inspect image {ref}: {exc}") from exc
 
 
+def setup_command(image: str) -> str:
+    """The command that makes base image `image` (.ci/docker-setup.sh names it blockkit-base:<suite>)."""
+    suite = image.removeprefix("blockkit-base:")
+    if suite == "bookworm":
+        return "sudo bash .ci/docker-setup.sh"
+    if suite == "bullseye":
+        return "sudo BLOCKKIT_BASE_SUITE=bullseye bash .ci/docker-setup.sh"
+    return f"sudo BLOCKKIT_BASE_IMAGE={shlex.quote(image)} bash .ci/docker-setup.sh (Debian bookworm)"
+
+
 def _base_image_id(client: "docker.DockerClient", base_image: str) -> str:
     image = _image_or_none(client, base_image)
     if image is None:
         raise BaseImageMissingError(
-            f"base image {base_image} does not exist (nothing can be pulled); "
-            "create it with: sudo bash .ci/docker-setup.sh"
+            f"base image {base_image} does not exist (nothing can be pulled); create it with: {setup_command(base_image)}"
         )
     return str(image.id)
 
@@ -588,11 +598,14 @@ def _build_own_dockerfile(
         if "$" in stage.resolved or not stage.resolved:
             raise BuildError(f"{dockerfile}: FROM {stage.image} needs a build arg (--build-arg NAME=IMAGE)")
         image = _image_or_none(client, stage.resolved)
+        if image is None and stage.resolved == base_image:
+            raise BaseImageMissingError(f"base image {base_image} does not exist locally (nothing is pulled); "
+                                        f"create it with: {setup_command(base_image)}")
         if image is None:
             raise BaseImageMissingError(
                 f"{dockerfile}: FROM {stage.resolved} does not exist locally (nothing is pulled); "
                 "build on a local image with --base-image IMAGE (or --build-arg NAME=IMAGE when its FROM uses an ARG), "
-                "e.g. blockkit-base:bullseye made by .ci/docker-setup.sh"
+                f"e.g. blockkit-base:bullseye, made by: {setup_command('blockkit-base:bullseye')}"
             )
         base_ids.append(str(image.id))
     final_base = externals[-1].resolved if externals else None

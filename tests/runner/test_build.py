@@ -218,8 +218,20 @@ def test_wheels_are_chosen_for_the_image_python_not_the_host(build, docker_clien
 @pytest.mark.docker
 def test_missing_base_image_says_how_to_make_it(docker_client, tmp_path):
     block = make_block(tmp_path)
-    with pytest.raises(BaseImageMissingError, match=r"docker-setup\.sh"):
+    with pytest.raises(BaseImageMissingError, match=r"BLOCKKIT_BASE_IMAGE=blockkit-base:no-such-tag bash \.ci/docker-setup\.sh"):
         build_block_image(block, base_image="blockkit-base:no-such-tag", client=docker_client)
+
+
+def test_the_command_for_a_missing_base_image_makes_that_image() -> None:
+    """docker-setup.sh names its image blockkit-base:<suite>: the bullseye command must not make (or say) bookworm."""
+    from blockkit.runner._build import setup_command
+
+    assert setup_command("blockkit-base:bookworm") == "sudo bash .ci/docker-setup.sh"
+    assert setup_command("blockkit-base:bullseye") == "sudo BLOCKKIT_BASE_SUITE=bullseye bash .ci/docker-setup.sh"
+    assert setup_command("my base") == "sudo BLOCKKIT_BASE_IMAGE='my base' bash .ci/docker-setup.sh (Debian bookworm)"
+    script = (Path(__file__).parents[2] / ".ci" / "docker-setup.sh").read_text()
+    assert 'BASE_IMAGE="${BLOCKKIT_BASE_IMAGE:-blockkit-base:$SUITE}"' in script
+    assert script.index("SUITE=") < script.index("BASE_IMAGE=")
 
 
 @pytest.fixture
