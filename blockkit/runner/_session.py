@@ -119,7 +119,9 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         else:
             input_dir = _resolve_local(workflow.input, workflow)
             if not input_dir.is_dir():
-                raise WorkflowError(f"workflow input {workflow.input!r} is not a folder ({input_dir})")
+                given = "--input" if request.input is not None else "workflow input"
+                raise WorkflowError(f"{given} {workflow.input!r} is not a folder ({input_dir}): an input is a "
+                                    "folder holding a data.json (a data block needs none)")
     if workflow.output and not is_uri(workflow.output):
         dest = _resolve_local(workflow.output, workflow)
         if dest.is_dir() and any(dest.iterdir()):

@@ -159,6 +159,16 @@ def test_single_block_run_with_local_input_and_output(tmp_path: Path, blocks: di
     assert summary["steps"]["upper"]["features_out"] == 1
 
 
+def test_a_missing_input_folder_is_named_as_the_user_gave_it(tmp_path: Path, blocks: dict[str, Path]) -> None:
+    from blockkit.contract.errors import WorkflowError
+
+    with pytest.raises(WorkflowError, match=r"--input 'nowhere' is not a folder .*: an input is a folder holding a data.json"):
+        _run(tmp_path, blocks["upper"], input="nowhere")
+    wf = _workflow(tmp_path, f"name: w\ninput: nowhere\nsteps:\n  up: {{block: {blocks['upper']}}}\n")
+    with pytest.raises(WorkflowError, match=r"\] workflow input 'nowhere' is not a folder"):
+        _run(tmp_path, wf)
+
+
 def test_workflow_level_propagate_forwards_input(tmp_path: Path, blocks: dict[str, Path]) -> None:
     wf = _workflow(tmp_path, (
         "name: fwd\nsteps:\n"
