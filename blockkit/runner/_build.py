@@ -603,10 +603,10 @@ def _build_own_dockerfile(
                                         f"create it with: {setup_command(base_image)}")
         if image is None:
             raise BaseImageMissingError(
-                f"{dockerfile}: FROM {stage.resolved} does not exist locally (nothing is pulled); "
-                "build on a local image with --base-image IMAGE (or --build-arg NAME=IMAGE when its FROM uses an ARG), "
-                f"e.g. blockkit-base:bullseye, made by: {setup_command('blockkit-base:bullseye')}"
-            )
+                f"{dockerfile}: FROM {stage.resolved} is not a local image (nothing is pulled)",
+                hints=[f"build on a local image: blockkit build {shlex.quote(str(block_dir))} --base-image "
+                       "blockkit-base:bullseye (or --build-arg NAME=IMAGE when its FROM uses an ARG)",
+                       f"blockkit-base:bullseye (Python 3.9) is made by: {setup_command('blockkit-base:bullseye')}"])
         base_ids.append(str(image.id))
     final_base = externals[-1].resolved if externals else None
 

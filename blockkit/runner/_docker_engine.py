@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
-from blockkit.contract.errors import TIMEOUT_EXIT_CODE, ExitCode
+from blockkit.contract.errors import TIMEOUT_EXIT_CODE, BaseImageMissingError, ExitCode
 from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the engine's errors and client
     CONTAINER_LABEL,
     DockerError,
@@ -152,6 +152,9 @@ class DockerEngine(Engine):
         for step in plan.steps:
             if step.block_dir is not None:
                 outcome = built[step.block_dir]
+                if isinstance(outcome, BaseImageMissingError) and outcome.hints:  # its own Dockerfile's FROM
+                    raise BaseImageMissingError(f"step {step.name!r}: {outcome.message}", hints=[
+                        *outcome.hints[:1], "then run again: it uses that image", *outcome.hints[1:]]) from None
                 if isinstance(outcome, BaseException):
                     raise outcome
                 if step.block_dir not in said:

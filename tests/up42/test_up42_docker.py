@@ -111,18 +111,25 @@ def test_missing_from_image_says_how_to_build_offline(tmp_path: Path, docker_cli
         "ARG BASE=blockkit-base:bullseye\nFROM ${BASE}", "FROM up42/up42-base-py37:latest"))
     done = _cli("build", str(block))
     assert done.returncode != 0
-    assert "FROM up42/up42-base-py37:latest does not exist locally" in done.stderr and "--base-image" in done.stderr
+    assert "FROM up42/up42-base-py37:latest is not a local image" in done.stderr
+    assert f"blockkit build {block} --base-image blockkit-base:bullseye" in done.stderr
+    # `blockkit run` has no --base-image: it names the step and the build to run once.
+    wf = _chain(tmp_path, up42_blocks, "up42-main-entry")
+    done = _cli("run", str(wf), "-e", "docker", "--runs-dir", str(tmp_path / "runs"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    headline = next(line for line in done.stderr.splitlines() if line.startswith("["))
+    assert "step 'up42-main-entry': " in headline and "FROM up42/up42-base-py37:latest is not a local image" in headline
+    assert f"blockkit build {block} --base-image" in done.stderr and "then run again" in done.stderr
     try:
         # As for UP42's own blocks: the literal FROM replaced by a local base; `blockkit run` reuses that choice.
         built = _cli("build", str(block), "--base-image", bullseye_image)
         assert built.returncode == 0, built.stderr
-        wf = _chain(tmp_path, up42_blocks, "up42-main-entry")
         done = _cli("run", str(wf), "-e", "docker", "--runs-dir", str(tmp_path / "runs"))
         assert done.returncode == 0, done.stderr
         assert f"image {built.stdout.split()[0]} (up to date)" in done.stderr
         # --build-arg BASE= works for Dockerfiles that take their base from an ARG.
         bad = _cli("build", str(up42_blocks["up42-nodata"]), "--build-arg", "BASE=blockkit-base:no-such")
-        assert bad.returncode != 0 and "FROM blockkit-base:no-such does not exist locally" in bad.stderr
+        assert bad.returncode != 0 and "FROM blockkit-base:no-such is not a local image" in bad.stderr
         bad_arg = _cli("build", str(up42_blocks["up42-nodata"]), "--build-arg", "NOEQUALS")
         assert bad_arg.returncode != 0 and bad_arg.stderr.count("\n") == 1
     finally:
