@@ -45,6 +45,10 @@ def list_runs(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
     from blockkit.runner._logfilter import neutralise
     from blockkit.runner._run import RUN_FILE
 
+    unknown = sorted({s.strip() for s in (status or "").split(",") if s.strip()} - set(RUN_STATUSES))
+    if unknown:  # a typo (`--status fail`) must not look like "no failed runs"
+        fail(ValidationError(f"--status {', '.join(unknown)}: not a run status (choose from {', '.join(RUN_STATUSES)})"),
+             as_json=as_json)
     root = _root(runs_dir)
     paths = sorted(root.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
     rows = _filtered([_summary(path) for path in paths], status, workflow)
@@ -63,6 +67,10 @@ def list_runs(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
     widths = {k: max(len(r[k]) for r in table) for k in header}
     for r in table:
         typer.echo("  ".join(r[k].ljust(widths[k]) for k in header).rstrip())
+
+
+#: What `runs list` shows as a run's status (`_status`).
+RUN_STATUSES = ("ok", "failed", "running", "interrupted")
 
 
 def _filtered(rows: list[dict[str, str]], status: str | None, workflow: str | None) -> list[dict[str, str]]:

@@ -64,7 +64,7 @@ def test_no_command_prints_a_headline_of_its_own() -> None:
             if text and text.startswith("[") and text[1:2].isupper() and "]" in text and "[/" not in text:
                 found.append(f"{path.name}:{node.lineno}: {text[:40]!r}")
             if isinstance(node, ast.Call) and ast.unparse(node.func) in ("typer.Exit", "sys.exit") \
-                    and node.args and ast.unparse(node.args[0]) not in ("0", "130") \
+                    and node.args and ast.unparse(node.args[0]) not in ("0", "130", "command_status") \
                     and not ast.unparse(node.args[0]).endswith(".exit_status"):  # main(): after print_error
                 found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
     assert not found, "print errors with blockkit.cli._console.fail:\n" + "\n".join(found)
@@ -252,3 +252,25 @@ def test_a_step_given_by_image_says_why_its_manifest_cannot_be_read(tmp_path: Pa
     assert "(and 1 more)" in lines[0]
     assert f"  - step 'plain' (line 3): image {base_image} has no up42_manifest label" in lines[1]
     assert lines[2].startswith("  - step 'gone' (line 4): image blockkit-test/no-such-image:never does not exist locally")
+
+
+@pytest.mark.parametrize("args, said", [
+    (["run", "x", "--dry-run"], "blockkit run: No such option: --dry-run (see blockkit run --help)"),
+    (["run", "x", "-j", "0"], "blockkit run: Invalid value for '--jobs' / '-j': Input should be greater than or equal to 1"),
+    (["nosuch"], "blockkit: No such command 'nosuch'."),
+    (["artifacts", "upload", "r.html"], "blockkit artifacts upload: Missing option '--key'."),
+    (["runs", "list", "--status", "fail"], "--status fail: not a run status (choose from ok, failed, running, interrupted)"),
+], ids=["unknown-option", "bad-value", "unknown-command", "missing-option", "unknown-status"])
+def test_a_command_line_click_cannot_parse_is_one_error_line_like_any_other(tmp_path: Path, args, said) -> None:
+    """Was: a boxed multi-line message and exit 2 (INPUT_PARAMETERS_ERROR, the code for a block's parameters)."""
+    result = cli(*args, cwd=tmp_path)
+    [line] = headline(result, "WRONG_INPUT_ERROR", 4)
+    assert line.startswith(f"[WRONG_INPUT_ERROR] {said}") and "╭" not in result.stderr and result.stdout == ""
+    with_json = cli(*args, "--json", cwd=tmp_path)
+    assert json.loads(with_json.stdout)["exit_code"] == 4 and said in json.loads(with_json.stdout)["message"]
+
+
+def test_help_and_a_bare_command_group_still_show_the_help_and_exit_0(tmp_path: Path) -> None:
+    for args in ([], ["runs"], ["run", "--help"]):
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 0 and "Usage: blockkit" in result.stdout + result.stderr, (args, result.stderr)
