@@ -40,11 +40,33 @@ register_engine("docker", _docker)
 ENGINE_NAMES = ("auto", "process", "docker")
 
 
+#: The entry-point group an installed package names its engines in: `NAME = "module:factory"`.
+ENTRY_POINT_GROUP = "blockkit.engines"
+
+
 def select_engine(name: str = "auto") -> tuple[Engine, str]:
-    """The engine to use and a sentence saying why (and how its steps are isolated)."""
+    """The engine to use and a sentence saying why (and how its steps are isolated).
+
+    A name nobody registered is looked up among the installed packages' `blockkit.engines`
+    entry points, whose factory is then registered: so `blockkit run --engine NAME` finds an
+    engine a package provides without any import of it.
+    """
     factories = registered_engines()
     if name not in factories:
-        raise WorkflowError(f"unknown engine {name!r}; choose one of {', '.join(factories)}")
+        from importlib.metadata import entry_points
+
+        provided = entry_points(group=ENTRY_POINT_GROUP)
+        if name not in provided.names:
+            known = [*factories, *sorted(set(provided.names) - set(factories))]
+            raise WorkflowError(f"unknown engine {name!r}; choose one of {', '.join(known)}")
+        point = next(p for p in provided if p.name == name)  # the first, if two packages give the name
+        try:
+            factory = point.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is one line, not a traceback
+            raise WorkflowError(f"engine {name!r} ({point.value}, entry point of {point.dist.name if point.dist else '?'}) "
+                                f"cannot be loaded: {type(exc).__name__}: {exc}") from None
+        register_engine(name, factory)
+        factories[name] = factory
     engine, why = factories[name]()
     note = engine.isolation_note
     return engine, f"{why}; {note}" if note else why

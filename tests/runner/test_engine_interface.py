@@ -163,3 +163,63 @@ def test_watch_cancel_never_kills_after_the_block_is_over(tmp_path: Path) -> Non
         for watcher in watchers:
             watcher.join(timeout=5)
         assert kills == []
+
+
+PLUGIN = '''
+import json, os, subprocess, sys, time
+from blockkit.runner import Engine, StepResult
+
+
+class PluggedEngine(Engine):
+    name = "plugged"
+    isolation_note = "steps are plain child processes (a plugin engine)"
+
+    def run_step(self, spec, on_log_line=None):
+        started = time.time()
+        env = {**os.environ, **spec.env, "BLOCKKIT_INPUT_DIR": str(spec.input_dir),
+               "BLOCKKIT_OUTPUT_DIR": str(spec.output_dir), "BLOCKKIT_QUICKLOOK_DIR": str(spec.quicklook_dir),
+               "UP42_TASK_PARAMETERS": json.dumps(spec.params)}
+        with open(spec.log_path, "a") as log:
+            code = subprocess.call([sys.executable, str(spec.block_dir / "src" / "run.py")], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=spec.block_dir)
+        return StepResult(code, started, time.time())
+
+
+def factory():
+    return PluggedEngine(), "plugged engine (from its package's entry point)"
+
+'''
+
+
+def test_an_installed_package_provides_an_engine_through_its_entry_point(tmp_path: Path) -> None:
+    """`blockkit run --engine NAME` finds an engine a package declares (`blockkit.engines`), with no import of it."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "plugged_engine-1.0.dist-info").mkdir(parents=True)
+    (site / "plugged_engine.py").write_text(PLUGIN)
+    (site / "plugged_engine-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: plugged-engine\nVersion: 1.0\n")
+    (site / "plugged_engine-1.0.dist-info" / "entry_points.txt").write_text(
+        "[blockkit.engines]\nplugged = plugged_engine:factory\nwrong = plugged_engine:missing\n")
+    blocks = make_blocks(tmp_path / "blocks")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    exe = str(Path(sys.executable).with_name("blockkit"))
+
+    def run(engine: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, "run", str(blocks["source"]), "--engine", engine, "--runs-dir", str(tmp_path / "runs"),
+                               "--output", str(tmp_path / f"out-{engine}")], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+
+    done = run("plugged")
+    assert done.returncode == 0, done.stderr
+    assert "engine: plugged engine (from its package's entry point)" in done.stderr
+    assert json.loads((tmp_path / "out-plugged" / "data.json").read_text())["features"]
+    [run_json] = (tmp_path / "runs").glob("*/run.json")
+    assert json.loads(run_json.read_text())["engine"] == "plugged"
+    unknown = run("nosuch")
+    assert unknown.returncode == 4 and "unknown engine 'nosuch'; choose one of auto, process, docker, plugged, wrong" in unknown.stderr
+    wrong = run("wrong")
+    assert wrong.returncode == 4 and "engine 'wrong' (plugged_engine:missing, entry point of plugged-engine) cannot be loaded: AttributeError" in wrong.stderr
+    assert "Traceback" not in unknown.stderr + wrong.stderr
