@@ -439,7 +439,7 @@ class DockerEngine(Engine):
             if timed_out:
                 exit_code = TIMEOUT_EXIT_CODE
                 oom_killed = False
-                detail = f"timed out after {spec.timeout_s:g}s and was killed (exit {TIMEOUT_EXIT_CODE})"
+                detail = f"killed after the {spec.timeout_s:g} s timeout"
             elif oom_killed:
                 exit_code = int(ExitCode.OUT_OF_MEMORY)
                 limit = f" of {spec.resources.memory_mb} MB" if spec.resources else ""
@@ -447,11 +447,8 @@ class DockerEngine(Engine):
             elif exit_code != 0:
                 # The block's own last error line, as the process engine's failure line shows it.
                 detail = errors.line or f"{ExitCode.describe(exit_code)} (exit {exit_code})"
-            if detail:
-                # A block's own line is already in the log: say only how the container ended.
-                from_block = not timed_out and not oom_killed and detail == errors.line
-                emit(f"[blockkit] {ExitCode.describe(exit_code)} (exit {exit_code})" if from_block
-                     else f"[blockkit] {detail}")
+            if detail and detail != errors.line:  # the block's own line is in the log already
+                emit(f"[blockkit] {detail}")
             return StepResult(
                 exit_code=exit_code,
                 started=started,

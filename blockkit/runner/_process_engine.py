@@ -306,8 +306,17 @@ class ProcessEngine(Engine):
                 reader.join(timeout=1.0)
             if watchdog is not None:
                 watchdog.release()
+        result = self._ended(spec, code, isolated, started, timed_out.is_set(), watch)
+        if result.detail:  # how the block was ended, in its log too (as the docker engine writes it)
+            emit(f"[blockkit] {result.detail}", 0)
+        return result
+
+    @staticmethod
+    def _ended(spec: StepSpec, code: int, isolated: bool, started: float, timed_out: bool,
+               watch: _MemoryWatch | None) -> StepResult:
+        """The step's result from the block's exit status and how the runner ended it."""
         ended = time.time()
-        if timed_out.is_set():
+        if timed_out:
             return StepResult(TIMEOUT_EXIT_CODE, started, ended, timed_out=True,
                               detail=f"killed after the {spec.timeout_s:g} s timeout")
         if watch is not None and watch.exceeded:

@@ -83,5 +83,5 @@ def test_out_of_memory_and_timeout_read_once() -> None:
     assert failure_line("up", 137, "OUT_OF_MEMORY", "OUT_OF_MEMORY: the container exceeded its memory limit of "
                         "2048 MB and was killed") == ("step 'up' failed with exit code 137: the container exceeded "
                                                      "its memory limit of 2048 MB and was killed")
-    assert failure_line("t", 124, "TIMEOUT", "timed out after 2s and was killed (exit 124)") == (
-        "step 't' failed with exit code 124: timed out after 2s and was killed (exit 124)")
+    assert failure_line("t", 124, "TIMEOUT", "killed after the 2 s timeout") == (
+        "step 't' failed with exit code 124: killed after the 2 s timeout")

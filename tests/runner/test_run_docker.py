@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,24 @@ def test_docker_faults_stop_the_run_cleanly_and_resume_finishes_it(
     assert summary["run_id"] == err.run_dir.name
     assert summary["steps"]["make"]["status"] == "ok" and summary["steps"]["up"]["status"] == "ok"
     assert (err.run_dir / "steps/up/output/item1.txt.upper").read_text() == "HELLO 1\n"
+
+
+@pytest.mark.parametrize("params, extra", [("{behaviour: sleep}", ", timeout: 2"), ("{behaviour: exit, code: 2}", "")],
+                         ids=["timeout", "exit2"])
+def test_both_engines_end_a_failed_step_with_the_same_words(tmp_path: Path, docker_client, base_image,
+                                                            params: str, extra: str) -> None:
+    """The failure line and the log's last line do not depend on the engine."""
+    blocks = make_blocks(tmp_path / "blocks")
+    wf = tmp_path / "faulty.yaml"
+    wf.write_text(f"name: faulty\nsteps:\n  make: {{block: {blocks['source']}, params: {{count: 1}}}}\n"
+                  f"  up: {{block: {blocks['upper']}, params: {params}{extra}}}\n")
+    seen = {}
+    for engine in ("process", "docker"):
+        with pytest.raises(RunFailed) as info:
+            run_request(RunRequest(target=wf, engine=engine, runs_dir=tmp_path / engine))
+        log = (info.value.run_dir / "logs/up.log").read_text().splitlines()
+        seen[engine] = [re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", "", line) for line in (info.value.message, log[-1])]
+    assert seen["process"] == seen["docker"], seen
 
 
 def test_a_docker_run_removes_containers_of_a_killed_runner_and_says_so(tmp_path: Path, docker_client, base_image) -> None:
