@@ -447,8 +447,11 @@ class DockerEngine(Engine):
             elif exit_code != 0:
                 # The block's own last error line, as the process engine's failure line shows it.
                 detail = errors.line or f"{ExitCode.describe(exit_code)} (exit {exit_code})"
-            if detail and detail != errors.line:  # the block's own line is in the log already
-                emit(f"[blockkit] {detail}")
+            if detail:
+                # A block's own line is already in the log: say only how the container ended.
+                from_block = not timed_out and not oom_killed and detail == errors.line
+                emit(f"[blockkit] {ExitCode.describe(exit_code)} (exit {exit_code})" if from_block
+                     else f"[blockkit] {detail}")
             return StepResult(
                 exit_code=exit_code,
                 started=started,

@@ -307,8 +307,9 @@ class ProcessEngine(Engine):
             if watchdog is not None:
                 watchdog.release()
         result = self._ended(spec, code, isolated, started, timed_out.is_set(), watch)
-        if result.detail:  # how the block was ended, in its log too (as the docker engine writes it)
-            emit(f"[blockkit] {result.detail}", 0)
+        if result.exit_code != 0:  # how the step ended, as the docker engine's log says it
+            code = result.exit_code
+            emit(f"[blockkit] {result.detail or f'{ExitCode.describe(code)} (exit {code})'}", 0)
         return result
 
     @staticmethod

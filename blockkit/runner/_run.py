@@ -1003,6 +1003,7 @@ class WorkflowRun:
             lines = self.folder.log_path(step).read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        lines = [line for line in lines if not line.startswith("[blockkit] ")]  # the runner's, not the block's
         for line in reversed(lines):
             if is_error_line(line):
                 return line.strip()

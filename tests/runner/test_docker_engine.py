@@ -253,7 +253,7 @@ def test_timeout_kills_and_is_reported(engine, probe_image, docker_client, tmp_p
     assert time.monotonic() - start < 30
     assert result.timed_out
     assert result.exit_code == TIMEOUT_EXIT_CODE
-    assert "timed out" in result.detail
+    assert result.detail == "killed after the 2 s timeout"
     assert not (spec.output_dir / "data.json").exists()
 
 
