@@ -217,20 +217,51 @@ def forward_feature(
     """
     out = copy.deepcopy(dict(feature))
     value = data_path_of(out)
-    if value is None:
-        _forward_assets(out, input_dir, output_dir, prefix, on_link)
-        return out
-    problem = check_data_path(value, input_dir)
-    if problem:
-        raise WrongInputError(f"cannot forward feature {feature.get('id', '?')!r}: {problem}")
-    new_path = f"{prefix.strip('/')}/{value}" if prefix else value
-    target = output_dir / posixpath.normpath(new_path)
-    if os.path.lexists(target):
-        raise WrongInputError(f"cannot forward {value!r}: {new_path!r} already exists in the output")
-    link_tree(input_dir / posixpath.normpath(value), target, base=output_dir, on_link=on_link)
-    out.setdefault("properties", {})[DATA_PATH] = new_path
+    if value is not None:
+        problem = check_data_path(value, input_dir)
+        if problem:
+            raise WrongInputError(f"cannot forward feature {feature.get('id', '?')!r}: {problem}")
+    files = ([value] if value is not None else []) + [asset["href"] for asset in local_assets(out)]
+    prefix = _free_prefix(files, input_dir, output_dir, prefix.strip("/"))
+    if value is not None:
+        new_path = f"{prefix}/{value}" if prefix else value
+        source, target = input_dir / posixpath.normpath(value), output_dir / posixpath.normpath(new_path)
+        if not _same_file(source, target):  # else forwarded already, with an earlier feature
+            link_tree(source, target, base=output_dir, on_link=on_link)
+        out.setdefault("properties", {})[DATA_PATH] = new_path
     _forward_assets(out, input_dir, output_dir, prefix, on_link)
     return out
+
+
+#: How many `input/`, `input-2/`, ... folders forwarding tries before it gives up.
+MAX_RELOCATIONS = 100
+
+
+def _free_prefix(files: list[str], input_dir: Path, output_dir: Path, prefix: str) -> str:
+    """Where a feature's files are forwarded: under `prefix`, or when the output already has one of
+    their names there (the block wrote `x.tif` for input `x.tif`), under the first free
+    `input/<prefix>`, `input-2/<prefix>`, ... (so the mounted and the linked fan-in agree)."""
+    for n in range(MAX_RELOCATIONS + 1):
+        moved = "input" if n == 1 else f"input-{n}"
+        candidate = prefix if n == 0 else posixpath.join(moved, prefix).rstrip("/")
+        taken = False
+        for rel in files:
+            target = output_dir / posixpath.normpath(f"{candidate}/{rel}" if candidate else rel)
+            if os.path.lexists(target) and not _same_file(input_dir / posixpath.normpath(rel), target):
+                taken = True
+                break
+        if not taken:
+            return candidate
+    raise WrongInputError(f"cannot forward {files[0]!r}: the output holds that name in {MAX_RELOCATIONS} places")
+
+
+def _same_file(source: Path, target: Path) -> bool:
+    """Whether `target` is already `source` (a file linked by an earlier feature's forwarding)."""
+    try:
+        there, here = os.lstat(target), os.lstat(source)
+    except OSError:
+        return False
+    return not stat.S_ISDIR(there.st_mode) and os.path.samestat(here, there)
 
 
 def local_assets(feature: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -263,7 +294,7 @@ def _forward_assets(out: dict[str, Any], input_dir: Path, output_dir: Path, pref
         source, target = input_dir / posixpath.normpath(href), output_dir / posixpath.normpath(new_href)
         if os.path.lexists(target):
             # Usually the data_path file itself, or a file inside a forwarded data_path folder.
-            if not target.is_dir() and not os.path.samestat(os.lstat(source), os.lstat(target)):
+            if not target.is_dir() and not _same_file(source, target):
                 raise WrongInputError(f"cannot forward asset {href!r}: {new_href!r} already exists in the output")
         else:
             link_tree(source, target, base=output_dir, on_link=on_link)
@@ -299,13 +330,19 @@ def forward_fan_in(
     """
     from blockkit.contract._datajson import load_data_json
 
-    seen = []
+    seen, forwarded = [], []
     for step, folder in upstreams.items():
         features = load_data_json(folder, required=False).features
-        for feature in features:
-            forward_feature(feature, folder, output_dir, prefix=step, on_link=on_link)  # links <folder>/x to <output>/<step>/x
+        # Links <folder>/x to <output>/<step>/x (to input/<step>/x when the block wrote that name).
+        forwarded += [forward_feature(feature, folder, output_dir, prefix=step, on_link=on_link) for feature in features]
         seen.append((step, features))
-    return _unclash(fan_in_features(seen), existing)
+    fanned = fan_in_features(seen)
+    for out, moved in zip(fanned, forwarded):  # the ids of the fan-in, the places forwarding chose
+        if DATA_PATH in (moved.get("properties") or {}):
+            out["properties"][DATA_PATH] = moved["properties"][DATA_PATH]
+        if "assets" in moved:
+            out["assets"] = moved["assets"]
+    return _unclash(fanned, existing)
 
 
 def _unclash(forwarded: list[dict[str, Any]], existing: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -438,7 +438,8 @@ def test_data_forwarding_uses_hard_links(tmp_path: Path) -> None:
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
 
 
-def test_data_forwarding_collision_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_data_forwarding_puts_an_input_file_whose_name_the_block_used_under_input(tmp_path: Path) -> None:
+    """The block's result keeps its name (as UP42's sharpening writes it, the input's); the input file moves aside."""
     block = make_block(tmp_path, manifest=dict(MANIFEST, blockkit={"propagate": True}))
     dirs = {"block": block, "input": make_input(tmp_path, 1), "output": tmp_path / "output", "ql": tmp_path / "ql"}
 
@@ -446,10 +447,11 @@ def test_data_forwarding_collision_is_an_error(tmp_path: Path, capsys: pytest.Ca
         ctx.output_path("scenes/s0.bin").write_text("mine")
         return FeatureCollection([ctx.new_feature(geometry=None, data_path="scenes/s0.bin")])
 
-    assert run_inline(fn, dirs) == 4
-    assert "already exists in the output" in headline(capsys.readouterr().err)
+    assert run_inline(fn, dirs) == 0  # was: exit 4, 'scenes/s0.bin' already exists in the output
+    out = json.loads((dirs["output"] / "data.json").read_text())
+    assert [f["properties"][DATA_PATH] for f in out["features"]] == ["scenes/s0.bin", "input/scenes/s0.bin"]
     assert (dirs["output"] / "scenes" / "s0.bin").read_text() == "mine"
-    assert not (dirs["output"] / "data.json").exists()
+    assert (dirs["output"] / "input/scenes/s0.bin").stat().st_ino == (dirs["input"] / "scenes/s0.bin").stat().st_ino
 
 
 # --- base classes, decorators, modes ----------------------------------------------------------

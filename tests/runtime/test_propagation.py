@@ -67,10 +67,34 @@ def test_forward_refuses_unsafe_paths_symlinks_and_collisions(folders: tuple[Pat
     with pytest.raises(WrongInputError, match="symlink"):
         forward_feature({"id": "x", "properties": {"up42.data_path": "dir"}}, src, dst)
     assert not (dst / "dir" / "evil").exists()
+
+
+def test_a_file_name_the_output_already_has_is_forwarded_under_input(folders: tuple[Path, Path]) -> None:
+    """UP42 blocks (sharpening) write their result under the input's name: forwarding must not fail on it."""
+    src, dst = folders
     (dst / "a.tif").write_text("mine")
-    with pytest.raises(WrongInputError, match="already exists"):
-        forward_feature(FEATURE, src, dst)
-    assert (dst / "a.tif").read_text() == "mine"
+    out = forward_feature(FEATURE, src, dst)
+    assert out["properties"]["up42.data_path"] == "input/a.tif"
+    assert (dst / "a.tif").read_text() == "mine" and (dst / "input/a.tif").stat().st_ino == (src / "a.tif").stat().st_ino
+    assert forward_feature(FEATURE, src, dst)["properties"]["up42.data_path"] == "input/a.tif"  # that file already
+    (dst / "input" / "c.tif").write_text("mine too")
+    (dst / "c.tif").write_text("mine")
+    (src / "c.tif").write_text("c")
+    assert forward_feature({"id": "c", "properties": {"up42.data_path": "c.tif"}}, src, dst)["properties"][
+        "up42.data_path"] == "input-2/c.tif"
+    feature = {"id": "f", "properties": {"up42.data_path": "dir"}, "assets": {"b": {"href": "dir/sub/b.tif"}}}
+    (dst / "dir").mkdir()
+    (dst / "dir" / "own.txt").write_text("the block's folder of that name")
+    moved = forward_feature(feature, src, dst)  # a folder, and an asset inside it: moved together
+    assert moved["properties"]["up42.data_path"] == "input/dir" and moved["assets"]["b"]["href"] == "input/dir/sub/b.tif"
+    assert (dst / "input/dir/sub/b.tif").read_text() == "b" and sorted(p.name for p in (dst / "dir").iterdir()) == ["own.txt"]
+
+
+def test_two_features_of_one_file_forward_it_once(folders: tuple[Path, Path]) -> None:
+    src, dst = folders
+    first = forward_feature(FEATURE, src, dst)
+    second = forward_feature({**FEATURE, "id": 8}, src, dst)  # was: 'a.tif' already exists in the output
+    assert first["properties"]["up42.data_path"] == second["properties"]["up42.data_path"] == "a.tif"
 
 
 def test_forward_without_data_path_is_a_copy_of_the_feature(folders: tuple[Path, Path]) -> None:
@@ -99,12 +123,17 @@ def _upstream(folder: Path, ids: list[str]) -> Path:
     return folder
 
 
-def test_forward_fan_in_from_upstream_folders_equals_forwarding_the_merged_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clash", [False, True], ids=["plain", "block-wrote-b/x.txt"])
+def test_forward_fan_in_from_upstream_folders_equals_forwarding_the_merged_input(tmp_path: Path, clash: bool) -> None:
     from blockkit.contract._datajson import FeatureCollection, load_data_json, write_data_json
     from blockkit.runtime._propagation import fan_in_feature, forward_all, forward_fan_in
 
     ups = {"a": _upstream(tmp_path / "a", ["x", "y"]), "b": _upstream(tmp_path / "b", ["x"])}
     existing = [{"type": "Feature", "id": "b:x", "geometry": None, "properties": {}}]
+    if clash:  # the block's own result has the name an upstream file is forwarded under
+        for out in ("out1", "out2"):
+            (tmp_path / out / "b").mkdir(parents=True)
+            (tmp_path / out / "b" / "x.txt").write_text("mine")
 
     # The merged input as a linked folder (what the process engine gets).
     merged = tmp_path / "merged"
@@ -120,9 +149,11 @@ def test_forward_fan_in_from_upstream_folders_equals_forwarding_the_merged_input
 
     assert via_mounts == via_merged
     assert [f["id"] for f in via_mounts] == ["a:x", "a:y", "b:x-input"]
-    assert via_mounts[2]["properties"]["up42.data_path"] == "b/x.txt"
-    linked = tmp_path / "out2" / "b" / "x.txt"
-    assert os.stat(linked).st_ino == os.stat(ups["b"] / "x.txt").st_ino
+    rel = "input/b/x.txt" if clash else "b/x.txt"
+    assert via_mounts[2]["properties"]["up42.data_path"] == rel and via_mounts[0]["properties"]["up42.data_path"] == "a/x.txt"
+    for out in ("out1", "out2"):
+        assert os.stat(tmp_path / out / rel).st_ino == os.stat(ups["b"] / "x.txt").st_ino
+        assert not clash or (tmp_path / out / "b" / "x.txt").read_text() == "mine"
 
 
 def test_forward_fan_in_refuses_an_unsafe_upstream_path(tmp_path: Path) -> None:

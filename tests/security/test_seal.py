@@ -296,6 +296,20 @@ def test_a_big_data_json_that_fits_the_step_memory_is_accepted(tmp_path: Path, e
     assert len(json.loads((output / "data.json").read_text())["features"][0]["properties"]["wide"]) == 12_000_000
 
 
+def test_a_propagating_step_that_names_its_result_like_its_input_keeps_both(tmp_path: Path, evil, engine: str) -> None:
+    """UP42 blocks write their result under the input's name: forwarding moves the input's file under input/."""
+    wf = workflow_file(tmp_path, f"name: same\nsteps:\n  a: {{block: {evil['evil']}, params: {{arg: first}}}}\n"
+                                 f"  b: {{block: {evil['evilprop']}, params: {{arg: second}}}}\n")
+    result = run_workflow(tmp_path, wf, engine, "-q")
+    assert result.returncode == 0, result.stderr  # was: exit 6, "'result.bin' already exists in the output"
+    [run] = (tmp_path / "runs").glob("*/steps/b/output")
+    out = json.loads((run / "data.json").read_text())
+    assert sorted(f["properties"]["up42.data_path"] for f in out["features"]) == [
+        "input/result.bin", "input/x/payload.sh", "result.bin", "x/payload.sh"]
+    assert (run / "result.bin").read_text() == "second" and (run / "input/result.bin").read_text() == "first"
+    assert_runs_match_provenance(tmp_path / "runs")
+
+
 def test_remove_tree_copes_with_thousands_of_levels_and_read_only_folders(tmp_path: Path) -> None:
     import subprocess
 
