@@ -49,6 +49,9 @@ def unique_name(stem: str, taken: set[str]) -> str:
     return name
 
 
+DEFAULT_BANDS = (3, 4)  # the manifest's red_band / nir_band defaults
+
+
 @blockkit.processing_block
 def ndvi_block(fc: FeatureCollection, ctx: BlockContext) -> FeatureCollection:
     """One NDVI raster per input raster, with the input's metadata."""
@@ -65,6 +68,9 @@ def ndvi_block(fc: FeatureCollection, ctx: BlockContext) -> FeatureCollection:
                                   nodata=float("nan"), processes=processes)
             used: dict[str, object] = {"ndvi:bands": list(NAMES), "eo:bands": [{"name": "ndvi"}]}
             ctx.logger.info("feature %s: NDVI of bands red/nir by name -> %s", fid, rel)
+            if (red, nir) != DEFAULT_BANDS:  # asked for, so say that it is not what was used
+                ctx.logger.warning("feature %s: red_band=%d / nir_band=%d not used: the input names its red and "
+                                   "nir bands", fid, red, nir)
         else:
             src = ctx.input_path(feature)
             count = band_count(src, fid)

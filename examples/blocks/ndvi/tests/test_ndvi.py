@@ -97,8 +97,9 @@ def test_per_band_item_by_common_name(tmp_path: Path) -> None:
     feature = {"type": "Feature", "id": "s2", "geometry": None,
                "properties": {"up42.data_path": "item/B04.tif", "eo:bands": [{"name": "B04"}]}, "assets": assets}
     (folder / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
-    result = run_block(BLOCK, folder, tmp_path / "out", {})
+    result = run_block(BLOCK, folder, tmp_path / "out", {"red_band": 9})
     assert result.returncode == 0, result.stderr
+    assert "red_band=9 / nir_band=4 not used: the input names its red and nir bands" in result.stderr
     [out] = json.loads((tmp_path / "out" / "data.json").read_text())["features"]
     assert out["properties"]["ndvi:bands"] == ["red", "nir"] and "ndvi:red_band" not in out["properties"]
     assert out["properties"]["eo:bands"] == [{"name": "ndvi"}]
