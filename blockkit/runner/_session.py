@@ -69,10 +69,15 @@ def load_target(request: RunRequest, runs_dir: Path) -> Workflow:
         if request.params:
             raise WorkflowError("--params applies to a block folder; put workflow parameters in the workflow file")
         workflow = load_workflow(target)
+    # A URI given on the command line keeps the workflow's key for it; a local folder needs none.
     if request.input is not None:
         workflow.input = request.input
+        if not is_uri(request.input):
+            workflow.keys.pop("input", None)
     if request.output is not None:
         workflow.output = request.output
+        if not is_uri(request.output):
+            workflow.keys.pop("output", None)
     return workflow
 
 

@@ -169,6 +169,14 @@ def test_a_missing_input_folder_is_named_as_the_user_gave_it(tmp_path: Path, blo
         _run(tmp_path, wf)
 
 
+def test_a_local_output_on_the_command_line_needs_no_key_for_the_workflow_output(tmp_path: Path, blocks) -> None:
+    """`--output DIR` replaces `output: s3://...`: the workflow's `keys: {output: ...}` no longer applies."""
+    wf = _workflow(tmp_path, f"name: w\noutput: s3://results-bucket/x/\nkeys: {{output: nowhere}}\n"
+                             f"steps:\n  make: {{block: {blocks['source']}, params: {{count: 1}}}}\n")
+    summary = _run(tmp_path, wf, output=str(tmp_path / "here"))  # was: no key named 'nowhere'
+    assert summary["outputs"] == [str(tmp_path / "here")] and (tmp_path / "here" / "item0.txt").is_file()
+
+
 def test_workflow_level_propagate_forwards_input(tmp_path: Path, blocks: dict[str, Path]) -> None:
     wf = _workflow(tmp_path, (
         "name: fwd\nsteps:\n"
