@@ -150,6 +150,8 @@ def _python_limited(output: str, requirements: Path | None, python: str) -> dict
                 name, version = parse_sdist_filename(filename)
         except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
             continue
+        if version.is_prerelease or version.is_devrelease:
+            continue  # pip would not pick it anyway: no reason for the warning
         if name in top and (name not in newest or version > newest[name][0]):
             newest[name] = (version, match.group(2))
     return {name: (str(version), spec) for name, (version, spec) in newest.items()}
@@ -185,7 +187,7 @@ def _limit_warnings(
         got = resolved.get(name)
         if got is not None and got < Version(newest):
             lines.append(
-                f"{name} resolves to {got}, far older than {newest}: newer releases need Python {spec} "
+                f"{name} resolves to {got}, not {newest}: newer releases need Python {spec} "
                 f"and the target is Python {python} (pin the release you mean, or use a base image or interpreter with that Python)"
             )
     return lines

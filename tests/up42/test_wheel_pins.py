@@ -189,3 +189,24 @@ def test_a_pinned_release_the_image_pip_refuses_is_one_clear_error(
     assert "bkt-pinned 2.0" in message and bullseye_image in message and "\n" not in message, message
     assert [p.name for p in subset.iterdir()] == [newer.name]  # not replaced by 1.0
     assert sorted(p.name for p in wheelhouse.iterdir() if p.name != ".lock") == listing  # nothing fetched
+
+
+def test_a_pre_release_for_a_newer_python_is_no_reason_for_a_downgrade_warning(tmp_path: Path) -> None:
+    """pip skips 0.27.0rc1 (Requires-Python >=3.12) and would skip it anyway: only 0.19.3 counts as newer."""
+    from blockkit.runner._wheelhouse import _limit_warnings, _python_limited
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("scikit-image\n")
+    output = "\n".join(
+        f"  Link requires a different Python (3.9 not in: '{spec}'): https://files.example/{name} "
+        f"(from https://index.example/simple/scikit-image/) (requires-python:{spec})"
+        for name, spec in (("scikit_image-0.27.0rc1-cp312-cp312-manylinux_2_17_x86_64.whl", ">=3.12"),
+                           ("scikit_image-0.19.3-cp310-cp310-manylinux_2_17_x86_64.whl", ">=3.10")))
+    limited = _python_limited(output, requirements, "3.9")
+    assert limited == {"scikit-image": ("0.19.3", ">=3.10")}
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "scikit_image-0.18.3-cp39-cp39-manylinux_2_17_x86_64.whl").write_bytes(b"")
+    assert _limit_warnings(limited, subset, "3.9", requirements) == [
+        "scikit-image resolves to 0.18.3, not 0.19.3: newer releases need Python >=3.10 and the target is Python 3.9 "
+        "(pin the release you mean, or use a base image or interpreter with that Python)"]
