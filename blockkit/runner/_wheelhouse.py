@@ -120,7 +120,7 @@ def drop_dev_requirements(requirements: Path) -> list[str]:
     if not dropped:
         return []
     requirements.write_text("\n".join(kept) + "\n", encoding="utf-8")
-    return [f"requirements.txt: development tools left out of the image: {', '.join(dropped)}"]
+    return [f"requirements.txt: development tools left out: {', '.join(dropped)}"]
 
 
 # pip -vv names every link it skips, with the release's Requires-Python.
