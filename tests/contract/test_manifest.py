@@ -305,3 +305,16 @@ def test_a_valid_manifest_is_checked_without_importing_jsonschema(tmp_path: Path
             f"load_manifest({str(path)!r}); print('jsonschema' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_machine_type_table_in_contract_md_is_the_code_s() -> None:
+    import re
+
+    from blockkit.contract._manifest import MACHINE_TYPES
+
+    text = (Path(__file__).parents[2] / "docs" / "contract.md").read_text()
+    documented = {}
+    for names, cpus, gib in re.findall(r"^\| (`[a-z_0-9`, ]+`) \| ([\d.]+) \| (\d+) GiB", text, re.M):
+        for name in re.findall(r"`([a-z_0-9]+)`", names):
+            documented[name] = (float(cpus), int(gib) * 1024)
+    assert documented == {name: (float(cpus), mb) for name, (cpus, mb) in MACHINE_TYPES.items()}
