@@ -475,7 +475,7 @@ def write_quicklook(
         for band in band_list:
             if not 1 <= band <= src.count:
                 raise InvalidArgument(f"write_quicklook: band {band} does not exist ({src.count} bands)")
-        scale = size / max(src.width, src.height)
+        scale = min(1.0, size / max(src.width, src.height))  # never larger than the raster
         rows = max(1, round(src.height * scale))
         cols = max(1, round(src.width * scale))
         # A decimated read: GDAL uses overviews when there are any, so even a

@@ -193,6 +193,12 @@ def test_quicklook_is_512_on_its_long_side_and_keeps_the_aspect(tmp_path: Path) 
     assert sorted(p.name for p in (tmp_path / "ql").iterdir()) == ["scene.png"]
 
 
+def test_a_quicklook_of_a_small_raster_is_never_larger_than_the_raster(tmp_path: Path) -> None:
+    write_scene(tmp_path / "small.tif", size=(63, 64))
+    with rasterio.open(write_quicklook(tmp_path / "small.tif", tmp_path / "small.png")) as ql:
+        assert (ql.width, ql.height) == (64, 63)  # was: 512 x 504, the data's pixels 64 times over
+
+
 def test_quicklook_of_one_band_with_nodata_has_alpha(tmp_path: Path) -> None:
     data = write_scene(tmp_path / "scene.tif", size=(256, 256), count=1, nodata=0, dtype="float32")
     data[0, :64] = 0
