@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
 from blockkit.contract._datajson import DATA_JSON, load_data_json, parse_data_json
-from blockkit.cli._console import reported_errors
+from blockkit.cli._console import reported_errors, say
 from blockkit.contract.errors import InputParametersError, ValidationError
 from blockkit.contract._manifest import MANIFEST_FILE, load_manifest, read_json_file
 from blockkit.contract._parameters import parse_parameters_text, resolve_parameters
 
 
-def validate_path(path: Path, block: Path | None = None) -> list[str]:
-    """Validate whatever PATH is; return what was checked, raise BlockkitError on the first bad item."""
+def validate_path(path: Path, block: Path | None = None, warn: Callable[[str], None] = say) -> list[str]:
+    """Validate whatever PATH is; return what was checked, raise BlockkitError on the first bad item.
+
+    A manifest's accepted oddities (a required parameter with a default) go to `warn` as
+    `warning: ...` lines, as a workflow run prints them.
+    """
     checked: list[str] = []
     if not path.exists():
         raise ValidationError(f"{path} does not exist")
     if path.is_dir():
         if (path / MANIFEST_FILE).is_file():
             manifest = load_manifest(path)
+            for line in manifest.warnings:
+                warn(f"warning: {line}")
             asks = f"; asks for {', '.join(manifest.privileges)}" if manifest.privileges else ""
             checked.append(f"manifest {path / MANIFEST_FILE} ({manifest.type} block {manifest.name!r}{asks})")
             from blockkit.runner._plan import resolve_entry
@@ -48,6 +54,8 @@ def validate_path(path: Path, block: Path | None = None) -> list[str]:
         return [f"workflow {path} ({len(plan.steps)} steps: {', '.join(s.name for s in plan.steps)})"]
     if path.name == MANIFEST_FILE:
         manifest = load_manifest(path)
+        for line in manifest.warnings:
+            warn(f"warning: {line}")
         return [f"manifest {path} ({manifest.type} block {manifest.name!r})"]
     if path.name == DATA_JSON:
         fc = load_data_json(path.parent, required=False)

@@ -95,6 +95,17 @@ def test_validate_good_things(block: Path, input_dir: Path, tmp_path: Path) -> N
         assert expected in result.stdout
 
 
+def test_validate_shows_a_manifest_s_warnings_as_a_run_does(block: Path) -> None:
+    manifest = json.loads((block / "UP42Manifest.json").read_text())
+    manifest["parameters"]["factor"].update(required=True, default=2)
+    (block / "UP42Manifest.json").write_text(json.dumps(manifest))
+    for target in (block, block / "UP42Manifest.json"):
+        result = cli("validate", target)
+        assert result.returncode == 0, result.stderr
+        assert "warning: parameters/factor: required with a default (2); the default is used when the value is missing" \
+            in result.stderr
+
+
 def test_validate_bad_manifest_lists_every_problem(block: Path) -> None:
     bad = dict(MANIFEST, name="Bad Name", _up42_specification_version=3, colour="red")
     bad["parameters"] = {"factor": {"type": "integer", "default": 9, "maximum": 5}}
