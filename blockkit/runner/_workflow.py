@@ -100,7 +100,7 @@ class _UniqueKeyLoader:
             for key_node, value_node in root.value:
                 if key_node.value == "steps" and isinstance(value_node, yaml.MappingNode):
                     for step_key, _ in value_node.value:
-                        lines.setdefault(str(step_key.value), step_key.start_mark.line + 1)
+                        lines[str(step_key.value)] = step_key.start_mark.line + 1  # the last, whose value YAML keeps
         data = yaml.load(text, Loader=Loader)  # noqa: S506 - SafeLoader subclass
         return data, problems, lines
 

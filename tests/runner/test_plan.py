@@ -68,9 +68,11 @@ def test_every_problem_is_reported_at_once_with_lines(tmp_path: Path, blocks: di
 
 
 def test_duplicate_step_names_are_reported(tmp_path: Path, blocks: dict[str, Path]) -> None:
-    text = f"name: t\nsteps:\n  a: {{block: {blocks['source']}}}\n  a: {{block: {blocks['source']}}}\n"
-    with pytest.raises(WorkflowError, match="duplicate key 'a'"):
+    text = f"name: t\nsteps:\n  a: {{block: {blocks['source']}}}\n  a: {{block: {blocks['source']}, bogus: 1}}\n"
+    with pytest.raises(WorkflowError, match="duplicate key 'a'") as info:
         plan_workflow(load_workflow(_write(tmp_path, text)))
+    # The second 'a' is the one YAML keeps: its problems carry its own line.
+    assert any(p.where == "step 'a' (line 4)" and "unknown key 'bogus'" in p.message for p in info.value.problems)
 
 
 def test_only_parameter_problems_give_exit_code_2(tmp_path: Path, blocks: dict[str, Path]) -> None:
