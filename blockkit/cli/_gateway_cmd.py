@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -40,8 +41,12 @@ def gateway(
     typer.echo(f"buckets: {buckets}", err=True)
     if credentials is None:
         typer.echo("auth: off (any credentials accepted); client settings:", err=True)
-        for name, value in client_env(endpoint, region=region).items():
-            typer.echo(f"  export {name}={value}", err=True)
+        settings = client_env(endpoint, region=region)
+    else:  # the secret is never printed: the client has it already
+        typer.echo(f"auth: SigV4 required (access key {credentials.access_key}); client settings:", err=True)
+        settings = client_env(endpoint, Credentials(credentials.access_key, "<your secret key>"), region=region)
+    for name, value in settings.items():
+        typer.echo(f"  export {name}={shlex.quote(value)}", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

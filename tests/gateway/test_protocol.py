@@ -169,3 +169,33 @@ def test_cli_command_reports_errors_on_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["gateway", "--input", f"in={tmp_path / 'nope'}"])
     assert result.exit_code != 0
     assert "not a folder" in result.output
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["open", "sigv4"])
+def test_the_command_prints_client_settings_and_never_the_secret(tmp_path: Path, auth: bool) -> None:
+    import os
+    import shlex
+    import signal
+
+    (tmp_path / "in").mkdir()
+    args = ["--access-key", "AKEXAMPLE", "--secret-key", "s3cr3t-never-printed"] if auth else []
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("blockkit")), "gateway", "--input", f"in={tmp_path / 'in'}",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("BLOCKKIT_GATEWAY")})
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        endpoint = proc.stdout.readline().strip()
+        lines = [proc.stderr.readline().rstrip("\n") for _ in range(2)]
+        settings = {}
+        while len(settings) < 13:
+            name, _, value = proc.stderr.readline().strip().removeprefix("export ").partition("=")
+            settings[name] = shlex.split(value)[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=20)
+    assert lines[0] == "buckets: in (read-only)"
+    assert lines[1] == ("auth: SigV4 required (access key AKEXAMPLE); client settings:" if auth
+                        else "auth: off (any credentials accepted); client settings:")
+    assert settings["S3_ENDPOINT"] == endpoint and settings["AWS_ACCESS_KEY_ID"] == ("AKEXAMPLE" if auth else "blockkit")
+    assert settings["AWS_SECRET_ACCESS_KEY"] == ("<your secret key>" if auth else "blockkit-secret")
+    assert "s3cr3t" not in "".join(rest) + str(settings)
