@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from blockkit.cli._console import fail, resume_command
+from blockkit.cli._console import debugging, fail, resume_command, unexpected
 from blockkit.contract.errors import BlockkitError, Interrupted, WorkflowError
 from blockkit.contract._manifest import MANIFEST_FILE
 from blockkit.contract._parameters import parse_parameters_text
@@ -199,6 +199,10 @@ def register(app: typer.Typer) -> None:
             fail(Interrupted(f"stopped by {stop.name} before any step ran", signum=stop.received), as_json=json_out)
         except BlockkitError as err:
             fail(err, as_json=json_out)
+        except OSError as exc:  # the runner's own files: still one line, and the JSON object with --json
+            if debugging():
+                raise
+            fail(unexpected(exc), as_json=json_out)
         report, report_problem = write_report_after_run(Path(summary["run_dir"]))
         summary["report"] = str(report) if report else None
         if json_out:

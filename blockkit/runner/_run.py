@@ -23,6 +23,7 @@ from blockkit.contract.errors import (
     TIMEOUT_EXIT_CODE,
     BlockkitError,
     ExitCode,
+    RunError,
     RunFailed,
     RunInterrupted,
     WorkflowError,
@@ -47,6 +48,7 @@ from blockkit.runner._provenance import provenance_document, redact_workflow_tex
 from blockkit.runner._output_json import load_output
 from blockkit.runner._run_folder import (
     PROVENANCE_FILE,
+    RESERVE_BYTES,
     RUN_FILE,
     RunFolder,
     StepRecord,
@@ -164,16 +166,21 @@ class WorkflowRun:
 
     # --- the run ----------------------------------------------------------------------------
 
-    def execute(self) -> RunFolder:
-        """Run every step; raise RunFailed at the first failing step (earlier outputs stay)."""
+    def execute(self, deliver: Callable[[], list[str]] | None = None) -> RunFolder:
+        """Run every step; raise RunFailed at the first failing step (earlier outputs stay).
+
+        `deliver` (stage-out) runs after the last step, still under the run's lock and before
+        run.json says ok; what it returns is `delivered`. If it fails, the run fails (resumable:
+        a resume delivers again), with the run folder named.
+        """
         self._pending_warnings: dict[str, list[str]] = {}
         #: Per scattered step: features a resumed attempt had finished, kept in this one without running.
         self._kept_parts: dict[str, int] = {}
+        #: Where `deliver` put the results.
+        self.delivered: list[str] = []
         succeeded = False
         try:
-            if not (self.folder.path / "workflow.yaml").exists():
-                self._copy_workflow()
-            self._save("running")
+            self._start()
             budget = self.options.budget
             if budget is None or budget.jobs <= 1:
                 failures: list[RunFailed] = []
@@ -205,6 +212,8 @@ class WorkflowRun:
                     raise self._all_failures(failures)
             else:
                 self._execute_parallel(budget)
+            if deliver is not None:
+                self.delivered = self._deliver(deliver)
         except RunFailed:
             self._save_quietly("failed")
             raise
@@ -212,7 +221,8 @@ class WorkflowRun:
             for record in self.records.values():
                 if record.status == "running":
                     record.status, record.ended = "interrupted", time.time()
-            self._save_quietly("interrupted")
+            with _signals_held():  # a second Ctrl-C must not leave run.json saying running
+                self._save_quietly("interrupted")
             raise
         except Exception as exc:
             # Anything else: the run folder must not say "running".
@@ -227,7 +237,11 @@ class WorkflowRun:
             self._stop_save_timer()
             try:
                 if succeeded:
-                    self._save("ok")  # still under the lock: a --resume waiting for it reads the final state
+                    try:
+                        self._save("ok")  # still under the lock: a --resume waiting for it reads the final state
+                    except OSError as exc:
+                        raise RunFailed(f"every step finished, but the run's final state could not be written: "
+                                        f"{_describe(exc)}", step="", step_exit=1, run_dir=self.folder.path) from exc
                 try:
                     self.hashes.save()
                 except OSError:
@@ -235,6 +249,30 @@ class WorkflowRun:
             finally:
                 self.lock.release()
         return self.folder
+
+    def _start(self) -> None:
+        """The run folder's first writes (a new run's folder goes again when they fail), and its leftovers' sweep."""
+        try:
+            if not (self.folder.path / "workflow.yaml").exists():
+                self._copy_workflow()
+            self._save("running")
+        except OSError as exc:
+            if not self.options.resume:  # nothing in it yet: no folder that housekeeping cannot see
+                with contextlib.suppress(OSError):
+                    remove_tree(self.folder.path)
+                raise RunError(f"cannot start a run in {self.root}: {_describe(exc)}") from exc
+            raise RunError(f"cannot resume run {self.folder.run_id}: {_describe(exc)}") from exc
+        sweep_leftovers(self.folder.path)  # of a runner killed in this folder (we hold its lock)
+
+    def _deliver(self, deliver: Callable[[], list[str]]) -> list[str]:
+        """Stage the results out; a failure is the run's (RunFailed, run folder named, resumable)."""
+        try:
+            return deliver()
+        except (OSError, BlockkitError) as exc:
+            code = int(exc.exit_code) if isinstance(exc, BlockkitError) else 1
+            detail = exc.message if isinstance(exc, BlockkitError) else _describe(exc)
+            raise RunFailed(f"every step finished, but the results were not delivered: {detail}",
+                            step="", step_exit=code, run_dir=self.folder.path) from exc
 
     def _execute_parallel(self, budget: Budget) -> None:
         """Run steps in worker threads as the scheduler hands them out; raise the first failure.
@@ -769,6 +807,10 @@ class WorkflowRun:
             return False
         remove_tree(output_dir)
         remove_tree(self.folder.work_dir(step.name))
+        # An interrupted scattered attempt's scratch (its parts' sealed outputs may be cache entries: kept).
+        remove_tree(self.folder.split_dir(step.name))
+        for scratch in [*self.folder.parts_dir(step.name).glob("*/input"), *self.folder.parts_dir(step.name).glob("*/work")]:
+            remove_tree(scratch)
         link_tree(cached, output_dir, on_link=self.hashes.moved)
         lock_tree(output_dir)
         quicklook_dir = self.folder.quicklook_dir(step.name)
@@ -1058,11 +1100,41 @@ class WorkflowRun:
         text = json.dumps(provenance, indent=2, default=str)
         if self.options.redact:
             text = self.options.redact(text)
-        self.folder.write_text(PROVENANCE_FILE, text)
+        self.folder.write_text(PROVENANCE_FILE, text + "\n" + " " * RESERVE_BYTES)  # room, as run.json has
         self._saved_at, self._unsaved_parts = time.monotonic(), False
         if self._pending_stores:
             stores, self._pending_stores = self._pending_stores, []
             self.cache.store_many(stores)
+
+
+def _describe(exc: OSError) -> str:
+    """An OSError as one line: its name, its words and the file it names."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{type(exc).__name__}: {exc.strerror or exc}{where}"
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back for a moment (delivered after it): the final state is written whole."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def sweep_leftovers(run_dir: Path) -> None:
+    """Remove what a killed runner left in a run folder: temp files of atomic writes, docker hosts files."""
+    for path in [*run_dir.glob("steps/*/.blockkit-hosts-*"), *run_dir.glob("steps/*/parts/*/.blockkit-hosts-*"),
+                 *run_dir.glob(".*.tmp")]:  # never inside an output: those files are the block's
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def step_resources(resources: Resources, engine: Engine) -> dict[str, Any]:

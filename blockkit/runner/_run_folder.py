@@ -145,7 +145,10 @@ class RunFolder:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             data = text.rstrip(" ").encode()
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise exc from None  # no old file to write over: the disk is full, say so
             try:
                 room = os.fstat(fd).st_size
                 if room < len(data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,7 +18,6 @@ from blockkit.runner._run_folder import RUN_FILE, default_runs_dir, find_run
 from blockkit.runner._schedule import Budget
 from blockkit.runner._workflow import Workflow, load_workflow, single_block_workflow
 from blockkit.runtime._progress import ENV_PROGRESS
-from blockkit.runtime._propagation import link_tree
 
 
 @dataclass
@@ -99,7 +99,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
     max_log_bytes()  # a wrong $BLOCKKIT_MAX_LOG_MB fails the run now, not each step
     workflow = load_target(request, runs_dir)
     plan = plan_workflow(workflow)
-    engine, why = select_engine(request.engine)
+    engine, why = select_engine(resumed_engine(request, runs_dir, say))
     say(f"engine: {why}")
     # The machine-type caps come after the images are checked (`cap_resources` below): the
     # docker engine asks its daemon's size meanwhile.
@@ -117,82 +117,103 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         from blockkit.runner._staging import check_output_targets
 
         check_output_targets(final_steps(plan), workflow.output, workflow)
-    input_dir = None
-    if workflow.input:
-        if is_uri(workflow.input):
-            input_dir = stage_in_for_run(workflow, runs_dir, say)
-        else:
-            input_dir = _resolve_local(workflow.input, workflow)
-            if not input_dir.is_dir():
-                given = "--input" if request.input is not None else "workflow input"
-                raise WorkflowError(f"{given} {workflow.input!r} is not a folder ({input_dir}): an input is a "
-                                    "folder holding a data.json (a data block needs none)")
     if workflow.output and not is_uri(workflow.output):
         dest = _resolve_local(workflow.output, workflow)
         if dest.is_dir() and any(dest.iterdir()):
             raise WorkflowError(f"output folder {dest} is not empty; choose an empty or new folder")
-    from blockkit.runner._staging import StepKeys
+    with contextlib.ExitStack() as cleanup:  # a staged-in input lives as long as this session
+        input_dir = None
+        if workflow.input:
+            if is_uri(workflow.input):
+                input_dir = stage_in_for_run(workflow, runs_dir, say, cleanup)
+            else:
+                input_dir = _resolve_local(workflow.input, workflow)
+                if not input_dir.is_dir():
+                    given = "--input" if request.input is not None else "workflow input"
+                    raise WorkflowError(f"{given} {workflow.input!r} is not a folder ({input_dir}): an input is a "
+                                        "folder holding a data.json (a data block needs none)")
+        from blockkit.runner._staging import StepKeys
 
-    keys = StepKeys(plan)
-    extra_env = request.step_env
-    from blockkit.runner._secret_params import run_redact
+        keys = StepKeys(plan)
+        extra_env = request.step_env
+        from blockkit.runner._secret_params import run_redact
 
-    # Secret parameters, key secrets and the passphrase: masked by the engine in every log line.
-    redact = run_redact(plan, keys.redact if keys.redactor else None)
-    engine.redact = redact
+        # Secret parameters, key secrets and the passphrase: masked by the engine in every log line.
+        redact = run_redact(plan, keys.redact if keys.redactor else None)
+        engine.redact = redact
 
-    live = LiveSteps.for_console(request.console)
+        live = LiveSteps.for_console(request.console)
 
-    def env_for_step(step: PlannedStep) -> dict[str, str]:
-        return {ENV_PROGRESS: "1", **(dict(extra_env(step)) if extra_env else {}), **keys.env_for(step)}
+        def env_for_step(step: PlannedStep) -> dict[str, str]:
+            return {ENV_PROGRESS: "1", **(dict(extra_env(step)) if extra_env else {}), **keys.env_for(step)}
 
-    image_for_step = engine.prepare_images(plan, say)  # after the cheap checks: a build can take minutes
-    for line in cap_resources(plan, engine, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
-        say(f"warning: {line}")
-    options = RunOptions(
-        engine=engine,
-        runs_dir=runs_dir,
-        use_cache=request.use_cache,
-        resume=request.resume,
-        on_event=live.wrap_events(request.on_event),
-        on_log_line=live.wrap_log(request.on_log_line),
-        env_for_step=env_for_step,
-        redact=redact,
-        image_for_step=image_for_step,
-        input_dir=input_dir,
-        budget=run_budget(engine, request),
-        fail_fast=request.fail_fast,
-        strict_cpu=strict_cpu,
-        keep_going=request.keep_going,
-    )
-    run = WorkflowRun(plan, options)
-    say(f"run {run.folder.run_id} in {run.folder.path}")
-    try:
-        with live:
-            folder = run.execute()
-    except KeyboardInterrupt:
-        # The step's process or container is already gone and run.json says "interrupted".
-        raise RunInterrupted(run.folder.path) from None
-    outputs = []
-    if workflow.output:
-        outputs = stage_out_for_run(plan, run, workflow.output, workflow, say)
-    return {
-        "run_id": folder.run_id,
-        "run_dir": str(folder.path),
-        "status": "ok",
-        "engine": engine.name,
-        "outputs": outputs,
-        "steps": {
-            name: {
-                "status": rec.status,
-                "exit_code": rec.exit_code,
-                "features_out": rec.features_out,
-                "output_dir": str(folder.output_dir(name)),
-                "seconds": (rec.ended - rec.started) if rec.ended and rec.started else None,
-            }
-            for name, rec in run.records.items()
-        },
-    }
+        image_for_step = engine.prepare_images(plan, say)  # after the cheap checks: a build can take minutes
+        for line in cap_resources(plan, engine, max_cpus=request.max_cpus, max_memory_mb=request.max_memory_mb):
+            say(f"warning: {line}")
+        options = RunOptions(
+            engine=engine,
+            runs_dir=runs_dir,
+            use_cache=request.use_cache,
+            resume=request.resume,
+            on_event=live.wrap_events(request.on_event),
+            on_log_line=live.wrap_log(request.on_log_line),
+            env_for_step=env_for_step,
+            redact=redact,
+            image_for_step=image_for_step,
+            input_dir=input_dir,
+            budget=run_budget(engine, request),
+            fail_fast=request.fail_fast,
+            strict_cpu=strict_cpu,
+            keep_going=request.keep_going,
+        )
+        run = WorkflowRun(plan, options)
+        say(f"run {run.folder.run_id} in {run.folder.path}")
+        # The results are delivered while the run still holds its lock, before it says ok.
+        target = workflow.output
+        deliver = (lambda: stage_out_for_run(plan, run, target, workflow, say)) if target else None
+        try:
+            with live:
+                folder = run.execute(deliver)
+        except KeyboardInterrupt:
+            # The step's process or container is already gone and run.json says "interrupted".
+            raise RunInterrupted(run.folder.path) from None
+        outputs = run.delivered
+        return {
+            "run_id": folder.run_id,
+            "run_dir": str(folder.path),
+            "status": "ok",
+            "engine": engine.name,
+            "outputs": outputs,
+            "steps": {
+                name: {
+                    "status": rec.status,
+                    "exit_code": rec.exit_code,
+                    "features_out": rec.features_out,
+                    "output_dir": str(folder.output_dir(name)),
+                    "seconds": (rec.ended - rec.started) if rec.ended and rec.started else None,
+                }
+                for name, rec in run.records.items()
+            },
+        }
+
+
+def resumed_engine(request: RunRequest, runs_dir: Path, say: Callable[[str], None]) -> str:
+    """The engine to ask for: a resume without `--engine` keeps the run's (docker may answer now, not then).
+
+    The engine is part of every cache key, so another engine runs the finished steps again:
+    a warning says so when `--engine` names another one.
+    """
+    if not request.resume:
+        return request.engine
+    recorded = find_run(runs_dir, request.resume).read_json(RUN_FILE).get("engine")
+    if not isinstance(recorded, str) or not recorded:
+        return request.engine
+    if request.engine == "auto":
+        return recorded
+    if request.engine != recorded:
+        say(f"warning: run {request.resume} ran on the {recorded} engine so far; on the {request.engine} engine "
+            "its finished steps run again (the engine is part of their cache keys)")
+    return request.engine
 
 
 def resumed_strict_cpu(request: RunRequest, runs_dir: Path, say: Callable[[str], None]) -> bool:
@@ -244,25 +265,22 @@ def final_steps(plan: Plan) -> list[str]:
     return [s.name for s in plan.steps if not plan.downstream_of(s.name)]
 
 
-def stage_in_for_run(workflow: Workflow, runs_dir: Path, say: Callable[[str], None]) -> Path:
-    """Stage the workflow's input URI into a folder under the runs dir."""
+def stage_in_for_run(workflow: Workflow, runs_dir: Path, say: Callable[[str], None],
+                     cleanup: contextlib.ExitStack) -> Path:
+    """Stage the workflow's input URI into a folder under the runs dir, removed when `cleanup` closes."""
     from blockkit.runner._staging import stage_in_input
 
-    return stage_in_input(workflow, runs_dir, say)
+    return stage_in_input(workflow, runs_dir, say, cleanup)
 
 
 def stage_out_for_run(plan: Plan, run: WorkflowRun, target: str, workflow: Workflow, say: Callable[[str], None]) -> list[str]:
     """Copy (hard-link) or upload the final steps' outputs to the workflow's output."""
-    from blockkit.runner._staging import output_targets, stage_out_outputs
+    from blockkit.runner._staging import deliver_local, stage_out_outputs
 
     finals = final_steps(plan)
     if is_uri(target):
         return stage_out_outputs(run, finals, target, workflow, say)
-    results = []
-    for name, where in output_targets(finals, str(_resolve_local(target, workflow))):
-        link_tree(run.folder.output_dir(name), Path(where))
-        results.append(str(Path(where)))
-    return results
+    return deliver_local(run, finals, _resolve_local(target, workflow))
 
 
 # --- live progress ------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import secrets
 from pathlib import Path
@@ -22,20 +24,66 @@ def _keystore() -> "Keystore":
     return Keystore.from_env()
 
 
-def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None]) -> Path:
-    """Fetch the workflow's input URI into `<runs>/staged/<unique>/` and return that folder."""
+def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None],
+                   cleanup: contextlib.ExitStack) -> Path:
+    """Fetch the workflow's input URI into `<runs>/staged/<unique>/` and return that folder.
+
+    The folder is the session's (a resume stages the input in again): `cleanup` removes it
+    when the session ends, however it ends. Its lock file `<unique>.lock` is held until then,
+    so `runs gc` can tell the folder a killed runner left (lock free) from one in use.
+    """
+    from blockkit.runner._lock import FileLock
+    from blockkit.runner._seal import remove_tree
     from blockkit.storage import public_url, stage_in
 
     assert workflow.input is not None
     key = workflow.keys.get("input")
     target = runs_dir / "staged" / f"{workflow.name}-{secrets.token_hex(4)}"
     target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f"{target.name}.lock")
+    cleanup.callback(lock.unlink, missing_ok=True)
+    cleanup.enter_context(FileLock(lock))
+    cleanup.callback(remove_tree, target)  # first out: the folder goes while the lock is held
     # the URL without user:password@ and without its query (a presigned URL's signature)
     say(f"staging in {public_url(workflow.input)}" + (f" with key {key!r}" if key else ""))
     fc = stage_in(workflow.input, target, keystore=_keystore() if key else None, key=key)
     seal_staged(target)
     say(f"staged in {len(fc)} feature(s) to {target}")
     return target
+
+
+def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[str]:
+    """Hard-link the final outputs into a new folder beside `target`, then rename it onto `target`.
+
+    So the target is either absent (or the empty folder it was) or complete: an interruption,
+    a full disk or a second run delivering to the same place never leaves a partial result
+    there. A run that finds `target` filled meanwhile fails with a one-line error; its own
+    files go with the partial folder.
+    """
+    import errno
+
+    from blockkit.contract.errors import WorkflowError
+    from blockkit.runner._seal import remove_tree
+    from blockkit.runtime._propagation import link_tree
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{target.name}.blockkit-partial-{secrets.token_hex(8)}"
+    try:
+        places = output_targets(finals, str(partial))
+        for name, where in places:
+            link_tree(run.folder.output_dir(name), Path(where), base=target.parent)
+        try:
+            os.rename(partial, target)  # replaces an empty folder; never a full one, never through a link
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            raise WorkflowError(f"output folder {target} is not empty (filled while this run ran) or not a "
+                                "folder; choose an empty or new folder") from None
+    finally:
+        if os.path.lexists(partial):
+            remove_tree(partial)
+    return [str(target / Path(where).relative_to(partial)) if Path(where) != partial else str(target)
+            for _, where in places]
 
 
 def seal_staged(target: Path) -> None:

@@ -76,6 +76,54 @@ def test_a_full_disk_fails_the_step_by_name_with_the_resume_hint(tmp_path: Path,
     assert not list(runs.iterdir())  # the tmpfs lived only in that namespace
 
 
+@pytest.mark.slow
+def test_a_full_output_disk_delivers_nothing_and_a_resume_delivers_all(tmp_path: Path, evil) -> None:
+    """The output folder on an 8 MB tmpfs, a 12 MB result: no partial folder ever appears, the run is failed, not ok."""
+    out_fs = tmp_path / "outfs"
+    out_fs.mkdir()
+    runs = tmp_path / "runs"
+    wf = workflow_file(tmp_path, f"name: big\nsteps:\n  a: {{block: {evil['evil']}, "
+                                 f"params: {{action: wide_datajson, arg: 'text:12000000'}}}}\n")
+    exe = Path(sys.executable).parent / "blockkit"
+    script = (
+        f"mount -t tmpfs -o size=8m tmpfs {out_fs} && "
+        f"{exe} run {wf} -e process --runs-dir {runs} -q --output {out_fs}/result --json > {tmp_path}/first.json; "
+        f"echo \"RC=$?\"; ls -A {out_fs}; echo LISTED; umount {out_fs} && mount -t tmpfs -o size=64m tmpfs {out_fs} && "
+        f"{exe} run --resume $(ls {runs} | grep big) --runs-dir {runs} -q --output {out_fs}/result; echo \"RESUMED=$?\"; "
+        f"ls -A {out_fs}/result"
+    )
+    result = subprocess.run([*_namespace_prefix(), "sh", "-c", script], capture_output=True, text=True,
+                            timeout=180, cwd=tmp_path)
+    assert "RC=1" in result.stdout, (result.stdout, result.stderr)
+    first, listed = result.stdout.split("RC=1", 1)[1].split("LISTED", 1)
+    assert first.split() == []  # was: a full data.json and a truncated file under their final names
+    error = json.loads((tmp_path / "first.json").read_text())  # --json: the failure as one object
+    assert error["status"] == "failed" and "the results were not delivered" in error["message"]
+    assert "No space left on device" in error["message"] and error["resume"].startswith("blockkit run --resume")
+    [run] = runs.glob("*-big-*/run.json")
+    assert json.loads(run.read_text())["status"] == "ok"  # the resume delivered
+    assert "RESUMED=0" in listed and listed.split("RESUMED=0", 1)[1].split() == ["data.json"]
+
+
+@pytest.mark.slow
+def test_a_runs_folder_too_full_to_start_a_run_says_so_and_leaves_no_folder(tmp_path: Path, evil) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    wf = workflow_file(tmp_path, f"name: nospace\nsteps:\n  a: {{block: {evil['evil']}}}\n")
+    exe = Path(sys.executable).parent / "blockkit"
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {runs} && (dd if=/dev/zero of={runs}/fill bs=4k 2>/dev/null; "
+        f"truncate -s -4096 {runs}/fill) && {exe} run {wf} -e process --runs-dir {runs} -q; echo \"RC=$?\"; ls -A {runs}"
+    )
+    result = subprocess.run([*_namespace_prefix(), "sh", "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert "RC=1" in result.stdout, (result.stdout, result.stderr)
+    line = one_line_error(result.stderr)
+    assert f"cannot start a run in {runs}: OSError: No space left on device" in line, line  # was: FileNotFoundError
+    left = result.stdout.split("RC=1", 1)[1].split()
+    assert not [name for name in left if "-nospace-" in name], left  # no run folder that housekeeping cannot see
+
+
 @pytest.mark.parametrize(("snippet", "words"), [
     ("params: {[1, 2]: x}", "line 3: a list cannot be a key"),
     ("params: {? {a: 1} : x}", "line 3: a dict cannot be a key"),
