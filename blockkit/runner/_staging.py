@@ -55,10 +55,11 @@ def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None
 def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[str]:
     """Hard-link the final outputs into a new folder beside `target`, then rename it onto `target`.
 
-    So the target is either absent (or the empty folder it was) or complete: an interruption,
-    a full disk or a second run delivering to the same place never leaves a partial result
-    there. A run that finds `target` filled meanwhile fails with a one-line error; its own
-    files go with the partial folder.
+    So the target is either absent or complete: an interruption, a full disk or a second run
+    delivering to the same place never leaves a partial result there. A run that finds
+    `target` made meanwhile fails with a one-line error; its own files go with its partial
+    folder. An existing empty folder (perhaps a mount point, which no rename replaces) is
+    filled from a partial folder inside it instead, data.json last (see `_deliver_into`).
     """
     import errno
 
@@ -67,13 +68,15 @@ def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[s
     from blockkit.runtime._propagation import link_tree
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir() and not target.is_symlink():
+        return _deliver_into(run, finals, target)
     partial = target.parent / f".{target.name}.blockkit-partial-{secrets.token_hex(8)}"
     try:
         places = output_targets(finals, str(partial))
         for name, where in places:
             link_tree(run.folder.output_dir(name), Path(where), base=target.parent)
         try:
-            os.rename(partial, target)  # replaces an empty folder; never a full one, never through a link
+            os.rename(partial, target)  # never onto a full folder, never through a link
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
@@ -82,8 +85,36 @@ def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[s
     finally:
         if os.path.lexists(partial):
             remove_tree(partial)
-    return [str(target / Path(where).relative_to(partial)) if Path(where) != partial else str(target)
-            for _, where in places]
+    return [str(target / Path(where).relative_to(partial)) for _, where in places]
+
+
+def _deliver_into(run: "WorkflowRun", finals: list[str], target: Path) -> list[str]:
+    """Fill an existing empty folder: link into `<target>/.blockkit-partial` (made exclusively, so a
+    second run is refused), then rename its entries up, data.json (or each step's folder) whole
+    and last: a result without its data.json is one a reader sees as incomplete."""
+    from blockkit.contract._datajson import DATA_JSON
+    from blockkit.contract.errors import WorkflowError
+    from blockkit.runner._seal import remove_tree
+    from blockkit.runtime._propagation import link_tree
+
+    partial = target / ".blockkit-partial"
+    try:
+        os.mkdir(partial)
+    except FileExistsError:
+        raise WorkflowError(f"output folder {target} is being filled by another run; choose an empty or new "
+                            "folder") from None
+    try:
+        if any(name != partial.name for name in os.listdir(target)):
+            raise WorkflowError(f"output folder {target} is not empty (filled while this run ran); choose an "
+                                "empty or new folder")
+        places = output_targets(finals, str(partial))
+        for name, where in places:
+            link_tree(run.folder.output_dir(name), Path(where), base=target)
+        for name in sorted(os.listdir(partial), key=lambda entry: entry == DATA_JSON):
+            os.rename(partial / name, target / name)
+    finally:
+        remove_tree(partial)
+    return [str(target / Path(where).relative_to(partial)) for _, where in places]
 
 
 def seal_staged(target: Path) -> None:

@@ -69,6 +69,24 @@ def test_several_final_steps_are_delivered_in_one_folder_at_once(tmp_path: Path,
     assert (tmp_path / "out/a/item0.txt.upper").read_text() == "HELLO 0\n" and (tmp_path / "out/b/data.json").is_file()
 
 
+def test_an_existing_empty_folder_is_filled_data_json_last_and_claimed_by_one_run(tmp_path: Path, blocks) -> None:
+    (tmp_path / "out").mkdir()
+    summary = run_request(RunRequest(target=_chain(tmp_path, blocks), engine="process", runs_dir=tmp_path / "runs",
+                                     output=str(tmp_path / "out")))
+    assert summary["outputs"] == [str(tmp_path / "out")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.json", "item0.txt.upper", "item1.txt.upper"]
+    from blockkit.runner._staging import deliver_local
+
+    class Done:  # the run above, delivering again
+        folder = type("F", (), {"output_dir": lambda self, name: Path(summary["steps"][name]["output_dir"])})()
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / ".blockkit-partial").mkdir()  # another run is filling it
+    with pytest.raises(WorkflowError, match="output folder .*/busy is being filled by another run"):
+        deliver_local(Done(), ["up"], tmp_path / "busy")  # type: ignore[arg-type]
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".blockkit-partial"]
+
+
 def test_a_failed_delivery_fails_the_run_and_a_resume_delivers(tmp_path: Path, blocks) -> None:
     """The target's parent is a file: nothing delivered, the run is failed (not ok) and resumable."""
     (tmp_path / "blocker").write_text("a file where the output's parent should be")
