@@ -256,9 +256,8 @@ def run_report(run_id: str, runs_dir: Optional[Path] = typer.Option(None, "--run
 @runs_app.command("rm")
 def remove(run_ids: list[str] = typer.Argument(..., help="run ids, unique prefixes or `latest`"),
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
-           force: bool = typer.Option(False, "--force", help="also remove runs that say they are running")) -> None:
+           force: bool = typer.Option(False, "--force", help="also remove runs whose runner is still working in them")) -> None:
     """Remove runs (their folders); cache entries they hold move to another run with the same result or are dropped."""
-    from blockkit.contract.errors import WorkflowError
     from blockkit.runner._housekeeping import read_run_info, remove_runs
 
     root = _root(runs_dir)
@@ -267,12 +266,9 @@ def remove(run_ids: list[str] = typer.Argument(..., help="run ids, unique prefix
         folder = _find(runs_dir, run_id)
         doomed[folder.run_id] = read_run_info(folder.path)
     try:
-        busy = [r.run_id for r in doomed.values() if r.status == "running"]
-        if busy and not force:
-            raise WorkflowError(f"run {busy[0]} is running; wait for it to end (or --force if its runner is gone)")
         if not force:
             _refuse_while_running(root, set(doomed))
-        result = remove_runs(root, list(doomed.values()))
+        result = remove_runs(root, list(doomed.values()), force=force)
     except BlockkitError as err:
         fail(err)
     _print_removal(result, dry_run=False)
@@ -283,17 +279,19 @@ def garbage_collect(keep: Optional[int] = typer.Option(None, "--keep", help="kee
                     older_than: Optional[str] = typer.Option(None, "--older-than", help="remove runs started longer ago than this (30m, 12h, 7d, 2w)"),
                     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
                     dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed, remove nothing"),
-                    force: bool = typer.Option(False, "--force", help="go on while another run says it is running")) -> None:
-    """Remove old runs (never running ones), keeping the cache index consistent."""
-    from blockkit.runner._housekeeping import list_runs, parse_age, remove_runs, select_for_gc
+                    force: bool = typer.Option(False, "--force", help="go on while another run is running")) -> None:
+    """Remove old runs (never running ones) and what killed runners left, keeping the cache index consistent."""
+    from blockkit.runner._housekeeping import list_runs, parse_age, remove_leftovers, remove_runs, select_for_gc
 
     root = _root(runs_dir)
     try:
         age = parse_age(older_than) if older_than is not None else None
-        doomed = select_for_gc(list_runs(root), keep=keep, older_than=age, now=time.time())
+        now = time.time()
+        doomed = select_for_gc(list_runs(root), keep=keep, older_than=age, now=now)
         if doomed and not dry_run and not force:
             _refuse_while_running(root, set())
         result = remove_runs(root, doomed, dry_run=dry_run)
+        remove_leftovers(root, result, now=now, dry_run=dry_run)
     except BlockkitError as err:
         fail(err)
     _print_removal(result, dry_run=dry_run)
@@ -303,18 +301,28 @@ def _refuse_while_running(root: Path, removing: set[str]) -> None:
     """A running runner rewrites the cache index from its own copy: removing now could leave stale entries."""
     from blockkit.contract.errors import WorkflowError
     from blockkit.runner._housekeeping import running_runs
+    from blockkit.runner._lock import RunLock
 
     busy = running_runs(root, exclude=removing)
     if busy:
-        raise WorkflowError(f"run {busy[0].run_id} is running and may write the cache index; "
-                            "wait for it to end (or --force if its runner is gone)")
+        raise WorkflowError(f"run {busy[0].run_id} is being run by {RunLock(busy[0].path).holder_text()} and may "
+                            "write the cache index; wait for it to end (or --force to go on anyway)")
 
 
 def _print_removal(result: Any, *, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for run_id in result.removed:
         typer.echo(f"{verb} {run_id}")
-    typer.echo(f"{verb} {len(result.removed)} run(s), {result.freed_bytes / 1e6:.1f} MB; cache entries "
+    for name in result.unfinished:
+        typer.echo(f"{verb} {name} (no run.json: its runner died while starting it)")
+    for name in result.temp_files:
+        typer.echo(f"{verb} {name} (temp file of a killed runner)")
+    for name in result.staged:
+        typer.echo(f"{verb} {name} (staged-in input of a killed runner)")
+    leftovers = (f", {len(result.unfinished)} run folder(s) without run.json" if result.unfinished else "") + (
+        f", {len(result.temp_files)} temp file(s)" if result.temp_files else "") + (
+        f", {len(result.staged)} staged-in input(s)" if result.staged else "")
+    typer.echo(f"{verb} {len(result.removed)} run(s){leftovers}, {result.freed_bytes / 1e6:.1f} MB; cache entries "
                f"{'to move' if dry_run else 'moved'} to another run: {result.moved}, dropped: {result.dropped}")
 
 

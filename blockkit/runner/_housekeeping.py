@@ -6,23 +6,40 @@ nothing, so every removal also rewrites the index: an entry whose folder goes aw
 to a surviving run that holds the same result (a run that reused it has a hard-linked copy
 of the same files), and dropped when there is none. Nothing outside the runs dir is touched,
 and symlinks in it are removed as links, never followed.
+
+Whether a run is running is decided by its lock (`<run>/.lock`, see `blockkit.runner._lock.RunLock`),
+never by run.json: a runner holds it from creating or resuming the run until its results are
+staged out, and the kernel drops it when the runner dies. A run is removed while holding its lock.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import re
+import stat
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from blockkit.contract.errors import WorkflowError
-from blockkit.runner._cache import CacheIndex
+from blockkit.runner._cache import CACHE_INDEX, CacheIndex
+from blockkit.runner._lock import RUN_LOCK, FileLock, RunLock
 from blockkit.runner._run_folder import RUN_FILE, RunFolder, find_run
 from blockkit.runner._seal import remove_tree
 
 LATEST = "latest"
 _AGE = re.compile(r"(\d{1,9})\s*(s|m|h|d|w)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: A run folder's name (`RunFolder.create`): `<yyyymmdd>-<hhmmss>-<workflow>-<4 hex>`.
+RUN_ID = re.compile(r"\d{8}-\d{6}-[\w-]{0,40}-[0-9a-f]{4}")
+#: What gc removes of a killed runner's leftovers must be this old (s): one being made now is never raced.
+LEFTOVER_AGE = 60.0
+#: The shared files in the runs dir that runners replace through a temp file (`replace_atomic`),
+#: with the lock each writer holds meanwhile (`CacheIndex.update`, `HashCache.save`).
+_SHARED_FILES = {CACHE_INDEX: "cache-index.lock", "hash-cache.json": "hash-cache.lock"}
 
 
 @dataclass
@@ -41,6 +58,11 @@ class RunInfo:
         """The run's id (its folder name)."""
         return self.path.name
 
+    @property
+    def locked(self) -> bool:
+        """True while a runner holds the run's lock: it is running, whatever run.json says (looked up now)."""
+        return run_locked(self.path)
+
 
 def read_run_info(path: Path) -> RunInfo:
     """What run.json says about a run folder; a damaged one is status `damaged` with the reason."""
@@ -54,6 +76,22 @@ def read_run_info(path: Path) -> RunInfo:
         started = _folder_time(path)
     return RunInfo(path, str(run.get("status") or "?"), str(run.get("workflow") or "?"), float(started),
                    {str(k): v for k, v in steps.items() if isinstance(v, dict)})
+
+
+def run_locked(run_dir: Path) -> bool:
+    """True while a runner holds the run's lock (a free lock means no runner, whatever run.json says)."""
+    try:
+        fd = os.open(run_dir / RUN_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        # No lock file, or a link no runner can lock (RunLock does not follow links): nobody holds it.
+        return exc.errno not in (errno.ENOENT, errno.ELOOP)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _folder_time(path: Path) -> float:
@@ -96,7 +134,7 @@ def parse_age(text: str) -> float:
 def select_for_gc(runs: list[RunInfo], *, keep: int | None, older_than: float | None, now: float) -> list[RunInfo]:
     """Which runs gc removes: beyond the newest `keep`, and/or started more than `older_than` s ago.
 
-    Running runs are never selected (a runner may still write to them).
+    Running runs (their lock is held) are never selected: a runner may still write to them.
     """
     if keep is None and older_than is None:
         raise WorkflowError("say what to remove: --keep N (keep the N newest runs) or --older-than AGE")
@@ -106,19 +144,22 @@ def select_for_gc(runs: list[RunInfo], *, keep: int | None, older_than: float | 
     for index, run in enumerate(runs):  # newest first
         beyond_keep = keep is None or index >= keep
         old_enough = older_than is None or run.started < now - older_than
-        if beyond_keep and old_enough and run.status != "running":
+        if beyond_keep and old_enough and not run.locked:
             chosen.append(run)
     return chosen
 
 
 @dataclass
 class Removal:
-    """What a removal did: runs removed, cache entries moved to another run or dropped."""
+    """What a removal did: runs removed, cache entries moved to another run or dropped, leftovers removed."""
 
     removed: list[str] = field(default_factory=list)
     moved: int = 0
     dropped: int = 0
     freed_bytes: int = 0
+    unfinished: list[str] = field(default_factory=list)  # run folders without run.json
+    temp_files: list[str] = field(default_factory=list)
+    staged: list[str] = field(default_factory=list)  # staged-in inputs of sessions that are over
 
 
 def _tree_size(path: Path) -> int:
@@ -156,12 +197,49 @@ def _replacement(key: str, survivors: list[RunInfo], root: Path) -> str | None:
     return None
 
 
-def remove_runs(root: Path, doomed: list[RunInfo], *, dry_run: bool = False) -> Removal:
-    """Remove run folders and keep the cache index consistent (entries moved or dropped)."""
+def remove_runs(root: Path, doomed: list[RunInfo], *, dry_run: bool = False, force: bool = False) -> Removal:
+    """Remove run folders and keep the cache index consistent (entries moved or dropped).
+
+    Each run's lock is taken first and held while its folder goes; a run whose lock a runner
+    holds is refused (nothing removed), or with `force` removed all the same.
+    """
     result = Removal()
     for run in doomed:
         if run.path.is_symlink() or run.path.resolve().parent != root.resolve():
             raise WorkflowError(f"{run.path} is not a run folder directly in {root}; nothing removed")
+    locks = [] if dry_run else _lock_runs(doomed, force=force)
+    try:
+        _remove_locked(root, doomed, result, dry_run=dry_run)
+    finally:
+        for lock in locks:
+            lock.release()
+    return result
+
+
+def _lock_runs(runs: list[RunInfo], *, force: bool) -> list[RunLock]:
+    """The locks of these runs, taken without waiting; WorkflowError naming the holder of a held one."""
+    locks: list[RunLock] = []
+    try:
+        for run in runs:
+            lock = RunLock(run.path)
+            try:
+                lock.acquire()
+            except (WorkflowError, OSError) as exc:
+                if force:
+                    continue
+                why = (f"is being run by {lock.holder_text()}; wait for it to end or stop it"
+                       if isinstance(exc, WorkflowError) else
+                       f"cannot be locked ({exc.strerror or exc}); `runs rm --force` removes it anyway")
+                raise WorkflowError(f"run {run.run_id} {why}; nothing removed") from None
+            locks.append(lock)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
+
+
+def _remove_locked(root: Path, doomed: list[RunInfo], result: Removal, *, dry_run: bool) -> None:
     names = {run.run_id for run in doomed}
     survivors = [run for run in list_runs(root) if run.run_id not in names]
 
@@ -181,18 +259,99 @@ def remove_runs(root: Path, doomed: list[RunInfo], *, dry_run: bool = False) -> 
         result.removed.append(run.run_id)
     if dry_run:
         repoint(CacheIndex(root).checked_entries())
-        return result
+        return
     # The index first, under its lock (runners update it concurrently): a crash between the
     # two leaves runs without entries, never entries without runs.
     CacheIndex(root).update(repoint)
     for run in doomed:
         remove_tree(run.path)  # sealed outputs are read-only
-    return result
+
+
+def remove_leftovers(root: Path, result: Removal, *, now: float, dry_run: bool = False) -> None:
+    """Remove what killed runners leave in the runs dir: run folders without run.json, temp files.
+
+    Only what is older than `LEFTOVER_AGE`: a run-id-shaped folder without run.json whose lock
+    is free (held while it goes), and a `.<name>.<16 hex>.tmp` of the cache index or the hash
+    cache (removed under the lock its writers hold). Links are removed as links, never followed.
+    """
+    if not root.is_dir():
+        return
+    for path in _unfinished_runs(root, now):
+        if dry_run and (run_locked(path) or (path / RUN_LOCK).is_symlink()):
+            continue  # what acquire below refuses
+        lock = RunLock(path)
+        try:
+            if not dry_run:
+                lock.acquire()
+        except (WorkflowError, OSError):
+            continue  # a runner is making it (or its lock is a planted link): leave it
+        try:
+            if not os.path.lexists(path / RUN_FILE):  # its runner may have written one since we looked
+                result.freed_bytes += _tree_size(path)
+                result.unfinished.append(path.name)
+                if not dry_run:
+                    remove_tree(path)
+        finally:
+            lock.release()
+    _remove_staged_leftovers(root / "staged", result, now=now, dry_run=dry_run)
+    for name, lock_name in _SHARED_FILES.items():
+        guard: AbstractContextManager[object] = nullcontext() if dry_run else FileLock(root / lock_name)
+        try:
+            with guard:  # no writer is between creating its temp file and renaming it
+                for path in _stale_files(root, re.escape(f".{name}.") + r"[0-9a-f]{16}\.tmp", now):
+                    result.freed_bytes += path.lstat().st_size
+                    result.temp_files.append(path.name)
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
+        except OSError:
+            continue  # the lock file is a planted link (its writers fail too) or the file went meanwhile
+
+
+def _remove_staged_leftovers(staged: Path, result: Removal, *, now: float, dry_run: bool) -> None:
+    """Staged-in inputs (`<name>-<8 hex>/`) whose session is over (its `<folder>.lock` is free): a killed runner's."""
+    if staged.is_symlink() or not staged.is_dir():
+        return
+    for path in _stale_files(staged, r"[\w.-]+-[0-9a-f]{8}", now, folders=True):
+        try:
+            fd = os.open(path.with_name(f"{path.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            continue  # a planted link as its lock: leave it
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its session is still running
+            result.freed_bytes += _tree_size(path)
+            result.staged.append(f"staged/{path.name}")
+            if not dry_run:
+                remove_tree(path)
+                path.with_name(f"{path.name}.lock").unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _unfinished_runs(root: Path, now: float) -> list[Path]:
+    """Run-id-shaped folders (not links) without run.json, untouched for `LEFTOVER_AGE`: a runner died making them."""
+    return [path for path in _stale_files(root, RUN_ID.pattern, now, folders=True)
+            if not os.path.lexists(path / RUN_FILE)]
+
+
+def _stale_files(root: Path, name: str, now: float, *, folders: bool = False) -> list[Path]:
+    """Entries of root whose name matches the regex `name`, not changed for `LEFTOVER_AGE`: folders or non-folders."""
+    found = []
+    for path in sorted(root.iterdir()):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if re.fullmatch(name, path.name) and stat.S_ISDIR(st.st_mode) == folders and st.st_mtime < now - LEFTOVER_AGE:
+            found.append(path)
+    return found
 
 
 def running_runs(root: Path, exclude: set[str] | None = None) -> list[RunInfo]:
-    """Runs whose run.json says `running` (a runner may be writing the cache index)."""
-    return [run for run in list_runs(root) if run.status == "running" and run.run_id not in (exclude or set())]
+    """Runs whose lock a runner holds (it may be writing the cache index)."""
+    return [run for run in list_runs(root) if run.locked and run.run_id not in (exclude or set())]
 
 
 def age_text(seconds: float) -> str:
