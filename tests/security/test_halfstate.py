@@ -47,6 +47,14 @@ def _namespace_prefix() -> list[str]:
     return prefix
 
 
+def _in_namespace(script: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a shell script in a private mount namespace (its tmpfs mounts vanish with it); it must print RC=1."""
+    result = subprocess.run([*_namespace_prefix(), "sh", "-c", script], capture_output=True, text=True,
+                            timeout=timeout, cwd=cwd)
+    assert "RC=1" in result.stdout, (result.stdout, result.stderr)
+    return result
+
+
 @pytest.mark.slow
 def test_a_full_disk_fails_the_step_by_name_with_the_resume_hint(tmp_path: Path, evil) -> None:
     """D18: runs folder on a 24 MB tmpfs; step b fills it, then the runner's own writes fail."""
@@ -63,9 +71,7 @@ def test_a_full_disk_fails_the_step_by_name_with_the_resume_hint(tmp_path: Path,
         f"{exe} run {wf} -e process --runs-dir {runs} -q; echo \"RC=$?\"; "
         f"cat {runs}/*/run.json"
     )
-    result = subprocess.run([*_namespace_prefix(), "sh", "-c", script], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
-    assert "RC=1" in result.stdout, (result.stdout, result.stderr)
+    result = _in_namespace(script, tmp_path, timeout=120)
     line = one_line_error(result.stderr)
     assert "step 'b'" in line and "No space left on device" in line and "UNEXPECTED_ERROR" in line
     assert "resume with: blockkit run --resume" in result.stderr
@@ -92,9 +98,7 @@ def test_a_full_output_disk_delivers_nothing_and_a_resume_delivers_all(tmp_path:
         f"{exe} run --resume $(ls {runs} | grep big) --runs-dir {runs} -q --output {out_fs}; echo \"RESUMED=$?\"; "
         f"ls -A {out_fs}"  # into the mount point itself: an empty folder no rename can replace
     )
-    result = subprocess.run([*_namespace_prefix(), "sh", "-c", script], capture_output=True, text=True,
-                            timeout=180, cwd=tmp_path)
-    assert "RC=1" in result.stdout, (result.stdout, result.stderr)
+    result = _in_namespace(script, tmp_path, timeout=180)
     first, listed = result.stdout.split("RC=1", 1)[1].split("LISTED", 1)
     assert first.split() == []  # was: a full data.json and a truncated file under their final names
     error = json.loads((tmp_path / "first.json").read_text())  # --json: the failure as one object
@@ -115,9 +119,7 @@ def test_a_runs_folder_too_full_to_start_a_run_says_so_and_leaves_no_folder(tmp_
         f"mount -t tmpfs -o size=1m tmpfs {runs} && (dd if=/dev/zero of={runs}/fill bs=4k 2>/dev/null; "
         f"truncate -s -4096 {runs}/fill) && {exe} run {wf} -e process --runs-dir {runs} -q; echo \"RC=$?\"; ls -A {runs}"
     )
-    result = subprocess.run([*_namespace_prefix(), "sh", "-c", script], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
-    assert "RC=1" in result.stdout, (result.stdout, result.stderr)
+    result = _in_namespace(script, tmp_path, timeout=120)
     line = one_line_error(result.stderr)
     assert f"cannot start a run in {runs}: OSError: No space left on device" in line, line  # was: FileNotFoundError
     left = result.stdout.split("RC=1", 1)[1].split()
