@@ -102,18 +102,19 @@ def start_gateway_subprocess(
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [python, "-m", "blockkit.gateway", "--host", host, "--port", str(port), "--access-log", str(log_path)]
+    cmd = [python, "-m", "blockkit.gateway", "--host", host, "--port", str(port), "--access-log", str(log_path.resolve())]
     for name, folder in inputs.items():
-        cmd += ["--input", f"{name}={folder}"]
+        cmd += ["--input", f"{name}={Path(folder).resolve()}"]
     if output is not None:
-        cmd += ["--output", str(output)]
+        cmd += ["--output", str(Path(output).resolve())]
     env = dict(os.environ)
     if credentials is not None:
         # Through the environment, not argv: other users can read a process's arguments.
         env["BLOCKKIT_GATEWAY_ACCESS_KEY"] = credentials.access_key
         env["BLOCKKIT_GATEWAY_SECRET_KEY"] = credentials.secret_key
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the handle
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
+    # From "/": `-m` puts the working folder first on the import path (a block's folder, perhaps).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd="/")
     assert proc.stdout is not None
     line: list[bytes] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]

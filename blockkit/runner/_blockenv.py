@@ -282,7 +282,7 @@ def _make(block_dir: Path, venv: Path, asked: str | None, wheelhouse: Path | Non
         warnings += _older_warnings(output, copy, subset, version)
         wheels = sorted(str(w) for w in subset.glob("*.whl"))
         if wheels:
-            _run([str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install",
+            _run([str(venv / "bin" / "python"), "-I", "-m", "pip", "--disable-pip-version-check", "install",
                   "--no-index", "--no-deps", "--no-compile", *wheels],
                  f"installing the requirements of block {block_dir.name}")
         _run([str(venv / "bin" / "python"), "-I", "-m", "compileall", "-q", str(venv / "lib")],
@@ -324,7 +324,7 @@ def _fetch(venv: Path, requirements: Path, subset: Path, wheel_dir: Path, *,
     verbose output and, when it failed, its last error line.
     """
     subset.mkdir(parents=True, exist_ok=True)
-    cmd = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "wheel", "-vv", "--use-pep517",
+    cmd = [str(venv / "bin" / "python"), "-I", "-m", "pip", "--disable-pip-version-check", "wheel", "-vv", "--use-pep517",
            "--find-links", str(wheel_dir), "-w", str(subset), "-r", str(requirements)]
     if constraints is not None:
         cmd += ["-c", str(constraints)]

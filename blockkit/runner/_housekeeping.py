@@ -81,7 +81,7 @@ def read_run_info(path: Path) -> RunInfo:
 def run_locked(run_dir: Path) -> bool:
     """True while a runner holds the run's lock (a free lock means no runner, whatever run.json says)."""
     try:
-        fd = os.open(run_dir / RUN_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(run_dir / RUN_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
     except OSError as exc:
         # No lock file, or a link no runner can lock (RunLock does not follow links): nobody holds it.
         return exc.errno not in (errno.ENOENT, errno.ELOOP)

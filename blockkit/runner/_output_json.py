@@ -43,9 +43,11 @@ def check_fits(folder: Path, memory_mb: int, deadline: float | None = None) -> N
     """Read `<folder>/data.json` in a child limited to `memory_mb`; WrongInputError when it does not fit."""
     timeout = None if deadline is None else max(0.1, deadline - time.monotonic())
     try:
-        child = subprocess.run([sys.executable, "-m", __name__, str(folder), str(memory_mb << 20)],
+        # From "/": `-m` puts the working folder first on the import path, and that may be a block's
+        # folder (`blockkit run .`), whose own `blockkit/` must never run on the host.
+        child = subprocess.run([sys.executable, "-m", __name__, str(folder.resolve()), str(memory_mb << 20)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               timeout=timeout, check=False)
+                               timeout=timeout, check=False, cwd="/")
     except subprocess.TimeoutExpired:
         raise SealTimeout("reading its data.json ran past the step's timeout") from None
     if child.returncode != 0:  # out of memory, or killed for it: an invalid file exits 0 (see _child)

@@ -166,12 +166,13 @@ class WorkflowRun:
 
     # --- the run ----------------------------------------------------------------------------
 
-    def execute(self, deliver: Callable[[], list[str]] | None = None) -> RunFolder:
+    def execute(self, deliver: Callable[[], list[str]] | None = None, redeliver: str = "") -> RunFolder:
         """Run every step; raise RunFailed at the first failing step (earlier outputs stay).
 
         `deliver` (stage-out) runs after the last step, still under the run's lock and before
         run.json says ok; what it returns is `delivered`. If it fails, the run fails (resumable:
-        a resume delivers again), with the run folder named.
+        a resume delivers again), with the run folder named and `redeliver`, the command that
+        delivers, as a hint.
         """
         self._pending_warnings: dict[str, list[str]] = {}
         #: Per scattered step: features a resumed attempt had finished, kept in this one without running.
@@ -213,7 +214,7 @@ class WorkflowRun:
             else:
                 self._execute_parallel(budget)
             if deliver is not None:
-                self.delivered = self._deliver(deliver)
+                self.delivered = self._deliver(deliver, redeliver)
         except RunFailed:
             self._save_quietly("failed")
             raise
@@ -264,15 +265,18 @@ class WorkflowRun:
             raise RunError(f"cannot resume run {self.folder.run_id}: {_describe(exc)}") from exc
         sweep_leftovers(self.folder.path)  # of a runner killed in this folder (we hold its lock)
 
-    def _deliver(self, deliver: Callable[[], list[str]]) -> list[str]:
+    def _deliver(self, deliver: Callable[[], list[str]], redeliver: str) -> list[str]:
         """Stage the results out; a failure is the run's (RunFailed, run folder named, resumable)."""
         try:
             return deliver()
         except (OSError, BlockkitError) as exc:
             code = int(exc.exit_code) if isinstance(exc, BlockkitError) else 1
             detail = exc.message if isinstance(exc, BlockkitError) else _describe(exc)
-            raise RunFailed(f"every step finished, but the results were not delivered: {detail}",
-                            step="", step_exit=code, run_dir=self.folder.path) from exc
+            failure = RunFailed(f"every step finished, but the results were not delivered: {detail}",
+                                step="", step_exit=code, run_dir=self.folder.path)
+            if redeliver:
+                failure.hints.append(f"deliver them with: {redeliver}")
+            raise failure from exc
 
     def _execute_parallel(self, budget: Budget) -> None:
         """Run steps in worker threads as the scheduler hands them out; raise the first failure.
@@ -911,7 +915,8 @@ class WorkflowRun:
         record.quicklooks = quicklooks.files  # a cache hit checks and links them with the output
         if DATA_JSON not in sealed.files:
             raise SealError("it wrote no data.json (an empty result is a data.json with no features)")
-        fc = load_output(output_dir, step.resources[1], deadline)  # within the step's memory
+        # Within the step's memory; a scattered step's merged output within its features' together.
+        fc = load_output(output_dir, step.resources[1] * max(1, len(record.parts)), deadline)
         files = sealed.files
         if step.propagate:
             if upstream_dirs:  # mounted fan-in: the files are still in each upstream's folder

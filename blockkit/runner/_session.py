@@ -119,7 +119,8 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         check_output_targets(final_steps(plan), workflow.output, workflow)
     if workflow.output and not is_uri(workflow.output):
         dest = _resolve_local(workflow.output, workflow)
-        if dest.is_dir() and any(dest.iterdir()):
+        # A delivery's partial folder is no result (a killed run's goes when this run delivers).
+        if dest.is_dir() and any(not entry.name.startswith(".blockkit-partial-") for entry in dest.iterdir()):
             raise WorkflowError(f"output folder {dest} is not empty; choose an empty or new folder")
     with contextlib.ExitStack() as cleanup:  # a staged-in input lives as long as this session
         input_dir = None
@@ -173,7 +174,7 @@ def run_request(request: RunRequest) -> dict[str, Any]:
         deliver = (lambda: stage_out_for_run(plan, run, target, workflow, say)) if target else None
         try:
             with live:
-                folder = run.execute(deliver)
+                folder = run.execute(deliver, delivery_command(request, plan, run.folder.path, target or ""))
         except KeyboardInterrupt:
             # The step's process or container is already gone and run.json says "interrupted".
             raise RunInterrupted(run.folder.path) from None
@@ -195,6 +196,25 @@ def run_request(request: RunRequest) -> dict[str, Any]:
                 for name, rec in run.records.items()
             },
         }
+
+
+def delivery_command(request: RunRequest, plan: Plan, run_dir: Path, target: str) -> str:
+    """The command that resumes a run to deliver its results to `target` (a block run names its block)."""
+    import json
+    import shlex
+
+    command = ["blockkit", "run"]
+    block = request.target if request.target is not None and request.target.is_dir() else None
+    if block is not None:
+        command.append(str(block))
+    command += ["--resume", run_dir.name]
+    if run_dir.parent.resolve() != default_runs_dir().resolve():
+        command += ["--runs-dir", str(run_dir.parent)]
+    words = [shlex.quote(word) for word in command]
+    if block is not None and request.params:  # the same parameters, or the step runs again
+        secret = any(spec.secret for step in plan.steps for spec in step.manifest.parameters.values())
+        words += ["--params", "PARAMS" if secret else shlex.quote(json.dumps(request.params, separators=(",", ":")))]
+    return " ".join([*words, "--output", shlex.quote(target)])
 
 
 def resumed_engine(request: RunRequest, runs_dir: Path, say: Callable[[str], None]) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -53,68 +54,98 @@ def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None
 
 
 def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[str]:
-    """Hard-link the final outputs into a new folder beside `target`, then rename it onto `target`.
+    """Hard-link the final outputs into a partial folder, then move it into place: `target` is never partial.
 
-    So the target is either absent or complete: an interruption, a full disk or a second run
-    delivering to the same place never leaves a partial result there. A run that finds
-    `target` made meanwhile fails with a one-line error; its own files go with its partial
-    folder. An existing empty folder (perhaps a mount point, which no rename replaces) is
-    filled from a partial folder inside it instead, data.json last (see `_deliver_into`).
+    A new target: the partial folder is made beside it (`.<name>.blockkit-partial-<hex>`) and
+    renamed onto it in one step. An existing empty folder (a mount point, say, which no rename
+    replaces): the partial folder is made inside it (`.blockkit-partial-<hex>`) and its entries
+    are renamed up, data.json (or each step's folder) whole and last, while an exclusive
+    `flock` on the folder keeps a second run out. Every name below the folder the target is
+    in goes through directory descriptors, never a path a link could redirect. A partial
+    folder is `flock`ed by the run making it: one whose lock is free is a killed run's and goes.
     """
     import errno
+    import fcntl
 
+    from blockkit.contract._datajson import DATA_JSON
     from blockkit.contract.errors import WorkflowError
-    from blockkit.runner._seal import remove_tree
     from blockkit.runtime._propagation import link_tree
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_dir() and not target.is_symlink():
-        return _deliver_into(run, finals, target)
-    partial = target.parent / f".{target.name}.blockkit-partial-{secrets.token_hex(8)}"
+    into = target.is_dir() and not target.is_symlink()
+    home = target if into else target.parent
+    prefix = ".blockkit-partial-" if into else f".{target.name}.blockkit-partial-"
+    home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        places = output_targets(finals, str(partial))
-        for name, where in places:
-            link_tree(run.folder.output_dir(name), Path(where), base=target.parent)
+        if into:
+            try:
+                fcntl.flock(home_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WorkflowError(f"output folder {target} is being filled by another run; choose an empty or "
+                                    "new folder") from None
+        _remove_dead_partials(home, home_fd, prefix)
+        name = f"{prefix}{secrets.token_hex(8)}"
+        os.mkdir(name, 0o755, dir_fd=home_fd)
+        part_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=home_fd)
         try:
-            os.rename(partial, target)  # never onto a full folder, never through a link
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                raise
-            raise WorkflowError(f"output folder {target} is not empty (filled while this run ran) or not a "
-                                "folder; choose an empty or new folder") from None
+            fcntl.flock(part_fd, fcntl.LOCK_EX)
+            if into and any(not entry.startswith(prefix) for entry in os.listdir(home_fd)):
+                raise WorkflowError(f"output folder {target} is not empty (filled while this run ran); choose an "
+                                    "empty or new folder")
+            places = output_targets(finals, str(home / name))
+            for step, where in places:
+                link_tree(run.folder.output_dir(step), Path(where), base=home)  # O_NOFOLLOW below home
+            try:
+                if into:
+                    for entry in sorted(os.listdir(part_fd), key=lambda entry: entry == DATA_JSON):
+                        os.rename(entry, entry, src_dir_fd=part_fd, dst_dir_fd=home_fd)
+                else:
+                    os.rename(name, target.name, src_dir_fd=home_fd, dst_dir_fd=home_fd)  # never onto a full folder
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                raise WorkflowError(f"output folder {target} is not empty (filled while this run ran) or not a "
+                                    "folder; choose an empty or new folder") from None
+        finally:
+            _remove_partial(home, home_fd, name)
+            os.close(part_fd)
     finally:
-        if os.path.lexists(partial):
-            remove_tree(partial)
-    return [str(target / Path(where).relative_to(partial)) for _, where in places]
+        os.close(home_fd)
+    return [str(target / Path(where).relative_to(home / name)) for _, where in places]
 
 
-def _deliver_into(run: "WorkflowRun", finals: list[str], target: Path) -> list[str]:
-    """Fill an existing empty folder: link into `<target>/.blockkit-partial` (made exclusively, so a
-    second run is refused), then rename its entries up, data.json (or each step's folder) whole
-    and last: a result without its data.json is one a reader sees as incomplete."""
-    from blockkit.contract._datajson import DATA_JSON
-    from blockkit.contract.errors import WorkflowError
+def _remove_dead_partials(home: Path, home_fd: int, prefix: str) -> None:
+    """Remove the partial folders in `home` whose run died (their flock is free)."""
+    import fcntl
+
+    for entry in os.listdir(home_fd):
+        if not entry.startswith(prefix):
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=home_fd)
+        except OSError:
+            continue  # not a folder (or gone): not ours to judge
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live run's
+        finally:
+            os.close(fd)
+        _remove_partial(home, home_fd, entry)
+
+
+def _remove_partial(home: Path, home_fd: int, name: str) -> None:
+    """Remove `home/name` if it is still the folder there (a link planted in its place goes as a link)."""
     from blockkit.runner._seal import remove_tree
-    from blockkit.runtime._propagation import link_tree
 
-    partial = target / ".blockkit-partial"
     try:
-        os.mkdir(partial)
-    except FileExistsError:
-        raise WorkflowError(f"output folder {target} is being filled by another run; choose an empty or new "
-                            "folder") from None
-    try:
-        if any(name != partial.name for name in os.listdir(target)):
-            raise WorkflowError(f"output folder {target} is not empty (filled while this run ran); choose an "
-                                "empty or new folder")
-        places = output_targets(finals, str(partial))
-        for name, where in places:
-            link_tree(run.folder.output_dir(name), Path(where), base=target)
-        for name in sorted(os.listdir(partial), key=lambda entry: entry == DATA_JSON):
-            os.rename(partial / name, target / name)
-    finally:
-        remove_tree(partial)
-    return [str(target / Path(where).relative_to(partial)) for _, where in places]
+        st = os.stat(name, dir_fd=home_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        remove_tree(home / name)
+    else:
+        os.unlink(name, dir_fd=home_fd)
 
 
 def seal_staged(target: Path) -> None:

@@ -91,7 +91,7 @@ def pip_platform_options(target: PythonTarget) -> list[str]:
 
 def run_pip(args: list[str], what: str, env: dict[str, str] | None = None) -> str:
     """Run pip with this Python; return its output, or raise BuildError with pip's last error line."""
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    cmd = [sys.executable, "-I", "-m", "pip", "--disable-pip-version-check", *args]  # -I: never a `pip/` of the working folder
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip() and not l.startswith("WARNING: Location")]

@@ -366,3 +366,16 @@ def test_gc_removes_staged_inputs_whose_session_is_over(tmp_path: Path) -> None:
     assert sorted(p.name for p in staged.iterdir()) == ["fresh-00000000", "link-11111111", "live-89abcdef",
                                                         "live-89abcdef.lock"]
     assert (tmp_path / "outside").is_dir()
+
+
+def test_a_fifo_planted_as_a_run_lock_never_hangs_housekeeping(chain: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    planted = run(chain, runs)
+    other = run(chain, runs)
+    lock = Path(planted["run_dir"]) / ".lock"
+    lock.unlink()
+    os.mkfifo(lock)
+    done = cli("runs", "gc", "--keep", "0", "--runs-dir", runs)  # was: waited forever on the FIFO
+    assert done.returncode == 4 and "cannot be locked" in done.stderr, done.stderr
+    removed = cli("runs", "rm", other["run_id"], "--runs-dir", runs)
+    assert removed.returncode == 0, removed.stderr

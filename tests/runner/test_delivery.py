@@ -60,6 +60,14 @@ def test_a_filled_target_is_never_mixed_with_another_run_s_files(tmp_path: Path,
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_a_killed_run_s_partial_folder_beside_the_target_goes_with_the_next_delivery(tmp_path: Path, blocks) -> None:
+    dead = tmp_path / ".out.blockkit-partial-0123456789abcdef"
+    (dead / "half").mkdir(parents=True)  # what a kill -9 during delivery leaves (its lock is free)
+    run_request(RunRequest(target=_chain(tmp_path, blocks), engine="process", runs_dir=tmp_path / "runs",
+                           output=str(tmp_path / "out")))
+    assert not dead.exists() and (tmp_path / "out" / "data.json").is_file()
+
+
 def test_several_final_steps_are_delivered_in_one_folder_at_once(tmp_path: Path, blocks) -> None:
     wf = _workflow(tmp_path, f"name: two\nsteps:\n  make: {{block: {blocks['source']}, params: {{count: 1}}}}\n"
                              f"  a: {{block: {blocks['upper']}, after: make}}\n  b: {{block: {blocks['upper']}, after: make}}\n")
@@ -70,21 +78,42 @@ def test_several_final_steps_are_delivered_in_one_folder_at_once(tmp_path: Path,
 
 
 def test_an_existing_empty_folder_is_filled_data_json_last_and_claimed_by_one_run(tmp_path: Path, blocks) -> None:
+    import subprocess
+    import sys
+
+    from blockkit.runner._staging import deliver_local
+
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".blockkit-partial-0123456789abcdef").mkdir()  # a killed run's: its lock is free
     summary = run_request(RunRequest(target=_chain(tmp_path, blocks), engine="process", runs_dir=tmp_path / "runs",
                                      output=str(tmp_path / "out")))
     assert summary["outputs"] == [str(tmp_path / "out")]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.json", "item0.txt.upper", "item1.txt.upper"]
-    from blockkit.runner._staging import deliver_local
 
-    class Done:  # the run above, delivering again
-        folder = type("F", (), {"output_dir": lambda self, name: Path(summary["steps"][name]["output_dir"])})()
+    made = tmp_path / "made"  # a result holding the names delivery uses for itself
+    (made / ".blockkit-partial").mkdir(parents=True)
+    (made / ".blockkit-partial" / "x").write_text("the block's")
+    (made / "data.json").write_text('{"type": "FeatureCollection", "features": []}')
+
+    class Done:
+        folder = type("F", (), {"output_dir": lambda self, name: made})()
 
     (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / ".blockkit-partial").mkdir()  # another run is filling it
-    with pytest.raises(WorkflowError, match="output folder .*/busy is being filled by another run"):
-        deliver_local(Done(), ["up"], tmp_path / "busy")  # type: ignore[arg-type]
-    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".blockkit-partial"]
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "print('locked', flush=True); time.sleep(600)", str(tmp_path / "busy")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"  # another run delivering there
+        with pytest.raises(WorkflowError, match="output folder .*/busy is being filled by another run"):
+            deliver_local(Done(), ["up"], tmp_path / "busy")  # type: ignore[arg-type]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list((tmp_path / "busy").iterdir()) == []
+    assert deliver_local(Done(), ["up"], tmp_path / "busy") == [str(tmp_path / "busy")]  # type: ignore[arg-type]
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".blockkit-partial", "data.json"]
+    assert (tmp_path / "busy" / ".blockkit-partial" / "x").read_text() == "the block's"
 
 
 def test_a_failed_delivery_fails_the_run_and_a_resume_delivers(tmp_path: Path, blocks) -> None:
@@ -95,6 +124,8 @@ def test_a_failed_delivery_fails_the_run_and_a_resume_delivers(tmp_path: Path, b
         run_request(RunRequest(target=_chain(tmp_path, blocks), engine="process", runs_dir=tmp_path / "runs",
                                output=str(target)))
     assert isinstance(info.value, RunnerRunFailed)
+    assert info.value.hints == [f"deliver them with: blockkit run --resume {info.value.run_dir.name} --runs-dir "
+                                f"{tmp_path / 'runs'} --output {target}"]
     run = json.loads((info.value.run_dir / "run.json").read_text())
     assert run["status"] == "failed" and {s["status"] for s in run["steps"].values()} == {"ok"}
     (tmp_path / "blocker").unlink()
@@ -102,6 +133,21 @@ def test_a_failed_delivery_fails_the_run_and_a_resume_delivers(tmp_path: Path, b
                                      resume=info.value.run_dir.name, output=str(target)))
     assert summary["outputs"] == [str(target)] and (target / "item1.txt.upper").read_text() == "HELLO 1\n"
     assert json.loads((info.value.run_dir / "run.json").read_text())["status"] == "ok"
+
+
+def test_a_block_run_s_delivery_command_names_the_block_and_its_parameters(tmp_path: Path, blocks) -> None:
+    (tmp_path / "blocker").write_text("")
+    target = tmp_path / "blocker" / "out"
+    with pytest.raises(RunFailed) as info:
+        run_request(RunRequest(target=blocks["source"], engine="process", runs_dir=tmp_path / "runs", params={"count": 3},
+                               output=str(target)))
+    run_id = info.value.run_dir.name
+    assert info.value.hints == [f"deliver them with: blockkit run {blocks['source']} --resume {run_id} --runs-dir "
+                                f"{tmp_path / 'runs'} --params '{{\"count\":3}}' --output {target}"]
+    (tmp_path / "blocker").unlink()
+    summary = run_request(RunRequest(target=blocks["source"], engine="process", runs_dir=tmp_path / "runs",
+                                     params={"count": 3}, resume=run_id, output=str(target)))  # as the hint says
+    assert summary["steps"]["source"]["status"] == "ok" and len(list(target.glob("item*.txt"))) == 3
 
 
 def test_a_staged_in_input_goes_with_its_session(tmp_path: Path, blocks) -> None:

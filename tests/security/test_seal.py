@@ -286,6 +286,33 @@ def test_a_data_json_needing_more_memory_than_the_step_has_is_refused_not_read_b
     assert (rejected / "data.json").is_file() and not (step_dir / "output").exists()
 
 
+def test_a_scattered_step_s_merged_output_may_use_its_features_memory_together(tmp_path: Path, evil) -> None:
+    """Two features of 6 MB of `[]` each fit 256 MB; merged they need ~330 MB: the step had 2 x 256 MB."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "data.json").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": f"f{n}", "geometry": None, "properties": {}} for n in range(2)]}))
+    wf = workflow_file(tmp_path, f"name: merged\ninput: {inp}\nsteps:\n  a: {{block: {evil['evilproc']}, "
+                                 f"params: {{action: wide_datajson, arg: 'lists:2000000'}}, scatter: features}}\n")
+    result = run_workflow(tmp_path, wf, "process", "-q", "--max-memory", "256")
+    assert result.returncode == 0, result.stderr  # was: NO_OUTPUT_ERROR for the runner's own merged file
+
+
+def test_the_memory_check_never_imports_a_block_folder_s_own_blockkit(tmp_path: Path, evil) -> None:
+    """`blockkit run .` in a block folder: the check's child must not take `./blockkit` for the runner's code."""
+    import shutil
+
+    block = tmp_path / "blk"
+    shutil.copytree(evil["evil"], block)
+    (block / "blockkit").mkdir()
+    marker = tmp_path / "ran-on-the-host"
+    (block / "blockkit" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('shadowed')\n")
+    result = blockkit("run", ".", "-e", "process", "-q", "--runs-dir", str(tmp_path / "runs"), "--params",
+                      '{"action": "wide_datajson", "arg": "text:9000000"}', cwd=block)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()  # was: the block folder's blockkit/ ran on the host, outside every sandbox
+
+
 def test_a_big_data_json_that_fits_the_step_memory_is_accepted(tmp_path: Path, evil) -> None:
     """12 MB of text (past the size read without a check) take about 12 MB of memory: accepted."""
     wf = workflow_file(tmp_path, f"name: big\nsteps:\n  a: {{block: {evil['evil']}, "
