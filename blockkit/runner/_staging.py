@@ -39,7 +39,8 @@ def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None
 
     assert workflow.input is not None
     key = workflow.keys.get("input")
-    target = runs_dir / "staged" / f"{workflow.name}-{secrets.token_hex(4)}"
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in workflow.name)[:40]  # as run folders name it
+    target = runs_dir / "staged" / f"{safe}-{secrets.token_hex(4)}"
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.with_name(f"{target.name}.lock")
     cleanup.callback(lock.unlink, missing_ok=True)

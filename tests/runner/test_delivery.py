@@ -160,6 +160,11 @@ def test_a_staged_in_input_goes_with_its_session(tmp_path: Path, blocks) -> None
     summary = run_request(RunRequest(target=wf, engine="process", runs_dir=tmp_path / "runs", output=str(tmp_path / "o")))
     assert (tmp_path / "o" / "item0.txt.upper").read_text() == "HELLO 0\n"
     assert Path(summary["run_dir"]).is_dir() and list((tmp_path / "runs" / "staged").iterdir()) == []
+    odd = _workflow(tmp_path, f"name: ../../escaped\ninput: {source.as_uri()}\nsteps:\n  up: {{block: {blocks['upper']}}}\n")
+    said: list[str] = []
+    run_request(RunRequest(target=odd, engine="process", runs_dir=tmp_path / "runs", on_message=said.append))
+    assert any(f"to {tmp_path / 'runs' / 'staged'}/------escaped-" in line for line in said), said  # never outside
+    assert not list(tmp_path.glob("escaped-*")) and not list((tmp_path / "runs").glob("escaped-*"))
     failing = _workflow(tmp_path, f"name: staged\ninput: {source.as_uri()}\nsteps:\n"
                                   f"  up: {{block: {blocks['upper']}, params: {{behaviour: exit, code: 4}}}}\n")
     with pytest.raises(RunFailed):
