@@ -37,7 +37,7 @@ from blockkit.runner._docker_client import (  # noqa: F401 - re-exported: the en
     watch_owned_containers,
 )
 from blockkit.runner._engine import Engine, LogSink, StepResult, StepSpec
-from blockkit.runner._logfilter import KEPT_ERROR_CHARS, LineSplitter, LogFilter, StepLog, is_error_line
+from blockkit.runner._logfilter import ErrorLineTracker, LineSplitter, LogFilter, StepLog
 
 if TYPE_CHECKING:  # the docker SDK is an optional dependency
     import docker
@@ -464,28 +464,6 @@ class DockerEngine(Engine):
         finally:
             with lock:
                 log.close()
-
-
-class ErrorLineTracker:
-    """Remembers the line that best explains a failure: the last `[..._ERROR]` line, else the last line."""
-
-    def __init__(self) -> None:
-        self._error: str | None = None
-        self._last: str | None = None
-
-    def see(self, line: str) -> None:
-        """Take one (already cleaned) log line."""
-        text = line.strip()
-        if not text or text.startswith("[blockkit]"):
-            return
-        self._last = text[:KEPT_ERROR_CHARS]
-        if is_error_line(text):
-            self._error = text[:KEPT_ERROR_CHARS]
-
-    @property
-    def line(self) -> str | None:
-        """The explaining line, or None when the block printed nothing."""
-        return self._error or self._last
 
 
 def pids_limit(spec: StepSpec, options: dict[str, Any]) -> int:

@@ -326,3 +326,25 @@ class StepLog:
 
 def _size(lines: "deque[str] | list[str]") -> int:
     return sum(len(line.encode("utf-8", errors="replace")) for line in lines)
+
+
+class ErrorLineTracker:
+    """Remembers the line that best explains a failure: the last `[..._ERROR]` line, else the last line."""
+
+    def __init__(self) -> None:
+        self._error: str | None = None
+        self._last: str | None = None
+
+    def see(self, line: str) -> None:
+        """Take one (already cleaned) log line."""
+        text = line.strip()
+        if not text or text.startswith("[blockkit]"):
+            return
+        self._last = text[:KEPT_ERROR_CHARS]
+        if is_error_line(text):
+            self._error = text[:KEPT_ERROR_CHARS]
+
+    @property
+    def line(self) -> str | None:
+        """The explaining line, or None when the block printed nothing."""
+        return self._error or self._last

@@ -29,7 +29,7 @@ from blockkit.runner._isolation import (
     isolation_available,
     kill_group,
 )
-from blockkit.runner._logfilter import LineSplitter, LogFilter, StepLog
+from blockkit.runner._logfilter import ErrorLineTracker, LineSplitter, LogFilter, StepLog
 
 
 def _own_environment(program: str) -> Path | None:
@@ -243,9 +243,12 @@ class ProcessEngine(Engine):
 
     def _run(self, spec: StepSpec, command: list[str], env: dict[str, str], isolated: bool, log: StepLog,
              clean: LogFilter, on_log_line: LogSink | None, started: float) -> StepResult:
+        errors = ErrorLineTracker()  # seen as lines come: the log file may have lost them (a full disk)
+
         def emit(line: str, dropped: int) -> None:
             text = clean(line, dropped)
             log.write_line(text)
+            errors.see(text)
             if on_log_line:
                 try:
                     on_log_line(spec.name, text)
@@ -307,9 +310,12 @@ class ProcessEngine(Engine):
             if watchdog is not None:
                 watchdog.release()
         result = self._ended(spec, code, isolated, started, timed_out.is_set(), watch)
-        if result.exit_code != 0:  # how the step ended, as the docker engine's log says it
+        if result.exit_code != 0:  # the failure's words and the log's last line, as the docker engine gives them
             code = result.exit_code
-            emit(f"[blockkit] {result.detail or f'{ExitCode.describe(code)} (exit {code})'}", 0)
+            if not result.detail:
+                result.detail = errors.line or f"{ExitCode.describe(code)} (exit {code})"
+            from_block = result.detail == errors.line  # the block's own line is in the log already
+            emit(f"[blockkit] {ExitCode.describe(code)} (exit {code})" if from_block else f"[blockkit] {result.detail}", 0)
         return result
 
     @staticmethod
