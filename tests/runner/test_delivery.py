@@ -17,13 +17,6 @@ from blockkit.contract.errors import RunFailed, WorkflowError
 from blockkit.runner._run import RunFailed as RunnerRunFailed
 from blockkit.runner._session import RunRequest, run_request
 
-from .blocks import make_blocks
-
-
-@pytest.fixture()
-def blocks(tmp_path: Path) -> dict[str, Path]:
-    return make_blocks(tmp_path / "blocks")
-
 
 def _workflow(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "wf.yaml"
