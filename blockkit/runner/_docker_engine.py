@@ -444,14 +444,9 @@ class DockerEngine(Engine):
                 exit_code = int(ExitCode.OUT_OF_MEMORY)
                 limit = f" of {spec.resources.memory_mb} MB" if spec.resources else ""
                 detail = f"OUT_OF_MEMORY: the container exceeded its memory limit{limit} and was killed"
-            elif exit_code != 0:
-                # The block's own last error line, as the process engine's failure line shows it.
-                detail = errors.line or f"{ExitCode.describe(exit_code)} (exit {exit_code})"
-            if detail:
-                # A block's own line is already in the log: say only how the container ended.
-                from_block = not timed_out and not oom_killed and detail == errors.line
-                emit(f"[blockkit] {ExitCode.describe(exit_code)} (exit {exit_code})" if from_block
-                     else f"[blockkit] {detail}")
+            if exit_code != 0:  # the failure's words and the log's last line, as every engine gives them
+                detail, closing = errors.ending(exit_code, detail)
+                emit(closing)
             return StepResult(
                 exit_code=exit_code,
                 started=started,

@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator
 
-from blockkit.contract.errors import WorkflowError
+from blockkit.contract.errors import ExitCode, WorkflowError
 
 #: What a step's log keeps by default: its first lines, then its last ones, this many MB in all.
 DEFAULT_MAX_LOG_MB = 64
@@ -348,3 +348,15 @@ class ErrorLineTracker:
     def line(self) -> str | None:
         """The explaining line, or None when the block printed nothing."""
         return self._error or self._last
+
+    def ending(self, code: int, detail: str = "") -> tuple[str, str]:
+        """A failed step's words and the line that ends its log, the same on every engine.
+
+        The words are `detail` when the runner ended the step (a timeout, its memory), else the
+        block's own explaining line, else the exit code's name; the closing line repeats the
+        runner's words, or only says the code when the block's line is in the log already.
+        """
+        name = f"{ExitCode.describe(code)} (exit {code})"
+        if detail:
+            return detail, f"[blockkit] {detail}"
+        return self.line or name, f"[blockkit] {name}"

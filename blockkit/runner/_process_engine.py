@@ -310,12 +310,9 @@ class ProcessEngine(Engine):
             if watchdog is not None:
                 watchdog.release()
         result = self._ended(spec, code, isolated, started, timed_out.is_set(), watch)
-        if result.exit_code != 0:  # the failure's words and the log's last line, as the docker engine gives them
-            code = result.exit_code
-            if not result.detail:
-                result.detail = errors.line or f"{ExitCode.describe(code)} (exit {code})"
-            from_block = result.detail == errors.line  # the block's own line is in the log already
-            emit(f"[blockkit] {ExitCode.describe(code)} (exit {code})" if from_block else f"[blockkit] {result.detail}", 0)
+        if result.exit_code != 0:  # the failure's words and the log's last line, as every engine gives them
+            result.detail, closing = errors.ending(result.exit_code, result.detail)
+            emit(closing, 0)
         return result
 
     @staticmethod

@@ -42,7 +42,7 @@ from blockkit.runner._cache import (
 )
 from blockkit.runner._hashing import HashCache, source_hash
 from blockkit.runner._lock import RunLock, replace_atomic, runner_identity
-from blockkit.runner._logfilter import is_error_line
+from blockkit.runner._logfilter import ErrorLineTracker
 from blockkit.runner._plan import Plan, PlannedStep
 from blockkit.runner._provenance import provenance_document, redact_workflow_text, run_document
 from blockkit.runner._output_json import load_output
@@ -1050,11 +1050,10 @@ class WorkflowRun:
             lines = self.folder.log_path(step).read_text(errors="replace").splitlines()
         except OSError:
             return ""
-        lines = [line for line in lines if not line.startswith("[blockkit] ")]  # the runner's, not the block's
-        for line in reversed(lines):
-            if is_error_line(line):
-                return line.strip()
-        return lines[-1].strip() if lines else ""
+        errors = ErrorLineTracker()  # the block's lines, as the engines judge them
+        for line in lines:
+            errors.see(line)
+        return errors.line or ""
 
     @staticmethod
     def _reset_dir(path: Path) -> None:
