@@ -14,7 +14,6 @@ staged out, and the kernel drops it when the runner dies. A run is removed while
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Any
 
 from blockkit.contract.errors import WorkflowError
 from blockkit.runner._cache import CACHE_INDEX, CacheIndex
-from blockkit.runner._lock import RUN_LOCK, FileLock, RunLock
+from blockkit.runner._lock import RUN_LOCK, FileLock, RunLock, lock_held
 from blockkit.runner._run_folder import RUN_FILE, RunFolder, find_run
 from blockkit.runner._seal import remove_tree
 
@@ -61,7 +60,7 @@ class RunInfo:
     @property
     def locked(self) -> bool:
         """True while a runner holds the run's lock: it is running, whatever run.json says (looked up now)."""
-        return run_locked(self.path)
+        return lock_held(self.path / RUN_LOCK)
 
 
 def read_run_info(path: Path) -> RunInfo:
@@ -76,22 +75,6 @@ def read_run_info(path: Path) -> RunInfo:
         started = _folder_time(path)
     return RunInfo(path, str(run.get("status") or "?"), str(run.get("workflow") or "?"), float(started),
                    {str(k): v for k, v in steps.items() if isinstance(v, dict)})
-
-
-def run_locked(run_dir: Path) -> bool:
-    """True while a runner holds the run's lock (a free lock means no runner, whatever run.json says)."""
-    try:
-        fd = os.open(run_dir / RUN_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
-    except OSError as exc:
-        # No lock file, or a link no runner can lock (RunLock does not follow links): nobody holds it.
-        return exc.errno not in (errno.ENOENT, errno.ELOOP)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _folder_time(path: Path) -> float:
@@ -277,7 +260,7 @@ def remove_leftovers(root: Path, result: Removal, *, now: float, dry_run: bool =
     if not root.is_dir():
         return
     for path in _unfinished_runs(root, now):
-        if dry_run and (run_locked(path) or (path / RUN_LOCK).is_symlink()):
+        if dry_run and (lock_held(path / RUN_LOCK) or (path / RUN_LOCK).is_symlink()):
             continue  # what acquire below refuses
         lock = RunLock(path)
         try:

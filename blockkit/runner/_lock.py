@@ -145,14 +145,23 @@ def runner_gone(run_dir: Path, runner: dict[str, object] | None) -> bool:
             pass
     if not lock.exists():
         return runner is not None  # a run made before runners were recorded: cannot tell
+    return not lock.is_symlink() and not lock_held(lock)  # a link no runner locks tells nothing
+
+
+def lock_held(path: Path) -> bool:
+    """True while someone holds the `flock` on `path` (a shared probe that never waits, a FIFO there included).
+
+    No lock file, or a link (which no runner locks: they open without following), is free; a
+    file that cannot be opened counts as held.
+    """
     try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ELOOP)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        return False  # held: the runner is alive
+        return True
     finally:
         os.close(fd)
-    return True
+    return False
