@@ -12,7 +12,6 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -78,15 +77,3 @@ def unexpected(exc: BaseException) -> UnexpectedError:
 def debugging() -> bool:
     """BLOCKKIT_DEBUG is set: let unexpected exceptions show their traceback."""
     return bool(os.environ.get("BLOCKKIT_DEBUG"))
-
-
-def resume_command(run_dir: Path) -> str:
-    """The command that resumes this run (with --runs-dir when the run is not in the default place)."""
-    import shlex
-
-    from blockkit.runner._run import default_runs_dir
-
-    command = f"blockkit run --resume {run_dir.name}"
-    if run_dir.parent.resolve() != default_runs_dir().resolve():
-        command += f" --runs-dir {shlex.quote(str(run_dir.parent))}"
-    return command

@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import typer
 
-from blockkit.cli._console import debugging, fail, resume_command, unexpected
+from blockkit.cli._console import debugging, fail, unexpected
+from blockkit.runner._run_folder import resume_command
 from blockkit.contract.errors import BlockkitError, Interrupted, WorkflowError
 from blockkit.contract._manifest import MANIFEST_FILE
 from blockkit.contract._parameters import parse_parameters_text

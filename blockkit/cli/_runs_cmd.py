@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from blockkit.cli._console import fail, resume_command
+from blockkit.cli._console import fail
+from blockkit.runner._run_folder import resume_command
 from blockkit.contract.errors import BlockkitError, ValidationError
 
 if TYPE_CHECKING:
@@ -313,15 +314,13 @@ def _print_removal(result: Any, *, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for run_id in result.removed:
         typer.echo(f"{verb} {run_id}")
-    for name in result.unfinished:
-        typer.echo(f"{verb} {name} (no run.json: its runner died while starting it)")
-    for name in result.temp_files:
-        typer.echo(f"{verb} {name} (temp file of a killed runner)")
-    for name in result.staged:
-        typer.echo(f"{verb} {name} (staged-in input of a killed runner)")
-    leftovers = (f", {len(result.unfinished)} run folder(s) without run.json" if result.unfinished else "") + (
-        f", {len(result.temp_files)} temp file(s)" if result.temp_files else "") + (
-        f", {len(result.staged)} staged-in input(s)" if result.staged else "")
+    kinds = ((result.unfinished, "no run.json: its runner died while starting it", "run folder(s) without run.json"),
+             (result.temp_files, "temp file of a killed runner", "temp file(s)"),
+             (result.staged, "staged-in input of a killed runner", "staged-in input(s)"))
+    for names, why, _ in kinds:
+        for name in names:
+            typer.echo(f"{verb} {name} ({why})")
+    leftovers = "".join(f", {len(names)} {counted}" for names, _, counted in kinds if names)
     typer.echo(f"{verb} {len(result.removed)} run(s){leftovers}, {result.freed_bytes / 1e6:.1f} MB; cache entries "
                f"{'to move' if dry_run else 'moved'} to another run: {result.moved}, dropped: {result.dropped}")
 

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import secrets
+import shlex
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,6 +29,14 @@ PROVENANCE_FILE = "provenance.json"
 def default_runs_dir() -> Path:
     """Where run folders go: `$BLOCKKIT_RUNS_DIR` or `.blockkit/runs` in the current folder."""
     return Path(os.environ.get("BLOCKKIT_RUNS_DIR") or Path.cwd() / ".blockkit" / "runs")
+
+
+def resume_command(run_dir: Path, block: Path | None = None) -> str:
+    """`blockkit run [BLOCK] --resume ID`, with `--runs-dir` when the run is not in the default place (shell-quoted)."""
+    words = ["blockkit", "run", *([str(block)] if block is not None else []), "--resume", run_dir.name]
+    if run_dir.parent.resolve() != default_runs_dir().resolve():
+        words += ["--runs-dir", str(run_dir.parent)]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 @dataclass
@@ -70,6 +79,11 @@ class StepRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def safe_name(workflow_name: str) -> str:
+    """A workflow's name as folders of the runs dir carry it: letters, digits, `-`, `_`; at most 40."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in workflow_name)[:40]
+
+
 class RunFolder:
     """The folder of one run: step outputs, logs, run.json and provenance.json."""
 
@@ -79,8 +93,7 @@ class RunFolder:
     @classmethod
     def create(cls, root: Path, workflow_name: str) -> RunFolder:
         """A new, uniquely named run folder."""
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in workflow_name)[:40]
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(2)}"
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(workflow_name)}-{secrets.token_hex(2)}"
         path = root / run_id
         path.mkdir(parents=True)
         return cls(path)

@@ -14,7 +14,7 @@ from blockkit.runner._engine import Engine
 from blockkit.runner._engines import select_engine
 from blockkit.runner._plan import Plan, PlannedStep, cap_resources, plan_workflow, prepare_for_engine
 from blockkit.runner._run import UNLIMITED_JOBS, RunInterrupted, RunOptions, WorkflowRun
-from blockkit.runner._run_folder import RUN_FILE, default_runs_dir, find_run
+from blockkit.runner._run_folder import RUN_FILE, default_runs_dir, find_run, resume_command
 from blockkit.runner._schedule import Budget
 from blockkit.runner._workflow import Workflow, load_workflow, single_block_workflow
 from blockkit.runtime._progress import ENV_PROGRESS
@@ -118,9 +118,11 @@ def run_request(request: RunRequest) -> dict[str, Any]:
 
         check_output_targets(final_steps(plan), workflow.output, workflow)
     if workflow.output and not is_uri(workflow.output):
+        from blockkit.runner._staging import PARTIAL
+
         dest = _resolve_local(workflow.output, workflow)
         # A delivery's partial folder is no result (a killed run's goes when this run delivers).
-        if dest.is_dir() and any(not entry.name.startswith(".blockkit-partial-") for entry in dest.iterdir()):
+        if dest.is_dir() and any(not entry.name.startswith(PARTIAL) for entry in dest.iterdir()):
             raise WorkflowError(f"output folder {dest} is not empty; choose an empty or new folder")
     with contextlib.ExitStack() as cleanup:  # a staged-in input lives as long as this session
         input_dir = None
@@ -203,14 +205,8 @@ def delivery_command(request: RunRequest, plan: Plan, run_dir: Path, target: str
     import json
     import shlex
 
-    command = ["blockkit", "run"]
     block = request.target if request.target is not None and request.target.is_dir() else None
-    if block is not None:
-        command.append(str(block))
-    command += ["--resume", run_dir.name]
-    if run_dir.parent.resolve() != default_runs_dir().resolve():
-        command += ["--runs-dir", str(run_dir.parent)]
-    words = [shlex.quote(word) for word in command]
+    words = [resume_command(run_dir, block)]
     if block is not None and request.params:  # the same parameters, or the step runs again
         secret = any(spec.secret for step in plan.steps for spec in step.manifest.parameters.values())
         words += ["--params", "PARAMS" if secret else shlex.quote(json.dumps(request.params, separators=(",", ":")))]

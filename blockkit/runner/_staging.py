@@ -7,7 +7,6 @@ import json
 import os
 import re
 import secrets
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -34,13 +33,13 @@ def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None
     so `runs gc` can tell the folder a killed runner left (lock free) from one in use.
     """
     from blockkit.runner._lock import FileLock
+    from blockkit.runner._run_folder import safe_name
     from blockkit.runner._seal import remove_tree
     from blockkit.storage import public_url, stage_in
 
     assert workflow.input is not None
     key = workflow.keys.get("input")
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in workflow.name)[:40]  # as run folders name it
-    target = runs_dir / "staged" / f"{safe}-{secrets.token_hex(4)}"
+    target = runs_dir / "staged" / f"{safe_name(workflow.name)}-{secrets.token_hex(4)}"  # never `../`
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.with_name(f"{target.name}.lock")
     cleanup.callback(lock.unlink, missing_ok=True)
@@ -52,6 +51,11 @@ def stage_in_input(workflow: Workflow, runs_dir: Path, say: Callable[[str], None
     seal_staged(target)
     say(f"staged in {len(fc)} feature(s) to {target}")
     return target
+
+
+#: The name a delivery's partial folder starts with inside an existing output folder (beside a
+#: new one: `.<name>` first): never a result, so an output folder holding only such is empty.
+PARTIAL = ".blockkit-partial-"
 
 
 def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[str]:
@@ -70,12 +74,13 @@ def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[s
 
     from blockkit.contract._datajson import DATA_JSON
     from blockkit.contract.errors import WorkflowError
+    from blockkit.runner._seal import remove_tree
     from blockkit.runtime._propagation import link_tree
 
     target.parent.mkdir(parents=True, exist_ok=True)
     into = target.is_dir() and not target.is_symlink()
     home = target if into else target.parent
-    prefix = ".blockkit-partial-" if into else f".{target.name}.blockkit-partial-"
+    prefix = PARTIAL if into else f".{target.name}{PARTIAL}"
     home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if into:
@@ -108,7 +113,7 @@ def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[s
                 raise WorkflowError(f"output folder {target} is not empty (filled while this run ran) or not a "
                                     "folder; choose an empty or new folder") from None
         finally:
-            _remove_partial(home, home_fd, name)
+            remove_tree(home / name)  # never through a link planted in its place (see remove_tree)
             os.close(part_fd)
     finally:
         os.close(home_fd)
@@ -118,6 +123,8 @@ def deliver_local(run: "WorkflowRun", finals: list[str], target: Path) -> list[s
 def _remove_dead_partials(home: Path, home_fd: int, prefix: str) -> None:
     """Remove the partial folders in `home` whose run died (their flock is free)."""
     import fcntl
+
+    from blockkit.runner._seal import remove_tree
 
     for entry in os.listdir(home_fd):
         if not entry.startswith(prefix):
@@ -132,21 +139,7 @@ def _remove_dead_partials(home: Path, home_fd: int, prefix: str) -> None:
             continue  # a live run's
         finally:
             os.close(fd)
-        _remove_partial(home, home_fd, entry)
-
-
-def _remove_partial(home: Path, home_fd: int, name: str) -> None:
-    """Remove `home/name` if it is still the folder there (a link planted in its place goes as a link)."""
-    from blockkit.runner._seal import remove_tree
-
-    try:
-        st = os.stat(name, dir_fd=home_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        remove_tree(home / name)
-    else:
-        os.unlink(name, dir_fd=home_fd)
+        remove_tree(home / entry)
 
 
 def seal_staged(target: Path) -> None:
