@@ -11,7 +11,7 @@ import typer
 from blockkit.contract._datajson import DATA_JSON, load_data_json, parse_data_json
 from blockkit.cli._console import reported_errors, say
 from blockkit.contract.errors import InputParametersError, ValidationError
-from blockkit.contract._manifest import MANIFEST_FILE, load_manifest, read_json_file
+from blockkit.contract._manifest import MANIFEST_FILE, Manifest, load_manifest, read_json_file
 from blockkit.contract._parameters import parse_parameters_text, resolve_parameters
 
 
@@ -26,9 +26,7 @@ def validate_path(path: Path, block: Path | None = None, warn: Callable[[str], N
         raise ValidationError(f"{path} does not exist")
     if path.is_dir():
         if (path / MANIFEST_FILE).is_file():
-            manifest = load_manifest(path)
-            for line in manifest.warnings:
-                warn(f"warning: {line}")
+            manifest = _manifest(path, warn)
             asks = f"; asks for {', '.join(manifest.privileges)}" if manifest.privileges else ""
             checked.append(f"manifest {path / MANIFEST_FILE} ({manifest.type} block {manifest.name!r}{asks})")
             from blockkit.runner._plan import resolve_entry
@@ -53,16 +51,14 @@ def validate_path(path: Path, block: Path | None = None, warn: Callable[[str], N
         plan = plan_workflow(workflow)
         return [f"workflow {path} ({len(plan.steps)} steps: {', '.join(s.name for s in plan.steps)})"]
     if path.name == MANIFEST_FILE:
-        manifest = load_manifest(path)
-        for line in manifest.warnings:
-            warn(f"warning: {line}")
+        manifest = _manifest(path, warn)
         return [f"manifest {path} ({manifest.type} block {manifest.name!r})"]
     if path.name == DATA_JSON:
         fc = load_data_json(path.parent, required=False)
         return [f"{path} ({len(fc)} features)"]
     data = read_json_file(path, "file", limit=1 << 30)
     if isinstance(data, dict) and "_up42_specification_version" in data:
-        manifest = load_manifest(path)
+        manifest = _manifest(path, warn)
         return [f"manifest {path} ({manifest.type} block {manifest.name!r})"]
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         parse_data_json(path.read_bytes(), str(path))
@@ -79,6 +75,14 @@ def validate_path(path: Path, block: Path | None = None, warn: Callable[[str], N
     params = parse_parameters_text(json.dumps(data) if data is not None else None, str(path))
     resolve_parameters(manifest, params)
     return [f"parameters {path} for block {manifest.name!r}"]
+
+
+def _manifest(path: Path, warn: Callable[[str], None]) -> Manifest:
+    """A block folder's or a manifest file's manifest; its accepted oddities go to `warn`."""
+    manifest = load_manifest(path)
+    for line in manifest.warnings:
+        warn(f"warning: {line}")
+    return manifest
 
 
 def register(app: typer.Typer) -> None:

@@ -597,10 +597,10 @@ def _build_own_dockerfile(
     for stage in externals:
         if "$" in stage.resolved or not stage.resolved:
             raise BuildError(f"{dockerfile}: FROM {stage.image} needs a build arg (--build-arg NAME=IMAGE)")
+        if stage.resolved == base_image:  # the image --base-image names: a missing one says how it is made
+            base_ids.append(_base_image_id(client, base_image))
+            continue
         image = _image_or_none(client, stage.resolved)
-        if image is None and stage.resolved == base_image:
-            raise BaseImageMissingError(f"base image {base_image} does not exist locally (nothing is pulled); "
-                                        f"create it with: {setup_command(base_image)}")
         if image is None:
             raise BaseImageMissingError(
                 f"{dockerfile}: FROM {stage.resolved} is not a local image (nothing is pulled)",

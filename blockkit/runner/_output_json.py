@@ -40,7 +40,7 @@ def load_output(folder: Path, memory_mb: int, deadline: float | None = None) -> 
 
 
 def check_fits(folder: Path, memory_mb: int, deadline: float | None = None) -> None:
-    """Read `<folder>/data.json` in a child limited to `memory_mb`; WrongInputError when it does not fit."""
+    """Read `<folder>/data.json` in a child limited to `memory_mb`; SealError when it does not fit."""
     timeout = None if deadline is None else max(0.1, deadline - time.monotonic())
     try:
         # From "/": `-m` puts the working folder first on the import path, and that may be a block's

@@ -241,16 +241,14 @@ def _free_prefix(files: list[str], input_dir: Path, output_dir: Path, prefix: st
     """Where a feature's files are forwarded: under `prefix`, or when the output already has one of
     their names there (the block wrote `x.tif` for input `x.tif`), under the first free
     `input/<prefix>`, `input-2/<prefix>`, ... (so the mounted and the linked fan-in agree)."""
+    def occupied(rel: str, under: str) -> bool:  # by another file than this one
+        target = output_dir / posixpath.normpath(f"{under}/{rel}" if under else rel)
+        return os.path.lexists(target) and not _same_file(input_dir / posixpath.normpath(rel), target)
+
     for n in range(MAX_RELOCATIONS + 1):
         moved = "input" if n == 1 else f"input-{n}"
         candidate = prefix if n == 0 else posixpath.join(moved, prefix).rstrip("/")
-        taken = False
-        for rel in files:
-            target = output_dir / posixpath.normpath(f"{candidate}/{rel}" if candidate else rel)
-            if os.path.lexists(target) and not _same_file(input_dir / posixpath.normpath(rel), target):
-                taken = True
-                break
-        if not taken:
+        if not any(occupied(rel, candidate) for rel in files):
             return candidate
     raise WrongInputError(f"cannot forward {files[0]!r}: the output holds that name in {MAX_RELOCATIONS} places")
 
