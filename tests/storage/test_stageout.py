@@ -231,14 +231,19 @@ def test_webdav_folder_names_with_percent_stay_inside_the_target_and_come_back(t
     assert (staged / "r" / "%2e%2e" / "%2e%2e" / "%2e%2e" / "ESCAPED" / "f.txt").read_text().endswith("ESCAPED")
 
 
+def _one_result(out: Path, fid: str, text: str) -> Path:
+    """A step output holding one feature `fid` whose data is r.txt with `text`."""
+    out.mkdir()
+    (out / "r.txt").write_text(text)
+    write_data_json(out, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": fid, "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    return out
+
+
 def test_local_overwrite_never_writes_through_symlinks_in_the_target(tmp_path: Path) -> None:
     import os
 
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "r.txt").write_text("new result")
-    write_data_json(out, {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "r", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    out = _one_result(tmp_path / "out", "r", "new result")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "victim.txt").write_text("VICTIM")
@@ -249,11 +254,7 @@ def test_local_overwrite_never_writes_through_symlinks_in_the_target(tmp_path: P
     assert (outside / "victim.txt").read_text() == "VICTIM"
     assert (target / "r" / "r.txt").read_text() == "new result" and not (target / "r" / "r.txt").is_symlink()
     os.symlink(outside, target / "r2")  # an item folder that leads outside
-    out2 = tmp_path / "out2"
-    out2.mkdir()
-    (out2 / "r.txt").write_text("second")
-    write_data_json(out2, {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "r2", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    out2 = _one_result(tmp_path / "out2", "r2", "second")
     with pytest.raises(UnsafePath) as err:
         stage_out(out2, str(target), progress=False, overwrite=True)
     assert err.value.exit_code == ExitCode.WRONG_INPUT_ERROR and "symlink" in err.value.headline()
@@ -265,11 +266,7 @@ def test_local_stage_out_files_get_the_mode_of_any_new_file(tmp_path: Path) -> N
     import os
     import stat
 
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "r.txt").write_text("result")
-    write_data_json(out, {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "r", "geometry": None, "properties": {"up42.data_path": "r.txt"}}]})
+    out = _one_result(tmp_path / "out", "r", "result")
     old = os.umask(0o022)
     try:
         stage_out(out, str(tmp_path / "target"), progress=False)
