@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -375,6 +376,11 @@ def test_a_fifo_planted_as_a_run_lock_never_hangs_housekeeping(chain: Path, tmp_
     lock = Path(planted["run_dir"]) / ".lock"
     lock.unlink()
     os.mkfifo(lock)
+    data = mark_running(Path(planted["run_dir"]))  # a live runner's pid: `runs list` then probes the lock
+    data["runner"] = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    (Path(planted["run_dir"]) / "run.json").write_text(json.dumps(data))
+    listed = cli("runs", "list", "--runs-dir", runs)  # was: waited forever on the FIFO
+    assert listed.returncode == 0 and planted["run_id"] in listed.stdout, listed.stderr
     done = cli("runs", "gc", "--keep", "0", "--runs-dir", runs)  # was: waited forever on the FIFO
     assert done.returncode == 4 and "cannot be locked" in done.stderr, done.stderr
     removed = cli("runs", "rm", other["run_id"], "--runs-dir", runs)
